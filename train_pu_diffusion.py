@@ -253,7 +253,10 @@ def main(args):
     transform = ImageTransform(args.resolution, channels, args.center_crop, args.random_flip)
     train_dataloader = torch.utils.data.DataLoader(
         PUImageDataset(dataset, args.image_column, sensitive_rows, transform), batch_sampler=batch_sampler,
-        collate_fn=collate_pu_batch, num_workers=args.dataloader_num_workers)
+        collate_fn=collate_pu_batch, num_workers=args.dataloader_num_workers,
+        # Its own generator: creating an iterator must not draw from the global RNG that noise comes from,
+        # or a resumed run (which creates its iterator after load_state) would see other noise.
+        generator=torch.Generator().manual_seed(sampler_seed))
 
     if accelerator.is_main_process:
         prepare_output_dir(args.output_dir, run_config, args.overwrite_output_dir and resume_path is None)

@@ -103,7 +103,12 @@ def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str
     dataset = load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir)
     if split not in dataset:
         raise PUDataError(f"--train_data_dir {train_data_dir!r} has no '{split}' split (found {list(dataset)}).")
-    return dataset[split]
+    dataset = dataset[split]
+    sub_folders = {name for name in os.listdir(train_data_dir) if os.path.isdir(os.path.join(train_data_dir, name))}
+    if "label" not in dataset.column_names and len(sub_folders) == 1 and sub_folders <= {UNLABELED, SENSITIVE}:
+        # imagefolder infers no label from a single class folder; the PU label is still the folder's name.
+        dataset = dataset.add_column("label", [sub_folders.pop()] * len(dataset))
+    return dataset
 
 
 def _label_names(dataset, column: str) -> list[str]:

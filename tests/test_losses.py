@@ -1,0 +1,108 @@
+import math
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from pu_diffusion.losses import diffusion_target, per_sample_diffusion_loss, pu_risk, sensitive_loss
+
+
+def test_per_sample_loss_sums_over_all_elements():
+    prediction = torch.zeros(2, 3, 2, 2)
+    target = torch.ones(2, 3, 2, 2)
+    target[1] *= 2
+    assert per_sample_diffusion_loss(prediction, target).tolist() == [12.0, 48.0]
+    assert per_sample_diffusion_loss(prediction, target, reduction="mean").tolist() == [1.0, 4.0]
+
+
+def test_per_sample_loss_is_float32_for_half_inputs():
+    prediction = torch.zeros(1, 4, dtype=torch.bfloat16)
+    assert per_sample_diffusion_loss(prediction, torch.ones(1, 4, dtype=torch.bfloat16)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_diffusion_target(prediction_type):
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    sample, noise = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    timesteps = torch.tensor([0, 500, 999])
+    target = diffusion_target(scheduler, sample, noise, timesteps)
+    alpha_bar = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    expected = {"epsilon": noise, "sample": sample,
+                "v_prediction": alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * sample}[prediction_type]
+    torch.testing.assert_close(target, expected)
+
+
+def test_sensitive_loss_matches_formula_and_is_stable():
+    values = torch.tensor([0.5, 1.0, 3.0])
+    expected = torch.tensor([-math.log(1 - math.exp(-v)) for v in values.tolist()])
+    torch.testing.assert_close(sensitive_loss(values), expected)
+    extremes = torch.tensor([1e-8, 1e-4, 1.0, 50.0, 1e3, 1e6], requires_grad=True)
+    value = sensitive_loss(extremes)
+    value.sum().backward()
+    assert torch.isfinite(value).all() and torch.isfinite(extremes.grad).all()
+    assert (extremes.grad <= 0).all()  # larger ℓ always lowers ℓ⁺
+    assert value[0] > 15 and value[-1] == 0
+
+
+def test_sensitive_loss_stays_fp32_under_autocast():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sensitive_loss(torch.tensor([1e-3, 2.0], dtype=torch.bfloat16))
+    assert out.dtype == torch.float32
+
+
+def hand_terms():
+    loss = torch.tensor([1.0, 3.0, 2.0, 4.0], requires_grad=True)
+    is_sensitive = torch.tensor([False, False, True, True])
+    l_plus = (-math.log(1 - math.exp(-2.0)) - math.log(1 - math.exp(-4.0))) / 2
+    return loss, is_sensitive, l_plus
+
+
+def test_risks_match_hand_values():
+    loss, is_sensitive, l_plus = hand_terms()
+    assert pu_risk(loss, is_sensitive, "unsupervised").loss.item() == pytest.approx(2.0)
+    assert pu_risk(loss, is_sensitive, "supervised").loss.item() == pytest.approx(2.0 + l_plus)
+    absolute = pu_risk(loss, is_sensitive, "pu", beta=0.1, estimator="abs")
+    assert absolute.loss.item() == pytest.approx(0.1 * l_plus + abs(2.0 - 0.1 * 3.0))
+    assert absolute.negative_risk.item() == pytest.approx(1.7)
+    nn = pu_risk(loss, is_sensitive, "pu", beta=0.1, estimator="nn")
+    assert nn.loss.item() == pytest.approx(0.1 * l_plus + 1.7) and not nn.nn_branch_fired
+    logs = absolute.log_dict()
+    assert logs["L_U-"] == pytest.approx(2.0) and logs["L_S-"] == pytest.approx(3.0)
+    assert logs["L_S+"] == pytest.approx(l_plus)
+
+
+def test_abs_pu_negative_branch_flips_sign():
+    loss = torch.tensor([0.1, 10.0])
+    terms = pu_risk(loss, torch.tensor([False, True]), "pu", beta=0.5, estimator="abs")
+    assert terms.loss.item() == pytest.approx(0.5 * sensitive_loss(torch.tensor(10.0)).item() + 4.9)
+
+
+def test_nnpu_gradient_directions_in_both_branches():
+    # Branch 1: L_U⁻ − βL_S⁻ ≥ 0 → descend the nnPU risk: U loss pushed down, S loss pushed up (via −β L_S⁻).
+    loss = torch.tensor([5.0, 2.0], requires_grad=True)
+    terms = pu_risk(loss, torch.tensor([False, True]), "pu", beta=0.5, estimator="nn")
+    terms.loss.backward()
+    assert not terms.nn_branch_fired
+    assert loss.grad[0] == pytest.approx(1.0)
+    expected_s = 0.5 * (-1 / (math.exp(2.0) - 1)) - 0.5
+    assert loss.grad[1].item() == pytest.approx(expected_s, rel=1e-5)
+    # Branch 2: L_U⁻ − βL_S⁻ < 0 → descend −(L_U⁻ − βL_S⁻): U loss pushed up, S loss pushed down.
+    loss = torch.tensor([0.1, 10.0], requires_grad=True)
+    terms = pu_risk(loss, torch.tensor([False, True]), "pu", beta=0.5, estimator="nn")
+    terms.loss.backward()
+    assert terms.nn_branch_fired
+    assert terms.loss.item() == pytest.approx(4.9)
+    assert terms.risk.item() == pytest.approx(0.5 * sensitive_loss(torch.tensor(10.0)).item())
+    assert loss.grad.tolist() == pytest.approx([-1.0, 0.5])
+
+
+def test_risk_refuses_bad_input():
+    loss = torch.ones(3)
+    with pytest.raises(ValueError, match="beta"):
+        pu_risk(loss, torch.tensor([False, True, True]), "pu", beta=1.0)
+    with pytest.raises(ValueError, match="sensitive"):
+        pu_risk(loss, torch.zeros(3, dtype=torch.bool), "pu")
+    with pytest.raises(ValueError, match="unlabeled"):
+        pu_risk(loss, torch.ones(3, dtype=torch.bool), "unsupervised")
+    with pytest.raises(ValueError, match="method"):
+        pu_risk(loss, torch.tensor([False, True, True]), "magic")

@@ -1,0 +1,194 @@
+"""End-to-end runs of train_pu_diffusion.py on a tiny UNet (offline, a few seconds each)."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, tiny_args, write_imagefolder
+import train_pu_diffusion as script
+
+
+def run(argv):
+    script.main(script.parse_args(argv))
+
+
+def unet_weights(folder):
+    return load_file(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
+
+
+def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
+    from diffusers import DDPMPipeline, DiffusionPipeline
+
+    out = tmp_path / "out"
+    run(tiny_args(out, tiny_unet_config(), "--use_ema", "--validation_steps", "3", "--num_validation_images", "2"))
+    for name in ["model_index.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
+                 "samples.png", "README.md", "pu_run.json", "pu_split.json", "checkpoint-3", "checkpoint-6",
+                 "samples/step_3.png", "logs/train_log.jsonl"]:
+        assert (out / name).exists(), name
+    assert not glob.glob(str(out / "**" / "*.bin"), recursive=True) or all(
+        "checkpoint-" in path for path in glob.glob(str(out / "**" / "*.bin"), recursive=True))
+    records = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert {"loss", "L_U-", "L_S-", "L_S+", "neg_risk", "nn_fired", "lr"} <= set(records[-1])
+    card = (out / "README.md").read_text()
+    assert "method: `pu`" in card and "β" in card and "unlabeled (U) images: 2200" in card and "samples.png" in card
+    pipeline = DiffusionPipeline.from_pretrained(str(out))
+    assert isinstance(pipeline, DDPMPipeline)
+    images = pipeline(batch_size=2, num_inference_steps=3, output_type="np",
+                      generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 8, 8, 1) and images.min() >= 0 and images.max() <= 1
+
+
+@pytest.mark.parametrize("extra", [["--pu_estimator", "nn"], ["--gradient_accumulation_steps", "2", "--use_ema"]])
+def test_resume_equals_straight_training(tmp_path, tiny_unet_config, extra):
+    """A run interrupted after checkpoint-3 and resumed ends with the weights of the uninterrupted run."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(tiny_args(straight, tiny_unet_config(), *extra))
+    resumed.mkdir()  # the interrupted run: its flags and its checkpoint at step 3, nothing after
+    shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    run(tiny_args(resumed, tiny_unet_config(), *extra, "--resume_from_checkpoint", "latest"))
+    assert_same_weights(straight, resumed)
+    assert_same_weights(straight / "checkpoint-6", resumed / "checkpoint-6")
+    if "--use_ema" in extra:
+        assert_same_weights(straight / "checkpoint-6", resumed / "checkpoint-6", subfolder="unet_ema")
+    start = load_file(str(resumed / "checkpoint-3" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(start[k], v) for k, v in unet_weights(resumed).items())  # training went on
+
+
+def test_half_run_then_resume_equals_straight_training(tmp_path, tiny_unet_config):
+    """N/2 steps as a run of its own, then resume to N (constant LR so the schedule does not depend on N)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    flags = ["--lr_scheduler", "constant", "--random_flip"]
+    run(tiny_args(straight, tiny_unet_config(), *flags))
+    run(tiny_args(resumed, tiny_unet_config(), *flags, "--max_train_steps", "3"))
+    run(tiny_args(resumed, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest"))
+    assert_same_weights(straight, resumed)
+
+
+def assert_same_weights(first, second, subfolder="unet"):
+    a = load_file(os.path.join(first, subfolder, "diffusion_pytorch_model.safetensors"))
+    b = load_file(os.path.join(second, subfolder, "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_own_imagefolder_rgb_and_methods(tmp_path, tiny_unet_config):
+    data = write_imagefolder(tmp_path / "data", n_unlabeled=16, n_sensitive=6)
+    for method in ["unsupervised", "supervised"]:
+        out = tmp_path / method
+        run(tiny_args(out, tiny_unet_config(3), "--train_data_dir", data, "--method", method, "--random_flip",
+                      "--max_train_steps", "2", "--checkpointing_steps", "100"))
+        assert unet_weights(out)["conv_in.weight"].shape[1] == 3
+        assert json.loads((out / "pu_run.json").read_text())["method"] == method
+
+
+def test_fine_tune_a_pretrained_pipeline(tmp_path, tiny_unet_config):
+    from diffusers import DDIMPipeline, DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DModel
+
+    base = tmp_path / "base"
+    unet = UNet2DModel.from_config(UNet2DModel.load_config(tiny_unet_config()))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(base))
+    out = tmp_path / "tuned"
+    argv = [a for a in tiny_args(out, tiny_unet_config()) if a not in ("--model_config_name_or_path",)]
+    argv.remove(tiny_unet_config())
+    run(argv + ["--pretrained_model_name_or_path", str(base), "--max_train_steps", "2"])
+    assert isinstance(DiffusionPipeline.from_pretrained(str(out)), DDIMPipeline)  # paper: DDIM for fine-tuned
+    assert "base_model: " in (out / "README.md").read_text()
+    assert not torch.equal(unet_weights(out)["conv_in.weight"], unet.conv_in.weight.detach())
+
+
+def test_push_to_hub_uploads_pipeline_without_checkpoints_or_token(tmp_path, tiny_unet_config, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    class Repo:
+        repo_id = "me/pu-model"
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda **kw: calls.setdefault("create", kw) and Repo())
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: calls.setdefault("upload", kw))
+    out = tmp_path / "out"
+    secret = "hf_SECRETTOKEN123"
+    run(tiny_args(out, tiny_unet_config(), "--push_to_hub", "--hub_model_id", "me/pu-model", "--hub_token", secret,
+                  "--max_train_steps", "3"))
+    assert calls["create"]["repo_id"] == "me/pu-model" and calls["create"]["token"] == secret
+    upload = calls["upload"]
+    assert upload["repo_id"] == "me/pu-model" and upload["folder_path"] == str(out)
+    assert "checkpoint-*" in upload["ignore_patterns"] and "logs" in upload["ignore_patterns"]
+    for path in glob.glob(str(out / "**" / "*"), recursive=True):
+        if os.path.isfile(path) and path.endswith((".json", ".md", ".jsonl", ".txt")):
+            assert secret not in open(path).read(), path
+
+
+BAD_INPUTS = [
+    (["--beta", "1.0"], "--beta must lie in"),
+    (["--beta", "-0.1"], "--beta must lie in"),
+    (["--sensitive_batch_size", "0"], "--sensitive_batch_size >= 1"),
+    (["--resolution", "9"], "--resolution 9 cannot pass"),
+    (["--image_column", "img", "--train_data_dir", "DATA"], "--image_column 'img'"),
+    (["--pu_label_column", "kind", "--train_data_dir", "DATA"], "--pu_label_column 'kind'"),
+    (["--sensitive_label", "bad", "--train_data_dir", "DATA"], "No sensitive"),
+    (["--train_data_dir", "ONLY_S"], "No unlabeled"),
+    (["--train_data_dir", "ONLY_U"], "No sensitive"),
+    (["--train_data_dir", "BROKEN"], "Unreadable image files"),
+    (["--train_data_dir", "MISSING"], "is not a folder"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_INPUTS)
+def test_bad_input_is_refused_before_training(tmp_path, tiny_unet_config, extra, message):
+    folders = {"DATA": write_imagefolder(tmp_path / "data", 8, 3),
+               "ONLY_S": write_imagefolder(tmp_path / "only_s", 0, 3),
+               "ONLY_U": write_imagefolder(tmp_path / "only_u", 8, 0),
+               "MISSING": str(tmp_path / "nowhere")}
+    broken = write_imagefolder(tmp_path / "broken", 8, 3)
+    with open(os.path.join(broken, "sensitive", "001.png"), "wb") as handle:
+        handle.write(b"garbage")
+    folders["BROKEN"] = broken
+    extra = [folders.get(a, a) for a in extra]
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        run(tiny_args(out, tiny_unet_config(), *extra))
+    assert not out.exists()  # nothing half-written
+
+
+def test_output_dir_with_another_run_is_refused(tmp_path, tiny_unet_config):
+    out = tmp_path / "out"
+    run(tiny_args(out, tiny_unet_config(), "--max_train_steps", "3"))
+    before = sorted(os.listdir(out))
+    with pytest.raises(ValueError, match="already holds a training run"):
+        run(tiny_args(out, tiny_unet_config(), "--max_train_steps", "3", "--beta", "0.2"))
+    with pytest.raises(ValueError, match="holds a different run.*--beta"):
+        run(tiny_args(out, tiny_unet_config(), "--beta", "0.2", "--resume_from_checkpoint", "latest"))
+    assert sorted(os.listdir(out)) == before
+    run(tiny_args(out, tiny_unet_config(), "--max_train_steps", "3", "--overwrite_output_dir"))
+
+
+def test_multi_process_accelerate_launch(tmp_path, tiny_unet_config):
+    """Two processes through `accelerate launch` (torchrun launcher, gloo backend on CPU).
+
+    With accelerate ≥1.x, `--cpu --num_processes 2` starts several processes only through MPI (mpirun);
+    without MPI, ACCELERATE_USE_CPU=true with --multi_gpu gives the same MULTI_CPU setup.
+    """
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               "29517", os.path.join(ROOT, "train_pu_diffusion.py"),
+               *tiny_args(out, tiny_unet_config(), "--max_train_steps", "4", "--checkpointing_steps", "2")]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MULTI_CPU" in result.stderr and "Num processes: 2" in result.stderr
+    assert "total = 24" in result.stderr  # 2 processes × (8 U + 4 S)
+    assert (out / "model_index.json").exists() and (out / "checkpoint-4" / "random_states_1.pkl").exists()
+    records = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
