@@ -226,6 +226,9 @@ def main(args):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    if accelerator.num_processes == 1 and accelerator.device.type == "cpu" and torch.get_num_threads() == 1:
+        # `accelerate launch` sets OMP_NUM_THREADS=1 for every process; one process may use every core.
+        torch.set_num_threads(os.cpu_count() or 1)
     check_output_dir(args.output_dir, run_config, resuming=resume_path is not None,
                      overwrite=args.overwrite_output_dir)
     accelerator.wait_for_everyone()  # every process has checked before the main one writes
@@ -318,10 +321,13 @@ def main(args):
     start_time, start_step = time.time(), global_step
     for epoch in range(first_epoch, args.num_epochs):
         unet.train()
-        batch_sampler.set_epoch(epoch)
         epoch_loader = train_dataloader
         if epoch == first_epoch and resume_step:
             epoch_loader = accelerator.skip_first_batches(train_dataloader, resume_step)
+        # accelerate's loaders call set_epoch(own counter) on the batch sampler when iterated; after a resume that
+        # counter starts at 0, so set the epoch through the loader to keep sampler and counter in step.
+        epoch_loader.set_epoch(epoch)
+        batch_sampler.set_epoch(epoch)
         for batch in epoch_loader:
             with accelerator.accumulate(unet):
                 clean_images = batch["pixel_values"]
@@ -400,6 +406,7 @@ def main(args):
             logger.info(f"Pushed to https://huggingface.co/{repo_id}")
         logger.info(f"Pipeline, samples.png and README.md written to {args.output_dir}")
     accelerator.end_training()
+    return {"global_step": global_step, "train_seconds": train_seconds, "steps_per_second": steps_per_second}
 
 
 def generate_grid(args, pipeline, num_images, path):

@@ -105,9 +105,17 @@ def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str
         raise PUDataError(f"--train_data_dir {train_data_dir!r} has no '{split}' split (found {list(dataset)}).")
     dataset = dataset[split]
     sub_folders = {name for name in os.listdir(train_data_dir) if os.path.isdir(os.path.join(train_data_dir, name))}
-    if "label" not in dataset.column_names and len(sub_folders) == 1 and sub_folders <= {UNLABELED, SENSITIVE}:
-        # imagefolder infers no label from a single class folder; the PU label is still the folder's name.
-        dataset = dataset.add_column("label", [sub_folders.pop()] * len(dataset))
+    if "label" not in dataset.column_names and sub_folders & {UNLABELED, SENSITIVE}:
+        # imagefolder infers no label from a single class folder, nor any when metadata.jsonl is present;
+        # the PU label is still the name of the unlabeled/ or sensitive/ folder an image lies in.
+        from datasets import Image as ImageFeature
+
+        paths = dataset.cast_column("image", ImageFeature(decode=False))["image"]
+        labels = []
+        for value in paths:
+            parts = os.path.normpath(os.path.relpath(value["path"], train_data_dir)).split(os.sep)
+            labels.append(parts[0] if parts[0] in (UNLABELED, SENSITIVE) else UNLABELED)
+        dataset = dataset.add_column("label", labels)
     return dataset
 
 
@@ -203,8 +211,16 @@ class ImageTransform:
     center_crop: bool = False
     random_flip: bool = False
 
-    def __call__(self, image: Image.Image, aug_seed: int = 0) -> torch.Tensor:
+    @staticmethod
+    def flips(aug_seed: int) -> bool:
+        """Whether ``aug_seed`` flips the image (when random_flip is on): the first draw of its RNG."""
+        return bool(np.random.default_rng(aug_seed).random() < 0.5)
+
+    def __call__(self, image: Image.Image, aug_seed: int = 0, flip: bool | None = None) -> torch.Tensor:
         rng = np.random.default_rng(aug_seed)
+        flip_draw = rng.random() < 0.5  # drawn first, so flips() agrees with it
+        if flip is None:
+            flip = self.random_flip and flip_draw
         image = image.convert("L" if self.channels == 1 else "RGB")
         width, height = image.size
         scale = self.resolution / min(width, height)
@@ -218,7 +234,7 @@ class ImageTransform:
             left = int(rng.integers(0, width - self.resolution + 1))
             top = int(rng.integers(0, height - self.resolution + 1))
         image = image.crop((left, top, left + self.resolution, top + self.resolution))
-        if self.random_flip and rng.random() < 0.5:
+        if flip:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
         if array.ndim == 2:

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Speed of one training step for --method pu vs unsupervised vs supervised, and of generation.
+
+All methods use the same model and the same U+S batch; steps are interleaved (round-robin) in one run
+so machine noise hits every method alike. Peak memory: CUDA max_memory_allocated on a GPU; on CPU the
+peak resident set size of a fresh process running that method's steps.
+
+    python benchmarks/speed.py                    # built-in 16×16 UNet, 64 U + 16 S
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk  # noqa: E402
+from pu_diffusion.models import default_unet_config  # noqa: E402
+
+METHODS = ["unsupervised", "supervised", "pu"]
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=16)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--unlabeled_batch_size", type=int, default=64)
+    parser.add_argument("--sensitive_batch_size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--generation_samples", type=int, default=64)
+    parser.add_argument("--generation_steps", type=int, default=50)
+    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "speed.json"))
+    parser.add_argument("--memory_probe", choices=METHODS, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(input_args)
+
+
+def make_step(args, device):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(**default_unet_config(args.resolution, args.channels)).to(device)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    batch = args.unlabeled_batch_size + args.sensitive_batch_size
+    images = torch.randn(batch, args.channels, args.resolution, args.resolution, device=device)
+    is_sensitive = torch.arange(batch, device=device) >= args.unlabeled_batch_size
+
+    def step(method):
+        noise = torch.randn_like(images)
+        timesteps = torch.randint(0, 1000, (batch,), device=device)
+        prediction = unet(scheduler.add_noise(images, noise, timesteps), timesteps).sample
+        terms = pu_risk(per_sample_diffusion_loss(prediction, noise), is_sensitive, method, 0.1, "abs")
+        terms.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return unet, scheduler, step
+
+
+def peak_memory_mb(args, method, device):
+    if device.type == "cuda":
+        _, _, step = make_step(args, device)
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(3):
+            step(method)
+        return torch.cuda.max_memory_allocated() / 2**20
+    output = subprocess.run([sys.executable, __file__, "--memory_probe", method, "--resolution", str(args.resolution),
+                             "--channels", str(args.channels), "--unlabeled_batch_size", str(args.unlabeled_batch_size),
+                             "--sensitive_batch_size", str(args.sensitive_batch_size)],
+                            capture_output=True, text=True, check=True).stdout
+    return float(output.strip().splitlines()[-1])
+
+
+def main(args):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.memory_probe:
+        _, _, step = make_step(args, device)
+        for _ in range(3):
+            step(args.memory_probe)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        return None
+    unet, scheduler, step = make_step(args, device)
+    times = {method: [] for method in METHODS}
+    for _ in range(args.warmup):
+        for method in METHODS:
+            step(method)
+    for _ in range(args.rounds):
+        for method in METHODS:
+            start = time.perf_counter()
+            step(method)
+            times[method].append(time.perf_counter() - start)
+    steps_per_second = {method: 1.0 / float(np.median(values)) for method, values in times.items()}
+    memory = {method: peak_memory_mb(args, method, device) for method in METHODS}
+
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    pipeline = DDIMPipeline(unet=unet.eval(), scheduler=DDIMScheduler.from_config(scheduler.config))
+    pipeline.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
+    pipeline(batch_size=args.generation_samples, num_inference_steps=args.generation_steps,
+             generator=torch.Generator().manual_seed(0))
+    samples_per_second = args.generation_samples / (time.perf_counter() - start)
+
+    base = steps_per_second["unsupervised"]
+    report = {"device": str(device), "torch_threads": torch.get_num_threads(), "settings": vars(args),
+              "steps_per_second": steps_per_second, "ratio_vs_unsupervised": {m: v / base for m, v in steps_per_second.items()},
+              "peak_memory_mb": memory, "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda"
+              else "peak RSS of a fresh process (model + optimizer + 3 steps)",
+              "generation_samples_per_second": samples_per_second,
+              "generation": f"DDIM {args.generation_steps} steps, batch {args.generation_samples}"}
+    print(f"| method | steps/s | ratio vs unsupervised | peak memory (MB) |\n|---|---|---|---|")
+    for method in METHODS:
+        print(f"| {method} | {steps_per_second[method]:.2f} | {steps_per_second[method] / base:.3f} | {memory[method]:.0f} |")
+    print(f"\ngeneration: {samples_per_second:.1f} samples/s ({report['generation']}); device {device}, "
+          f"batch {args.unlabeled_batch_size} U + {args.sensitive_batch_size} S at {args.resolution}px")
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as handle:
+        json.dump(report, handle, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main(parse_args())

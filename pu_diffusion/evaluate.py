@@ -1,0 +1,130 @@
+"""Evaluate a trained pipeline: generate samples, then non-sensitive rate and Fréchet distance."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from .evaluation import CLASSIFIER_FD, classify, frechet_distance, load_or_train_digit_classifier, non_sensitive_rate
+
+METRIC_KEYS = ("non_sensitive_rate", CLASSIFIER_FD, "num_samples", "feature_space", "classifier", "sampler",
+               "num_inference_steps", "seed", "samples_per_second")
+
+
+@torch.no_grad()
+def generate_samples(pipeline, num_samples: int, batch_size: int = 250, num_inference_steps: int = 100,
+                     seed: int = 0) -> torch.Tensor:
+    """N×C×H×W samples in [-1, 1], deterministic given ``seed``."""
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    chunks = []
+    for begin in range(0, num_samples, batch_size):
+        images = pipeline(batch_size=min(batch_size, num_samples - begin), generator=generator,
+                          num_inference_steps=num_inference_steps, output_type="np").images
+        chunks.append(torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2) * 2 - 1)
+    return torch.cat(chunks).float()
+
+
+def load_pipeline(path: str, sampler: str | None = None):
+    """DiffusionPipeline from a folder or hub id, optionally with its scheduler swapped for DDPM or DDIM."""
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline
+
+    pipeline = DiffusionPipeline.from_pretrained(path)
+    if sampler == "ddim" and not isinstance(pipeline.scheduler, DDIMScheduler):
+        pipeline = DDIMPipeline(unet=pipeline.unet, scheduler=DDIMScheduler.from_config(pipeline.scheduler.config))
+    elif sampler == "ddpm" and not isinstance(pipeline.scheduler, DDPMScheduler):
+        pipeline = DDPMPipeline(unet=pipeline.unet, scheduler=DDPMScheduler.from_config(pipeline.scheduler.config))
+    return pipeline
+
+
+def builtin_test_images(split: dict, resolution: int) -> torch.Tensor:
+    """The held-out normal-only test digits of a built-in split, as the training transform makes them."""
+    from .data import ImageTransform, builtin_images
+
+    images, _ = builtin_images(split, "test")
+    transform = ImageTransform(resolution, channels=1, center_crop=True)
+    return torch.stack([transform(image) for image in images])
+
+
+def evaluate_samples(samples: torch.Tensor, test_images: torch.Tensor, sensitive_classes, classifier,
+                     classifier_name: str) -> dict:
+    """Non-sensitive rate of ``samples`` and their classifier-feature Fréchet distance to ``test_images``."""
+    predictions, features = classify(classifier, samples)
+    _, test_features = classify(classifier, test_images)
+    counts = np.bincount(predictions, minlength=10)
+    return {
+        "non_sensitive_rate": non_sensitive_rate(predictions, sensitive_classes),
+        CLASSIFIER_FD: frechet_distance(features, test_features),
+        "feature_space": f"penultimate layer of {classifier_name} (not Inception: no Inception weights offline)",
+        "classifier": classifier_name,
+        "predicted_class_counts": counts.tolist(),
+        "sensitive_classes": [int(c) for c in sensitive_classes],
+        "num_samples": int(len(samples)),
+        "num_test_images": int(len(test_images)),
+    }
+
+
+def evaluate_builtin_pipeline(pipeline_path: str, num_samples: int = 500, batch_size: int = 250,
+                              sampler: str | None = "ddim", num_inference_steps: int = 100, seed: int = 0,
+                              cache_dir: str | None = None, pipeline=None) -> tuple[dict, torch.Tensor]:
+    """Evaluate a pipeline trained on a built-in MNIST split (its folder holds pu_split.json)."""
+    from .data import BUILTIN_SPLIT_FILE, read_split_file
+
+    split_file = os.path.join(pipeline_path, BUILTIN_SPLIT_FILE)
+    if not os.path.exists(split_file):
+        raise FileNotFoundError(f"{split_file} not found: the built-in evaluation needs the split the model was "
+                                "trained on; pass --test_data_dir and --classifier_name_or_path for other data.")
+    split = read_split_file(split_file)
+    pipeline = pipeline or load_pipeline(pipeline_path, sampler)
+    resolution = pipeline.unet.config.sample_size
+    classifier, classifier_info = load_or_train_digit_classifier(resolution, cache_dir)
+    start = time.time()
+    samples = generate_samples(pipeline, num_samples, batch_size, num_inference_steps, seed)
+    generation_seconds = time.time() - start
+    normal = set(split["preset"]["normal_classes"])
+    sensitive = [c for c in range(10) if c not in normal]
+    metrics = evaluate_samples(samples, builtin_test_images(split, resolution), sensitive, classifier,
+                               f"pu-diffusion MNIST CNN (held-out accuracy {classifier_info['accuracy_held_out']:.4f})")
+    metrics.update(sampler=type(pipeline.scheduler).__name__, num_inference_steps=num_inference_steps, seed=seed,
+                   samples_per_second=round(num_samples / generation_seconds, 2), pipeline=pipeline_path,
+                   classifier_accuracy=classifier_info["accuracy_held_out"], preset=split["preset"]["name"],
+                   torch=torch.__version__, python=platform.python_version())
+    return metrics, samples
+
+
+def write_metrics(metrics: dict, output_dir: str, samples: torch.Tensor | None = None, grid_size: int = 64) -> str:
+    """``output_dir/metrics.json`` (and ``samples_eval.png``, a grid of the first samples)."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "metrics.json")
+    with open(path, "w") as handle:
+        json.dump(metrics, handle, indent=2)
+    if samples is not None:
+        from pipelines import save_image_grid
+
+        images = ((samples[:grid_size].clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        save_image_grid(images, os.path.join(output_dir, "samples_eval.png"), scale=max(1, 64 // samples.shape[-1]))
+    return path
+
+
+def add_metrics_to_model_card(pipeline_path: str, metrics: dict) -> str:
+    """Add (or replace) an '## Evaluation' section in the pipeline's README.md."""
+    path = os.path.join(pipeline_path, "README.md")
+    text = open(path).read() if os.path.exists(path) else ""
+    marker = "\n## Evaluation (evaluate_pu_diffusion.py)\n"
+    if marker in text:
+        head, rest = text.split(marker, 1)
+        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        text = head + tail
+    section = marker + "\n| metric | value |\n|---|---|\n" + "".join(
+        f"| {key} | {metrics[key]:.4f} |\n" if isinstance(metrics.get(key), float) else f"| {key} | {metrics.get(key)} |\n"
+        for key in METRIC_KEYS if key in metrics)
+    usage = text.find("\n## Usage")
+    text = text[:usage] + section + text[usage:] if usage >= 0 else text + section
+    with open(path, "w") as handle:
+        handle.write(text)
+    return path

@@ -1,0 +1,93 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_args
+from pu_diffusion.evaluation import (
+    CLASSIFIER_FD, DigitClassifier, frechet_distance, load_or_train_digit_classifier, non_sensitive_rate,
+)
+
+
+def test_frechet_distance_is_zero_on_itself_and_grows_with_shift():
+    features = np.random.default_rng(0).normal(size=(400, 8))
+    assert abs(frechet_distance(features, features)) < 1e-6
+    near = frechet_distance(features, features + 0.5)
+    far = frechet_distance(features, features + 2.0)
+    assert near == pytest.approx(8 * 0.25, rel=1e-3) and far == pytest.approx(8 * 4.0, rel=1e-3) and far > near
+    scaled = frechet_distance(features, features * 2)
+    assert scaled > 1.0
+
+
+def test_non_sensitive_rate_is_exact():
+    assert non_sensitive_rate([0, 2, 4, 1, 3, 6, 8, 8], [1, 3, 5, 7, 9]) == 0.75
+    assert non_sensitive_rate([1, 1], [1]) == 0.0
+    with pytest.raises(ValueError):
+        non_sensitive_rate([], [1])
+
+
+def test_classifier_cache_roundtrip(tmp_path, monkeypatch):
+    import pu_diffusion.evaluation as evaluation
+
+    calls = []
+
+    def fake_train(resolution, seed):
+        calls.append(resolution)
+        return DigitClassifier(resolution), {"accuracy_held_out": 0.5, "resolution": resolution}
+
+    monkeypatch.setattr(evaluation, "train_digit_classifier", fake_train)
+    first, info = load_or_train_digit_classifier(8, str(tmp_path))
+    second, info2 = load_or_train_digit_classifier(8, str(tmp_path))
+    assert calls == [8] and info2 == info
+    assert os.path.exists(tmp_path / "mnist_classifier_r8_s0.safetensors")
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key])
+
+
+def test_evaluate_a_tiny_saved_pipeline_end_to_end(tmp_path, tiny_unet_config, monkeypatch):
+    import evaluate_pu_diffusion
+    import pu_diffusion.evaluation as evaluation
+    import train_pu_diffusion
+
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    real_train = evaluation.train_digit_classifier
+    monkeypatch.setattr(evaluation, "train_digit_classifier", lambda r, s: real_train(r, s, epochs=1))
+    out = tmp_path / "model"
+    train_pu_diffusion.main(train_pu_diffusion.parse_args(tiny_args(out, tiny_unet_config(), "--max_train_steps", "2")))
+    argv = ["--pipeline", str(out), "--num_samples", "12", "--num_inference_steps", "2", "--update_model_card"]
+    metrics = evaluate_pu_diffusion.main(evaluate_pu_diffusion.parse_args(argv))
+    saved = json.loads((out / "eval" / "metrics.json").read_text())
+    for key in ["non_sensitive_rate", CLASSIFIER_FD, "feature_space", "classifier", "num_samples", "sampler",
+                "sensitive_classes", "predicted_class_counts", "classifier_accuracy", "samples_per_second"]:
+        assert key in saved, key
+    assert saved["sensitive_classes"] == [1, 3, 5, 7, 9] and saved["num_samples"] == 12
+    assert sum(saved["predicted_class_counts"]) == 12
+    assert 0 <= saved["non_sensitive_rate"] <= 1 and "not Inception" in saved["feature_space"]
+    assert (out / "eval" / "samples_eval.png").exists()
+    assert "## Evaluation (evaluate_pu_diffusion.py)" in (out / "README.md").read_text()
+    again = evaluate_pu_diffusion.main(evaluate_pu_diffusion.parse_args(argv))  # deterministic given its seed
+    assert again["non_sensitive_rate"] == metrics["non_sensitive_rate"]
+    assert again[CLASSIFIER_FD] == pytest.approx(metrics[CLASSIFIER_FD])
+    assert (out / "README.md").read_text().count("## Evaluation (evaluate_pu_diffusion.py)") == 1
+
+
+def test_benchmark_smoke_mode(tmp_path, monkeypatch):
+    import importlib.util
+
+    import pu_diffusion.evaluation as evaluation
+
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    real_train = evaluation.train_digit_classifier
+    monkeypatch.setattr(evaluation, "train_digit_classifier", lambda r, s: real_train(r, s, epochs=1))
+    spec = importlib.util.spec_from_file_location("bench", os.path.join(os.path.dirname(__file__), "..",
+                                                                        "benchmarks", "mnist_pu_benchmark.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(bench.parse_args(["--smoke", "--with_nnpu", "--output_dir", str(tmp_path / "bench")]))
+    assert set(report["table"]) == {"even/unsupervised", "even/supervised", "even/pu", "even/pu-nn"}
+    assert len(report["per_seed"]) == 8
+    assert "p_rate_vs_unsupervised" in report["table"]["even/pu"]
+    assert (tmp_path / "bench" / "results.json").exists() and (tmp_path / "bench" / "methods_grid.png").exists()
+    assert not (tmp_path / "bench" / "runs" / "even_pu_s0").exists()

@@ -1,0 +1,84 @@
+"""A tiny Stable Diffusion 1.x pipeline built locally (no Hub): tokenizer from a small written vocab."""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def bytes_to_unicode():
+    codes = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = codes[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in codes:
+            codes.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
+def write_clip_tokenizer(folder):
+    """A CLIP BPE tokenizer whose vocabulary is every byte symbol (no merges): text becomes characters."""
+    from transformers import CLIPTokenizer
+
+    os.makedirs(folder, exist_ok=True)
+    symbols = bytes_to_unicode()
+    vocab = {token: index for index, token in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with open(os.path.join(folder, "vocab.json"), "w") as handle:
+        json.dump(vocab, handle)
+    with open(os.path.join(folder, "merges.txt"), "w") as handle:
+        handle.write("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"),
+                              model_max_length=16)
+    return tokenizer
+
+
+def build_tiny_sd(folder, prediction_type="epsilon"):
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer = write_clip_tokenizer(os.path.join(folder, "_tok"))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
+        vocab_size=len(tokenizer), max_position_embeddings=16))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        norm_num_groups=8, cross_attention_dim=16, attention_head_dim=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=4, sample_size=16)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, steps_offset=1,
+                              clip_sample=False)
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def write_captioned_folder(root, n_unlabeled=8, n_sensitive=4, size=20, seed=0, with_folders=False):
+    """imagefolder with metadata.jsonl (file_name, text, label) — or unlabeled/ & sensitive/ sub-folders."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    lines = []
+    for label, count, caption in (("unlabeled", n_unlabeled, "a photo of a man"),
+                                  ("sensitive", n_sensitive, "a photo of brad")):
+        for index in range(count):
+            name = f"{label}/{index:03d}.png" if with_folders else f"{label}_{index:03d}.png"
+            os.makedirs(os.path.dirname(os.path.join(root, name)) or root, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(os.path.join(root, name))
+            row = {"file_name": name, "text": caption}
+            if not with_folders:
+                row["label"] = label
+            lines.append(json.dumps(row))
+    with open(os.path.join(root, "metadata.jsonl"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return str(root)
