@@ -106,3 +106,20 @@ def test_unreadable_images_are_found(tmp_path):
         handle.write(b"\x89PNG\r\n\x1a\n not really a png")
     problems = find_unreadable_images(load_image_dataset(train_data_dir=root), "image")
     assert len(problems) == 1 and "002.png" in problems[0]
+
+
+def test_export_builtin_split_to_a_folder_the_script_reads(tmp_path):
+    from pu_diffusion.export_split import export_split, parse_args
+
+    out = tmp_path / "mnist_even"
+    info = export_split(parse_args(["--preset", "builtin-mnist-even", "--output_dir", str(out),
+                                    "--n_unlabeled_normal", "40", "--n_unlabeled_sensitive", "4",
+                                    "--n_sensitive", "5", "--n_test", "6"]))
+    assert len(os.listdir(out / "train" / "unlabeled")) == 44 and len(os.listdir(out / "train" / "sensitive")) == 5
+    assert len(os.listdir(out / "test" / "normal")) == 6
+    assert all(c % 2 == 0 for c in info["classes"]["test"]) and all(c % 2 for c in info["classes"]["sensitive"])
+    dataset = load_image_dataset(train_data_dir=str(out / "train"))
+    unlabeled, sensitive = pu_indices(dataset, "image", "label", "sensitive")
+    assert (len(unlabeled), len(sensitive)) == (44, 5)
+    with pytest.raises(ValueError, match="already holds"):
+        export_split(parse_args(["--preset", "builtin-mnist-even", "--output_dir", str(out)]))

@@ -91,3 +91,26 @@ def test_benchmark_smoke_mode(tmp_path, monkeypatch):
     assert "p_rate_vs_unsupervised" in report["table"]["even/pu"]
     assert (tmp_path / "bench" / "results.json").exists() and (tmp_path / "bench" / "methods_grid.png").exists()
     assert not (tmp_path / "bench" / "runs" / "even_pu_s0").exists()
+
+
+def load_benchmark(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "benchmarks",
+                                                                     f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_benchmarks_run_and_write_json(tmp_path):
+    speed = load_benchmark("speed")
+    report = speed.main(speed.parse_args(["--resolution", "8", "--rounds", "2", "--warmup", "1",
+                                          "--generation_samples", "2", "--generation_steps", "2",
+                                          "--output", str(tmp_path / "speed.json")]))
+    assert set(report["steps_per_second"]) == {"unsupervised", "supervised", "pu"}
+    assert report["ratio_vs_unsupervised"]["unsupervised"] == 1.0 and all(v > 0 for v in report["peak_memory_mb"].values())
+    sd = load_benchmark("sd_speed")
+    report = sd.main(sd.parse_args(["--resolution", "16", "--rounds", "2", "--unlabeled_batch_size", "2",
+                                    "--sensitive_batch_size", "1", "--output", str(tmp_path / "sd.json")]))
+    assert report["speedup_ours_vs_authors"] > 0 and json.loads((tmp_path / "sd.json").read_text())["peak_memory_mb"]

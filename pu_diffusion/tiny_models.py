@@ -1,4 +1,4 @@
-"""A tiny Stable Diffusion 1.x pipeline built locally (no Hub): tokenizer from a small written vocab."""
+"""Tiny Stable Diffusion 1.x pipelines built locally (no Hub) for tests and CPU benchmarks; tokenizer from a written vocab."""
 
 import json
 import os
@@ -37,7 +37,7 @@ def write_clip_tokenizer(folder):
     return tokenizer
 
 
-def build_tiny_sd(folder, prediction_type="epsilon"):
+def build_tiny_sd(folder, prediction_type="epsilon", sample_size=8):
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -49,12 +49,12 @@ def build_tiny_sd(folder, prediction_type="epsilon"):
         hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
         vocab_size=len(tokenizer), max_position_embeddings=16))
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
         norm_num_groups=8, cross_attention_dim=16, attention_head_dim=2,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, sample_size=16)
+                        norm_num_groups=4, sample_size=sample_size * 2)
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, steps_offset=1,
                               clip_sample=False)
     pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,

