@@ -36,8 +36,8 @@ from pu_diffusion.losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, diffusi
 from pu_diffusion.models import check_resolution, default_unet_config
 from pu_diffusion.splits import PRESETS
 from pu_diffusion.training import (
-    check_output_dir, checkpoint_dirs, make_trackers, prepare_output_dir, public_config, register_model_hooks,
-    resolve_resume_checkpoint, rotate_checkpoints,
+    check_output_dir, make_trackers, prepare_output_dir, progress_postfix, public_config, register_model_hooks,
+    resolve_resume_checkpoint, save_checkpoint, step_logs,
 )
 
 logger = get_logger(__name__, log_level="INFO")
@@ -352,26 +352,12 @@ def main(args):
                     ema_model.step(unet.parameters())
                 global_step += 1
                 progress_bar.update(1)
-                logs = terms.log_dict()
-                names = list(logs)
-                reduced = accelerator.reduce(torch.tensor([logs[name] for name in names],
-                                                          device=accelerator.device), reduction="mean")
-                logs = {name: value for name, value in zip(names, reduced.tolist())}
-                logs["lr"] = lr_scheduler.get_last_lr()[0]
-                if ema_model is not None:
-                    logs["ema_decay"] = ema_model.cur_decay_value
-                progress_bar.set_postfix(loss=f"{logs['loss']:.4g}", U=f"{logs['L_U-']:.3g}", S=f"{logs['L_S-']:.3g}",
-                                         Splus=f"{logs['L_S+']:.2g}", neg=f"{logs['neg_risk']:.3g}",
-                                         nn=int(logs["nn_fired"] > 0))
+                logs = step_logs(accelerator, terms, lr_scheduler, ema_model)
+                progress_bar.set_postfix(**progress_postfix(logs))
                 accelerator.log(logs, step=global_step)
-
                 if global_step % args.checkpointing_steps == 0:
-                    if accelerator.is_main_process:
-                        rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
-                    accelerator.wait_for_everyone()
-                    save_path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
-                    accelerator.save_state(save_path)
-                    logger.info(f"Saved state to {save_path}")
+                    path = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                    logger.info(f"Saved state to {path}")
 
                 if (accelerator.is_main_process and args.validation_steps and args.num_validation_images
                         and global_step % args.validation_steps == 0 and global_step < args.max_train_steps):

@@ -40,8 +40,8 @@ from pu_diffusion.text_to_image import (
     drop_captions, encode_captions, encode_latent_parameters, predict_noise, sample_latents,
 )
 from pu_diffusion.training import (
-    check_output_dir, make_trackers, prepare_output_dir, public_config, register_model_hooks,
-    resolve_resume_checkpoint, rotate_checkpoints,
+    check_output_dir, make_trackers, prepare_output_dir, progress_postfix, public_config, register_model_hooks,
+    resolve_resume_checkpoint, save_checkpoint, step_logs,
 )
 
 logger = get_logger(__name__, log_level="INFO")
@@ -337,15 +337,11 @@ def main(args):
                     ema_model.step(unet.parameters())
                 global_step += 1
                 progress_bar.update(1)
-                logs = {**terms.log_dict(), "lr": lr_scheduler.get_last_lr()[0]}
-                progress_bar.set_postfix(loss=f"{logs['loss']:.4g}", U=f"{logs['L_U-']:.3g}", S=f"{logs['L_S-']:.3g}",
-                                         neg=f"{logs['neg_risk']:.3g}", nn=int(logs["nn_fired"]))
+                logs = step_logs(accelerator, terms, lr_scheduler, ema_model)
+                progress_bar.set_postfix(**progress_postfix(logs))
                 accelerator.log(logs, step=global_step)
                 if global_step % args.checkpointing_steps == 0:
-                    if accelerator.is_main_process:
-                        rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
-                    accelerator.wait_for_everyone()
-                    accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
+                    save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
                 if (accelerator.is_main_process and args.validation_prompts and args.validation_steps
                         and global_step % args.validation_steps == 0):
                     log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, global_step)

@@ -183,3 +183,34 @@ def make_trackers(report_to: str, logging_dir: str):
             logger.warning("--report_to %s: %s is not installed; logging to %s/train_log.jsonl only "
                            "(pip install %s to enable it).", name, name, logging_dir, name)
     return trackers
+
+
+def step_logs(accelerator, terms, lr_scheduler, ema_model=None) -> dict:
+    """The PU terms of this step averaged over processes, plus learning rate (and EMA decay)."""
+    import torch
+
+    logs = terms.log_dict()
+    names = list(logs)
+    reduced = accelerator.reduce(torch.tensor([logs[name] for name in names], device=accelerator.device),
+                                 reduction="mean")
+    logs = dict(zip(names, reduced.tolist()))
+    logs["lr"] = lr_scheduler.get_last_lr()[0]
+    if ema_model is not None:
+        logs["ema_decay"] = ema_model.cur_decay_value
+    return logs
+
+
+def progress_postfix(logs: dict) -> dict:
+    """Short progress-bar fields: loss, U = L_U⁻, S = L_S⁻, Splus = L_S⁺, neg = L_U⁻ − βL_S⁻, nn = branch fired."""
+    return {"loss": f"{logs['loss']:.4g}", "U": f"{logs['L_U-']:.3g}", "S": f"{logs['L_S-']:.3g}",
+            "Splus": f"{logs['L_S+']:.2g}", "neg": f"{logs['neg_risk']:.3g}", "nn": int(logs["nn_fired"] > 0)}
+
+
+def save_checkpoint(accelerator, output_dir: str, global_step: int, total_limit: int | None) -> str:
+    """Rotate old checkpoints (main process) and save the accelerate state to ``checkpoint-<global_step>``."""
+    if accelerator.is_main_process:
+        rotate_checkpoints(output_dir, total_limit)
+    accelerator.wait_for_everyone()
+    path = os.path.join(output_dir, f"checkpoint-{global_step}")
+    accelerator.save_state(path)
+    return path
