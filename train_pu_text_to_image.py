@@ -69,7 +69,8 @@ def parse_args(input_args=None):
                         help="Probability of replacing a caption by '' (trains the unconditional branch with PU too).")
     parser.add_argument("--skip_image_check", action="store_true")
     parser.add_argument("--cache_latents", dest="cache_latents", action="store_true", default=None,
-                        help=f"Encode images/captions once (default: on for ≤{CACHE_LATENTS_MAX_ROWS} rows).")
+                        help=f"Encode images (center crops, and their flips) and captions once "
+                             f"(default: on for ≤{CACHE_LATENTS_MAX_ROWS} rows).")
     parser.add_argument("--no_cache_latents", dest="cache_latents", action="store_false")
     # PU method
     parser.add_argument("--method", type=str, default="pu", choices=METHODS)
@@ -420,9 +421,13 @@ def log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, global
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(args.seed or 0)
     images = []
+    # Frozen encoders may be fp16/bf16 while the trained UNet stays fp32: sample under autocast then.
+    autocast = torch.autocast(accelerator.device.type, dtype=vae.dtype, enabled=vae.dtype != torch.float32)
     for prompt in args.validation_prompts:
-        images += pipeline([prompt] * args.num_validation_images, num_inference_steps=args.num_inference_steps,
-                           guidance_scale=args.guidance_scale, generator=generator, output_type="np").images.tolist()
+        with autocast:
+            images += pipeline([prompt] * args.num_validation_images, num_inference_steps=args.num_inference_steps,
+                               guidance_scale=args.guidance_scale, generator=generator,
+                               output_type="np").images.tolist()
     name = "final.png" if final else f"step_{global_step}.png"
     path = save_image_grid(np.asarray(images), os.path.join(args.output_dir, "validation", name),
                            columns=args.num_validation_images)

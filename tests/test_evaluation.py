@@ -114,3 +114,27 @@ def test_speed_benchmarks_run_and_write_json(tmp_path):
     report = sd.main(sd.parse_args(["--resolution", "16", "--rounds", "2", "--unlabeled_batch_size", "2",
                                     "--sensitive_batch_size", "1", "--output", str(tmp_path / "sd.json")]))
     assert report["speedup_ours_vs_authors"] > 0 and json.loads((tmp_path / "sd.json").read_text())["peak_memory_mb"]
+
+
+def test_scoring_images_with_the_models_own_loss(tiny_unet_config):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from pipelines import diffusion_losses, normal_probability
+    from pu_diffusion.losses import per_sample_diffusion_loss
+
+    unet = UNet2DModel.from_config(UNet2DModel.load_config(tiny_unet_config()))
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    images = torch.rand(5, 1, 8, 8) * 2 - 1
+    losses = diffusion_losses(unet, scheduler, images, num_draws=3, generator=torch.Generator().manual_seed(0))
+    assert losses.shape == (5,) and (losses > 0).all()
+    # one draw reproduces ℓ computed by hand with the same noise and timesteps
+    generator = torch.Generator().manual_seed(1)
+    single = diffusion_losses(unet, scheduler, images, num_draws=1, generator=generator)
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(images.shape, generator=generator)
+    timesteps = torch.randint(0, 1000, (5,), generator=generator)
+    with torch.no_grad():
+        expected = per_sample_diffusion_loss(unet(scheduler.add_noise(images, noise, timesteps), timesteps).sample, noise)
+    torch.testing.assert_close(single, expected)
+    probability = normal_probability(losses)
+    assert ((probability > 0) & (probability <= 1)).all()
