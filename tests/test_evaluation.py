@@ -85,12 +85,15 @@ def test_benchmark_smoke_mode(tmp_path, monkeypatch):
                                                                         "benchmarks", "mnist_pu_benchmark.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    report = bench.main(bench.parse_args(["--smoke", "--with_nnpu", "--output_dir", str(tmp_path / "bench")]))
+    report = bench.main(bench.parse_args(["--smoke", "--with_nnpu", "--beta_sweep", "0.1", "0.3",
+                                          "--output_dir", str(tmp_path / "bench")]))
     assert set(report["table"]) == {"even/unsupervised", "even/supervised", "even/pu", "even/pu-nn"}
     assert len(report["per_seed"]) == 8
     assert "p_rate_vs_unsupervised" in report["table"]["even/pu"]
     assert (tmp_path / "bench" / "results.json").exists() and (tmp_path / "bench" / "methods_grid.png").exists()
     assert not (tmp_path / "bench" / "runs" / "even_pu_s0").exists()
+    assert [row["beta"] for row in report["beta_sweep"]] == [0.1, 0.3]
+    assert (tmp_path / "bench" / "beta_sweep.png").exists()
 
 
 def load_benchmark(name):
