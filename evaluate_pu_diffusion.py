@@ -12,7 +12,9 @@ import argparse
 import json
 import os
 
-from pu_diffusion.evaluate import add_metrics_to_model_card, evaluate_builtin_pipeline, write_metrics
+from pu_diffusion.evaluate import (
+    add_metrics_to_model_card, evaluate_builtin_pipeline, evaluate_with_classifier, write_metrics,
+)
 
 
 def parse_args(input_args=None):
@@ -26,17 +28,30 @@ def parse_args(input_args=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default=None, help="Default: <pipeline>/eval")
     parser.add_argument("--cache_dir", default=None, help="Where the classifier is cached (~/.cache/pu_diffusion).")
+    parser.add_argument("--classifier_name_or_path", default=None,
+                        help="A transformers image-classification model (folder or hub id) for data other than the "
+                             "built-in MNIST; needs --sensitive_labels and --test_data_dir.")
+    parser.add_argument("--sensitive_labels", nargs="+", default=None, help="Classifier labels (names or ids) "
+                                                                              "that count as sensitive.")
+    parser.add_argument("--test_data_dir", default=None, help="Folder of normal-only test images (FD reference).")
     parser.add_argument("--update_model_card", action="store_true", help="Add the metrics to the pipeline's README.md.")
     args = parser.parse_args(input_args)
+    if args.classifier_name_or_path and not (args.sensitive_labels and args.test_data_dir):
+        parser.error("--classifier_name_or_path needs --sensitive_labels and --test_data_dir.")
     if args.num_samples < 2:
         parser.error("--num_samples must be at least 2 (the Fréchet distance needs a covariance).")
     return args
 
 
 def main(args):
-    metrics, samples = evaluate_builtin_pipeline(
-        args.pipeline, args.num_samples, args.batch_size, None if args.sampler == "pipeline" else args.sampler,
-        args.num_inference_steps, args.seed, args.cache_dir)
+    sampler = None if args.sampler == "pipeline" else args.sampler
+    if args.classifier_name_or_path:
+        metrics, samples = evaluate_with_classifier(
+            args.pipeline, args.classifier_name_or_path, args.sensitive_labels, args.test_data_dir, args.num_samples,
+            args.batch_size, sampler, args.num_inference_steps, args.seed)
+    else:
+        metrics, samples = evaluate_builtin_pipeline(args.pipeline, args.num_samples, args.batch_size, sampler,
+                                                     args.num_inference_steps, args.seed, args.cache_dir)
     output_dir = args.output_dir or os.path.join(args.pipeline, "eval")
     path = write_metrics(metrics, output_dir, samples)
     if args.update_model_card:

@@ -128,3 +128,68 @@ def add_metrics_to_model_card(pipeline_path: str, metrics: dict) -> str:
     with open(path, "w") as handle:
         handle.write(text)
     return path
+
+
+@torch.no_grad()
+def transformers_classify(model_path: str, images, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(predicted label ids, pooled last hidden states, id2label) of PIL images with a transformers classifier."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    processor = AutoImageProcessor.from_pretrained(model_path)
+    model = AutoModelForImageClassification.from_pretrained(model_path).eval()
+    predictions, features = [], []
+    for begin in range(0, len(images), batch_size):
+        batch = [image.convert("RGB") for image in images[begin:begin + batch_size]]
+        outputs = model(**processor(images=batch, return_tensors="pt"), output_hidden_states=True)
+        hidden = outputs.hidden_states[-1]
+        features.append((hidden.flatten(2).mean(-1) if hidden.dim() == 4 else hidden.mean(1)).float().numpy())
+        predictions.append(outputs.logits.argmax(-1).numpy())
+    return np.concatenate(predictions), np.concatenate(features), dict(model.config.id2label)
+
+
+def sensitive_label_ids(sensitive_labels: list[str], id2label: dict) -> list[int]:
+    """Label ids for ``--sensitive_labels`` given as names or ids; unknown ones are refused by name."""
+    by_name = {str(name): int(index) for index, name in id2label.items()}
+    ids = []
+    for label in sensitive_labels:
+        if label in by_name:
+            ids.append(by_name[label])
+        elif label.isdigit() and int(label) in {int(k) for k in id2label}:
+            ids.append(int(label))
+        else:
+            raise ValueError(f"--sensitive_labels: '{label}' is not a label of the classifier ({sorted(by_name)}).")
+    return ids
+
+
+def evaluate_with_classifier(pipeline_path: str, classifier_path: str, sensitive_labels: list[str],
+                             test_data_dir: str, num_samples: int = 500, batch_size: int = 250,
+                             sampler: str | None = "ddim", num_inference_steps: int = 100,
+                             seed: int = 0) -> tuple[dict, torch.Tensor]:
+    """Evaluate any pipeline with a transformers image classifier and a folder of normal-only test images."""
+    from pipelines.saving import to_pil_images
+
+    from .data import load_image_dataset
+
+    if not (test_data_dir and os.path.isdir(test_data_dir)):
+        raise ValueError(f"--test_data_dir {test_data_dir!r} is not a folder of normal-only test images.")
+    pipeline = load_pipeline(pipeline_path, sampler)
+    start = time.time()
+    samples = generate_samples(pipeline, num_samples, batch_size, num_inference_steps, seed)
+    generation_seconds = time.time() - start
+    predictions, features, id2label = transformers_classify(
+        classifier_path, to_pil_images(((samples.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()))
+    sensitive = sensitive_label_ids(sensitive_labels, id2label)
+    test_images = load_image_dataset(train_data_dir=test_data_dir)["image"]
+    _, test_features, _ = transformers_classify(classifier_path, test_images)
+    metrics = {
+        "non_sensitive_rate": non_sensitive_rate(predictions, sensitive),
+        CLASSIFIER_FD: frechet_distance(features, test_features),
+        "feature_space": f"pooled last hidden state of {classifier_path} (not Inception)",
+        "classifier": classifier_path, "sensitive_classes": sensitive,
+        "predicted_class_counts": np.bincount(predictions, minlength=len(id2label)).tolist(),
+        "num_samples": int(len(samples)), "num_test_images": int(len(test_images)),
+        "sampler": type(pipeline.scheduler).__name__, "num_inference_steps": num_inference_steps, "seed": seed,
+        "samples_per_second": round(num_samples / generation_seconds, 2), "pipeline": pipeline_path,
+        "torch": torch.__version__, "python": platform.python_version(),
+    }
+    return metrics, samples

@@ -141,3 +141,32 @@ def test_scoring_images_with_the_models_own_loss(tiny_unet_config):
     torch.testing.assert_close(single, expected)
     probability = normal_probability(losses)
     assert ((probability > 0) & (probability <= 1)).all()
+
+
+def test_evaluate_with_a_transformers_classifier(tmp_path, tiny_unet_config):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    import evaluate_pu_diffusion
+    from conftest import write_imagefolder
+
+    classifier = tmp_path / "classifier"
+    config = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=32, num_labels=3,
+                       id2label={0: "cat", 1: "dog", 2: "face"}, label2id={"cat": 0, "dog": 1, "face": 2})
+    ViTForImageClassification(config).save_pretrained(str(classifier))
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(str(classifier))
+    pipeline_dir = tmp_path / "pipe"
+    unet = UNet2DModel.from_config(UNet2DModel.load_config(tiny_unet_config(3)))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(pipeline_dir))
+    test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=6, n_sensitive=0, size=8)
+    argv = ["--pipeline", str(pipeline_dir), "--num_samples", "6", "--num_inference_steps", "2",
+            "--classifier_name_or_path", str(classifier), "--sensitive_labels", "face", "--test_data_dir", test_dir]
+    metrics = evaluate_pu_diffusion.main(evaluate_pu_diffusion.parse_args(argv))
+    counts = metrics["predicted_class_counts"]
+    assert metrics["sensitive_classes"] == [2] and sum(counts) == 6
+    assert metrics["non_sensitive_rate"] == pytest.approx(1 - counts[2] / 6)
+    assert np.isfinite(metrics[CLASSIFIER_FD]) and "not Inception" in metrics["feature_space"]
+    assert (pipeline_dir / "eval" / "metrics.json").exists()
+    with pytest.raises(ValueError, match="--sensitive_labels: 'nose'"):
+        evaluate_pu_diffusion.main(evaluate_pu_diffusion.parse_args(argv[:-3] + ["nose", "--test_data_dir", test_dir]))
