@@ -29,15 +29,15 @@ from diffusers.training_utils import EMAModel
 
 from pipelines import push_output_dir, save_image_grid, unconditional_pipeline, write_model_card
 from pu_diffusion.data import (
-    BUILTIN_SPLIT_FILE, ImageTransform, PUBatchSampler, PUDataError, PUImageDataset, builtin_pu_dataset,
-    builtin_pu_split, collate_pu_batch, find_unreadable_images, load_image_dataset, pu_indices, write_split_file,
+    BUILTIN_SPLIT_FILE, ImageTransform, PUBatchSampler, PUImageDataset, builtin_pu_dataset,
+    builtin_pu_split, collate_pu_batch, check_images_readable, load_image_dataset, pu_indices, write_split_file,
 )
 from pu_diffusion.losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, diffusion_target, per_sample_diffusion_loss, pu_risk
 from pu_diffusion.models import check_resolution, default_unet_config
 from pu_diffusion.splits import PRESETS
 from pu_diffusion.training import (
     check_output_dir, make_trackers, prepare_output_dir, progress_postfix, public_config, register_model_hooks,
-    resolve_resume_checkpoint, save_checkpoint, step_logs,
+    resolve_resume_checkpoint, save_checkpoint, step_logs, validate_pu_flags,
 )
 
 logger = get_logger(__name__, log_level="INFO")
@@ -149,23 +149,13 @@ def validate_args(args):
             setattr(args, key, value)
     if args.num_epochs is None and args.max_train_steps is None:
         args.num_epochs = 100
-    if not 0.0 <= args.beta < 1.0:
-        raise ValueError(f"--beta must lie in [0, 1) (the fraction of U that is sensitive); got {args.beta}.")
-    if args.sensitive_batch_size < 0:
-        raise ValueError("--sensitive_batch_size must be >= 0.")
-    if args.method in ("pu", "supervised") and args.sensitive_batch_size == 0:
-        raise ValueError(f"--method {args.method} needs S samples in every batch: set --sensitive_batch_size >= 1 "
-                         "(or use --method unsupervised).")
-    if args.train_batch_size < 1:
-        raise ValueError("--train_batch_size must be at least 1.")
+    validate_pu_flags(args)
     if args.resolution < 8:
         raise ValueError(f"--resolution {args.resolution} is too small: use at least 8.")
     if args.inference_scheduler is None:
         args.inference_scheduler = "ddim" if args.pretrained_model_name_or_path else "ddpm"
     if args.num_inference_steps is None:
         args.num_inference_steps = 50 if args.inference_scheduler == "ddim" else 1000
-    if args.push_to_hub and args.hub_token is not None and args.report_to in ("wandb", "all"):
-        raise ValueError("--hub_token with --report_to wandb would expose the token: run `hf auth login` instead.")
     if args.pretrained_model_name_or_path and args.model_config_name_or_path:
         raise ValueError("Give --pretrained_model_name_or_path (fine-tune) or --model_config_name_or_path "
                          "(from scratch), not both.")
@@ -184,10 +174,7 @@ def load_data(args):
     unlabeled_rows, sensitive_rows = pu_indices(dataset, args.image_column, args.pu_label_column, args.sensitive_label,
                                                 require_sensitive=args.method != "unsupervised")
     if not args.skip_image_check:
-        problems = find_unreadable_images(dataset, args.image_column)
-        if problems:
-            raise PUDataError("Unreadable image files (fix or remove them, or pass --skip_image_check):\n  "
-                              + "\n  ".join(problems))
+        check_images_readable(dataset, args.image_column)
     info = {"source": source, "unlabeled (U) images": len(unlabeled_rows), "sensitive (S) images": len(sensitive_rows)}
     if split is not None:
         info["held-out normal test images"] = len(split["indices"]["test"])

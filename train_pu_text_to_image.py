@@ -25,14 +25,13 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-import diffusers
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from pipelines import push_output_dir, save_image_grid, write_model_card
 from pu_diffusion.data import (
-    ImageTransform, PUBatchSampler, PUDataError, find_unreadable_images, load_image_dataset, pu_indices,
+    ImageTransform, PUBatchSampler, PUDataError, check_images_readable, load_image_dataset, pu_indices,
 )
 from pu_diffusion.losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, diffusion_target, per_sample_diffusion_loss, pu_risk
 from pu_diffusion.models import check_resolution
@@ -41,7 +40,7 @@ from pu_diffusion.text_to_image import (
 )
 from pu_diffusion.training import (
     check_output_dir, make_trackers, prepare_output_dir, progress_postfix, public_config, register_model_hooks,
-    resolve_resume_checkpoint, save_checkpoint, step_logs,
+    resolve_resume_checkpoint, save_checkpoint, step_logs, validate_pu_flags,
 )
 
 logger = get_logger(__name__, log_level="INFO")
@@ -126,16 +125,11 @@ def parse_args(input_args=None):
 
     if args.dataset_name is None and args.train_data_dir is None:
         raise ValueError("Give --dataset_name or --train_data_dir (U and S images with captions).")
-    if not 0.0 <= args.beta < 1.0:
-        raise ValueError(f"--beta must lie in [0, 1) (the fraction of U that is sensitive); got {args.beta}.")
-    if args.method in ("pu", "supervised") and args.sensitive_batch_size < 1:
-        raise ValueError(f"--method {args.method} needs S samples in every batch: set --sensitive_batch_size >= 1.")
+    validate_pu_flags(args)
     if not 0.0 <= args.proportion_empty_prompts <= 1.0:
         raise ValueError("--proportion_empty_prompts must lie in [0, 1].")
     if args.rank is not None and (args.rank < 1 or args.use_ema):
         raise ValueError("--rank must be >= 1 and cannot be combined with --use_ema.")
-    if args.push_to_hub and args.hub_token is not None and args.report_to in ("wandb", "all"):
-        raise ValueError("--hub_token with --report_to wandb would expose the token: run `hf auth login` instead.")
     return args
 
 
@@ -152,10 +146,7 @@ def load_data(args):
         for row in sensitive_rows:
             captions[int(row)] = args.sensitive_caption
     if not args.skip_image_check:
-        problems = find_unreadable_images(dataset, args.image_column)
-        if problems:
-            raise PUDataError("Unreadable image files (fix or remove them, or pass --skip_image_check):\n  "
-                              + "\n  ".join(problems))
+        check_images_readable(dataset, args.image_column)
     return dataset, unlabeled_rows, sensitive_rows, captions
 
 

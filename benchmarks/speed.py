@@ -119,7 +119,7 @@ def main(args):
               else "peak RSS of a fresh process (model + optimizer + 3 steps)",
               "generation_samples_per_second": samples_per_second,
               "generation": f"DDIM {args.generation_steps} steps, batch {args.generation_samples}"}
-    print(f"| method | steps/s | ratio vs unsupervised | peak memory (MB) |\n|---|---|---|---|")
+    print("| method | steps/s | ratio vs unsupervised | peak memory (MB) |\n|---|---|---|---|")
     for method in METHODS:
         print(f"| {method} | {steps_per_second[method]:.2f} | {steps_per_second[method] / base:.3f} | {memory[method]:.0f} |")
     print(f"\ngeneration: {samples_per_second:.1f} samples/s ({report['generation']}); device {device}, "

@@ -194,6 +194,14 @@ def find_unreadable_images(dataset, image_column: str, max_reports: int = 5) -> 
     return problems
 
 
+def check_images_readable(dataset, image_column: str) -> None:
+    """Raise PUDataError listing unreadable images (decodes every image; skip with --skip_image_check)."""
+    problems = find_unreadable_images(dataset, image_column)
+    if problems:
+        raise PUDataError("Unreadable image files (fix or remove them, or pass --skip_image_check):\n  "
+                          + "\n  ".join(problems))
+
+
 # --------------------------------------------------------------------------------------------
 # Image transform (PIL + numpy; torchvision is not required)
 # --------------------------------------------------------------------------------------------
@@ -301,11 +309,13 @@ class PUBatchSampler:
 
     def _sensitive_stream(self, start: int, count: int) -> list[int]:
         size = len(self.sensitive_rows)
+        orders = {}  # one permutation per pass over S touched by this batch
         picked = []
         for position in range(start, start + count):
             cycle, offset = divmod(position, size)
-            order = np.random.default_rng([self.seed, 1, cycle]).permutation(size)
-            picked.append(int(self.sensitive_rows[order[offset]]))
+            if cycle not in orders:
+                orders[cycle] = np.random.default_rng([self.seed, 1, cycle]).permutation(size)
+            picked.append(int(self.sensitive_rows[orders[cycle][offset]]))
         return picked
 
     def batch(self, epoch: int, index: int) -> list[tuple[int, int]]:

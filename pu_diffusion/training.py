@@ -19,6 +19,21 @@ RESUME_FREE_ARGS = ("resume_from_checkpoint", "overwrite_output_dir", "max_train
 logger = logging.getLogger(__name__)
 
 
+def validate_pu_flags(args) -> None:
+    """Refuse bad flags shared by both scripts (β, batch sizes, hub token) before anything is loaded or written."""
+    if not 0.0 <= args.beta < 1.0:
+        raise ValueError(f"--beta must lie in [0, 1) (the fraction of U that is sensitive); got {args.beta}.")
+    if args.sensitive_batch_size < 0:
+        raise ValueError("--sensitive_batch_size must be >= 0.")
+    if args.method in ("pu", "supervised") and args.sensitive_batch_size == 0:
+        raise ValueError(f"--method {args.method} needs S samples in every batch: set --sensitive_batch_size >= 1 "
+                         "(or use --method unsupervised).")
+    if args.train_batch_size < 1:
+        raise ValueError("--train_batch_size must be at least 1.")
+    if args.push_to_hub and args.hub_token is not None and args.report_to in ("wandb", "all"):
+        raise ValueError("--hub_token with --report_to wandb would expose the token: run `hf auth login` instead.")
+
+
 def public_config(args) -> dict:
     """The run's flags as a JSON-able dict, with secrets (the hub token) left out."""
     config = {}
