@@ -12,9 +12,8 @@ import argparse
 import json
 import os
 
-from pu_diffusion.evaluate import (
-    add_metrics_to_model_card, evaluate_builtin_pipeline, evaluate_with_classifier, write_metrics,
-)
+from pipelines import add_metrics_to_model_card
+from pu_diffusion.evaluation import evaluate_builtin_pipeline, evaluate_with_classifier, write_metrics
 
 
 def parse_args(input_args=None):

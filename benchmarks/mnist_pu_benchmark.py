@@ -22,17 +22,14 @@ import time
 
 import numpy as np
 
+from pu_diffusion.testing_utils import write_unet_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 PAPER = {  # non-sensitive rate, paper Table 2 (MNIST, from scratch)
     ("even", "unsupervised"): 0.904, ("even", "supervised"): 0.908, ("even", "pu"): 0.978,
     ("odd", "unsupervised"): 0.900, ("odd", "supervised"): 0.901, ("odd", "pu"): 0.975,
 }
-TINY_UNET = {"_class_name": "UNet2DModel", "sample_size": 8, "in_channels": 1, "out_channels": 1,
-             "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
-             "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}
-
 
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description="PU vs baselines on the built-in MNIST benchmark.")
@@ -77,10 +74,7 @@ def train_args(args, run_dir, method, split, seed, estimator="abs", beta=None):
     if args.use_ema:
         argv.append("--use_ema")
     if args.smoke:
-        config_dir = os.path.join(args.output_dir, "tiny_unet")
-        os.makedirs(config_dir, exist_ok=True)
-        with open(os.path.join(config_dir, "config.json"), "w") as handle:
-            json.dump(TINY_UNET, handle)
+        config_dir = write_unet_config(os.path.join(args.output_dir, "tiny_unet"))
         argv += ["--model_config_name_or_path", config_dir, "--resolution", "8", "--lr_warmup_steps", "1",
                  "--num_final_images", "4", "--num_inference_steps", "2"]
     return argv + args.extra_train_args.split()
@@ -90,7 +84,7 @@ def train_and_evaluate(args, name, argv, seed):
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
     import train_pu_diffusion
-    from pu_diffusion.evaluate import evaluate_builtin_pipeline
+    from pu_diffusion.evaluation import evaluate_builtin_pipeline
 
     run_dir = argv[argv.index("--output_dir") + 1]
     start = time.time()

@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk  # noqa: E402
-from pu_diffusion.text_to_image import encode_captions, encode_latent_parameters, sample_latents  # noqa: E402
-from pu_diffusion.tiny_models import build_tiny_sd  # noqa: E402
+from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk
+from pu_diffusion.text_to_image import encode_captions, encode_latent_parameters, sample_latents
+from pu_diffusion.testing_utils import build_tiny_sd
 
 PATHS = ["ours", "authors"]
 

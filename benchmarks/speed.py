@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk  # noqa: E402
-from pu_diffusion.models import default_unet_config  # noqa: E402
+from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk
+from pu_diffusion.models import default_unet_config
 
 METHODS = ["unsupervised", "supervised", "pu"]
 

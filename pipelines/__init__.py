@@ -1,16 +1,16 @@
 """What a trained PU model becomes: a stock diffusers pipeline folder, its model card, a hub repo.
 
 Nothing here is needed to *use* a trained model: ``DiffusionPipeline.from_pretrained(output_dir)``
-loads it with stock diffusers classes. These helpers write that folder, describe it, publish it,
-and score images with the model's own per-sample diffusion loss ℓ.
+loads it with stock diffusers classes. These helpers build and write that folder, describe it, publish
+it, and score images with the model's own per-sample diffusion loss ℓ (computed by the library).
 """
 
-from .card import write_model_card
-from .hub import HUB_IGNORE_PATTERNS, push_output_dir
-from .saving import save_image_grid, save_unconditional_pipeline, unconditional_pipeline
-from .scoring import diffusion_losses, normal_probability
+from .card import add_metrics_to_model_card, write_model_card
+from .hub import push_output_dir
+from .saving import unconditional_pipeline
+from .scoring import normal_probability, score_images
 
 __all__ = [
-    "write_model_card", "push_output_dir", "HUB_IGNORE_PATTERNS", "save_unconditional_pipeline",
-    "unconditional_pipeline", "save_image_grid", "diffusion_losses", "normal_probability",
+    "add_metrics_to_model_card", "write_model_card", "push_output_dir", "unconditional_pipeline",
+    "normal_probability", "score_images",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from pu_diffusion.metrics import CLASSIFIER_FD
+
 METHOD_TEXT = {
     "pu": "Positive-Unlabeled diffusion (Takahashi et al., ICLR 2025): the per-sample diffusion loss ℓ is read "
           "as a classifier p(normal|x) = exp(−ℓ) and trained with an unbiased PU risk, so the ELBO is maximised on "
@@ -61,4 +63,27 @@ def write_model_card(output_dir: str, run: dict, data: dict, metrics: dict | Non
                                + list(extra_tags or []))
     path = os.path.join(output_dir, "README.md")
     card.save(path)
+    return path
+
+
+METRIC_KEYS = ("non_sensitive_rate", CLASSIFIER_FD, "num_samples", "feature_space", "classifier", "sampler",
+               "num_inference_steps", "seed", "samples_per_second")
+
+
+def add_metrics_to_model_card(pipeline_path: str, metrics: dict) -> str:
+    """Add (or replace) an '## Evaluation' section in the pipeline's README.md."""
+    path = os.path.join(pipeline_path, "README.md")
+    text = open(path).read() if os.path.exists(path) else ""
+    marker = "\n## Evaluation (evaluate_pu_diffusion.py)\n"
+    if marker in text:
+        head, rest = text.split(marker, 1)
+        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        text = head + tail
+    section = marker + "\n| metric | value |\n|---|---|\n" + "".join(
+        f"| {key} | {metrics[key]:.4f} |\n" if isinstance(metrics.get(key), float) else f"| {key} | {metrics.get(key)} |\n"
+        for key in METRIC_KEYS if key in metrics)
+    usage = text.find("\n## Usage")
+    text = text[:usage] + section + text[usage:] if usage >= 0 else text + section
+    with open(path, "w") as handle:
+        handle.write(text)
     return path

@@ -1,12 +1,7 @@
-"""Saving trained models as stock diffusers pipelines and sample grids as PNG."""
+"""Building the stock diffusers pipelines a trained model becomes."""
 
 from __future__ import annotations
 
-import math
-import os
-
-import numpy as np
-from PIL import Image
 
 
 def unconditional_pipeline(unet, train_scheduler, inference_scheduler: str = "ddpm"):
@@ -18,37 +13,3 @@ def unconditional_pipeline(unet, train_scheduler, inference_scheduler: str = "dd
     if inference_scheduler == "ddpm":
         return DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(train_scheduler.config))
     raise ValueError(f"Unknown --inference_scheduler {inference_scheduler!r}: use 'ddpm' or 'ddim'.")
-
-
-def save_unconditional_pipeline(unet, train_scheduler, output_dir: str, inference_scheduler: str = "ddpm"):
-    """Write ``output_dir`` as a pipeline folder (model_index.json, unet/ safetensors, scheduler/)."""
-    pipeline = unconditional_pipeline(unet, train_scheduler, inference_scheduler)
-    pipeline.save_pretrained(output_dir, safe_serialization=True)
-    return pipeline
-
-
-def to_pil_images(images) -> list[Image.Image]:
-    """Pipeline output (list of PIL, or float array N×H×W×C in [0, 1]) as a list of PIL images."""
-    if isinstance(images, list) and images and isinstance(images[0], Image.Image):
-        return images
-    array = np.asarray(images)
-    array = (array * 255).round().clip(0, 255).astype(np.uint8)
-    if array.ndim == 4 and array.shape[-1] == 1:
-        array = array[..., 0]
-    return [Image.fromarray(image) for image in array]
-
-
-def save_image_grid(images, path: str, columns: int | None = None, scale: int = 1) -> str:
-    """Tile images into one PNG (``columns`` per row, default ⌈√N⌉), optionally upscaled by ``scale``."""
-    from diffusers.utils import make_image_grid
-
-    pil_images = to_pil_images(images)
-    columns = columns or math.ceil(math.sqrt(len(pil_images)))
-    rows = math.ceil(len(pil_images) / columns)
-    pil_images = pil_images + [Image.new(pil_images[0].mode, pil_images[0].size)] * (rows * columns - len(pil_images))
-    grid = make_image_grid(pil_images, rows=rows, cols=columns)
-    if scale != 1:
-        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    grid.save(path)
-    return path

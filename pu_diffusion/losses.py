@@ -18,6 +18,7 @@ and, on a batch split into its unlabeled part U and its sensitive part S,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ import torch
 METHODS = ("unsupervised", "supervised", "pu")
 PU_ESTIMATORS = ("abs", "nn")
 LOSS_REDUCTIONS = ("sum", "mean")
+LN2 = math.log(2.0)
 
 
 def diffusion_target(scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
@@ -63,37 +65,52 @@ def per_sample_diffusion_loss(model_pred: torch.Tensor, target: torch.Tensor, re
 
 
 def sensitive_loss(loss: torch.Tensor, min_loss: float = 1e-12) -> torch.Tensor:
-    """ℓ⁺ = −log(1 − exp(−ℓ)), computed stably as −log(−expm1(−ℓ)) in float32.
+    """ℓ⁺ = −log(1 − exp(−ℓ)), computed stably in float32 (the log1mexp of Mächler 2012).
 
-    ℓ is clamped to ``min_loss`` from below, so ℓ⁺ and its gradient −1/(exp(ℓ) − 1) stay finite
-    for ℓ → 0; for large ℓ, expm1 keeps 1 − exp(−ℓ) from rounding to 1 too early, and the value
-    and gradient go smoothly to 0. Autocast is disabled so half precision never enters.
+    ℓ ≤ ln 2: −log(−expm1(−ℓ)) (no cancellation as 1 − exp(−ℓ) → 0); ℓ > ln 2: −log1p(−exp(−ℓ)), which stays
+    ≈ exp(−ℓ) > 0 with gradient ≈ −exp(−ℓ) until exp(−ℓ) underflows (ℓ ≈ 100 in float32) instead of rounding
+    to exactly 0 from ℓ ≈ 17. ℓ is clamped to ``min_loss`` from below, so ℓ⁺ and its gradient −1/(exp(ℓ) − 1)
+    stay finite as ℓ → 0. Autocast is disabled so half precision never enters.
     """
     with torch.autocast(device_type=loss.device.type, enabled=False):
         loss = loss.float().clamp(min=min_loss)
-        return -torch.log(-torch.expm1(-loss))
+        small = loss <= LN2
+        # Each branch is evaluated on inputs that are safe for it, so neither value nor gradient is ever NaN.
+        near_zero = -torch.log(-torch.expm1(-torch.where(small, loss, torch.full_like(loss, LN2))))
+        far = -torch.log1p(-torch.exp(-torch.where(small, torch.full_like(loss, 1.0), loss)))
+        return torch.where(small, near_zero, far)
 
 
 @dataclass
 class RiskTerms:
-    """The value to backpropagate and the parts to log for one batch."""
+    """The value to backpropagate and the named parts of one batch's risk (one name per quantity everywhere).
 
-    loss: torch.Tensor  # what .backward() is called on
-    risk: torch.Tensor  # the risk value to report (equals ``loss`` except in the nnPU fallback branch)
-    unlabeled_normal: torch.Tensor  # L_U⁻
-    sensitive_normal: torch.Tensor  # L_S⁻
-    sensitive_sensitive: torch.Tensor  # L_S⁺
-    negative_risk: torch.Tensor  # L_U⁻ − β L_S⁻ (for pu); L_U⁻ otherwise
-    nn_branch_fired: bool = False  # nnPU: the negative risk was < 0 and −(L_U⁻ − β L_S⁻) was descended
+    objective       what ``.backward()`` is called on
+    risk            the risk value reported (equals ``objective`` except in the nnPU fallback branch)
+    L_U_neg         L_U⁻ = mean_U ℓ           (log key "L_U-")
+    L_S_neg         L_S⁻ = mean_S ℓ           (log key "L_S-")
+    L_S_pos         L_S⁺ = mean_S ℓ⁺          (log key "L_S+")
+    negative_risk   L_U⁻ − β L_S⁻ for pu, L_U⁻ otherwise   (log key "neg_risk")
+    nn_branch       nnPU: the negative risk was < 0 and −(L_U⁻ − β L_S⁻) was descended   (log key "nn_branch")
+    """
+
+    objective: torch.Tensor
+    risk: torch.Tensor
+    L_U_neg: torch.Tensor  # noqa: N815 - the paper's symbol
+    L_S_neg: torch.Tensor  # noqa: N815
+    L_S_pos: torch.Tensor  # noqa: N815
+    negative_risk: torch.Tensor
+    nn_branch: bool = False
 
     def log_dict(self) -> dict[str, float]:
+        """The terms under their log / progress-bar keys: risk, L_U-, L_S-, L_S+, neg_risk, nn_branch."""
         return {
-            "loss": self.risk.detach().item(),
-            "L_U-": self.unlabeled_normal.detach().item(),
-            "L_S-": self.sensitive_normal.detach().item(),
-            "L_S+": self.sensitive_sensitive.detach().item(),
+            "risk": self.risk.detach().item(),
+            "L_U-": self.L_U_neg.detach().item(),
+            "L_S-": self.L_S_neg.detach().item(),
+            "L_S+": self.L_S_pos.detach().item(),
             "neg_risk": self.negative_risk.detach().item(),
-            "nn_fired": float(self.nn_branch_fired),
+            "nn_branch": float(self.nn_branch),
         }
 
 
@@ -102,11 +119,13 @@ def _mean_or_zero(values: torch.Tensor) -> torch.Tensor:
 
 
 def pu_risk(per_sample_loss: torch.Tensor, is_sensitive: torch.Tensor, method: str = "pu", beta: float = 0.1,
-            estimator: str = "abs") -> RiskTerms:
+            estimator: str = "abs", reduce_for_branch=None) -> RiskTerms:
     """Risk of one batch from its per-sample losses ℓ and its S mask (see module docstring).
 
     ``per_sample_loss``: (B,) ℓ of each sample; ``is_sensitive``: (B,) bool, True for rows of S.
     ``method``: unsupervised | supervised | pu; ``estimator`` (pu only): abs | nn.
+    ``reduce_for_branch``: nnPU only, maps the detached local L_U⁻ − β L_S⁻ to the value the branch is chosen
+    on; with several processes pass the mean over processes, so every process takes the same branch.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
@@ -123,25 +142,44 @@ def pu_risk(per_sample_loss: torch.Tensor, is_sensitive: torch.Tensor, method: s
     if method != "unsupervised" and sensitive.numel() == 0:
         raise ValueError(f"--method {method} needs at least one sensitive (S) sample in every batch.")
 
-    unlabeled_normal = unlabeled.mean()
-    sensitive_normal = _mean_or_zero(sensitive)
-    sensitive_sensitive = _mean_or_zero(sensitive_loss(sensitive)) if sensitive.numel() else sensitive_normal
+    L_U_neg = unlabeled.mean()  # noqa: N806 - the paper's symbols
+    L_S_neg = _mean_or_zero(sensitive)  # noqa: N806
+    L_S_pos = _mean_or_zero(sensitive_loss(sensitive)) if sensitive.numel() else L_S_neg  # noqa: N806
+    terms = {"L_U_neg": L_U_neg, "L_S_neg": L_S_neg, "L_S_pos": L_S_pos}
 
     if method == "unsupervised":
-        return RiskTerms(unlabeled_normal, unlabeled_normal, unlabeled_normal, sensitive_normal.detach(),
-                         sensitive_sensitive.detach(), unlabeled_normal)
+        return RiskTerms(objective=L_U_neg, risk=L_U_neg, L_U_neg=L_U_neg, L_S_neg=L_S_neg.detach(),
+                         L_S_pos=L_S_pos.detach(), negative_risk=L_U_neg)
     if method == "supervised":
-        risk = unlabeled_normal + sensitive_sensitive
-        return RiskTerms(risk, risk, unlabeled_normal, sensitive_normal, sensitive_sensitive, unlabeled_normal)
+        risk = L_U_neg + L_S_pos
+        return RiskTerms(objective=risk, risk=risk, negative_risk=L_U_neg, **terms)
 
-    positive_risk = beta * sensitive_sensitive
-    negative_risk = unlabeled_normal - beta * sensitive_normal
+    positive_risk = beta * L_S_pos
+    negative_risk = L_U_neg - beta * L_S_neg
     if estimator == "abs":
         risk = positive_risk + negative_risk.abs()
-        return RiskTerms(risk, risk, unlabeled_normal, sensitive_normal, sensitive_sensitive, negative_risk)
+        return RiskTerms(objective=risk, risk=risk, negative_risk=negative_risk, **terms)
     # nnPU
     risk = positive_risk + negative_risk.clamp(min=0.0)
-    if negative_risk.item() < 0:
-        return RiskTerms(-negative_risk, risk, unlabeled_normal, sensitive_normal, sensitive_sensitive,
-                         negative_risk, nn_branch_fired=True)
-    return RiskTerms(risk, risk, unlabeled_normal, sensitive_normal, sensitive_sensitive, negative_risk)
+    branch_value = negative_risk.detach() if reduce_for_branch is None else reduce_for_branch(negative_risk.detach())
+    if branch_value.item() < 0:
+        return RiskTerms(objective=-negative_risk, risk=risk, negative_risk=negative_risk, nn_branch=True, **terms)
+    return RiskTerms(objective=risk, risk=risk, negative_risk=negative_risk, **terms)
+
+
+@torch.no_grad()
+def monte_carlo_diffusion_loss(unet, scheduler, images: torch.Tensor, num_draws: int = 8, reduction: str = "sum",
+                               generator: torch.Generator | None = None, batch_size: int = 64) -> torch.Tensor:
+    """(1/K) Σ_k ℓ(x; t_k, ε_k) for each image x (N×C×H×W in [-1, 1]), K = ``num_draws``; returns (N,)."""
+    device = next(unet.parameters()).device
+    totals = torch.zeros(len(images))
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size].to(device)
+        for _ in range(num_draws):
+            noise = torch.randn(chunk.shape, generator=generator).to(device)
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(chunk),), generator=generator)
+            timesteps = timesteps.to(device)
+            prediction = unet(scheduler.add_noise(chunk, noise, timesteps), timesteps).sample
+            target = diffusion_target(scheduler, chunk, noise, timesteps)
+            totals[start : start + len(chunk)] += per_sample_diffusion_loss(prediction, target, reduction).cpu()
+    return totals / num_draws

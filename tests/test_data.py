@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_imagefolder
-from pu_diffusion.data import (
-    ImageTransform, PUBatchSampler, PUDataError, builtin_pu_dataset, builtin_pu_split, find_unreadable_images,
-    load_image_dataset, pu_indices,
-)
+from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
+from pu_diffusion.image_data import ImageTransform, PUDataError, find_unreadable_images, load_image_dataset, pu_indices
+from pu_diffusion.sampling import PUBatchSampler
+from pu_diffusion.testing_utils import write_imagefolder
 from pu_diffusion.splits import PRESETS, make_pu_split
 
 

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from conftest import tiny_args
-from pu_diffusion.evaluation import (
-    CLASSIFIER_FD, DigitClassifier, frechet_distance, load_or_train_digit_classifier, non_sensitive_rate,
-)
+from pu_diffusion.digit_classifier import DigitClassifier, load_or_train_digit_classifier
+from pu_diffusion.metrics import CLASSIFIER_FD, frechet_distance, non_sensitive_rate
 
 
 def test_frechet_distance_is_zero_on_itself_and_grows_with_shift():
@@ -29,7 +28,7 @@ def test_non_sensitive_rate_is_exact():
 
 
 def test_classifier_cache_roundtrip(tmp_path, monkeypatch):
-    import pu_diffusion.evaluation as evaluation
+    import pu_diffusion.digit_classifier as evaluation
 
     calls = []
 
@@ -48,7 +47,7 @@ def test_classifier_cache_roundtrip(tmp_path, monkeypatch):
 
 def test_evaluate_a_tiny_saved_pipeline_end_to_end(tmp_path, tiny_unet_config, monkeypatch):
     import evaluate_pu_diffusion
-    import pu_diffusion.evaluation as evaluation
+    import pu_diffusion.digit_classifier as evaluation
     import train_pu_diffusion
 
     monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
@@ -76,7 +75,7 @@ def test_evaluate_a_tiny_saved_pipeline_end_to_end(tmp_path, tiny_unet_config, m
 def test_benchmark_smoke_mode(tmp_path, monkeypatch):
     import importlib.util
 
-    import pu_diffusion.evaluation as evaluation
+    import pu_diffusion.digit_classifier as evaluation
 
     monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
     real_train = evaluation.train_digit_classifier
@@ -148,7 +147,7 @@ def test_evaluate_with_a_transformers_classifier(tmp_path, tiny_unet_config):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     import evaluate_pu_diffusion
-    from conftest import write_imagefolder
+    from pu_diffusion.testing_utils import write_imagefolder
 
     classifier = tmp_path / "classifier"
     config = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pu_diffusion.tiny_models import build_tiny_sd, write_captioned_folder
+from pu_diffusion.testing_utils import build_tiny_sd, write_captioned_folder
 import train_pu_text_to_image as script
 
 ORIGINAL_COMPUTE_LOSS = script.compute_loss

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, tiny_args, write_imagefolder
+from conftest import ROOT, tiny_args
+from pu_diffusion.testing_utils import write_imagefolder
 import train_pu_diffusion as script
 
 

