@@ -77,7 +77,7 @@ def make_step(model_dir, args, device):
         timesteps = torch.randint(0, 1000, (batch,), device=device)
         prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, states).sample
         terms = pu_risk(per_sample_diffusion_loss(prediction, noise), is_sensitive, "pu", 0.1, "abs")
-        terms.loss.backward()
+        terms.objective.backward()
         optimizer.step()
         optimizer.zero_grad()
         vae.zero_grad(set_to_none=True)

@@ -58,7 +58,7 @@ def make_step(args, device):
         timesteps = torch.randint(0, 1000, (batch,), device=device)
         prediction = unet(scheduler.add_noise(images, noise, timesteps), timesteps).sample
         terms = pu_risk(per_sample_diffusion_loss(prediction, noise), is_sensitive, method, 0.1, "abs")
-        terms.loss.backward()
+        terms.objective.backward()
         optimizer.step()
         optimizer.zero_grad()
         if device.type == "cuda":

@@ -6,11 +6,11 @@ it, and score images with the model's own per-sample diffusion loss ℓ (compute
 """
 
 from .card import add_metrics_to_model_card, write_model_card
-from .hub import push_output_dir
+from .hub import publish_run, push_output_dir
 from .saving import unconditional_pipeline
 from .scoring import normal_probability, score_images
 
 __all__ = [
-    "add_metrics_to_model_card", "write_model_card", "push_output_dir", "unconditional_pipeline",
+    "add_metrics_to_model_card", "write_model_card", "publish_run", "push_output_dir", "unconditional_pipeline",
     "normal_probability", "score_images",
 ]

@@ -23,9 +23,26 @@ def _format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def usage_snippet(location: str, prompt: str | None = None, lora_base_model: str | None = None) -> str:
+    """Python that loads the trained model from ``location`` (a folder or hub id) and generates one image.
+
+    ``prompt``: text-to-image pipelines; ``lora_base_model``: the output holds LoRA weights for that base.
+    """
+    call = f"pipeline({prompt!r})" if prompt is not None else "pipeline()"
+    if lora_base_model:
+        return ("from diffusers import StableDiffusionPipeline\n\n"
+                f"pipeline = StableDiffusionPipeline.from_pretrained({lora_base_model!r})\n"
+                f"pipeline.load_lora_weights({location!r})\n"
+                f"image = {call}.images[0]\n")
+    return ("from diffusers import DiffusionPipeline\n\n"
+            f"pipeline = DiffusionPipeline.from_pretrained({location!r})\n"
+            f"image = {call}.images[0]\n")
+
+
 def write_model_card(output_dir: str, run: dict, data: dict, metrics: dict | None = None,
                      images: list[str] | None = None, base_model: str | None = None,
-                     repo_id: str | None = None, extra_tags: list[str] | None = None) -> str:
+                     repo_id: str | None = None, extra_tags: list[str] | None = None,
+                     usage: str | None = None, notes: list[str] | None = None) -> str:
     """Write ``output_dir/README.md``: base model, method, β and how it was chosen, data sizes, metrics, samples.
 
     ``run`` holds the public training flags (never the hub token), ``data`` the U/S/test sizes and source.
@@ -50,9 +67,8 @@ def write_model_card(output_dir: str, run: dict, data: dict, metrics: dict | Non
         f"## Data\n\n" + "\n".join(f"- {key}: {value}" for key, value in data.items()) + "\n\n"
         + (f"## Evaluation\n\n{_format_metrics(metrics)}\n\n" if metrics else "")
         + (f"## Samples\n\n{image_lines}" if image_lines else "")
-        + "## Usage\n\n```python\nfrom diffusers import DiffusionPipeline\n\n"
-        f"pipeline = DiffusionPipeline.from_pretrained(\"{repo_id or output_dir}\")\n"
-        "image = pipeline().images[0]\n```\n\n"
+        + "".join(f"- {note}\n" for note in notes or []) + ("\n" if notes else "")
+        + "## Usage\n\n```python\n" + (usage or usage_snippet(repo_id or output_dir)) + "```\n\n"
         "## Training flags\n\n```json\n" + json.dumps(run, indent=1, sort_keys=True, default=str) + "\n```\n"
     )
     # The same template diffusers' training examples fill (load_or_create_model_card would query the Hub first).

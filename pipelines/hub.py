@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs", "logs/**", "step_*", "epoch_*"]
+import os
+
+HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs", "logs/**"]
 
 
 def push_output_dir(output_dir: str, hub_model_id: str, token: str | None = None,
@@ -14,3 +16,20 @@ def push_output_dir(output_dir: str, hub_model_id: str, token: str | None = None
     upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message=commit_message,
                   ignore_patterns=HUB_IGNORE_PATTERNS, token=token)
     return repo_id
+
+
+def publish_run(output_dir: str, run: dict, data_info: dict, images: list[str], base_model: str | None = None,
+                push_to_hub: bool = False, hub_model_id: str | None = None, hub_token: str | None = None,
+                **card_options) -> str | None:
+    """The end of every training run: write the model card, then (with ``push_to_hub``) upload the folder.
+
+    Returns the hub repo id when pushed. ``card_options`` go to :func:`write_model_card` (extra_tags, usage, notes).
+    """
+    from .card import write_model_card
+
+    repo_id = (hub_model_id or os.path.basename(os.path.abspath(output_dir))) if push_to_hub else None
+    write_model_card(output_dir, run, data_info, images=images, base_model=base_model, repo_id=repo_id,
+                     **card_options)
+    if push_to_hub:
+        return push_output_dir(output_dir, repo_id, token=hub_token)
+    return None

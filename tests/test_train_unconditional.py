@@ -37,7 +37,7 @@ def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
         "checkpoint-" in path for path in glob.glob(str(out / "**" / "*.bin"), recursive=True))
     records = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 7))
-    assert {"loss", "L_U-", "L_S-", "L_S+", "neg_risk", "nn_fired", "lr"} <= set(records[-1])
+    assert {"risk", "L_U-", "L_S-", "L_S+", "neg_risk", "nn_branch", "lr"} <= set(records[-1])
     card = (out / "README.md").read_text()
     assert "method: `pu`" in card and "β" in card and "unlabeled (U) images: 2200" in card and "samples.png" in card
     pipeline = DiffusionPipeline.from_pretrained(str(out))

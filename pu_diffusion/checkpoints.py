@@ -1,0 +1,160 @@
+"""Checkpoints that survive a kill at any moment: written under a temporary name, renamed when complete.
+
+    <output_dir>/checkpoint-N.tmp/      being written by every process (accelerate's save_state)
+    <output_dir>/checkpoint-N/          complete: holds COMPLETE_MARKER, written last, then renamed into place
+    <output_dir>/checkpoint-N.old/      being deleted (rotation, or a checkpoint replaced by a newer save)
+
+A folder is renamed away before it is deleted, so a kill during deletion never leaves a half-deleted
+``checkpoint-N``. Old checkpoints are rotated only after the new one is complete. ``latest`` picks the
+highest complete checkpoint; leftovers of interrupted saves are ignored and cleaned up by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+
+COMPLETE_MARKER = "pu_checkpoint.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+_TEMPORARY = re.compile(r"^checkpoint-(\d+)\.(tmp|old)$")
+
+logger = logging.getLogger(__name__)
+
+
+def is_checkpoint_name(name: str, include_temporary: bool = False) -> bool:
+    """Whether ``name`` is ``checkpoint-N`` (or, with ``include_temporary``, ``checkpoint-N.tmp|.old``)."""
+    return bool(_NAME.match(name) or (include_temporary and _TEMPORARY.match(name)))
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, COMPLETE_MARKER))
+
+
+def checkpoint_step(path: str) -> int:
+    """N of a ``checkpoint-N`` folder."""
+    match = _NAME.match(os.path.basename(os.path.normpath(path)))
+    if not match:
+        raise ValueError(f"{path!r} is not a checkpoint-N folder.")
+    return int(match.group(1))
+
+
+def checkpoint_dirs(output_dir: str, complete_only: bool = True) -> list[str]:
+    """``checkpoint-N`` folder names in ``output_dir``, oldest (smallest N) first; complete ones only by default."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = [name for name in os.listdir(output_dir) if _NAME.match(name)]
+    if complete_only:
+        names = [name for name in names if is_complete_checkpoint(os.path.join(output_dir, name))]
+    return sorted(names, key=lambda name: int(_NAME.match(name).group(1)))
+
+
+def resolve_resume_checkpoint(output_dir: str, resume_from_checkpoint: str | None) -> str | None:
+    """The checkpoint to resume from, or None to start a new run.
+
+    "latest" picks the newest complete checkpoint in ``output_dir``, or None when there is none yet (the run
+    then starts fresh). A path must be a complete checkpoint.
+    """
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        found = checkpoint_dirs(output_dir)
+        return os.path.join(output_dir, found[-1]) if found else None
+    if not os.path.isdir(resume_from_checkpoint):
+        raise ValueError(
+            f"--resume_from_checkpoint {resume_from_checkpoint!r} does not exist: give a checkpoint-N folder or 'latest'."
+        )
+    if not _NAME.match(os.path.basename(os.path.normpath(resume_from_checkpoint))):
+        raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint-N folder.")
+    if not is_complete_checkpoint(resume_from_checkpoint):
+        raise ValueError(
+            f"--resume_from_checkpoint {resume_from_checkpoint!r} is incomplete (its save was interrupted): pass "
+            "'latest' to take the newest complete checkpoint, or another checkpoint-N."
+        )
+    return resume_from_checkpoint
+
+
+def _remove(path: str) -> None:
+    """Delete a folder so that a kill midway never leaves it half-deleted under its own name."""
+    trash = path if path.endswith(".old") else path + ".old"
+    if trash != path:
+        if os.path.exists(trash):
+            shutil.rmtree(trash)
+        os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _clean_leftovers(output_dir: str) -> None:
+    """Delete folders of interrupted saves and deletions, and checkpoint-N folders without the completion marker."""
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if _TEMPORARY.match(name) or (_NAME.match(name) and not is_complete_checkpoint(path)):
+            logger.info("removing incomplete checkpoint folder %s", name)
+            _remove(path)
+
+
+def rotate_checkpoints(output_dir: str, total_limit: int | None) -> None:
+    """Delete the oldest complete checkpoints so that at most ``total_limit`` remain."""
+    if total_limit is None:
+        return
+    found = checkpoint_dirs(output_dir)
+    for name in found[: max(0, len(found) - total_limit)]:
+        logger.info("removing checkpoint %s (--checkpoints_total_limit %d)", name, total_limit)
+        _remove(os.path.join(output_dir, name))
+
+
+def save_checkpoint(accelerator, output_dir: str, global_step: int, total_limit: int | None) -> str:
+    """Save the accelerate state as ``checkpoint-<global_step>``, atomically, then rotate old checkpoints.
+
+    Every process writes into ``checkpoint-N.tmp`` (accelerate saves one RNG file per process); once all have
+    finished, the main process writes the completion marker and renames the folder into place.
+    """
+    final = os.path.join(output_dir, f"checkpoint-{global_step}")
+    temporary = final + ".tmp"
+    if accelerator.is_main_process:
+        _clean_leftovers(output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(temporary)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with open(os.path.join(temporary, COMPLETE_MARKER), "w") as handle:
+            json.dump({"global_step": global_step, "num_processes": accelerator.num_processes}, handle)
+        if os.path.exists(final):  # e.g. a run resumed from an older checkpoint reaches this step again
+            _remove(final)
+        os.replace(temporary, final)
+        rotate_checkpoints(output_dir, total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def register_model_hooks(accelerator, model_cls, ema_model=None, subfolder: str = "unet") -> None:
+    """Save/load the trained model (and its EMA) as diffusers safetensors folders inside accelerate checkpoints."""
+    from diffusers.training_utils import EMAModel
+
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            if ema_model is not None:
+                ema_model.save_pretrained(os.path.join(output_dir, f"{subfolder}_ema"))
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(
+                    os.path.join(output_dir, subfolder), safe_serialization=True
+                )
+                weights.pop()
+
+    def load_model_hook(models, input_dir):
+        if ema_model is not None:
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, f"{subfolder}_ema"), model_cls)
+            ema_model.load_state_dict(loaded.state_dict())
+            ema_model.to(accelerator.device)
+            del loaded
+        for _ in range(len(models)):
+            model = models.pop()
+            loaded = model_cls.from_pretrained(input_dir, subfolder=subfolder)
+            model.register_to_config(**loaded.config)
+            model.load_state_dict(loaded.state_dict())
+            del loaded
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)

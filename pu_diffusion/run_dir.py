@@ -1,0 +1,108 @@
+"""The run's ``--output_dir``: which run it holds, refusing to mix runs, and starting over with --overwrite_output_dir.
+
+A run records its flags in ``pu_run.json``. A second run into the same folder is refused unless it resumes
+(with the same flags, except those in RESUME_FREE_ARGS) or overwrites (which first removes everything the old
+run wrote, so no stale log, sample grid or split survives).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from .checkpoints import checkpoint_dirs, is_checkpoint_name
+
+RUN_FILE = "pu_run.json"
+SECRET_ARGS = ("hub_token",)
+# Flags that may differ between a run and its resumption without making it a different run.
+RESUME_FREE_ARGS = (
+    "resume_from_checkpoint", "overwrite_output_dir", "max_train_steps", "num_train_epochs", "checkpointing_steps",
+    "checkpoints_total_limit", "validation_steps", "report_to", "logging_dir", "push_to_hub", "hub_model_id",
+    "dataloader_num_workers", "skip_image_check", "num_validation_images", "num_final_images", "eval_batch_size",
+    "num_inference_steps", "validation_prompts",
+)  # fmt: skip
+# What a training run writes into --output_dir besides checkpoints: removed by --overwrite_output_dir.
+RUN_OUTPUTS = (
+    RUN_FILE, "pu_split.json", "README.md", "model_index.json", "samples.png", "samples", "validation", "eval",
+    "unet", "scheduler", "vae", "text_encoder", "tokenizer", "safety_checker", "feature_extractor",
+    "pytorch_lora_weights.safetensors",
+)  # fmt: skip
+
+
+def public_config(args) -> dict:
+    """The run's flags as a JSON-able dict, with secrets (the hub token) left out."""
+    config = {}
+    for key, value in sorted(vars(args).items()):
+        if key in SECRET_ARGS:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = list(value)
+        elif not isinstance(value, (str, int, float, bool, type(None))):
+            value = str(value)
+        config[key] = value
+    return config
+
+
+def holds_run(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds a training run (its run file, a checkpoint or a saved pipeline)."""
+    return os.path.isdir(output_dir) and (
+        os.path.exists(os.path.join(output_dir, RUN_FILE))
+        or bool(checkpoint_dirs(output_dir, complete_only=False))
+        or os.path.exists(os.path.join(output_dir, "model_index.json"))
+    )
+
+
+def check_output_dir(output_dir: str, config: dict, resuming: bool, overwrite: bool) -> None:
+    """Refuse an output dir that cannot take this run, before anything is written.
+
+    A path that exists but is not a folder is refused. Not resuming: a folder that holds a run is refused
+    unless ``overwrite``. Resuming: the stored run's flags must match, except RESUME_FREE_ARGS.
+    """
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir {output_dir!r} is a file, not a folder: choose a folder path.")
+    if not holds_run(output_dir):
+        return
+    if not resuming:
+        if overwrite:
+            return
+        raise ValueError(
+            f"--output_dir {output_dir!r} already holds a training run. Pass --resume_from_checkpoint latest to "
+            "continue it, --overwrite_output_dir to replace it, or choose another --output_dir."
+        )
+    run_file = os.path.join(output_dir, RUN_FILE)
+    if os.path.exists(run_file):
+        with open(run_file) as handle:
+            stored = json.load(handle)
+        ignore = set(RESUME_FREE_ARGS) | {"output_dir"}
+        differing = sorted(
+            key for key in set(stored) | set(config) if key not in ignore and stored.get(key) != config.get(key)
+        )
+        if differing:
+            details = ", ".join(f"--{key} {stored.get(key)!r} → {config.get(key)!r}" for key in differing[:6])
+            raise ValueError(
+                f"--output_dir {output_dir!r} holds a different run ({details}). Resume with the same flags, or "
+                "start the new run in another --output_dir."
+            )
+
+
+def clear_run_outputs(output_dir: str, logging_dir: str) -> None:
+    """Remove everything an earlier run wrote into ``output_dir`` (checkpoints, logs, pipeline, samples, split)."""
+    names = set(RUN_OUTPUTS)
+    if not os.path.isabs(logging_dir):
+        names.add(os.path.normpath(logging_dir).split(os.sep)[0])
+    for name in os.listdir(output_dir):
+        if name in names or is_checkpoint_name(name, include_temporary=True):
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def start_run_dir(output_dir: str, config: dict, overwrite: bool, logging_dir: str = "logs") -> None:
+    """Create ``output_dir`` (emptied of an earlier run when ``overwrite``) and record the run's flags."""
+    if overwrite and os.path.isdir(output_dir):
+        clear_run_outputs(output_dir, logging_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, RUN_FILE)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(config, handle, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)

@@ -1,0 +1,97 @@
+"""Trackers and step logs: a JSON-lines log that is always on, ``--report_to`` trackers, one name per PU term."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import torch
+from accelerate.tracking import GeneralTracker
+from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+LOG_FILE = "train_log.jsonl"
+PROGRESS_KEYS = ("risk", "L_U-", "L_S-", "L_S+", "neg_risk", "nn_branch")
+
+logger = logging.getLogger(__name__)
+
+
+class JSONLinesTracker(GeneralTracker):
+    """Writes every ``accelerator.log`` call as one JSON line to ``<logging_dir>/train_log.jsonl``."""
+
+    name = "jsonl"
+    requires_logging_directory = True
+    main_process_only = True
+
+    def __init__(self, run_name: str, logging_dir: str):
+        super().__init__()
+        self.run_name = run_name
+        self.path = os.path.join(logging_dir, LOG_FILE)
+        self.handle = None  # opened at the first write, so a refused run leaves no folder behind
+
+    @property
+    def tracker(self):
+        if self.handle is None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.handle = open(self.path, "a")
+        return self.handle
+
+    def store_init_configuration(self, values: dict):
+        self.tracker  # noqa: B018 - creates the folder
+        with open(os.path.join(os.path.dirname(self.path), "hparams.json"), "w") as handle:
+            json.dump(values, handle, indent=2, default=str)
+
+    def log(self, values: dict, step: int | None = None, **kwargs):
+        record = {"step": step, "time": time.time()}
+        record.update({key: (value.item() if hasattr(value, "item") else value) for key, value in values.items()})
+        self.tracker.write(json.dumps(record) + "\n")
+        self.tracker.flush()
+
+    def finish(self):
+        if self.handle is not None:
+            self.handle.close()
+
+
+def make_trackers(report_to: str, logging_dir: str):
+    """Trackers for ``Accelerator(log_with=...)``: always a JSON-lines log, plus ``--report_to`` if installed."""
+    trackers: list = [JSONLinesTracker("pu-diffusion", logging_dir)]
+    available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    wanted = list(available) if report_to == "all" else ([] if report_to in (None, "none") else [report_to])
+    for name in wanted:
+        if available.get(name, True):
+            trackers.append(name)
+        elif report_to != "all":
+            logger.warning("--report_to %s: %s is not installed; logging to %s/train_log.jsonl only "
+                           "(pip install %s to enable it).", name, name, logging_dir, name)
+    return trackers
+
+
+def step_logs(accelerator, terms, lr_scheduler, ema_model=None) -> dict:
+    """The PU terms of this step averaged over processes, plus learning rate (and EMA decay)."""
+    logs = terms.log_dict()
+    names = list(logs)
+    reduced = accelerator.reduce(torch.tensor([logs[name] for name in names], device=accelerator.device),
+                                 reduction="mean")
+    logs = dict(zip(names, reduced.tolist()))
+    logs["lr"] = lr_scheduler.get_last_lr()[0]
+    if ema_model is not None:
+        logs["ema_decay"] = ema_model.cur_decay_value
+    return logs
+
+
+def progress_postfix(logs: dict) -> dict:
+    """The progress-bar fields: the PU terms under their log keys (risk, L_U-, L_S-, L_S+, neg_risk, nn_branch)."""
+    return {key: f"{logs[key]:.4g}" for key in PROGRESS_KEYS if key in logs}
+
+
+def truncate_log(logging_dir: str, last_step: int) -> None:
+    """Drop records after ``last_step`` from ``train_log.jsonl`` (a resumed run logs those steps again)."""
+    path = os.path.join(logging_dir, LOG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as handle:
+        kept = [line for line in handle if line.strip() and (json.loads(line).get("step") or 0) <= last_step]
+    with open(path + ".tmp", "w") as handle:
+        handle.writelines(kept)
+    os.replace(path + ".tmp", path)
