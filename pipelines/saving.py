@@ -13,3 +13,34 @@ def unconditional_pipeline(unet, train_scheduler, inference_scheduler: str = "dd
     if inference_scheduler == "ddpm":
         return DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(train_scheduler.config))
     raise ValueError(f"Unknown --inference_scheduler {inference_scheduler!r}: use 'ddpm' or 'ddim'.")
+
+
+def stable_diffusion_pipeline(base_model: str, unet, vae, text_encoder, tokenizer, prediction_type: str,
+                              revision: str | None = None, variant: str | None = None,
+                              keep_safety_checker: bool = True):
+    """The base model's StableDiffusionPipeline around the trained ``unet``, its scheduler set to ``prediction_type``.
+
+    The trained prediction type must reach the inference scheduler too (an epsilon base trained on v-targets
+    otherwise samples wrongly). The base's safety checker is kept unless ``keep_safety_checker`` is False
+    (validation grids).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    extra = {} if keep_safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+    pipeline = StableDiffusionPipeline.from_pretrained(base_model, unet=unet, vae=vae, text_encoder=text_encoder,
+                                                       tokenizer=tokenizer, revision=revision, variant=variant, **extra)
+    if pipeline.scheduler.config.get("prediction_type") != prediction_type:
+        pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config,
+                                                                  prediction_type=prediction_type)
+    return pipeline
+
+
+def save_lora_weights(output_dir: str, unet) -> None:
+    """Write the UNet's LoRA adapters as ``pytorch_lora_weights.safetensors`` (loads with ``load_lora_weights``)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    StableDiffusionPipeline.save_lora_weights(
+        output_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        safe_serialization=True)

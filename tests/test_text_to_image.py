@@ -25,8 +25,7 @@ def sd_args(model, data, out, *extra):
     return ["--pretrained_model_name_or_path", model, "--train_data_dir", data, "--output_dir", str(out),
             "--resolution", "16", "--train_batch_size", "4", "--sensitive_batch_size", "2", "--max_train_steps", "4",
             "--checkpointing_steps", "2", "--validation_steps", "0", "--seed", "0", "--report_to", "none",
-            "--learning_rate", "1e-3", "--lr_warmup_steps", "0", "--num_inference_steps", "2", "--center_crop",
-            *extra]
+            "--learning_rate", "1e-3", "--lr_warmup_steps", "0", "--num_inference_steps", "2", *extra]
 
 
 def run(argv):
@@ -59,9 +58,9 @@ def losses_of_first_step(tiny_sd, data, out, *extra, monkeypatch):
     real = ORIGINAL_COMPUTE_LOSS
 
     def spy(*args, **kwargs):
-        loss, terms = real(*args, **kwargs)
+        terms = real(*args, **kwargs)
         seen.append(terms.log_dict())
-        return loss, terms
+        return terms
 
     monkeypatch.setattr(script, "compute_loss", spy)
     run(sd_args(tiny_sd, data, out, "--max_train_steps", "2", "--checkpointing_steps", "100", *extra))
@@ -70,15 +69,41 @@ def losses_of_first_step(tiny_sd, data, out, *extra, monkeypatch):
 
 @pytest.mark.parametrize("extra", [[], ["--random_flip", "--proportion_empty_prompts", "0.5"]])
 def test_caching_changes_no_loss_value(tiny_sd, captioned, tmp_path, monkeypatch, extra):
-    cached = losses_of_first_step(tiny_sd, captioned, tmp_path / "a", "--cache_latents", *extra, monkeypatch=monkeypatch)
-    plain = losses_of_first_step(tiny_sd, captioned, tmp_path / "b", "--no_cache_latents", *extra, monkeypatch=monkeypatch)
+    """Cached latents/text states give the losses of encoding every batch (centre crops: what the cache holds)."""
+    cached = losses_of_first_step(tiny_sd, captioned, tmp_path / "a", "--center_crop", "--cache_latents", *extra,
+                                  monkeypatch=monkeypatch)
+    plain = losses_of_first_step(tiny_sd, captioned, tmp_path / "b", "--center_crop", "--no_cache_latents", *extra,
+                                 monkeypatch=monkeypatch)
     assert len(cached) == len(plain) == 2
     for first, second in zip(cached, plain):
         for key in ("risk", "L_U-", "L_S-"):
             assert first[key] == pytest.approx(second[key], rel=1e-4), key
 
 
-def test_caption_dropout_and_sensitive_caption(tiny_sd, captioned):
+def test_random_crops_are_kept_without_the_cache(tiny_sd, captioned, tmp_path, monkeypatch):
+    """Past the cache's row limit (or without --center_crop) crops stay random: the cache never forces centre crops."""
+    from pu_diffusion import text_to_image
+
+    seen = []
+    real = text_to_image.TextImageDataset.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        seen.append((self.transform.center_crop, self.latent_cache is not None))
+
+    monkeypatch.setattr(script.TextImageDataset, "__init__", spy)
+    monkeypatch.setattr(text_to_image, "CACHE_LATENTS_MAX_ROWS", 0)
+    run(sd_args(tiny_sd, captioned, tmp_path / "random", "--max_train_steps", "1"))
+    run(sd_args(tiny_sd, captioned, tmp_path / "many", "--center_crop", "--max_train_steps", "1"))
+    assert seen == [(False, False), (True, False)]
+    monkeypatch.setattr(text_to_image, "CACHE_LATENTS_MAX_ROWS", 10_000)
+    run(sd_args(tiny_sd, captioned, tmp_path / "few", "--center_crop", "--max_train_steps", "1"))
+    assert seen[-1] == (True, True)
+    with pytest.raises(ValueError, match="--cache_latents encodes centre crops"):
+        script.parse_args(sd_args(tiny_sd, captioned, tmp_path / "x", "--cache_latents"))
+
+
+def test_sensitive_caption_replaces_s_captions(tiny_sd, captioned):
     args = script.parse_args(sd_args(tiny_sd, captioned, "/tmp/unused", "--sensitive_caption", "a photo of a man"))
     dataset, unlabeled, sensitive, captions = script.load_data(args)
     assert len(sensitive) == 4 and all(captions[int(r)] == "a photo of a man" for r in sensitive)
@@ -86,14 +111,27 @@ def test_caption_dropout_and_sensitive_caption(tiny_sd, captioned):
     _, _, sensitive, captions = script.load_data(args)
     assert all(captions[int(r)] == "a photo of brad" for r in sensitive)
 
-    from pu_diffusion.text_to_image import drop_captions
 
-    states = torch.ones(4, 3, 2)
-    empty = torch.zeros(1, 3, 2)
-    dropped = drop_captions(torch.tensor([True, False, True, False]), states, empty)
-    assert dropped[0].abs().sum() == 0 and dropped[1].equal(states[1]) and dropped[2].abs().sum() == 0
-    torch.manual_seed(0)
-    assert 0.15 < (torch.rand(4000) < 0.2).float().mean() < 0.25  # the per-row draw compute_loss uses
+@pytest.mark.parametrize("proportion", [0.0, 0.5, 1.0])
+def test_caption_dropout_reaches_the_unet(tiny_sd, captioned, tmp_path, monkeypatch, proportion):
+    """--proportion_empty_prompts replaces that share of the captions the UNet sees by the empty prompt's states."""
+    seen = []
+    real = script.predict_noise
+
+    def spy(unet, noisy_latents, timesteps, text_states, empty_state=None, guidance_scale=None):
+        matches = (text_states - empty_state.to(text_states.dtype)).flatten(1).abs().amax(1) == 0
+        seen.extend(matches.tolist())
+        return real(unet, noisy_latents, timesteps, text_states, empty_state, guidance_scale)
+
+    monkeypatch.setattr(script, "predict_noise", spy)
+    run(sd_args(tiny_sd, captioned, tmp_path / "out", "--proportion_empty_prompts", str(proportion),
+                "--max_train_steps", "8", "--checkpointing_steps", "100"))
+    assert len(seen) == 8 * 6
+    share = sum(seen) / len(seen)
+    if proportion in (0.0, 1.0):
+        assert share == proportion
+    else:
+        assert 0.25 < share < 0.75
 
 
 def test_guided_pu_loss_uses_the_guided_prediction(tiny_sd):
@@ -142,10 +180,17 @@ def test_lora_weights_load_into_the_base_pipeline(tiny_sd, captioned, tmp_path):
     assert not torch.allclose(torch.from_numpy(before), torch.from_numpy(after))
 
 
-def test_v_prediction_model_trains(tmp_path, captioned):
-    model = build_tiny_sd(str(tmp_path / "v_sd"), prediction_type="v_prediction")
-    stats = run(sd_args(model, captioned, tmp_path / "out", "--max_train_steps", "2", "--checkpointing_steps", "100"))
-    assert stats["global_step"] == 2
+def test_v_prediction_on_an_epsilon_base_samples_with_v_prediction(tiny_sd, captioned, tmp_path):
+    """Training on v-targets must reach the saved (and validation) pipeline's scheduler too."""
+    from diffusers import DiffusionPipeline
+
+    out = tmp_path / "out"
+    run(sd_args(tiny_sd, captioned, out, "--prediction_type", "v_prediction", "--max_train_steps", "2",
+                "--checkpointing_steps", "100", "--validation_prompts", "a photo of a man", "--num_validation_images", "1"))
+    pipeline = DiffusionPipeline.from_pretrained(str(out))
+    assert pipeline.scheduler.config.prediction_type == "v_prediction"
+    base = DiffusionPipeline.from_pretrained(tiny_sd)
+    assert base.scheduler.config.prediction_type == "epsilon"
 
 
 def test_sub_folder_layout_with_metadata(tiny_sd, tmp_path):
