@@ -90,8 +90,15 @@ def truncate_log(logging_dir: str, last_step: int) -> None:
     path = os.path.join(logging_dir, LOG_FILE)
     if not os.path.exists(path):
         return
+    kept = []
     with open(path) as handle:
-        kept = [line for line in handle if line.strip() and (json.loads(line).get("step") or 0) <= last_step]
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the line a kill cut short
+                continue
+            if (record.get("step") or 0) <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
     with open(path + ".tmp", "w") as handle:
         handle.writelines(kept)
     os.replace(path + ".tmp", path)

@@ -76,7 +76,7 @@ def check_run(accelerator, args) -> str | None:
 
 
 def start_run(accelerator, args, resume_path: str | None) -> None:
-    """The run's first write: create the output dir and record the flags (main process).
+    """The run's first write: create the output dir and record the flags (main process). Call before init_trackers.
 
     ``--overwrite_output_dir`` removes the old run's outputs first; so does ``--resume_from_checkpoint latest``
     when no checkpoint exists yet (the same run then starts afresh).
@@ -86,6 +86,8 @@ def start_run(accelerator, args, resume_path: str | None) -> None:
         if args.resume_from_checkpoint and resume_path is None:
             logger.info(f"No complete checkpoint in {args.output_dir}: starting the run from step 0.")
         start_run_dir(args.output_dir, public_config(args), overwrite=fresh_start, logging_dir=args.logging_dir)
+        if resume_path is not None:  # steps after the checkpoint are trained, and logged, again
+            truncate_log(os.path.join(args.output_dir, args.logging_dir), checkpoint_step(resume_path))
     accelerator.wait_for_everyone()
 
 
@@ -184,10 +186,7 @@ def resume(accelerator, resume_path: str | None, args) -> int:
         return 0
     accelerator.print(f"Resuming from {resume_path}")
     accelerator.load_state(resume_path)
-    step = checkpoint_step(resume_path)
-    if accelerator.is_main_process:
-        truncate_log(os.path.join(args.output_dir, args.logging_dir), step)
-    return step
+    return checkpoint_step(resume_path)
 
 
 def iterate_batches(accelerator, train_dataloader, batch_sampler, plan: TrainingPlan, first_step: int):
