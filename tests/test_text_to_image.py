@@ -178,6 +178,24 @@ def test_lora_weights_load_into_the_base_pipeline(tiny_sd, captioned, tmp_path):
     after = pipeline("a photo of a man", num_inference_steps=2, output_type="np",
                      generator=torch.Generator().manual_seed(0)).images
     assert not torch.allclose(torch.from_numpy(before), torch.from_numpy(after))
+    namespace = run_card_usage(out)  # the model card's own usage snippet runs as written
+    assert namespace["image"].size == (16, 16)
+
+
+def run_card_usage(out):
+    """Execute the python block of the model card's Usage section; return its variables."""
+    card = (out / "README.md").read_text()
+    code = card.split("## Usage", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(code, namespace)  # noqa: S102 - the snippet a user would copy
+    return namespace
+
+
+def test_full_pipeline_card_usage_runs_and_names_the_safety_checker(tiny_sd, captioned, tmp_path):
+    out = tmp_path / "out"
+    run(sd_args(tiny_sd, captioned, out, "--max_train_steps", "1", "--checkpointing_steps", "100"))
+    assert "safety checker: none (the base model has none)" in (out / "README.md").read_text()
+    assert run_card_usage(out)["image"].size == (16, 16)
 
 
 def test_v_prediction_on_an_epsilon_base_samples_with_v_prediction(tiny_sd, captioned, tmp_path):
