@@ -8,58 +8,121 @@ digit classifier (trained and cached on first use) and the held-out normal-only 
 pipeline folder (pu_split.json); the Fréchet distance is taken in that classifier's penultimate features.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import os
+import sys
 
 from pipelines import add_metrics_to_model_card
-from pu_diffusion.evaluation import evaluate_builtin_pipeline, evaluate_with_classifier, write_metrics
+from pu_diffusion.evaluation import (
+    EvaluationError,
+    check_generation_args,
+    evaluate_builtin_pipeline,
+    evaluate_with_classifier,
+    write_metrics,
+)
 
 
 def parse_args(input_args=None):
+    """The CLI flags; counts that cannot work (samples, batch size, steps) are refused here."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--pipeline", required=True, help="Pipeline folder (or hub id) written by a training script.")
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=250)
-    parser.add_argument("--sampler", choices=["ddpm", "ddim", "pipeline"], default="ddim",
-                        help="ddim (default, fast), ddpm, or the pipeline's own scheduler.")
+    parser.add_argument(
+        "--sampler",
+        choices=["ddpm", "ddim", "pipeline"],
+        default="ddim",
+        help="ddim (default, fast), ddpm, or the pipeline's own scheduler.",
+    )
     parser.add_argument("--num_inference_steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default=None, help="Default: <pipeline>/eval")
     parser.add_argument("--cache_dir", default=None, help="Where the classifier is cached (~/.cache/pu_diffusion).")
-    parser.add_argument("--classifier_name_or_path", default=None,
-                        help="A transformers image-classification model (folder or hub id) for data other than the "
-                             "built-in MNIST; needs --sensitive_labels and --test_data_dir.")
-    parser.add_argument("--sensitive_labels", nargs="+", default=None, help="Classifier labels (names or ids) "
-                                                                              "that count as sensitive.")
+    parser.add_argument(
+        "--classifier_name_or_path",
+        default=None,
+        help="A transformers image-classification model (folder or hub id) for data other than the "
+        "built-in MNIST; needs --sensitive_labels and --test_data_dir.",
+    )
+    parser.add_argument(
+        "--sensitive_labels", nargs="+", default=None, help="Classifier labels (names or ids) that count as sensitive."
+    )
     parser.add_argument("--test_data_dir", default=None, help="Folder of normal-only test images (FD reference).")
     parser.add_argument("--update_model_card", action="store_true", help="Add the metrics to the pipeline's README.md.")
     args = parser.parse_args(input_args)
     if args.classifier_name_or_path and not (args.sensitive_labels and args.test_data_dir):
         parser.error("--classifier_name_or_path needs --sensitive_labels and --test_data_dir.")
-    if args.num_samples < 2:
-        parser.error("--num_samples must be at least 2 (the Fréchet distance needs a covariance).")
+    try:
+        check_generation_args(args.num_samples, args.batch_size, args.num_inference_steps)
+    except EvaluationError as error:
+        parser.error(str(error))
     return args
 
 
+def check_model_card_target(args) -> None:
+    """--update_model_card writes the pipeline's README.md, so it needs a local --pipeline folder."""
+    if args.update_model_card and not os.path.isdir(args.pipeline):
+        raise EvaluationError(
+            f"--update_model_card writes README.md into the pipeline folder, but --pipeline "
+            f"{args.pipeline!r} is not a local folder: download the pipeline first, or drop "
+            "--update_model_card."
+        )
+
+
 def main(args):
+    """Evaluate ``args.pipeline``, write metrics.json and a sample grid; every input is checked before sampling."""
+    check_model_card_target(args)
     sampler = None if args.sampler == "pipeline" else args.sampler
     if args.classifier_name_or_path:
         metrics, samples = evaluate_with_classifier(
-            args.pipeline, args.classifier_name_or_path, args.sensitive_labels, args.test_data_dir, args.num_samples,
-            args.batch_size, sampler, args.num_inference_steps, args.seed)
+            args.pipeline,
+            args.classifier_name_or_path,
+            args.sensitive_labels,
+            args.test_data_dir,
+            args.num_samples,
+            args.batch_size,
+            sampler,
+            args.num_inference_steps,
+            args.seed,
+        )
     else:
-        metrics, samples = evaluate_builtin_pipeline(args.pipeline, args.num_samples, args.batch_size, sampler,
-                                                     args.num_inference_steps, args.seed, args.cache_dir)
+        metrics, samples = evaluate_builtin_pipeline(
+            args.pipeline,
+            args.num_samples,
+            args.batch_size,
+            sampler,
+            args.num_inference_steps,
+            args.seed,
+            args.cache_dir,
+        )
     output_dir = args.output_dir or os.path.join(args.pipeline, "eval")
     path = write_metrics(metrics, output_dir, samples)
     if args.update_model_card:
         add_metrics_to_model_card(args.pipeline, metrics)
-    print(json.dumps({k: metrics[k] for k in ("non_sensitive_rate", "frechet_distance_classifier_features",
-                                              "num_samples", "sampler", "classifier")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: metrics[k]
+                for k in (
+                    "non_sensitive_rate",
+                    "frechet_distance_classifier_features",
+                    "num_samples",
+                    "sampler",
+                    "classifier",
+                )
+            },
+            indent=2,
+        )
+    )
     print(f"metrics written to {path}")
     return metrics
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except EvaluationError as error:
+        sys.exit(f"evaluate_pu_diffusion.py: error: {error}")

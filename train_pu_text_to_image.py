@@ -24,14 +24,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from pipelines import publish_run
 from pipelines.card import usage_snippet
 from pipelines.saving import save_lora_weights, stable_diffusion_pipeline
-from pu_diffusion.arguments import (
-    add_data_arguments,
-    add_output_arguments,
-    add_pu_arguments,
-    add_training_arguments,
-    add_validation_arguments,
-    validate_training_args,
-)
+from pu_diffusion import training
+from pu_diffusion.arguments import add_shared_arguments, validate_training_args
 from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.image_data import ImageTransform, load_captions
 from pu_diffusion.images import save_image_grid
@@ -51,22 +45,6 @@ from pu_diffusion.text_to_image import (
     sample_latents,
     use_latent_cache,
 )
-from pu_diffusion.training import (
-    TrainingProgress,
-    check_run,
-    iterate_batches,
-    load_pu_data,
-    log_run_header,
-    make_ema,
-    make_lr_scheduler,
-    make_optimizer,
-    make_train_dataloader,
-    model_to_save,
-    plan_training,
-    resume,
-    setup_accelerator,
-    start_run,
-)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -81,38 +59,71 @@ DEFAULTS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PU fine-tuning of Stable Diffusion 1.x (concept suppression).")
     model = parser.add_argument_group("model")
-    model.add_argument("--pretrained_model_name_or_path", type=str, required=True,
-                       help="Stable Diffusion 1.x pipeline folder or hub id, e.g. CompVis/stable-diffusion-v1-4.")
+    model.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        required=True,
+        help="Stable Diffusion 1.x pipeline folder or hub id, e.g. CompVis/stable-diffusion-v1-4.",
+    )
     model.add_argument("--revision", type=str, default=None, help="Revision of --pretrained_model_name_or_path.")
     model.add_argument("--variant", type=str, default=None, help="Weights variant, e.g. fp16.")
-    model.add_argument("--prediction_type", type=str, default=None, choices=["epsilon", "v_prediction"],
-                       help="Train on this target instead of the base scheduler's; the saved pipeline's scheduler "
-                            "is set to match.")
+    model.add_argument(
+        "--prediction_type",
+        type=str,
+        default=None,
+        choices=["epsilon", "v_prediction"],
+        help="Train on this target instead of the base scheduler's; the saved pipeline's scheduler is set to match.",
+    )
     model.add_argument("--rank", type=int, default=None, help="Train LoRA adapters of this rank instead of the UNet.")
-    model.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
-                       help="xformers attention (default: PyTorch SDPA).")
-    add_data_arguments(parser)
+    model.add_argument(
+        "--enable_xformers_memory_efficient_attention",
+        action="store_true",
+        help="xformers attention (default: PyTorch SDPA).",
+    )
     text = parser.add_argument_group("captions")
     text.add_argument("--caption_column", type=str, default="text", help="The column holding each image's caption.")
-    text.add_argument("--sensitive_caption", type=str, default=None,
-                      help="Caption given to every S image (e.g. the normal caption, so p_U = βp_S + (1−β)p_N holds "
-                           "under one condition).")
-    text.add_argument("--proportion_empty_prompts", type=float, default=0.0,
-                      help="Probability of replacing a caption by '' (trains the unconditional branch with PU too).")
-    text.add_argument("--cache_latents", dest="cache_latents", action="store_true", default=None,
-                      help=f"Encode images (centre crops, and their flips) and captions once; needs --center_crop "
-                           f"(default: on with --center_crop for ≤{CACHE_LATENTS_MAX_ROWS} rows).")
-    text.add_argument("--no_cache_latents", dest="cache_latents", action="store_false",
-                      help="Run the frozen VAE and text encoder on every batch.")
-    add_pu_arguments(parser)
-    parser.add_argument("--pu_guidance_scale", type=float, default=None,
-                        help="Take ℓ on the guided prediction ε(∅) + w(ε(c) − ε(∅)); doubles the UNet cost.")
-    add_training_arguments(parser)
-    add_validation_arguments(parser)
-    parser.add_argument("--validation_prompts", type=str, nargs="*", default=None,
-                        help="Prompts of the validation grids (and of the final grid in the model card).")
+    text.add_argument(
+        "--sensitive_caption",
+        type=str,
+        default=None,
+        help="Caption given to every S image (e.g. the normal caption, so p_U = βp_S + (1−β)p_N holds "
+        "under one condition).",
+    )
+    text.add_argument(
+        "--proportion_empty_prompts",
+        type=float,
+        default=0.0,
+        help="Probability of replacing a caption by '' (trains the unconditional branch with PU too).",
+    )
+    text.add_argument(
+        "--cache_latents",
+        dest="cache_latents",
+        action="store_true",
+        default=None,
+        help=f"Encode images (centre crops, and their flips) and captions once; needs --center_crop "
+        f"(default: on with --center_crop for ≤{CACHE_LATENTS_MAX_ROWS} rows).",
+    )
+    text.add_argument(
+        "--no_cache_latents",
+        dest="cache_latents",
+        action="store_false",
+        help="Run the frozen VAE and text encoder on every batch.",
+    )
+    parser.add_argument(
+        "--pu_guidance_scale",
+        type=float,
+        default=None,
+        help="Take ℓ on the guided prediction ε(∅) + w(ε(c) − ε(∅)); doubles the UNet cost.",
+    )
+    parser.add_argument(
+        "--validation_prompts",
+        type=str,
+        nargs="*",
+        default=None,
+        help="Prompts of the validation grids (and of the final grid in the model card).",
+    )
     parser.add_argument("--guidance_scale", type=float, default=7.5, help="Guidance scale of validation sampling.")
-    add_output_arguments(parser)
+    add_shared_arguments(parser)
     parser.set_defaults(**DEFAULTS)
     return parser
 
@@ -139,13 +150,16 @@ def validate_args(args) -> None:
     if args.pu_guidance_scale is not None and args.pu_guidance_scale <= 0:
         raise ValueError(f"--pu_guidance_scale must be > 0; got {args.pu_guidance_scale}.")
     if args.cache_latents and not args.center_crop:
-        raise ValueError("--cache_latents encodes centre crops: add --center_crop, or drop --cache_latents to train "
-                         "on random crops.")
+        raise ValueError(
+            "--cache_latents encodes centre crops: add --center_crop, or drop --cache_latents to train on random crops."
+        )
 
 
 def load_data(args):
     """Dataset, U/S rows and the caption of every row (S captions replaced by --sensitive_caption)."""
-    dataset, unlabeled_rows, sensitive_rows = load_pu_data(args, require_sensitive=args.method != "unsupervised")
+    dataset, unlabeled_rows, sensitive_rows = training.load_pu_data(
+        args, require_sensitive=args.method != "unsupervised"
+    )
     captions = load_captions(dataset, args.caption_column)
     if args.sensitive_caption is not None:
         for row in sensitive_rows:
@@ -175,8 +189,14 @@ def load_models(args, accelerator):
         from peft import LoraConfig
 
         unet.requires_grad_(False)
-        unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
-                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        unet.add_adapter(
+            LoraConfig(
+                r=args.rank,
+                lora_alpha=args.rank,
+                init_lora_weights="gaussian",
+                target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+            )
+        )
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if args.enable_xformers_memory_efficient_attention:
@@ -185,8 +205,8 @@ def load_models(args, accelerator):
 
 
 def main(args):
-    accelerator = setup_accelerator(args)
-    resume_path = check_run(accelerator, args)
+    accelerator = training.setup_accelerator(args)
+    resume_path = training.check_run(accelerator, args)
 
     # ---- Data (checked before anything is written) ----
     with accelerator.main_process_first():
@@ -194,7 +214,7 @@ def main(args):
 
     # ---- Models: the UNet trains; VAE and text encoder are frozen and never enter autograd ----
     tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype = load_models(args, accelerator)
-    ema_model = make_ema(args, unet, UNet2DConditionModel)
+    ema_model = training.make_ema(args, unet, UNet2DConditionModel)
     if not args.rank:  # LoRA checkpoints: accelerate saves the adapted UNet's state dict as safetensors itself
         register_model_hooks(accelerator, UNet2DConditionModel, ema_model)
 
@@ -203,39 +223,60 @@ def main(args):
     empty_state = encode_captions(tokenizer, text_encoder, [""])
     latent_cache = text_cache = None
     if use_latent_cache(args.cache_latents, args.center_crop, len(dataset)):
-        latent_cache, text_cache = encode_latents_once(dataset, args.image_column, captions, transform, vae,
-                                                       tokenizer, text_encoder,
-                                                       rows=np.union1d(unlabeled_rows, sensitive_rows))
+        latent_cache, text_cache = encode_latents_once(
+            dataset,
+            args.image_column,
+            captions,
+            transform,
+            vae,
+            tokenizer,
+            text_encoder,
+            rows=np.union1d(unlabeled_rows, sensitive_rows),
+        )
         logger.info(f"Cached {len(latent_cache)} latents and {len(text_cache)} caption encodings")
-    train_dataloader, batch_sampler = make_train_dataloader(
-        args, TextImageDataset(dataset, args.image_column, captions, sensitive_rows, transform, latent_cache,
-                               text_cache),
-        unlabeled_rows, sensitive_rows, collate_fn=collate_text_image_batch)
+    train_dataloader, batch_sampler = training.make_train_dataloader(
+        args,
+        TextImageDataset(dataset, args.image_column, captions, sensitive_rows, transform, latent_cache, text_cache),
+        unlabeled_rows,
+        sensitive_rows,
+        collate_fn=collate_text_image_batch,
+    )
     trainable = [parameter for parameter in unet.parameters() if parameter.requires_grad]
-    optimizer = make_optimizer(args, trainable, accelerator.num_processes)
-    unet, optimizer, train_dataloader = accelerator.prepare(unet, optimizer, train_dataloader)
-    plan = plan_training(accelerator, train_dataloader, args)
-    lr_scheduler = accelerator.prepare(make_lr_scheduler(args, optimizer, plan, accelerator.num_processes))
-    if ema_model is not None:
-        ema_model.to(accelerator.device)
+    unet, optimizer, train_dataloader, lr_scheduler, plan = training.prepare_for_training(
+        accelerator, args, unet, trainable, train_dataloader, ema_model
+    )
 
     # ---- The first write: the run's flags ----
-    start_run(accelerator, args, resume_path)
-    if accelerator.is_main_process:
-        accelerator.init_trackers("pu-text-to-image", config={**public_config(args), **plan.__dict__})
-    data_info = {"source": args.dataset_name or args.train_data_dir, "unlabeled (U) images": len(unlabeled_rows),
-                 "sensitive (S) images": len(sensitive_rows), "validation prompts": args.validation_prompts,
-                 "S caption override": args.sensitive_caption, "caption dropout": args.proportion_empty_prompts,
-                 "cached latents": latent_cache is not None}
-    log_run_header(args, plan, accelerator, data_info)
+    training.start_run(accelerator, args, resume_path, plan, project_name="pu-text-to-image")
+    data_info = {
+        "source": args.dataset_name or args.train_data_dir,
+        "unlabeled (U) images": len(unlabeled_rows),
+        "sensitive (S) images": len(sensitive_rows),
+        "validation prompts": args.validation_prompts,
+        "S caption override": args.sensitive_caption,
+        "caption dropout": args.proportion_empty_prompts,
+        "cached latents": latent_cache is not None,
+    }
+    training.log_run_header(args, plan, accelerator, data_info)
 
     # ---- Train ----
-    progress = TrainingProgress(accelerator, args, plan, resume(accelerator, resume_path, args), ema_model, unet)
+    global_step = training.resume(accelerator, resume_path, args)
+    progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
     unet.train()
-    for batch in iterate_batches(accelerator, train_dataloader, batch_sampler, plan, progress.global_step):
+    for batch in training.iterate_batches(accelerator, train_dataloader, batch_sampler, plan, progress.global_step):
         with accelerator.accumulate(unet):
-            terms = compute_loss(args, batch, unet, vae, tokenizer, text_encoder, noise_scheduler, empty_state,
-                                 weight_dtype, reduce_for_branch=lambda value: accelerator.reduce(value, "mean"))
+            terms = compute_loss(
+                args,
+                batch,
+                unet,
+                vae,
+                tokenizer,
+                text_encoder,
+                noise_scheduler,
+                empty_state,
+                weight_dtype,
+                reduce_for_branch=lambda value: accelerator.reduce(value, "mean"),
+            )
             accelerator.backward(terms.objective)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
@@ -245,8 +286,16 @@ def main(args):
         if accelerator.sync_gradients:
             progress.after_step(terms, lr_scheduler)
             if progress.validation_due() and args.validation_prompts:
-                log_validation(args, accelerator, unet, vae, text_encoder, tokenizer,
-                               noise_scheduler.config.prediction_type, progress.global_step)
+                log_validation(
+                    args,
+                    accelerator,
+                    unet,
+                    vae,
+                    text_encoder,
+                    tokenizer,
+                    noise_scheduler.config.prediction_type,
+                    progress.global_step,
+                )
             if progress.done:
                 break
     stats = progress.stats()
@@ -254,30 +303,57 @@ def main(args):
     # ---- Save the pipeline (or LoRA weights), a validation grid and the model card (and push) ----
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unet = model_to_save(accelerator, unet, ema_model)
+        unet = training.model_to_save(accelerator, unet, ema_model)
         if args.rank:
             save_lora_weights(args.output_dir, unet)
             has_safety_checker = None
         else:
             pipeline = stable_diffusion_pipeline(
-                args.pretrained_model_name_or_path, unet=unet, vae=vae.to(torch.float32),
-                text_encoder=text_encoder.to(torch.float32), tokenizer=tokenizer,
-                prediction_type=noise_scheduler.config.prediction_type, revision=args.revision, variant=args.variant)
+                args.pretrained_model_name_or_path,
+                unet=unet,
+                vae=vae.to(torch.float32),
+                text_encoder=text_encoder.to(torch.float32),
+                tokenizer=tokenizer,
+                prediction_type=noise_scheduler.config.prediction_type,
+                revision=args.revision,
+                variant=args.variant,
+            )
             pipeline.save_pretrained(args.output_dir, safe_serialization=True)
             has_safety_checker = pipeline.safety_checker is not None
         images = []
         if args.validation_prompts:
-            images = [log_validation(args, accelerator, unet, vae, text_encoder, tokenizer,
-                                     noise_scheduler.config.prediction_type, stats["global_step"], final=True)]
+            images = [
+                log_validation(
+                    args,
+                    accelerator,
+                    unet,
+                    vae,
+                    text_encoder,
+                    tokenizer,
+                    noise_scheduler.config.prediction_type,
+                    stats["global_step"],
+                    final=True,
+                )
+            ]
         location = args.hub_model_id if args.push_to_hub and args.hub_model_id else args.output_dir
         prompt = (args.validation_prompts or ["a photo"])[0]
-        usage = usage_snippet(location, prompt=prompt,
-                              lora_base_model=args.pretrained_model_name_or_path if args.rank else None)
+        usage = usage_snippet(
+            location, prompt=prompt, lora_base_model=args.pretrained_model_name_or_path if args.rank else None
+        )
         notes = [safety_checker_note(has_safety_checker), "validation grids are generated without the safety checker"]
-        publish_run(args.output_dir, {**public_config(args), **stats}, data_info, images,
-                    base_model=args.pretrained_model_name_or_path, push_to_hub=args.push_to_hub,
-                    hub_model_id=args.hub_model_id, hub_token=args.hub_token, usage=usage, notes=notes,
-                    extra_tags=["stable-diffusion", "text-to-image"] + (["lora"] if args.rank else []))
+        publish_run(
+            args.output_dir,
+            {**public_config(args), **stats},
+            data_info,
+            images,
+            base_model=args.pretrained_model_name_or_path,
+            push_to_hub=args.push_to_hub,
+            hub_model_id=args.hub_model_id,
+            hub_token=args.hub_token,
+            usage=usage,
+            notes=notes,
+            extra_tags=["stable-diffusion", "text-to-image"] + (["lora"] if args.rank else []),
+        )
     accelerator.end_training()
     return stats
 
@@ -290,8 +366,9 @@ def safety_checker_note(has_safety_checker: bool | None) -> str:
     return "safety checker: none (the base model has none)"
 
 
-def compute_loss(args, batch, unet, vae, tokenizer, text_encoder, noise_scheduler, empty_state, weight_dtype,
-                 reduce_for_branch=None):
+def compute_loss(
+    args, batch, unet, vae, tokenizer, text_encoder, noise_scheduler, empty_state, weight_dtype, reduce_for_branch=None
+):
     """The conditional PU risk terms of one batch; the frozen encoders run without autograd (or come from the cache)."""
     device = next(unet.parameters()).device
     if "latent_parameters" in batch:
@@ -308,24 +385,39 @@ def compute_loss(args, batch, unet, vae, tokenizer, text_encoder, noise_schedule
     noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device).long()
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-    model_pred = predict_noise(unet, noisy_latents, timesteps, text_states.to(weight_dtype), empty_state,
-                               args.pu_guidance_scale)
+    model_pred = predict_noise(
+        unet, noisy_latents, timesteps, text_states.to(weight_dtype), empty_state, args.pu_guidance_scale
+    )
     target = diffusion_target(noise_scheduler, latents, noise, timesteps)
     per_sample_loss = per_sample_diffusion_loss(model_pred, target, args.loss_reduction)
-    return pu_risk(per_sample_loss, batch["is_sensitive"], args.method, args.beta, args.pu_estimator,
-                   reduce_for_branch=reduce_for_branch)
+    return pu_risk(
+        per_sample_loss,
+        batch["is_sensitive"],
+        args.method,
+        args.beta,
+        args.pu_estimator,
+        reduce_for_branch=reduce_for_branch,
+    )
 
 
-def log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, prediction_type: str, global_step: int,
-                   final: bool = False):
+def log_validation(
+    args, accelerator, unet, vae, text_encoder, tokenizer, prediction_type: str, global_step: int, final: bool = False
+):
     """Generate --num_validation_images per prompt; save one grid (a row per prompt) under validation/.
 
     The pipeline samples with the trained prediction type, without the safety checker.
     """
     pipeline = stable_diffusion_pipeline(
-        args.pretrained_model_name_or_path, unet=accelerator.unwrap_model(unet), vae=vae, text_encoder=text_encoder,
-        tokenizer=tokenizer, prediction_type=prediction_type, revision=args.revision, variant=args.variant,
-        keep_safety_checker=False)
+        args.pretrained_model_name_or_path,
+        unet=accelerator.unwrap_model(unet),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        prediction_type=prediction_type,
+        revision=args.revision,
+        variant=args.variant,
+        keep_safety_checker=False,
+    )
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(args.seed or 0)
     images = []
@@ -333,12 +425,17 @@ def log_validation(args, accelerator, unet, vae, text_encoder, tokenizer, predic
     autocast = torch.autocast(accelerator.device.type, dtype=vae.dtype, enabled=vae.dtype != torch.float32)
     for prompt in args.validation_prompts:
         with autocast:
-            images += pipeline([prompt] * args.num_validation_images, num_inference_steps=args.num_inference_steps,
-                               guidance_scale=args.guidance_scale, generator=generator,
-                               output_type="np").images.tolist()
+            images += pipeline(
+                [prompt] * args.num_validation_images,
+                num_inference_steps=args.num_inference_steps,
+                guidance_scale=args.guidance_scale,
+                generator=generator,
+                output_type="np",
+            ).images.tolist()
     name = "final.png" if final else f"step_{global_step}.png"
-    path = save_image_grid(np.asarray(images), os.path.join(args.output_dir, "validation", name),
-                           columns=args.num_validation_images)
+    path = save_image_grid(
+        np.asarray(images), os.path.join(args.output_dir, "validation", name), columns=args.num_validation_images
+    )
     del pipeline
     return path
 

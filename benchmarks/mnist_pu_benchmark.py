@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -27,9 +26,14 @@ from pu_diffusion.testing_utils import write_unet_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PAPER = {  # non-sensitive rate, paper Table 2 (MNIST, from scratch)
-    ("even", "unsupervised"): 0.904, ("even", "supervised"): 0.908, ("even", "pu"): 0.978,
-    ("odd", "unsupervised"): 0.900, ("odd", "supervised"): 0.901, ("odd", "pu"): 0.975,
+    ("even", "unsupervised"): 0.904,
+    ("even", "supervised"): 0.908,
+    ("even", "pu"): 0.978,
+    ("odd", "unsupervised"): 0.900,
+    ("odd", "supervised"): 0.901,
+    ("odd", "pu"): 0.975,
 }
+
 
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description="PU vs baselines on the built-in MNIST benchmark.")
@@ -47,12 +51,18 @@ def parse_args(input_args=None):
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--num_inference_steps", type=int, default=100)
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
-    parser.add_argument("--beta_sweep", nargs="*", type=float, default=None,
-                        help="β values for a PU sweep (first split, first seed); writes beta_sweep.png.")
+    parser.add_argument(
+        "--beta_sweep",
+        nargs="*",
+        type=float,
+        default=None,
+        help="β values for a PU sweep (first split, first seed); writes beta_sweep.png.",
+    )
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "benchmarks", "results", "mnist"))
     parser.add_argument("--keep_models", action="store_true", help="Keep every trained pipeline folder.")
-    parser.add_argument("--full", action="store_true", help="GPU scale: 3000 steps, 5 seeds, both splits, "
-                                                            "2000 DDPM-1000 samples.")
+    parser.add_argument(
+        "--full", action="store_true", help="GPU scale: 3000 steps, 5 seeds, both splits, 2000 DDPM-1000 samples."
+    )
     parser.add_argument("--smoke", action="store_true", help="Seconds-long run on a tiny UNet (for the tests).")
     args = parser.parse_args(input_args)
     if args.full:
@@ -65,18 +75,57 @@ def parse_args(input_args=None):
 
 
 def train_args(args, run_dir, method, split, seed, estimator="abs", beta=None):
-    argv = ["--output_dir", run_dir, "--overwrite_output_dir", "--method", method, "--pu_estimator", estimator,
-            "--preset", f"builtin-mnist-{split}", "--seed", str(seed), "--max_train_steps", str(args.max_train_steps),
-            "--train_batch_size", str(args.train_batch_size), "--sensitive_batch_size", str(args.sensitive_batch_size),
-            "--learning_rate", str(args.learning_rate), "--beta", str(args.beta if beta is None else beta),
-            "--checkpointing_steps", "1000000", "--validation_steps", "0", "--report_to", "none",
-            "--inference_scheduler", "ddim", "--num_inference_steps", "50", "--num_final_images", "16"]
+    argv = [
+        "--output_dir",
+        run_dir,
+        "--overwrite_output_dir",
+        "--method",
+        method,
+        "--pu_estimator",
+        estimator,
+        "--preset",
+        f"builtin-mnist-{split}",
+        "--seed",
+        str(seed),
+        "--max_train_steps",
+        str(args.max_train_steps),
+        "--train_batch_size",
+        str(args.train_batch_size),
+        "--sensitive_batch_size",
+        str(args.sensitive_batch_size),
+        "--learning_rate",
+        str(args.learning_rate),
+        "--beta",
+        str(args.beta if beta is None else beta),
+        "--checkpointing_steps",
+        "1000000",
+        "--validation_steps",
+        "0",
+        "--report_to",
+        "none",
+        "--inference_scheduler",
+        "ddim",
+        "--num_inference_steps",
+        "50",
+        "--num_final_images",
+        "16",
+    ]
     if args.use_ema:
         argv.append("--use_ema")
     if args.smoke:
         config_dir = write_unet_config(os.path.join(args.output_dir, "tiny_unet"))
-        argv += ["--model_config_name_or_path", config_dir, "--resolution", "8", "--lr_warmup_steps", "1",
-                 "--num_final_images", "4", "--num_inference_steps", "2"]
+        argv += [
+            "--model_config_name_or_path",
+            config_dir,
+            "--resolution",
+            "8",
+            "--lr_warmup_steps",
+            "1",
+            "--num_final_images",
+            "4",
+            "--num_inference_steps",
+            "2",
+        ]
     return argv + args.extra_train_args.split()
 
 
@@ -93,12 +142,21 @@ def train_and_evaluate(args, name, argv, seed):
     GradientState._reset_state()
     PartialState._reset_state()
     train_wall = time.time() - start
-    metrics, samples = evaluate_builtin_pipeline(run_dir, args.num_samples, 250, args.sampler,
-                                                 args.num_inference_steps, seed=1000 + seed)
-    result = {"name": name, "seed": seed, "train_seconds": round(train_wall, 1),
-              "steps_per_second": round(stats["steps_per_second"], 3), **metrics}
-    print(f"[{name} seed {seed}] non-sensitive {metrics['non_sensitive_rate']:.4f}  "
-          f"FD {metrics['frechet_distance_classifier_features']:.2f}  train {train_wall:.0f}s", flush=True)
+    metrics, samples = evaluate_builtin_pipeline(
+        run_dir, args.num_samples, 250, args.sampler, args.num_inference_steps, seed=1000 + seed
+    )
+    result = {
+        "name": name,
+        "seed": seed,
+        "train_seconds": round(train_wall, 1),
+        "steps_per_second": round(stats["steps_per_second"], 3),
+        **metrics,
+    }
+    print(
+        f"[{name} seed {seed}] non-sensitive {metrics['non_sensitive_rate']:.4f}  "
+        f"FD {metrics['frechet_distance_classifier_features']:.2f}  train {train_wall:.0f}s",
+        flush=True,
+    )
     return result, samples[:36]
 
 
@@ -113,28 +171,42 @@ def summarize(results, columns, splits):
                 continue
             rate = np.array([r["non_sensitive_rate"] for r in rows])
             fd = np.array([r["frechet_distance_classifier_features"] for r in rows])
-            entry = {"non_sensitive_rate_mean": rate.mean(), "non_sensitive_rate_std": rate.std(ddof=1) if len(rate) > 1 else 0.0,
-                     "fd_mean": fd.mean(), "fd_std": fd.std(ddof=1) if len(fd) > 1 else 0.0, "seeds": len(rows),
-                     "paper_non_sensitive_rate": PAPER.get((split, column))}
-            base = sorted((r for r in results if r["split"] == split and r["name"] == "unsupervised"),
-                          key=lambda r: r["seed"])
+            entry = {
+                "non_sensitive_rate_mean": rate.mean(),
+                "non_sensitive_rate_std": rate.std(ddof=1) if len(rate) > 1 else 0.0,
+                "fd_mean": fd.mean(),
+                "fd_std": fd.std(ddof=1) if len(fd) > 1 else 0.0,
+                "seeds": len(rows),
+                "paper_non_sensitive_rate": PAPER.get((split, column)),
+            }
+            base = sorted(
+                (r for r in results if r["split"] == split and r["name"] == "unsupervised"), key=lambda r: r["seed"]
+            )
             if column != "unsupervised" and len(base) == len(rows) and len(rows) > 1:
-                entry["p_rate_vs_unsupervised"] = float(stats.ttest_rel(rate, [r["non_sensitive_rate"] for r in base]).pvalue)
-                entry["p_fd_vs_unsupervised"] = float(stats.ttest_rel(fd, [r["frechet_distance_classifier_features"] for r in base]).pvalue)
+                entry["p_rate_vs_unsupervised"] = float(
+                    stats.ttest_rel(rate, [r["non_sensitive_rate"] for r in base]).pvalue
+                )
+                entry["p_fd_vs_unsupervised"] = float(
+                    stats.ttest_rel(fd, [r["frechet_distance_classifier_features"] for r in base]).pvalue
+                )
             table[f"{split}/{column}"] = entry
     return table
 
 
 def format_table(table):
-    lines = ["| split | method | non-sensitive rate | classifier-FD | p (rate) vs unsup. | p (FD) vs unsup. | paper rate |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| split | method | non-sensitive rate | classifier-FD | p (rate) vs unsup. | p (FD) vs unsup. | paper rate |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, entry in table.items():
         split, method = key.split("/")
         p_rate = entry.get("p_rate_vs_unsupervised")
         p_fd = entry.get("p_fd_vs_unsupervised")
-        lines.append(f"| {split} | {method} | {entry['non_sensitive_rate_mean']:.3f} ± {entry['non_sensitive_rate_std']:.3f} "
-                     f"| {entry['fd_mean']:.2f} ± {entry['fd_std']:.2f} | {'' if p_rate is None else f'{p_rate:.3g}'} "
-                     f"| {'' if p_fd is None else f'{p_fd:.3g}'} | {entry['paper_non_sensitive_rate'] or ''} |")
+        lines.append(
+            f"| {split} | {method} | {entry['non_sensitive_rate_mean']:.3f} ± {entry['non_sensitive_rate_std']:.3f} "
+            f"| {entry['fd_mean']:.2f} ± {entry['fd_std']:.2f} | {'' if p_rate is None else f'{p_rate:.3g}'} "
+            f"| {'' if p_fd is None else f'{p_fd:.3g}'} | {entry['paper_non_sensitive_rate'] or ''} |"
+        )
     return "\n".join(lines)
 
 
@@ -170,7 +242,9 @@ def beta_sweep(args, split, seed):
     rows = []
     for beta in args.beta_sweep:
         run_dir = os.path.join(args.output_dir, "runs", f"{split}_beta{beta}_s{seed}")
-        result, _ = train_and_evaluate(args, f"pu-beta{beta}", train_args(args, run_dir, "pu", split, seed, beta=beta), seed)
+        result, _ = train_and_evaluate(
+            args, f"pu-beta{beta}", train_args(args, run_dir, "pu", split, seed, beta=beta), seed
+        )
         rows.append({"beta": beta, **result})
         if not args.keep_models:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -199,8 +273,9 @@ def main(args):
             for column in columns:
                 method, estimator = ("pu", "nn") if column == "pu-nn" else (column, "abs")
                 run_dir = os.path.join(args.output_dir, "runs", f"{split}_{column}_s{seed}")
-                result, samples = train_and_evaluate(args, column, train_args(args, run_dir, method, split, seed,
-                                                                              estimator), seed)
+                result, samples = train_and_evaluate(
+                    args, column, train_args(args, run_dir, method, split, seed, estimator), seed
+                )
                 result["split"] = split
                 results.append(result)
                 if split == args.splits[0] and seed == args.seeds[0]:
@@ -209,11 +284,21 @@ def main(args):
                     shutil.rmtree(run_dir, ignore_errors=True)
     table = summarize(results, columns, args.splits)
     report = {
-        "table": table, "per_seed": results, "settings": vars(args), "wall_seconds": round(time.time() - start, 1),
-        "date": time.strftime("%Y-%m-%d"), "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                                                        "python": platform.python_version()},
+        "table": table,
+        "per_seed": results,
+        "settings": {
+            key: os.path.relpath(value, ROOT) if isinstance(value, str) and os.path.isabs(value) else value
+            for key, value in vars(args).items()
+        },  # no machine paths in results
+        "wall_seconds": round(time.time() - start, 1),
+        "date": time.strftime("%Y-%m-%d"),
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+        },
         "metric_note": "Fréchet distance in the penultimate features of the project's MNIST classifier "
-                       "(classifier-FD), not Inception FID.",
+        "(classifier-FD), not Inception FID.",
     }
     if args.beta_sweep:
         report["beta_sweep"] = beta_sweep(args, args.splits[0], args.seeds[0])

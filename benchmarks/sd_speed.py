@@ -21,11 +21,11 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk
-from pu_diffusion.text_to_image import encode_captions, encode_latent_parameters, sample_latents
 from pu_diffusion.testing_utils import build_tiny_sd
+from pu_diffusion.text_to_image import encode_captions, encode_latent_parameters, sample_latents
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PATHS = ["ours", "authors"]
 
@@ -55,7 +55,9 @@ def make_step(model_dir, args, device):
     batch = args.unlabeled_batch_size + args.sensitive_batch_size
     torch.manual_seed(0)
     pixels = torch.rand(batch, 3, args.resolution, args.resolution, device=device) * 2 - 1
-    captions = ["a photo of a middle-aged man"] * args.unlabeled_batch_size + ["a photo of brad pitt"] * args.sensitive_batch_size
+    captions = ["a photo of a middle-aged man"] * args.unlabeled_batch_size + [
+        "a photo of brad pitt"
+    ] * args.sensitive_batch_size
     is_sensitive = torch.arange(batch) >= args.unlabeled_batch_size
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
@@ -70,8 +72,13 @@ def make_step(model_dir, args, device):
             states = cached_states
         else:
             latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
-            tokens = tokenizer(captions, max_length=tokenizer.model_max_length, padding="max_length",
-                               truncation=True, return_tensors="pt").input_ids.to(device)
+            tokens = tokenizer(
+                captions,
+                max_length=tokenizer.model_max_length,
+                padding="max_length",
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(device)
             states = text_encoder(tokens)[0]
         noise = torch.randn(latents.shape, device=device)
         timesteps = torch.randint(0, 1000, (batch,), device=device)
@@ -114,22 +121,47 @@ def main(args):
                 step(path)
                 memory[path] = torch.cuda.max_memory_allocated() / 2**20
             else:
-                output = subprocess.run([sys.executable, __file__, "--memory_probe", path, "--model_dir", model_dir,
-                                         "--resolution", str(args.resolution), "--unlabeled_batch_size",
-                                         str(args.unlabeled_batch_size), "--sensitive_batch_size",
-                                         str(args.sensitive_batch_size)], capture_output=True, text=True, check=True)
+                output = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--memory_probe",
+                        path,
+                        "--model_dir",
+                        model_dir,
+                        "--resolution",
+                        str(args.resolution),
+                        "--unlabeled_batch_size",
+                        str(args.unlabeled_batch_size),
+                        "--sensitive_batch_size",
+                        str(args.sensitive_batch_size),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 memory[path] = float(output.stdout.strip().splitlines()[-1])
     steps_per_second = {path: 1.0 / float(np.median(values)) for path, values in times.items()}
-    report = {"device": str(device), "settings": vars(args), "steps_per_second": steps_per_second,
-              "speedup_ours_vs_authors": steps_per_second["ours"] / steps_per_second["authors"],
-              "peak_memory_mb": memory, "memory_ratio_ours_vs_authors": memory["ours"] / memory["authors"],
-              "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS of a fresh process"}
+    report = {
+        "device": str(device),
+        "settings": {
+            key: os.path.relpath(value, ROOT) if isinstance(value, str) and os.path.isabs(value) else value
+            for key, value in vars(args).items()
+        },  # no machine paths in results
+        "steps_per_second": steps_per_second,
+        "speedup_ours_vs_authors": steps_per_second["ours"] / steps_per_second["authors"],
+        "peak_memory_mb": memory,
+        "memory_ratio_ours_vs_authors": memory["ours"] / memory["authors"],
+        "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS of a fresh process",
+    }
     print("| path | steps/s | peak memory (MB) |\n|---|---|---|")
     for path in PATHS:
         print(f"| {path} | {steps_per_second[path]:.2f} | {memory[path]:.0f} |")
-    print(f"\nspeed-up ours/authors: {report['speedup_ours_vs_authors']:.2f}×, memory ratio "
-          f"{report['memory_ratio_ours_vs_authors']:.2f} ({device}, tiny SD at {args.resolution}px, "
-          f"{args.unlabeled_batch_size} U + {args.sensitive_batch_size} S)")
+    print(
+        f"\nspeed-up ours/authors: {report['speedup_ours_vs_authors']:.2f}×, memory ratio "
+        f"{report['memory_ratio_ours_vs_authors']:.2f} ({device}, tiny SD at {args.resolution}px, "
+        f"{args.unlabeled_batch_size} U + {args.sensitive_batch_size} S)"
+    )
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as handle:
         json.dump(report, handle, indent=2)

@@ -19,10 +19,10 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk
 from pu_diffusion.models import default_unet_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 METHODS = ["unsupervised", "supervised", "pu"]
 
@@ -74,10 +74,25 @@ def peak_memory_mb(args, method, device):
         for _ in range(3):
             step(method)
         return torch.cuda.max_memory_allocated() / 2**20
-    output = subprocess.run([sys.executable, __file__, "--memory_probe", method, "--resolution", str(args.resolution),
-                             "--channels", str(args.channels), "--unlabeled_batch_size", str(args.unlabeled_batch_size),
-                             "--sensitive_batch_size", str(args.sensitive_batch_size)],
-                            capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--memory_probe",
+            method,
+            "--resolution",
+            str(args.resolution),
+            "--channels",
+            str(args.channels),
+            "--unlabeled_batch_size",
+            str(args.unlabeled_batch_size),
+            "--sensitive_batch_size",
+            str(args.sensitive_batch_size),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return float(output.strip().splitlines()[-1])
 
 
@@ -107,22 +122,39 @@ def main(args):
     pipeline = DDIMPipeline(unet=unet.eval(), scheduler=DDIMScheduler.from_config(scheduler.config))
     pipeline.set_progress_bar_config(disable=True)
     start = time.perf_counter()
-    pipeline(batch_size=args.generation_samples, num_inference_steps=args.generation_steps,
-             generator=torch.Generator().manual_seed(0))
+    pipeline(
+        batch_size=args.generation_samples,
+        num_inference_steps=args.generation_steps,
+        generator=torch.Generator().manual_seed(0),
+    )
     samples_per_second = args.generation_samples / (time.perf_counter() - start)
 
     base = steps_per_second["unsupervised"]
-    report = {"device": str(device), "torch_threads": torch.get_num_threads(), "settings": vars(args),
-              "steps_per_second": steps_per_second, "ratio_vs_unsupervised": {m: v / base for m, v in steps_per_second.items()},
-              "peak_memory_mb": memory, "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda"
-              else "peak RSS of a fresh process (model + optimizer + 3 steps)",
-              "generation_samples_per_second": samples_per_second,
-              "generation": f"DDIM {args.generation_steps} steps, batch {args.generation_samples}"}
+    report = {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "settings": {
+            key: os.path.relpath(value, ROOT) if isinstance(value, str) and os.path.isabs(value) else value
+            for key, value in vars(args).items()
+        },  # no machine paths in results
+        "steps_per_second": steps_per_second,
+        "ratio_vs_unsupervised": {m: v / base for m, v in steps_per_second.items()},
+        "peak_memory_mb": memory,
+        "peak_memory_kind": "cuda max_memory_allocated"
+        if device.type == "cuda"
+        else "peak RSS of a fresh process (model + optimizer + 3 steps)",
+        "generation_samples_per_second": samples_per_second,
+        "generation": f"DDIM {args.generation_steps} steps, batch {args.generation_samples}",
+    }
     print("| method | steps/s | ratio vs unsupervised | peak memory (MB) |\n|---|---|---|---|")
     for method in METHODS:
-        print(f"| {method} | {steps_per_second[method]:.2f} | {steps_per_second[method] / base:.3f} | {memory[method]:.0f} |")
-    print(f"\ngeneration: {samples_per_second:.1f} samples/s ({report['generation']}); device {device}, "
-          f"batch {args.unlabeled_batch_size} U + {args.sensitive_batch_size} S at {args.resolution}px")
+        print(
+            f"| {method} | {steps_per_second[method]:.2f} | {steps_per_second[method] / base:.3f} | {memory[method]:.0f} |"
+        )
+    print(
+        f"\ngeneration: {samples_per_second:.1f} samples/s ({report['generation']}); device {device}, "
+        f"batch {args.unlabeled_batch_size} U + {args.sensitive_batch_size} S at {args.resolution}px"
+    )
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as handle:
         json.dump(report, handle, indent=2)

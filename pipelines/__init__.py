@@ -11,6 +11,11 @@ from .saving import unconditional_pipeline
 from .scoring import normal_probability, score_images
 
 __all__ = [
-    "add_metrics_to_model_card", "write_model_card", "publish_run", "push_output_dir", "unconditional_pipeline",
-    "normal_probability", "score_images",
+    "add_metrics_to_model_card",
+    "write_model_card",
+    "publish_run",
+    "push_output_dir",
+    "unconditional_pipeline",
+    "normal_probability",
+    "score_images",
 ]

@@ -9,8 +9,8 @@ from pu_diffusion.metrics import CLASSIFIER_FD
 
 METHOD_TEXT = {
     "pu": "Positive-Unlabeled diffusion (Takahashi et al., ICLR 2025): the per-sample diffusion loss ℓ is read "
-          "as a classifier p(normal|x) = exp(−ℓ) and trained with an unbiased PU risk, so the ELBO is maximised on "
-          "the normal part of the unlabeled data and minimised on the labelled sensitive data.",
+    "as a classifier p(normal|x) = exp(−ℓ) and trained with an unbiased PU risk, so the ELBO is maximised on "
+    "the normal part of the unlabeled data and minimised on the labelled sensitive data.",
     "supervised": "Supervised baseline: all unlabeled data is treated as normal (L_U⁻ + L_S⁺).",
     "unsupervised": "Unsupervised baseline: plain diffusion training on the unlabeled data (L_U⁻).",
 }
@@ -30,19 +30,31 @@ def usage_snippet(location: str, prompt: str | None = None, lora_base_model: str
     """
     call = f"pipeline({prompt!r})" if prompt is not None else "pipeline()"
     if lora_base_model:
-        return ("from diffusers import StableDiffusionPipeline\n\n"
-                f"pipeline = StableDiffusionPipeline.from_pretrained({lora_base_model!r})\n"
-                f"pipeline.load_lora_weights({location!r})\n"
-                f"image = {call}.images[0]\n")
-    return ("from diffusers import DiffusionPipeline\n\n"
-            f"pipeline = DiffusionPipeline.from_pretrained({location!r})\n"
-            f"image = {call}.images[0]\n")
+        return (
+            "from diffusers import StableDiffusionPipeline\n\n"
+            f"pipeline = StableDiffusionPipeline.from_pretrained({lora_base_model!r})\n"
+            f"pipeline.load_lora_weights({location!r})\n"
+            f"image = {call}.images[0]\n"
+        )
+    return (
+        "from diffusers import DiffusionPipeline\n\n"
+        f"pipeline = DiffusionPipeline.from_pretrained({location!r})\n"
+        f"image = {call}.images[0]\n"
+    )
 
 
-def write_model_card(output_dir: str, run: dict, data: dict, metrics: dict | None = None,
-                     images: list[str] | None = None, base_model: str | None = None,
-                     repo_id: str | None = None, extra_tags: list[str] | None = None,
-                     usage: str | None = None, notes: list[str] | None = None) -> str:
+def write_model_card(
+    output_dir: str,
+    run: dict,
+    data: dict,
+    metrics: dict | None = None,
+    images: list[str] | None = None,
+    base_model: str | None = None,
+    repo_id: str | None = None,
+    extra_tags: list[str] | None = None,
+    usage: str | None = None,
+    notes: list[str] | None = None,
+) -> str:
     """Write ``output_dir/README.md``: base model, method, β and how it was chosen, data sizes, metrics, samples.
 
     ``run`` holds the public training flags (never the hub token), ``data`` the U/S/test sizes and source.
@@ -51,8 +63,11 @@ def write_model_card(output_dir: str, run: dict, data: dict, metrics: dict | Non
     from huggingface_hub import ModelCard, ModelCardData
 
     method = run.get("method", "pu")
-    beta_line = (f"- β (fraction of U assumed sensitive): **{run.get('beta')}**, "
-                 f"{run.get('beta_source', 'given with --beta')}\n" if method == "pu" else "")
+    beta_line = (
+        f"- β (fraction of U assumed sensitive): **{run.get('beta')}**, {run.get('beta_source', 'given with --beta')}\n"
+        if method == "pu"
+        else ""
+    )
     estimator = f" ({run.get('pu_estimator', 'abs')}PU risk)" if method == "pu" else ""
     image_lines = "".join(f"![samples]({os.path.relpath(path, output_dir)})\n\n" for path in images or [])
     description = (
@@ -64,26 +79,43 @@ def write_model_card(output_dir: str, run: dict, data: dict, metrics: dict | Non
         f"- loss reduction: {run.get('loss_reduction', 'sum')} of squared error per sample\n"
         f"- steps: {run.get('max_train_steps')}, batch: {run.get('train_batch_size')} unlabeled + "
         f"{run.get('sensitive_batch_size')} sensitive, learning rate {run.get('learning_rate')}\n\n"
-        f"## Data\n\n" + "\n".join(f"- {key}: {value}" for key, value in data.items()) + "\n\n"
+        f"## Data\n\n"
+        + "\n".join(f"- {key}: {value}" for key, value in data.items())
+        + "\n\n"
         + (f"## Evaluation\n\n{_format_metrics(metrics)}\n\n" if metrics else "")
         + (f"## Samples\n\n{image_lines}" if image_lines else "")
-        + "".join(f"- {note}\n" for note in notes or []) + ("\n" if notes else "")
-        + "## Usage\n\n```python\n" + (usage or usage_snippet(repo_id or output_dir)) + "```\n\n"
+        + "".join(f"- {note}\n" for note in notes or [])
+        + ("\n" if notes else "")
+        + "## Usage\n\n```python\n"
+        + (usage or usage_snippet(repo_id or output_dir))
+        + "```\n\n"
         "## Training flags\n\n```json\n" + json.dumps(run, indent=1, sort_keys=True, default=str) + "\n```\n"
     )
     # The same template diffusers' training examples fill (load_or_create_model_card would query the Hub first).
     card = ModelCard.from_template(
         card_data=ModelCardData(license="apache-2.0", library_name="diffusers", base_model=base_model),
-        template_path=MODEL_CARD_TEMPLATE_PATH, model_description=description)
-    card = populate_model_card(card, tags=["diffusers", "pu-diffusion", "positive-unlabeled", f"method-{method}"]
-                               + list(extra_tags or []))
+        template_path=MODEL_CARD_TEMPLATE_PATH,
+        model_description=description,
+    )
+    card = populate_model_card(
+        card, tags=["diffusers", "pu-diffusion", "positive-unlabeled", f"method-{method}"] + list(extra_tags or [])
+    )
     path = os.path.join(output_dir, "README.md")
     card.save(path)
     return path
 
 
-METRIC_KEYS = ("non_sensitive_rate", CLASSIFIER_FD, "num_samples", "feature_space", "classifier", "sampler",
-               "num_inference_steps", "seed", "samples_per_second")
+METRIC_KEYS = (
+    "non_sensitive_rate",
+    CLASSIFIER_FD,
+    "num_samples",
+    "feature_space",
+    "classifier",
+    "sampler",
+    "num_inference_steps",
+    "seed",
+    "samples_per_second",
+)
 
 
 def add_metrics_to_model_card(pipeline_path: str, metrics: dict) -> str:
@@ -93,11 +125,19 @@ def add_metrics_to_model_card(pipeline_path: str, metrics: dict) -> str:
     marker = "\n## Evaluation (evaluate_pu_diffusion.py)\n"
     if marker in text:
         head, rest = text.split(marker, 1)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
         text = head + tail
-    section = marker + "\n| metric | value |\n|---|---|\n" + "".join(
-        f"| {key} | {metrics[key]:.4f} |\n" if isinstance(metrics.get(key), float) else f"| {key} | {metrics.get(key)} |\n"
-        for key in METRIC_KEYS if key in metrics)
+    section = (
+        marker
+        + "\n| metric | value |\n|---|---|\n"
+        + "".join(
+            f"| {key} | {metrics[key]:.4f} |\n"
+            if isinstance(metrics.get(key), float)
+            else f"| {key} | {metrics.get(key)} |\n"
+            for key in METRIC_KEYS
+            if key in metrics
+        )
+    )
     usage = text.find("\n## Usage")
     text = text[:usage] + section + text[usage:] if usage >= 0 else text + section
     with open(path, "w") as handle:

@@ -7,20 +7,34 @@ import os
 HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs", "logs/**"]
 
 
-def push_output_dir(output_dir: str, hub_model_id: str, token: str | None = None,
-                    commit_message: str = "End of training") -> str:
+def push_output_dir(
+    output_dir: str, hub_model_id: str, token: str | None = None, commit_message: str = "End of training"
+) -> str:
     """Create (if needed) ``hub_model_id`` and upload the pipeline and model card, without checkpoints or logs."""
     from huggingface_hub import create_repo, upload_folder
 
     repo_id = create_repo(repo_id=hub_model_id, exist_ok=True, token=token).repo_id
-    upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message=commit_message,
-                  ignore_patterns=HUB_IGNORE_PATTERNS, token=token)
+    upload_folder(
+        repo_id=repo_id,
+        folder_path=output_dir,
+        commit_message=commit_message,
+        ignore_patterns=HUB_IGNORE_PATTERNS,
+        token=token,
+    )
     return repo_id
 
 
-def publish_run(output_dir: str, run: dict, data_info: dict, images: list[str], base_model: str | None = None,
-                push_to_hub: bool = False, hub_model_id: str | None = None, hub_token: str | None = None,
-                **card_options) -> str | None:
+def publish_run(
+    output_dir: str,
+    run: dict,
+    data_info: dict,
+    images: list[str],
+    base_model: str | None = None,
+    push_to_hub: bool = False,
+    hub_model_id: str | None = None,
+    hub_token: str | None = None,
+    **card_options,
+) -> str | None:
     """The end of every training run: write the model card, then (with ``push_to_hub``) upload the folder.
 
     Returns the hub repo id when pushed. ``card_options`` go to :func:`write_model_card` (extra_tags, usage, notes).
@@ -28,8 +42,7 @@ def publish_run(output_dir: str, run: dict, data_info: dict, images: list[str], 
     from .card import write_model_card
 
     repo_id = (hub_model_id or os.path.basename(os.path.abspath(output_dir))) if push_to_hub else None
-    write_model_card(output_dir, run, data_info, images=images, base_model=base_model, repo_id=repo_id,
-                     **card_options)
+    write_model_card(output_dir, run, data_info, images=images, base_model=base_model, repo_id=repo_id, **card_options)
     if push_to_hub:
         return push_output_dir(output_dir, repo_id, token=hub_token)
     return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def unconditional_pipeline(unet, train_scheduler, inference_scheduler: str = "ddpm"):
     """A DDPMPipeline (or DDIMPipeline) around ``unet`` with a scheduler built from the training one's config."""
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
@@ -15,9 +14,17 @@ def unconditional_pipeline(unet, train_scheduler, inference_scheduler: str = "dd
     raise ValueError(f"Unknown --inference_scheduler {inference_scheduler!r}: use 'ddpm' or 'ddim'.")
 
 
-def stable_diffusion_pipeline(base_model: str, unet, vae, text_encoder, tokenizer, prediction_type: str,
-                              revision: str | None = None, variant: str | None = None,
-                              keep_safety_checker: bool = True):
+def stable_diffusion_pipeline(
+    base_model: str,
+    unet,
+    vae,
+    text_encoder,
+    tokenizer,
+    prediction_type: str,
+    revision: str | None = None,
+    variant: str | None = None,
+    keep_safety_checker: bool = True,
+):
     """The base model's StableDiffusionPipeline around the trained ``unet``, its scheduler set to ``prediction_type``.
 
     The trained prediction type must reach the inference scheduler too (an epsilon base trained on v-targets
@@ -27,11 +34,20 @@ def stable_diffusion_pipeline(base_model: str, unet, vae, text_encoder, tokenize
     from diffusers import StableDiffusionPipeline
 
     extra = {} if keep_safety_checker else {"safety_checker": None, "requires_safety_checker": False}
-    pipeline = StableDiffusionPipeline.from_pretrained(base_model, unet=unet, vae=vae, text_encoder=text_encoder,
-                                                       tokenizer=tokenizer, revision=revision, variant=variant, **extra)
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        base_model,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        revision=revision,
+        variant=variant,
+        **extra,
+    )
     if pipeline.scheduler.config.get("prediction_type") != prediction_type:
-        pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config,
-                                                                  prediction_type=prediction_type)
+        pipeline.scheduler = type(pipeline.scheduler).from_config(
+            pipeline.scheduler.config, prediction_type=prediction_type
+        )
     return pipeline
 
 
@@ -42,5 +58,7 @@ def save_lora_weights(output_dir: str, unet) -> None:
     from peft.utils import get_peft_model_state_dict
 
     StableDiffusionPipeline.save_lora_weights(
-        output_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
-        safe_serialization=True)
+        output_dir,
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        safe_serialization=True,
+    )

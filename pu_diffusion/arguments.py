@@ -17,63 +17,126 @@ from .losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset_name", type=str, default=None,
-                       help="A dataset `datasets.load_dataset` accepts (hub name or local script).")
+    group.add_argument(
+        "--dataset_name",
+        type=str,
+        default=None,
+        help="A dataset `datasets.load_dataset` accepts (hub name or local script).",
+    )
     group.add_argument("--dataset_config_name", type=str, default=None, help="The config of --dataset_name, if any.")
-    group.add_argument("--train_data_dir", type=str, default=None,
-                       help="Local folder: imagefolder with unlabeled/ and sensitive/ sub-folders (or a metadata.jsonl "
-                            "with a label column), or parquet files.")
+    group.add_argument(
+        "--train_data_dir",
+        type=str,
+        default=None,
+        help="Local folder: imagefolder with unlabeled/ and sensitive/ sub-folders (or a metadata.jsonl "
+        "with a label column), or parquet files.",
+    )
     group.add_argument("--cache_dir", type=str, default=None, help="Where `datasets` caches downloads.")
     group.add_argument("--image_column", type=str, default="image", help="The column holding the images.")
-    group.add_argument("--pu_label_column", type=str, default="label",
-                       help="The column that says which rows are S (labelled sensitive); every other row is U.")
-    group.add_argument("--sensitive_label", type=str, default="sensitive",
-                       help="The value of --pu_label_column that marks a row of S (imagefolder: the sub-folder name; "
-                            "a boolean column: true).")
-    group.add_argument("--skip_image_check", action="store_true",
-                       help="Do not decode every image before training (for very large datasets).")
+    group.add_argument(
+        "--pu_label_column",
+        type=str,
+        default="label",
+        help="The column that says which rows are S (labelled sensitive); every other row is U.",
+    )
+    group.add_argument(
+        "--sensitive_label",
+        type=str,
+        default="sensitive",
+        help="The value of --pu_label_column that marks a row of S (imagefolder: the sub-folder name; "
+        "a boolean column: true).",
+    )
+    group.add_argument(
+        "--skip_image_check",
+        action="store_true",
+        help="Do not decode every image before training (for very large datasets).",
+    )
     group.add_argument("--resolution", type=int, default=None, help="Training resolution in pixels (square).")
-    group.add_argument("--center_crop", action="store_true",
-                       help="Crop the centre after resizing the short side (default: a random crop).")
+    group.add_argument(
+        "--center_crop",
+        action="store_true",
+        help="Crop the centre after resizing the short side (default: a random crop).",
+    )
     group.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random.")
-    group.add_argument("--dataloader_num_workers", type=int, default=0,
-                       help="Worker processes loading images (0: in the main process).")
+    group.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        default=0,
+        help="Worker processes loading images (0: in the main process).",
+    )
 
 
 def add_pu_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("PU method")
-    group.add_argument("--method", type=str, default="pu", choices=METHODS,
-                       help="pu: PU risk (the method); supervised: L_U⁻ + L_S⁺ (all of U treated as normal); "
-                            "unsupervised: plain diffusion training on U.")
+    group.add_argument(
+        "--method",
+        type=str,
+        default="pu",
+        choices=METHODS,
+        help="pu: PU risk (the method); supervised: L_U⁻ + L_S⁺ (all of U treated as normal); "
+        "unsupervised: plain diffusion training on U.",
+    )
     group.add_argument("--beta", type=float, default=0.1, help="β: the fraction of U that is sensitive (class prior).")
-    group.add_argument("--pu_estimator", type=str, default="abs", choices=PU_ESTIMATORS,
-                       help="abs: β L_S⁺ + |L_U⁻ − β L_S⁻| (authors' code); nn: non-negative PU (paper Algorithm 1).")
-    group.add_argument("--sensitive_batch_size", type=int, default=None,
-                       help="Number of S samples in every batch, beside --train_batch_size U samples.")
-    group.add_argument("--loss_reduction", type=str, default="sum", choices=LOSS_REDUCTIONS,
-                       help="ℓ per sample: sum (the method's default) or mean of the squared error over elements.")
+    group.add_argument(
+        "--pu_estimator",
+        type=str,
+        default="abs",
+        choices=PU_ESTIMATORS,
+        help="abs: β L_S⁺ + |L_U⁻ − β L_S⁻| (authors' code); nn: non-negative PU (paper Algorithm 1).",
+    )
+    group.add_argument(
+        "--sensitive_batch_size",
+        type=int,
+        default=None,
+        help="Number of S samples in every batch, beside --train_batch_size U samples.",
+    )
+    group.add_argument(
+        "--loss_reduction",
+        type=str,
+        default="sum",
+        choices=LOSS_REDUCTIONS,
+        help="ℓ per sample: sum (the method's default) or mean of the squared error over elements.",
+    )
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
     group.add_argument("--seed", type=int, default=None, help="Seed of weights, noise, batches and augmentation.")
-    group.add_argument("--train_batch_size", type=int, default=None,
-                       help="Number of U samples in every batch (per process).")
-    group.add_argument("--num_train_epochs", "--num_epochs", dest="num_train_epochs", type=int, default=None,
-                       help="Passes over U (ignored when --max_train_steps is given).")
-    group.add_argument("--max_train_steps", type=int, default=None,
-                       help="Optimization steps to train; overrides --num_train_epochs.")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1,
-                       help="Batches accumulated per optimization step.")
-    group.add_argument("--gradient_checkpointing", action="store_true",
-                       help="Recompute activations in the backward pass to save memory.")
+    group.add_argument(
+        "--train_batch_size", type=int, default=None, help="Number of U samples in every batch (per process)."
+    )
+    group.add_argument(
+        "--num_train_epochs",
+        "--num_epochs",
+        dest="num_train_epochs",
+        type=int,
+        default=None,
+        help="Passes over U (ignored when --max_train_steps is given).",
+    )
+    group.add_argument(
+        "--max_train_steps", type=int, default=None, help="Optimization steps to train; overrides --num_train_epochs."
+    )
+    group.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimization step."
+    )
+    group.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="Recompute activations in the backward pass to save memory.",
+    )
     group.add_argument("--learning_rate", type=float, default=None, help="Peak learning rate (after warm-up).")
-    group.add_argument("--scale_lr", action="store_true",
-                       help="Multiply the learning rate by accumulation steps × batch size × processes.")
-    group.add_argument("--lr_scheduler", type=str, default=None,
-                       choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                                "constant_with_warmup"],
-                       help="Learning-rate schedule (diffusers.optimization.get_scheduler).")
+    group.add_argument(
+        "--scale_lr",
+        action="store_true",
+        help="Multiply the learning rate by accumulation steps × batch size × processes.",
+    )
+    group.add_argument(
+        "--lr_scheduler",
+        type=str,
+        default=None,
+        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
+        help="Learning-rate schedule (diffusers.optimization.get_scheduler).",
+    )
     group.add_argument("--lr_warmup_steps", type=int, default=None, help="Warm-up steps of the schedule.")
     group.add_argument("--use_8bit_adam", action="store_true", help="8-bit AdamW from bitsandbytes.")
     group.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
@@ -82,44 +145,92 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--adam_weight_decay", type=float, default=None, help="AdamW weight decay.")
     group.add_argument("--adam_epsilon", type=float, default=1e-08, help="AdamW ε.")
     group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0: no clipping).")
-    group.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
-                       help="Mixed precision (default: accelerate's config). ℓ⁺ is always computed in float32.")
+    group.add_argument(
+        "--mixed_precision",
+        type=str,
+        default=None,
+        choices=["no", "fp16", "bf16"],
+        help="Mixed precision (default: accelerate's config). ℓ⁺ is always computed in float32.",
+    )
     group.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights; it is what gets saved.")
     group.add_argument("--ema_max_decay", type=float, default=0.9999, help="Largest EMA decay.")
     group.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up: inverse multiplicative factor.")
     group.add_argument("--ema_power", type=float, default=3 / 4, help="EMA warm-up: exponential factor.")
-    group.add_argument("--checkpointing_steps", type=int, default=500,
-                       help="Save a resumable checkpoint-N every this many steps.")
-    group.add_argument("--checkpoints_total_limit", type=int, default=None,
-                       help="Keep at most this many checkpoints (the oldest are deleted after a new one is complete).")
-    group.add_argument("--resume_from_checkpoint", type=str, default=None,
-                       help="A checkpoint-N folder, or 'latest' (the newest complete one; with none yet, a fresh start "
-                            "of the same run).")
+    group.add_argument(
+        "--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint-N every this many steps."
+    )
+    group.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=None,
+        help="Keep at most this many checkpoints (the oldest are deleted after a new one is complete).",
+    )
+    group.add_argument(
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help="A checkpoint-N folder, or 'latest' (the newest complete one; with none yet, a fresh start "
+        "of the same run).",
+    )
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output")
-    group.add_argument("--output_dir", type=str, default=None,
-                       help="Where the pipeline, model card, samples, logs and checkpoints are written.")
-    group.add_argument("--overwrite_output_dir", action="store_true",
-                       help="Replace the run in --output_dir: everything it wrote is removed first.")
-    group.add_argument("--logging_dir", type=str, default="logs",
-                       help="Log folder, relative to --output_dir (train_log.jsonl is always written).")
-    group.add_argument("--report_to", type=str, default="tensorboard",
-                       help="Also log to tensorboard, wandb, all or none.")
+    group.add_argument(
+        "--output_dir",
+        type=str,
+        default=None,
+        help="Where the pipeline, model card, samples, logs and checkpoints are written.",
+    )
+    group.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Replace the run in --output_dir: everything it wrote is removed first.",
+    )
+    group.add_argument(
+        "--logging_dir",
+        type=str,
+        default="logs",
+        help="Log folder, relative to --output_dir (train_log.jsonl is always written).",
+    )
+    group.add_argument(
+        "--report_to", type=str, default="tensorboard", help="Also log to tensorboard, wandb, all or none."
+    )
     group.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline and model card at the end.")
-    group.add_argument("--hub_model_id", type=str, default=None,
-                       help="Hub repository (default: the name of --output_dir).")
-    group.add_argument("--hub_token", type=str, default=None,
-                       help="Hub token (never written to disk; prefer `hf auth login`).")
+    group.add_argument(
+        "--hub_model_id", type=str, default=None, help="Hub repository (default: the name of --output_dir)."
+    )
+    group.add_argument(
+        "--hub_token", type=str, default=None, help="Hub token (never written to disk; prefer `hf auth login`)."
+    )
 
 
 def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("validation samples")
-    group.add_argument("--validation_steps", "--save_images_steps", dest="validation_steps", type=int, default=None,
-                       help="Save a grid of samples every this many steps (0: never).")
-    group.add_argument("--num_validation_images", type=int, default=None, help="Images per validation grid (per prompt).")
+    group.add_argument(
+        "--validation_steps",
+        "--save_images_steps",
+        dest="validation_steps",
+        type=int,
+        default=None,
+        help="Save a grid of samples every this many steps (0: never).",
+    )
+    group.add_argument(
+        "--num_validation_images", type=int, default=None, help="Images per validation grid (per prompt)."
+    )
     group.add_argument("--num_inference_steps", type=int, default=None, help="Sampling steps of validation grids.")
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every group both scripts share: data, PU method, training, validation samples, output."""
+    for add_group in (
+        add_data_arguments,
+        add_pu_arguments,
+        add_training_arguments,
+        add_validation_arguments,
+        add_output_arguments,
+    ):
+        add_group(parser)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -130,38 +241,62 @@ def _require(condition: bool, message: str) -> None:
 def validate_training_args(args) -> None:
     """Refuse bad values of the shared flags, before anything is loaded or written."""
     _require(not (args.dataset_name and args.train_data_dir), "Give --dataset_name or --train_data_dir, not both.")
-    _require(0.0 <= args.beta < 1.0, f"--beta must lie in [0, 1) (the fraction of U that is sensitive); got {args.beta}.")
+    _require(
+        0.0 <= args.beta < 1.0, f"--beta must lie in [0, 1) (the fraction of U that is sensitive); got {args.beta}."
+    )
     _require(args.sensitive_batch_size >= 0, f"--sensitive_batch_size must be >= 0; got {args.sensitive_batch_size}.")
-    _require(args.method == "unsupervised" or args.sensitive_batch_size >= 1,
-             f"--method {args.method} needs S samples in every batch: set --sensitive_batch_size >= 1 "
-             "(or use --method unsupervised).")
+    _require(
+        args.method == "unsupervised" or args.sensitive_batch_size >= 1,
+        f"--method {args.method} needs S samples in every batch: set --sensitive_batch_size >= 1 "
+        "(or use --method unsupervised).",
+    )
     _require(args.train_batch_size >= 1, f"--train_batch_size must be at least 1; got {args.train_batch_size}.")
     _require(args.resolution >= 8, f"--resolution {args.resolution} is too small: use at least 8.")
-    _require(args.gradient_accumulation_steps >= 1,
-             f"--gradient_accumulation_steps must be at least 1; got {args.gradient_accumulation_steps}.")
+    _require(
+        args.gradient_accumulation_steps >= 1,
+        f"--gradient_accumulation_steps must be at least 1; got {args.gradient_accumulation_steps}.",
+    )
     _require(args.learning_rate > 0, f"--learning_rate must be > 0; got {args.learning_rate}.")
     _require(args.lr_warmup_steps >= 0, f"--lr_warmup_steps must be >= 0; got {args.lr_warmup_steps}.")
-    _require(args.max_train_steps is None or args.max_train_steps >= 1,
-             f"--max_train_steps must be at least 1; got {args.max_train_steps} (it would save an untrained model).")
-    _require(args.max_train_steps is not None or args.num_train_epochs >= 1,
-             f"--num_train_epochs must be at least 1; got {args.num_train_epochs} (it would save an untrained model).")
-    _require(args.checkpointing_steps >= 1, f"--checkpointing_steps must be at least 1; got {args.checkpointing_steps}.")
-    _require(args.checkpoints_total_limit is None or args.checkpoints_total_limit >= 1,
-             f"--checkpoints_total_limit must be at least 1; got {args.checkpoints_total_limit}.")
+    _require(
+        args.max_train_steps is None or args.max_train_steps >= 1,
+        f"--max_train_steps must be at least 1; got {args.max_train_steps} (it would save an untrained model).",
+    )
+    _require(
+        args.max_train_steps is not None or args.num_train_epochs >= 1,
+        f"--num_train_epochs must be at least 1; got {args.num_train_epochs} (it would save an untrained model).",
+    )
+    _require(
+        args.checkpointing_steps >= 1, f"--checkpointing_steps must be at least 1; got {args.checkpointing_steps}."
+    )
+    _require(
+        args.checkpoints_total_limit is None or args.checkpoints_total_limit >= 1,
+        f"--checkpoints_total_limit must be at least 1; got {args.checkpoints_total_limit}.",
+    )
     _require(args.max_grad_norm >= 0, f"--max_grad_norm must be >= 0 (0 disables clipping); got {args.max_grad_norm}.")
-    _require(args.dataloader_num_workers >= 0,
-             f"--dataloader_num_workers must be >= 0; got {args.dataloader_num_workers}.")
+    _require(
+        args.dataloader_num_workers >= 0, f"--dataloader_num_workers must be >= 0; got {args.dataloader_num_workers}."
+    )
     for flag in ("adam_beta1", "adam_beta2"):
         value = getattr(args, flag)
         _require(0.0 <= value < 1.0, f"--{flag} must lie in [0, 1); got {value}.")
     _require(0.0 < args.ema_max_decay <= 1.0, f"--ema_max_decay must lie in (0, 1]; got {args.ema_max_decay}.")
-    _require(not args.use_8bit_adam or importlib.util.find_spec("bitsandbytes") is not None,
-             "--use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`, or drop the flag.")
-    _require(not (args.push_to_hub and args.hub_token is not None and args.report_to in ("wandb", "all")),
-             "--hub_token with --report_to wandb would expose the token: run `hf auth login` instead.")
-    _require(not (os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir)),
-             f"--output_dir {args.output_dir!r} is a file, not a folder: choose a folder path.")
+    _require(
+        not args.use_8bit_adam or importlib.util.find_spec("bitsandbytes") is not None,
+        "--use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`, or drop the flag.",
+    )
+    _require(
+        not (args.push_to_hub and args.hub_token is not None and args.report_to in ("wandb", "all")),
+        "--hub_token with --report_to wandb would expose the token: run `hf auth login` instead.",
+    )
+    _require(
+        not (os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir)),
+        f"--output_dir {args.output_dir!r} is a file, not a folder: choose a folder path.",
+    )
     _require(args.validation_steps >= 0, f"--validation_steps must be >= 0 (0: none); got {args.validation_steps}.")
-    _require(args.num_validation_images >= 0,
-             f"--num_validation_images must be >= 0; got {args.num_validation_images}.")
-    _require(args.num_inference_steps >= 1, f"--num_inference_steps must be at least 1; got {args.num_inference_steps}.")
+    _require(
+        args.num_validation_images >= 0, f"--num_validation_images must be >= 0; got {args.num_validation_images}."
+    )
+    _require(
+        args.num_inference_steps >= 1, f"--num_inference_steps must be at least 1; got {args.num_inference_steps}."
+    )

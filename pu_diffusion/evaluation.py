@@ -1,4 +1,8 @@
-"""Evaluate a trained pipeline: generate samples, judge them with a classifier, write metrics.json."""
+"""Evaluate a trained pipeline: generate samples, judge them with a classifier, write metrics.json.
+
+Every input (flags, pipeline folder, classifier, test images) is checked before the first sample is
+generated and before anything is written; a bad one raises :class:`EvaluationError` naming the flag or file.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 import os
 import platform
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -14,25 +19,163 @@ from .digit_classifier import classify, load_or_train_digit_classifier
 from .images import save_image_grid, to_pil_images
 from .metrics import CLASSIFIER_FD, frechet_distance, non_sensitive_rate
 
+UNCONDITIONAL_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
+UNCONDITIONAL_ONLY = (
+    "evaluate_pu_diffusion.py evaluates unconditional pipelines only: a DDPMPipeline or DDIMPipeline "
+    "whose `unet` is a UNet2DModel, as train_pu_diffusion.py writes. A text-to-image pipeline (e.g. "
+    "from train_pu_text_to_image.py) needs prompts: generate images from your prompts and judge them "
+    "with your own classifier"
+)
+TRAIN_HINT = (
+    "give the --output_dir of a train_pu_diffusion.py run, or train one first: "
+    "`python train_pu_diffusion.py --output_dir DIR` (built-in MNIST by default)"
+)
+TRAIN_HINT_SENTENCE = TRAIN_HINT[0].upper() + TRAIN_HINT[1:]
+
+
+class EvaluationError(ValueError):
+    """Bad evaluation input (flag, file or model), raised before any sample is generated or file written."""
+
+
+class ImageClassifier(NamedTuple):
+    """A transformers image classifier and its image processor."""
+
+    processor: object
+    model: torch.nn.Module
+
+
+def _first_line(error: Exception, limit: int = 200) -> str:
+    """ "Type: first line" of an exception's message, shortened to ``limit`` characters."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_generation_args(num_samples: int, batch_size: int, num_inference_steps: int) -> None:
+    """Refuse sample counts the evaluation cannot use, naming the flag."""
+    if num_samples < 2:
+        raise EvaluationError(
+            f"--num_samples must be at least 2 (the Fréchet distance needs a covariance); got {num_samples}."
+        )
+    if batch_size < 1:
+        raise EvaluationError(
+            f"--batch_size must be at least 1 (samples generated per pipeline call); got {batch_size}."
+        )
+    if num_inference_steps < 1:
+        raise EvaluationError(
+            f"--num_inference_steps must be at least 1 (denoising steps per sample); got {num_inference_steps}."
+        )
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """Whether ``path``, which is not on disk, could name a Hub repository ("name" or "owner/name")."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return False
+    return True
+
+
+def refuse_unless_unconditional(class_name: str | None, unet_class: str | None, path: str) -> None:
+    """Raise EvaluationError unless the pipeline is a DDPM/DDIM pipeline around a UNet2DModel."""
+    if class_name not in UNCONDITIONAL_PIPELINES or unet_class != "UNet2DModel":
+        raise EvaluationError(f"--pipeline {path!r} is a {class_name} (unet: {unet_class}); {UNCONDITIONAL_ONLY}.")
+
+
+def check_model_index(folder: str) -> None:
+    """Read ``folder/model_index.json`` and refuse folders that are not unconditional diffusers pipelines."""
+    index_path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise EvaluationError(
+            f"--pipeline {folder!r} has no model_index.json, so it is not a diffusers pipeline "
+            f"folder (a training run's --output_dir holds model_index.json, unet/ and scheduler/): "
+            f"{TRAIN_HINT}."
+        )
+    try:
+        with open(index_path) as handle:
+            index = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise EvaluationError(
+            f"--pipeline {folder!r}: model_index.json cannot be read; save the pipeline again "
+            f"with save_pretrained. Reading said: {_first_line(error)}"
+        ) from error
+    unet = index.get("unet")
+    unet_class = unet[1] if isinstance(unet, list) and len(unet) == 2 else None
+    refuse_unless_unconditional(index.get("_class_name"), unet_class, folder)
+
+
+def check_pipeline_source(path: str, local_only: bool = False) -> None:
+    """Refuse a ``--pipeline`` that is neither a local pipeline folder nor (unless ``local_only``) a hub id."""
+    if os.path.isdir(path):
+        check_model_index(path)
+        return
+    if os.path.exists(path):
+        raise EvaluationError(f"--pipeline {path!r} is a file, not a pipeline folder: {TRAIN_HINT}.")
+    if local_only:
+        raise EvaluationError(
+            f"--pipeline {path!r} does not exist: no such folder. The built-in evaluation needs the local pipeline "
+            f"folder of a run on the built-in MNIST data (it holds pu_split.json): {TRAIN_HINT}. For a model on the "
+            "Hub, download it first (`huggingface-cli download ID --local-dir DIR`) or evaluate it with "
+            "--classifier_name_or_path, --sensitive_labels and --test_data_dir."
+        )
+    if not looks_like_hub_id(path):
+        raise EvaluationError(
+            f"--pipeline {path!r} does not exist: it is neither a folder nor a hub id "
+            f"(owner/name). {TRAIN_HINT_SENTENCE}, or pass a hub id."
+        )
+
+
+def check_unconditional_pipeline(pipeline, path: str) -> None:
+    """Refuse a loaded pipeline that is not a DDPMPipeline/DDIMPipeline with a UNet2DModel ``unet``."""
+    from diffusers import DDIMPipeline, DDPMPipeline, UNet2DModel
+
+    unet = getattr(pipeline, "unet", None)
+    if not (isinstance(pipeline, (DDPMPipeline, DDIMPipeline)) and isinstance(unet, UNet2DModel)):
+        refuse_unless_unconditional(type(pipeline).__name__, type(unet).__name__ if unet is not None else None, path)
+
+
 @torch.no_grad()
-def generate_samples(pipeline, num_samples: int, batch_size: int = 250, num_inference_steps: int = 100,
-                     seed: int = 0) -> torch.Tensor:
+def generate_samples(
+    pipeline, num_samples: int, batch_size: int = 250, num_inference_steps: int = 100, seed: int = 0
+) -> torch.Tensor:
     """N×C×H×W samples in [-1, 1], deterministic given ``seed``."""
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     chunks = []
     for begin in range(0, num_samples, batch_size):
-        images = pipeline(batch_size=min(batch_size, num_samples - begin), generator=generator,
-                          num_inference_steps=num_inference_steps, output_type="np").images
+        images = pipeline(
+            batch_size=min(batch_size, num_samples - begin),
+            generator=generator,
+            num_inference_steps=num_inference_steps,
+            output_type="np",
+        ).images
         chunks.append(torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2) * 2 - 1)
     return torch.cat(chunks).float()
 
 
 def load_pipeline(path: str, sampler: str | None = None):
-    """DiffusionPipeline from a folder or hub id, optionally with its scheduler swapped for DDPM or DDIM."""
+    """Unconditional pipeline from a folder or hub id, optionally with its scheduler swapped for DDPM or DDIM.
+
+    Raises EvaluationError when it cannot be loaded or is not a DDPM/DDIM pipeline around a UNet2DModel.
+    """
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline
 
-    pipeline = DiffusionPipeline.from_pretrained(path)
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(path)
+    except Exception as error:  # noqa: BLE001 - any loading failure means the flag is wrong
+        if os.path.isdir(path):
+            problem = (
+                f"could not be loaded as a diffusers pipeline: save it again with save_pretrained, or {TRAIN_HINT}"
+            )
+        else:
+            problem = (
+                f"does not exist: no such folder, and no hub model of that id could be loaded. "
+                f"{TRAIN_HINT_SENTENCE}, or pass an existing hub id"
+            )
+        raise EvaluationError(f"--pipeline {path!r} {problem}. Loading said: {_first_line(error)}") from error
+    check_unconditional_pipeline(pipeline, path)
     if sampler == "ddim" and not isinstance(pipeline.scheduler, DDIMScheduler):
         pipeline = DDIMPipeline(unet=pipeline.unet, scheduler=DDIMScheduler.from_config(pipeline.scheduler.config))
     elif sampler == "ddpm" and not isinstance(pipeline.scheduler, DDPMScheduler):
@@ -50,8 +193,9 @@ def builtin_test_images(split: dict, resolution: int) -> torch.Tensor:
     return torch.stack([transform(image) for image in images])
 
 
-def evaluate_samples(samples: torch.Tensor, test_images: torch.Tensor, sensitive_classes, classifier,
-                     classifier_name: str) -> dict:
+def evaluate_samples(
+    samples: torch.Tensor, test_images: torch.Tensor, sensitive_classes, classifier, classifier_name: str
+) -> dict:
     """Non-sensitive rate of ``samples`` and their classifier-feature Fréchet distance to ``test_images``."""
     predictions, features = classify(classifier, samples)
     _, test_features = classify(classifier, test_images)
@@ -68,31 +212,80 @@ def evaluate_samples(samples: torch.Tensor, test_images: torch.Tensor, sensitive
     }
 
 
-def evaluate_builtin_pipeline(pipeline_path: str, num_samples: int = 500, batch_size: int = 250,
-                              sampler: str | None = "ddim", num_inference_steps: int = 100, seed: int = 0,
-                              cache_dir: str | None = None, pipeline=None) -> tuple[dict, torch.Tensor]:
-    """Evaluate a pipeline trained on a built-in MNIST split (its folder holds pu_split.json)."""
+def read_builtin_split(pipeline_path: str) -> dict:
+    """The built-in split a pipeline folder was trained on (``pu_split.json``), refused by name when absent."""
     from .builtin_mnist import BUILTIN_SPLIT_FILE, read_split_file
 
     split_file = os.path.join(pipeline_path, BUILTIN_SPLIT_FILE)
-    if not os.path.exists(split_file):
-        raise FileNotFoundError(f"{split_file} not found: the built-in evaluation needs the split the model was "
-                                "trained on; pass --test_data_dir and --classifier_name_or_path for other data.")
-    split = read_split_file(split_file)
+    if not os.path.isfile(split_file):
+        raise EvaluationError(
+            f"{split_file} not found: the built-in evaluation needs the split the model was "
+            "trained on (train_pu_diffusion.py writes it when training on the built-in MNIST "
+            "data); for other data pass --classifier_name_or_path, --sensitive_labels and "
+            "--test_data_dir."
+        )
+    return read_split_file(split_file)
+
+
+def check_builtin_pipeline(pipeline, path: str) -> None:
+    """Refuse a pipeline whose samples the built-in digit classifier cannot judge (it reads 1-channel digits)."""
+    config = pipeline.unet.config
+    if config.in_channels != 1 or config.out_channels != 1:
+        raise EvaluationError(
+            f"--pipeline {path!r} generates {config.out_channels}-channel images; the built-in "
+            "digit classifier judges 1-channel MNIST digits. Evaluate other data with "
+            "--classifier_name_or_path, --sensitive_labels and --test_data_dir."
+        )
+
+
+def evaluate_builtin_pipeline(
+    pipeline_path: str,
+    num_samples: int = 500,
+    batch_size: int = 250,
+    sampler: str | None = "ddim",
+    num_inference_steps: int = 100,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    pipeline=None,
+) -> tuple[dict, torch.Tensor]:
+    """Evaluate a pipeline trained on a built-in MNIST split (its folder holds pu_split.json).
+
+    The folder, split, pipeline, classifier and test digits are all checked and loaded before sampling.
+    """
+    check_generation_args(num_samples, batch_size, num_inference_steps)
+    if pipeline is None or not os.path.isdir(pipeline_path):
+        check_pipeline_source(pipeline_path, local_only=True)
+    else:
+        check_unconditional_pipeline(pipeline, pipeline_path)
+    split = read_builtin_split(pipeline_path)
     pipeline = pipeline or load_pipeline(pipeline_path, sampler)
+    check_builtin_pipeline(pipeline, pipeline_path)
     resolution = pipeline.unet.config.sample_size
     classifier, classifier_info = load_or_train_digit_classifier(resolution, cache_dir)
+    test_images = builtin_test_images(split, resolution)
     start = time.time()
     samples = generate_samples(pipeline, num_samples, batch_size, num_inference_steps, seed)
     generation_seconds = time.time() - start
     normal = set(split["preset"]["normal_classes"])
     sensitive = [c for c in range(10) if c not in normal]
-    metrics = evaluate_samples(samples, builtin_test_images(split, resolution), sensitive, classifier,
-                               f"pu-diffusion MNIST CNN (held-out accuracy {classifier_info['accuracy_held_out']:.4f})")
-    metrics.update(sampler=type(pipeline.scheduler).__name__, num_inference_steps=num_inference_steps, seed=seed,
-                   samples_per_second=round(num_samples / generation_seconds, 2), pipeline=pipeline_path,
-                   classifier_accuracy=classifier_info["accuracy_held_out"], preset=split["preset"]["name"],
-                   torch=torch.__version__, python=platform.python_version())
+    metrics = evaluate_samples(
+        samples,
+        test_images,
+        sensitive,
+        classifier,
+        f"pu-diffusion MNIST CNN (held-out accuracy {classifier_info['accuracy_held_out']:.4f})",
+    )
+    metrics.update(
+        sampler=type(pipeline.scheduler).__name__,
+        num_inference_steps=num_inference_steps,
+        seed=seed,
+        samples_per_second=round(num_samples / generation_seconds, 2),
+        pipeline=pipeline_path,
+        classifier_accuracy=classifier_info["accuracy_held_out"],
+        preset=split["preset"]["name"],
+        torch=torch.__version__,
+        python=platform.python_version(),
+    )
     return metrics, samples
 
 
@@ -108,21 +301,83 @@ def write_metrics(metrics: dict, output_dir: str, samples: torch.Tensor | None =
     return path
 
 
-@torch.no_grad()
-def transformers_classify(model_path: str, images, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(predicted label ids, pooled last hidden states, id2label) of PIL images with a transformers classifier."""
+def count_data_files(folder: str) -> tuple[int, int]:
+    """(image files, parquet files) anywhere under ``folder``, by file extension."""
+    from PIL import Image
+
+    Image.init()
+    image_extensions = {extension.lower() for extension in Image.registered_extensions()}
+    images = parquet = 0
+    for _, _, names in os.walk(folder):
+        for name in names:
+            extension = os.path.splitext(name)[1].lower()
+            images += extension in image_extensions
+            parquet += extension == ".parquet"
+    return images, parquet
+
+
+def load_test_images(test_data_dir: str | None) -> list:
+    """The PIL images of ``--test_data_dir`` (imagefolder or parquet); refuses a missing folder or < 2 images."""
+    from .image_data import load_image_dataset
+
+    what = "give a folder of at least 2 normal-only test images (the Fréchet-distance reference)"
+    if not test_data_dir or not os.path.isdir(test_data_dir):
+        raise EvaluationError(f"--test_data_dir {test_data_dir!r} does not exist or is not a folder: {what}.")
+    num_images, num_parquet = count_data_files(test_data_dir)
+    if num_images + num_parquet == 0:
+        raise EvaluationError(
+            f"--test_data_dir {test_data_dir!r} holds no images (no image or parquet files found): {what}."
+        )
+    too_few = (
+        "holds {} image(s); the Fréchet-distance reference needs at least 2 normal-only test images "
+        "(hundreds give a steady estimate): add images to the folder."
+    )
+    if num_parquet == 0 and num_images < 2:
+        raise EvaluationError(f"--test_data_dir {test_data_dir!r} {too_few.format(num_images)}")
+    try:
+        dataset = load_image_dataset(train_data_dir=test_data_dir)
+    except Exception as error:  # noqa: BLE001 - datasets raises several types for unreadable folders
+        raise EvaluationError(
+            f"--test_data_dir {test_data_dir!r}: its images cannot be loaded; {what}. "
+            f"Loading said: {_first_line(error)}"
+        ) from error
+    if "image" not in dataset.column_names:
+        raise EvaluationError(
+            f"--test_data_dir {test_data_dir!r} has no 'image' column (columns: {dataset.column_names}): {what}."
+        )
+    if len(dataset) < 2:
+        raise EvaluationError(f"--test_data_dir {test_data_dir!r} {too_few.format(len(dataset))}")
+    return dataset["image"]
+
+
+def load_image_classifier(path: str) -> ImageClassifier:
+    """A transformers image classifier and its processor; refuses anything else by ``--classifier_name_or_path``."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    processor = AutoImageProcessor.from_pretrained(model_path)
-    model = AutoModelForImageClassification.from_pretrained(model_path).eval()
+    try:
+        processor = AutoImageProcessor.from_pretrained(path)
+        model = AutoModelForImageClassification.from_pretrained(path).eval()
+    except Exception as error:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, ...
+        raise EvaluationError(
+            f"--classifier_name_or_path {path!r} is not a transformers image classifier: give a folder or hub id "
+            "that AutoModelForImageClassification and AutoImageProcessor load (e.g. a fine-tuned ViT saved with "
+            f"save_pretrained, with its preprocessor_config.json). Loading said: {_first_line(error)}"
+        ) from error
+    return ImageClassifier(processor, model)
+
+
+@torch.no_grad()
+def transformers_classify(classifier: ImageClassifier, images, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted label ids, pooled last hidden states) of PIL images with a transformers classifier."""
+    processor, model = classifier
     predictions, features = [], []
     for begin in range(0, len(images), batch_size):
-        batch = [image.convert("RGB") for image in images[begin:begin + batch_size]]
+        batch = [image.convert("RGB") for image in images[begin : begin + batch_size]]
         outputs = model(**processor(images=batch, return_tensors="pt"), output_hidden_states=True)
         hidden = outputs.hidden_states[-1]
         features.append((hidden.flatten(2).mean(-1) if hidden.dim() == 4 else hidden.mean(1)).float().numpy())
         predictions.append(outputs.logits.argmax(-1).numpy())
-    return np.concatenate(predictions), np.concatenate(features), dict(model.config.id2label)
+    return np.concatenate(predictions), np.concatenate(features)
 
 
 def sensitive_label_ids(sensitive_labels: list[str], id2label: dict) -> list[int]:
@@ -135,37 +390,56 @@ def sensitive_label_ids(sensitive_labels: list[str], id2label: dict) -> list[int
         elif label.isdigit() and int(label) in {int(k) for k in id2label}:
             ids.append(int(label))
         else:
-            raise ValueError(f"--sensitive_labels: '{label}' is not a label of the classifier ({sorted(by_name)}).")
+            raise EvaluationError(
+                f"--sensitive_labels: '{label}' is not a label of the classifier ({sorted(by_name)})."
+            )
     return ids
 
 
-def evaluate_with_classifier(pipeline_path: str, classifier_path: str, sensitive_labels: list[str],
-                             test_data_dir: str, num_samples: int = 500, batch_size: int = 250,
-                             sampler: str | None = "ddim", num_inference_steps: int = 100,
-                             seed: int = 0) -> tuple[dict, torch.Tensor]:
-    """Evaluate any pipeline with a transformers image classifier and a folder of normal-only test images."""
-    from .image_data import load_image_dataset
+def evaluate_with_classifier(
+    pipeline_path: str,
+    classifier_path: str,
+    sensitive_labels: list[str],
+    test_data_dir: str,
+    num_samples: int = 500,
+    batch_size: int = 250,
+    sampler: str | None = "ddim",
+    num_inference_steps: int = 100,
+    seed: int = 0,
+) -> tuple[dict, torch.Tensor]:
+    """Evaluate any pipeline with a transformers image classifier and a folder of normal-only test images.
 
-    if not (test_data_dir and os.path.isdir(test_data_dir)):
-        raise ValueError(f"--test_data_dir {test_data_dir!r} is not a folder of normal-only test images.")
+    The pipeline, test images, classifier and labels are checked (and the test features computed) before sampling.
+    """
+    check_generation_args(num_samples, batch_size, num_inference_steps)
+    check_pipeline_source(pipeline_path)
+    test_images = load_test_images(test_data_dir)
+    classifier = load_image_classifier(classifier_path)
+    id2label = dict(classifier.model.config.id2label)
+    sensitive = sensitive_label_ids(sensitive_labels, id2label)
+    _, test_features = transformers_classify(classifier, test_images)
     pipeline = load_pipeline(pipeline_path, sampler)
     start = time.time()
     samples = generate_samples(pipeline, num_samples, batch_size, num_inference_steps, seed)
     generation_seconds = time.time() - start
-    predictions, features, id2label = transformers_classify(
-        classifier_path, to_pil_images(((samples.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()))
-    sensitive = sensitive_label_ids(sensitive_labels, id2label)
-    test_images = load_image_dataset(train_data_dir=test_data_dir)["image"]
-    _, test_features, _ = transformers_classify(classifier_path, test_images)
+    predictions, features = transformers_classify(
+        classifier, to_pil_images(((samples.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy())
+    )
     metrics = {
         "non_sensitive_rate": non_sensitive_rate(predictions, sensitive),
         CLASSIFIER_FD: frechet_distance(features, test_features),
         "feature_space": f"pooled last hidden state of {classifier_path} (not Inception)",
-        "classifier": classifier_path, "sensitive_classes": sensitive,
+        "classifier": classifier_path,
+        "sensitive_classes": sensitive,
         "predicted_class_counts": np.bincount(predictions, minlength=len(id2label)).tolist(),
-        "num_samples": int(len(samples)), "num_test_images": int(len(test_images)),
-        "sampler": type(pipeline.scheduler).__name__, "num_inference_steps": num_inference_steps, "seed": seed,
-        "samples_per_second": round(num_samples / generation_seconds, 2), "pipeline": pipeline_path,
-        "torch": torch.__version__, "python": platform.python_version(),
+        "num_samples": int(len(samples)),
+        "num_test_images": int(len(test_images)),
+        "sampler": type(pipeline.scheduler).__name__,
+        "num_inference_steps": num_inference_steps,
+        "seed": seed,
+        "samples_per_second": round(num_samples / generation_seconds, 2),
+        "pipeline": pipeline_path,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
     }
     return metrics, samples

@@ -65,8 +65,10 @@ def class_values(dataset, class_column: str) -> np.ndarray:
 
 def export_split(args) -> dict:
     preset = get_preset(args.preset)
-    counts = {key: getattr(args, key) if getattr(args, key) is not None else getattr(preset, key)
-              for key in ("n_unlabeled_normal", "n_unlabeled_sensitive", "n_sensitive", "n_test")}
+    counts = {
+        key: getattr(args, key) if getattr(args, key) is not None else getattr(preset, key)
+        for key in ("n_unlabeled_normal", "n_unlabeled_sensitive", "n_sensitive", "n_test")
+    }
     if os.path.exists(os.path.join(args.output_dir, "split.json")):
         raise ValueError(f"--output_dir {args.output_dir!r} already holds an exported split; choose another folder.")
     if preset.dataset_name == "builtin:mnist" and not (args.dataset_name or args.train_data_dir):
@@ -82,21 +84,32 @@ def export_split(args) -> dict:
         classes = class_values(dataset, class_column)
         get_image = lambda row: dataset[int(row)][image_column]  # noqa: E731
     split = make_pu_split(classes, preset.normal_classes, seed=args.seed, **counts)
-    folders = {"unlabeled_normal": ("train", UNLABELED), "unlabeled_sensitive": ("train", UNLABELED),
-               "sensitive": ("train", SENSITIVE), "test": ("test", "normal")}
+    folders = {
+        "unlabeled_normal": ("train", UNLABELED),
+        "unlabeled_sensitive": ("train", UNLABELED),
+        "sensitive": ("train", SENSITIVE),
+        "test": ("test", "normal"),
+    }
     for part, rows in split.items():
         parent, label = folders[part]
         folder = os.path.join(args.output_dir, parent, label)
         os.makedirs(folder, exist_ok=True)
         for row in rows:
             get_image(row).save(os.path.join(folder, f"{int(row):06d}_class{classes[row]}.png"))
-    info = {"preset": preset.to_dict(), "seed": args.seed, "counts": counts,
-            "indices": {part: rows.tolist() for part, rows in split.items()},
-            "classes": {part: np.asarray(classes)[rows].tolist() for part, rows in split.items()}}
+    info = {
+        "preset": preset.to_dict(),
+        "seed": args.seed,
+        "counts": counts,
+        "indices": {part: rows.tolist() for part, rows in split.items()},
+        "classes": {part: np.asarray(classes)[rows].tolist() for part, rows in split.items()},
+    }
     with open(os.path.join(args.output_dir, "split.json"), "w") as handle:
         json.dump(info, handle, default=lambda value: value.item() if hasattr(value, "item") else str(value))
-    print(f"exported {args.preset}: " + ", ".join(f"{part} {len(rows)}" for part, rows in split.items())
-          + f" → {args.output_dir}")
+    print(
+        f"exported {args.preset}: "
+        + ", ".join(f"{part} {len(rows)}" for part, rows in split.items())
+        + f" → {args.output_dir}"
+    )
     return info
 
 

@@ -24,8 +24,13 @@ class PUDataError(ValueError):
     """Bad input data, reported before training with the flag or file at fault."""
 
 
-def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str | None = None,
-                       train_data_dir: str | None = None, cache_dir: str | None = None, split: str = "train"):
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | None = None,
+    cache_dir: str | None = None,
+    split: str = "train",
+):
     """Load a hub dataset (``--dataset_name``) or a local folder (``--train_data_dir``: imagefolder or parquet).
 
     Before an imagefolder goes to `datasets`, the folder is checked (see :func:`check_imagefolder`): it must hold
@@ -37,10 +42,14 @@ def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str
     if dataset_name:
         return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split)
     if not os.path.isdir(train_data_dir):
-        raise PUDataError(f"--train_data_dir {train_data_dir!r} is not a folder: give a folder of images "
-                          f"(imagefolder with '{UNLABELED}/' and '{SENSITIVE}/' sub-folders) or of parquet files.")
+        raise PUDataError(
+            f"--train_data_dir {train_data_dir!r} is not a folder: give a folder of images "
+            f"(imagefolder with '{UNLABELED}/' and '{SENSITIVE}/' sub-folders) or of parquet files."
+        )
     parquet_files = sorted(
-        os.path.join(root, name) for root, _, names in os.walk(train_data_dir) for name in names
+        os.path.join(root, name)
+        for root, _, names in os.walk(train_data_dir)
+        for name in names
         if name.endswith(".parquet")
     )
     if parquet_files:
@@ -107,7 +116,8 @@ def check_imagefolder(train_data_dir: str) -> None:
         raise PUDataError(
             f"--train_data_dir {train_data_dir!r} holds no images (.png, .jpg, .jpeg, .webp, .bmp, .gif, .tif, ... "
             f"files) and no parquet files. Expected: images in '{UNLABELED}/' and '{SENSITIVE}/' sub-folders, or "
-            "images with a metadata.jsonl whose lines name them (file_name) and their PU label, or parquet files.")
+            "images with a metadata.jsonl whose lines name them (file_name) and their PU label, or parquet files."
+        )
     base_path = os.path.realpath(os.path.expanduser(train_data_dir))
     unlisted, metadata_files = [], []
     for split_files in files.values():
@@ -121,7 +131,8 @@ def check_imagefolder(train_data_dir: str) -> None:
             f"{len(unlisted)} image{'s' if len(unlisted) != 1 else ''} in --train_data_dir {train_data_dir!r} "
             f"{'are' if len(unlisted) != 1 else 'is'} not listed in {', '.join(metadata_names)}: "
             f"{_first_few(unlisted)}. `datasets` loads only the images a metadata.jsonl lists (file_name, relative "
-            "to the metadata file's folder) and would drop them silently: add a line for each, or move them out of the folder.")
+            "to the metadata file's folder) and would drop them silently: add a line for each, or move them out of the folder."
+        )
 
 
 def _unlisted_images(split_files: list[str]) -> tuple[list[str], list[str]]:
@@ -154,16 +165,25 @@ def read_metadata_jsonl(path: str) -> list[str]:
             except UnicodeDecodeError:
                 raise PUDataError(f"{where}: not UTF-8 text. Save {os.path.basename(path)} as UTF-8.") from None
             except json.JSONDecodeError as error:
-                raise PUDataError(f"{where}: not valid JSON ({error.msg} at column {error.colno}). Each line must "
-                                  'be one JSON object, e.g. {"file_name": "0001.png", "label": "unlabeled"}.') from None
+                raise PUDataError(
+                    f"{where}: not valid JSON ({error.msg} at column {error.colno}). Each line must "
+                    'be one JSON object, e.g. {"file_name": "0001.png", "label": "unlabeled"}.'
+                ) from None
             if not isinstance(row, dict):
-                raise PUDataError(f"{where}: a JSON {_json_kind(row)}, not an object. Each line must be one JSON "
-                                  'object, e.g. {"file_name": "0001.png", "label": "unlabeled"}.')
-            names = [value for key, value in row.items()
-                     if (key == "file_name" or key.endswith("_file_name")) and isinstance(value, str)]
+                raise PUDataError(
+                    f"{where}: a JSON {_json_kind(row)}, not an object. Each line must be one JSON "
+                    'object, e.g. {"file_name": "0001.png", "label": "unlabeled"}.'
+                )
+            names = [
+                value
+                for key, value in row.items()
+                if (key == "file_name" or key.endswith("_file_name")) and isinstance(value, str)
+            ]
             if not names:
-                raise PUDataError(f'{where}: no "file_name" (a string: the image path relative to the folder of '
-                                  f"{os.path.basename(path)}); keys are {list(row)}. Add it to the line.")
+                raise PUDataError(
+                    f'{where}: no "file_name" (a string: the image path relative to the folder of '
+                    f"{os.path.basename(path)}); keys are {list(row)}. Add it to the line."
+                )
             file_names += names
             for key, value in row.items():
                 if value is None:
@@ -171,8 +191,10 @@ def read_metadata_jsonl(path: str) -> list[str]:
                 kind = _json_kind(value)
                 first_number, first_kind = first_kinds.setdefault(key, (number, kind))
                 if kind != first_kind:
-                    raise PUDataError(f'{where}: "{key}" is {_article(kind)} but line {first_number} has '
-                                      f"{_article(first_kind)}; give a key the same type on every line.")
+                    raise PUDataError(
+                        f'{where}: "{key}" is {_article(kind)} but line {first_number} has '
+                        f"{_article(first_kind)}; give a key the same type on every line."
+                    )
     return file_names
 
 
@@ -206,8 +228,9 @@ def describe_rows(dataset, rows, image_column: str | None = None, limit: int = 5
 
     rows = [int(row) for row in rows]
     if image_column is None:
-        image_column = next((name for name, feature in dataset.features.items()
-                             if isinstance(feature, ImageFeature)), None)
+        image_column = next(
+            (name for name, feature in dataset.features.items() if isinstance(feature, ImageFeature)), None
+        )
     names = [f"row {row}" for row in rows[:limit]]
     if image_column in dataset.column_names and isinstance(dataset.features[image_column], ImageFeature):
         values = dataset.cast_column(image_column, ImageFeature(decode=False))[image_column]
@@ -250,15 +273,18 @@ def _sensitive_mask(feature, labels: list[str], sensitive_label: str, pu_label_c
     wanted = str(sensitive_label)
     if _is_bool_feature(feature):
         if wanted.lower() not in ("true", "false", "1", "0"):
-            raise PUDataError(f"--sensitive_label '{wanted}' is not a boolean, but --pu_label_column "
-                              f"'{pu_label_column}' is a boolean column: pass --sensitive_label true or false.")
+            raise PUDataError(
+                f"--sensitive_label '{wanted}' is not a boolean, but --pu_label_column "
+                f"'{pu_label_column}' is a boolean column: pass --sensitive_label true or false."
+            )
         truthy = wanted.lower() in ("true", "1")
         return np.array([label == str(truthy) for label in labels], dtype=bool)
     return np.array([label == wanted for label in labels], dtype=bool)
 
 
-def pu_indices(dataset, image_column: str, pu_label_column: str, sensitive_label: str,
-               require_sensitive: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def pu_indices(
+    dataset, image_column: str, pu_label_column: str, sensitive_label: str, require_sensitive: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of U and of S. A row is in S when its ``pu_label_column`` equals ``sensitive_label``.
 
     On a boolean column (``datasets.Value("bool")``) ``sensitive_label`` is a boolean: true/false/1/0 in any
@@ -268,19 +294,25 @@ def pu_indices(dataset, image_column: str, pu_label_column: str, sensitive_label
     """
     columns = dataset.column_names
     if image_column not in columns:
-        raise PUDataError(f"--image_column '{image_column}' is not a column of the dataset; its columns are "
-                          f"{columns}. Pass --image_column with one of them.")
+        raise PUDataError(
+            f"--image_column '{image_column}' is not a column of the dataset; its columns are "
+            f"{columns}. Pass --image_column with one of them."
+        )
     if pu_label_column not in columns:
-        raise PUDataError(f"--pu_label_column '{pu_label_column}' is not a column of the dataset; its columns are "
-                          f"{columns}. Pass the column that says which rows are sensitive, or use an imagefolder "
-                          f"with '{UNLABELED}/' and '{SENSITIVE}/' sub-folders.")
+        raise PUDataError(
+            f"--pu_label_column '{pu_label_column}' is not a column of the dataset; its columns are "
+            f"{columns}. Pass the column that says which rows are sensitive, or use an imagefolder "
+            f"with '{UNLABELED}/' and '{SENSITIVE}/' sub-folders."
+        )
     feature = dataset.features[pu_label_column]
     values = list(dataset[pu_label_column])
     missing = [row for row, value in enumerate(values) if value is None]
     if missing:
-        raise PUDataError(f"--pu_label_column '{pu_label_column}' has no label (None) in {_plural_rows(len(missing))}: "
-                          f"{describe_rows(dataset, missing, image_column)}. Give every row a label "
-                          f"('{sensitive_label}' for S, another value for U) or remove those rows.")
+        raise PUDataError(
+            f"--pu_label_column '{pu_label_column}' has no label (None) in {_plural_rows(len(missing))}: "
+            f"{describe_rows(dataset, missing, image_column)}. Give every row a label "
+            f"('{sensitive_label}' for S, another value for U) or remove those rows."
+        )
     labels = _label_names(feature, values)
     wanted = str(sensitive_label)
     is_sensitive = _sensitive_mask(feature, labels, wanted, pu_label_column)
@@ -288,11 +320,15 @@ def pu_indices(dataset, image_column: str, pu_label_column: str, sensitive_label
     unlabeled = np.flatnonzero(~is_sensitive)
     seen = sorted(set(labels))[:10]
     if require_sensitive and len(sensitive) == 0:
-        raise PUDataError(f"No sensitive (S) rows: no row has {pu_label_column} == '{wanted}' (values seen: {seen}). "
-                          f"Set --sensitive_label to the value that marks S, or add images to '{SENSITIVE}/'.")
+        raise PUDataError(
+            f"No sensitive (S) rows: no row has {pu_label_column} == '{wanted}' (values seen: {seen}). "
+            f"Set --sensitive_label to the value that marks S, or add images to '{SENSITIVE}/'."
+        )
     if len(unlabeled) == 0:
-        raise PUDataError(f"No unlabeled (U) rows: every row has {pu_label_column} == '{wanted}'. "
-                          f"Add the unlabeled images (e.g. an '{UNLABELED}/' sub-folder).")
+        raise PUDataError(
+            f"No unlabeled (U) rows: every row has {pu_label_column} == '{wanted}'. "
+            f"Add the unlabeled images (e.g. an '{UNLABELED}/' sub-folder)."
+        )
     return unlabeled, sensitive
 
 
@@ -301,17 +337,21 @@ def load_captions(dataset, caption_column: str) -> list[str]:
     naming the rows whose caption is missing (null) or not a string (an empty string is a valid caption)."""
     columns = dataset.column_names
     if caption_column not in columns:
-        raise PUDataError(f"--caption_column '{caption_column}' is not a column of the dataset; its columns are "
-                          f"{columns}. Pass --caption_column with the caption column; a folder needs a "
-                          'metadata.jsonl with file_name and the caption on each line, e.g. '
-                          '{"file_name": "0001.png", "text": "a photo of a man"}.')
+        raise PUDataError(
+            f"--caption_column '{caption_column}' is not a column of the dataset; its columns are "
+            f"{columns}. Pass --caption_column with the caption column; a folder needs a "
+            "metadata.jsonl with file_name and the caption on each line, e.g. "
+            '{"file_name": "0001.png", "text": "a photo of a man"}.'
+        )
     captions = list(dataset[caption_column])
     bad = [row for row, caption in enumerate(captions) if not isinstance(caption, str)]
     if bad:
         found = sorted({"None" if captions[row] is None else type(captions[row]).__name__ for row in bad})
-        raise PUDataError(f"--caption_column '{caption_column}' has no text caption in {_plural_rows(len(bad))}: "
-                          f"{describe_rows(dataset, bad)} (found {', '.join(found)}). Give every row a string "
-                          'caption ("" for none) or remove those rows.')
+        raise PUDataError(
+            f"--caption_column '{caption_column}' has no text caption in {_plural_rows(len(bad))}: "
+            f"{describe_rows(dataset, bad)} (found {', '.join(found)}). Give every row a string "
+            'caption ("" for none) or remove those rows.'
+        )
     return captions
 
 
@@ -319,8 +359,11 @@ def find_unreadable_images(dataset, image_column: str, max_reports: int = 5) -> 
     """Decode every image of ``image_column``; return descriptions (file path or row) of those that fail."""
     from datasets import Image as ImageFeature
 
-    raw = dataset.cast_column(image_column, ImageFeature(decode=False)) \
-        if isinstance(dataset.features[image_column], ImageFeature) else dataset
+    raw = (
+        dataset.cast_column(image_column, ImageFeature(decode=False))
+        if isinstance(dataset.features[image_column], ImageFeature)
+        else dataset
+    )
     problems = []
     for row, value in enumerate(raw[image_column]):
         where = f"row {row}"
@@ -349,8 +392,9 @@ def check_images_readable(dataset, image_column: str) -> None:
     """Raise PUDataError listing unreadable images (decodes every image; skip with --skip_image_check)."""
     problems = find_unreadable_images(dataset, image_column)
     if problems:
-        raise PUDataError("Unreadable image files (fix or remove them, or pass --skip_image_check):\n  "
-                          + "\n  ".join(problems))
+        raise PUDataError(
+            "Unreadable image files (fix or remove them, or pass --skip_image_check):\n  " + "\n  ".join(problems)
+        )
 
 
 def to_8_bit(image: Image.Image) -> Image.Image:
@@ -398,8 +442,10 @@ class ImageTransform:
         width, height = image.size
         scale = self.resolution / min(width, height)
         if scale != 1:
-            image = image.resize((max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale))),
-                                 Image.BILINEAR)
+            image = image.resize(
+                (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale))),
+                Image.BILINEAR,
+            )
         width, height = image.size
         if self.center_crop:
             left, top = (width - self.resolution) // 2, (height - self.resolution) // 2

@@ -29,8 +29,9 @@ LOSS_REDUCTIONS = ("sum", "mean")
 LN2 = math.log(2.0)
 
 
-def diffusion_target(scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                     prediction_type: str | None = None) -> torch.Tensor:
+def diffusion_target(
+    scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, prediction_type: str | None = None
+) -> torch.Tensor:
     """What the network is trained to predict for ``scheduler``'s prediction type.
 
     epsilon → ε;  v_prediction → v = √ᾱ_t ε − √(1−ᾱ_t) x₀;  sample → x₀.
@@ -42,9 +43,7 @@ def diffusion_target(scheduler, sample: torch.Tensor, noise: torch.Tensor, times
         return scheduler.get_velocity(sample, noise, timesteps)
     if prediction_type == "sample":
         return sample
-    raise ValueError(
-        f"Unknown prediction_type {prediction_type!r}: use one of 'epsilon', 'v_prediction', 'sample'."
-    )
+    raise ValueError(f"Unknown prediction_type {prediction_type!r}: use one of 'epsilon', 'v_prediction', 'sample'.")
 
 
 def per_sample_diffusion_loss(model_pred: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
@@ -118,8 +117,14 @@ def _mean_or_zero(values: torch.Tensor) -> torch.Tensor:
     return values.mean() if values.numel() else values.new_zeros(())
 
 
-def pu_risk(per_sample_loss: torch.Tensor, is_sensitive: torch.Tensor, method: str = "pu", beta: float = 0.1,
-            estimator: str = "abs", reduce_for_branch=None) -> RiskTerms:
+def pu_risk(
+    per_sample_loss: torch.Tensor,
+    is_sensitive: torch.Tensor,
+    method: str = "pu",
+    beta: float = 0.1,
+    estimator: str = "abs",
+    reduce_for_branch=None,
+) -> RiskTerms:
     """Risk of one batch from its per-sample losses ℓ and its S mask (see module docstring).
 
     ``per_sample_loss``: (B,) ℓ of each sample; ``is_sensitive``: (B,) bool, True for rows of S.
@@ -148,8 +153,14 @@ def pu_risk(per_sample_loss: torch.Tensor, is_sensitive: torch.Tensor, method: s
     terms = {"L_U_neg": L_U_neg, "L_S_neg": L_S_neg, "L_S_pos": L_S_pos}
 
     if method == "unsupervised":
-        return RiskTerms(objective=L_U_neg, risk=L_U_neg, L_U_neg=L_U_neg, L_S_neg=L_S_neg.detach(),
-                         L_S_pos=L_S_pos.detach(), negative_risk=L_U_neg)
+        return RiskTerms(
+            objective=L_U_neg,
+            risk=L_U_neg,
+            L_U_neg=L_U_neg,
+            L_S_neg=L_S_neg.detach(),
+            L_S_pos=L_S_pos.detach(),
+            negative_risk=L_U_neg,
+        )
     if method == "supervised":
         risk = L_U_neg + L_S_pos
         return RiskTerms(objective=risk, risk=risk, negative_risk=L_U_neg, **terms)
@@ -168,8 +179,15 @@ def pu_risk(per_sample_loss: torch.Tensor, is_sensitive: torch.Tensor, method: s
 
 
 @torch.no_grad()
-def monte_carlo_diffusion_loss(unet, scheduler, images: torch.Tensor, num_draws: int = 8, reduction: str = "sum",
-                               generator: torch.Generator | None = None, batch_size: int = 64) -> torch.Tensor:
+def monte_carlo_diffusion_loss(
+    unet,
+    scheduler,
+    images: torch.Tensor,
+    num_draws: int = 8,
+    reduction: str = "sum",
+    generator: torch.Generator | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """(1/K) Σ_k ℓ(x; t_k, ε_k) for each image x (N×C×H×W in [-1, 1]), K = ``num_draws``; returns (N,)."""
     device = next(unet.parameters()).device
     totals = torch.zeros(len(images))

@@ -1,43 +1,69 @@
 """Metrics of generated samples (pure functions on arrays).
 
-    non-sensitive rate = (1/N) Σ_i 1[classifier(x_i) ∉ sensitive classes]
-    Fréchet distance   = ||μ_a − μ_b||² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2})   of two feature sets
+non-sensitive rate = (1/N) Σ_i 1[classifier(x_i) ∉ sensitive classes]
+Fréchet distance   = ||μ_a − μ_b||² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2})   of two feature sets
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg
 
 CLASSIFIER_FD = "frechet_distance_classifier_features"
+
+
+def _psd_eigenvalues(values: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric PSD matrix with those at rounding level (the numerical null space) set to 0."""
+    tolerance = max(values.max(initial=0.0), 0.0) * len(values) * np.finfo(values.dtype).eps
+    return np.where(values > tolerance, values, 0.0)
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(_psd_eigenvalues(values))) @ vectors.T
+
+
+def trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
+    """Tr((Σ_a Σ_b)^{1/2}) of two covariance matrices, exact for singular ones.
+
+    Σ_a Σ_b has the eigenvalues of the symmetric PSD matrix Σ_a^{1/2} Σ_b Σ_a^{1/2}, so the trace is the sum of
+    their square roots: real by construction. A general matrix square root (scipy.linalg.sqrtm) of Σ_a Σ_b
+    instead returns large spurious imaginary parts when the covariances are singular, which classifier
+    features make common (dead ReLU units, fewer samples than feature dimensions).
+    """
+    root_a = _psd_sqrt(cov_a)
+    middle = root_a @ cov_b @ root_a
+    values = np.linalg.eigvalsh((middle + middle.T) / 2)
+    return float(np.sqrt(_psd_eigenvalues(values)).sum())
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (rows are samples).
 
-    Each set needs at least two rows (a covariance). A matrix square root with a non-negligible imaginary
-    part means the covariances are numerically singular: it is retried with a small diagonal offset, and
-    refused if the imaginary part stays.
+    Each set needs at least two rows (a covariance). Singular covariances (constant or duplicated feature
+    columns, fewer rows than columns) are handled exactly; non-finite features are refused.
     """
     features_a = np.asarray(features_a, dtype=np.float64)
     features_b = np.asarray(features_b, dtype=np.float64)
     for name, features in (("first", features_a), ("second", features_b)):
         if features.ndim != 2 or len(features) < 2:
-            raise ValueError(f"frechet_distance: the {name} feature set has shape {features.shape}; it needs at "
-                             "least 2 rows (samples) to estimate a covariance.")
+            raise ValueError(
+                f"frechet_distance: the {name} feature set has shape {features.shape}; it needs at "
+                "least 2 rows (samples) to estimate a covariance."
+            )
+        if not np.isfinite(features).all():
+            raise ValueError(f"frechet_distance: the {name} feature set holds NaN or infinite values.")
+    if features_a.shape[1] != features_b.shape[1]:
+        raise ValueError(
+            f"frechet_distance: the feature sets have {features_a.shape[1]} and {features_b.shape[1]} "
+            "columns; both must come from the same feature space."
+        )
     mean_a, mean_b = features_a.mean(0), features_b.mean(0)
-    cov_a, cov_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(cov_a.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    if np.iscomplexobj(covmean):
-        largest = np.abs(covmean.imag).max()
-        if largest > 1e-3 * max(1.0, np.abs(covmean.real).max()):
-            raise ValueError(f"frechet_distance: the covariance square root has an imaginary part of {largest:.3g}; "
-                             "the features are degenerate (use more samples).")
-        covmean = covmean.real
-    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    cov_a = np.atleast_2d(np.cov(features_a, rowvar=False))
+    cov_b = np.atleast_2d(np.cov(features_b, rowvar=False))
+    return float(
+        ((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt_product(cov_a, cov_b)
+    )
 
 
 def non_sensitive_rate(predicted_classes, sensitive_classes) -> float:

@@ -15,24 +15,40 @@ def default_unet_config(resolution: int, channels: int) -> dict:
     """
     common = {"sample_size": resolution, "in_channels": channels, "out_channels": channels}
     if resolution <= 16:
-        return {**common, "block_out_channels": (32, 64, 64), "layers_per_block": 1, "norm_num_groups": 8,
-                "down_block_types": ("DownBlock2D",) * 3, "up_block_types": ("UpBlock2D",) * 3}
+        return {
+            **common,
+            "block_out_channels": (32, 64, 64),
+            "layers_per_block": 1,
+            "norm_num_groups": 8,
+            "down_block_types": ("DownBlock2D",) * 3,
+            "up_block_types": ("UpBlock2D",) * 3,
+        }
     if resolution <= 32:
-        return {**common, "block_out_channels": (128, 256, 256, 256), "layers_per_block": 2,
-                "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-                "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")}
-    return {**common, "block_out_channels": (128, 128, 256, 256, 512, 512), "layers_per_block": 2,
-            "down_block_types": ("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
-            "up_block_types": ("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4}
+        return {
+            **common,
+            "block_out_channels": (128, 256, 256, 256),
+            "layers_per_block": 2,
+            "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        }
+    return {
+        **common,
+        "block_out_channels": (128, 128, 256, 256, 512, 512),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+    }
 
 
 def check_resolution(unet, resolution: int, flag: str = "--resolution") -> None:
     """Refuse a resolution the UNet cannot take: it must divide by 2^(number of downsamplings)."""
     downsamplings = len(unet.config.block_out_channels) - 1
-    factor = 2 ** downsamplings
+    factor = 2**downsamplings
     if resolution % factor:
-        raise ValueError(f"{flag} {resolution} cannot pass through this UNet: it downsamples {downsamplings} times, "
-                         f"so the resolution must be a multiple of {factor} (e.g. {max(factor, resolution // factor * factor)}).")
+        raise ValueError(
+            f"{flag} {resolution} cannot pass through this UNet: it downsamples {downsamplings} times, "
+            f"so the resolution must be a multiple of {factor} (e.g. {max(factor, resolution // factor * factor)})."
+        )
 
 
 def match_sample_size(unet, sample_size: int) -> None:
@@ -42,6 +58,10 @@ def match_sample_size(unet, sample_size: int) -> None:
     ``sample_size`` is in the UNet's own units: pixels, or latent pixels for latent diffusion.
     """
     if unet.config.sample_size != sample_size:
-        logger.warning("The UNet's config says sample_size %s; training at %s, so the saved pipeline generates at %s.",
-                       unet.config.sample_size, sample_size, sample_size)
+        logger.warning(
+            "The UNet's config says sample_size %s; training at %s, so the saved pipeline generates at %s.",
+            unet.config.sample_size,
+            sample_size,
+            sample_size,
+        )
         unet.register_to_config(sample_size=sample_size)

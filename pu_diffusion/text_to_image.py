@@ -36,8 +36,13 @@ def encode_captions(tokenizer, text_encoder, captions: list[str], batch_size: in
     device = next(text_encoder.parameters()).device
     states = []
     for start in range(0, len(captions), batch_size):
-        tokens = tokenizer(captions[start:start + batch_size], max_length=tokenizer.model_max_length,
-                           padding="max_length", truncation=True, return_tensors="pt")
+        tokens = tokenizer(
+            captions[start : start + batch_size],
+            max_length=tokenizer.model_max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        )
         states.append(text_encoder(tokens.input_ids.to(device), return_dict=False)[0])
     return torch.cat(states)
 
@@ -66,15 +71,28 @@ def predict_noise(unet, noisy_latents, timesteps, text_states, empty_state=None,
     if not guidance_scale:
         return unet(noisy_latents, timesteps, text_states, return_dict=False)[0]
     unconditional = empty_state.to(text_states.dtype).expand_as(text_states)
-    both = unet(torch.cat([noisy_latents, noisy_latents]), torch.cat([timesteps, timesteps]),
-                torch.cat([unconditional, text_states]), return_dict=False)[0]
+    both = unet(
+        torch.cat([noisy_latents, noisy_latents]),
+        torch.cat([timesteps, timesteps]),
+        torch.cat([unconditional, text_states]),
+        return_dict=False,
+    )[0]
     prediction_empty, prediction_text = both.chunk(2)
     return prediction_empty + guidance_scale * (prediction_text - prediction_empty)
 
 
 @torch.no_grad()
-def encode_latents_once(dataset, image_column: str, captions: list[str], transform: ImageTransform, vae, tokenizer,
-                        text_encoder, rows, batch_size: int = 16) -> tuple[dict, dict]:
+def encode_latents_once(
+    dataset,
+    image_column: str,
+    captions: list[str],
+    transform: ImageTransform,
+    vae,
+    tokenizer,
+    text_encoder,
+    rows,
+    batch_size: int = 16,
+) -> tuple[dict, dict]:
     """({(row, flipped): VAE posterior parameters}, {caption: text states}) of ``rows``, on the CPU.
 
     Images are encoded as ``transform`` makes them with aug_seed 0 (a centre crop), and flipped too when
@@ -118,8 +136,10 @@ class TextImageDataset(torch.utils.data.Dataset):
 
 
 def collate_text_image_batch(items: list[dict]) -> dict:
-    batch = {"is_sensitive": torch.tensor([item["is_sensitive"] for item in items]),
-             "captions": [item["caption"] for item in items]}
+    batch = {
+        "is_sensitive": torch.tensor([item["is_sensitive"] for item in items]),
+        "captions": [item["caption"] for item in items],
+    }
     for key in ("latent_parameters", "pixel_values", "text_states"):
         if key in items[0]:
             batch[key] = torch.stack([item[key] for item in items])

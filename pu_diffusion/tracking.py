@@ -62,8 +62,14 @@ def make_trackers(report_to: str, logging_dir: str):
         if available.get(name, True):
             trackers.append(name)
         elif report_to != "all":
-            logger.warning("--report_to %s: %s is not installed; logging to %s/train_log.jsonl only "
-                           "(pip install %s to enable it).", name, name, logging_dir, name)
+            logger.warning(
+                "--report_to %s: %s is not installed; logging to %s/train_log.jsonl only "
+                "(pip install %s to enable it).",
+                name,
+                name,
+                logging_dir,
+                name,
+            )
     return trackers
 
 
@@ -71,8 +77,9 @@ def step_logs(accelerator, terms, lr_scheduler, ema_model=None) -> dict:
     """The PU terms of this step averaged over processes, plus learning rate (and EMA decay)."""
     logs = terms.log_dict()
     names = list(logs)
-    reduced = accelerator.reduce(torch.tensor([logs[name] for name in names], device=accelerator.device),
-                                 reduction="mean")
+    reduced = accelerator.reduce(
+        torch.tensor([logs[name] for name in names], device=accelerator.device), reduction="mean"
+    )
     logs = dict(zip(names, reduced.tolist()))
     logs["lr"] = lr_scheduler.get_last_lr()[0]
     if ema_model is not None:

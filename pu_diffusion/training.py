@@ -49,8 +49,9 @@ def setup_accelerator(args) -> Accelerator:
         log_with=make_trackers(args.report_to, logging_dir),
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
     )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-                        level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
+    )
     logger.info(accelerator.state, main_process_only=False)
     if accelerator.num_processes == 1 and accelerator.device.type == "cpu" and torch.get_num_threads() == 1:
         # `accelerate launch` sets OMP_NUM_THREADS=1 for every process; one process may use every core.
@@ -58,7 +59,8 @@ def setup_accelerator(args) -> Accelerator:
     import diffusers
 
     diffusers.utils.logging.set_verbosity_info() if accelerator.is_local_main_process else (
-        diffusers.utils.logging.set_verbosity_error())
+        diffusers.utils.logging.set_verbosity_error()
+    )
     if args.seed is not None:
         set_seed(args.seed, device_specific=True)
     if args.allow_tf32 and torch.cuda.is_available():
@@ -69,14 +71,18 @@ def setup_accelerator(args) -> Accelerator:
 def check_run(accelerator, args) -> str | None:
     """Refuse an output dir that cannot take this run; return the checkpoint to resume from (or None)."""
     resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    check_output_dir(args.output_dir, public_config(args), resuming=bool(args.resume_from_checkpoint),
-                     overwrite=args.overwrite_output_dir)
+    check_output_dir(
+        args.output_dir,
+        public_config(args),
+        resuming=bool(args.resume_from_checkpoint),
+        overwrite=args.overwrite_output_dir,
+    )
     accelerator.wait_for_everyone()  # every process has checked before the main one writes anything
     return resume_path
 
 
-def start_run(accelerator, args, resume_path: str | None) -> None:
-    """The run's first write: create the output dir and record the flags (main process). Call before init_trackers.
+def start_run(accelerator, args, resume_path: str | None, plan: TrainingPlan, project_name: str) -> None:
+    """The run's first write: create the output dir, record the flags, start the trackers (main process).
 
     ``--overwrite_output_dir`` removes the old run's outputs first; so does ``--resume_from_checkpoint latest``
     when no checkpoint exists yet (the same run then starts afresh).
@@ -88,14 +94,16 @@ def start_run(accelerator, args, resume_path: str | None) -> None:
         start_run_dir(args.output_dir, public_config(args), overwrite=fresh_start, logging_dir=args.logging_dir)
         if resume_path is not None:  # steps after the checkpoint are trained, and logged, again
             truncate_log(os.path.join(args.output_dir, args.logging_dir), checkpoint_step(resume_path))
+        accelerator.init_trackers(project_name, config={**public_config(args), **plan.__dict__})
     accelerator.wait_for_everyone()
 
 
 def load_pu_data(args, require_sensitive: bool):
     """(dataset, U row indices, S row indices) of --dataset_name / --train_data_dir, images checked unless skipped."""
     dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.cache_dir)
-    unlabeled_rows, sensitive_rows = pu_indices(dataset, args.image_column, args.pu_label_column,
-                                                args.sensitive_label, require_sensitive=require_sensitive)
+    unlabeled_rows, sensitive_rows = pu_indices(
+        dataset, args.image_column, args.pu_label_column, args.sensitive_label, require_sensitive=require_sensitive
+    )
     if not args.skip_image_check:
         check_images_readable(dataset, args.image_column)
     return dataset, unlabeled_rows, sensitive_rows
@@ -105,10 +113,14 @@ def make_train_dataloader(args, dataset, unlabeled_rows, sensitive_rows, collate
     """(DataLoader, its PUBatchSampler): --train_batch_size U rows and --sensitive_batch_size S rows per batch."""
     sensitive_batch_size = 0 if args.method == "unsupervised" else args.sensitive_batch_size
     seed = args.seed if args.seed is not None else 0
-    batch_sampler = PUBatchSampler(unlabeled_rows, sensitive_rows, args.train_batch_size, sensitive_batch_size,
-                                   seed=seed)
+    batch_sampler = PUBatchSampler(
+        unlabeled_rows, sensitive_rows, args.train_batch_size, sensitive_batch_size, seed=seed
+    )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=args.dataloader_num_workers,
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate_fn,
+        num_workers=args.dataloader_num_workers,
         # Its own generator: creating an iterator must not draw from the global RNG that noise comes from,
         # or a resumed run (which creates its iterator after load_state) would see other noise.
         generator=torch.Generator().manual_seed(seed),
@@ -126,8 +138,13 @@ def make_optimizer(args, parameters, num_processes: int):
         import bitsandbytes
 
         optimizer_cls = bitsandbytes.optim.AdamW8bit
-    return optimizer_cls(parameters, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    return optimizer_cls(
+        parameters,
+        lr=learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
 
 
 def make_ema(args, model, model_cls):
@@ -136,8 +153,15 @@ def make_ema(args, model, model_cls):
         return None
     from diffusers.training_utils import EMAModel
 
-    return EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
-                    power=args.ema_power, model_cls=model_cls, model_config=model.config)
+    return EMAModel(
+        model.parameters(),
+        decay=args.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=args.ema_inv_gamma,
+        power=args.ema_power,
+        model_cls=model_cls,
+        model_config=model.config,
+    )
 
 
 @dataclass(frozen=True)
@@ -158,8 +182,11 @@ def plan_training(accelerator, train_dataloader, args) -> TrainingPlan:
     """
     batches = len(train_dataloader)
     if batches == 0:
-        total = len(train_dataloader.batch_sampler.batch_sampler) if hasattr(
-            train_dataloader.batch_sampler, "batch_sampler") else 0
+        total = (
+            len(train_dataloader.batch_sampler.batch_sampler)
+            if hasattr(train_dataloader.batch_sampler, "batch_sampler")
+            else 0
+        )
         raise ValueError(
             f"No training step fits: U gives {total} batch(es) of --train_batch_size {args.train_batch_size} per "
             f"epoch, fewer than the {accelerator.num_processes} processes that each need one. Lower "
@@ -167,17 +194,39 @@ def plan_training(accelerator, train_dataloader, args) -> TrainingPlan:
         )
     updates_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    return TrainingPlan(batches_per_epoch=batches, gradient_accumulation_steps=args.gradient_accumulation_steps,
-                        updates_per_epoch=updates_per_epoch,
-                        num_epochs=math.ceil(max_train_steps / updates_per_epoch), max_train_steps=max_train_steps)
+    return TrainingPlan(
+        batches_per_epoch=batches,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        updates_per_epoch=updates_per_epoch,
+        num_epochs=math.ceil(max_train_steps / updates_per_epoch),
+        max_train_steps=max_train_steps,
+    )
+
+
+def prepare_for_training(accelerator, args, model, parameters, train_dataloader, ema_model=None):
+    """AdamW over ``parameters``, everything through ``accelerator.prepare``, the step plan and the LR schedule.
+
+    Returns (model, optimizer, train_dataloader, lr_scheduler, plan); the plan comes from the prepared loader.
+    """
+    optimizer = make_optimizer(args, parameters, accelerator.num_processes)
+    model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
+    plan = plan_training(accelerator, train_dataloader, args)
+    lr_scheduler = accelerator.prepare(make_lr_scheduler(args, optimizer, plan, accelerator.num_processes))
+    if ema_model is not None:
+        ema_model.to(accelerator.device)
+    return model, optimizer, train_dataloader, lr_scheduler, plan
 
 
 def make_lr_scheduler(args, optimizer, plan: TrainingPlan, num_processes: int):
     """diffusers' get_scheduler; accelerate steps a prepared scheduler once per process, hence the scaling."""
     from diffusers.optimization import get_scheduler
 
-    return get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * num_processes,
-                         num_training_steps=plan.max_train_steps * num_processes)
+    return get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=plan.max_train_steps * num_processes,
+    )
 
 
 def resume(accelerator, resume_path: str | None, args) -> int:
@@ -212,8 +261,12 @@ class TrainingProgress:
         self.ema_model, self.model = ema_model, model
         self.global_step = self.start_step = global_step
         self.start_time = time.time()
-        self.progress_bar = tqdm(range(plan.max_train_steps), initial=global_step, desc="Steps",
-                                 disable=not accelerator.is_local_main_process)
+        self.progress_bar = tqdm(
+            range(plan.max_train_steps),
+            initial=global_step,
+            desc="Steps",
+            disable=not accelerator.is_local_main_process,
+        )
 
     def after_step(self, terms, lr_scheduler) -> None:
         if self.ema_model is not None:
@@ -224,15 +277,21 @@ class TrainingProgress:
         self.progress_bar.set_postfix(**progress_postfix(logs))
         self.accelerator.log(logs, step=self.global_step)
         if self.global_step % self.args.checkpointing_steps == 0:
-            path = save_checkpoint(self.accelerator, self.args.output_dir, self.global_step,
-                                   self.args.checkpoints_total_limit)
+            path = save_checkpoint(
+                self.accelerator, self.args.output_dir, self.global_step, self.args.checkpoints_total_limit
+            )
             logger.info(f"Saved state to {path}")
 
     def validation_due(self) -> bool:
         """Whether a validation grid is due now (main process; not at the last step, the final grid covers it)."""
         every = self.args.validation_steps
-        return bool(self.accelerator.is_main_process and every and self.args.num_validation_images
-                    and self.global_step % every == 0 and self.global_step < self.plan.max_train_steps)
+        return bool(
+            self.accelerator.is_main_process
+            and every
+            and self.args.num_validation_images
+            and self.global_step % every == 0
+            and self.global_step < self.plan.max_train_steps
+        )
 
     @property
     def done(self) -> bool:
@@ -241,8 +300,11 @@ class TrainingProgress:
     def stats(self) -> dict:
         seconds = time.time() - self.start_time
         steps = self.global_step - self.start_step
-        return {"global_step": self.global_step, "train_seconds": round(seconds, 1),
-                "steps_per_second": round(steps / max(seconds, 1e-9), 3)}
+        return {
+            "global_step": self.global_step,
+            "train_seconds": round(seconds, 1),
+            "steps_per_second": round(steps / max(seconds, 1e-9), 3),
+        }
 
 
 def model_to_save(accelerator, model, ema_model=None):
@@ -255,7 +317,9 @@ def model_to_save(accelerator, model, ema_model=None):
 
 def log_run_header(args, plan: TrainingPlan, accelerator, data_info: dict) -> None:
     sensitive_batch_size = 0 if args.method == "unsupervised" else args.sensitive_batch_size
-    total = (args.train_batch_size + sensitive_batch_size) * accelerator.num_processes * args.gradient_accumulation_steps
+    total = (
+        (args.train_batch_size + sensitive_batch_size) * accelerator.num_processes * args.gradient_accumulation_steps
+    )
     logger.info("***** Running PU training *****")
     logger.info(f"  Data = {data_info}")
     logger.info(f"  Method = {args.method}, beta = {args.beta}, estimator = {args.pu_estimator}")

@@ -8,6 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+
 @pytest.fixture(autouse=True)
 def reset_accelerate_state():
     from accelerate.state import AcceleratorState, GradientState, PartialState
@@ -31,8 +32,32 @@ def imagefolder(tmp_path):
 
 def tiny_args(output_dir, unet_config, *extra):
     """Flags of a fast built-in MNIST run on a tiny UNet at 8×8."""
-    return ["--output_dir", str(output_dir), "--model_config_name_or_path", unet_config, "--resolution", "8",
-            "--train_batch_size", "8", "--sensitive_batch_size", "4", "--max_train_steps", "6",
-            "--checkpointing_steps", "3", "--validation_steps", "0", "--num_inference_steps", "4",
-            "--num_final_images", "4", "--seed", "0", "--report_to", "none", "--lr_warmup_steps", "2",
-            *extra]
+    return [
+        "--output_dir",
+        str(output_dir),
+        "--model_config_name_or_path",
+        unet_config,
+        "--resolution",
+        "8",
+        "--train_batch_size",
+        "8",
+        "--sensitive_batch_size",
+        "4",
+        "--max_train_steps",
+        "6",
+        "--checkpointing_steps",
+        "3",
+        "--validation_steps",
+        "0",
+        "--num_inference_steps",
+        "4",
+        "--num_final_images",
+        "4",
+        "--seed",
+        "0",
+        "--report_to",
+        "none",
+        "--lr_warmup_steps",
+        "2",
+        *extra,
+    ]

@@ -28,8 +28,12 @@ from pu_diffusion.testing_utils import (
 def test_make_pu_split_is_disjoint_deterministic_and_sized():
     classes = np.repeat(np.arange(10), 100)
     split = make_pu_split(classes, (0, 2, 4, 6, 8), 300, 30, 30, 100, seed=3)
-    assert {k: len(v) for k, v in split.items()} == {"unlabeled_normal": 300, "test": 100,
-                                                     "unlabeled_sensitive": 30, "sensitive": 30}
+    assert {k: len(v) for k, v in split.items()} == {
+        "unlabeled_normal": 300,
+        "test": 100,
+        "unlabeled_sensitive": 30,
+        "sensitive": 30,
+    }
     rows = np.concatenate(list(split.values()))
     assert len(set(rows.tolist())) == len(rows)
     assert set(classes[split["test"]] % 2) == {0} and set(classes[split["sensitive"]] % 2) == {1}
@@ -42,8 +46,16 @@ def test_make_pu_split_is_disjoint_deterministic_and_sized():
 
 
 def test_paper_presets_are_all_there():
-    for name in ["mnist-even", "mnist-odd", "cifar10-vehicles", "cifar10-animals", "stl10-vehicles",
-                 "stl10-animals", "celeba-male", "celeba-female"]:
+    for name in [
+        "mnist-even",
+        "mnist-odd",
+        "cifar10-vehicles",
+        "cifar10-animals",
+        "stl10-vehicles",
+        "stl10-animals",
+        "celeba-male",
+        "celeba-female",
+    ]:
         assert name in PRESETS
     assert (PRESETS["mnist-even"].n_unlabeled_normal, PRESETS["mnist-even"].n_sensitive) == (25000, 2500)
     assert PRESETS["cifar10-vehicles"].normal_classes == (0, 1, 8, 9)
@@ -108,8 +120,9 @@ def test_missing_columns_and_rows_are_refused(tmp_path):
     with pytest.raises(PUDataError, match="No sensitive"):
         pu_indices(dataset, "image", "label", "nope")
     with pytest.raises(PUDataError, match="No unlabeled"):
-        pu_indices(load_image_dataset(train_data_dir=write_imagefolder(tmp_path / "s", 0, 3)), "image", "label",
-                   "sensitive")
+        pu_indices(
+            load_image_dataset(train_data_dir=write_imagefolder(tmp_path / "s", 0, 3)), "image", "label", "sensitive"
+        )
 
 
 def test_unreadable_images_are_found(tmp_path):
@@ -124,9 +137,24 @@ def test_export_builtin_split_to_a_folder_the_script_reads(tmp_path):
     from pu_diffusion.export_split import export_split, parse_args
 
     out = tmp_path / "mnist_even"
-    info = export_split(parse_args(["--preset", "builtin-mnist-even", "--output_dir", str(out),
-                                    "--n_unlabeled_normal", "40", "--n_unlabeled_sensitive", "4",
-                                    "--n_sensitive", "5", "--n_test", "6"]))
+    info = export_split(
+        parse_args(
+            [
+                "--preset",
+                "builtin-mnist-even",
+                "--output_dir",
+                str(out),
+                "--n_unlabeled_normal",
+                "40",
+                "--n_unlabeled_sensitive",
+                "4",
+                "--n_sensitive",
+                "5",
+                "--n_test",
+                "6",
+            ]
+        )
+    )
     assert len(os.listdir(out / "train" / "unlabeled")) == 44 and len(os.listdir(out / "train" / "sensitive")) == 5
     assert len(os.listdir(out / "test" / "normal")) == 6
     assert all(c % 2 == 0 for c in info["classes"]["test"]) and all(c % 2 for c in info["classes"]["sensitive"])
@@ -153,8 +181,10 @@ def test_sensitive_label_is_boolean_only_on_a_boolean_column():
     assert pu_indices(dataset, "image", "digit", "1")[1].tolist() == [1, 5]
     strings = Dataset.from_dict({"image": ["x"] * 3, "flag": ["False", "false", "0"]})
     assert pu_indices(strings, "image", "flag", "false")[1].tolist() == [1]  # exact string, not boolean
-    flags = Dataset.from_dict({"image": ["x"] * 4, "flag": [True, False, False, True]},
-                              features=Features({"image": Value("string"), "flag": Value("bool")}))
+    flags = Dataset.from_dict(
+        {"image": ["x"] * 4, "flag": [True, False, False, True]},
+        features=Features({"image": Value("string"), "flag": Value("bool")}),
+    )
     for label in ("false", "False", "0"):
         assert pu_indices(flags, "image", "flag", label)[1].tolist() == [1, 2]
     for label in ("TRUE", "true", "1"):
@@ -172,11 +202,15 @@ def test_rows_without_a_pu_label_are_refused_by_name(tmp_path):
     rows[4]["label"] = None
     _write_jsonl(os.path.join(root, "metadata.jsonl"), rows)
     dataset = load_image_dataset(train_data_dir=root)
-    with pytest.raises(PUDataError, match=r"--pu_label_column 'label'.* 2 rows: unlabeled_001\.png, sensitive_000\.png"):
+    with pytest.raises(
+        PUDataError, match=r"--pu_label_column 'label'.* 2 rows: unlabeled_001\.png, sensitive_000\.png"
+    ):
         pu_indices(dataset, "image", "label", "sensitive")
     labels = ["unlabeled", None, "sensitive"] + [None] * 7
     in_memory = Dataset.from_dict({"image": ["x"] * 10, "label": labels})
-    with pytest.raises(PUDataError, match=r"--pu_label_column 'label'.* 8 rows: row 1, row 3, row 4, row 5, row 6 and 3 more\."):
+    with pytest.raises(
+        PUDataError, match=r"--pu_label_column 'label'.* 8 rows: row 1, row 3, row 4, row 5, row 6 and 3 more\."
+    ):
         pu_indices(in_memory, "image", "label", "sensitive")
 
 
@@ -209,8 +243,10 @@ def test_images_not_listed_in_metadata_are_refused(tmp_path):
     for name in ("top.png", "sub/a.png", "sub/b.png"):
         write_png(os.path.join(nested, name), np.zeros((4, 4), np.uint8))
     _write_jsonl(nested / "metadata.jsonl", [{"file_name": "top.png", "label": "unlabeled"}])
-    _write_jsonl(nested / "sub" / "metadata.jsonl", [{"file_name": "a.png", "label": "unlabeled"},
-                                                     {"file_name": "b.png", "label": "sensitive"}])
+    _write_jsonl(
+        nested / "sub" / "metadata.jsonl",
+        [{"file_name": "a.png", "label": "unlabeled"}, {"file_name": "b.png", "label": "sensitive"}],
+    )
     assert len(load_image_dataset(train_data_dir=str(nested))) == 3
     write_png(os.path.join(nested, "sub", "c.png"), np.zeros((4, 4), np.uint8))
     with pytest.raises(PUDataError, match=r"1 image .*sub/c\.png"):
@@ -275,13 +311,32 @@ def test_export_split_reads_a_local_labelled_imagefolder(tmp_path):
     # class folders 1..4: imagefolder numbers them 0..3, so ids ≠ digits; the export compares folder names
     source = write_class_folders(tmp_path / "digits", {"1": 2, "2": 3, "3": 2, "4": 3})
     out = tmp_path / "out"
-    info = export_split(parse_args(["--preset", "builtin-mnist-even", "--output_dir", str(out),
-                                    "--train_data_dir", source, "--class_column", "label",
-                                    "--n_unlabeled_normal", "4", "--n_unlabeled_sensitive", "1",
-                                    "--n_sensitive", "2", "--n_test", "2"]))
+    info = export_split(
+        parse_args(
+            [
+                "--preset",
+                "builtin-mnist-even",
+                "--output_dir",
+                str(out),
+                "--train_data_dir",
+                source,
+                "--class_column",
+                "label",
+                "--n_unlabeled_normal",
+                "4",
+                "--n_unlabeled_sensitive",
+                "1",
+                "--n_sensitive",
+                "2",
+                "--n_test",
+                "2",
+            ]
+        )
+    )
     assert set(info["classes"]["test"] + info["classes"]["unlabeled_normal"]) == {2, 4}
     assert set(info["classes"]["sensitive"] + info["classes"]["unlabeled_sensitive"]) <= {1, 3}
     assert len(os.listdir(out / "train" / "unlabeled")) == 5 and len(os.listdir(out / "test" / "normal")) == 2
-    unlabeled, sensitive = pu_indices(load_image_dataset(train_data_dir=str(out / "train")), "image", "label",
-                                      "sensitive")
+    unlabeled, sensitive = pu_indices(
+        load_image_dataset(train_data_dir=str(out / "train")), "image", "label", "sensitive"
+    )
     assert (len(unlabeled), len(sensitive)) == (5, 2)

@@ -1,13 +1,72 @@
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_args
+from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_split, write_split_file
 from pu_diffusion.digit_classifier import DigitClassifier, load_or_train_digit_classifier
 from pu_diffusion.metrics import CLASSIFIER_FD, frechet_distance, non_sensitive_rate
+from pu_diffusion.testing_utils import TINY_UNET, build_tiny_sd, write_imagefolder, write_unet_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def save_tiny_ddpm(folder, channels: int = 1):
+    """A DDPMPipeline around a tiny UNet2DModel (TINY_UNET, 8×8), saved with save_pretrained; returns the folder."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_config({**TINY_UNET, "in_channels": channels, "out_channels": channels})
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(folder))
+    return folder
+
+
+def save_builtin_pipeline(folder, channels: int = 1):
+    """A tiny DDPMPipeline folder with the built-in MNIST split beside it, as a built-in training run leaves it."""
+    save_tiny_ddpm(folder, channels)
+    write_split_file(os.path.join(folder, BUILTIN_SPLIT_FILE), builtin_pu_split())
+    return folder
+
+
+def save_tiny_vit(folder):
+    """A 3-label (cat, dog, face) ViT image classifier on 8×8 images, with its processor; returns the folder."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        id2label={0: "cat", 1: "dog", 2: "face"},
+        label2id={"cat": 0, "dog": 1, "face": 2},
+    )
+    ViTForImageClassification(config).save_pretrained(str(folder))
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(str(folder))
+    return str(folder)
+
+
+def evaluate(argv):
+    """Run the evaluation CLI's parse_args + main on ``argv``."""
+    import evaluate_pu_diffusion
+
+    return evaluate_pu_diffusion.main(evaluate_pu_diffusion.parse_args([str(arg) for arg in argv]))
+
+
+@pytest.fixture
+def no_sampling(monkeypatch):
+    """Fail the test if any sample is generated: every refusal must come before sampling."""
+    import pu_diffusion.evaluation as evaluation
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("samples were generated before the bad input was refused")
+
+    monkeypatch.setattr(evaluation, "generate_samples", refuse)
 
 
 def test_frechet_distance_is_zero_on_itself_and_grows_with_shift():
@@ -45,21 +104,29 @@ def test_classifier_cache_roundtrip(tmp_path, monkeypatch):
         assert torch.equal(value, second.state_dict()[key])
 
 
-def test_evaluate_a_tiny_saved_pipeline_end_to_end(tmp_path, tiny_unet_config, monkeypatch):
+def test_evaluate_a_tiny_saved_pipeline_end_to_end(tmp_path, monkeypatch):
     import evaluate_pu_diffusion
     import pu_diffusion.digit_classifier as evaluation
-    import train_pu_diffusion
 
     monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
     real_train = evaluation.train_digit_classifier
     monkeypatch.setattr(evaluation, "train_digit_classifier", lambda r, s: real_train(r, s, epochs=1))
-    out = tmp_path / "model"
-    train_pu_diffusion.main(train_pu_diffusion.parse_args(tiny_args(out, tiny_unet_config(), "--max_train_steps", "2")))
+    out = save_builtin_pipeline(tmp_path / "model")
     argv = ["--pipeline", str(out), "--num_samples", "12", "--num_inference_steps", "2", "--update_model_card"]
     metrics = evaluate_pu_diffusion.main(evaluate_pu_diffusion.parse_args(argv))
     saved = json.loads((out / "eval" / "metrics.json").read_text())
-    for key in ["non_sensitive_rate", CLASSIFIER_FD, "feature_space", "classifier", "num_samples", "sampler",
-                "sensitive_classes", "predicted_class_counts", "classifier_accuracy", "samples_per_second"]:
+    for key in [
+        "non_sensitive_rate",
+        CLASSIFIER_FD,
+        "feature_space",
+        "classifier",
+        "num_samples",
+        "sampler",
+        "sensitive_classes",
+        "predicted_class_counts",
+        "classifier_accuracy",
+        "samples_per_second",
+    ]:
         assert key in saved, key
     assert saved["sensitive_classes"] == [1, 3, 5, 7, 9] and saved["num_samples"] == 12
     assert sum(saved["predicted_class_counts"]) == 12
@@ -80,12 +147,16 @@ def test_benchmark_smoke_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
     real_train = evaluation.train_digit_classifier
     monkeypatch.setattr(evaluation, "train_digit_classifier", lambda r, s: real_train(r, s, epochs=1))
-    spec = importlib.util.spec_from_file_location("bench", os.path.join(os.path.dirname(__file__), "..",
-                                                                        "benchmarks", "mnist_pu_benchmark.py"))
+    spec = importlib.util.spec_from_file_location(
+        "bench", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "mnist_pu_benchmark.py")
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    report = bench.main(bench.parse_args(["--smoke", "--with_nnpu", "--beta_sweep", "0.1", "0.3",
-                                          "--output_dir", str(tmp_path / "bench")]))
+    report = bench.main(
+        bench.parse_args(
+            ["--smoke", "--with_nnpu", "--beta_sweep", "0.1", "0.3", "--output_dir", str(tmp_path / "bench")]
+        )
+    )
     assert set(report["table"]) == {"even/unsupervised", "even/supervised", "even/pu", "even/pu-nn"}
     assert len(report["per_seed"]) == 8
     assert "p_rate_vs_unsupervised" in report["table"]["even/pu"]
@@ -98,8 +169,9 @@ def test_benchmark_smoke_mode(tmp_path, monkeypatch):
 def load_benchmark(name):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "benchmarks",
-                                                                     f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -107,60 +179,95 @@ def load_benchmark(name):
 
 def test_speed_benchmarks_run_and_write_json(tmp_path):
     speed = load_benchmark("speed")
-    report = speed.main(speed.parse_args(["--resolution", "8", "--rounds", "2", "--warmup", "1",
-                                          "--generation_samples", "2", "--generation_steps", "2",
-                                          "--output", str(tmp_path / "speed.json")]))
+    report = speed.main(
+        speed.parse_args(
+            [
+                "--resolution",
+                "8",
+                "--rounds",
+                "2",
+                "--warmup",
+                "1",
+                "--generation_samples",
+                "2",
+                "--generation_steps",
+                "2",
+                "--output",
+                str(tmp_path / "speed.json"),
+            ]
+        )
+    )
     assert set(report["steps_per_second"]) == {"unsupervised", "supervised", "pu"}
-    assert report["ratio_vs_unsupervised"]["unsupervised"] == 1.0 and all(v > 0 for v in report["peak_memory_mb"].values())
+    assert report["ratio_vs_unsupervised"]["unsupervised"] == 1.0 and all(
+        v > 0 for v in report["peak_memory_mb"].values()
+    )
     sd = load_benchmark("sd_speed")
-    report = sd.main(sd.parse_args(["--resolution", "16", "--rounds", "2", "--unlabeled_batch_size", "2",
-                                    "--sensitive_batch_size", "1", "--output", str(tmp_path / "sd.json")]))
+    report = sd.main(
+        sd.parse_args(
+            [
+                "--resolution",
+                "16",
+                "--rounds",
+                "2",
+                "--unlabeled_batch_size",
+                "2",
+                "--sensitive_batch_size",
+                "1",
+                "--output",
+                str(tmp_path / "sd.json"),
+            ]
+        )
+    )
     assert report["speedup_ours_vs_authors"] > 0 and json.loads((tmp_path / "sd.json").read_text())["peak_memory_mb"]
 
 
 def test_scoring_images_with_the_models_own_loss(tiny_unet_config):
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    from pipelines import diffusion_losses, normal_probability
+    from pipelines import normal_probability, score_images
     from pu_diffusion.losses import per_sample_diffusion_loss
 
     unet = UNet2DModel.from_config(UNet2DModel.load_config(tiny_unet_config()))
     scheduler = DDPMScheduler(num_train_timesteps=1000)
+    pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
     images = torch.rand(5, 1, 8, 8) * 2 - 1
-    losses = diffusion_losses(unet, scheduler, images, num_draws=3, generator=torch.Generator().manual_seed(0))
+    losses = score_images(pipeline, images, num_draws=3, generator=torch.Generator().manual_seed(0))
     assert losses.shape == (5,) and (losses > 0).all()
     # one draw reproduces ℓ computed by hand with the same noise and timesteps
     generator = torch.Generator().manual_seed(1)
-    single = diffusion_losses(unet, scheduler, images, num_draws=1, generator=generator)
+    single = score_images(pipeline, images, num_draws=1, generator=generator)
     generator = torch.Generator().manual_seed(1)
     noise = torch.randn(images.shape, generator=generator)
     timesteps = torch.randint(0, 1000, (5,), generator=generator)
     with torch.no_grad():
-        expected = per_sample_diffusion_loss(unet(scheduler.add_noise(images, noise, timesteps), timesteps).sample, noise)
+        expected = per_sample_diffusion_loss(
+            unet(scheduler.add_noise(images, noise, timesteps), timesteps).sample, noise
+        )
     torch.testing.assert_close(single, expected)
     probability = normal_probability(losses)
     assert ((probability > 0) & (probability <= 1)).all()
 
 
-def test_evaluate_with_a_transformers_classifier(tmp_path, tiny_unet_config):
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
+def test_evaluate_with_a_transformers_classifier(tmp_path):
     import evaluate_pu_diffusion
-    from pu_diffusion.testing_utils import write_imagefolder
 
-    classifier = tmp_path / "classifier"
-    config = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=32, num_labels=3,
-                       id2label={0: "cat", 1: "dog", 2: "face"}, label2id={"cat": 0, "dog": 1, "face": 2})
-    ViTForImageClassification(config).save_pretrained(str(classifier))
-    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(str(classifier))
-    pipeline_dir = tmp_path / "pipe"
-    unet = UNet2DModel.from_config(UNet2DModel.load_config(tiny_unet_config(3)))
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(str(pipeline_dir))
+    classifier = save_tiny_vit(tmp_path / "classifier")
+    pipeline_dir = save_tiny_ddpm(tmp_path / "pipe", channels=3)
     test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=6, n_sensitive=0, size=8)
-    argv = ["--pipeline", str(pipeline_dir), "--num_samples", "6", "--num_inference_steps", "2",
-            "--classifier_name_or_path", str(classifier), "--sensitive_labels", "face", "--test_data_dir", test_dir]
+    argv = [
+        "--pipeline",
+        str(pipeline_dir),
+        "--num_samples",
+        "6",
+        "--num_inference_steps",
+        "2",
+        "--classifier_name_or_path",
+        str(classifier),
+        "--sensitive_labels",
+        "face",
+        "--test_data_dir",
+        test_dir,
+    ]
     metrics = evaluate_pu_diffusion.main(evaluate_pu_diffusion.parse_args(argv))
     counts = metrics["predicted_class_counts"]
     assert metrics["sensitive_classes"] == [2] and sum(counts) == 6
@@ -169,3 +276,291 @@ def test_evaluate_with_a_transformers_classifier(tmp_path, tiny_unet_config):
     assert (pipeline_dir / "eval" / "metrics.json").exists()
     with pytest.raises(ValueError, match="--sensitive_labels: 'nose'"):
         evaluate_pu_diffusion.main(evaluate_pu_diffusion.parse_args(argv[:-3] + ["nose", "--test_data_dir", test_dir]))
+
+
+# --- Fréchet distance ---------------------------------------------------------------------------------------------
+
+
+def test_frechet_distance_emits_no_deprecation_warning():
+    features = np.random.default_rng(0).normal(size=(50, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pytest.ini ignores DeprecationWarning; here any warning fails
+        distance = frechet_distance(features, features + 1.0)
+    assert distance == pytest.approx(4.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_frechet_distance_refuses_fewer_than_two_rows(rows):
+    features = np.random.default_rng(0).normal(size=(10, 3))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        frechet_distance(features[:rows], features)
+    with pytest.raises(ValueError, match="second feature set .* at least 2 rows"):
+        frechet_distance(features, features[:rows])
+
+
+def test_frechet_distance_is_exact_and_silent_on_near_singular_features():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(200, 6))
+    # a duplicated column and a constant one (a dead ReLU unit): both covariances are singular
+    features = np.column_stack([base, base[:, 0], np.full(200, 3.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_exact_frechet_distances(features)
+    # what a short evaluation gives: 12 samples of 128-d ReLU features, many units dead (rank 11 of 128)
+    samples = np.maximum(rng.normal(size=(12, 128)) * 3 + 1, 0)
+    samples[:, rng.random(128) < 0.5] = 0
+    test = np.maximum(rng.normal(size=(500, 128)) * 2, 0)
+    test[:, rng.random(128) < 0.3] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_exact_frechet_distances(samples)
+        distance = frechet_distance(samples, test)
+    # reference: Tr((Σ_a Σ_b)^½) = Σ √λ_i(Σ_a Σ_b), from the eigenvalues of the product
+    cov_a, cov_b = np.cov(samples, rowvar=False), np.cov(test, rowvar=False)
+    trace_root = np.sqrt(np.linalg.eigvals(cov_a @ cov_b).real.clip(min=0)).sum()
+    expected = ((samples.mean(0) - test.mean(0)) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root
+    assert distance == pytest.approx(expected, rel=1e-6)
+
+
+def assert_exact_frechet_distances(features):
+    """FD to itself, to a shifted copy and to a doubled copy match their closed forms."""
+    dimensions = features.shape[1]
+    mean, cov = features.mean(0), np.cov(features, rowvar=False)
+    assert abs(frechet_distance(features, features)) < 1e-6
+    # same covariance: only the mean term is left
+    assert frechet_distance(features, features + 0.5) == pytest.approx(dimensions * 0.25, abs=1e-6)
+    # Σ_b = 4Σ_a, (Σ_a Σ_b)^½ = 2Σ_a:  FD = ||μ||² + Tr(Σ_a) + 4 Tr(Σ_a) − 4 Tr(Σ_a)
+    assert frechet_distance(features, 2 * features) == pytest.approx((mean**2).sum() + np.trace(cov), rel=1e-9)
+
+
+# --- refusals: every bad input is refused before any sample is generated or anything written ----------------------
+
+
+@pytest.mark.parametrize("mode", ["builtin", "classifier"])
+def test_missing_pipeline_folder_is_named(tmp_path, no_sampling, mode):
+    missing = tmp_path / "no-such-model"
+    argv = ["--pipeline", missing, "--num_samples", "4"]
+    if mode == "classifier":
+        test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=3, n_sensitive=0, size=8)
+        argv += [
+            "--classifier_name_or_path",
+            save_tiny_vit(tmp_path / "classifier"),
+            "--sensitive_labels",
+            "face",
+            "--test_data_dir",
+            test_dir,
+        ]
+    with pytest.raises(ValueError, match=r"--pipeline '.*no-such-model' does not exist") as error:
+        evaluate(argv)
+    assert "pu_split.json not found" not in str(error.value)
+    assert "python train_pu_diffusion.py --output_dir" in str(error.value)
+    assert not missing.exists()
+
+
+def test_missing_pipeline_message_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-such-model"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "evaluate_pu_diffusion.py"), "--pipeline", str(missing)],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+    )
+    assert result.returncode == 1
+    assert f"evaluate_pu_diffusion.py: error: --pipeline '{missing}' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr and not missing.exists()
+
+
+def test_unloadable_hub_id_is_refused_by_name(tmp_path, no_sampling):
+    test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=3, n_sensitive=0, size=8)
+    argv = [
+        "--pipeline",
+        "someone/no-such-pu-model",
+        "--num_samples",
+        "4",
+        "--classifier_name_or_path",
+        save_tiny_vit(tmp_path / "classifier"),
+        "--sensitive_labels",
+        "face",
+        "--test_data_dir",
+        test_dir,
+        "--output_dir",
+        tmp_path / "eval",
+    ]
+    with pytest.raises(
+        ValueError, match="--pipeline 'someone/no-such-pu-model' does not exist: no such folder, and no hub model"
+    ):
+        evaluate(argv)
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.fixture
+def tiny_sd(tmp_path):
+    """A tiny StableDiffusionPipeline folder."""
+    return build_tiny_sd(str(tmp_path / "sd"))
+
+
+@pytest.mark.parametrize("mode", ["builtin", "classifier"])
+def test_stable_diffusion_pipeline_is_refused(tmp_path, tiny_sd, no_sampling, mode):
+    argv = ["--pipeline", tiny_sd, "--num_samples", "4"]
+    if mode == "classifier":
+        test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=3, n_sensitive=0, size=8)
+        argv += [
+            "--classifier_name_or_path",
+            save_tiny_vit(tmp_path / "classifier"),
+            "--sensitive_labels",
+            "face",
+            "--test_data_dir",
+            test_dir,
+        ]
+    with pytest.raises(ValueError, match="is a StableDiffusionPipeline .*evaluates unconditional pipelines"):
+        evaluate(argv)
+    assert not os.path.exists(os.path.join(tiny_sd, "eval"))
+
+
+def test_stable_diffusion_hub_id_is_refused_after_loading(tmp_path, tiny_sd, no_sampling, monkeypatch):
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    loaded = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", lambda *args, **kwargs: loaded)  # stands in for the Hub
+    test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=3, n_sensitive=0, size=8)
+    argv = [
+        "--pipeline",
+        "someone/tiny-sd",
+        "--num_samples",
+        "4",
+        "--classifier_name_or_path",
+        save_tiny_vit(tmp_path / "classifier"),
+        "--sensitive_labels",
+        "face",
+        "--test_data_dir",
+        test_dir,
+        "--output_dir",
+        tmp_path / "eval",
+    ]
+    with pytest.raises(ValueError, match="'someone/tiny-sd' is a StableDiffusionPipeline .*unconditional pipelines"):
+        evaluate(argv)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_folder_without_model_index_is_refused(tmp_path, no_sampling):
+    folder = tmp_path / "unet_only"
+    write_unet_config(folder)  # e.g. the unet/ sub-folder instead of the pipeline folder
+    write_split_file(os.path.join(folder, BUILTIN_SPLIT_FILE), {"preset": {}, "indices": {}})
+    with pytest.raises(ValueError, match="has no model_index.json, so it is not a diffusers pipeline folder"):
+        evaluate(["--pipeline", folder, "--num_samples", "4"])
+    assert not (folder / "eval").exists()
+
+
+def test_rgb_pipeline_is_refused_by_the_builtin_digit_classifier(tmp_path, no_sampling, monkeypatch):
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    pipeline_dir = save_builtin_pipeline(tmp_path / "rgb", channels=3)
+    with pytest.raises(ValueError, match="generates 3-channel images; the built-in digit classifier judges 1-channel"):
+        evaluate(["--pipeline", pipeline_dir, "--num_samples", "4"])
+    assert not (pipeline_dir / "eval").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "diffusers unet folder"])
+def test_bad_classifier_is_refused_before_sampling(tmp_path, no_sampling, kind):
+    pipeline_dir = save_tiny_ddpm(tmp_path / "pipe", channels=3)
+    test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=3, n_sensitive=0, size=8)
+    classifier = tmp_path / "no-such-classifier" if kind == "missing" else write_unet_config(tmp_path / "unet")
+    argv = [
+        "--pipeline",
+        pipeline_dir,
+        "--num_samples",
+        "4",
+        "--classifier_name_or_path",
+        classifier,
+        "--sensitive_labels",
+        "face",
+        "--test_data_dir",
+        test_dir,
+    ]
+    with pytest.raises(ValueError, match=r"--classifier_name_or_path '.*' is not a transformers image classifier"):
+        evaluate(argv)
+    assert not (pipeline_dir / "eval").exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "no images"])
+def test_bad_test_data_dir_is_refused_before_sampling(tmp_path, no_sampling, kind):
+    pipeline_dir = save_tiny_ddpm(tmp_path / "pipe", channels=3)
+    test_dir = tmp_path / "test"
+    if kind != "missing":
+        test_dir.mkdir()
+    if kind == "no images":
+        (test_dir / "notes.txt").write_text("not an image")
+    argv = [
+        "--pipeline",
+        pipeline_dir,
+        "--num_samples",
+        "4",
+        "--classifier_name_or_path",
+        save_tiny_vit(tmp_path / "classifier"),
+        "--sensitive_labels",
+        "face",
+        "--test_data_dir",
+        test_dir,
+    ]
+    expected = "does not exist or is not a folder" if kind == "missing" else r"holds no images \(no image or parquet"
+    with pytest.raises(ValueError, match=f"--test_data_dir '.*test' {expected}"):
+        evaluate(argv)
+    assert not (pipeline_dir / "eval").exists()
+
+
+def test_one_image_test_folder_is_refused_before_sampling(tmp_path, no_sampling):
+    pipeline_dir = save_tiny_ddpm(tmp_path / "pipe", channels=3)
+    test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=1, n_sensitive=0, size=8)
+    argv = [
+        "--pipeline",
+        pipeline_dir,
+        "--num_samples",
+        "4",
+        "--classifier_name_or_path",
+        save_tiny_vit(tmp_path / "classifier"),
+        "--sensitive_labels",
+        "face",
+        "--test_data_dir",
+        test_dir,
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"--test_data_dir '.*' holds 1 image\(s\); the Fréchet-distance reference "
+        "needs at least 2",
+    ):
+        evaluate(argv)
+    assert not (pipeline_dir / "eval").exists()
+
+
+def test_update_model_card_needs_a_local_pipeline(tmp_path, no_sampling):
+    test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=3, n_sensitive=0, size=8)
+    argv = [
+        "--pipeline",
+        "someone/pu-model",
+        "--num_samples",
+        "4",
+        "--update_model_card",
+        "--classifier_name_or_path",
+        save_tiny_vit(tmp_path / "classifier"),
+        "--sensitive_labels",
+        "face",
+        "--test_data_dir",
+        test_dir,
+        "--output_dir",
+        tmp_path / "eval",
+    ]
+    with pytest.raises(ValueError, match="--update_model_card writes README.md into the pipeline folder"):
+        evaluate(argv)
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("flag", ["--batch_size", "--num_inference_steps"])
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_parse_args_refuses_non_positive_counts(capsys, flag, value):
+    import evaluate_pu_diffusion
+
+    with pytest.raises(SystemExit):
+        evaluate_pu_diffusion.parse_args(["--pipeline", "model", flag, value])
+    assert f"{flag} must be at least 1" in capsys.readouterr().err

@@ -27,8 +27,11 @@ def test_diffusion_target(prediction_type):
     timesteps = torch.tensor([0, 500, 999])
     target = diffusion_target(scheduler, sample, noise, timesteps)
     alpha_bar = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-    expected = {"epsilon": noise, "sample": sample,
-                "v_prediction": alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * sample}[prediction_type]
+    expected = {
+        "epsilon": noise,
+        "sample": sample,
+        "v_prediction": alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * sample,
+    }[prediction_type]
     torch.testing.assert_close(target, expected)
 
 

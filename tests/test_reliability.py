@@ -11,10 +11,10 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT, tiny_args
 from safetensors.torch import load_file
 
 import train_pu_diffusion as script
-from conftest import ROOT, tiny_args
 from pu_diffusion.checkpoints import COMPLETE_MARKER, checkpoint_dirs, resolve_resume_checkpoint
 from pu_diffusion.testing_utils import write_imagefolder
 
@@ -42,8 +42,9 @@ def log_steps(out):
 
 def small_data_args(out, unet_config, data, *extra):
     """A tiny run on an imagefolder (fast to start in a subprocess), constant LR so resumes compare exactly."""
-    return tiny_args(out, unet_config, "--train_data_dir", data, "--lr_scheduler", "constant", "--num_final_images",
-                     "0", *extra)
+    return tiny_args(
+        out, unet_config, "--train_data_dir", data, "--lr_scheduler", "constant", "--num_final_images", "0", *extra
+    )
 
 
 # ---- 1. Kills at any moment, around checkpoint saves --------------------------------------------------------------
@@ -58,8 +59,11 @@ def test_kill_at_random_moments_around_saves_then_resume_equals_straight(tmp_pat
     run(small_data_args(straight, tiny_unet_config(), data, *flags))
 
     out = tmp_path / "killed"
-    command = [sys.executable, os.path.join(ROOT, "train_pu_diffusion.py"),
-               *small_data_args(out, tiny_unet_config(), data, *flags, "--resume_from_checkpoint", "latest")]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "train_pu_diffusion.py"),
+        *small_data_args(out, tiny_unet_config(), data, *flags, "--resume_from_checkpoint", "latest"),
+    ]
     rng = random.Random(0)
     kills = 0
     for trial in range(10):
@@ -89,7 +93,9 @@ def test_kill_at_random_moments_around_saves_then_resume_equals_straight(tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_weights(straight, out)
     assert log_steps(out) == list(range(1, 15))  # a resumed run re-logs no step twice
-    assert checkpoint_dirs(str(out)) == ["checkpoint-14"] and not any(n.endswith((".tmp", ".old")) for n in os.listdir(out))
+    assert checkpoint_dirs(str(out)) == ["checkpoint-14"] and not any(
+        n.endswith((".tmp", ".old")) for n in os.listdir(out)
+    )
 
 
 def test_incomplete_checkpoint_is_skipped_by_latest_and_refused_by_path(tmp_path, tiny_unet_config):
@@ -107,19 +113,47 @@ def test_incomplete_checkpoint_is_skipped_by_latest_and_refused_by_path(tmp_path
 
 
 def launch_two_processes(argv, port):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               str(port), os.path.join(ROOT, "train_pu_diffusion.py"), *argv]
-    return subprocess.run(command, cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True,
-                          text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        os.path.join(ROOT, "train_pu_diffusion.py"),
+        *argv,
+    ]
+    return subprocess.run(
+        command, cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_two_processes_train_exactly_the_steps_asked_and_resume_exactly(tmp_path, tiny_unet_config):
     """U = 20 with batch 4: 5 batches per epoch, 2 per process (accelerate drops the odd one). 7 steps asked → 7 trained,
     across epochs; a 2-process resume from checkpoint-3 (mid-epoch) ends with the straight run's weights."""
     data = write_imagefolder(tmp_path / "data", n_unlabeled=20, n_sensitive=6, size=8)
-    flags = ["--train_batch_size", "4", "--sensitive_batch_size", "2", "--max_train_steps", "7",
-             "--checkpointing_steps", "3", "--pu_estimator", "nn", "--beta", "0.5"]
+    flags = [
+        "--train_batch_size",
+        "4",
+        "--sensitive_batch_size",
+        "2",
+        "--max_train_steps",
+        "7",
+        "--checkpointing_steps",
+        "3",
+        "--pu_estimator",
+        "nn",
+        "--beta",
+        "0.5",
+    ]
     straight = tmp_path / "straight"
     result = launch_two_processes(small_data_args(straight, tiny_unet_config(), data, *flags), 29521)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -134,7 +168,8 @@ def test_two_processes_train_exactly_the_steps_asked_and_resume_exactly(tmp_path
     shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
     result = launch_two_processes(
-        small_data_args(resumed, tiny_unet_config(), data, *flags, "--resume_from_checkpoint", "latest"), 29522)
+        small_data_args(resumed, tiny_unet_config(), data, *flags, "--resume_from_checkpoint", "latest"), 29522
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_weights(straight, resumed)
     assert log_steps(resumed)[-4:] == [4, 5, 6, 7]
@@ -182,8 +217,19 @@ def test_overwrite_output_dir_leaves_nothing_of_the_old_run(tmp_path, tiny_unet_
     assert (out / "pu_split.json").exists() and (out / "samples" / "step_3.png").exists()
     (out / "my_notes.txt").write_text("not the run's")
     data = write_imagefolder(tmp_path / "data", n_unlabeled=16, n_sensitive=6, size=8)
-    run(tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--max_train_steps", "2",
-                  "--checkpointing_steps", "100", "--overwrite_output_dir"))
+    run(
+        tiny_args(
+            out,
+            tiny_unet_config(),
+            "--train_data_dir",
+            data,
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "100",
+            "--overwrite_output_dir",
+        )
+    )
     assert not (out / "pu_split.json").exists() and not (out / "samples").exists()
     assert not list(out.glob("checkpoint-*"))
     assert log_steps(out) == [1, 2]
@@ -235,7 +281,9 @@ def test_8bit_adam_without_bitsandbytes_is_refused_before_writing(tmp_path, tiny
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="--use_8bit_adam needs bitsandbytes"):
         run(tiny_args(out, tiny_unet_config(), "--use_8bit_adam"))

@@ -6,10 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pu_diffusion.testing_utils import build_tiny_sd, write_captioned_folder
 import train_pu_text_to_image as script
+from pu_diffusion.testing_utils import build_tiny_sd, write_captioned_folder
 
 ORIGINAL_COMPUTE_LOSS = script.compute_loss
+
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
@@ -22,10 +23,37 @@ def captioned(tmp_path):
 
 
 def sd_args(model, data, out, *extra):
-    return ["--pretrained_model_name_or_path", model, "--train_data_dir", data, "--output_dir", str(out),
-            "--resolution", "16", "--train_batch_size", "4", "--sensitive_batch_size", "2", "--max_train_steps", "4",
-            "--checkpointing_steps", "2", "--validation_steps", "0", "--seed", "0", "--report_to", "none",
-            "--learning_rate", "1e-3", "--lr_warmup_steps", "0", "--num_inference_steps", "2", *extra]
+    return [
+        "--pretrained_model_name_or_path",
+        model,
+        "--train_data_dir",
+        data,
+        "--output_dir",
+        str(out),
+        "--resolution",
+        "16",
+        "--train_batch_size",
+        "4",
+        "--sensitive_batch_size",
+        "2",
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--validation_steps",
+        "0",
+        "--seed",
+        "0",
+        "--report_to",
+        "none",
+        "--learning_rate",
+        "1e-3",
+        "--lr_warmup_steps",
+        "0",
+        "--num_inference_steps",
+        "2",
+        *extra,
+    ]
 
 
 def run(argv):
@@ -36,15 +64,36 @@ def test_end_to_end_writes_a_loadable_sd_pipeline(tiny_sd, captioned, tmp_path):
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
     out = tmp_path / "out"
-    run(sd_args(tiny_sd, captioned, out, "--validation_prompts", "a photo of a man", "--num_validation_images", "2",
-                "--proportion_empty_prompts", "0.2", "--random_flip"))
-    for name in ["model_index.json", "unet/diffusion_pytorch_model.safetensors", "vae", "text_encoder", "tokenizer",
-                 "validation/final.png", "README.md", "checkpoint-4/unet/diffusion_pytorch_model.safetensors"]:
+    run(
+        sd_args(
+            tiny_sd,
+            captioned,
+            out,
+            "--validation_prompts",
+            "a photo of a man",
+            "--num_validation_images",
+            "2",
+            "--proportion_empty_prompts",
+            "0.2",
+            "--random_flip",
+        )
+    )
+    for name in [
+        "model_index.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "validation/final.png",
+        "README.md",
+        "checkpoint-4/unet/diffusion_pytorch_model.safetensors",
+    ]:
         assert (out / name).exists(), name
     pipeline = DiffusionPipeline.from_pretrained(str(out))
     assert isinstance(pipeline, StableDiffusionPipeline)
-    image = pipeline("a photo of a man", num_inference_steps=2, output_type="np",
-                     generator=torch.Generator().manual_seed(0)).images
+    image = pipeline(
+        "a photo of a man", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert image.shape == (1, 16, 16, 3)
     base = load_file(os.path.join(tiny_sd, "unet", "diffusion_pytorch_model.safetensors"))
     tuned = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -70,10 +119,12 @@ def losses_of_first_step(tiny_sd, data, out, *extra, monkeypatch):
 @pytest.mark.parametrize("extra", [[], ["--random_flip", "--proportion_empty_prompts", "0.5"]])
 def test_caching_changes_no_loss_value(tiny_sd, captioned, tmp_path, monkeypatch, extra):
     """Cached latents/text states give the losses of encoding every batch (centre crops: what the cache holds)."""
-    cached = losses_of_first_step(tiny_sd, captioned, tmp_path / "a", "--center_crop", "--cache_latents", *extra,
-                                  monkeypatch=monkeypatch)
-    plain = losses_of_first_step(tiny_sd, captioned, tmp_path / "b", "--center_crop", "--no_cache_latents", *extra,
-                                 monkeypatch=monkeypatch)
+    cached = losses_of_first_step(
+        tiny_sd, captioned, tmp_path / "a", "--center_crop", "--cache_latents", *extra, monkeypatch=monkeypatch
+    )
+    plain = losses_of_first_step(
+        tiny_sd, captioned, tmp_path / "b", "--center_crop", "--no_cache_latents", *extra, monkeypatch=monkeypatch
+    )
     assert len(cached) == len(plain) == 2
     for first, second in zip(cached, plain):
         for key in ("risk", "L_U-", "L_S-"):
@@ -124,8 +175,19 @@ def test_caption_dropout_reaches_the_unet(tiny_sd, captioned, tmp_path, monkeypa
         return real(unet, noisy_latents, timesteps, text_states, empty_state, guidance_scale)
 
     monkeypatch.setattr(script, "predict_noise", spy)
-    run(sd_args(tiny_sd, captioned, tmp_path / "out", "--proportion_empty_prompts", str(proportion),
-                "--max_train_steps", "8", "--checkpointing_steps", "100"))
+    run(
+        sd_args(
+            tiny_sd,
+            captioned,
+            tmp_path / "out",
+            "--proportion_empty_prompts",
+            str(proportion),
+            "--max_train_steps",
+            "8",
+            "--checkpointing_steps",
+            "100",
+        )
+    )
     assert len(seen) == 8 * 6
     share = sum(seen) / len(seen)
     if proportion in (0.0, 1.0):
@@ -172,11 +234,13 @@ def test_lora_weights_load_into_the_base_pipeline(tiny_sd, captioned, tmp_path):
     run(sd_args(tiny_sd, captioned, out, "--rank", "4", "--learning_rate", "1e-2"))
     assert (out / "pytorch_lora_weights.safetensors").exists() and not (out / "unet").exists()
     pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd)
-    before = pipeline("a photo of a man", num_inference_steps=2, output_type="np",
-                      generator=torch.Generator().manual_seed(0)).images
+    before = pipeline(
+        "a photo of a man", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     pipeline.load_lora_weights(str(out))
-    after = pipeline("a photo of a man", num_inference_steps=2, output_type="np",
-                     generator=torch.Generator().manual_seed(0)).images
+    after = pipeline(
+        "a photo of a man", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert not torch.allclose(torch.from_numpy(before), torch.from_numpy(after))
     namespace = run_card_usage(out)  # the model card's own usage snippet runs as written
     assert namespace["image"].size == (16, 16)
@@ -203,8 +267,23 @@ def test_v_prediction_on_an_epsilon_base_samples_with_v_prediction(tiny_sd, capt
     from diffusers import DiffusionPipeline
 
     out = tmp_path / "out"
-    run(sd_args(tiny_sd, captioned, out, "--prediction_type", "v_prediction", "--max_train_steps", "2",
-                "--checkpointing_steps", "100", "--validation_prompts", "a photo of a man", "--num_validation_images", "1"))
+    run(
+        sd_args(
+            tiny_sd,
+            captioned,
+            out,
+            "--prediction_type",
+            "v_prediction",
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "100",
+            "--validation_prompts",
+            "a photo of a man",
+            "--num_validation_images",
+            "1",
+        )
+    )
     pipeline = DiffusionPipeline.from_pretrained(str(out))
     assert pipeline.scheduler.config.prediction_type == "v_prediction"
     base = DiffusionPipeline.from_pretrained(tiny_sd)
@@ -218,11 +297,14 @@ def test_sub_folder_layout_with_metadata(tiny_sd, tmp_path):
     assert (len(unlabeled), len(sensitive)) == (8, 4)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--caption_column", "caption"], "--caption_column 'caption'"),
-    (["--sensitive_label", "nobody"], "No sensitive"),
-    (["--beta", "1.5"], "--beta must lie in"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--caption_column", "caption"], "--caption_column 'caption'"),
+        (["--sensitive_label", "nobody"], "No sensitive"),
+        (["--beta", "1.5"], "--beta must lie in"),
+    ],
+)
 def test_bad_input_is_refused(tiny_sd, captioned, tmp_path, extra, message):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=message):

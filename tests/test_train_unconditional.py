@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import tiny_args
 from safetensors.torch import load_file
 
-from conftest import tiny_args
-from pu_diffusion.testing_utils import write_imagefolder
 import train_pu_diffusion as script
+from pu_diffusion.testing_utils import write_imagefolder
 
 
 def run(argv):
@@ -27,12 +27,23 @@ def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
 
     out = tmp_path / "out"
     run(tiny_args(out, tiny_unet_config(), "--use_ema", "--validation_steps", "3", "--num_validation_images", "2"))
-    for name in ["model_index.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
-                 "samples.png", "README.md", "pu_run.json", "pu_split.json", "checkpoint-3", "checkpoint-6",
-                 "samples/step_3.png", "logs/train_log.jsonl"]:
+    for name in [
+        "model_index.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+        "samples.png",
+        "README.md",
+        "pu_run.json",
+        "pu_split.json",
+        "checkpoint-3",
+        "checkpoint-6",
+        "samples/step_3.png",
+        "logs/train_log.jsonl",
+    ]:
         assert (out / name).exists(), name
     assert not glob.glob(str(out / "**" / "*.bin"), recursive=True) or all(
-        "checkpoint-" in path for path in glob.glob(str(out / "**" / "*.bin"), recursive=True))
+        "checkpoint-" in path for path in glob.glob(str(out / "**" / "*.bin"), recursive=True)
+    )
     records = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 7))
     assert {"risk", "L_U-", "L_S-", "L_S+", "neg_risk", "nn_branch", "lr"} <= set(records[-1])
@@ -40,8 +51,9 @@ def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
     assert "method: `pu`" in card and "β" in card and "unlabeled (U) images: 2200" in card and "samples.png" in card
     pipeline = DiffusionPipeline.from_pretrained(str(out))
     assert isinstance(pipeline, DDPMPipeline)
-    images = pipeline(batch_size=2, num_inference_steps=3, output_type="np",
-                      generator=torch.Generator().manual_seed(0)).images
+    images = pipeline(
+        batch_size=2, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert images.shape == (2, 8, 8, 1) and images.min() >= 0 and images.max() <= 1
 
 
@@ -84,8 +96,21 @@ def test_own_imagefolder_rgb_and_methods(tmp_path, tiny_unet_config):
     data = write_imagefolder(tmp_path / "data", n_unlabeled=16, n_sensitive=6)
     for method in ["unsupervised", "supervised"]:
         out = tmp_path / method
-        run(tiny_args(out, tiny_unet_config(3), "--train_data_dir", data, "--method", method, "--random_flip",
-                      "--max_train_steps", "2", "--checkpointing_steps", "100"))
+        run(
+            tiny_args(
+                out,
+                tiny_unet_config(3),
+                "--train_data_dir",
+                data,
+                "--method",
+                method,
+                "--random_flip",
+                "--max_train_steps",
+                "2",
+                "--checkpointing_steps",
+                "100",
+            )
+        )
         assert unet_weights(out)["conv_in.weight"].shape[1] == 3
         assert json.loads((out / "pu_run.json").read_text())["method"] == method
 
@@ -117,8 +142,19 @@ def test_push_to_hub_uploads_pipeline_without_checkpoints_or_token(tmp_path, tin
     monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: calls.setdefault("upload", kw))
     out = tmp_path / "out"
     secret = "hf_SECRETTOKEN123"
-    run(tiny_args(out, tiny_unet_config(), "--push_to_hub", "--hub_model_id", "me/pu-model", "--hub_token", secret,
-                  "--max_train_steps", "3"))
+    run(
+        tiny_args(
+            out,
+            tiny_unet_config(),
+            "--push_to_hub",
+            "--hub_model_id",
+            "me/pu-model",
+            "--hub_token",
+            secret,
+            "--max_train_steps",
+            "3",
+        )
+    )
     assert calls["create"]["repo_id"] == "me/pu-model" and calls["create"]["token"] == secret
     upload = calls["upload"]
     assert upload["repo_id"] == "me/pu-model" and upload["folder_path"] == str(out)
@@ -145,10 +181,12 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("extra,message", BAD_INPUTS)
 def test_bad_input_is_refused_before_training(tmp_path, tiny_unet_config, extra, message):
-    folders = {"DATA": write_imagefolder(tmp_path / "data", 8, 3),
-               "ONLY_S": write_imagefolder(tmp_path / "only_s", 0, 3),
-               "ONLY_U": write_imagefolder(tmp_path / "only_u", 8, 0),
-               "MISSING": str(tmp_path / "nowhere")}
+    folders = {
+        "DATA": write_imagefolder(tmp_path / "data", 8, 3),
+        "ONLY_S": write_imagefolder(tmp_path / "only_s", 0, 3),
+        "ONLY_U": write_imagefolder(tmp_path / "only_u", 8, 0),
+        "MISSING": str(tmp_path / "nowhere"),
+    }
     broken = write_imagefolder(tmp_path / "broken", 8, 3)
     with open(os.path.join(broken, "sensitive", "001.png"), "wb") as handle:
         handle.write(b"garbage")
