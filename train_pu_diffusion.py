@@ -19,7 +19,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from pipelines import publish_run, unconditional_pipeline
 from pu_diffusion import training
-from pu_diffusion.arguments import add_shared_arguments, validate_training_args
+from pu_diffusion.arguments import add_model_arguments, add_shared_arguments, validate_training_args
 from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_dataset, builtin_pu_split, write_split_file
 from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, pu_indices
@@ -50,15 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Built-in data (and its training recipe) used when no --dataset_name / --train_data_dir is given.",
     )
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the built-in U/S/test split.")
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--pretrained_model_name_or_path",
-        type=str,
-        default=None,
-        help="DDPM/DDIM pipeline folder or hub id (unet/ + scheduler/) to fine-tune.",
+    model = add_model_arguments(
+        parser, pretrained_help="DDPM/DDIM pipeline folder or hub id (unet/ + scheduler/) to fine-tune."
     )
-    model.add_argument("--revision", type=str, default=None, help="Revision of --pretrained_model_name_or_path.")
-    model.add_argument("--variant", type=str, default=None, help="Weights variant, e.g. fp16.")
     model.add_argument(
         "--model_config_name_or_path",
         type=str,

@@ -25,7 +25,7 @@ from pipelines import publish_run
 from pipelines.card import usage_snippet
 from pipelines.saving import save_lora_weights, stable_diffusion_pipeline
 from pu_diffusion import training
-from pu_diffusion.arguments import add_shared_arguments, validate_training_args
+from pu_diffusion.arguments import add_model_arguments, add_shared_arguments, validate_training_args
 from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.image_data import ImageTransform, load_captions
 from pu_diffusion.images import save_image_grid
@@ -58,15 +58,11 @@ DEFAULTS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PU fine-tuning of Stable Diffusion 1.x (concept suppression).")
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--pretrained_model_name_or_path",
-        type=str,
+    model = add_model_arguments(
+        parser,
+        pretrained_help="Stable Diffusion 1.x pipeline folder or hub id, e.g. CompVis/stable-diffusion-v1-4.",
         required=True,
-        help="Stable Diffusion 1.x pipeline folder or hub id, e.g. CompVis/stable-diffusion-v1-4.",
     )
-    model.add_argument("--revision", type=str, default=None, help="Revision of --pretrained_model_name_or_path.")
-    model.add_argument("--variant", type=str, default=None, help="Weights variant, e.g. fp16.")
     model.add_argument(
         "--prediction_type",
         type=str,

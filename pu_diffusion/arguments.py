@@ -15,6 +15,17 @@ import os
 from .losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, pretrained_help: str, required: bool = False):
+    """The "model" group with --pretrained_model_name_or_path, --revision, --variant; returns it for more flags."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--pretrained_model_name_or_path", type=str, default=None, required=required, help=pretrained_help
+    )
+    group.add_argument("--revision", type=str, default=None, help="Revision of --pretrained_model_name_or_path.")
+    group.add_argument("--variant", type=str, default=None, help="Weights variant, e.g. fp16.")
+    return group
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
