@@ -196,6 +196,8 @@ def main(args):
         accelerator, args, unet, unet.parameters(), train_dataloader, ema_model
     )
 
+    global_step = training.resume(accelerator, resume_path, args)  # loads only; writes nothing
+
     # ---- The first write: the run's flags (and the built-in split, which evaluation reads) ----
     training.start_run(accelerator, args, resume_path, plan, project_name="pu-diffusion")
     if accelerator.is_main_process and split is not None:
@@ -203,7 +205,6 @@ def main(args):
     training.log_run_header(args, plan, accelerator, data_info)
 
     # ---- Train ----
-    global_step = training.resume(accelerator, resume_path, args)
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
     unet.train()
     for batch in training.iterate_batches(accelerator, train_dataloader, batch_sampler, plan, progress.global_step):
@@ -257,7 +258,7 @@ def main(args):
             ]
         publish_run(
             args.output_dir,
-            {**public_config(args), **stats},
+            {**public_config(args), **plan.__dict__, **stats},
             data_info,
             images,
             base_model,

@@ -171,7 +171,13 @@ def load_models(args, accelerator):
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=revision, variant=variant)
     noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", revision=revision)
-    if args.prediction_type is not None:
+    if args.prediction_type is not None and args.prediction_type != noise_scheduler.config.prediction_type:
+        if args.rank:
+            raise ValueError(
+                f"--prediction_type {args.prediction_type} with --rank: LoRA weights load into the base pipeline, "
+                f"whose scheduler predicts {noise_scheduler.config.prediction_type}, so they would sample wrongly. "
+                "Drop --rank to save a full pipeline, or drop --prediction_type."
+            )
         noise_scheduler.register_to_config(prediction_type=args.prediction_type)
     latent_size = args.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
     check_resolution(unet, latent_size, flag=f"--resolution {args.resolution} (latent size)")
@@ -242,6 +248,8 @@ def main(args):
         accelerator, args, unet, trainable, train_dataloader, ema_model
     )
 
+    global_step = training.resume(accelerator, resume_path, args)  # loads only; writes nothing
+
     # ---- The first write: the run's flags ----
     training.start_run(accelerator, args, resume_path, plan, project_name="pu-text-to-image")
     data_info = {
@@ -256,7 +264,6 @@ def main(args):
     training.log_run_header(args, plan, accelerator, data_info)
 
     # ---- Train ----
-    global_step = training.resume(accelerator, resume_path, args)
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
     unet.train()
     for batch in training.iterate_batches(accelerator, train_dataloader, batch_sampler, plan, progress.global_step):
@@ -317,7 +324,7 @@ def main(args):
             pipeline.save_pretrained(args.output_dir, safe_serialization=True)
             has_safety_checker = pipeline.safety_checker is not None
         images = []
-        if args.validation_prompts:
+        if args.validation_prompts and args.num_validation_images:
             images = [
                 log_validation(
                     args,
@@ -339,7 +346,7 @@ def main(args):
         notes = [safety_checker_note(has_safety_checker), "validation grids are generated without the safety checker"]
         publish_run(
             args.output_dir,
-            {**public_config(args), **stats},
+            {**public_config(args), **plan.__dict__, **stats},
             data_info,
             images,
             base_model=args.pretrained_model_name_or_path,

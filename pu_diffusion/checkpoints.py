@@ -33,6 +33,12 @@ def is_complete_checkpoint(path: str) -> bool:
     return os.path.isfile(os.path.join(path, COMPLETE_MARKER))
 
 
+def checkpoint_num_processes(path: str) -> int:
+    """How many processes wrote a complete checkpoint (their RNG states and batch positions are per process)."""
+    with open(os.path.join(path, COMPLETE_MARKER)) as handle:
+        return int(json.load(handle)["num_processes"])
+
+
 def checkpoint_step(path: str) -> int:
     """N of a ``checkpoint-N`` folder."""
     match = _NAME.match(os.path.basename(os.path.normpath(path)))
@@ -77,21 +83,31 @@ def resolve_resume_checkpoint(output_dir: str, resume_from_checkpoint: str | Non
 
 
 def _remove(path: str) -> None:
-    """Delete a folder so that a kill midway never leaves it half-deleted under its own name."""
-    trash = path if path.endswith(".old") else path + ".old"
-    if trash != path:
+    """Delete a folder so that a kill midway never leaves a half-deleted ``checkpoint-N`` under its own name.
+
+    A ``checkpoint-N`` is first renamed to ``checkpoint-N.old``; ``.tmp``/``.old`` folders are deleted directly
+    (a half-deleted one is still a leftover that the next save removes).
+    """
+    if _NAME.match(os.path.basename(path)):
+        trash = path + ".old"
         if os.path.exists(trash):
             shutil.rmtree(trash)
         os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+        path = trash
+    shutil.rmtree(path, ignore_errors=True)
 
 
-def _clean_leftovers(output_dir: str) -> None:
-    """Delete folders of interrupted saves and deletions, and checkpoint-N folders without the completion marker."""
+def _clean_leftovers(output_dir: str, global_step: int) -> None:
+    """Delete folders of interrupted saves and deletions, checkpoint-N folders without the completion marker, and
+    checkpoints of steps after ``global_step`` (the abandoned continuation of a run resumed from an older one)."""
     for name in os.listdir(output_dir):
         path = os.path.join(output_dir, name)
-        if _TEMPORARY.match(name) or (_NAME.match(name) and not is_complete_checkpoint(path)):
+        match = _NAME.match(name)
+        if _TEMPORARY.match(name) or (match and not is_complete_checkpoint(path)):
             logger.info("removing incomplete checkpoint folder %s", name)
+            _remove(path)
+        elif match and int(match.group(1)) > global_step:
+            logger.info("removing %s: this run resumed from an earlier step and replaces it", name)
             _remove(path)
 
 
@@ -114,16 +130,20 @@ def save_checkpoint(accelerator, output_dir: str, global_step: int, total_limit:
     final = os.path.join(output_dir, f"checkpoint-{global_step}")
     temporary = final + ".tmp"
     if accelerator.is_main_process:
-        _clean_leftovers(output_dir)
+        _clean_leftovers(output_dir, global_step)
     accelerator.wait_for_everyone()
     accelerator.save_state(temporary)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(os.path.join(temporary, COMPLETE_MARKER), "w") as handle:
             json.dump({"global_step": global_step, "num_processes": accelerator.num_processes}, handle)
-        if os.path.exists(final):  # e.g. a run resumed from an older checkpoint reaches this step again
-            _remove(final)
+        replaced = None
+        if os.path.exists(final):  # a run resumed from this very checkpoint's step saves it again
+            replaced = final + ".old"
+            os.replace(final, replaced)
         os.replace(temporary, final)
+        if replaced:
+            shutil.rmtree(replaced, ignore_errors=True)
         rotate_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()
     return final

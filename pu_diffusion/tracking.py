@@ -109,3 +109,11 @@ def truncate_log(logging_dir: str, last_step: int) -> None:
     with open(path + ".tmp", "w") as handle:
         handle.writelines(kept)
     os.replace(path + ".tmp", path)
+
+
+def remove_log(logging_dir: str) -> None:
+    """Remove the JSON-lines log and its hparams of an earlier run (a run starting at step 0 logs afresh)."""
+    for name in (LOG_FILE, "hparams.json"):
+        path = os.path.join(logging_dir, name)
+        if os.path.exists(path):
+            os.remove(path)

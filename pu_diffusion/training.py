@@ -31,11 +31,11 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from .checkpoints import checkpoint_step, resolve_resume_checkpoint, save_checkpoint
+from .checkpoints import checkpoint_num_processes, checkpoint_step, resolve_resume_checkpoint, save_checkpoint
 from .image_data import check_images_readable, load_image_dataset, pu_indices
-from .run_dir import check_output_dir, public_config, start_run_dir
+from .run_dir import RUN_FILE, check_output_dir, public_config, start_run_dir
 from .sampling import PUBatchSampler
-from .tracking import make_trackers, progress_postfix, step_logs, truncate_log
+from .tracking import make_trackers, progress_postfix, remove_log, step_logs, truncate_log
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -69,14 +69,22 @@ def setup_accelerator(args) -> Accelerator:
 
 
 def check_run(accelerator, args) -> str | None:
-    """Refuse an output dir that cannot take this run; return the checkpoint to resume from (or None)."""
+    """Refuse an output dir that cannot take this run; return the checkpoint to resume from (or None).
+
+    ``--resume_from_checkpoint latest`` without a complete checkpoint resumes *the same run* from step 0 only
+    when the folder's pu_run.json matches; a folder holding anything else is refused as if not resuming.
+    """
     resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    check_output_dir(
-        args.output_dir,
-        public_config(args),
-        resuming=bool(args.resume_from_checkpoint),
-        overwrite=args.overwrite_output_dir,
+    resuming = resume_path is not None or (
+        bool(args.resume_from_checkpoint) and os.path.exists(os.path.join(args.output_dir, RUN_FILE))
     )
+    check_output_dir(args.output_dir, public_config(args), resuming=resuming, overwrite=args.overwrite_output_dir)
+    if resume_path is not None and checkpoint_num_processes(resume_path) != accelerator.num_processes:
+        raise ValueError(
+            f"--resume_from_checkpoint {resume_path!r} was written by {checkpoint_num_processes(resume_path)} "
+            f"process(es), this run has {accelerator.num_processes}: the batch order and random states are per "
+            "process, so resume with the same number of processes."
+        )
     accelerator.wait_for_everyone()  # every process has checked before the main one writes anything
     return resume_path
 
@@ -88,13 +96,23 @@ def start_run(accelerator, args, resume_path: str | None, plan: TrainingPlan, pr
     when no checkpoint exists yet (the same run then starts afresh).
     """
     if accelerator.is_main_process:
-        fresh_start = resume_path is None and (args.overwrite_output_dir or bool(args.resume_from_checkpoint))
+        run_file_exists = os.path.exists(os.path.join(args.output_dir, RUN_FILE))
+        resume_from_zero = bool(args.resume_from_checkpoint) and run_file_exists
+        fresh_start = resume_path is None and (args.overwrite_output_dir or resume_from_zero)
         if args.resume_from_checkpoint and resume_path is None:
             logger.info(f"No complete checkpoint in {args.output_dir}: starting the run from step 0.")
         start_run_dir(args.output_dir, public_config(args), overwrite=fresh_start, logging_dir=args.logging_dir)
+        logging_dir = os.path.join(args.output_dir, args.logging_dir)
         if resume_path is not None:  # steps after the checkpoint are trained, and logged, again
-            truncate_log(os.path.join(args.output_dir, args.logging_dir), checkpoint_step(resume_path))
-        accelerator.init_trackers(project_name, config={**public_config(args), **plan.__dict__})
+            truncate_log(logging_dir, checkpoint_step(resume_path))
+        else:  # step 0: no earlier log survives (also with a --logging_dir outside --output_dir)
+            remove_log(logging_dir)
+        config = {**public_config(args), **plan.__dict__}
+        # tensorboard's hparams take scalars and strings only (lists such as --validation_prompts raise)
+        accelerator.init_trackers(
+            project_name,
+            config={key: str(value) if isinstance(value, list) else value for key, value in config.items()},
+        )
     accelerator.wait_for_everyone()
 
 
@@ -240,6 +258,8 @@ def resume(accelerator, resume_path: str | None, args) -> int:
 
 def iterate_batches(accelerator, train_dataloader, batch_sampler, plan: TrainingPlan, first_step: int):
     """Yield the batches from optimization step ``first_step`` on, epoch after epoch (exact after a resume)."""
+    if first_step >= plan.max_train_steps:  # resumed at or past the target: nothing left to train
+        return
     first_epoch, done_in_epoch = divmod(first_step, plan.updates_per_epoch)
     skip = done_in_epoch * plan.gradient_accumulation_steps
     for epoch in range(first_epoch, plan.num_epochs):

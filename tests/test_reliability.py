@@ -296,3 +296,56 @@ def test_an_output_dir_that_is_a_file_is_refused(tmp_path, tiny_unet_config):
     with pytest.raises(ValueError, match="is a file, not a folder"):
         run(tiny_args(path, tiny_unet_config()))
     assert path.read_text() == "x"
+
+
+def test_resume_latest_never_clears_a_folder_that_holds_no_run_of_ours(tmp_path, tiny_unet_config):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    out = tmp_path / "downloaded"  # a pipeline folder, no pu_run.json, no checkpoint
+    unet = UNet2DModel.from_config(UNet2DModel.load_config(tiny_unet_config()))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(str(out))
+    before = sorted(os.listdir(out))
+    with pytest.raises(ValueError, match="already holds a training run"):
+        run(tiny_args(out, tiny_unet_config(), "--resume_from_checkpoint", "latest"))
+    assert sorted(os.listdir(out)) == before
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path, tiny_unet_config):
+    out = tmp_path / "out"
+    run(tiny_args(out, tiny_unet_config()))
+    marker = out / "checkpoint-6" / COMPLETE_MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "num_processes": 2}))
+    with pytest.raises(ValueError, match="written by 2 process"):
+        run(tiny_args(out, tiny_unet_config(), "--resume_from_checkpoint", "latest", "--max_train_steps", "9"))
+
+
+def test_resume_from_an_older_checkpoint_replaces_the_abandoned_later_ones(tmp_path, tiny_unet_config):
+    out = tmp_path / "out"
+    run(tiny_args(out, tiny_unet_config(), "--checkpointing_steps", "2"))  # checkpoints 2, 4, 6
+    run(
+        tiny_args(
+            out,
+            tiny_unet_config(),
+            "--checkpointing_steps",
+            "2",
+            "--checkpoints_total_limit",
+            "2",
+            "--resume_from_checkpoint",
+            str(out / "checkpoint-2"),
+        )
+    )
+    assert checkpoint_dirs(str(out)) == ["checkpoint-4", "checkpoint-6"]
+    assert log_steps(out) == list(range(1, 7))
+    stats = run(
+        tiny_args(
+            out,
+            tiny_unet_config(),
+            "--resume_from_checkpoint",
+            "latest",
+            "--max_train_steps",
+            "5",
+            "--checkpointing_steps",
+            "2",
+        )
+    )
+    assert stats["global_step"] == 6  # resumed past the target: nothing more is trained
