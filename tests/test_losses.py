@@ -44,7 +44,17 @@ def test_sensitive_loss_matches_formula_and_is_stable():
     value.sum().backward()
     assert torch.isfinite(value).all() and torch.isfinite(extremes.grad).all()
     assert (extremes.grad <= 0).all()  # larger ℓ always lowers ℓ⁺
-    assert value[0] > 15 and value[-1] == 0
+    assert value[0] > 15 and value[-1] >= 0
+
+
+def test_sensitive_loss_and_gradient_do_not_vanish_for_large_losses():
+    """ℓ⁺ ≈ exp(−ℓ) stays positive, with gradient ≈ −exp(−ℓ), far past ℓ ≈ 17 where −log(−expm1(−ℓ)) hits 0 in fp32."""
+    losses = torch.tensor([20.0, 50.0, 80.0], requires_grad=True)
+    value = sensitive_loss(losses)
+    value.sum().backward()
+    expected = torch.exp(-losses.detach().double())
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=0)
+    torch.testing.assert_close(losses.grad.double(), -expected, rtol=1e-5, atol=0)
 
 
 def test_sensitive_loss_stays_fp32_under_autocast():
