@@ -25,6 +25,7 @@ import os
 import time
 from dataclasses import dataclass
 
+import diffusers
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -56,11 +57,10 @@ def setup_accelerator(args) -> Accelerator:
     if accelerator.num_processes == 1 and accelerator.device.type == "cpu" and torch.get_num_threads() == 1:
         # `accelerate launch` sets OMP_NUM_THREADS=1 for every process; one process may use every core.
         torch.set_num_threads(os.cpu_count() or 1)
-    import diffusers
-
-    diffusers.utils.logging.set_verbosity_info() if accelerator.is_local_main_process else (
+    if accelerator.is_local_main_process:
+        diffusers.utils.logging.set_verbosity_info()
+    else:
         diffusers.utils.logging.set_verbosity_error()
-    )
     if args.seed is not None:
         set_seed(args.seed, device_specific=True)
     if args.allow_tf32 and torch.cuda.is_available():
@@ -127,12 +127,16 @@ def load_pu_data(args, require_sensitive: bool):
     return dataset, unlabeled_rows, sensitive_rows
 
 
+def sensitive_batch_size(args) -> int:
+    """S samples per batch: --sensitive_batch_size, or none for --method unsupervised (it never reads S)."""
+    return 0 if args.method == "unsupervised" else args.sensitive_batch_size
+
+
 def make_train_dataloader(args, dataset, unlabeled_rows, sensitive_rows, collate_fn):
     """(DataLoader, its PUBatchSampler): --train_batch_size U rows and --sensitive_batch_size S rows per batch."""
-    sensitive_batch_size = 0 if args.method == "unsupervised" else args.sensitive_batch_size
     seed = args.seed if args.seed is not None else 0
     batch_sampler = PUBatchSampler(
-        unlabeled_rows, sensitive_rows, args.train_batch_size, sensitive_batch_size, seed=seed
+        unlabeled_rows, sensitive_rows, args.train_batch_size, sensitive_batch_size(args), seed=seed
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -336,12 +340,12 @@ def model_to_save(accelerator, model, ema_model=None):
 
 
 def log_run_header(args, plan: TrainingPlan, accelerator, data_info: dict) -> None:
-    sensitive_batch_size = 0 if args.method == "unsupervised" else args.sensitive_batch_size
+    per_device_sensitive = sensitive_batch_size(args)
     total = (
-        (args.train_batch_size + sensitive_batch_size) * accelerator.num_processes * args.gradient_accumulation_steps
+        (args.train_batch_size + per_device_sensitive) * accelerator.num_processes * args.gradient_accumulation_steps
     )
     logger.info("***** Running PU training *****")
     logger.info(f"  Data = {data_info}")
     logger.info(f"  Method = {args.method}, beta = {args.beta}, estimator = {args.pu_estimator}")
-    logger.info(f"  Batch per device = {args.train_batch_size} U + {sensitive_batch_size} S; total = {total}")
+    logger.info(f"  Batch per device = {args.train_batch_size} U + {per_device_sensitive} S; total = {total}")
     logger.info(f"  Num epochs (passes over U) = {plan.num_epochs}, optimization steps = {plan.max_train_steps}")

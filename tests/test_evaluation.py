@@ -30,6 +30,18 @@ def save_builtin_pipeline(folder, channels: int = 1):
     return folder
 
 
+def classifier_flags(tmp_path, test_dir) -> list:
+    """--classifier_name_or_path (a tiny ViT saved under tmp_path) with --sensitive_labels face and --test_data_dir."""
+    return [
+        "--classifier_name_or_path",
+        save_tiny_vit(tmp_path / "classifier"),
+        "--sensitive_labels",
+        "face",
+        "--test_data_dir",
+        test_dir,
+    ]
+
+
 def save_tiny_vit(folder):
     """A 3-label (cat, dog, face) ViT image classifier on 8×8 images, with its processor; returns the folder."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
@@ -343,12 +355,7 @@ def test_missing_pipeline_folder_is_named(tmp_path, no_sampling, mode):
     if mode == "classifier":
         test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=3, n_sensitive=0, size=8)
         argv += [
-            "--classifier_name_or_path",
-            save_tiny_vit(tmp_path / "classifier"),
-            "--sensitive_labels",
-            "face",
-            "--test_data_dir",
-            test_dir,
+            *classifier_flags(tmp_path, test_dir),
         ]
     with pytest.raises(ValueError, match=r"--pipeline '.*no-such-model' does not exist") as error:
         evaluate(argv)
@@ -380,12 +387,7 @@ def test_unloadable_hub_id_is_refused_by_name(tmp_path, no_sampling):
         "someone/no-such-pu-model",
         "--num_samples",
         "4",
-        "--classifier_name_or_path",
-        save_tiny_vit(tmp_path / "classifier"),
-        "--sensitive_labels",
-        "face",
-        "--test_data_dir",
-        test_dir,
+        *classifier_flags(tmp_path, test_dir),
         "--output_dir",
         tmp_path / "eval",
     ]
@@ -408,12 +410,7 @@ def test_stable_diffusion_pipeline_is_refused(tmp_path, tiny_sd, no_sampling, mo
     if mode == "classifier":
         test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=3, n_sensitive=0, size=8)
         argv += [
-            "--classifier_name_or_path",
-            save_tiny_vit(tmp_path / "classifier"),
-            "--sensitive_labels",
-            "face",
-            "--test_data_dir",
-            test_dir,
+            *classifier_flags(tmp_path, test_dir),
         ]
     with pytest.raises(ValueError, match="is a StableDiffusionPipeline .*evaluates unconditional pipelines"):
         evaluate(argv)
@@ -431,12 +428,7 @@ def test_stable_diffusion_hub_id_is_refused_after_loading(tmp_path, tiny_sd, no_
         "someone/tiny-sd",
         "--num_samples",
         "4",
-        "--classifier_name_or_path",
-        save_tiny_vit(tmp_path / "classifier"),
-        "--sensitive_labels",
-        "face",
-        "--test_data_dir",
-        test_dir,
+        *classifier_flags(tmp_path, test_dir),
         "--output_dir",
         tmp_path / "eval",
     ]
@@ -497,12 +489,7 @@ def test_bad_test_data_dir_is_refused_before_sampling(tmp_path, no_sampling, kin
         pipeline_dir,
         "--num_samples",
         "4",
-        "--classifier_name_or_path",
-        save_tiny_vit(tmp_path / "classifier"),
-        "--sensitive_labels",
-        "face",
-        "--test_data_dir",
-        test_dir,
+        *classifier_flags(tmp_path, test_dir),
     ]
     expected = "does not exist or is not a folder" if kind == "missing" else r"holds no images \(no image or parquet"
     with pytest.raises(ValueError, match=f"--test_data_dir '.*test' {expected}"):
@@ -518,12 +505,7 @@ def test_one_image_test_folder_is_refused_before_sampling(tmp_path, no_sampling)
         pipeline_dir,
         "--num_samples",
         "4",
-        "--classifier_name_or_path",
-        save_tiny_vit(tmp_path / "classifier"),
-        "--sensitive_labels",
-        "face",
-        "--test_data_dir",
-        test_dir,
+        *classifier_flags(tmp_path, test_dir),
     ]
     with pytest.raises(
         ValueError,
@@ -542,12 +524,7 @@ def test_update_model_card_needs_a_local_pipeline(tmp_path, no_sampling):
         "--num_samples",
         "4",
         "--update_model_card",
-        "--classifier_name_or_path",
-        save_tiny_vit(tmp_path / "classifier"),
-        "--sensitive_labels",
-        "face",
-        "--test_data_dir",
-        test_dir,
+        *classifier_flags(tmp_path, test_dir),
         "--output_dir",
         tmp_path / "eval",
     ]
