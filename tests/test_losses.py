@@ -119,3 +119,21 @@ def test_risk_refuses_bad_input():
         pu_risk(loss, torch.ones(3, dtype=torch.bool), "unsupervised")
     with pytest.raises(ValueError, match="method"):
         pu_risk(loss, torch.tensor([False, True, True]), "magic")
+
+
+def test_supervised_authors_form_is_one_mean_over_the_batch_with_a_capped_sensitive_loss():
+    loss = torch.tensor([1.0, 3.0, 0.5, 40.0])  # two U rows, two S rows
+    is_sensitive = torch.tensor([False, False, True, True])
+    capped = [-math.log(1 - math.exp(-0.5) + 1e-6), -math.log(1 - math.exp(-40.0) + 1e-6)]
+    authors = pu_risk(loss, is_sensitive, "supervised", supervised_form="authors")
+    assert authors.objective.item() == pytest.approx((1.0 + 3.0 + capped[0] + capped[1]) / 4, rel=1e-5)
+    paper = pu_risk(loss, is_sensitive, "supervised", supervised_form="paper")
+    expected = 2.0 + (sensitive_loss(torch.tensor(0.5)) + sensitive_loss(torch.tensor(40.0))).item() / 2
+    assert paper.objective.item() == pytest.approx(expected, rel=1e-5)
+    assert -math.log(1e-6) == pytest.approx(
+        pu_risk(torch.tensor([0.0, 0.0]), torch.tensor([False, True]), "supervised", supervised_form="authors")
+        .objective.item() * 2,
+        rel=1e-3,
+    )  # ℓ⁺ capped at −log 1e-6 ≈ 13.8 where ℓ → 0
+    with pytest.raises(ValueError, match="supervised form"):
+        pu_risk(loss, is_sensitive, "supervised", supervised_form="other")
