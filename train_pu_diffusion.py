@@ -226,6 +226,7 @@ def main(args):
                 args.pu_estimator,
                 reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
                 supervised_form=args.supervised_form,
+                temperature=args.loss_temperature,
             )
             accelerator.backward(terms.objective)
             if accelerator.sync_gradients and args.max_grad_norm > 0:

@@ -401,6 +401,7 @@ def compute_loss(
         args.pu_estimator,
         reduce_for_branch=reduce_for_branch,
         supervised_form=args.supervised_form,
+        temperature=args.loss_temperature,
     )
 
 

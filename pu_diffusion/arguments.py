@@ -116,6 +116,12 @@ def add_pu_arguments(parser: argparse.ArgumentParser) -> None:
         choices=LOSS_REDUCTIONS,
         help="ℓ per sample: sum (the method's default) or mean of the squared error over elements.",
     )
+    group.add_argument(
+        "--loss_temperature",
+        type=float,
+        default=1.0,
+        help="τ in p(normal | x) = exp(−ℓ/τ): every ℓ is divided by τ before the risk (1 = the paper; opt-in).",
+    )
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -264,6 +270,7 @@ def validate_training_args(args) -> None:
         0.0 <= args.beta < 1.0, f"--beta must lie in [0, 1) (the fraction of U that is sensitive); got {args.beta}."
     )
     _require(args.sensitive_batch_size >= 0, f"--sensitive_batch_size must be >= 0; got {args.sensitive_batch_size}.")
+    _require(args.loss_temperature > 0, f"--loss_temperature must be > 0; got {args.loss_temperature}.")
     _require(
         args.method == "unsupervised" or args.sensitive_batch_size >= 1,
         f"--method {args.method} needs S samples in every batch: set --sensitive_batch_size >= 1 "

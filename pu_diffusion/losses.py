@@ -128,6 +128,7 @@ def pu_risk(
     estimator: str = "abs",
     reduce_for_branch=None,
     supervised_form: str = "paper",
+    temperature: float = 1.0,
 ) -> RiskTerms:
     """Risk of one batch from its per-sample losses ℓ and its S mask (see module docstring).
 
@@ -136,6 +137,8 @@ def pu_risk(
     ``reduce_for_branch``: nnPU only, maps the detached local L_U⁻ − β L_S⁻ to the value the branch is chosen
     on; with several processes pass the mean over processes, so every process takes the same branch.
     ``supervised_form`` (supervised only): paper (L_U⁻ + L_S⁺) | authors (one mean over the batch, ℓ⁺ capped).
+    ``temperature`` τ: the classifier becomes p(normal | x) = exp(−ℓ/τ), i.e. every ℓ is divided by τ first
+    (τ = number of elements turns the summed ℓ into the mean-reduced one). Opt-in; 1 is the paper's method.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
@@ -145,8 +148,10 @@ def pu_risk(
         raise ValueError(f"Unknown supervised form {supervised_form!r}: use one of {SUPERVISED_FORMS}.")
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must lie in [0, 1), got {beta}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
     is_sensitive = is_sensitive.to(device=per_sample_loss.device, dtype=torch.bool)
-    per_sample_loss = per_sample_loss.float()
+    per_sample_loss = per_sample_loss.float() / temperature
     unlabeled = per_sample_loss[~is_sensitive]
     sensitive = per_sample_loss[is_sensitive]
     if unlabeled.numel() == 0:

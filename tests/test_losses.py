@@ -131,9 +131,28 @@ def test_supervised_authors_form_is_one_mean_over_the_batch_with_a_capped_sensit
     expected = 2.0 + (sensitive_loss(torch.tensor(0.5)) + sensitive_loss(torch.tensor(40.0))).item() / 2
     assert paper.objective.item() == pytest.approx(expected, rel=1e-5)
     assert -math.log(1e-6) == pytest.approx(
-        pu_risk(torch.tensor([0.0, 0.0]), torch.tensor([False, True]), "supervised", supervised_form="authors")
-        .objective.item() * 2,
+        pu_risk(
+            torch.tensor([0.0, 0.0]), torch.tensor([False, True]), "supervised", supervised_form="authors"
+        ).objective.item()
+        * 2,
         rel=1e-3,
     )  # ℓ⁺ capped at −log 1e-6 ≈ 13.8 where ℓ → 0
     with pytest.raises(ValueError, match="supervised form"):
         pu_risk(loss, is_sensitive, "supervised", supervised_form="other")
+
+
+def test_temperature_divides_every_loss_and_mean_reduction_is_the_temperature_of_the_element_count():
+    loss, is_sensitive, _ = hand_terms()
+    scaled = pu_risk(loss, is_sensitive, "pu", beta=0.1, temperature=4.0)
+    direct = pu_risk(loss / 4.0, is_sensitive, "pu", beta=0.1)
+    assert scaled.objective.item() == pytest.approx(direct.objective.item())
+    assert scaled.L_S_pos.item() == pytest.approx(sensitive_loss(loss[is_sensitive] / 4.0).mean().item())
+    prediction, target = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    summed = per_sample_diffusion_loss(prediction, target, "sum")
+    mean = per_sample_diffusion_loss(prediction, target, "mean")
+    mask = torch.tensor([False, True, False])
+    assert pu_risk(summed, mask, temperature=16.0).objective.item() == pytest.approx(
+        pu_risk(mean, mask).objective.item(), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="temperature"):
+        pu_risk(loss, is_sensitive, temperature=0.0)
