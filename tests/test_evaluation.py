@@ -217,7 +217,7 @@ def test_benchmark_is_incremental_and_accumulates_seeds(tmp_path, monkeypatch):
     monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
     fast_classifier(monkeypatch)
     bench = load_benchmark("mnist_pu_benchmark")
-    columns = ["unsupervised", "supervised-authors", "pu-nn"]
+    columns = ["unsupervised", "pu-nn"]
     argv = ["--smoke", "--methods", *columns, "--output_dir", str(tmp_path / "bench")]
     first = bench.main(bench.parse_args(argv + ["--seeds", "0", "--beta_sweep", "0.3"]))
     samplers = {"ddim:2:16", "ddpm:3:8"}
@@ -642,3 +642,19 @@ def test_inception_request_without_the_wheel_is_refused_before_sampling(tmp_path
     with pytest.raises(SystemExit):
         evaluate(["--pipeline", out, "--fid_features", "pixels"])
     assert not (out / "eval").exists()
+
+
+def test_reference_inception_features_are_computed_once_and_cached(tmp_path, monkeypatch):
+    import pu_diffusion.inception as inception
+
+    calls = []
+
+    def fake_features(helper, images, batch_size=50):
+        calls.append(len(images))
+        return np.arange(len(images) * 4, dtype=np.float64).reshape(len(images), 4)
+
+    monkeypatch.setattr(inception, "inception_features", fake_features)
+    path = str(tmp_path / "ref" / "test.npy")
+    first = inception.cached_inception_features(None, torch.zeros(3, 1, 8, 8), path)
+    second = inception.cached_inception_features(None, torch.zeros(3, 1, 8, 8), path)
+    assert calls == [3] and np.array_equal(first, second) and not os.path.exists(path + ".tmp")
