@@ -65,6 +65,11 @@ def parse_args(input_args=None):
         "--variant", default="default", help="Name of the recipe (a table row group), e.g. an ablation's name."
     )
     parser.add_argument(
+        "--baseline_variant",
+        default="default",
+        help="Whose unsupervised runs a variant without its own is compared with (paired t-test, FD ratio).",
+    )
+    parser.add_argument(
         "--extra_train_args",
         default="",
         help='Flags for train_pu_diffusion.py on top of the built-in recipe, quoted (e.g. "--beta 0.2 --use_ema").',
@@ -140,8 +145,17 @@ def recipe_args(args) -> list[str]:
 
 
 def run_key(variant: str, column: str, split: str, recipe: list[str]) -> str:
-    """Identifies a recipe (everything but the seed): the cache groups and tables use it."""
-    text = json.dumps([column, split, recipe])
+    """Identifies a recipe (everything but the seed): the cache and the tables group runs by it.
+
+    It hashes the *effective* training flags (what train_pu_diffusion.py parses from the run's argv, defaults
+    included), so a changed default of the script or of the built-in preset never reuses results trained under
+    the old one.
+    """
+    import train_pu_diffusion
+
+    parsed = vars(train_pu_diffusion.parse_args(train_argv("run", column, split, 0, recipe)))
+    effective = {key: value for key, value in parsed.items() if key not in ("output_dir", "seed")}
+    text = json.dumps(sorted(effective.items()), default=str)
     return f"{variant}_{split}_{column}_{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
@@ -205,6 +219,7 @@ def run_one(args, variant: str, column: str, split: str, seed: int, recipe: list
                 "seed": seed,
                 "key": key,
                 "recipe": recipe,
+                "baseline_variant": args.baseline_variant,
                 "train_argv": [a for a in argv if not a.startswith(os.sep)],
                 **timing,
                 "evaluations": {},
@@ -255,7 +270,9 @@ def summarize(records: list[dict]) -> list[dict]:
     from pu_diffusion.digit_classifier import wilson_interval
 
     groups: dict[tuple, dict[int, dict]] = {}
+    baselines = {}
     for record in records:
+        baselines[record["variant"]] = record.get("baseline_variant", "default")
         for spec, metrics in record["evaluations"].items():
             group = (record["split"], recipe_steps(record["recipe"]), record["variant"], record["name"], spec)
             groups.setdefault(group, {})[record["seed"]] = metrics
@@ -286,8 +303,9 @@ def summarize(records: list[dict]) -> list[dict]:
             values = [m[name] for m in metrics if name in m]
             if len(values) == len(metrics):
                 row[name] = [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
-        # The variant's own unsupervised run, else the default recipe's (variants that change PU only).
-        base_variant = variant if (split, steps, variant, "unsupervised", spec) in groups else "default"
+        # The variant's own unsupervised run, else its --baseline_variant's (variants that change PU only).
+        own = (split, steps, variant, "unsupervised", spec) in groups
+        base_variant = variant if own else baselines.get(variant, "default")
         base = groups.get((split, steps, base_variant, "unsupervised", spec), {})
         paired = [seed for seed in seeds if seed in base]
         row["baseline"] = f"{base_variant}/unsupervised" if paired else None
@@ -373,10 +391,12 @@ def plot_beta_sweep(rows: list[dict], betas: list[float], path: str) -> None:
     figure, left = plt.subplots(figsize=(5.5, 3.4))
     right = left.twinx()
     for split, marker in (("even", "o"), ("odd", "s")):
+        # β = 0.1 is the recipe's own β: when no beta0.1 variant was run, the sweep's baseline recipe stands in.
+        swept = [r for r in rows if r["split"] == split and r["variant"].startswith("beta") and r.get("baseline")]
+        recipe_variant = swept[0]["baseline"].split("/")[0] if swept else "default"
         points = []
         for beta in betas:
-            # β = 0.1 is the recipe's own β: its "default" rows stand in when no beta0.1 variant was run.
-            names = [f"beta{beta:g}"] + (["default"] if beta == DEFAULT_BETA else [])
+            names = [f"beta{beta:g}"] + ([recipe_variant] if beta == DEFAULT_BETA else [])
             matches = [r for r in rows if r["split"] == split and r["method"] == "pu" and r["variant"] in names]
             if matches:
                 points.append((beta, matches[0]))

@@ -177,7 +177,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["no", "fp16", "bf16"],
         help="Mixed precision (default: accelerate's config). ℓ⁺ is always computed in float32.",
     )
-    group.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights; it is what gets saved.")
+    group.add_argument(
+        "--use_ema",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Keep an EMA of the weights; it is what gets saved (the built-in presets turn it on: --no-use_ema "
+        "turns it off).",
+    )
     group.add_argument("--ema_max_decay", type=float, default=0.9999, help="Largest EMA decay.")
     group.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up: inverse multiplicative factor.")
     group.add_argument("--ema_power", type=float, default=3 / 4, help="EMA warm-up: exponential factor.")

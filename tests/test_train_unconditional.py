@@ -208,3 +208,17 @@ def test_output_dir_with_another_run_is_refused(tmp_path, tiny_unet_config):
         run(tiny_args(out, tiny_unet_config(), "--beta", "0.2", "--resume_from_checkpoint", "latest"))
     assert sorted(os.listdir(out)) == before
     run(tiny_args(out, tiny_unet_config(), "--max_train_steps", "3", "--overwrite_output_dir"))
+
+
+def test_builtin_recipe_defaults_and_how_to_override_them(tmp_path):
+    """The built-in job's measured recipe (docs/ablations.md) is what a bare command runs; each part can be overridden."""
+    import train_pu_diffusion
+
+    args = train_pu_diffusion.parse_args([])
+    assert (args.resolution, args.learning_rate, args.max_train_steps, args.lr_warmup_steps) == (16, 1e-3, 3000, 200)
+    assert args.use_ema and args.method == "pu" and args.pu_estimator == "abs" and args.beta == 0.1
+    assert not train_pu_diffusion.parse_args(["--no-use_ema"]).use_ema
+    assert train_pu_diffusion.parse_args(["--max_train_steps", "10"]).use_ema
+    data_dir = str(tmp_path / "data")
+    own = train_pu_diffusion.parse_args(["--train_data_dir", data_dir])
+    assert not own.use_ema and own.resolution == 64  # the preset's recipe applies to the built-in data only
