@@ -194,11 +194,13 @@ def train(argv: list[str]) -> dict:
     return {"train_seconds": round(time.time() - start, 1), "steps_per_second": round(stats["steps_per_second"], 3)}
 
 
-def run_one(args, variant: str, column: str, split: str, seed: int, recipe: list[str]) -> dict:
-    """Train (unless cached) and evaluate under every sampler not yet cached; returns the cached record."""
+def run_one(args, key: str, variant: str, column: str, split: str, seed: int, recipe: list[str]) -> dict:
+    """Train (unless cached) and evaluate under every sampler not yet cached; returns the cached record.
+
+    ``key`` is ``run_key(variant, column, split, recipe)``, computed once per recipe by the caller.
+    """
     from pu_diffusion.evaluation import evaluate_builtin_pipeline
 
-    key = run_key(variant, column, split, recipe)
     cache_dir = os.path.join(args.output_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
     record_path = os.path.join(cache_dir, f"{key}_s{seed}.json")
@@ -430,12 +432,14 @@ def main(args):
     plan = [(args.variant, column, recipe) for column in args.methods]
     for beta in args.beta_sweep or []:
         plan.append((f"beta{beta:g}", "pu", recipe + ["--beta", str(beta)]))
-    wanted = set()
-    for split in [] if args.report_only else args.splits:
+    splits = [] if args.report_only else args.splits
+    keys = {(split, index): run_key(variant, column, split, run_recipe)  # the seed is not part of a key
+            for split in splits for index, (variant, column, run_recipe) in enumerate(plan)}  # fmt: skip
+    for split in splits:
         for seed in args.seeds:
-            for variant, column, run_recipe in plan:
-                run_one(args, variant, column, split, seed, run_recipe)
-                wanted.add(run_key(variant, column, split, run_recipe))
+            for index, (variant, column, run_recipe) in enumerate(plan):
+                run_one(args, keys[split, index], variant, column, split, seed, run_recipe)
+    wanted = set(keys.values())
     cache_dir = os.path.join(args.output_dir, "cache")
     names = sorted(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else []
     records = [
@@ -466,11 +470,8 @@ def main(args):
     }
     first = args.samplers[0]
     tiles = {}
-    for variant, column, run_recipe in [] if args.report_only else plan:
-        grid = os.path.join(
-            cache_dir,
-            f"{run_key(variant, column, args.splits[0], run_recipe)}_s{args.seeds[0]}_{first.replace(':', '-')}.npy",
-        )
+    for index, (variant, column, _) in enumerate(plan if splits else []):
+        grid = os.path.join(cache_dir, f"{keys[splits[0], index]}_s{args.seeds[0]}_{first.replace(':', '-')}.npy")
         if os.path.exists(grid):
             tiles[column if variant == args.variant else variant] = np.load(grid)
     if tiles:

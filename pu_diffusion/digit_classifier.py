@@ -159,7 +159,7 @@ def train_digit_classifier(
     rng = np.random.default_rng(seed)
     folds = np.array_split(rng.permutation(trainable), num_folds)
     inputs = digits_to_tensor(images, resolution)
-    labels = torch.from_numpy(digits)
+    labels = torch.tensor(digits)  # a copy: the shared array is read-only
     ensemble = DigitEnsemble(resolution, num_folds)
     out_of_fold = np.empty(len(digits), dtype=np.int64)
     start = time.time()
@@ -192,10 +192,15 @@ def train_digit_classifier(
     return ensemble, info
 
 
+def rows_digest(rows) -> str:
+    """Short, order-independent fingerprint of a set of dataset rows (for cache file names)."""
+    text = ",".join(str(int(row)) for row in sorted(set(rows)))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 def classifier_cache_stem(cache_dir: str, resolution: int, held_out_rows, seed: int) -> str:
     """Cache path stem, keyed by version, resolution, seed and the exact held-out rows."""
-    rows = ",".join(str(int(row)) for row in sorted(set(held_out_rows)))
-    digest = hashlib.sha1(rows.encode()).hexdigest()[:12]
+    digest = rows_digest(held_out_rows)
     return os.path.join(cache_dir, f"mnist_classifier_v{CLASSIFIER_VERSION}_r{resolution}_s{seed}_x{digest}")
 
 

@@ -6,7 +6,6 @@ generated and before anything is written; a bad one raises :class:`EvaluationErr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -16,7 +15,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .digit_classifier import classify, default_cache_dir, load_or_train_digit_classifier, wilson_interval
+from .digit_classifier import (
+    classify,
+    default_cache_dir,
+    load_or_train_digit_classifier,
+    rows_digest,
+    wilson_interval,
+)
 from .images import save_image_grid, to_pil_images
 from .inception import (
     FID_FEATURES,
@@ -27,7 +32,7 @@ from .inception import (
     inception_features,
     load_inception,
 )
-from .metrics import CLASSIFIER_FD, frechet_distance
+from .metrics import CLASSIFIER_FD, count_non_sensitive, frechet_distance
 
 UNCONDITIONAL_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 UNCONDITIONAL_ONLY = (
@@ -97,7 +102,7 @@ def load_fid_helper(fid_features):
 
 def rate_summary(predictions: np.ndarray, sensitive_classes, prefix: str) -> dict:
     """``prefix`` rate of non-sensitive predictions with its 95 % Wilson interval."""
-    normal = int((~np.isin(predictions, np.asarray(list(sensitive_classes)))).sum())
+    normal = count_non_sensitive(predictions, sensitive_classes)
     return {prefix: normal / len(predictions), f"{prefix}_interval": list(wilson_interval(normal, len(predictions)))}
 
 
@@ -323,7 +328,7 @@ def evaluate_builtin_pipeline(
     test_images = builtin_test_images(split, resolution)
     reference_inception = None
     if fid_helper is not None:  # the test digits' features are the same for every model: computed once, cached
-        digest = hashlib.sha1(json.dumps(sorted(split["indices"]["test"])).encode()).hexdigest()[:12]
+        digest = rows_digest(split["indices"]["test"])
         cache = os.path.join(cache_dir or default_cache_dir(), f"inception_test_{digest}_r{resolution}.npy")
         reference_inception = cached_inception_features(fid_helper, test_images, cache)
     start = time.time()

@@ -66,9 +66,14 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     )
 
 
+def count_non_sensitive(predicted_classes, sensitive_classes) -> int:
+    """Number of samples whose predicted class is not one of ``sensitive_classes``."""
+    return int((~np.isin(np.asarray(predicted_classes), np.asarray(list(sensitive_classes)))).sum())
+
+
 def non_sensitive_rate(predicted_classes, sensitive_classes) -> float:
     """Share of samples whose predicted class is not one of ``sensitive_classes``."""
     predicted = np.asarray(predicted_classes)
     if predicted.size == 0:
         raise ValueError("non_sensitive_rate needs at least one prediction.")
-    return float(1.0 - np.isin(predicted, np.asarray(list(sensitive_classes))).mean())
+    return count_non_sensitive(predicted, sensitive_classes) / predicted.size
