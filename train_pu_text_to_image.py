@@ -13,12 +13,13 @@ datasets with --center_crop) their outputs are computed once.
 """
 
 import argparse
+import functools
 import os
 
 import numpy as np
 import torch
 from accelerate.logging import get_logger
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from pipelines import publish_run
@@ -27,9 +28,11 @@ from pipelines.saving import save_lora_weights, stable_diffusion_pipeline
 from pu_diffusion import training
 from pu_diffusion.arguments import add_model_arguments, add_shared_arguments, validate_training_args
 from pu_diffusion.checkpoints import register_model_hooks
+from pu_diffusion.erasediff import erasediff_terms, reference_forget_loss
+from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_terms, select_esd_parameters
 from pu_diffusion.image_data import ImageTransform, load_captions
 from pu_diffusion.images import save_image_grid
-from pu_diffusion.losses import diffusion_target, per_sample_diffusion_loss, pu_risk
+from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss, pu_risk
 from pu_diffusion.models import check_resolution, match_sample_size
 from pu_diffusion.run_dir import public_config
 from pu_diffusion.text_to_image import (
@@ -119,7 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prompts of the validation grids (and of the final grid in the model card).",
     )
     parser.add_argument("--guidance_scale", type=float, default=7.5, help="Guidance scale of validation sampling.")
-    add_shared_arguments(parser)
+    parser.add_argument(
+        "--erasediff_anchor_prompt",
+        type=str,
+        default=None,
+        help="--method erasediff: S rows learn sg ε(x_t, anchor) under their own caption (default: U's caption "
+        "when every U image has the same one).",
+    )
+    esd = parser.add_argument_group("ESD (--method esd-x / esd-u; needs the S caption only, not the images)")
+    esd.add_argument("--esd_eta", type=float, default=1.0, help="η of the negative guidance in ESD's target.")
+    esd.add_argument(
+        "--esd_sampling_steps", type=int, default=50, help="DDIM steps of the run that draws x_t (stopped at random)."
+    )
+    esd.add_argument("--esd_start_guidance", type=float, default=3.0, help="Guidance scale of that run.")
+    add_shared_arguments(parser, methods=(*METHODS, "erasediff", *ESD_METHODS))
     parser.set_defaults(**DEFAULTS)
     return parser
 
@@ -129,6 +145,8 @@ def parse_args(input_args=None):
     first, _ = parser.parse_known_args(input_args)
     if first.max_train_steps is None and first.num_train_epochs is None:
         parser.set_defaults(num_train_epochs=100)
+    if first.method in ESD_METHODS:
+        parser.set_defaults(learning_rate=1e-5)  # the ESD paper's
     args = parser.parse_args(input_args)
     validate_args(args)
     return args
@@ -145,6 +163,14 @@ def validate_args(args) -> None:
         raise ValueError("--rank must be >= 1 and cannot be combined with --use_ema.")
     if args.pu_guidance_scale is not None and args.pu_guidance_scale <= 0:
         raise ValueError(f"--pu_guidance_scale must be > 0; got {args.pu_guidance_scale}.")
+    if args.method in ("erasediff", *ESD_METHODS) and args.pu_guidance_scale is not None:
+        raise ValueError(
+            f"--pu_guidance_scale takes ℓ on the guided prediction of the PU risk: drop it for {args.method}."
+        )
+    if args.method in ESD_METHODS and (args.esd_sampling_steps < 1 or args.esd_eta < 0):
+        raise ValueError(
+            f"--esd_sampling_steps must be >= 1 and --esd_eta >= 0; got {args.esd_sampling_steps} and {args.esd_eta}."
+        )
     if args.cache_latents and not args.center_crop:
         raise ValueError(
             "--cache_latents encodes centre crops: add --center_crop, or drop --cache_latents to train on random crops."
@@ -161,6 +187,36 @@ def load_data(args):
         for row in sensitive_rows:
             captions[int(row)] = args.sensitive_caption
     return dataset, unlabeled_rows, sensitive_rows, captions
+
+
+def erasediff_anchor_prompt(args, captions, unlabeled_rows) -> str | None:
+    """--erasediff_anchor_prompt, else U's caption when all of U shares one; None for other methods."""
+    if args.method != "erasediff":
+        return None
+    if args.erasediff_anchor_prompt is not None:
+        return args.erasediff_anchor_prompt
+    unlabeled_captions = sorted({captions[int(row)] for row in unlabeled_rows})
+    if len(unlabeled_captions) != 1:
+        raise ValueError(
+            f"--method erasediff needs an anchor prompt: the U images have {len(unlabeled_captions)} different "
+            "captions, so none is the normal one. Pass --erasediff_anchor_prompt (e.g. U's typical caption)."
+        )
+    return unlabeled_captions[0]
+
+
+def esd_concept_prompt(args, captions, sensitive_rows) -> str | None:
+    """ESD's concept c: --sensitive_caption, else S's caption when all of S shares one; None for other methods."""
+    if args.method not in ESD_METHODS:
+        return None
+    if args.sensitive_caption is not None:
+        return args.sensitive_caption
+    sensitive_captions = sorted({captions[int(row)] for row in sensitive_rows})
+    if len(sensitive_captions) != 1:
+        raise ValueError(
+            f"--method {args.method} erases one prompt, but the S images have {len(sensitive_captions)} different "
+            "captions. Pass --sensitive_caption with the concept's prompt."
+        )
+    return sensitive_captions[0]
 
 
 def load_models(args, accelerator):
@@ -213,9 +269,22 @@ def main(args):
     # ---- Data (checked before anything is written) ----
     with accelerator.main_process_first():
         dataset, unlabeled_rows, sensitive_rows, captions = load_data(args)
+    anchor_prompt = erasediff_anchor_prompt(args, captions, unlabeled_rows)
+    concept_prompt = esd_concept_prompt(args, captions, sensitive_rows)
 
     # ---- Models: the UNet trains; VAE and text encoder are frozen and never enter autograd ----
     tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype = load_models(args, accelerator)
+    esd = None
+    if concept_prompt is not None:  # ESD: train one parameter set against a frozen copy of the starting UNet
+        select_esd_parameters(unet, args.method)
+        esd = ESDContext(
+            frozen=FrozenCopy(unet, lora=bool(args.rank), device=accelerator.device, dtype=weight_dtype),
+            scheduler=DDIMScheduler.from_config(noise_scheduler.config),
+            concept_state=encode_captions(tokenizer, text_encoder, [concept_prompt]).to(weight_dtype),
+            eta=args.esd_eta,
+            sampling_steps=args.esd_sampling_steps,
+            start_guidance=args.esd_start_guidance,
+        )
     ema_model = training.make_ema(args, unet, UNet2DConditionModel)
     if not args.rank:  # LoRA checkpoints: accelerate saves the adapted UNet's state dict as safetensors itself
         register_model_hooks(accelerator, UNet2DConditionModel, ema_model)
@@ -223,6 +292,7 @@ def main(args):
     # ---- Batches: fixed U and S counts; latents and text states encoded once when cached ----
     transform = ImageTransform(args.resolution, 3, center_crop=args.center_crop, random_flip=args.random_flip)
     empty_state = encode_captions(tokenizer, text_encoder, [""])
+    anchor_state = encode_captions(tokenizer, text_encoder, [anchor_prompt]) if anchor_prompt is not None else None
     latent_cache = text_cache = None
     if use_latent_cache(args.cache_latents, args.center_crop, len(dataset)):
         latent_cache, text_cache = encode_latents_once(
@@ -261,6 +331,11 @@ def main(args):
         "caption dropout": args.proportion_empty_prompts,
         "cached latents": latent_cache is not None,
     }
+    if anchor_prompt is not None:
+        data_info["EraseDiff anchor prompt"] = anchor_prompt
+    if esd is not None:
+        data_info["ESD concept prompt (the images are not used)"] = concept_prompt
+        data_info["ESD frozen copy (MB)"] = round(esd.frozen.extra_bytes / 2**20, 1)
     training.log_run_header(args, plan, accelerator, data_info)
 
     # ---- Train ----
@@ -279,6 +354,10 @@ def main(args):
                 empty_state,
                 weight_dtype,
                 reduce_for_branch=lambda value: accelerator.reduce(value, "mean"),
+                anchor_state=anchor_state,
+                raw_unet=accelerator.unwrap_model(unet),
+                trainable=trainable,
+                esd=esd,
             )
             accelerator.backward(terms.objective)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -370,10 +449,31 @@ def safety_checker_note(has_safety_checker: bool | None) -> str:
 
 
 def compute_loss(
-    args, batch, unet, vae, tokenizer, text_encoder, noise_scheduler, empty_state, weight_dtype, reduce_for_branch=None
+    args,
+    batch,
+    unet,
+    vae,
+    tokenizer,
+    text_encoder,
+    noise_scheduler,
+    empty_state,
+    weight_dtype,
+    reduce_for_branch=None,
+    anchor_state=None,
+    raw_unet=None,
+    trainable=None,
+    esd=None,
 ):
-    """The conditional PU risk terms of one batch; the frozen encoders run without autograd (or come from the cache)."""
+    """The risk terms of one batch; the frozen encoders run without autograd (or come from the cache).
+
+    --method erasediff: the S rows' target is sg ε(x_t, anchor) (the model's own prediction under the anchor
+    prompt), they keep their own caption; ``raw_unet``/``trainable`` serve its inner passes.
+    --method esd-x / esd-u: the batch's images are not used (``esd``: θ*, the concept prompt, the sampler).
+    """
     device = next(unet.parameters()).device
+    if esd is not None:
+        batch_size = int(batch["is_sensitive"].sum())
+        return esd_terms(unet, raw_unet or unet, esd, empty_state, batch_size, args.loss_reduction)
     if "latent_parameters" in batch:
         latent_parameters = batch["latent_parameters"].to(device)
     else:
@@ -384,15 +484,38 @@ def compute_loss(
     else:
         text_states = encode_captions(tokenizer, text_encoder, batch["captions"])
     drop = caption_dropout_mask(latents.shape[0], args.proportion_empty_prompts)  # one draw per row
-    text_states = drop_captions(drop, text_states, empty_state)
+    text_states = drop_captions(drop, text_states, empty_state).to(weight_dtype)
     noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device).long()
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-    model_pred = predict_noise(
-        unet, noisy_latents, timesteps, text_states.to(weight_dtype), empty_state, args.pu_guidance_scale
-    )
     target = diffusion_target(noise_scheduler, latents, noise, timesteps)
+    if args.method == "erasediff":
+        forget = batch["is_sensitive"].to(device)
+        raw_unet = raw_unet or unet
+        with torch.no_grad():
+            anchor = anchor_state.to(text_states.dtype).expand(int(forget.sum()), -1, -1)
+            target = target.clone()
+            target[forget] = raw_unet(noisy_latents[forget], timesteps[forget], anchor, return_dict=False)[0].to(
+                target.dtype
+            )
+        forget_rows = (noisy_latents[forget], timesteps[forget], text_states[forget], target[forget])
+        reference = reference_forget_loss(  # moves and restores the weights: before the batch's forward pass
+            functools.partial(conditional_forget_loss, raw_unet, *forget_rows, args.loss_reduction),
+            trainable if trainable is not None else [p for p in unet.parameters() if p.requires_grad],
+            args.erasediff_inner_steps,
+            args.learning_rate,
+        )
+    model_pred = predict_noise(unet, noisy_latents, timesteps, text_states, empty_state, args.pu_guidance_scale)
     per_sample_loss = per_sample_diffusion_loss(model_pred, target, args.loss_reduction)
+    if args.method == "erasediff":
+        return erasediff_terms(
+            per_sample_loss,
+            forget,
+            reference,
+            parameters=trainable if trainable is not None else [p for p in unet.parameters() if p.requires_grad],
+            args=args,
+            reduce=reduce_for_branch,
+        )
     return pu_risk(
         per_sample_loss,
         batch["is_sensitive"],
@@ -403,6 +526,12 @@ def compute_loss(
         supervised_form=args.supervised_form,
         temperature=args.loss_temperature,
     )
+
+
+def conditional_forget_loss(unet, noisy_latents, timesteps, text_states, target, reduction: str) -> torch.Tensor:
+    """EraseDiff's L_f on the S rows under their own captions (a fresh forward pass for the inner passes)."""
+    prediction = unet(noisy_latents, timesteps, text_states, return_dict=False)[0]
+    return per_sample_diffusion_loss(prediction, target, reduction).mean()
 
 
 def log_validation(

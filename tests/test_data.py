@@ -71,6 +71,12 @@ def test_builtin_split_follows_the_protocol():
     digits = np.asarray(dataset["digit"])
     assert (digits[sensitive] % 2 == 1).all()
     assert (digits[unlabeled] % 2 == 1).sum() == 200  # U is 10:1 normal:sensitive
+    for oracle, n_sensitive in (("clean", 200), ("labelled", 400)):  # the benchmark's oracles: U all even
+        data = builtin_pu_dataset(split, oracle)
+        unlabeled, sensitive = pu_indices(data, "image", "label", "sensitive")
+        digits = np.asarray(data["digit"])
+        assert len(unlabeled) == 2000 and (digits[unlabeled] % 2 == 0).all()
+        assert len(sensitive) == n_sensitive and (digits[sensitive] % 2 == 1).all()
 
 
 def test_batch_sampler_fixed_counts_epochs_and_s_cycling():

@@ -245,6 +245,56 @@ def test_benchmark_is_incremental_and_accumulates_seeds(tmp_path, monkeypatch):
     assert [row["nsr_mean"] for row in third["rows"]] == [row["nsr_mean"] for row in second["rows"]]
 
 
+def test_benchmark_cache_key_follows_effective_flags_only():
+    bench = load_benchmark("mnist_pu_benchmark")
+    recipe = bench.recipe_args(bench.parse_args(["--quick"]))
+    key = bench.run_key("v", "pu", "even", recipe)
+    assert key == bench.run_key("v", "pu", "even", recipe + ["--beta", "0.1"])  # a default spelled out: same runs
+    # a flag added later, at the value that reproduces the old training: the cached runs stay valid
+    assert key == bench.run_key("v", "pu", "even", recipe + ["--builtin_unlabeled", "contaminated"])
+    assert key != bench.run_key("v", "pu", "even", recipe + ["--builtin_unlabeled", "clean"])
+    assert key != bench.run_key("v", "pu", "even", recipe + ["--beta", "0.2"])
+    assert bench.run_key("v", "clean", "even", recipe) != bench.run_key("v", "unsupervised", "even", recipe)
+
+
+def test_benchmark_adds_inception_fid_from_kept_samples_without_retraining(tmp_path, monkeypatch):
+    import pu_diffusion.evaluation as evaluation
+    import pu_diffusion.inception as inception
+
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    fast_classifier(monkeypatch)
+    seen = []
+
+    def fake_features(helper, images, batch_size=50):  # cheap stand-in for InceptionV3: per-image statistics
+        seen.append(images.clone())
+        flat = images.flatten(1).double()
+        return torch.stack([flat.mean(1), flat.std(1), flat.amax(1), (flat > 0).double().mean(1)], 1).numpy()
+
+    monkeypatch.setattr(evaluation, "inception_features", fake_features)
+    monkeypatch.setattr(inception, "inception_features", fake_features)
+    monkeypatch.setattr(evaluation, "load_inception", lambda: object())
+    bench = load_benchmark("mnist_pu_benchmark")
+    argv = ["--smoke", "--methods", "unsupervised", "--seeds", "0", "--output_dir", str(tmp_path / "bench")]
+    first = bench.main(bench.parse_args(argv))
+    assert not any("frechet_distance_inception" in row for row in first["rows"])
+    kept = sorted(p.name for p in (tmp_path / "bench" / "cache").glob("*_samples.npy"))
+    assert len(kept) == 2  # every sample of both samplers, as 8-bit pixels
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained or sampled again")
+
+    monkeypatch.setattr(bench, "train", refuse)
+    monkeypatch.setattr(evaluation, "evaluate_builtin_pipeline", refuse)
+    seen.clear()
+    second = bench.main(bench.parse_args(argv + ["--fid_features", "classifier", "inception"]))
+    assert sorted(len(images) for images in seen) == [8, 16, 500]  # both samplers' samples + the test digits once
+    assert all(images.min() >= -1 and images.max() <= 1 for images in seen)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "bench" / "cache").glob("*.json")]
+    for evaluation_metrics in records[0]["evaluations"].values():
+        assert evaluation_metrics["frechet_distance_inception"] >= 0
+    assert len(second["rows"]) == 2 and all(row["frechet_distance_inception"][0] >= 0 for row in second["rows"])
+
+
 def load_benchmark(name):
     import importlib.util
 

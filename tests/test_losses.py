@@ -156,3 +156,51 @@ def test_temperature_divides_every_loss_and_mean_reduction_is_the_temperature_of
     )
     with pytest.raises(ValueError, match="temperature"):
         pu_risk(loss, is_sensitive, temperature=0.0)
+
+
+def test_erasediff_risk_matches_hand_values():
+    from pu_diffusion.erasediff import erasediff_risk
+
+    loss = torch.tensor([1.0, 2.0, 3.0, 4.0, 6.0], requires_grad=True)
+    is_sensitive = torch.tensor([False, False, True, False, True])
+    # L_r = mean(1, 2, 4) = 7/3, L_f = mean(3, 6) = 4.5; objective = L_r + λ (L_f − L̄_f)
+    terms = erasediff_risk(loss, is_sensitive, lam=0.5, reference=1.5)
+    assert terms.objective.item() == pytest.approx(7 / 3 + 0.5 * (4.5 - 1.5))
+    assert terms.L_U_neg.item() == pytest.approx(7 / 3) and terms.L_S_neg.item() == pytest.approx(4.5)
+    terms.objective.backward()
+    assert loss.grad.tolist() == pytest.approx([1 / 3, 1 / 3, 0.25, 1 / 3, 0.25])  # 1/|U| and λ/|S|
+    with pytest.raises(ValueError, match="U and S samples"):
+        erasediff_risk(loss, torch.ones(5, dtype=torch.bool), lam=0.1)
+
+
+@pytest.mark.parametrize("direction,expected", [((0.0, 1.0), 0.1), ((2.0, 0.0), 0.0), ((-1.0, 0.0), 1.1)])
+def test_erasediff_adaptive_lambda_is_eta_minus_the_gradient_cosine(direction, expected):
+    from pu_diffusion.erasediff import adaptive_lambda
+
+    weight = torch.tensor([0.3, -0.7], requires_grad=True)
+    retain = (weight * torch.tensor([1.0, 0.0])).sum()  # ∇L_r = (1, 0)
+    forget = (weight * torch.tensor(direction)).sum()  # ∇L_f = direction
+    assert adaptive_lambda(retain, forget, [weight], eta=0.1) == pytest.approx(expected)
+    assert weight.grad is None  # the gradients were taken, not accumulated
+
+
+def test_erasediff_inner_passes_lower_the_forget_loss_and_restore_the_weights_exactly():
+    from pu_diffusion.erasediff import reference_forget_loss, uniform_forget_target
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+    inputs = torch.randn(6, 4)
+    target = uniform_forget_target(torch.empty(6, 4))
+    assert target.min() >= 0 and target.max() < 1
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def forget_loss():
+        return (model(inputs) - target).pow(2).sum(1).mean()
+
+    start = forget_loss().item()
+    reference = reference_forget_loss(forget_loss, list(model.parameters()), inner_steps=3, learning_rate=0.05)
+    assert reference < start  # three SGD passes on L_f lowered it
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # bit for bit
+    assert all(p.grad is None for p in model.parameters())
+    assert reference_forget_loss(forget_loss, list(model.parameters()), 0, 0.05) == pytest.approx(start)

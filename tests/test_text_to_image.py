@@ -310,3 +310,147 @@ def test_bad_input_is_refused(tiny_sd, captioned, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         run(sd_args(tiny_sd, captioned, out, *extra))
     assert not out.exists()
+
+
+def test_erasediff_forget_target_is_the_models_own_prediction_under_the_anchor(
+    tiny_sd, captioned, tmp_path, monkeypatch
+):
+    """Anchor = the S caption: the target equals the prediction being trained, so L_f starts at exactly 0."""
+    same = losses_of_first_step(
+        tiny_sd,
+        captioned,
+        tmp_path / "same",
+        *("--method", "erasediff", "--erasediff_anchor_prompt", "a photo of brad", "--erasediff_inner_steps", "0"),
+        monkeypatch=monkeypatch,
+    )
+    assert same[0]["L_S-"] == pytest.approx(0.0, abs=1e-10) and same[0]["L_U-"] > 0
+    other = losses_of_first_step(  # the default anchor: U's one caption, "a photo of a man"
+        tiny_sd, captioned, tmp_path / "other", "--method", "erasediff", monkeypatch=monkeypatch
+    )
+    assert other[0]["L_S-"] > 0 and other[0]["lambda"] == pytest.approx(0.1)
+    assert "EraseDiff anchor prompt: a photo of a man" in (tmp_path / "other" / "README.md").read_text()
+
+
+def test_erasediff_resumes_exactly_and_trains_lora(tiny_sd, captioned, tmp_path):
+    import shutil
+
+    flags = ("--method", "erasediff", "--erasediff_lambda", "-1")  # adaptive λ, K = 2 inner passes
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(sd_args(tiny_sd, captioned, straight, *flags))
+    resumed.mkdir()
+    shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
+    run(sd_args(tiny_sd, captioned, resumed, *flags, "--resume_from_checkpoint", "latest"))
+    a = load_file(str(straight / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(resumed / "unet" / "diffusion_pytorch_model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    pytest.importorskip("peft")
+    lora = tmp_path / "lora"
+    run(sd_args(tiny_sd, captioned, lora, *flags, "--rank", "4"))
+    assert (lora / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_erasediff_without_a_single_u_caption_asks_for_the_anchor(tiny_sd, tmp_path):
+    import json
+
+    data = write_captioned_folder(tmp_path / "data")
+    rows = [json.loads(line) for line in open(os.path.join(data, "metadata.jsonl"))]
+    rows[0]["text"] = "a photo of a woman"
+    with open(os.path.join(data, "metadata.jsonl"), "w") as handle:
+        handle.write("\n".join(json.dumps(row) for row in rows) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--erasediff_anchor_prompt"):
+        run(sd_args(tiny_sd, data, out, "--method", "erasediff"))
+    assert not out.exists()
+    with pytest.raises(ValueError, match="drop it for erasediff"):
+        run(sd_args(tiny_sd, data, out, "--method", "erasediff", "--pu_guidance_scale", "3"))
+
+
+@pytest.mark.parametrize("method", ["esd-x", "esd-u"])
+def test_esd_trains_only_its_parameter_set_and_leaves_the_base_frozen(tiny_sd, captioned, tmp_path, method):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from pu_diffusion.esd import is_cross_attention
+
+    out = tmp_path / method
+    run(sd_args(tiny_sd, captioned, out, "--method", method, "--esd_sampling_steps", "3", "--learning_rate", "1e-2"))
+    base = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet").state_dict()
+    trained = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    changed = {name for name in base if not torch.equal(base[name], trained[name])}
+    assert changed, "nothing trained"
+    assert all(is_cross_attention(name) == (method == "esd-x") for name in changed)
+    card = (out / "README.md").read_text()
+    assert "ESD concept prompt (the images are not used): a photo of brad" in card and "ESD frozen copy (MB)" in card
+    StableDiffusionPipeline.from_pretrained(str(out))
+
+
+def test_esd_target_is_the_frozen_negative_guidance_and_the_copy_stays_frozen(tiny_sd):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from pu_diffusion.esd import ESDContext, FrozenCopy, esd_target, esd_terms, select_esd_parameters
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    latents, timesteps = torch.randn(2, 4, 8, 8), torch.tensor([100, 700])
+    concept, empty = torch.randn(1, 16, 16), torch.randn(1, 16, 16)
+    frozen = FrozenCopy(unet, lora=False)
+    with torch.no_grad():
+        e_c = unet(latents, timesteps, concept.expand(2, -1, -1)).sample
+        e_0 = unet(latents, timesteps, empty.expand(2, -1, -1)).sample
+    target = esd_target(frozen, latents, timesteps, concept, empty, eta=1.5)
+    torch.testing.assert_close(target, e_0 - 1.5 * (e_c - e_0), rtol=1e-4, atol=1e-5)
+    trainable = select_esd_parameters(unet, "esd-x")
+    before = {k: v.clone() for k, v in frozen.unet.state_dict().items()}
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    scheduler = DDIMScheduler.from_pretrained(tiny_sd, subfolder="scheduler")
+    context = ESDContext(frozen, scheduler, concept, sampling_steps=3)
+    for _ in range(2):
+        esd_terms(unet, unet, context, empty, batch_size=2).objective.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(v, before[k]) for k, v in frozen.unet.state_dict().items())  # θ* never moved
+    assert any(not torch.equal(v, before[k]) for k, v in unet.state_dict().items())  # θ did
+
+
+def test_esd_with_lora_uses_the_adapter_free_base_and_keeps_the_trainable_set(tiny_sd):
+    pytest.importorskip("peft")
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    from pu_diffusion.esd import FrozenCopy, select_esd_parameters
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    latents, timesteps, text = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 16, 16)
+    with torch.no_grad():
+        base = unet(latents, timesteps, text).sample
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q"]))
+    with torch.no_grad():  # as after some training: B starts at zero
+        for name, parameter in unet.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    trainable = select_esd_parameters(unet, "esd-u")
+    assert trainable and all("lora_" in n and ".attn2." not in n for n, p in unet.named_parameters() if p.requires_grad)
+    flags = [p.requires_grad for p in unet.parameters()]
+    frozen = FrozenCopy(unet, lora=True)
+    assert frozen.extra_bytes == 0
+    torch.testing.assert_close(frozen(latents, timesteps, text), base, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(unet(latents, timesteps, text).sample, base)  # adapters back on
+    assert [p.requires_grad for p in unet.parameters()] == flags
+
+
+def test_esd_resumes_exactly(tiny_sd, captioned, tmp_path):
+    import shutil
+
+    flags = ("--method", "esd-u", "--esd_sampling_steps", "3")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(sd_args(tiny_sd, captioned, straight, *flags))
+    resumed.mkdir()
+    shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
+    run(sd_args(tiny_sd, captioned, resumed, *flags, "--resume_from_checkpoint", "latest"))
+    a = load_file(str(straight / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(resumed / "unet" / "diffusion_pytorch_model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

@@ -57,7 +57,14 @@ def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
     assert images.shape == (2, 8, 8, 1) and images.min() >= 0 and images.max() <= 1
 
 
-@pytest.mark.parametrize("extra", [["--pu_estimator", "nn"], ["--gradient_accumulation_steps", "2", "--use_ema"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--pu_estimator", "nn"],
+        ["--gradient_accumulation_steps", "2", "--use_ema"],
+        ["--method", "erasediff", "--erasediff_lambda", "-1"],  # adaptive λ, inner passes, uniform forget target
+    ],
+)
 def test_resume_equals_straight_training(tmp_path, tiny_unet_config, extra):
     """A run interrupted after checkpoint-3 and resumed ends with the weights of the uninterrupted run."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -94,7 +101,7 @@ def assert_same_weights(first, second, subfolder="unet"):
 
 def test_own_imagefolder_rgb_and_methods(tmp_path, tiny_unet_config):
     data = write_imagefolder(tmp_path / "data", n_unlabeled=16, n_sensitive=6)
-    for method in ["unsupervised", "supervised"]:
+    for method in ["unsupervised", "supervised", "erasediff"]:
         out = tmp_path / method
         run(
             tiny_args(
@@ -176,6 +183,8 @@ BAD_INPUTS = [
     (["--train_data_dir", "ONLY_U"], "No sensitive"),
     (["--train_data_dir", "BROKEN"], "Unreadable image files"),
     (["--train_data_dir", "MISSING"], "is not a folder"),
+    (["--builtin_unlabeled", "clean", "--train_data_dir", "DATA"], "--builtin_unlabeled clean needs the built-in"),
+    (["--builtin_unlabeled", "labelled", "--train_data_dir", "DATA"], "--builtin_unlabeled labelled needs the"),
 ]
 
 
@@ -222,3 +231,21 @@ def test_builtin_recipe_defaults_and_how_to_override_them(tmp_path):
     data_dir = str(tmp_path / "data")
     own = train_pu_diffusion.parse_args(["--train_data_dir", data_dir])
     assert not own.use_ema and own.resolution == 64  # the preset's recipe applies to the built-in data only
+
+
+@pytest.mark.parametrize("lam", ["0.1", "-1"])
+def test_erasediff_trains_logs_its_terms_and_saves_a_stock_pipeline(tmp_path, tiny_unet_config, lam):
+    from diffusers import DDPMPipeline, DiffusionPipeline
+
+    out = tmp_path / "out"
+    run(tiny_args(out, tiny_unet_config(), "--method", "erasediff", "--erasediff_lambda", lam))
+    records = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and {"lambda", "L_f_ref", "L_U-", "L_S-"} <= set(records[-1])
+    if lam == "0.1":
+        assert all(r["lambda"] == pytest.approx(0.1) for r in records)
+    else:  # adaptive: max(η − cos, 0) lies in [0, η + 1]
+        assert all(0.0 <= r["lambda"] <= 1.1 for r in records)
+    assert json.loads((out / "pu_run.json").read_text())["method"] == "erasediff"
+    assert "method: `erasediff`" in (out / "README.md").read_text()
+    pipeline = DiffusionPipeline.from_pretrained(str(out))
+    assert isinstance(pipeline, DDPMPipeline)

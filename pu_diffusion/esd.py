@@ -1,0 +1,151 @@
+"""ESD, Erased Stable Diffusion (Gandikota et al., ICCV 2023): a competing method for text-to-image only.
+
+ESD needs the concept's prompt c, no images. Each step it draws latents x_t by sampling the model being trained
+with c (DDIM, guidance 3, stopped at a random step), and regresses the trained prediction for c onto a negatively
+guided prediction of a frozen copy θ* of the starting UNet:
+
+    target = ε*(x_t, ∅) − η · [ε*(x_t, c) − ε*(x_t, ∅)]          loss = ‖ε_θ(x_t, c) − target‖²
+
+Parameter sets: ``esd-x`` trains the cross-attention layers only (``attn2``: erases the concept where the prompt
+names it), ``esd-u`` everything else (erases it more globally). It cannot act on an unconditional model: there is
+no prompt to guide away from. The frozen copy is the LoRA-off base when training LoRA (no extra memory), else a
+second UNet held in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from .losses import RiskTerms, per_sample_diffusion_loss
+
+ESD_METHODS = ("esd-x", "esd-u")
+
+
+def is_cross_attention(name: str) -> bool:
+    """Whether a UNet2DConditionModel parameter name belongs to a cross-attention layer (``attn2``)."""
+    return ".attn2." in name
+
+
+def select_esd_parameters(unet, method: str) -> list[torch.nn.Parameter]:
+    """Freeze every parameter outside the method's set; return the trainable ones (LoRA: their adapters only)."""
+    if method not in ESD_METHODS:
+        raise ValueError(f"Unknown ESD method {method!r}: use one of {ESD_METHODS}.")
+    lora = any("lora_" in name for name, _ in unet.named_parameters())
+    selected = []
+    for name, parameter in unet.named_parameters():
+        in_set = is_cross_attention(name) == (method == "esd-x")
+        keep = in_set and ("lora_" in name if lora else True)
+        parameter.requires_grad_(keep)
+        if keep:
+            selected.append(parameter)
+    if not selected:
+        raise ValueError(f"--method {method} found no parameter to train in this UNet.")
+    return selected
+
+
+class FrozenCopy:
+    """θ*: the starting UNet, frozen. With LoRA adapters it is the same module with its adapters switched off."""
+
+    def __init__(self, unet, lora: bool, device=None, dtype=None):
+        self.lora = lora
+        self.unet = unet if lora else copy.deepcopy(unet).requires_grad_(False).eval().to(device=device, dtype=dtype)
+
+    @property
+    def extra_bytes(self) -> int:
+        """Memory the copy adds (0 for the LoRA-off base)."""
+        if self.lora:
+            return 0
+        return sum(t.numel() * t.element_size() for t in list(self.unet.parameters()) + list(self.unet.buffers()))
+
+    @torch.no_grad()
+    def __call__(self, latents, timesteps, text_states):
+        dtype = self.unet.dtype
+        with adapters_off(self.unet) if self.lora else contextlib.nullcontext():
+            prediction = self.unet(latents.to(dtype), timesteps, text_states.to(dtype), return_dict=False)[0]
+        return prediction.float()
+
+
+@contextlib.contextmanager
+def adapters_off(unet):
+    """The base model inside the block; after it the adapters are back with every requires_grad as it was
+    (PEFT's enable_adapters would make all adapter weights trainable again, undoing esd-x / esd-u)."""
+    flags = [parameter.requires_grad for parameter in unet.parameters()]
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+        for parameter, flag in zip(unet.parameters(), flags):
+            parameter.requires_grad_(flag)
+
+
+@torch.no_grad()
+def sample_concept_latents(
+    unet, scheduler, concept_state, empty_state, shape, num_steps: int = 50, guidance_scale: float = 3.0
+):
+    """(x_t, t): DDIM sampling with the concept prompt, stopped after a random number of steps (ESD's x_t).
+
+    ``scheduler``: a DDIMScheduler (its own copy: ``set_timesteps`` is called here). t is the DDPM timestep x_t is at.
+    """
+    device = concept_state.device
+    scheduler.set_timesteps(num_steps, device=device)
+    stop = int(torch.randint(0, num_steps, ()).item())
+    latents = torch.randn(shape, device=device) * scheduler.init_noise_sigma
+    batch = shape[0]
+    both = torch.cat([empty_state.expand(batch, -1, -1), concept_state.expand(batch, -1, -1)]).to(unet.dtype)
+    for timestep in scheduler.timesteps[:stop]:
+        prediction = unet(torch.cat([latents, latents]), timestep, both, return_dict=False)[0]
+        empty, concept = prediction.chunk(2)
+        latents = scheduler.step(empty + guidance_scale * (concept - empty), timestep, latents).prev_sample
+    timesteps = scheduler.timesteps[stop].expand(batch).to(device)
+    return latents, timesteps
+
+
+def esd_target(frozen: FrozenCopy, latents, timesteps, concept_state, empty_state, eta: float) -> torch.Tensor:
+    """ε*(x_t, ∅) − η [ε*(x_t, c) − ε*(x_t, ∅)] from the frozen copy (no gradient)."""
+    batch = latents.shape[0]
+    empty = frozen(latents, timesteps, empty_state.expand(batch, -1, -1))
+    concept = frozen(latents, timesteps, concept_state.expand(batch, -1, -1))
+    return empty - eta * (concept - empty)
+
+
+def esd_risk(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> RiskTerms:
+    """RiskTerms of the ESD loss (logged as "risk" and as L_S⁻, the loss on the concept's own prompt)."""
+    loss = per_sample_diffusion_loss(prediction, target, reduction).mean()
+    zero = torch.zeros((), device=loss.device)
+    return RiskTerms(objective=loss, risk=loss, L_U_neg=zero, L_S_neg=loss, L_S_pos=zero, negative_risk=zero)
+
+
+@dataclass
+class ESDContext:
+    """What an ESD step needs beside the model: θ*, a DDIM scheduler to draw x_t, the concept's text state."""
+
+    frozen: FrozenCopy
+    scheduler: object  # DDIMScheduler
+    concept_state: torch.Tensor
+    eta: float = 1.0
+    sampling_steps: int = 50
+    start_guidance: float = 3.0
+
+
+def esd_terms(unet, raw_unet, context: ESDContext, empty_state, batch_size: int, reduction: str = "sum"):
+    """One ESD step: draw x_t with the concept prompt, build the frozen negative-guidance target, compare."""
+    config = raw_unet.config
+    shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
+    empty_state = empty_state.to(context.concept_state.dtype)
+    latents, timesteps = sample_concept_latents(
+        raw_unet,
+        context.scheduler,
+        context.concept_state,
+        empty_state,
+        shape,
+        num_steps=context.sampling_steps,
+        guidance_scale=context.start_guidance,
+    )
+    target = esd_target(context.frozen, latents, timesteps, context.concept_state, empty_state, context.eta)
+    prediction = unet(latents, timesteps, context.concept_state.expand(batch_size, -1, -1), return_dict=False)[0]
+    return esd_risk(prediction, target, reduction)
