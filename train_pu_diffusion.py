@@ -29,7 +29,7 @@ from pu_diffusion.builtin_mnist import (
     write_split_file,
 )
 from pu_diffusion.checkpoints import register_model_hooks
-from pu_diffusion.erasediff import erasediff_terms, reference_forget_loss, uniform_forget_target
+from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss, uniform_forget_target
 from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, pu_indices
 from pu_diffusion.images import save_image_grid
 from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss, pu_risk
@@ -248,15 +248,15 @@ def main(args):
             target = diffusion_target(noise_scheduler, clean_images, noise, timesteps)
             if args.method == "erasediff":  # S rows learn to predict uniform noise instead (the forget target)
                 forget = batch["is_sensitive"].to(target.device)
-                target = torch.where(forget.view(-1, 1, 1, 1), uniform_forget_target(target), target)
+                target = erasediff_targets(target, forget, uniform_forget_target(target))
                 # L̄_f from K inner passes that move and restore the weights: before the forward pass below
                 raw_unet = accelerator.unwrap_model(unet)
                 forget_rows = (noisy_images[forget], timesteps[forget], target[forget])
                 reference = reference_forget_loss(
                     functools.partial(forget_loss, raw_unet, *forget_rows, args.loss_reduction),
-                    list(raw_unet.parameters()),
-                    args.erasediff_inner_steps,
-                    args.learning_rate,
+                    parameters=list(raw_unet.parameters()),
+                    inner_steps=args.erasediff_inner_steps,
+                    learning_rate=args.learning_rate,
                 )
             model_pred = unet(noisy_images, timesteps).sample  # one forward pass over the U+S batch
             per_sample_loss = per_sample_diffusion_loss(model_pred, target, args.loss_reduction)
@@ -266,8 +266,8 @@ def main(args):
                     forget,
                     reference,
                     parameters=list(raw_unet.parameters()),
-                    args=args,
-                    reduce=lambda value: accelerator.reduce(value, reduction="mean"),
+                    lam=args.erasediff_lambda,
+                    eta=args.erasediff_eta,
                 )
             else:
                 terms = pu_risk(

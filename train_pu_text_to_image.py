@@ -28,7 +28,7 @@ from pipelines.saving import save_lora_weights, stable_diffusion_pipeline
 from pu_diffusion import training
 from pu_diffusion.arguments import add_model_arguments, add_shared_arguments, validate_training_args
 from pu_diffusion.checkpoints import register_model_hooks
-from pu_diffusion.erasediff import erasediff_terms, reference_forget_loss
+from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss
 from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_terms, select_esd_parameters
 from pu_diffusion.image_data import ImageTransform, load_captions
 from pu_diffusion.images import save_image_grid
@@ -145,8 +145,6 @@ def parse_args(input_args=None):
     first, _ = parser.parse_known_args(input_args)
     if first.max_train_steps is None and first.num_train_epochs is None:
         parser.set_defaults(num_train_epochs=100)
-    if first.method in ESD_METHODS:
-        parser.set_defaults(learning_rate=1e-5)  # the ESD paper's
     args = parser.parse_args(input_args)
     validate_args(args)
     return args
@@ -166,6 +164,11 @@ def validate_args(args) -> None:
     if args.method in ("erasediff", *ESD_METHODS) and args.pu_guidance_scale is not None:
         raise ValueError(
             f"--pu_guidance_scale takes ℓ on the guided prediction of the PU risk: drop it for {args.method}."
+        )
+    if args.method in ESD_METHODS and args.prediction_type is not None:
+        raise ValueError(
+            f"--method {args.method} samples x_t and builds its target with the base model's prediction type: "
+            "drop --prediction_type."
         )
     if args.method in ESD_METHODS and (args.esd_sampling_steps < 1 or args.esd_eta < 0):
         raise ValueError(
@@ -473,7 +476,9 @@ def compute_loss(
     device = next(unet.parameters()).device
     if esd is not None:
         batch_size = int(batch["is_sensitive"].sum())
-        return esd_terms(unet, raw_unet or unet, esd, empty_state, batch_size, args.loss_reduction)
+        return esd_terms(
+            unet, raw_unet or unet, esd, empty_state=empty_state, batch_size=batch_size, reduction=args.loss_reduction
+        )
     if "latent_parameters" in batch:
         latent_parameters = batch["latent_parameters"].to(device)
     else:
@@ -492,18 +497,22 @@ def compute_loss(
     if args.method == "erasediff":
         forget = batch["is_sensitive"].to(device)
         raw_unet = raw_unet or unet
-        with torch.no_grad():
-            anchor = anchor_state.to(text_states.dtype).expand(int(forget.sum()), -1, -1)
-            target = target.clone()
-            target[forget] = raw_unet(noisy_latents[forget], timesteps[forget], anchor, return_dict=False)[0].to(
-                target.dtype
-            )
-        forget_rows = (noisy_latents[forget], timesteps[forget], text_states[forget], target[forget])
+        if trainable is None:
+            trainable = [parameter for parameter in raw_unet.parameters() if parameter.requires_grad]
+        with torch.no_grad():  # sg ε(x_t, anchor): the model's own prediction under the anchor prompt
+            anchor = anchor_state.to(raw_unet.dtype).expand(int(forget.sum()), -1, -1)
+            anchor_prediction = raw_unet(
+                noisy_latents[forget], timesteps[forget], anchor.to(raw_unet.dtype), return_dict=False
+            )[0]
+        forget_target = torch.zeros_like(target)
+        forget_target[forget] = anchor_prediction.to(target.dtype)
+        target = erasediff_targets(target, forget, forget_target)
+        forget_rows = (noisy_latents[forget], timesteps[forget], text_states[forget].to(raw_unet.dtype), target[forget])
         reference = reference_forget_loss(  # moves and restores the weights: before the batch's forward pass
             functools.partial(conditional_forget_loss, raw_unet, *forget_rows, args.loss_reduction),
-            trainable if trainable is not None else [p for p in unet.parameters() if p.requires_grad],
-            args.erasediff_inner_steps,
-            args.learning_rate,
+            parameters=trainable,
+            inner_steps=args.erasediff_inner_steps,
+            learning_rate=args.learning_rate,
         )
     model_pred = predict_noise(unet, noisy_latents, timesteps, text_states, empty_state, args.pu_guidance_scale)
     per_sample_loss = per_sample_diffusion_loss(model_pred, target, args.loss_reduction)
@@ -512,9 +521,9 @@ def compute_loss(
             per_sample_loss,
             forget,
             reference,
-            parameters=trainable if trainable is not None else [p for p in unet.parameters() if p.requires_grad],
-            args=args,
-            reduce=reduce_for_branch,
+            parameters=trainable,
+            lam=args.erasediff_lambda,
+            eta=args.erasediff_eta,
         )
     return pu_risk(
         per_sample_loss,

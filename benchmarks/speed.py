@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from pu_diffusion.erasediff import erasediff_terms, reference_forget_loss, uniform_forget_target
+from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss, uniform_forget_target
 from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk
 from pu_diffusion.models import default_unet_config
 
@@ -69,13 +69,23 @@ def make_step(args, device):
         noisy = scheduler.add_noise(images, noise, timesteps)
         if method in ERASEDIFF:  # as train_pu_diffusion.py does it: inner passes, then the batch's pass
             flags = ERASEDIFF[method]
-            target = torch.where(is_sensitive.view(-1, 1, 1, 1), uniform_forget_target(noise), noise)
+            target = erasediff_targets(noise, is_sensitive, uniform_forget_target(noise))
             rows = (noisy[is_sensitive], timesteps[is_sensitive], target[is_sensitive])
             reference = reference_forget_loss(
-                lambda: forget_loss(*rows), list(unet.parameters()), flags.erasediff_inner_steps, 1e-4
+                lambda: forget_loss(*rows),
+                parameters=list(unet.parameters()),
+                inner_steps=flags.erasediff_inner_steps,
+                learning_rate=1e-4,
             )
             loss = per_sample_diffusion_loss(unet(noisy, timesteps).sample, target)
-            terms = erasediff_terms(loss, is_sensitive, reference, list(unet.parameters()), flags)
+            terms = erasediff_terms(
+                loss,
+                is_sensitive,
+                reference,
+                parameters=list(unet.parameters()),
+                lam=flags.erasediff_lambda,
+                eta=flags.erasediff_eta,
+            )
         else:
             prediction = unet(noisy, timesteps).sample
             terms = pu_risk(per_sample_diffusion_loss(prediction, noise), is_sensitive, method, 0.1, "abs")

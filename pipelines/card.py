@@ -13,7 +13,15 @@ METHOD_TEXT = {
     "the normal part of the unlabeled data and minimised on the labelled sensitive data.",
     "supervised": "Supervised baseline: all unlabeled data is treated as normal (L_U⁻ + L_S⁺).",
     "unsupervised": "Unsupervised baseline: plain diffusion training on the unlabeled data (L_U⁻).",
+    "erasediff": "EraseDiff (Wu et al.), a competing method: the usual diffusion loss on the unlabeled data plus "
+    "λ times a loss that trains the labelled sensitive data towards a different target (uniform noise, or the "
+    "model's own prediction under an anchor prompt).",
+    "esd-x": "ESD (Gandikota et al., ICCV 2023), a competing method, cross-attention layers only: the prediction "
+    "for the sensitive caption is trained towards a frozen copy's negatively guided prediction.",
+    "esd-u": "ESD (Gandikota et al., ICCV 2023), a competing method, all but the cross-attention layers: the "
+    "prediction for the sensitive caption is trained towards a frozen copy's negatively guided prediction.",
 }
+PU_METHODS = ("pu", "supervised", "unsupervised")  # tagged positive-unlabeled (the method and its baselines)
 
 
 def _format_metrics(metrics: dict) -> str:
@@ -100,7 +108,11 @@ def write_model_card(
         model_description=description,
     )
     card = populate_model_card(
-        card, tags=["diffusers", "pu-diffusion", "positive-unlabeled", f"method-{method}"] + list(extra_tags or [])
+        card,
+        tags=["diffusers", "pu-diffusion"]
+        + (["positive-unlabeled"] if method in PU_METHODS else ["concept-erasure"])
+        + [f"method-{method}"]
+        + list(extra_tags or []),
     )
     path = os.path.join(output_dir, "README.md")
     card.save(path)

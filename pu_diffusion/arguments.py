@@ -87,6 +87,7 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         help="pu: PU risk (the method); supervised: L_U⁻ + L_S⁺ (all of U treated as normal); "
         "unsupervised: plain diffusion training on U"
         + ("; erasediff: EraseDiff with D_r = U, D_f = S (a competing method)" if "erasediff" in methods else "")
+        + ("; esd-x / esd-u: ESD on the S caption (cross-attention / the rest)" if "esd-x" in methods else "")
         + ".",
     )
     group.add_argument(
@@ -260,7 +261,8 @@ def add_erasediff_arguments(parser: argparse.ArgumentParser) -> None:
         "--erasediff_lambda",
         type=float,
         default=0.1,
-        help="λ in L_r + λ(L_f − sg[L̄_f]) (authors' DDPM default 0.1); negative: adaptive λ = max(η − cos, 0).",
+        help="λ in L_r + λ(L_f − sg[L̄_f]) (authors' DDPM default 0.1); negative: adaptive λ = max(η − cos, 0) "
+        "(one process only).",
     )
     group.add_argument(
         "--erasediff_eta", type=float, default=0.1, help="η of the adaptive λ (used when --erasediff_lambda < 0)."

@@ -100,20 +100,26 @@ def reference_forget_loss(forget_loss_fn, parameters, inner_steps: int, learning
                 parameter.copy_(value)
 
 
-def erasediff_terms(per_sample_loss, is_sensitive, reference: float, parameters, args, reduce=None) -> RiskTerms:
-    """One EraseDiff step's RiskTerms from the script's flags (logs gain "lambda" and "L_f_ref").
+def erasediff_targets(target: torch.Tensor, is_sensitive: torch.Tensor, forget_target: torch.Tensor) -> torch.Tensor:
+    """``target`` with its S rows replaced by ``forget_target``'s (U rows keep the true diffusion target)."""
+    mask = is_sensitive.to(device=target.device, dtype=torch.bool).view(-1, *([1] * (target.dim() - 1)))
+    return torch.where(mask, forget_target.to(target.dtype), target)
+
+
+def erasediff_terms(
+    per_sample_loss, is_sensitive, reference: float, parameters, lam: float, eta: float = 0.1, reduce=None
+) -> RiskTerms:
+    """One EraseDiff step's RiskTerms (logs gain "lambda" and "L_f_ref").
 
     ``per_sample_loss``: ℓ of every row, against the forget target on the S rows; ``reference``: L̄_f from
     ``reference_forget_loss``, computed *before* the forward pass that gave ``per_sample_loss`` (its inner passes
-    change the weights in place, which a later backward through that graph would refuse); ``reduce``: mean over
-    processes, so that every process uses the same adaptive λ.
+    change the weights in place, which a later backward through that graph would refuse); ``lam`` < 0 selects
+    the adaptive λ (single process only: it takes gradients with ``torch.autograd.grad``, which DDP does not
+    support); ``reduce``: mean over processes of the fixed-λ logs.
     """
-    lam = args.erasediff_lambda
     if lam < 0:
         parts = erasediff_risk(per_sample_loss, is_sensitive, 0.0)
-        lam = adaptive_lambda(parts.L_U_neg, parts.L_S_neg, parameters, args.erasediff_eta)
-        if reduce is not None:
-            lam = float(reduce(torch.tensor(lam, device=per_sample_loss.device)))
+        lam = adaptive_lambda(parts.L_U_neg, parts.L_S_neg, parameters, eta)
     terms = erasediff_risk(per_sample_loss, is_sensitive, lam, reference)
     terms.extra = {"lambda": lam, "L_f_ref": reference}
     return terms

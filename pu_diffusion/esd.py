@@ -7,7 +7,9 @@ guided prediction of a frozen copy θ* of the starting UNet:
     target = ε*(x_t, ∅) − η · [ε*(x_t, c) − ε*(x_t, ∅)]          loss = ‖ε_θ(x_t, c) − target‖²
 
 Parameter sets: ``esd-x`` trains the cross-attention layers only (``attn2``: erases the concept where the prompt
-names it), ``esd-u`` everything else (erases it more globally). It cannot act on an unconditional model: there is
+names it), ``esd-u`` everything else but the time embedding and the output layers (as the authors' ``noxattn``;
+erases it more globally). With LoRA adapters (on the attention projections) esd-u trains the self-attention
+adapters only. It cannot act on an unconditional model: there is
 no prompt to guide away from. The frozen copy is the LoRA-off base when training LoRA (no extra memory), else a
 second UNet held in memory.
 """
@@ -25,9 +27,19 @@ from .losses import RiskTerms, per_sample_diffusion_loss
 ESD_METHODS = ("esd-x", "esd-u")
 
 
+ESD_U_EXCLUDED = ("time_embedding.", "conv_norm_out.", "conv_out.")  # the authors' noxattn skips these too
+
+
 def is_cross_attention(name: str) -> bool:
     """Whether a UNet2DConditionModel parameter name belongs to a cross-attention layer (``attn2``)."""
     return ".attn2." in name
+
+
+def in_esd_set(name: str, method: str) -> bool:
+    """Whether ``method`` (esd-x / esd-u) trains the UNet2DConditionModel parameter ``name``."""
+    if method == "esd-x":
+        return is_cross_attention(name)
+    return not is_cross_attention(name) and not name.startswith(ESD_U_EXCLUDED)
 
 
 def select_esd_parameters(unet, method: str) -> list[torch.nn.Parameter]:
@@ -37,8 +49,7 @@ def select_esd_parameters(unet, method: str) -> list[torch.nn.Parameter]:
     lora = any("lora_" in name for name, _ in unet.named_parameters())
     selected = []
     for name, parameter in unet.named_parameters():
-        in_set = is_cross_attention(name) == (method == "esd-x")
-        keep = in_set and ("lora_" in name if lora else True)
+        keep = in_esd_set(name, method) and ("lora_" in name if lora else True)
         parameter.requires_grad_(keep)
         if keep:
             selected.append(parameter)
@@ -85,15 +96,25 @@ def adapters_off(unet):
 
 @torch.no_grad()
 def sample_concept_latents(
-    unet, scheduler, concept_state, empty_state, shape, num_steps: int = 50, guidance_scale: float = 3.0
+    unet,
+    scheduler,
+    concept_state,
+    empty_state,
+    shape,
+    num_steps: int = 50,
+    guidance_scale: float = 3.0,
+    stop: int | None = None,
 ):
-    """(x_t, t): DDIM sampling with the concept prompt, stopped after a random number of steps (ESD's x_t).
+    """(x_t, t): DDIM sampling with the concept prompt, stopped after ``stop`` steps (ESD's x_t).
 
-    ``scheduler``: a DDIMScheduler (its own copy: ``set_timesteps`` is called here). t is the DDPM timestep x_t is at.
+    ``stop``: drawn uniformly from [0, num_steps) when None. ``scheduler``: a DDIMScheduler (its own copy:
+    ``set_timesteps`` is called here). t = ``scheduler.timesteps[stop]``, the DDPM timestep x_t is at: the one
+    the next sampling step would denoise from.
     """
     device = concept_state.device
     scheduler.set_timesteps(num_steps, device=device)
-    stop = int(torch.randint(0, num_steps, ()).item())
+    if stop is None:
+        stop = int(torch.randint(0, num_steps, ()).item())
     latents = torch.randn(shape, device=device) * scheduler.init_noise_sigma
     batch = shape[0]
     both = torch.cat([empty_state.expand(batch, -1, -1), concept_state.expand(batch, -1, -1)]).to(unet.dtype)
@@ -140,12 +161,19 @@ def esd_terms(unet, raw_unet, context: ESDContext, empty_state, batch_size: int,
     latents, timesteps = sample_concept_latents(
         raw_unet,
         context.scheduler,
-        context.concept_state,
-        empty_state,
-        shape,
+        concept_state=context.concept_state,
+        empty_state=empty_state,
+        shape=shape,
         num_steps=context.sampling_steps,
         guidance_scale=context.start_guidance,
     )
-    target = esd_target(context.frozen, latents, timesteps, context.concept_state, empty_state, context.eta)
+    target = esd_target(
+        context.frozen,
+        latents,
+        timesteps,
+        concept_state=context.concept_state,
+        empty_state=empty_state,
+        eta=context.eta,
+    )
     prediction = unet(latents, timesteps, context.concept_state.expand(batch_size, -1, -1), return_dict=False)[0]
     return esd_risk(prediction, target, reduction)

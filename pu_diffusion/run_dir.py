@@ -22,6 +22,31 @@ RESUME_FREE_ARGS = (
     "dataloader_num_workers", "skip_image_check", "num_validation_images", "num_final_images", "eval_batch_size",
     "num_inference_steps", "validation_prompts",
 )  # fmt: skip
+# Flags added after runs were written, at the value that trains what those runs trained: a pu_run.json without
+# them still resumes. Method-specific flags are compared only when the run uses that method.
+ADDED_ARGS_NEUTRAL = {
+    "builtin_unlabeled": "contaminated",
+    "erasediff_lambda": 0.1,
+    "erasediff_eta": 0.1,
+    "erasediff_inner_steps": 2,
+    "erasediff_anchor_prompt": None,
+    "esd_eta": 1.0,
+    "esd_sampling_steps": 50,
+    "esd_start_guidance": 3.0,
+}
+METHOD_ARG_PREFIXES = {"erasediff_": ("erasediff",), "esd_": ("esd-x", "esd-u")}
+
+
+def _unused_by_method(key: str, method) -> bool:
+    return any(key.startswith(prefix) and method not in methods for prefix, methods in METHOD_ARG_PREFIXES.items())
+
+
+def _same_flag(key: str, stored: dict, config: dict) -> bool:
+    if key not in stored and key in ADDED_ARGS_NEUTRAL:
+        return config.get(key) == ADDED_ARGS_NEUTRAL[key]
+    return stored.get(key) == config.get(key)
+
+
 # What a training run writes into --output_dir besides checkpoints: removed by --overwrite_output_dir.
 RUN_OUTPUTS = (
     RUN_FILE, "pu_split.json", "README.md", "model_index.json", "samples.png", "samples", "validation", "eval",
@@ -76,7 +101,11 @@ def check_output_dir(output_dir: str, config: dict, resuming: bool, overwrite: b
             stored = json.load(handle)
         ignore = set(RESUME_FREE_ARGS) | {"output_dir"}
         differing = sorted(
-            key for key in set(stored) | set(config) if key not in ignore and stored.get(key) != config.get(key)
+            key
+            for key in set(stored) | set(config)
+            if key not in ignore
+            and not _unused_by_method(key, config.get("method"))
+            and not _same_flag(key, stored, config)
         )
         if differing:
             details = ", ".join(f"--{key} {stored.get(key)!r} → {config.get(key)!r}" for key in differing[:6])

@@ -79,6 +79,12 @@ def check_run(accelerator, args) -> str | None:
         bool(args.resume_from_checkpoint) and os.path.exists(os.path.join(args.output_dir, RUN_FILE))
     )
     check_output_dir(args.output_dir, public_config(args), resuming=resuming, overwrite=args.overwrite_output_dir)
+    if args.method == "erasediff" and args.erasediff_lambda < 0 and accelerator.num_processes > 1:
+        raise ValueError(
+            f"--erasediff_lambda {args.erasediff_lambda} (adaptive λ) takes both gradients with torch.autograd.grad, "
+            f"which DistributedDataParallel does not support; this run has {accelerator.num_processes} processes. "
+            "Use a fixed --erasediff_lambda >= 0, or one process."
+        )
     if resume_path is not None and checkpoint_num_processes(resume_path) != accelerator.num_processes:
         raise ValueError(
             f"--resume_from_checkpoint {resume_path!r} was written by {checkpoint_num_processes(resume_path)} "
@@ -346,6 +352,9 @@ def log_run_header(args, plan: TrainingPlan, accelerator, data_info: dict) -> No
     )
     logger.info("***** Running PU training *****")
     logger.info(f"  Data = {data_info}")
-    logger.info(f"  Method = {args.method}, beta = {args.beta}, estimator = {args.pu_estimator}")
+    logger.info(
+        f"  Method = {args.method}"
+        + (f", beta = {args.beta}, estimator = {args.pu_estimator}" if args.method == "pu" else "")
+    )
     logger.info(f"  Batch per device = {args.train_batch_size} U + {per_device_sensitive} S; total = {total}")
     logger.info(f"  Num epochs (passes over U) = {plan.num_epochs}, optimization steps = {plan.max_train_steps}")

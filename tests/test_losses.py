@@ -204,3 +204,11 @@ def test_erasediff_inner_passes_lower_the_forget_loss_and_restore_the_weights_ex
         assert torch.equal(value, before[key]), key  # bit for bit
     assert all(p.grad is None for p in model.parameters())
     assert reference_forget_loss(forget_loss, list(model.parameters()), 0, 0.05) == pytest.approx(start)
+
+
+def test_erasediff_targets_replace_only_the_s_rows():
+    from pu_diffusion.erasediff import erasediff_targets
+
+    target, forget = torch.zeros(4, 1, 2, 2), torch.ones(4, 1, 2, 2)
+    mixed = erasediff_targets(target, torch.tensor([False, True, False, True]), forget)
+    assert mixed[:, 0, 0, 0].tolist() == [0.0, 1.0, 0.0, 1.0]

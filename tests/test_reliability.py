@@ -349,3 +349,31 @@ def test_resume_from_an_older_checkpoint_replaces_the_abandoned_later_ones(tmp_p
         )
     )
     assert stats["global_step"] == 6  # resumed past the target: nothing more is trained
+
+
+def test_a_run_written_before_new_flags_existed_still_resumes(tmp_path):
+    """pu_run.json of an older version lacks --builtin_unlabeled and --erasediff_*: at their neutral values the
+    run is the same run; another value, or a flag of the run's own method, is still a different run."""
+    import json
+
+    import train_pu_diffusion
+    from pu_diffusion.run_dir import RUN_FILE, check_output_dir, public_config
+
+    config = public_config(train_pu_diffusion.parse_args(["--output_dir", str(tmp_path)]))
+    old = {k: v for k, v in config.items() if k != "builtin_unlabeled" and not k.startswith("erasediff_")}
+    (tmp_path / RUN_FILE).write_text(json.dumps(old))
+    check_output_dir(str(tmp_path), config, resuming=True, overwrite=False)
+    other = public_config(train_pu_diffusion.parse_args(["--output_dir", str(tmp_path), "--erasediff_lambda", "1"]))
+    check_output_dir(str(tmp_path), other, resuming=True, overwrite=False)  # not an erasediff run: flag unused
+    clean = public_config(
+        train_pu_diffusion.parse_args(["--output_dir", str(tmp_path), "--builtin_unlabeled", "clean"])
+    )
+    with pytest.raises(ValueError, match="--builtin_unlabeled"):
+        check_output_dir(str(tmp_path), clean, resuming=True, overwrite=False)
+    erase = public_config(
+        train_pu_diffusion.parse_args(
+            ["--output_dir", str(tmp_path), "--method", "erasediff", "--erasediff_lambda", "1"]
+        )
+    )
+    with pytest.raises(ValueError, match="--erasediff_lambda"):
+        check_output_dir(str(tmp_path), erase, resuming=True, overwrite=False)

@@ -371,7 +371,7 @@ def test_erasediff_without_a_single_u_caption_asks_for_the_anchor(tiny_sd, tmp_p
 def test_esd_trains_only_its_parameter_set_and_leaves_the_base_frozen(tiny_sd, captioned, tmp_path, method):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    from pu_diffusion.esd import is_cross_attention
+    from pu_diffusion.esd import in_esd_set, is_cross_attention
 
     out = tmp_path / method
     run(sd_args(tiny_sd, captioned, out, "--method", method, "--esd_sampling_steps", "3", "--learning_rate", "1e-2"))
@@ -379,7 +379,10 @@ def test_esd_trains_only_its_parameter_set_and_leaves_the_base_frozen(tiny_sd, c
     trained = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
     changed = {name for name in base if not torch.equal(base[name], trained[name])}
     assert changed, "nothing trained"
+    assert all(in_esd_set(name, method) for name in changed)
     assert all(is_cross_attention(name) == (method == "esd-x") for name in changed)
+    if method == "esd-u":  # as the authors' noxattn: time embedding and output layers stay
+        assert not any(name.startswith(("time_embedding.", "conv_out.", "conv_norm_out.")) for name in changed)
     card = (out / "README.md").read_text()
     assert "ESD concept prompt (the images are not used): a photo of brad" in card and "ESD frozen copy (MB)" in card
     StableDiffusionPipeline.from_pretrained(str(out))
@@ -454,3 +457,37 @@ def test_esd_resumes_exactly(tiny_sd, captioned, tmp_path):
     b = load_file(str(resumed / "unet" / "diffusion_pytorch_model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_esd_x_with_lora_trains_cross_attention_adapters_against_the_adapter_free_base(tiny_sd, captioned, tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "lora"
+    run(sd_args(tiny_sd, captioned, out, "--method", "esd-x", "--rank", "4", "--esd_sampling_steps", "2"))
+    weights = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert weights and all("lora" in name for name in weights)
+    assert "ESD frozen copy (MB): 0.0" in (out / "README.md").read_text()  # the LoRA-off base, no copy
+
+
+def test_esd_x_t_is_the_ddim_run_stopped_at_the_timestep_it_returns(tiny_sd):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from pu_diffusion.esd import sample_concept_latents
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    concept, empty = torch.randn(1, 16, 16), torch.randn(1, 16, 16)
+    scheduler = DDIMScheduler.from_pretrained(tiny_sd, subfolder="scheduler")
+    torch.manual_seed(3)
+    latents, timesteps = sample_concept_latents(
+        unet, scheduler, concept_state=concept, empty_state=empty, shape=(2, 4, 8, 8), num_steps=5, stop=2
+    )
+    torch.manual_seed(3)  # the same run by hand: two guided DDIM steps from the same noise
+    manual = torch.randn(2, 4, 8, 8)
+    reference = DDIMScheduler.from_pretrained(tiny_sd, subfolder="scheduler")
+    reference.set_timesteps(5)
+    with torch.no_grad():
+        for timestep in reference.timesteps[:2]:
+            e_0 = unet(manual, timestep, empty.expand(2, -1, -1)).sample
+            e_c = unet(manual, timestep, concept.expand(2, -1, -1)).sample
+            manual = reference.step(e_0 + 3.0 * (e_c - e_0), timestep, manual).prev_sample
+    torch.testing.assert_close(latents, manual, rtol=1e-4, atol=1e-5)
+    assert timesteps.tolist() == [int(reference.timesteps[2])] * 2  # x_t sits at the third step's timestep
