@@ -105,7 +105,7 @@ def parse_args(input_args=None):
     parser.add_argument(
         "--report_only",
         action="store_true",
-        help="Train nothing: tabulate every cached run in --output_dir (all variants, methods, splits, seeds).",
+        help="Train nothing: tabulate the cached runs in --output_dir (every run tabulates all of them).",
     )
     parser.add_argument("--smoke", action="store_true", help="Seconds-long run on a tiny UNet (for the tests).")
     args = parser.parse_args(input_args)
@@ -501,14 +501,11 @@ def main(args):
         for seed in args.seeds:
             for index, (variant, column, run_recipe) in enumerate(plan):
                 run_one(args, keys[split, index], variant, column, split, seed, run_recipe)
-    wanted = set(keys.values())
+    # The tables cover every run cached in --output_dir (all invocations, variants and methods), not only this
+    # invocation's: an ablation run into a shared folder adds its rows instead of replacing the table.
     cache_dir = os.path.join(args.output_dir, "cache")
     names = sorted(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else []
-    records = [
-        read_json(os.path.join(cache_dir, name))
-        for name in names
-        if name.endswith(".json") and (args.report_only or name.rsplit("_s", 1)[0] in wanted)
-    ]
+    records = [read_json(os.path.join(cache_dir, name)) for name in names if name.endswith(".json")]
     if not records:
         raise SystemExit(f"No cached runs in {cache_dir}: run the benchmark without --report_only first.")
     rows = summarize(records)

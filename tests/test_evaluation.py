@@ -331,7 +331,7 @@ def test_speed_benchmarks_run_and_write_json(tmp_path):
             ]
         )
     )
-    assert set(report["steps_per_second"]) == {"unsupervised", "supervised", "pu"}
+    assert set(report["steps_per_second"]) == {"unsupervised", "supervised", "pu", "erasediff", "erasediff-adaptive"}
     assert report["ratio_vs_unsupervised"]["unsupervised"] == 1.0 and all(
         v > 0 for v in report["peak_memory_mb"].values()
     )
