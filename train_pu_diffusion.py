@@ -279,6 +279,7 @@ def main(args):
                     reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
                     supervised_form=args.supervised_form,
                     temperature=args.loss_temperature,
+                    sensitive_cap=args.pu_sensitive_cap,
                 )
             accelerator.backward(terms.objective)
             if accelerator.sync_gradients and args.max_grad_norm > 0:

@@ -534,6 +534,7 @@ def compute_loss(
         reduce_for_branch=reduce_for_branch,
         supervised_form=args.supervised_form,
         temperature=args.loss_temperature,
+        sensitive_cap=args.pu_sensitive_cap,
     )
 
 

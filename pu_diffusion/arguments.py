@@ -120,6 +120,13 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         help="ℓ per sample: sum (the method's default) or mean of the squared error over elements.",
     )
     group.add_argument(
+        "--pu_sensitive_cap",
+        type=float,
+        default=None,
+        help="κ (opt-in, not in the paper): cap each S loss in the subtracted β·L_S⁻ at κ times the batch's U loss, "
+        "so S stops being pushed up once it is κ× worse than U (absPU otherwise pushes it to ≈ L_U⁻/β).",
+    )
+    group.add_argument(
         "--loss_temperature",
         type=float,
         default=1.0,
@@ -303,6 +310,10 @@ def validate_training_args(args) -> None:
     )
     _require(args.sensitive_batch_size >= 0, f"--sensitive_batch_size must be >= 0; got {args.sensitive_batch_size}.")
     _require(args.loss_temperature > 0, f"--loss_temperature must be > 0; got {args.loss_temperature}.")
+    _require(
+        args.pu_sensitive_cap is None or args.pu_sensitive_cap > 0,
+        f"--pu_sensitive_cap must be > 0; got {args.pu_sensitive_cap}.",
+    )
     if args.method == "erasediff":
         _require(args.erasediff_eta >= 0, f"--erasediff_eta must be >= 0; got {args.erasediff_eta}.")
         _require(

@@ -131,6 +131,7 @@ def pu_risk(
     reduce_for_branch=None,
     supervised_form: str = "paper",
     temperature: float = 1.0,
+    sensitive_cap: float | None = None,
 ) -> RiskTerms:
     """Risk of one batch from its per-sample losses ℓ and its S mask (see module docstring).
 
@@ -141,6 +142,10 @@ def pu_risk(
     ``supervised_form`` (supervised only): paper (L_U⁻ + L_S⁺) | authors (one mean over the batch, ℓ⁺ capped).
     ``temperature`` τ: the classifier becomes p(normal | x) = exp(−ℓ/τ), i.e. every ℓ is divided by τ first
     (τ = number of elements turns the summed ℓ into the mean-reduced one). Opt-in; 1 is the paper's method.
+    ``sensitive_cap`` κ (pu only, opt-in): the subtracted term becomes β · mean_S min(ℓ, κ · sg[L_U⁻]), so an S
+    sample stops being pushed up once its ℓ is κ times the U mean. Without it, absPU pushes L_S⁻ until
+    L_U⁻ − β L_S⁻ reaches 0, i.e. to L_S⁻ ≈ L_U⁻/β (10× the U loss at β = 0.1); with κβ < 1 the negative risk
+    stays positive and that push stops far earlier. L_S⁻ is logged uncapped.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
@@ -152,6 +157,8 @@ def pu_risk(
         raise ValueError(f"beta must lie in [0, 1), got {beta}.")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if sensitive_cap is not None and not sensitive_cap > 0:
+        raise ValueError(f"sensitive_cap must be > 0, got {sensitive_cap}.")
     is_sensitive = is_sensitive.to(device=per_sample_loss.device, dtype=torch.bool)
     per_sample_loss = per_sample_loss.float() / temperature
     unlabeled = per_sample_loss[~is_sensitive]
@@ -184,7 +191,10 @@ def pu_risk(
         return RiskTerms(objective=risk, risk=risk, negative_risk=L_U_neg, **terms)
 
     positive_risk = beta * L_S_pos
-    negative_risk = L_U_neg - beta * L_S_neg
+    subtracted = L_S_neg
+    if sensitive_cap is not None:
+        subtracted = torch.minimum(sensitive, sensitive_cap * L_U_neg.detach()).mean()
+    negative_risk = L_U_neg - beta * subtracted
     if estimator == "abs":
         risk = positive_risk + negative_risk.abs()
         return RiskTerms(objective=risk, risk=risk, negative_risk=negative_risk, **terms)

@@ -212,3 +212,21 @@ def test_erasediff_targets_replace_only_the_s_rows():
     target, forget = torch.zeros(4, 1, 2, 2), torch.ones(4, 1, 2, 2)
     mixed = erasediff_targets(target, torch.tensor([False, True, False, True]), forget)
     assert mixed[:, 0, 0, 0].tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_sensitive_cap_stops_pushing_s_samples_that_are_already_k_times_worse_than_u():
+    loss = torch.tensor([2.0, 4.0, 5.0, 30.0], requires_grad=True)  # U = 2, 4 (L_U⁻ = 3); S = 5, 30
+    is_sensitive = torch.tensor([False, False, True, True])
+    terms = pu_risk(loss, is_sensitive, "pu", beta=0.1, estimator="abs", sensitive_cap=2.0)
+    # subtracted: mean(min(5, 6), min(30, 6)) = 5.5; negative risk = 3 − 0.1·5.5; L_S⁻ logged uncapped (17.5)
+    assert terms.negative_risk.item() == pytest.approx(3 - 0.55)
+    assert terms.L_S_neg.item() == pytest.approx(17.5)
+    L_S_pos = sensitive_loss(torch.tensor([5.0, 30.0])).mean().item()  # noqa: N806
+    assert terms.objective.item() == pytest.approx(0.1 * L_S_pos + 3 - 0.55)
+    terms.objective.backward()
+    assert loss.grad[3].item() == pytest.approx(0.1 * 0.5 * (-1 / (math.exp(30.0) - 1)), abs=1e-12)  # no ascent left
+    assert loss.grad[2].item() < -0.05 + 1e-3  # 5 < 6: still pushed up by β/|S| (plus the tiny ℓ⁺ gradient)
+    uncapped = pu_risk(loss.detach(), is_sensitive, "pu", beta=0.1, estimator="abs")
+    assert uncapped.negative_risk.item() == pytest.approx(3 - 1.75)
+    with pytest.raises(ValueError, match="sensitive_cap"):
+        pu_risk(loss, is_sensitive, "pu", sensitive_cap=0.0)
