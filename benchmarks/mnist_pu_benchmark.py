@@ -393,8 +393,12 @@ def summarize(records: list[dict]) -> list[dict]:
 
 
 def recipe_steps(recipe: list[str]) -> str:
-    """The --max_train_steps of a recipe, or "recipe" when the built-in preset's default is used."""
-    return recipe[recipe.index("--max_train_steps") + 1] if "--max_train_steps" in recipe else "recipe"
+    """The --max_train_steps of a recipe, else the built-in preset's (cache keys change with that default, so a
+    record without the flag was trained with today's)."""
+    from pu_diffusion.splits import BUILTIN_RECIPE
+
+    steps = recipe[recipe.index("--max_train_steps") + 1] if "--max_train_steps" in recipe else None
+    return str(steps or BUILTIN_RECIPE["max_train_steps"])
 
 
 def _mean_std(value, digits: int) -> str:

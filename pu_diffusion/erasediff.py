@@ -11,7 +11,9 @@ Remaining data D_r := U, forgetting data D_f := S. One step minimises
     L̄_f   the mean L_f reached after K inner SGD passes over the S rows, starting from the current weights,
           which are restored exactly afterwards; a detached number
 
-The reference L̄_f is a constant of the step, so the gradient is ∇L_r + λ∇L_f. With a fixed λ ≥ 0 that is one
+The reference L̄_f is a constant of the step, so the gradient is ∇L_r + λ∇L_f (it is logged, not added). The
+inner passes are plain SGD at ``--learning_rate`` on the summed ℓ, so on large images L̄_f can overshoot; it
+changes nothing of the update either way. With a fixed λ ≥ 0 that is one
 backward pass; a negative ``--erasediff_lambda`` selects the adaptive form λ = max(η − cos(∇L_r, ∇L_f), 0),
 which needs both gradients (two extra backward passes). The K inner passes cost K forward and backward passes
 over the S rows on top.
@@ -35,10 +37,13 @@ def uniform_forget_target(target: torch.Tensor, generator: torch.Generator | Non
     return noise.to(device=target.device, dtype=target.dtype)
 
 
-def erasediff_risk(per_sample_loss: torch.Tensor, is_sensitive: torch.Tensor, lam: float, reference: float = 0.0):
-    """RiskTerms of L_r + λ (L_f − L̄_f); ``per_sample_loss`` holds ℓ against the forget target on the S rows.
+def erasediff_risk(per_sample_loss: torch.Tensor, is_sensitive: torch.Tensor, lam: float) -> RiskTerms:
+    """RiskTerms of L_r + λ L_f; ``per_sample_loss`` holds ℓ against the forget target on the S rows.
 
-    The terms reuse the PU names: L_U⁻ = L_r, L_S⁻ = L_f (L_S⁺ is not part of the method and logged as 0).
+    The reference L̄_f of the objective L_r + λ(L_f − sg[L̄_f]) is a constant of the step, so it is left out of
+    the value backpropagated and reported (it changes neither the update nor the comparison between steps) and
+    logged on its own as "L_f_ref". The terms reuse the PU names: L_U⁻ = L_r, L_S⁻ = L_f (L_S⁺ is not part of
+    the method and logged as 0).
     """
     is_sensitive = is_sensitive.to(device=per_sample_loss.device, dtype=torch.bool)
     retain = per_sample_loss[~is_sensitive].float()
@@ -46,7 +51,7 @@ def erasediff_risk(per_sample_loss: torch.Tensor, is_sensitive: torch.Tensor, la
     if retain.numel() == 0 or forget.numel() == 0:
         raise ValueError("--method erasediff needs U and S samples in every batch.")
     L_r, L_f = retain.mean(), forget.mean()  # noqa: N806 - the paper's symbols
-    objective = L_r + lam * (L_f - reference)
+    objective = L_r + lam * L_f
     return RiskTerms(
         objective=objective,
         risk=objective,
@@ -120,6 +125,6 @@ def erasediff_terms(
     if lam < 0:
         parts = erasediff_risk(per_sample_loss, is_sensitive, 0.0)
         lam = adaptive_lambda(parts.L_U_neg, parts.L_S_neg, parameters, eta)
-    terms = erasediff_risk(per_sample_loss, is_sensitive, lam, reference)
+    terms = erasediff_risk(per_sample_loss, is_sensitive, lam)
     terms.extra = {"lambda": lam, "L_f_ref": reference}
     return terms
