@@ -192,34 +192,27 @@ def load_data(args):
     return dataset, unlabeled_rows, sensitive_rows, captions
 
 
-def erasediff_anchor_prompt(args, captions, unlabeled_rows) -> str | None:
-    """--erasediff_anchor_prompt, else U's caption when all of U shares one; None for other methods."""
-    if args.method != "erasediff":
-        return None
-    if args.erasediff_anchor_prompt is not None:
-        return args.erasediff_anchor_prompt
-    unlabeled_captions = sorted({captions[int(row)] for row in unlabeled_rows})
-    if len(unlabeled_captions) != 1:
-        raise ValueError(
-            f"--method erasediff needs an anchor prompt: the U images have {len(unlabeled_captions)} different "
-            "captions, so none is the normal one. Pass --erasediff_anchor_prompt (e.g. U's typical caption)."
-        )
-    return unlabeled_captions[0]
+def method_prompt(args, captions, unlabeled_rows, sensitive_rows) -> str | None:
+    """The one prompt a competing method needs, or None for PU and its baselines.
 
-
-def esd_concept_prompt(args, captions, sensitive_rows) -> str | None:
-    """ESD's concept c: --sensitive_caption, else S's caption when all of S shares one; None for other methods."""
-    if args.method not in ESD_METHODS:
+    erasediff: its anchor, --erasediff_anchor_prompt or else U's caption; esd-x / esd-u: the concept c,
+    --sensitive_caption or else S's caption. The fallback needs every image of that set to share one caption.
+    """
+    if args.method == "erasediff":
+        given, rows, part, flag = args.erasediff_anchor_prompt, unlabeled_rows, "U", "--erasediff_anchor_prompt"
+    elif args.method in ESD_METHODS:
+        given, rows, part, flag = args.sensitive_caption, sensitive_rows, "S", "--sensitive_caption"
+    else:
         return None
-    if args.sensitive_caption is not None:
-        return args.sensitive_caption
-    sensitive_captions = sorted({captions[int(row)] for row in sensitive_rows})
-    if len(sensitive_captions) != 1:
+    if given is not None:
+        return given
+    distinct = sorted({captions[int(row)] for row in rows})
+    if len(distinct) != 1:
         raise ValueError(
-            f"--method {args.method} erases one prompt, but the S images have {len(sensitive_captions)} different "
-            "captions. Pass --sensitive_caption with the concept's prompt."
+            f"--method {args.method} needs one prompt, but the {part} images have {len(distinct)} different "
+            f"captions. Pass {flag}."
         )
-    return sensitive_captions[0]
+    return distinct[0]
 
 
 def load_models(args, accelerator):
@@ -272,8 +265,9 @@ def main(args):
     # ---- Data (checked before anything is written) ----
     with accelerator.main_process_first():
         dataset, unlabeled_rows, sensitive_rows, captions = load_data(args)
-    anchor_prompt = erasediff_anchor_prompt(args, captions, unlabeled_rows)
-    concept_prompt = esd_concept_prompt(args, captions, sensitive_rows)
+    prompt = method_prompt(args, captions, unlabeled_rows, sensitive_rows)
+    anchor_prompt = prompt if args.method == "erasediff" else None
+    concept_prompt = prompt if args.method in ESD_METHODS else None
 
     # ---- Models: the UNet trains; VAE and text encoder are frozen and never enter autograd ----
     tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype = load_models(args, accelerator)

@@ -211,15 +211,23 @@ def test_guided_pu_loss_uses_the_guided_prediction(tiny_sd):
     torch.testing.assert_close(guided, unconditional + 3.0 * (conditional - unconditional), rtol=1e-4, atol=1e-5)
 
 
-def test_resume_equals_straight_training(tiny_sd, captioned, tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--method", "erasediff", "--erasediff_lambda", "-1"],  # adaptive λ, K = 2 inner passes
+        ["--method", "esd-u", "--esd_sampling_steps", "3"],  # x_t drawn by sampling: global RNG state
+    ],
+)
+def test_resume_equals_straight_training(tiny_sd, captioned, tmp_path, extra):
     import shutil
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(sd_args(tiny_sd, captioned, straight))
+    run(sd_args(tiny_sd, captioned, straight, *extra))
     resumed.mkdir()
     shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
     shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
-    run(sd_args(tiny_sd, captioned, resumed, "--resume_from_checkpoint", "latest"))
+    run(sd_args(tiny_sd, captioned, resumed, *extra, "--resume_from_checkpoint", "latest"))
     a = load_file(str(straight / "unet" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(resumed / "unet" / "diffusion_pytorch_model.safetensors"))
     for key in a:
@@ -331,23 +339,10 @@ def test_erasediff_forget_target_is_the_models_own_prediction_under_the_anchor(
     assert "EraseDiff anchor prompt: a photo of a man" in (tmp_path / "other" / "README.md").read_text()
 
 
-def test_erasediff_resumes_exactly_and_trains_lora(tiny_sd, captioned, tmp_path):
-    import shutil
-
-    flags = ("--method", "erasediff", "--erasediff_lambda", "-1")  # adaptive λ, K = 2 inner passes
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(sd_args(tiny_sd, captioned, straight, *flags))
-    resumed.mkdir()
-    shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
-    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
-    run(sd_args(tiny_sd, captioned, resumed, *flags, "--resume_from_checkpoint", "latest"))
-    a = load_file(str(straight / "unet" / "diffusion_pytorch_model.safetensors"))
-    b = load_file(str(resumed / "unet" / "diffusion_pytorch_model.safetensors"))
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+def test_erasediff_trains_lora_adapters(tiny_sd, captioned, tmp_path):
     pytest.importorskip("peft")
     lora = tmp_path / "lora"
-    run(sd_args(tiny_sd, captioned, lora, *flags, "--rank", "4"))
+    run(sd_args(tiny_sd, captioned, lora, "--method", "erasediff", "--erasediff_lambda", "-1", "--rank", "4"))
     assert (lora / "pytorch_lora_weights.safetensors").exists()
 
 
@@ -441,22 +436,6 @@ def test_esd_with_lora_uses_the_adapter_free_base_and_keeps_the_trainable_set(ti
     with torch.no_grad():
         assert not torch.allclose(unet(latents, timesteps, text).sample, base)  # adapters back on
     assert [p.requires_grad for p in unet.parameters()] == flags
-
-
-def test_esd_resumes_exactly(tiny_sd, captioned, tmp_path):
-    import shutil
-
-    flags = ("--method", "esd-u", "--esd_sampling_steps", "3")
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(sd_args(tiny_sd, captioned, straight, *flags))
-    resumed.mkdir()
-    shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
-    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
-    run(sd_args(tiny_sd, captioned, resumed, *flags, "--resume_from_checkpoint", "latest"))
-    a = load_file(str(straight / "unet" / "diffusion_pytorch_model.safetensors"))
-    b = load_file(str(resumed / "unet" / "diffusion_pytorch_model.safetensors"))
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
 def test_esd_x_with_lora_trains_cross_attention_adapters_against_the_adapter_free_base(tiny_sd, captioned, tmp_path):
