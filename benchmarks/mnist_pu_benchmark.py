@@ -364,9 +364,13 @@ def summarize(records: list[dict]) -> list[dict]:
             "paper_nsr": PAPER.get((split, column)),
         }
         for name in ("frechet_distance_classifier_features", "frechet_distance_inception"):
-            values = [m[name] for m in metrics if name in m]
-            if len(values) == len(metrics):
+            # Over the seeds that have it (runs cached before Inception was asked for lack it); the seed count
+            # is kept so the table can say when it is fewer than the NSR's.
+            with_fd = [seed for seed in seeds if name in by_seed[seed]]
+            values = [by_seed[seed][name] for seed in with_fd]
+            if values:
                 row[name] = [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
+                row[f"{name}_seeds"] = with_fd
         # The variant's own unsupervised run, else its --baseline_variant's (variants that change PU only).
         own = (split, steps, variant, "unsupervised", spec) in groups
         base_variant = variant if own else baselines.get(variant, "default")
@@ -379,13 +383,14 @@ def summarize(records: list[dict]) -> list[dict]:
                 ("frechet_distance_classifier_features", "fd"),
                 ("frechet_distance_inception", "fid"),
             ):
-                if not all(name in by_seed[s] and name in base[s] for s in paired):
+                both = [s for s in paired if name in by_seed[s] and name in base[s]]
+                if not both:
                     continue
-                ours = np.array([by_seed[s][name] for s in paired])
-                theirs = np.array([base[s][name] for s in paired])
+                ours = np.array([by_seed[s][name] for s in both])
+                theirs = np.array([base[s][name] for s in both])
                 if short != "nsr":
                     row[f"{short}_ratio_vs_unsupervised"] = float(ours.mean() / theirs.mean())
-                if len(paired) > 1 and np.any(ours != theirs):
+                if len(both) > 1 and np.any(ours != theirs):
                     row[f"p_{short}_vs_unsupervised"] = float(stats.ttest_rel(ours, theirs).pvalue)
             row["paired_seeds"] = paired
         rows.append(row)
@@ -401,8 +406,16 @@ def recipe_steps(recipe: list[str]) -> str:
     return str(steps or BUILTIN_RECIPE["max_train_steps"])
 
 
-def _mean_std(value, digits: int) -> str:
-    return "" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+def _mean_std(value, digits: int, seeds: list | None = None, of: int | None = None) -> str:
+    if value is None:
+        return ""
+    text = f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+    return text if seeds is None or len(seeds) == of else f"{text} ({len(seeds)} seeds)"
+
+
+def _fd_cell(row: dict, name: str) -> str:
+    """Mean ± std, naming the seed count when fewer seeds than the NSR's have this FD."""
+    return _mean_std(row.get(name), 2, row.get(f"{name}_seeds"), len(row["seeds"]))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -421,8 +434,8 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"| {row['split']} | {row['steps']} | {row['variant']} | {row['method']} | {sampler_label(row['sampler'])} "
             f"| {len(row['seeds'])} | {row['nsr_mean']:.4f} ± {row['nsr_std']:.4f} | {low:.4f}–{high:.4f} "
-            f"| {row['ceiling']:.4f} | {_mean_std(row.get('frechet_distance_classifier_features'), 2)} "
-            f"| {_mean_std(row.get('frechet_distance_inception'), 2)} | {ratio} "
+            f"| {row['ceiling']:.4f} | {_fd_cell(row, 'frechet_distance_classifier_features')} "
+            f"| {_fd_cell(row, 'frechet_distance_inception')} | {ratio} "
             f"| {'' if p_value is None else f'{p_value:.2g}'} | {row['paper_nsr'] or ''} |"
         )
     return "\n".join(lines)

@@ -262,6 +262,41 @@ def test_benchmark_cache_key_follows_effective_flags_only():
     assert bench.run_key("ema", "pu", "even", ema) == "ema_even_pu_41491cb405"
 
 
+def test_benchmark_table_names_fewer_inception_seeds_and_pairs_only_seeds_that_have_it():
+    bench = load_benchmark("mnist_pu_benchmark")
+
+    def record(name, seed, rate, fd, fid=None):
+        metrics = {
+            "non_sensitive_rate": rate,
+            "predicted_class_counts": [int(rate * 100), 100 - int(rate * 100)],
+            "sensitive_classes": [1],
+            "ceiling": 1.0,
+            "frechet_distance_classifier_features": fd,
+        }
+        if fid is not None:
+            metrics["frechet_distance_inception"] = fid
+        return {"variant": "default", "split": "even", "recipe": [], "name": name, "seed": seed,
+                "evaluations": {"ddim:50:2000": metrics}}  # fmt: skip
+
+    records = [
+        record("unsupervised", 0, 0.8, 10.0),  # cached before Inception was asked for
+        record("unsupervised", 1, 0.8, 10.0, fid=20.0),
+        record("unsupervised", 2, 0.9, 10.0, fid=30.0),
+        record("pu", 0, 0.9, 5.0),
+        record("pu", 1, 0.9, 5.0, fid=10.0),
+        record("pu", 2, 0.95, 5.0, fid=20.0),
+    ]
+    rows = {row["method"]: row for row in bench.summarize(records)}
+    pu = rows["pu"]
+    assert pu["frechet_distance_inception"][0] == pytest.approx(15.0)  # seeds 1 and 2 only
+    assert pu["frechet_distance_inception_seeds"] == [1, 2]
+    assert pu["fid_ratio_vs_unsupervised"] == pytest.approx(15.0 / 25.0)  # paired over seeds 1 and 2
+    assert pu["fd_ratio_vs_unsupervised"] == pytest.approx(0.5)  # all three seeds
+    table = bench.format_table(list(rows.values()))
+    assert "15.00 ± 7.07 (2 seeds)" in table
+    assert "5.00 ± 0.00 |" in table  # classifier-FD covers every seed: no count
+
+
 def test_benchmark_adds_inception_fid_from_kept_samples_without_retraining(tmp_path, monkeypatch):
     import pu_diffusion.evaluation as evaluation
     import pu_diffusion.inception as inception
