@@ -30,7 +30,7 @@ from pu_diffusion.builtin_mnist import (
 )
 from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss, uniform_forget_target
-from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, pu_indices
+from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, images_as_tensor, pu_indices
 from pu_diffusion.images import save_image_grid
 from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss, pu_risk
 from pu_diffusion.models import check_resolution, default_unet_config, match_sample_size
@@ -208,6 +208,19 @@ def main(args):
     first_image = dataset[int(unlabeled_rows[0])][image_column]
     channels = 1 if first_image.mode in ("L", "1", "I", "I;16", "F") else 3
 
+    # ---- β: as given, or estimated from U and S (--beta auto; nothing is written yet) ----
+    beta_info = training.resolve_beta(
+        accelerator,
+        args,
+        resume_path,
+        load_images=lambda: tuple(
+            images_as_tensor(
+                dataset, image_column, rows, min(args.resolution, training.ESTIMATION_RESOLUTION), channels
+            )
+            for rows in (unlabeled_rows, sensitive_rows)
+        ),
+    )
+
     # ---- Model, batches, optimizer ----
     unet, noise_scheduler, base_model = load_model(args, channels)
     if args.gradient_checkpointing:
@@ -229,10 +242,12 @@ def main(args):
     global_step = training.resume(accelerator, resume_path, args)  # loads only; writes nothing
 
     # ---- The first write: the run's flags (and the built-in split, which evaluation reads) ----
-    training.start_run(accelerator, args, resume_path, plan, project_name="pu-diffusion")
+    training.start_run(
+        accelerator, args, resume_path, plan, project_name="pu-diffusion", derived={"beta_resolved": beta_info}
+    )
     if accelerator.is_main_process and split is not None:
         write_split_file(os.path.join(args.output_dir, BUILTIN_SPLIT_FILE), split)
-    training.log_run_header(args, plan, accelerator, data_info)
+    training.log_run_header(args, plan, accelerator, data_info, beta_info["beta"])
 
     # ---- Train ----
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
@@ -274,7 +289,7 @@ def main(args):
                     per_sample_loss,
                     batch["is_sensitive"],
                     args.method,
-                    args.beta,
+                    beta_info["beta"],
                     args.pu_estimator,
                     reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
                     supervised_form=args.supervised_form,
@@ -313,7 +328,7 @@ def main(args):
             ]
         publish_run(
             args.output_dir,
-            {**public_config(args), **plan.__dict__, **stats},
+            {**public_config(args), **plan.__dict__, **stats, **beta_info},
             data_info,
             images,
             base_model,

@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 import os
 
+from .class_prior import ESTIMATORS
 from .losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, SUPERVISED_FORMS
 
 
@@ -77,6 +78,16 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def beta_value(text: str):
+    """--beta: a number, or "auto" (estimate it)."""
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or auto; got {text!r}") from None
+
+
 def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
     group = parser.add_argument_group("PU method")
     group.add_argument(
@@ -98,7 +109,26 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         help="--method supervised only. paper: L_U⁻ + L_S⁺ (Eq. 12, the S mean weighs as much as the U mean); "
         "authors: the released code's single mean over the U+S batch of (1−y)ℓ + y(−log(1 − e^{−ℓ} + 1e-6)).",
     )
-    group.add_argument("--beta", type=float, default=0.1, help="β: the fraction of U that is sensitive (class prior).")
+    group.add_argument(
+        "--beta",
+        type=beta_value,
+        default=0.1,
+        help="β: the fraction of U that is sensitive (class prior), or auto: estimate it from U and S before "
+        "training (cross-fitted U-vs-S CNN scores; see --beta_estimator).",
+    )
+    group.add_argument(
+        "--beta_estimator",
+        type=str,
+        default="bbe",
+        choices=ESTIMATORS,
+        help="--beta auto: bbe (Best Bin Estimation, Garg et al. 2021) or dedpul (Ivanov 2020).",
+    )
+    group.add_argument(
+        "--beta_margin",
+        type=float,
+        default=1.0,
+        help="--beta auto: train with this multiple of the estimate (the paper's best β lay above the true share).",
+    )
     group.add_argument(
         "--pu_estimator",
         type=str,
@@ -305,9 +335,21 @@ def _require(condition: bool, message: str) -> None:
 def validate_training_args(args) -> None:
     """Refuse bad values of the shared flags, before anything is loaded or written."""
     _require(not (args.dataset_name and args.train_data_dir), "Give --dataset_name or --train_data_dir, not both.")
-    _require(
-        0.0 <= args.beta < 1.0, f"--beta must lie in [0, 1) (the fraction of U that is sensitive); got {args.beta}."
-    )
+    if args.beta == "auto":
+        _require(
+            args.method == "pu",
+            f"--beta auto estimates β for --method pu; --method {args.method} does not use β: drop --beta auto.",
+        )
+        _require(args.beta_margin > 0, f"--beta_margin must be > 0; got {args.beta_margin}.")
+    else:
+        _require(
+            0.0 <= args.beta < 1.0, f"--beta must lie in [0, 1) (the fraction of U that is sensitive); got {args.beta}."
+        )
+        _require(
+            args.beta_margin == 1.0,
+            f"--beta_margin {args.beta_margin} multiplies the estimate of --beta auto; with --beta {args.beta} "
+            "give the β you want directly.",
+        )
     _require(args.sensitive_batch_size >= 0, f"--sensitive_batch_size must be >= 0; got {args.sensitive_batch_size}.")
     _require(args.loss_temperature > 0, f"--loss_temperature must be > 0; got {args.loss_temperature}.")
     _require(

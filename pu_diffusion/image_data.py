@@ -486,3 +486,9 @@ def collate_pu_batch(items: list[dict]) -> dict[str, torch.Tensor]:
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
         "is_sensitive": torch.tensor([item["is_sensitive"] for item in items], dtype=torch.bool),
     }
+
+
+def images_as_tensor(dataset, image_column: str, rows, resolution: int, channels: int) -> torch.Tensor:
+    """The images of ``rows``, centre-cropped to ``resolution`` and scaled to [-1, 1], stacked (N×C×H×W)."""
+    transform = ImageTransform(resolution, channels, center_crop=True, random_flip=False)
+    return torch.stack([transform(dataset[int(row)][image_column]) for row in rows])

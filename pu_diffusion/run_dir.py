@@ -34,7 +34,12 @@ ADDED_ARGS_NEUTRAL = {
     "esd_eta": 1.0,
     "esd_sampling_steps": 50,
     "esd_start_guidance": 3.0,
+    "beta_estimator": "bbe",
+    "beta_margin": 1.0,
 }
+# Not flags: what a run derived from them and recorded (the β that --beta auto estimated). A resumed run reads
+# them back instead of deriving them again, so they are never compared.
+DERIVED_KEYS = ("beta_resolved",)
 METHOD_ARG_PREFIXES = {"erasediff_": ("erasediff",), "esd_": ("esd-x", "esd-u")}
 
 
@@ -100,7 +105,7 @@ def check_output_dir(output_dir: str, config: dict, resuming: bool, overwrite: b
     if os.path.exists(run_file):
         with open(run_file) as handle:
             stored = json.load(handle)
-        ignore = set(RESUME_FREE_ARGS) | {"output_dir"}
+        ignore = set(RESUME_FREE_ARGS) | set(DERIVED_KEYS) | {"output_dir"}
         differing = sorted(
             key
             for key in set(stored) | set(config)

@@ -19,6 +19,7 @@ A script reads top to bottom as
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -29,10 +30,11 @@ import diffusers
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from .checkpoints import checkpoint_num_processes, checkpoint_step, resolve_resume_checkpoint, save_checkpoint
+from .class_prior import estimate_beta_from_images
 from .image_data import check_images_readable, load_image_dataset, pu_indices
 from .run_dir import RUN_FILE, check_output_dir, public_config, start_run_dir
 from .sampling import PUBatchSampler
@@ -95,11 +97,66 @@ def check_run(accelerator, args) -> str | None:
     return resume_path
 
 
-def start_run(accelerator, args, resume_path: str | None, plan: TrainingPlan, project_name: str) -> None:
+DEFAULT_BETA = 0.1  # the paper's β, used when --beta auto cannot be trusted
+ESTIMATION_RESOLUTION = 32  # --beta auto scores images at most this large: enough to tell S from U, and cheap
+
+
+def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dict:
+    """β for the PU risk and where it came from: {"beta", "beta_source", "beta_estimate"}.
+
+    ``--beta`` as given, or with ``--beta auto`` the estimate × ``--beta_margin`` from cross-fitted U-vs-S CNN
+    scores of ``load_images()`` (→ U and S tensors, N×C×H×W), computed on the main process and sent to the
+    others. An estimate that cannot be trusted (low separability or a wide interval) is reported with the
+    reason and replaced by DEFAULT_BETA. A resumed run reads the β it recorded instead of estimating again.
+    """
+    if args.beta != "auto":
+        return {"beta": float(args.beta), "beta_source": "given with --beta", "beta_estimate": None}
+    run_file = os.path.join(args.output_dir, RUN_FILE)
+    if resume_path is not None and os.path.exists(run_file):
+        with open(run_file) as handle:
+            stored = json.load(handle).get("beta_resolved")
+        if stored:
+            logger.info(f"--beta auto: resuming with the recorded β = {stored['beta']:.4f}")
+            return stored
+    resolved = [None]
+    if accelerator.is_main_process:
+        unlabeled, sensitive = load_images()
+        logger.info(f"--beta auto: estimating β from {len(unlabeled)} U and {len(sensitive)} S images")
+        estimate = estimate_beta_from_images(unlabeled, sensitive, args.beta_estimator)
+        resolved = [beta_from_estimate(args, estimate)]
+        if estimate.trusted:
+            logger.info(f"--beta auto: training with β = {resolved[0]['beta']:.4f}; {resolved[0]['beta_source']}")
+        else:
+            logger.warning(
+                f"--beta auto: the estimate cannot be trusted: {estimate.describe()}; {estimate.reason}. Training "
+                f"with β = {DEFAULT_BETA} (the paper's value); pass --beta to choose it yourself."
+            )
+    if accelerator.num_processes > 1:
+        broadcast_object_list(resolved)
+    return resolved[0]
+
+
+def beta_from_estimate(args, estimate) -> dict:
+    """The β to train with, given a BetaEstimate: trusted → estimate × --beta_margin; else DEFAULT_BETA."""
+    if estimate.trusted:
+        beta = min(estimate.estimate * args.beta_margin, 0.99)
+        source = f"estimated with --beta auto: {estimate.describe()}" + (
+            f", × --beta_margin {args.beta_margin}" if args.beta_margin != 1.0 else ""
+        )
+    else:
+        beta = DEFAULT_BETA
+        source = f"the default {DEFAULT_BETA}: --beta auto's estimate was not trusted ({estimate.reason})"
+    return {"beta": float(beta), "beta_source": source, "beta_estimate": estimate.to_dict()}
+
+
+def start_run(
+    accelerator, args, resume_path: str | None, plan: TrainingPlan, project_name: str, derived: dict | None = None
+) -> None:
     """The run's first write: create the output dir, record the flags, start the trackers (main process).
 
     ``--overwrite_output_dir`` removes the old run's outputs first; so does ``--resume_from_checkpoint latest``
-    when no checkpoint exists yet (the same run then starts afresh).
+    when no checkpoint exists yet (the same run then starts afresh). ``derived`` (what the run derived from its
+    flags, e.g. ``{"beta_resolved": ...}``) is recorded beside the flags.
     """
     if accelerator.is_main_process:
         run_file_exists = os.path.exists(os.path.join(args.output_dir, RUN_FILE))
@@ -107,7 +164,12 @@ def start_run(accelerator, args, resume_path: str | None, plan: TrainingPlan, pr
         fresh_start = resume_path is None and (args.overwrite_output_dir or resume_from_zero)
         if args.resume_from_checkpoint and resume_path is None:
             logger.info(f"No complete checkpoint in {args.output_dir}: starting the run from step 0.")
-        start_run_dir(args.output_dir, public_config(args), overwrite=fresh_start, logging_dir=args.logging_dir)
+        start_run_dir(
+            args.output_dir,
+            {**public_config(args), **(derived or {})},
+            overwrite=fresh_start,
+            logging_dir=args.logging_dir,
+        )
         logging_dir = os.path.join(args.output_dir, args.logging_dir)
         if resume_path is not None:  # steps after the checkpoint are trained, and logged, again
             truncate_log(logging_dir, checkpoint_step(resume_path))
@@ -345,7 +407,7 @@ def model_to_save(accelerator, model, ema_model=None):
     return model
 
 
-def log_run_header(args, plan: TrainingPlan, accelerator, data_info: dict) -> None:
+def log_run_header(args, plan: TrainingPlan, accelerator, data_info: dict, beta: float | None = None) -> None:
     per_device_sensitive = sensitive_batch_size(args)
     total = (
         (args.train_batch_size + per_device_sensitive) * accelerator.num_processes * args.gradient_accumulation_steps
@@ -354,7 +416,11 @@ def log_run_header(args, plan: TrainingPlan, accelerator, data_info: dict) -> No
     logger.info(f"  Data = {data_info}")
     logger.info(
         f"  Method = {args.method}"
-        + (f", beta = {args.beta}, estimator = {args.pu_estimator}" if args.method == "pu" else "")
+        + (
+            f", beta = {args.beta if beta is None else beta}, estimator = {args.pu_estimator}"
+            if args.method == "pu"
+            else ""
+        )
     )
     logger.info(f"  Batch per device = {args.train_batch_size} U + {per_device_sensitive} S; total = {total}")
     logger.info(f"  Num epochs (passes over U) = {plan.num_epochs}, optimization steps = {plan.max_train_steps}")

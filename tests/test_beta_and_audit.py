@@ -1,0 +1,230 @@
+"""--beta auto (class-prior estimation from U and S) and the audit of U with a trained model."""
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_args
+from PIL import Image
+from safetensors.torch import load_file
+
+import train_pu_diffusion as script
+from pipelines import audit
+from pu_diffusion import training
+from pu_diffusion.class_prior import (
+    BetaEstimate,
+    best_bin_estimate,
+    cross_fitted_scores,
+    estimate_class_prior,
+    increasing_fit,
+    normal_part_auc,
+    roc_auc,
+)
+
+TRUE_BETA = 1 / 11
+
+
+def mixture_scores(seed, n_normal=2000, n_hidden=200, n_sensitive=200, gap=5.0):
+    """U = normal N(0, 1) + a 1/11 share of S-like N(gap, 1); S = N(gap, 1). gap 5: AUC(S, normal) ≈ 0.9998."""
+    rng = np.random.default_rng(seed)
+    unlabeled = np.concatenate([rng.normal(0, 1, n_normal), rng.normal(gap, 1, n_hidden)])
+    return unlabeled, rng.normal(gap, 1, n_sensitive)
+
+
+def test_best_bin_estimate_hand_value():
+    # c = 1: q_U = 1/4, q_S = 1 → 0.25 (+ slack / 1); c = 0: q_U = q_S = 1 → 1 (+ the same slack)
+    assert best_bin_estimate([0, 0, 0, 1], [1, 1]) == pytest.approx(0.25)
+
+
+def test_increasing_fit_pools_adjacent_violators():
+    np.testing.assert_allclose(increasing_fit(np.array([1, 3, 2, 4, 0, 5.0])), [1, 2.25, 2.25, 2.25, 2.25, 5])
+
+
+def test_auc_and_its_normal_part():
+    assert roc_auc([2, 3], [0, 1]) == 1.0 and roc_auc([1], [1]) == 0.5
+    # a perfect classifier against U with 10 % S-like reaches 1 − 0.1/2 = 0.95; its normal part is then perfect
+    assert normal_part_auc(0.95, 0.1) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("estimator", ["bbe", "dedpul"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_estimate_is_close_and_its_interval_covers_the_truth(estimator, seed):
+    unlabeled, sensitive = mixture_scores(seed)
+    estimate = estimate_class_prior(unlabeled, sensitive, estimator, seed=seed)
+    assert abs(estimate.estimate - TRUE_BETA) <= 0.02
+    assert estimate.interval[0] <= TRUE_BETA <= estimate.interval[1]
+    assert estimate.normal_auc >= 0.99 and estimate.trusted
+
+
+def test_low_separability_is_not_trusted_and_training_falls_back(caplog):
+    unlabeled, sensitive = mixture_scores(0, gap=0.5)  # S barely differs from the normal images
+    estimate = estimate_class_prior(unlabeled, sensitive)
+    assert not estimate.trusted and "AUC" in estimate.reason
+    args = script.parse_args(["--beta", "auto", "--beta_margin", "1.5"])
+    resolved = training.beta_from_estimate(args, estimate)
+    assert resolved["beta"] == training.DEFAULT_BETA and "not trusted" in resolved["beta_source"]
+    few = estimate_class_prior(*mixture_scores(0, n_normal=40, n_hidden=4, n_sensitive=6))
+    assert not few.trusted and "wider" in few.reason  # separable, but too few images for a narrow interval
+    trusted = estimate_class_prior(*mixture_scores(0))
+    assert training.beta_from_estimate(args, trusted)["beta"] == pytest.approx(1.5 * trusted.estimate)
+
+
+def test_cross_fitted_scores_separate_distinct_images():
+    torch.manual_seed(0)
+    dark = torch.rand(60, 1, 8, 8) * 0.4 - 1  # U: dark images
+    bright = torch.rand(20, 1, 8, 8) * 0.4 + 0.6  # S: bright images
+    unlabeled_scores, sensitive_scores = cross_fitted_scores(dark, bright, folds=2, seed=0, max_epochs=15)
+    assert unlabeled_scores.shape == (60,) and sensitive_scores.shape == (20,)
+    assert roc_auc(sensitive_scores, unlabeled_scores) > 0.95
+
+
+def write_planted_folder(root, n_dark=40, n_bright_in_u=4, n_sensitive=12, size=8):
+    """U: dark images and a few bright ones (hidden sensitive); S: bright images."""
+    rng = np.random.default_rng(0)
+    for name, count, low in (
+        ("unlabeled", n_dark, 0),
+        ("unlabeled", n_bright_in_u, 200),
+        ("sensitive", n_sensitive, 200),
+    ):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        start = len(os.listdir(os.path.join(root, name)))
+        for index in range(count):
+            pixels = rng.integers(low, low + 56, (size, size), dtype=np.uint8)
+            Image.fromarray(pixels, mode="L").save(os.path.join(root, name, f"{low:03d}_{start + index:03d}.png"))
+    return str(root)
+
+
+def test_beta_auto_records_the_estimate_and_a_resume_reuses_it(tmp_path, tiny_unet_config, monkeypatch):
+    data = write_planted_folder(tmp_path / "data")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    flags = ["--train_data_dir", data, "--beta", "auto"]
+    script.main(script.parse_args(tiny_args(straight, tiny_unet_config(), *flags)))
+    run = json.loads((straight / "pu_run.json").read_text())
+    assert run["beta"] == "auto"
+    resolved = run["beta_resolved"]
+    estimate = resolved["beta_estimate"]
+    assert estimate["n_unlabeled"] == 44 and estimate["n_sensitive"] == 12 and estimate["estimator"] == "bbe"
+    # 44 U and 12 S give too wide an interval to trust: the run says so and trains with the default β
+    assert not estimate["trusted"] and resolved["beta"] == training.DEFAULT_BETA
+    card = (straight / "README.md").read_text()
+    assert "not trusted" in card and "β (fraction of U assumed sensitive): **0.1**" in card
+
+    def no_estimation(*args, **kwargs):
+        raise AssertionError("a resumed run must reuse the recorded β")
+
+    monkeypatch.setattr(training, "estimate_beta_from_images", no_estimation)
+    resumed.mkdir()
+    shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    script.main(script.parse_args(tiny_args(resumed, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest")))
+    for name in ("unet/diffusion_pytorch_model.safetensors",):
+        a, b = load_file(str(straight / name)), load_file(str(resumed / name))
+        assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        training,
+        "estimate_beta_from_images",
+        lambda unlabeled, sensitive, estimator: BetaEstimate(
+            0.2, (0.18, 0.22), estimator, 0.9, 0.99, 44, 12, True, "ok"
+        ),
+    )
+    real_pu_risk = script.pu_risk
+
+    def spy(loss, is_sensitive, method, beta, *args, **kwargs):
+        seen.append(beta)
+        return real_pu_risk(loss, is_sensitive, method, beta, *args, **kwargs)
+
+    monkeypatch.setattr(script, "pu_risk", spy)
+    out = tmp_path / "out"
+    data = write_planted_folder(tmp_path / "data")
+    script.main(
+        script.parse_args(
+            tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto", "--beta_margin", "1.5")
+        )
+    )
+    assert seen and all(beta == pytest.approx(0.3) for beta in seen)
+    assert json.loads((out / "pu_run.json").read_text())["beta_resolved"]["beta"] == pytest.approx(0.3)
+    assert "× --beta_margin 1.5" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--beta", "auto", "--method", "unsupervised"], "--beta auto estimates β for --method pu"),
+        (["--beta_margin", "2"], "--beta_margin 2.0 multiplies the estimate of --beta auto"),
+        (["--beta", "auto", "--beta_margin", "0"], "--beta_margin must be > 0"),
+    ],
+)
+def test_bad_beta_flags_are_refused(tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        script.parse_args(["--output_dir", str(tmp_path / "out"), *extra])
+    assert not (tmp_path / "out").exists()
+
+
+def test_estimate_beta_command_writes_json(tmp_path):
+    from pu_diffusion import estimate_beta
+
+    data = write_planted_folder(tmp_path / "data", n_dark=30, n_bright_in_u=3, n_sensitive=8)
+    out = tmp_path / "beta.json"
+    result = estimate_beta.main(
+        estimate_beta.parse_args(
+            ["--train_data_dir", data, "--resolution", "8", "--folds", "2", "--output_file", str(out)]
+        )
+    )
+    saved = json.loads(out.read_text())
+    assert saved["n_unlabeled"] == 33 and saved["n_sensitive"] == 8 and saved == json.loads(json.dumps(result))
+    assert 0 <= saved["estimate"] <= 1 and saved["interval"][0] <= saved["interval"][1]
+
+
+def test_audit_draws_are_shared_across_images(tiny_unet_config):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_config(UNet2DModel.load_config(tiny_unet_config())).eval()
+    scheduler = DDPMScheduler(num_train_timesteps=100)
+    a, b = torch.rand(2, 1, 8, 8) * 2 - 1
+    scores = audit.audit_scores(unet, scheduler, torch.stack([a, b, a]), num_draws=4, batch_size=2).tolist()
+    assert scores[0] == pytest.approx(scores[2], rel=1e-5)  # same image, other position and batch: same score
+    assert scores[0] != pytest.approx(scores[1])
+    assert list(audit.ranks_of([0.1, 3.0, 2.0])) == [3, 1, 2]
+    quality = audit.ranking_quality([0.1, 3.0, 2.0, 0.0], [False, True, False, False])
+    assert quality == {"auc": 1.0, "precision_at_k": 1.0, "k": 1}
+
+
+def test_audit_ranks_a_planted_outlier_first(tmp_path, tiny_unet_config):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for name, count in (("unlabeled", 24), ("sensitive", 4)):
+        os.makedirs(data / name)
+        for index in range(count):
+            pixels = np.full((8, 8), 20, dtype=np.uint8) + rng.integers(0, 8, (8, 8), dtype=np.uint8)
+            Image.fromarray(pixels, mode="L").save(data / name / f"plain_{index:03d}.png")
+    checker = (np.indices((8, 8)).sum(0) % 2 * 255).astype(np.uint8)  # nothing like what the model learned
+    Image.fromarray(checker, mode="L").save(data / "unlabeled" / "outlier.png")
+    model = tmp_path / "model"
+    steps = ["--max_train_steps", "40", "--checkpointing_steps", "100", "--learning_rate", "3e-3"]
+    flags = tiny_args(model, tiny_unet_config(), "--train_data_dir", str(data), "--method", "unsupervised")
+    script.main(script.parse_args([*flags, *steps]))  # later flags win: 40 steps
+    out = tmp_path / "audit"
+    summary = audit.main(
+        audit.parse_args(
+            ["--pipeline", str(model), "--train_data_dir", str(data), "--output_dir", str(out), "--top_k", "4"]
+        )
+    )
+    with open(out / "audit.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 25 and rows[0]["file"] == os.path.join("unlabeled", "outlier.png") and rows[0]["rank"] == "1"
+    assert [int(row["rank"]) for row in rows] == list(range(1, 26))
+    assert (out / "top_k.png").exists() and summary["num_images"] == 25
+    assert summary["beta"] == 0.1 and summary["estimated_sensitive_images"] == 2  # the run's β × |U|
+
+
+def test_audit_refuses_a_missing_pipeline(tmp_path):
+    with pytest.raises(SystemExit):
+        audit.parse_args(["--pipeline", str(tmp_path / "nowhere")])
