@@ -30,7 +30,7 @@ from pu_diffusion.arguments import add_model_arguments, add_shared_arguments, va
 from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss
 from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_terms, select_esd_parameters
-from pu_diffusion.image_data import ImageTransform, load_captions
+from pu_diffusion.image_data import ImageTransform, images_as_tensor, load_captions
 from pu_diffusion.images import save_image_grid
 from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss, pu_risk
 from pu_diffusion.models import check_resolution, match_sample_size
@@ -269,6 +269,17 @@ def main(args):
     anchor_prompt = prompt if args.method == "erasediff" else None
     concept_prompt = prompt if args.method in ESD_METHODS else None
 
+    # ---- β: as given, or estimated from U and S images (--beta auto; nothing is written yet) ----
+    beta_info = training.resolve_beta(
+        accelerator,
+        args,
+        resume_path,
+        load_images=lambda: tuple(
+            images_as_tensor(dataset, args.image_column, rows, min(args.resolution, training.ESTIMATION_RESOLUTION), 3)
+            for rows in (unlabeled_rows, sensitive_rows)
+        ),
+    )
+
     # ---- Models: the UNet trains; VAE and text encoder are frozen and never enter autograd ----
     tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype = load_models(args, accelerator)
     esd = None
@@ -318,7 +329,9 @@ def main(args):
     global_step = training.resume(accelerator, resume_path, args)  # loads only; writes nothing
 
     # ---- The first write: the run's flags ----
-    training.start_run(accelerator, args, resume_path, plan, project_name="pu-text-to-image")
+    training.start_run(
+        accelerator, args, resume_path, plan, project_name="pu-text-to-image", derived={"beta_resolved": beta_info}
+    )
     data_info = {
         "source": args.dataset_name or args.train_data_dir,
         "unlabeled (U) images": len(unlabeled_rows),
@@ -333,7 +346,7 @@ def main(args):
     if esd is not None:
         data_info["ESD concept prompt (the images are not used)"] = concept_prompt
         data_info["ESD frozen copy (MB)"] = round(esd.frozen.extra_bytes / 2**20, 1)
-    training.log_run_header(args, plan, accelerator, data_info)
+    training.log_run_header(args, plan, accelerator, data_info, beta_info["beta"])
 
     # ---- Train ----
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
@@ -355,6 +368,7 @@ def main(args):
                 raw_unet=accelerator.unwrap_model(unet),
                 trainable=trainable,
                 esd=esd,
+                beta=beta_info["beta"],
             )
             accelerator.backward(terms.objective)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -422,7 +436,7 @@ def main(args):
         notes = [safety_checker_note(has_safety_checker), "validation grids are generated without the safety checker"]
         publish_run(
             args.output_dir,
-            {**public_config(args), **plan.__dict__, **stats},
+            {**public_config(args), **plan.__dict__, **stats, **beta_info},
             data_info,
             images,
             base_model=args.pretrained_model_name_or_path,
@@ -460,8 +474,9 @@ def compute_loss(
     raw_unet=None,
     trainable=None,
     esd=None,
+    beta=None,
 ):
-    """The risk terms of one batch; the frozen encoders run without autograd (or come from the cache).
+    """The risk terms of one batch (``beta``: the resolved β, default --beta); the frozen encoders run without autograd (or come from the cache).
 
     --method erasediff: the S rows' target is sg ε(x_t, anchor) (the model's own prediction under the anchor
     prompt), they keep their own caption; ``raw_unet``/``trainable`` serve its inner passes.
@@ -523,7 +538,7 @@ def compute_loss(
         per_sample_loss,
         batch["is_sensitive"],
         args.method,
-        args.beta,
+        args.beta if beta is None else beta,
         args.pu_estimator,
         reduce_for_branch=reduce_for_branch,
         supervised_form=args.supervised_form,

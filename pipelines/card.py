@@ -72,7 +72,8 @@ def write_model_card(
 
     method = run.get("method", "pu")
     beta_line = (
-        f"- β (fraction of U assumed sensitive): **{run.get('beta')}**, {run.get('beta_source', 'given with --beta')}\n"
+        f"- β (fraction of U assumed sensitive): **{_short(run.get('beta'))}**, "
+        f"{run.get('beta_source', 'given with --beta')}\n"
         if method == "pu"
         else ""
     )
@@ -162,3 +163,8 @@ def add_metrics_to_model_card(pipeline_path: str, metrics: dict) -> str:
     with open(path, "w") as handle:
         handle.write(text)
     return path
+
+
+def _short(value):
+    """4 significant digits for an estimated β; anything else as given."""
+    return f"{value:.4g}" if isinstance(value, float) else value

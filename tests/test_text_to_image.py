@@ -470,3 +470,29 @@ def test_esd_x_t_is_the_ddim_run_stopped_at_the_timestep_it_returns(tiny_sd):
             manual = reference.step(e_0 + 3.0 * (e_c - e_0), timestep, manual).prev_sample
     torch.testing.assert_close(latents, manual, rtol=1e-4, atol=1e-5)
     assert timesteps.tolist() == [int(reference.timesteps[2])] * 2  # x_t sits at the third step's timestep
+
+
+def test_beta_auto_scores_the_images_and_the_risk_uses_the_estimate(tiny_sd, captioned, tmp_path, monkeypatch):
+    from pu_diffusion import training
+    from pu_diffusion.class_prior import BetaEstimate
+
+    shapes, seen = [], []
+
+    def estimate(unlabeled, sensitive, estimator):
+        shapes.append((tuple(unlabeled.shape), tuple(sensitive.shape)))
+        return BetaEstimate(0.25, (0.2, 0.3), estimator, 0.9, 0.99, len(unlabeled), len(sensitive), True, "ok")
+
+    monkeypatch.setattr(training, "estimate_beta_from_images", estimate)
+    real_pu_risk = script.pu_risk
+
+    def spy(loss, is_sensitive, method, beta, *args, **kwargs):
+        seen.append(beta)
+        return real_pu_risk(loss, is_sensitive, method, beta, *args, **kwargs)
+
+    monkeypatch.setattr(script, "pu_risk", spy)
+    out = tmp_path / "out"
+    run(sd_args(tiny_sd, captioned, out, "--beta", "auto", "--beta_estimator", "dedpul"))
+    ((u_shape, s_shape),) = shapes
+    assert u_shape[1:] == (3, 16, 16) and s_shape[1:] == (3, 16, 16)  # RGB at min(--resolution, 32)
+    assert seen and all(beta == 0.25 for beta in seen)
+    assert "β (fraction of U assumed sensitive): **0.25**" in (out / "README.md").read_text()
