@@ -61,3 +61,15 @@ def tiny_args(output_dir, unet_config, *extra):
         "2",
         *extra,
     ]
+
+
+def record_pu_risk_betas(monkeypatch, script) -> list:
+    """Replace ``script.pu_risk`` by a wrapper that records the β of every call; returns the (growing) list."""
+    seen, real_pu_risk = [], script.pu_risk
+
+    def spy(loss, is_sensitive, method, beta, *args, **kwargs):
+        seen.append(beta)
+        return real_pu_risk(loss, is_sensitive, method, beta, *args, **kwargs)
+
+    monkeypatch.setattr(script, "pu_risk", spy)
+    return seen

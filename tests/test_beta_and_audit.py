@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_args
+from conftest import record_pu_risk_betas, tiny_args
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -127,7 +127,6 @@ def test_beta_auto_records_the_estimate_and_a_resume_reuses_it(tmp_path, tiny_un
 
 
 def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, monkeypatch):
-    seen = []
     monkeypatch.setattr(
         training,
         "estimate_beta_from_images",
@@ -135,13 +134,7 @@ def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, mo
             0.2, (0.18, 0.22), estimator, 0.9, 0.99, 44, 12, True, "ok"
         ),
     )
-    real_pu_risk = script.pu_risk
-
-    def spy(loss, is_sensitive, method, beta, *args, **kwargs):
-        seen.append(beta)
-        return real_pu_risk(loss, is_sensitive, method, beta, *args, **kwargs)
-
-    monkeypatch.setattr(script, "pu_risk", spy)
+    seen = record_pu_risk_betas(monkeypatch, script)
     out = tmp_path / "out"
     data = write_planted_folder(tmp_path / "data")
     script.main(
@@ -228,3 +221,19 @@ def test_audit_ranks_a_planted_outlier_first(tmp_path, tiny_unet_config):
 def test_audit_refuses_a_missing_pipeline(tmp_path):
     with pytest.raises(SystemExit):
         audit.parse_args(["--pipeline", str(tmp_path / "nowhere")])
+
+
+def test_beta_estimation_benchmark_prints_a_table_and_writes_json(tmp_path):
+    from test_evaluation import load_benchmark
+
+    bench = load_benchmark("beta_estimation_benchmark")
+    args = bench.parse_args(
+        ["--rates", "0.2", "--seeds", "0", "--n_normal", "40", "--n_sensitive", "10", "--small", "22", "8"]
+        + ["--resolution", "8", "--output_dir", str(tmp_path)]
+    )
+    report = bench.main(args)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["cases"]) == 2 and {row["estimator"] for row in saved["rows"]} == {"bbe", "dedpul"}
+    assert saved["cases"][0]["true_beta"] == pytest.approx(0.2) and saved["cases"][1]["n_unlabeled"] == 22
+    assert "| 50 | 10 | 0.2000 | BBE |" in (tmp_path / "table.md").read_text()
+    assert report["rows"] == saved["rows"]

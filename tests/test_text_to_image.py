@@ -473,23 +473,19 @@ def test_esd_x_t_is_the_ddim_run_stopped_at_the_timestep_it_returns(tiny_sd):
 
 
 def test_beta_auto_scores_the_images_and_the_risk_uses_the_estimate(tiny_sd, captioned, tmp_path, monkeypatch):
+    from conftest import record_pu_risk_betas
+
     from pu_diffusion import training
     from pu_diffusion.class_prior import BetaEstimate
 
-    shapes, seen = [], []
+    shapes = []
 
     def estimate(unlabeled, sensitive, estimator):
         shapes.append((tuple(unlabeled.shape), tuple(sensitive.shape)))
         return BetaEstimate(0.25, (0.2, 0.3), estimator, 0.9, 0.99, len(unlabeled), len(sensitive), True, "ok")
 
     monkeypatch.setattr(training, "estimate_beta_from_images", estimate)
-    real_pu_risk = script.pu_risk
-
-    def spy(loss, is_sensitive, method, beta, *args, **kwargs):
-        seen.append(beta)
-        return real_pu_risk(loss, is_sensitive, method, beta, *args, **kwargs)
-
-    monkeypatch.setattr(script, "pu_risk", spy)
+    seen = record_pu_risk_betas(monkeypatch, script)
     out = tmp_path / "out"
     run(sd_args(tiny_sd, captioned, out, "--beta", "auto", "--beta_estimator", "dedpul"))
     ((u_shape, s_shape),) = shapes
