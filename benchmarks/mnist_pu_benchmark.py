@@ -153,7 +153,13 @@ def recipe_args(args) -> list[str]:
 # Flags added to train_pu_diffusion.py after runs were cached, at the value that trains exactly what those runs
 # trained: left out of the key there, so adding them does not orphan the cache. (Likewise --erasediff_* flags are
 # left out of every other method's key: they do not change what those methods train.)
-KEY_NEUTRAL_FLAGS = {"builtin_unlabeled": "contaminated", "pu_sensitive_cap": None}
+KEY_NEUTRAL_FLAGS = {
+    "builtin_unlabeled": "contaminated",
+    "builtin_contamination": None,
+    "pu_sensitive_cap": None,
+    "beta_estimator": "bbe",
+    "beta_margin": 1.0,
+}
 
 
 def run_key(variant: str, column: str, split: str, recipe: list[str]) -> str:
