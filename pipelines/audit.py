@@ -4,7 +4,8 @@ A PU-trained model is a classifier, p(normal | x) = exp(−ℓ(x)): images with 
 sensitive to it. The audit scores every image with the Monte-Carlo ℓ over K (t, ε) draws that are *shared*
 by all images, so two scores differ because the images differ, not because their noise did. With a reference
 model (e.g. the unsupervised model trained on the same U), the score is ℓ_PU − ℓ_reference: how much worse PU
-training made an image, with what is merely hard to model cancelled out.
+training made an image, with what is merely hard to model cancelled out. Stable Diffusion pipelines are scored
+with ℓ(x, c): the VAE latent's mean under the image's caption.
 
     python -m pipelines.audit --pipeline my-pu-model --train_data_dir my_data --output_dir audit
     python -m pipelines.audit --pipeline pu-ddpm-model      # built-in data: also scores the ranking
@@ -37,19 +38,32 @@ def shared_draws(num_draws: int, sample_shape, num_train_timesteps: int, seed: i
 
 @torch.no_grad()
 def audit_scores(
-    unet, scheduler, images: torch.Tensor, num_draws: int = 16, seed: int = 0, batch_size: int = 64
+    unet,
+    scheduler,
+    images: torch.Tensor,
+    num_draws: int = 16,
+    seed: int = 0,
+    batch_size: int = 64,
+    text_states: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(1/K) Σ_k ℓ(x; t_k, ε_k) for each image (N×C×H×W in [-1, 1]) with draws shared by all images; (N,)."""
+    """(1/K) Σ_k ℓ(x; t_k, ε_k) for each x (N×C×H×W) with draws shared by all of them; returns (N,).
+
+    x are images in [-1, 1] for an unconditional UNet, or scaled VAE latents with ``text_states`` (N×tokens×dim,
+    each image's caption encoded) for a conditional one: ℓ(x, c).
+    """
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
     noise, timesteps = shared_draws(num_draws, images.shape[1:], scheduler.config.num_train_timesteps, seed)
     totals = torch.zeros(len(images), dtype=torch.float64)
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size].to(device)
+        condition = {}
+        if text_states is not None:
+            condition["encoder_hidden_states"] = text_states[start : start + batch_size].to(device, dtype)
         for draw in range(num_draws):
             eps = noise[draw].expand_as(chunk).to(device)
             t = timesteps[draw].repeat(len(chunk)).to(device)
-            prediction = unet(scheduler.add_noise(chunk, eps, t).to(dtype), t).sample
+            prediction = unet(scheduler.add_noise(chunk, eps, t).to(dtype), t, **condition).sample
             target = diffusion_target(scheduler, chunk, eps, t)
             totals[start : start + len(chunk)] += per_sample_diffusion_loss(prediction.float(), target, "sum").cpu()
     return (totals / num_draws).float()
@@ -120,7 +134,9 @@ def recorded_beta(pipeline_path: str) -> float | None:
 
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description="Rank images by how sensitive a trained PU model finds them.")
-    parser.add_argument("--pipeline", type=str, required=True, help="Trained unconditional pipeline (folder).")
+    parser.add_argument(
+        "--pipeline", type=str, required=True, help="Trained pipeline folder (unconditional, or Stable Diffusion)."
+    )
     parser.add_argument(
         "--reference_pipeline",
         type=str,
@@ -130,6 +146,10 @@ def parse_args(input_args=None):
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--train_data_dir", type=str, default=None, help="Training data: its U images are scored.")
     source.add_argument("--image_folder", type=str, default=None, help="Score every image in this folder instead.")
+    parser.add_argument("--caption_column", type=str, default="text", help="Stable Diffusion: the caption column.")
+    parser.add_argument(
+        "--caption", type=str, default=None, help="Stable Diffusion: score every image under this caption instead."
+    )
     parser.add_argument("--pu_label_column", type=str, default="label", help="As in training (--train_data_dir).")
     parser.add_argument("--sensitive_label", type=str, default="sensitive", help="As in training.")
     parser.add_argument("--output_dir", type=str, default="audit", help="Where audit.csv, top_k.png, audit.json go.")
@@ -153,18 +173,57 @@ def parse_args(input_args=None):
     return args
 
 
-def load_unconditional(path: str):
-    from diffusers import DDPMScheduler, UNet2DModel
+class Scorer:
+    """A saved pipeline as an image scorer: an unconditional UNet, or Stable Diffusion's UNet with its VAE and
+    text encoder (ℓ of the VAE latent's mean under the image's caption)."""
 
-    if not os.path.isfile(os.path.join(path, "unet", "config.json")):
-        raise ValueError(f"--pipeline {path!r} has no unet/ folder: audit a pipeline saved by train_pu_diffusion.py.")
-    unet = UNet2DModel.from_pretrained(path, subfolder="unet").eval()
-    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
-    return unet, scheduler
+    def __init__(self, path: str, flag: str = "--pipeline"):
+        from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
+        if not os.path.isfile(os.path.join(path, "unet", "config.json")):
+            raise ValueError(
+                f"{flag} {path!r} has no unet/ folder: audit a full pipeline saved by the training scripts "
+                "(a LoRA-only output holds no UNet)."
+            )
+        self.conditional = os.path.isdir(os.path.join(path, "text_encoder"))
+        self.scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        if self.conditional:
+            from diffusers import AutoencoderKL
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").eval()
+            self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae").eval()
+            self.tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+            self.text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval()
+            self.resolution = self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+            self.channels = 3
+        else:
+            self.unet = UNet2DModel.from_pretrained(path, subfolder="unet").eval()
+            self.resolution, self.channels = self.unet.config.sample_size, self.unet.config.in_channels
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, captions, num_draws: int, seed: int, batch_size: int) -> np.ndarray:
+        if not self.conditional:
+            return audit_scores(self.unet, self.scheduler, images, num_draws, seed, batch_size).numpy()
+        from pu_diffusion.text_to_image import encode_captions
+
+        if captions is None:
+            raise ValueError(
+                "A Stable Diffusion pipeline scores ℓ(x, c): give --caption, or --train_data_dir with captions."
+            )
+        latents = torch.cat(
+            [
+                self.vae.encode(images[start : start + batch_size]).latent_dist.mean * self.vae.config.scaling_factor
+                for start in range(0, len(images), batch_size)
+            ]
+        )
+        states = encode_captions(self.tokenizer, self.text_encoder, list(captions))
+        return audit_scores(self.unet, self.scheduler, latents, num_draws, seed, batch_size, states).numpy()
 
 
 def load_audit_images(args, resolution: int, channels: int):
-    """(images N×C×H×W, file names, truth or None): U of --train_data_dir, an --image_folder, or built-in U."""
+    """(images N×C×H×W, file names, captions or None, truth or None): U of --train_data_dir, an --image_folder,
+    or the built-in U."""
     from PIL import Image
 
     from pu_diffusion.image_data import ImageTransform, images_as_tensor, is_image_file, load_image_dataset, pu_indices
@@ -183,7 +242,8 @@ def load_audit_images(args, resolution: int, channels: int):
         for file in files:
             with Image.open(file) as image:
                 images.append(transform(image))
-        return torch.stack(images), [os.path.relpath(f, args.image_folder) for f in files], None
+        captions = None if args.caption is None else [args.caption] * len(files)
+        return torch.stack(images), [os.path.relpath(f, args.image_folder) for f in files], captions, None
     if args.train_data_dir:
         from datasets import Image as ImageFeature
 
@@ -194,7 +254,15 @@ def load_audit_images(args, resolution: int, channels: int):
             os.path.relpath(paths[int(row)]["image"]["path"] or f"row {row}", args.train_data_dir)
             for row in unlabeled_rows
         ]
-        return images_as_tensor(dataset, "image", unlabeled_rows, resolution, channels), files, None
+        captions = None
+        if args.caption is not None:
+            captions = [args.caption] * len(files)
+        elif args.caption_column in dataset.column_names:
+            from pu_diffusion.image_data import load_captions
+
+            every = load_captions(dataset, args.caption_column)
+            captions = [every[int(row)] for row in unlabeled_rows]
+        return images_as_tensor(dataset, "image", unlabeled_rows, resolution, channels), files, captions, None
     # Built-in data: the pipeline's own split (pu_split.json), whose U hides sensitive digits we can score against.
     from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_dataset, read_split_file
 
@@ -211,18 +279,28 @@ def load_audit_images(args, resolution: int, channels: int):
     rows = split["indices"]["unlabeled_normal"] + split["indices"]["unlabeled_sensitive"]
     files = [f"mnist row {row}" for row in rows]  # dataset order: U normal, then U sensitive
     truth = np.array([row in hidden for row in rows])
-    return images_as_tensor(dataset, "image", unlabeled_rows, resolution, channels), files, truth
+    return images_as_tensor(dataset, "image", unlabeled_rows, resolution, channels), files, None, truth
 
 
 def main(args) -> dict:
-    unet, scheduler = load_unconditional(args.pipeline)
-    reference = load_unconditional(args.reference_pipeline) if args.reference_pipeline else None
-    images, files, truth = load_audit_images(args, unet.config.sample_size, unet.config.in_channels)
+    scorer = Scorer(args.pipeline)
+    reference = Scorer(args.reference_pipeline, "--reference_pipeline") if args.reference_pipeline else None
+    if reference is not None and (reference.conditional, reference.resolution) != (
+        scorer.conditional,
+        scorer.resolution,
+    ):
+        raise ValueError("--reference_pipeline must be the same kind of pipeline at the same resolution as --pipeline.")
+    images, files, captions, truth = load_audit_images(args, scorer.resolution, scorer.channels)
+    if scorer.conditional and captions is None:
+        raise ValueError(
+            f"--pipeline {args.pipeline!r} is a Stable Diffusion pipeline, which scores ℓ(x, c): the images need "
+            f"captions (--caption_column {args.caption_column!r} is not in the data): pass --caption."
+        )
     print(f"Scoring {len(images)} images with {args.num_draws} shared (t, ε) draws")
-    own = audit_scores(unet, scheduler, images, args.num_draws, args.seed, args.batch_size).numpy()
+    own = scorer.score(images, captions, args.num_draws, args.seed, args.batch_size)
     scores, extra = own, {"score": "ℓ (the model's per-sample diffusion loss)"}
     if reference is not None:
-        other = audit_scores(*reference, images, args.num_draws, args.seed, args.batch_size).numpy()
+        other = reference.score(images, captions, args.num_draws, args.seed, args.batch_size)
         scores = own - other
         extra = {"score": "ℓ_pipeline − ℓ_reference", "reference_pipeline": args.reference_pipeline}
     beta = args.beta if args.beta is not None else recorded_beta(args.pipeline)

@@ -492,3 +492,29 @@ def test_beta_auto_scores_the_images_and_the_risk_uses_the_estimate(tiny_sd, cap
     assert u_shape[1:] == (3, 16, 16) and s_shape[1:] == (3, 16, 16)  # RGB at min(--resolution, 32)
     assert seen and all(beta == 0.25 for beta in seen)
     assert "β (fraction of U assumed sensitive): **0.25**" in (out / "README.md").read_text()
+
+
+def test_audit_scores_a_stable_diffusion_pipeline_under_each_images_caption(tiny_sd, captioned, tmp_path):
+    import csv
+
+    from pipelines import audit
+
+    out = tmp_path / "audit"
+    summary = audit.main(
+        audit.parse_args(["--pipeline", tiny_sd, "--train_data_dir", captioned, "--output_dir", str(out)])
+    )
+    with open(out / "audit.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert summary["num_images"] == len(rows) == 8  # the U images of the captioned folder
+    assert all(row["file"].startswith("unlabeled_") for row in rows)
+    assert summary["beta"] is None and summary["estimated_sensitive_images"] is None  # a base model: no run, no β
+    # ℓ(x, c) depends on the caption: another one gives other scores
+    other = tmp_path / "other"
+    audit.main(
+        audit.parse_args(
+            ["--pipeline", tiny_sd, "--train_data_dir", captioned, "--output_dir", str(other), "--caption", "zzz"]
+        )
+    )
+    with open(other / "audit.csv") as handle:
+        other_scores = {row["file"]: float(row["score"]) for row in csv.DictReader(handle)}
+    assert any(abs(float(row["score"]) - other_scores[row["file"]]) > 1e-6 for row in rows)
