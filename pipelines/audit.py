@@ -28,11 +28,15 @@ import torch
 from pu_diffusion.losses import diffusion_target, per_sample_diffusion_loss
 
 
-def shared_draws(num_draws: int, sample_shape, num_train_timesteps: int, seed: int = 0):
-    """K noise tensors (K×C×H×W) and K timesteps, the same for every image scored."""
+def shared_draws(num_draws: int, sample_shape, num_train_timesteps: int, seed: int = 0, timestep_range=None):
+    """K noise tensors (K×C×H×W) and K timesteps in ``timestep_range`` [low, high) (default: all), the same for
+    every image scored."""
+    low, high = timestep_range or (0, num_train_timesteps)
+    if not 0 <= low < high <= num_train_timesteps:
+        raise ValueError(f"--timestep_range must satisfy 0 <= low < high <= {num_train_timesteps}; got {low} {high}.")
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((num_draws, *sample_shape), generator=generator)
-    timesteps = torch.randint(0, num_train_timesteps, (num_draws,), generator=generator)
+    timesteps = torch.randint(low, high, (num_draws,), generator=generator)
     return noise, timesteps
 
 
@@ -45,6 +49,7 @@ def audit_scores(
     seed: int = 0,
     batch_size: int = 64,
     text_states: torch.Tensor | None = None,
+    timestep_range=None,
 ) -> torch.Tensor:
     """(1/K) Σ_k ℓ(x; t_k, ε_k) for each x (N×C×H×W) with draws shared by all of them; returns (N,).
 
@@ -53,7 +58,9 @@ def audit_scores(
     """
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
-    noise, timesteps = shared_draws(num_draws, images.shape[1:], scheduler.config.num_train_timesteps, seed)
+    noise, timesteps = shared_draws(
+        num_draws, images.shape[1:], scheduler.config.num_train_timesteps, seed, timestep_range
+    )
     totals = torch.zeros(len(images), dtype=torch.float64)
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size].to(device)
@@ -157,11 +164,21 @@ def parse_args(input_args=None):
     parser.add_argument("--num_draws", type=int, default=16, help="Shared (t, ε) draws per image.")
     parser.add_argument("--batch_size", type=int, default=64, help="Images per forward pass.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the shared draws.")
+    parser.add_argument(
+        "--timestep_range",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="Draw t from [LOW, HIGH) only (default: every timestep). The built-in model's signal lies at mid t.",
+    )
     parser.add_argument("--beta", type=float, default=None, help="Share of U assumed sensitive (default: the run's).")
     args = parser.parse_args(input_args)
     for flag in ("top_k", "num_draws", "batch_size"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1; got {getattr(args, flag)}.")
+    if args.timestep_range and not 0 <= args.timestep_range[0] < args.timestep_range[1]:
+        parser.error(f"--timestep_range needs 0 <= LOW < HIGH; got {args.timestep_range}.")
     if args.beta is not None and not 0 <= args.beta < 1:
         parser.error(f"--beta must lie in [0, 1); got {args.beta}.")
     for flag in ("pipeline", "reference_pipeline", "train_data_dir", "image_folder"):
@@ -202,9 +219,13 @@ class Scorer:
             self.resolution, self.channels = self.unet.config.sample_size, self.unet.config.in_channels
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, captions, num_draws: int, seed: int, batch_size: int) -> np.ndarray:
+    def score(
+        self, images: torch.Tensor, captions, num_draws: int, seed: int, batch_size: int, timestep_range=None
+    ) -> np.ndarray:
         if not self.conditional:
-            return audit_scores(self.unet, self.scheduler, images, num_draws, seed, batch_size).numpy()
+            return audit_scores(
+                self.unet, self.scheduler, images, num_draws, seed, batch_size, timestep_range=timestep_range
+            ).numpy()
         from pu_diffusion.text_to_image import encode_captions
 
         if captions is None:
@@ -218,7 +239,9 @@ class Scorer:
             ]
         )
         states = encode_captions(self.tokenizer, self.text_encoder, list(captions))
-        return audit_scores(self.unet, self.scheduler, latents, num_draws, seed, batch_size, states).numpy()
+        return audit_scores(
+            self.unet, self.scheduler, latents, num_draws, seed, batch_size, states, timestep_range
+        ).numpy()
 
 
 def load_audit_images(args, resolution: int, channels: int):
@@ -297,16 +320,17 @@ def main(args) -> dict:
             f"captions (--caption_column {args.caption_column!r} is not in the data): pass --caption."
         )
     print(f"Scoring {len(images)} images with {args.num_draws} shared (t, ε) draws")
-    own = scorer.score(images, captions, args.num_draws, args.seed, args.batch_size)
+    own = scorer.score(images, captions, args.num_draws, args.seed, args.batch_size, args.timestep_range)
     scores, extra = own, {"score": "ℓ (the model's per-sample diffusion loss)"}
     if reference is not None:
-        other = reference.score(images, captions, args.num_draws, args.seed, args.batch_size)
+        other = reference.score(images, captions, args.num_draws, args.seed, args.batch_size, args.timestep_range)
         scores = own - other
         extra = {"score": "ℓ_pipeline − ℓ_reference", "reference_pipeline": args.reference_pipeline}
     beta = args.beta if args.beta is not None else recorded_beta(args.pipeline)
     extra.update(
         pipeline=args.pipeline,
         num_draws=args.num_draws,
+        timestep_range=args.timestep_range,
         seed=args.seed,
         beta=beta,
         estimated_sensitive_images=None if beta is None else int(round(beta * len(images))),

@@ -186,6 +186,10 @@ def test_audit_draws_are_shared_across_images(tiny_unet_config):
     assert scores[0] == pytest.approx(scores[2], rel=1e-5)  # same image, other position and batch: same score
     assert scores[0] != pytest.approx(scores[1])
     assert list(audit.ranks_of([0.1, 3.0, 2.0])) == [3, 1, 2]
+    _, timesteps = audit.shared_draws(64, (1, 8, 8), 100, timestep_range=(20, 30))
+    assert timesteps.min() >= 20 and timesteps.max() < 30
+    with pytest.raises(ValueError, match="--timestep_range"):
+        audit.shared_draws(4, (1, 8, 8), 100, timestep_range=(20, 200))
     quality = audit.ranking_quality([0.1, 3.0, 2.0, 0.0], [False, True, False, False])
     assert quality == {"auc": 1.0, "precision_at_k": 1.0, "k": 1}
 
