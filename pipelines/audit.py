@@ -134,6 +134,8 @@ def recorded_beta(pipeline_path: str) -> float | None:
         return None
     with open(path) as handle:
         run = json.load(handle)
+    if run.get("method", "pu") != "pu":  # unsupervised and the baselines never used a β
+        return None
     if run.get("beta_resolved"):
         return float(run["beta_resolved"]["beta"])
     return float(run["beta"]) if isinstance(run.get("beta"), (int, float)) else None
@@ -153,7 +155,11 @@ def parse_args(input_args=None):
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--train_data_dir", type=str, default=None, help="Training data: its U images are scored.")
     source.add_argument("--image_folder", type=str, default=None, help="Score every image in this folder instead.")
+    parser.add_argument("--image_column", type=str, default="image", help="As in training (--train_data_dir).")
     parser.add_argument("--caption_column", type=str, default="text", help="Stable Diffusion: the caption column.")
+    parser.add_argument(
+        "--device", type=str, default=None, help="Where the models run (default: cuda when available, else cpu)."
+    )
     parser.add_argument(
         "--caption", type=str, default=None, help="Stable Diffusion: score every image under this caption instead."
     )
@@ -194,7 +200,7 @@ class Scorer:
     """A saved pipeline as an image scorer: an unconditional UNet, or Stable Diffusion's UNet with its VAE and
     text encoder (ℓ of the VAE latent's mean under the image's caption)."""
 
-    def __init__(self, path: str, flag: str = "--pipeline"):
+    def __init__(self, path: str, flag: str = "--pipeline", device=None):
         from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
         if not os.path.isfile(os.path.join(path, "unet", "config.json")):
@@ -214,9 +220,12 @@ class Scorer:
             self.text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval()
             self.resolution = self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
             self.channels = 3
+            self.vae.to(device)
+            self.text_encoder.to(device)
         else:
             self.unet = UNet2DModel.from_pretrained(path, subfolder="unet").eval()
             self.resolution, self.channels = self.unet.config.sample_size, self.unet.config.in_channels
+        self.unet.to(device)
 
     @torch.no_grad()
     def score(
@@ -234,7 +243,8 @@ class Scorer:
             )
         latents = torch.cat(
             [
-                self.vae.encode(images[start : start + batch_size]).latent_dist.mean * self.vae.config.scaling_factor
+                self.vae.encode(images[start : start + batch_size].to(self.vae.device, self.vae.dtype)).latent_dist.mean
+                * self.vae.config.scaling_factor
                 for start in range(0, len(images), batch_size)
             ]
         )
@@ -270,11 +280,12 @@ def load_audit_images(args, resolution: int, channels: int):
     if args.train_data_dir:
         from datasets import Image as ImageFeature
 
+        column = args.image_column
         dataset = load_image_dataset(None, None, args.train_data_dir, None)
-        unlabeled_rows, _ = pu_indices(dataset, "image", args.pu_label_column, args.sensitive_label)
-        paths = dataset.cast_column("image", ImageFeature(decode=False))
+        unlabeled_rows, _ = pu_indices(dataset, column, args.pu_label_column, args.sensitive_label)
+        paths = dataset.cast_column(column, ImageFeature(decode=False))
         files = [
-            os.path.relpath(paths[int(row)]["image"]["path"] or f"row {row}", args.train_data_dir)
+            os.path.relpath(paths[int(row)][column]["path"] or f"row {row}", args.train_data_dir)
             for row in unlabeled_rows
         ]
         captions = None
@@ -285,7 +296,7 @@ def load_audit_images(args, resolution: int, channels: int):
 
             every = load_captions(dataset, args.caption_column)
             captions = [every[int(row)] for row in unlabeled_rows]
-        return images_as_tensor(dataset, "image", unlabeled_rows, resolution, channels), files, captions, None
+        return images_as_tensor(dataset, column, unlabeled_rows, resolution, channels), files, captions, None
     # Built-in data: the pipeline's own split (pu_split.json), whose U hides sensitive digits we can score against.
     from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_dataset, read_split_file
 
@@ -306,8 +317,9 @@ def load_audit_images(args, resolution: int, channels: int):
 
 
 def main(args) -> dict:
-    scorer = Scorer(args.pipeline)
-    reference = Scorer(args.reference_pipeline, "--reference_pipeline") if args.reference_pipeline else None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    scorer = Scorer(args.pipeline, device=device)
+    reference = Scorer(args.reference_pipeline, "--reference_pipeline", device) if args.reference_pipeline else None
     if reference is not None and (reference.conditional, reference.resolution) != (
         scorer.conditional,
         scorer.resolution,

@@ -7,8 +7,8 @@ satisfy f_U = β f_S + (1 − β) f_N, so β ≤ f_U / f_S everywhere, with equa
 - Best Bin Estimation (Garg et al., NeurIPS 2021): with q_S(c), q_U(c) the fractions of S and U scoring ≥ c,
   pick the c minimising q_U/q_S + (1 + γ)/q_S · (√(ln(4/δ)/2n_U) + √(ln(4/δ)/2n_S)) and return q_U/q_S there.
 - DEDPUL (Ivanov, 2020): estimate f_S and f_U of the logit scores with kernel densities, take the ratio
-  r = f_S/f_U on U (the posterior of "S-like" is β·r), and find β as the fixed point of β = mean_U min(1, β·r):
-  the largest prior whose posteriors stay ≤ 1 on average.
+  r = f_S/f_U on U (the posterior of "S-like" is β·r), fit it increasing in the score, and take the largest
+  β whose clipped posteriors still average to β: β = mean_U min(1, β·r), which is 1 / max r.
 
 Both are written from the papers' descriptions. The interval is a bootstrap over the scores (the classifier is
 not retrained), so it leaves out the classifier's own variance; the benchmark measures its coverage.
@@ -77,7 +77,7 @@ def increasing_fit(values: np.ndarray) -> np.ndarray:
     return np.repeat(means, counts)
 
 
-def dedpul_estimate(unlabeled_scores, sensitive_scores, max_iterations: int = 1000, tolerance: float = 1e-6) -> float:
+def dedpul_estimate(unlabeled_scores, sensitive_scores) -> float:
     """DEDPUL's estimate of β from logit scores: kernel densities, their ratio on U, the clipped-posterior fixed point.
 
     Both densities use one bandwidth, S's (U's own would be wider, U being a mixture, and would flatten U's
@@ -97,13 +97,10 @@ def dedpul_estimate(unlabeled_scores, sensitive_scores, max_iterations: int = 10
     order = np.argsort(unlabeled, kind="stable")
     ratio[order] = increasing_fit(ratio[order])
     ratio = ratio / ratio.mean()  # E_U[f_S/f_U] = 1 exactly; the kernel estimates only approximately
-    beta = 1.0
-    for _ in range(max_iterations):  # decreases monotonically from 1 to the largest fixed point
-        updated = float(np.minimum(1.0, beta * ratio).mean())
-        if abs(updated - beta) < tolerance:
-            return updated
-        beta = updated
-    return beta
+    # With mean_U r = 1, mean_U min(1, β r) ≤ β, with equality exactly when no posterior is clipped, i.e.
+    # β ≤ 1 / max r: the largest fixed point is 1 / max r, computed directly (iterating only approaches it).
+    # The monotone fit makes max r the mean of the top block of U scores rather than one image's ratio.
+    return float(min(1.0, 1.0 / ratio.max()))
 
 
 def roc_auc(sensitive_scores, unlabeled_scores) -> float:
@@ -187,7 +184,9 @@ def estimate_class_prior(
     tail = (1 - level) / 2 * 100
     interval = (float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))) if draws else (0.0, 1.0)
     auc = roc_auc(sensitive, unlabeled)
-    normal_auc = normal_part_auc(auc, estimate)
+    # The correction grows with β, so an overestimate would make S look more separable and vouch for itself:
+    # judge at the interval's lower end (still a limit: an interval that sits wholly above the truth passes).
+    normal_auc = normal_part_auc(auc, min(estimate, interval[0]))
     problems = []
     if normal_auc < min_normal_auc:
         problems.append(
@@ -252,11 +251,11 @@ def train_score_network(
     """Train ``score_network`` on images (N×C×H×W) with class weights; stop early on a held-out 20 %."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    labels = is_sensitive.numpy().astype(np.int64)
+    labels = is_sensitive.cpu().numpy().astype(np.int64)
     holdout = _stratified_folds(labels, 5, rng) == 0
     train_rows, check_rows = np.flatnonzero(~holdout), np.flatnonzero(holdout)
     sensitive_weight = float((labels == 0).sum()) / max(float((labels == 1).sum()), 1.0)
-    network = score_network(images.shape[1])
+    network = score_network(images.shape[1]).to(images.device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     best_loss, best_state, stale = math.inf, None, 0
     for _ in range(max_epochs):
@@ -289,21 +288,39 @@ def train_score_network(
 
 @torch.no_grad()
 def cross_fitted_scores(
-    unlabeled_images: torch.Tensor, sensitive_images: torch.Tensor, folds: int = 3, seed: int = 0, **train_kwargs
+    unlabeled_images: torch.Tensor,
+    sensitive_images: torch.Tensor,
+    folds: int = 3,
+    seed: int = 0,
+    device=None,
+    **train_kwargs,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logit scores (higher = S-like) of every U and S image from a CNN that did not train on it."""
+    """Logit scores (higher = S-like) of every U and S image from a CNN that did not train on it.
+
+    Runs inside ``torch.random.fork_rng``: seeding its CNNs leaves the caller's random state (CPU and CUDA)
+    untouched, so a training run's --seed means the same with --beta auto as without.
+    """
     if folds < 2:
         raise ValueError(f"Cross-fitting needs at least 2 folds; got {folds}.")
-    images = torch.cat([unlabeled_images, sensitive_images]).float()
-    is_sensitive = torch.cat([torch.zeros(len(unlabeled_images)), torch.ones(len(sensitive_images))])
-    fold_of = _stratified_folds(is_sensitive.numpy().astype(np.int64), folds, np.random.default_rng(seed))
+    device = torch.device(device or "cpu")
+    images = torch.cat([unlabeled_images, sensitive_images]).float().to(device)
+    is_sensitive = torch.cat([torch.zeros(len(unlabeled_images)), torch.ones(len(sensitive_images))]).to(device)
+    fold_of = _stratified_folds(is_sensitive.cpu().numpy().astype(np.int64), folds, np.random.default_rng(seed))
     scores = np.empty(len(images))
-    for fold in range(folds):
-        test = fold_of == fold
-        with torch.enable_grad():
-            network = train_score_network(images[~test], is_sensitive[~test], seed=seed + fold, **train_kwargs)
-        rows = np.flatnonzero(test)
-        scores[rows] = torch.cat([network(images[rows[i : i + 512]]).squeeze(1) for i in range(0, len(rows), 512)])
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        for fold in range(folds):
+            test = fold_of == fold
+            with torch.enable_grad():
+                network = train_score_network(images[~test], is_sensitive[~test], seed=seed + fold, **train_kwargs).to(
+                    device
+                )
+            rows = np.flatnonzero(test)
+            scores[rows] = (
+                torch.cat([network(images[rows[i : i + 512]]).squeeze(1) for i in range(0, len(rows), 512)])
+                .cpu()
+                .numpy()
+            )
     return scores[: len(unlabeled_images)], scores[len(unlabeled_images) :]
 
 
@@ -313,8 +330,9 @@ def estimate_beta_from_images(
     estimator: str = "bbe",
     folds: int = 3,
     seed: int = 0,
+    device=None,
     **kwargs,
 ) -> BetaEstimate:
     """``estimate_class_prior`` on cross-fitted CNN scores of images (N×C×H×W in [-1, 1])."""
-    unlabeled_scores, sensitive_scores = cross_fitted_scores(unlabeled_images, sensitive_images, folds, seed)
+    unlabeled_scores, sensitive_scores = cross_fitted_scores(unlabeled_images, sensitive_images, folds, seed, device)
     return estimate_class_prior(unlabeled_scores, sensitive_scores, estimator, seed=seed, **kwargs)

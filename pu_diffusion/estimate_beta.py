@@ -3,7 +3,8 @@
 Reads the same data flags as the training scripts (``--train_data_dir my_data`` with ``unlabeled/`` and
 ``sensitive/``, or ``--dataset_name``; none: the built-in MNIST split), scores every image with a small U-vs-S
 CNN that did not train on it (cross-fitting), and prints the estimate with its interval and the separability.
-``--beta auto`` in the training scripts runs the same estimate.
+``--beta auto`` in the training scripts runs the same estimate, at min(--resolution, 32) pixels: pass
+``--resolution`` to match a run trained below 32 px (the default here: 16 for the built-in data, else 32).
 
     python -m pu_diffusion.estimate_beta --train_data_dir my_data --output_file beta.json
 """
@@ -17,6 +18,7 @@ import os
 from .arguments import add_data_arguments
 from .class_prior import ESTIMATORS, estimate_beta_from_images
 from .image_data import images_as_tensor
+from .splits import get_preset
 
 
 def parse_args(input_args=None):
@@ -30,7 +32,10 @@ def parse_args(input_args=None):
     parser.add_argument("--folds", type=int, default=3, help="Cross-fitting folds (2–5).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the folds, the CNNs and the bootstrap.")
     parser.add_argument("--output_file", type=str, default=None, help="Write the estimate as JSON here.")
-    parser.set_defaults(resolution=32)
+    first, _ = parser.parse_known_args(input_args)  # the default resolution depends on the data flags
+    builtin = not (first.dataset_name or first.train_data_dir)
+    preset_resolution = get_preset(first.preset).training_defaults()["resolution"] if builtin else 32
+    parser.set_defaults(resolution=min(preset_resolution, 32))  # what --beta auto scores at: min(training's, 32)
     args = parser.parse_args(input_args)
     if not 2 <= args.folds <= 5:
         parser.error(f"--folds must lie in 2..5; got {args.folds}.")

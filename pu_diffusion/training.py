@@ -120,20 +120,48 @@ def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dic
             return stored
     resolved = [None]
     if accelerator.is_main_process:
-        unlabeled, sensitive = load_images()
-        logger.info(f"--beta auto: estimating β from {len(unlabeled)} U and {len(sensitive)} S images")
-        estimate = estimate_beta_from_images(unlabeled, sensitive, args.beta_estimator)
-        resolved = [beta_from_estimate(args, estimate)]
-        if estimate.trusted:
-            logger.info(f"--beta auto: training with β = {resolved[0]['beta']:.4f}; {resolved[0]['beta_source']}")
-        else:
-            logger.warning(
-                f"--beta auto: the estimate cannot be trusted: {estimate.describe()}; {estimate.reason}. Training "
-                f"with β = {DEFAULT_BETA} (the paper's value); pass --beta to choose it yourself."
-            )
+        try:
+            resolved = [estimate_on_main_process(accelerator, args, load_images)]
+        except Exception as error:  # the other processes wait in the broadcast below: tell them, then fail
+            resolved = [{"error": f"{type(error).__name__}: {error}"}]
+            if accelerator.num_processes > 1:
+                broadcast_object_list(resolved)
+            raise
     if accelerator.num_processes > 1:
         broadcast_object_list(resolved)
+    if "error" in resolved[0]:
+        raise RuntimeError(f"--beta auto failed on the main process: {resolved[0]['error']}")
     return resolved[0]
+
+
+def estimate_on_main_process(accelerator, args, load_images) -> dict:
+    """Score U and S, estimate β, decide whether to trust it; an estimate that cannot be made falls back too."""
+    unlabeled, sensitive = load_images()
+    logger.info(
+        f"--beta auto: estimating β from {len(unlabeled)} U and {len(sensitive)} S images (for very large data, "
+        "run `python -m pu_diffusion.estimate_beta` first and pass --beta)"
+    )
+    try:
+        estimate = estimate_beta_from_images(unlabeled, sensitive, args.beta_estimator, device=accelerator.device)
+    except ValueError as error:  # e.g. constant scores, or too few images to score
+        logger.warning(
+            f"--beta auto (--beta_estimator {args.beta_estimator}) could not estimate β: {error}. Training with "
+            f"β = {DEFAULT_BETA} (the paper's value); pass --beta to choose it yourself."
+        )
+        return {
+            "beta": DEFAULT_BETA,
+            "beta_source": f"the default {DEFAULT_BETA}: --beta auto could not estimate β ({error})",
+            "beta_estimate": None,
+        }
+    resolved = beta_from_estimate(args, estimate)
+    if estimate.trusted:
+        logger.info(f"--beta auto: training with β = {resolved['beta']:.4f}; {resolved['beta_source']}")
+    else:
+        logger.warning(
+            f"--beta auto: the estimate cannot be trusted: {estimate.describe()}; {estimate.reason}. Training "
+            f"with β = {DEFAULT_BETA} (the paper's value); pass --beta to choose it yourself."
+        )
+    return resolved
 
 
 def beta_from_estimate(args, estimate) -> dict:

@@ -40,6 +40,23 @@ def test_best_bin_estimate_hand_value():
     assert best_bin_estimate([0, 0, 0, 1], [1, 1]) == pytest.approx(0.25)
 
 
+def test_best_bin_estimate_matches_a_direct_computation_where_the_slack_decides():
+    import math
+
+    unlabeled = [0.0] * 90 + [1.0] * 9 + [2.0] * 1
+    sensitive = [0.0] * 1 + [1.0] * 7 + [2.0] * 2  # the top bin (c = 2) has the lowest ratio but q_S = 0.2
+    slack = 1.01 * (math.sqrt(math.log(40) / 200) + math.sqrt(math.log(40) / 20))
+    objectives = {}
+    for c in (0.0, 1.0, 2.0):
+        q_u = sum(x >= c for x in unlabeled) / 100
+        q_s = sum(x >= c for x in sensitive) / 10
+        objectives[c] = (q_u / q_s + slack / q_s, q_u / q_s)
+    best = min(objectives.values())
+    assert best == objectives[1.0]  # slack / q_S rules out the purest bin; slack alone would not
+    assert objectives[2.0][1] < objectives[1.0][1] and objectives[2.0][1] + slack < objectives[1.0][0]
+    assert best_bin_estimate(unlabeled, sensitive) == pytest.approx(best[1])  # 0.10 / 0.9
+
+
 def test_increasing_fit_pools_adjacent_violators():
     np.testing.assert_allclose(increasing_fit(np.array([1, 3, 2, 4, 0, 5.0])), [1, 2.25, 2.25, 2.25, 2.25, 5])
 
@@ -54,10 +71,11 @@ def test_auc_and_its_normal_part():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_estimate_is_close_and_its_interval_covers_the_truth(estimator, seed):
     unlabeled, sensitive = mixture_scores(seed)
+    assert roc_auc(sensitive, unlabeled[:2000]) >= 0.99  # S against U's normal part: well separated
     estimate = estimate_class_prior(unlabeled, sensitive, estimator, seed=seed)
     assert abs(estimate.estimate - TRUE_BETA) <= 0.02
     assert estimate.interval[0] <= TRUE_BETA <= estimate.interval[1]
-    assert estimate.normal_auc >= 0.99 and estimate.trusted
+    assert estimate.trusted
 
 
 def test_low_separability_is_not_trusted_and_training_falls_back(caplog):
@@ -98,42 +116,70 @@ def write_planted_folder(root, n_dark=40, n_bright_in_u=4, n_sensitive=12, size=
     return str(root)
 
 
-def test_beta_auto_records_the_estimate_and_a_resume_reuses_it(tmp_path, tiny_unet_config, monkeypatch):
+def test_beta_auto_falls_back_openly_and_leaves_the_seed_alone(tmp_path, tiny_unet_config):
+    """The real estimator on 44 U / 12 S: not trusted, β = 0.1 recorded with the reason; and since estimation
+    must not touch the training's random state, the run trains exactly what --beta 0.1 trains."""
     data = write_planted_folder(tmp_path / "data")
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    flags = ["--train_data_dir", data, "--beta", "auto"]
-    script.main(script.parse_args(tiny_args(straight, tiny_unet_config(), *flags)))
-    run = json.loads((straight / "pu_run.json").read_text())
+    auto, given = tmp_path / "auto", tmp_path / "given"
+    script.main(script.parse_args(tiny_args(auto, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto")))
+    run = json.loads((auto / "pu_run.json").read_text())
     assert run["beta"] == "auto"
     resolved = run["beta_resolved"]
     estimate = resolved["beta_estimate"]
     assert estimate["n_unlabeled"] == 44 and estimate["n_sensitive"] == 12 and estimate["estimator"] == "bbe"
-    # 44 U and 12 S give too wide an interval to trust: the run says so and trains with the default β
     assert not estimate["trusted"] and resolved["beta"] == training.DEFAULT_BETA
-    card = (straight / "README.md").read_text()
+    card = (auto / "README.md").read_text()
     assert "not trusted" in card and "β (fraction of U assumed sensitive): **0.1**" in card
+    script.main(script.parse_args(tiny_args(given, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.1")))
+    a, b = (load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")) for folder in (auto, given))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def trusted_estimate(value):
+    return lambda unlabeled, sensitive, estimator, **kwargs: BetaEstimate(
+        value, (value - 0.02, value + 0.02), estimator, 0.9, 0.99, len(unlabeled), len(sensitive), True, "ok"
+    )
+
+
+def test_a_resume_trains_with_the_recorded_beta(tmp_path, tiny_unet_config, monkeypatch):
+    data = write_planted_folder(tmp_path / "data")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    flags = ["--train_data_dir", data, "--beta", "auto"]
+    monkeypatch.setattr(training, "estimate_beta_from_images", trusted_estimate(0.23))
+    script.main(script.parse_args(tiny_args(straight, tiny_unet_config(), *flags)))
+    assert json.loads((straight / "pu_run.json").read_text())["beta_resolved"]["beta"] == pytest.approx(0.23)
 
     def no_estimation(*args, **kwargs):
         raise AssertionError("a resumed run must reuse the recorded β")
 
     monkeypatch.setattr(training, "estimate_beta_from_images", no_estimation)
+    seen = record_pu_risk_betas(monkeypatch, script)
     resumed.mkdir()
     shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
-    script.main(script.parse_args(tiny_args(resumed, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest")))
-    for name in ("unet/diffusion_pytorch_model.safetensors",):
-        a, b = load_file(str(straight / name)), load_file(str(resumed / name))
-        assert all(torch.equal(a[key], b[key]) for key in a)
+    resume = [*flags, "--resume_from_checkpoint", "latest"]
+    script.main(script.parse_args(tiny_args(resumed, tiny_unet_config(), *resume)))
+    assert seen and all(beta == pytest.approx(0.23) for beta in seen)
+    a, b = (load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")) for folder in (straight, resumed))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    with pytest.raises(ValueError, match="holds a different run"):  # another margin is another run
+        script.main(script.parse_args(tiny_args(resumed, tiny_unet_config(), *resume, "--beta_margin", "1.5")))
+
+
+def test_an_estimate_that_cannot_be_made_falls_back(tmp_path, tiny_unet_config, monkeypatch):
+    def constant_scores(*args, **kwargs):
+        raise ValueError("DEDPUL needs scores that vary within U and within S.")
+
+    monkeypatch.setattr(training, "estimate_beta_from_images", constant_scores)
+    out = tmp_path / "out"
+    data = write_planted_folder(tmp_path / "data")
+    script.main(script.parse_args(tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto")))
+    resolved = json.loads((out / "pu_run.json").read_text())["beta_resolved"]
+    assert resolved["beta"] == training.DEFAULT_BETA and "could not estimate" in resolved["beta_source"]
 
 
 def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, monkeypatch):
-    monkeypatch.setattr(
-        training,
-        "estimate_beta_from_images",
-        lambda unlabeled, sensitive, estimator: BetaEstimate(
-            0.2, (0.18, 0.22), estimator, 0.9, 0.99, 44, 12, True, "ok"
-        ),
-    )
+    monkeypatch.setattr(training, "estimate_beta_from_images", trusted_estimate(0.2))
     seen = record_pu_risk_betas(monkeypatch, script)
     out = tmp_path / "out"
     data = write_planted_folder(tmp_path / "data")
@@ -212,6 +258,7 @@ def test_audit_ranks_a_planted_outlier_first(tmp_path, tiny_unet_config):
     summary = audit.main(
         audit.parse_args(
             ["--pipeline", str(model), "--train_data_dir", str(data), "--output_dir", str(out), "--top_k", "4"]
+            + ["--beta", "0.08"]
         )
     )
     with open(out / "audit.csv") as handle:
@@ -219,7 +266,8 @@ def test_audit_ranks_a_planted_outlier_first(tmp_path, tiny_unet_config):
     assert len(rows) == 25 and rows[0]["file"] == os.path.join("unlabeled", "outlier.png") and rows[0]["rank"] == "1"
     assert [int(row["rank"]) for row in rows] == list(range(1, 26))
     assert (out / "top_k.png").exists() and summary["num_images"] == 25
-    assert summary["beta"] == 0.1 and summary["estimated_sensitive_images"] == 2  # the run's β × |U|
+    assert summary["beta"] == 0.08 and summary["estimated_sensitive_images"] == 2  # β × |U|
+    assert audit.recorded_beta(str(model)) is None  # an unsupervised run never used a β
 
 
 def test_audit_refuses_a_missing_pipeline(tmp_path):
@@ -241,3 +289,21 @@ def test_beta_estimation_benchmark_prints_a_table_and_writes_json(tmp_path):
     assert saved["cases"][0]["true_beta"] == pytest.approx(0.2) and saved["cases"][1]["n_unlabeled"] == 22
     assert "| 50 | 10 | 0.2000 | BBE |" in (tmp_path / "table.md").read_text()
     assert report["rows"] == saved["rows"]
+
+
+def test_audit_of_a_builtin_run_scores_its_ranking_against_a_reference(tmp_path, tiny_unet_config):
+    model = tmp_path / "model"
+    script.main(script.parse_args(tiny_args(model, tiny_unet_config(), "--beta", "0.09")))
+    out = tmp_path / "audit"
+    summary = audit.main(
+        audit.parse_args(
+            ["--pipeline", str(model), "--reference_pipeline", str(model), "--output_dir", str(out)]
+            + ["--num_draws", "2", "--timestep_range", "100", "600"]
+        )
+    )
+    assert summary["num_images"] == 2200 and summary["beta"] == 0.09 and summary["estimated_sensitive_images"] == 198
+    quality = summary["ranking_quality"]
+    assert set(quality) == {"score", "pipeline ℓ alone", "reference ℓ alone"}
+    assert quality["pipeline ℓ alone"] == quality["reference ℓ alone"]  # the same model, the same shared draws
+    assert quality["score"]["auc"] == 0.5 and quality["score"]["k"] == 200  # ℓ − ℓ = 0 for every image
+    assert summary["timestep_range"] == [100, 600]

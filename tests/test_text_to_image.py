@@ -480,7 +480,7 @@ def test_beta_auto_scores_the_images_and_the_risk_uses_the_estimate(tiny_sd, cap
 
     shapes = []
 
-    def estimate(unlabeled, sensitive, estimator):
+    def estimate(unlabeled, sensitive, estimator, **kwargs):
         shapes.append((tuple(unlabeled.shape), tuple(sensitive.shape)))
         return BetaEstimate(0.25, (0.2, 0.3), estimator, 0.9, 0.99, len(unlabeled), len(sensitive), True, "ok")
 
