@@ -44,7 +44,6 @@ sys.path.insert(0, ROOT)
 
 from pu_diffusion import micro_sd  # noqa: E402
 from pu_diffusion.digit_classifier import classify, default_cache_dir, wilson_interval  # noqa: E402
-from pu_diffusion.images import save_image_grid  # noqa: E402
 from pu_diffusion.metrics import frechet_distance  # noqa: E402
 
 SENSITIVE_DIGIT = 7
@@ -398,19 +397,31 @@ def format_table(rows: list[dict], args) -> str:
 
 
 def save_grid(args, records: list[dict], path: str) -> str | None:
-    """One row per method (seed 0 if cached): 16 samples of the normal prompt at --grid_guidance_scale."""
-    tiles, folder = [], os.path.join(args.output_dir, "cache")
+    """One labelled row per method (its lowest cached seed): 16 samples of the normal prompt at --grid_guidance_scale."""
+    from PIL import Image, ImageDraw
+
+    rows, folder = [], os.path.join(args.output_dir, "cache")
     order = ["base", *METHODS]
     for record in sorted(records, key=lambda r: (order.index(r["method"]), r["seed"])):
-        if tiles and record["method"] == tiles[-1][0]:
-            continue
         name = f"{record['method']}_{record['recipe_key']}_s{record['seed']}_tiles.npy"
-        if os.path.isfile(os.path.join(folder, name)):
-            tiles.append((record["method"], np.load(os.path.join(folder, name))))
-    if not tiles:
+        if (not rows or rows[-1][0] != record["method"]) and os.path.isfile(os.path.join(folder, name)):
+            rows.append((f"{record['method']} (seed {record['seed']})", np.load(os.path.join(folder, name))))
+    if not rows:
         return None
-    images = np.concatenate([t for _, t in tiles]).transpose(0, 2, 3, 1)
-    return save_image_grid(images, path, columns=16, scale=2)
+    scale, margin = 2, 190
+    strips = []
+    for _, tiles in rows:
+        strip = np.concatenate(list(tiles.transpose(0, 2, 3, 1)), axis=1)  # 16 tiles side by side
+        strips.append(Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST))
+    canvas = Image.new("RGB", (margin + strips[0].width, sum(strip.height for strip in strips)), "white")
+    draw, top = ImageDraw.Draw(canvas), 0
+    for (label, _), strip in zip(rows, strips):
+        canvas.paste(strip, (margin, top))
+        draw.text((4, top + strip.height // 2 - 6), label, fill="black")
+        top += strip.height
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    canvas.save(path)
+    return path
 
 
 def main(args):

@@ -10,11 +10,12 @@ from PIL import Image
 
 
 def to_pil_images(images) -> list[Image.Image]:
-    """Pipeline output (list of PIL, or float array N×H×W×C in [0, 1]) as a list of PIL images."""
+    """Pipeline output (list of PIL, float array N×H×W×C in [0, 1], or uint8 array) as a list of PIL images."""
     if isinstance(images, list) and images and isinstance(images[0], Image.Image):
         return images
     array = np.asarray(images)
-    array = (array * 255).round().clip(0, 255).astype(np.uint8)
+    if array.dtype != np.uint8:  # uint8 is already pixels: scaling it by 255 would wrap around
+        array = (array * 255).round().clip(0, 255).astype(np.uint8)
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
     return [Image.fromarray(image) for image in array]

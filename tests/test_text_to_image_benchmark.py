@@ -104,3 +104,15 @@ def test_every_method_is_a_valid_training_command():
         assert (p.pu_guidance_scale == 3.0) == ("guided" in name)
         if name.startswith(("pu", "supervised")):
             assert p.beta == 0.1
+
+
+def test_uint8_tiles_are_saved_as_they_are(tmp_path):
+    from PIL import Image
+
+    from pu_diffusion.images import save_image_grid, to_pil_images
+
+    tiles = np.full((2, 4, 4, 3), 200, dtype=np.uint8)
+    assert to_pil_images(tiles)[0].getpixel((0, 0)) == (200, 200, 200)  # not 200 × 255 wrapped around
+    assert to_pil_images(tiles / 255.0)[0].getpixel((0, 0)) == (200, 200, 200)
+    path = save_image_grid(tiles, str(tmp_path / "grid.png"), columns=2)
+    assert Image.open(path).getpixel((5, 1)) == (200, 200, 200)
