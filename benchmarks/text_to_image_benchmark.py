@@ -358,6 +358,53 @@ def _mean_std(values: list[float], digits: int = 3) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def other_digit_perplexity(class_counts: list[int]) -> float:
+    """exp(entropy) of the judge's classes among the non-sensitive samples: 9 when the nine other digits are equally
+    common, lower when a method also erased the digits near the sensitive one (ESD-u drops 1, 4 and 9 here)."""
+    counts = np.delete(np.asarray(class_counts, dtype=np.float64), SENSITIVE_DIGIT)
+    if counts.sum() == 0:
+        return 0.0
+    share = counts[counts > 0] / counts.sum()
+    return float(np.exp(-(share * np.log(share)).sum()))
+
+
+def paired_tests(rows: list[dict], args) -> list[dict]:
+    """Paired t-test (same seeds) of each method's sevens rate for the normal prompt against unsupervised's."""
+    from scipy import stats
+
+    reference = next((row for row in rows if row["method"] == "unsupervised"), None)
+    tests = []
+    for row in rows:
+        if reference is None or row["method"] in ("base", "unsupervised"):
+            continue
+        shared = sorted(seed for seed in row["seeds"] if seed in reference["seeds"])
+        if len(shared) < 2:
+            continue
+        entry = {"method": row["method"], "seeds": shared}
+        for scale in args.guidance_scales:
+            name = f"sevens normal@{scale:g}"
+            ours = [row[name][row["seeds"].index(seed)] for seed in shared]
+            theirs = [reference[name][reference["seeds"].index(seed)] for seed in shared]
+            difference = float(np.mean(ours) - np.mean(theirs))
+            p = float(stats.ttest_rel(ours, theirs).pvalue) if np.any(np.subtract(ours, theirs)) else 1.0
+            entry[f"CFG {scale:g}"] = {"difference": difference, "p": p}
+        tests.append(entry)
+    return tests
+
+
+def format_tests(tests: list[dict], args) -> str:
+    scales = [f"CFG {s:g}" for s in args.guidance_scales]
+    lines = [
+        "| method | seeds | " + " | ".join(f"Δ sevens vs unsupervised, {s} (p)" for s in scales) + " |",
+        "|" + "---|" * (2 + len(scales)),
+    ]
+    for entry in tests:
+        cells = [entry["method"], ", ".join(map(str, entry["seeds"]))]
+        cells += [f"{entry[s]['difference']:+.3f} ({entry[s]['p']:.2g})" for s in scales]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def summarize(records: list[dict], args) -> list[dict]:
     rows = []
     order = ["base", *METHODS]
@@ -368,6 +415,9 @@ def summarize(records: list[dict], args) -> list[dict]:
             row[f"sevens {name}"] = [r["evaluations"][name]["sensitive_rate"] for r in group]
             if "fd_classifier" in group[0]["evaluations"][name]:
                 row[f"fd {name}"] = [r["evaluations"][name]["fd_classifier"] for r in group]
+                row[f"other digits {name}"] = [
+                    other_digit_perplexity(r["evaluations"][name]["predicted_class_counts"]) for r in group
+                ]
         for stat in ("steps_per_second", "peak_rss_mb", "max_memory_allocated_mb"):
             values = [r[stat] for r in group if r.get(stat) is not None]
             if values:
@@ -383,6 +433,7 @@ def format_table(rows: list[dict], args) -> str:
         + [f"sevens, normal prompt, CFG {s}" for s in scales]
         + [f"sevens, 'seven' prompt, CFG {s}" for s in scales]
         + [f"classifier-FD, normal prompt, CFG {s}" for s in scales]
+        + [f"other digits (of 9), normal prompt, CFG {' / '.join(scales)}"]
         + ["train steps/s", "peak RSS (MB)"]
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -391,31 +442,35 @@ def format_table(rows: list[dict], args) -> str:
         cells += [_mean_std(row.get(f"sevens normal@{s}", [])) for s in scales]
         cells += [_mean_std(row.get(f"sevens sensitive@{s}", [])) for s in scales]
         cells += [_mean_std(row.get(f"fd normal@{s}", []), 1) for s in scales]
+        cells += [" / ".join(f"{np.mean(row.get(f'other digits normal@{s}', [np.nan])):.1f}" for s in scales)]
         cells += [_mean_std(row.get("steps_per_second", []), 2), _mean_std(row.get("peak_rss_mb", []), 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def save_grid(args, records: list[dict], path: str) -> str | None:
-    """One labelled row per method (its lowest cached seed): 16 samples of the normal prompt at --grid_guidance_scale."""
+def save_grid(args, records: list[dict], path: str, all_seeds: bool = False) -> str | None:
+    """One labelled row per method (its lowest cached seed; every seed with `all_seeds`): 16 samples of the normal
+    prompt at --grid_guidance_scale."""
     from PIL import Image, ImageDraw
 
     rows, folder = [], os.path.join(args.output_dir, "cache")
     order = ["base", *METHODS]
     for record in sorted(records, key=lambda r: (order.index(r["method"]), r["seed"])):
         name = f"{record['method']}_{record['recipe_key']}_s{record['seed']}_tiles.npy"
-        if (not rows or rows[-1][0] != record["method"]) and os.path.isfile(os.path.join(folder, name)):
-            rows.append((f"{record['method']} (seed {record['seed']})", np.load(os.path.join(folder, name))))
+        shown = {method for method, _, _ in rows}
+        if (all_seeds or record["method"] not in shown) and os.path.isfile(os.path.join(folder, name)):
+            label = f"{record['method']} (seed {record['seed']})"
+            rows.append((record["method"], label, np.load(os.path.join(folder, name))))
     if not rows:
         return None
     scale, margin = 2, 190
     strips = []
-    for _, tiles in rows:
+    for _, _, tiles in rows:
         strip = np.concatenate(list(tiles.transpose(0, 2, 3, 1)), axis=1)  # 16 tiles side by side
         strips.append(Image.fromarray(strip).resize((strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST))
     canvas = Image.new("RGB", (margin + strips[0].width, sum(strip.height for strip in strips)), "white")
     draw, top = ImageDraw.Draw(canvas), 0
-    for (label, _), strip in zip(rows, strips):
+    for (_, label, _), strip in zip(rows, strips):
         canvas.paste(strip, (margin, top))
         draw.text((4, top + strip.height // 2 - 6), label, fill="black")
         top += strip.height
@@ -459,13 +514,16 @@ def main(args):
                 run_one(args, method, seed, base_dir, judge)
     records = cached_records(args)
     rows = summarize(records, args)
-    table = format_table(rows, args)
+    tests = paired_tests(rows, args)
+    table = format_table(rows, args) + "\n\n" + format_tests(tests, args)
     print(table)
     with open(os.path.join(args.output_dir, "table.md"), "w") as handle:
         handle.write(table + "\n")
     grid = save_grid(args, records, os.path.join(args.output_dir, "methods_grid.png"))
+    save_grid(args, records, os.path.join(args.output_dir, "methods_grid_all_seeds.png"), all_seeds=True)
     summary = {
         "rows": rows,
+        "paired_tests_vs_unsupervised": tests,
         "recipe_key": recipe_key(args),
         "grid": grid and os.path.relpath(grid, args.output_dir),
         "normal_prompt": NORMAL_PROMPT,

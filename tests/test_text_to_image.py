@@ -163,6 +163,18 @@ def test_sensitive_caption_replaces_s_captions(tiny_sd, captioned):
     assert all(captions[int(r)] == "a photo of brad" for r in sensitive)
 
 
+def test_pu_warns_when_s_captions_never_appear_in_u(tiny_sd, captioned):
+    def warning(*extra):
+        args = script.parse_args(sd_args(tiny_sd, captioned, "/tmp/unused", *extra))
+        _, unlabeled, sensitive, captions = script.load_data(args)
+        return script.sensitive_caption_warning(args, captions, unlabeled, sensitive)
+
+    message = warning("--method", "pu")  # S is captioned "a photo of brad", U "a photo of a man"
+    assert "'a photo of brad'" in message and "--sensitive_caption 'a photo of a man'" in message
+    assert warning("--method", "pu", "--sensitive_caption", "a photo of a man") is None
+    assert warning("--method", "supervised") is None  # S's own caption is what the supervised risk wants
+
+
 @pytest.mark.parametrize("proportion", [0.0, 0.5, 1.0])
 def test_caption_dropout_reaches_the_unet(tiny_sd, captioned, tmp_path, monkeypatch, proportion):
     """--proportion_empty_prompts replaces that share of the captions the UNet sees by the empty prompt's states."""

@@ -116,3 +116,55 @@ def test_uint8_tiles_are_saved_as_they_are(tmp_path):
     assert to_pil_images(tiles / 255.0)[0].getpixel((0, 0)) == (200, 200, 200)
     path = save_image_grid(tiles, str(tmp_path / "grid.png"), columns=2)
     assert Image.open(path).getpixel((5, 1)) == (200, 200, 200)
+
+
+def test_other_digit_perplexity_sees_collateral_erasure_and_ignores_sevens():
+    bench = load_benchmark("text_to_image_benchmark")
+    even = [10] * 10
+    assert bench.other_digit_perplexity(even) == pytest.approx(9.0)
+    assert bench.other_digit_perplexity([10] * 7 + [500] + [10] * 2) == pytest.approx(9.0)  # sevens do not count
+    erased = [10, 0, 10, 10, 0, 10, 10, 10, 10, 0]  # 1, 4 and 9 gone: six equal classes left
+    assert bench.other_digit_perplexity(erased) == pytest.approx(6.0)
+    assert bench.other_digit_perplexity([0] * 7 + [5] + [0] * 2) == 0.0
+
+
+def test_paired_tests_pair_by_seed_against_unsupervised():
+    from types import SimpleNamespace
+
+    from scipy import stats
+
+    bench = load_benchmark("text_to_image_benchmark")
+    args = SimpleNamespace(guidance_scales=[1.0])
+    rows = [
+        {"method": "unsupervised", "seeds": [0, 1, 2], "sevens normal@1": [0.10, 0.20, 0.15]},
+        # seeds listed in another order: the test must pair seed with seed, not position with position
+        {"method": "pu", "seeds": [2, 0, 1], "sevens normal@1": [0.11, 0.05, 0.12]},
+        {"method": "esd-u", "seeds": [0], "sevens normal@1": [0.02]},  # one shared seed: no test
+    ]
+    tests = bench.paired_tests(rows, args)
+    assert [t["method"] for t in tests] == ["pu"]
+    expected = stats.ttest_rel([0.05, 0.12, 0.11], [0.10, 0.20, 0.15]).pvalue
+    assert tests[0]["CFG 1"]["p"] == pytest.approx(expected)
+    assert tests[0]["CFG 1"]["difference"] == pytest.approx(np.mean([0.05, 0.12, 0.11]) - 0.15)
+    assert "| pu | 0, 1, 2 | -0.057 (0.042) |" in bench.format_tests(tests, args)
+
+
+def test_methods_grid_has_one_row_per_method_and_the_all_seeds_grid_one_per_run(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    bench = load_benchmark("text_to_image_benchmark")
+    (tmp_path / "cache").mkdir()
+    records = []
+    for method, seed in [("base", 0), ("unsupervised", 0), ("unsupervised", 1), ("pu", 1), ("pu", 0)]:
+        records.append({"method": method, "seed": seed, "recipe_key": "k"})
+        tiles = np.full((16, 3, 8, 8), 40 * seed + 10, dtype=np.uint8)
+        np.save(tmp_path / "cache" / f"{method}_k_s{seed}_tiles.npy", tiles)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    one = Image.open(bench.save_grid(args, records, str(tmp_path / "one.png")))
+    every = Image.open(bench.save_grid(args, records, str(tmp_path / "every.png"), all_seeds=True))
+    strip = 8 * 2  # tile height × the grid's upscaling
+    assert one.height == 3 * strip and every.height == 5 * strip
+    # each method's row is its lowest seed (pixel value 10), even when a higher seed was listed first
+    assert all(one.getpixel((one.width - 1, row * strip + 1)) == (10, 10, 10) for row in range(3))
