@@ -251,6 +251,7 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
                 "baseline_variant": args.baseline_variant,
                 "train_argv": [a for a in argv if not a.startswith(os.sep)],
                 **timing,
+                "beta": trained_beta(run_dir),
                 "evaluations": {},
             }
             write_json(record_path, record)
@@ -284,6 +285,18 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
     if not args.keep_models:
         shutil.rmtree(run_dir, ignore_errors=True)
     return record
+
+
+def trained_beta(run_dir: str) -> dict | None:
+    """The β a PU run trained with and where it came from (``--beta auto``: the estimate, its interval and AUC),
+    from the run's pu_run.json; None for methods that use no β."""
+    path = os.path.join(run_dir, "pu_run.json")
+    if not os.path.isfile(path):
+        return None
+    run = read_json(path)
+    if run.get("method") != "pu":
+        return None
+    return run.get("beta_resolved") or {"beta": float(run["beta"]), "beta_source": "given with --beta"}
 
 
 def samples_path(record_path: str, spec: str) -> str:
@@ -340,12 +353,15 @@ def summarize(records: list[dict]) -> list[dict]:
     from pu_diffusion.digit_classifier import wilson_interval
 
     groups: dict[tuple, dict[int, dict]] = {}
+    betas: dict[tuple, list[dict]] = {}
     baselines = {}
     for record in records:
         baselines[record["variant"]] = record.get("baseline_variant", "default")
         for spec, metrics in record["evaluations"].items():
             group = (record["split"], recipe_steps(record["recipe"]), record["variant"], record["name"], spec)
             groups.setdefault(group, {})[record["seed"]] = metrics
+            if record.get("beta"):
+                betas.setdefault(group, []).append(record["beta"])
     rows = []
     for (split, steps, variant, column, spec), by_seed in sorted(groups.items()):
         seeds = sorted(by_seed)
@@ -369,6 +385,10 @@ def summarize(records: list[dict]) -> list[dict]:
             "classifier_parity_accuracy": metrics[0].get("classifier_parity_accuracy"),
             "paper_nsr": PAPER.get((split, column)),
         }
+        if (split, steps, variant, column, spec) in betas:  # the β each seed trained with (recorded since --beta auto)
+            used = betas[(split, steps, variant, column, spec)]
+            row["beta"] = [float(b["beta"]) for b in used]
+            row["beta_estimated"] = any(b.get("beta_estimate") for b in used)
         for name in ("frechet_distance_classifier_features", "frechet_distance_inception"):
             # Over the seeds that have it (runs cached before Inception was asked for lack it); the seed count
             # is kept so the table can say when it is fewer than the NSR's.
@@ -424,12 +444,20 @@ def _fd_cell(row: dict, name: str) -> str:
     return _mean_std(row.get(name), 2, row.get(f"{name}_seeds"), len(row["seeds"]))
 
 
+def _beta_cell(row: dict) -> str:
+    """The β the runs trained with ("auto" marks an estimate), blank for runs cached before β was recorded."""
+    if not row.get("beta"):
+        return ""
+    values = ", ".join(f"{beta:.3f}" for beta in row["beta"])
+    return f"{values} (auto)" if row.get("beta_estimated") else values
+
+
 def format_table(rows: list[dict]) -> str:
     lines = [
         "| split | steps | variant | method | sampler | seeds | NSR mean ± std | NSR pooled 95 % CI | ceiling "
         "| classifier-FD | Inception FID | FD ratios vs unsup. (classifier / Inception) | p (NSR) vs unsup. "
-        "| paper NSR |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| paper NSR | β trained |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         low, high = row["nsr_pooled_interval"]
@@ -442,7 +470,7 @@ def format_table(rows: list[dict]) -> str:
             f"| {len(row['seeds'])} | {row['nsr_mean']:.4f} ± {row['nsr_std']:.4f} | {low:.4f}–{high:.4f} "
             f"| {row['ceiling']:.4f} | {_fd_cell(row, 'frechet_distance_classifier_features')} "
             f"| {_fd_cell(row, 'frechet_distance_inception')} | {ratio} "
-            f"| {'' if p_value is None else f'{p_value:.2g}'} | {row['paper_nsr'] or ''} |"
+            f"| {'' if p_value is None else f'{p_value:.2g}'} | {row['paper_nsr'] or ''} | {_beta_cell(row)} |"
         )
     return "\n".join(lines)
 

@@ -225,6 +225,9 @@ def test_benchmark_is_incremental_and_accumulates_seeds(tmp_path, monkeypatch):
         (column, spec) for column in columns for spec in samplers
     }
     assert {row["variant"] for row in first["rows"]} == {"default", "beta0.3"}
+    betas = {(row["variant"], row["method"]): row.get("beta") for row in first["rows"]}  # read from pu_run.json
+    assert betas == {("default", "unsupervised"): None, ("default", "pu-nn"): [0.1], ("beta0.3", "pu"): [0.3]}
+    assert "| 0.300 |" in (tmp_path / "bench" / "table.md").read_text()
     for row in first["rows"]:
         assert row["seeds"] == [0] and sum(row["predicted_class_counts"]) == int(row["sampler"].split(":")[2])
         assert 0 <= row["ceiling"] <= 1 and row["nsr_pooled_interval"][0] <= row["nsr_mean"] + 1e-12
@@ -748,3 +751,16 @@ def test_reference_inception_features_are_computed_once_and_cached(tmp_path, mon
     first = inception.cached_inception_features(None, torch.zeros(3, 1, 8, 8), path)
     second = inception.cached_inception_features(None, torch.zeros(3, 1, 8, 8), path)
     assert calls == [3] and np.array_equal(first, second) and not os.path.exists(path + ".tmp")
+
+
+def test_benchmark_records_the_estimated_beta_of_a_beta_auto_run(tmp_path):
+    import json
+
+    bench = load_benchmark("mnist_pu_benchmark")
+    resolved = {"beta": 0.083, "beta_source": "estimated (BBE)", "beta_estimate": {"estimate": 0.083, "auc": 0.99}}
+    (tmp_path / "pu_run.json").write_text(json.dumps({"method": "pu", "beta": "auto", "beta_resolved": resolved}))
+    assert bench.trained_beta(str(tmp_path)) == resolved
+    assert bench._beta_cell({"beta": [0.083, 0.1], "beta_estimated": True}) == "0.083, 0.100 (auto)"
+    (tmp_path / "pu_run.json").write_text(json.dumps({"method": "unsupervised", "beta": 0.1}))
+    assert bench.trained_beta(str(tmp_path)) is None
+    assert bench.trained_beta(str(tmp_path / "missing")) is None
