@@ -243,6 +243,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="A checkpoint-N folder, or 'latest' (the newest complete one; with none yet, a fresh start "
         "of the same run).",
     )
+    group.add_argument(
+        "--ddp_timeout",
+        type=int,
+        default=1800,
+        help="Seconds a process waits for the others (several processes only): long enough for the main process "
+        "to estimate --beta auto, save, sample and push while the others wait.",
+    )
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -389,6 +396,7 @@ def validate_training_args(args) -> None:
         args.checkpoints_total_limit is None or args.checkpoints_total_limit >= 1,
         f"--checkpoints_total_limit must be at least 1; got {args.checkpoints_total_limit}.",
     )
+    _require(args.ddp_timeout >= 1, f"--ddp_timeout must be at least 1 second; got {args.ddp_timeout}.")
     _require(args.max_grad_norm >= 0, f"--max_grad_norm must be >= 0 (0 disables clipping); got {args.max_grad_norm}.")
     _require(
         args.dataloader_num_workers >= 0, f"--dataloader_num_workers must be >= 0; got {args.dataloader_num_workers}."

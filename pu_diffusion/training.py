@@ -25,12 +25,13 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import diffusers
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from .checkpoints import checkpoint_num_processes, checkpoint_step, resolve_resume_checkpoint, save_checkpoint
@@ -51,6 +52,8 @@ def setup_accelerator(args) -> Accelerator:
         mixed_precision=args.mixed_precision,
         log_with=make_trackers(args.report_to, logging_dir),
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
+        # The other processes wait while the main one estimates β, saves, samples and pushes.
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))],
     )
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO

@@ -1,5 +1,6 @@
 """Runs that are killed, resumed, run on several processes, overwritten, or given bad input (real subprocesses)."""
 
+import argparse
 import json
 import os
 import random
@@ -153,6 +154,8 @@ def test_two_processes_train_exactly_the_steps_asked_and_resume_exactly(tmp_path
         "nn",
         "--beta",
         "0.5",
+        "--ddp_timeout",
+        "300",  # a rank left waiting fails with an error well within the subprocess's 600 s
     ]
     straight = tmp_path / "straight"
     result = launch_two_processes(small_data_args(straight, tiny_unet_config(), data, *flags), 29521)
@@ -173,6 +176,25 @@ def test_two_processes_train_exactly_the_steps_asked_and_resume_exactly(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_weights(straight, resumed)
     assert log_steps(resumed)[-4:] == [4, 5, 6, 7]
+
+
+def test_the_process_group_waits_ddp_timeout_seconds(tmp_path):
+    from datetime import timedelta
+
+    from pu_diffusion.training import setup_accelerator
+
+    args = argparse.Namespace(
+        output_dir=str(tmp_path / "out"),
+        logging_dir="logs",
+        gradient_accumulation_steps=1,
+        mixed_precision="no",
+        report_to="none",
+        ddp_timeout=42,
+        seed=None,
+        allow_tf32=False,
+    )
+    accelerator = setup_accelerator(args)
+    assert accelerator.init_handler.to_kwargs() == {"timeout": timedelta(seconds=42)}
 
 
 def test_two_processes_with_less_than_a_batch_each_are_refused_before_writing(tmp_path, tiny_unet_config):
@@ -261,6 +283,7 @@ BAD_INPUTS = [
     (["--eval_batch_size", "0"], "--eval_batch_size must be at least 1"),
     (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit must be at least 1"),
     (["--num_inference_steps", "0"], "--num_inference_steps must be at least 1"),
+    (["--ddp_timeout", "0"], "--ddp_timeout must be at least 1 second"),
     (["--resume_from_checkpoint", "nowhere/checkpoint-3"], "--resume_from_checkpoint 'nowhere/checkpoint-3' does not"),
 ]
 
