@@ -141,8 +141,9 @@ def estimate_on_main_process(accelerator, args, load_images) -> dict:
     """Score U and S, estimate β, decide whether to trust it; an estimate that cannot be made falls back too."""
     unlabeled, sensitive = load_images()
     logger.info(
-        f"--beta auto: estimating β from {len(unlabeled)} U and {len(sensitive)} S images (for very large data, "
-        "run `python -m pu_diffusion.estimate_beta` first and pass --beta)"
+        f"--beta auto: estimating β from {len(unlabeled)} U and {len(sensitive)} S images; the other processes wait up to "
+        f"--ddp_timeout {args.ddp_timeout} s (for very large data, run `python -m pu_diffusion.estimate_beta` first "
+        "and pass --beta)"
     )
     try:
         estimate = estimate_beta_from_images(unlabeled, sensitive, args.beta_estimator, device=accelerator.device)
