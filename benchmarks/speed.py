@@ -2,8 +2,10 @@
 """Speed of one training step for --method pu vs unsupervised vs supervised vs EraseDiff, and of generation.
 
 All methods use the same model and the same U+S batch; steps are interleaved (round-robin) in one run
-so machine noise hits every method alike. Peak memory: CUDA max_memory_allocated on a GPU; on CPU the
-peak resident set size of a fresh process running that method's steps.
+so machine noise hits every method alike. Peak memory: CUDA max_memory_allocated on a GPU; on CPU a fresh
+process per method, whose resident-set high-water mark is reset once the model and optimizer exist
+(/proc/self/clear_refs), so the peak is that of the training steps and not of importing torch. The memory a
+method's steps add above that setup is reported beside it.
 
     python benchmarks/speed.py                    # built-in 16×16 UNet, 64 U + 16 S
 """
@@ -98,13 +100,35 @@ def make_step(args, device):
     return unet, scheduler, step
 
 
-def peak_memory_mb(args, method, device):
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident-set high-water mark (Linux ≥ 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(args, method, device) -> tuple[float, float]:
+    """(peak memory during 3 training steps, how much of it the steps added above the set-up model and optimizer)."""
     if device.type == "cuda":
         _, _, step = make_step(args, device)
+        torch.cuda.synchronize()
+        setup = torch.cuda.memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
         for _ in range(3):
             step(method)
-        return torch.cuda.max_memory_allocated() / 2**20
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        return peak, peak - setup
     output = subprocess.run(
         [
             sys.executable,
@@ -124,16 +148,25 @@ def peak_memory_mb(args, method, device):
         text=True,
         check=True,
     ).stdout
-    return float(output.strip().splitlines()[-1])
+    peak, added = output.strip().splitlines()[-1].split()
+    return float(peak), float(added)
 
 
 def main(args):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.memory_probe:
         _, _, step = make_step(args, device)
-        for _ in range(3):
-            step(args.memory_probe)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        if reset_peak_rss():
+            setup = _status_mb("VmRSS")
+            for _ in range(3):
+                step(args.memory_probe)
+            peak = _status_mb("VmHWM")
+        else:  # no /proc: the whole process's peak, imports included
+            setup = 0.0
+            for _ in range(3):
+                step(args.memory_probe)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(peak, peak - setup)
         return None
     unet, scheduler, step = make_step(args, device)
     times = {method: [] for method in METHODS}
@@ -146,7 +179,9 @@ def main(args):
             step(method)
             times[method].append(time.perf_counter() - start)
     steps_per_second = {method: 1.0 / float(np.median(values)) for method, values in times.items()}
-    memory = {method: peak_memory_mb(args, method, device) for method in METHODS}
+    probes = {method: peak_memory_mb(args, method, device) for method in METHODS}
+    memory = {method: peak for method, (peak, _) in probes.items()}
+    added = {method: extra for method, (_, extra) in probes.items()}
 
     from diffusers import DDIMPipeline, DDIMScheduler
 
@@ -171,16 +206,20 @@ def main(args):
         "steps_per_second": steps_per_second,
         "ratio_vs_unsupervised": {m: v / base for m, v in steps_per_second.items()},
         "peak_memory_mb": memory,
-        "peak_memory_kind": "cuda max_memory_allocated"
+        "step_memory_above_setup_mb": added,
+        "peak_memory_kind": "cuda max_memory_allocated during 3 steps"
         if device.type == "cuda"
-        else "peak RSS of a fresh process (model + optimizer + 3 steps)",
+        else "peak RSS during 3 steps of a fresh process (high-water mark reset after model + optimizer setup)",
         "generation_samples_per_second": samples_per_second,
         "generation": f"DDIM {args.generation_steps} steps, batch {args.generation_samples}",
     }
-    print("| method | steps/s | ratio vs unsupervised | peak memory (MB) |\n|---|---|---|---|")
+    print(
+        "| method | steps/s | ratio vs unsupervised | peak memory (MB) | added by the steps (MB) |\n|---|---|---|---|---|"
+    )
     for method in METHODS:
         print(
-            f"| {method} | {steps_per_second[method]:.2f} | {steps_per_second[method] / base:.3f} | {memory[method]:.0f} |"
+            f"| {method} | {steps_per_second[method]:.2f} | {steps_per_second[method] / base:.3f} "
+            f"| {memory[method]:.0f} | {added[method]:.1f} |"
         )
     print(
         f"\ngeneration: {samples_per_second:.1f} samples/s ({report['generation']}); device {device}, "

@@ -373,6 +373,11 @@ def test_speed_benchmarks_run_and_write_json(tmp_path):
     assert report["ratio_vs_unsupervised"]["unsupervised"] == 1.0 and all(
         v > 0 for v in report["peak_memory_mb"].values()
     )
+    # the peak is the steps' own (not importing torch's): adaptive EraseDiff's two extra backward passes show
+    # (≈ +30 MB here; a plain step's 80 MB would hide under the import peak of ≈ 500 MB)
+    added = report["step_memory_above_setup_mb"]
+    assert all(0 <= added[m] < report["peak_memory_mb"][m] for m in added)
+    assert added["erasediff-adaptive"] > added["unsupervised"] + 10
     sd = load_benchmark("sd_speed")
     report = sd.main(
         sd.parse_args(
