@@ -159,6 +159,7 @@ KEY_NEUTRAL_FLAGS = {
     "pu_sensitive_cap": None,
     "beta_estimator": "bbe",
     "beta_margin": 1.0,
+    "ddp_timeout": 1800,  # how long processes wait for each other: never what is trained
 }
 
 
