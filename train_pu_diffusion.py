@@ -360,10 +360,7 @@ def main(args):
             hub_token=args.hub_token,
         )
         logger.info(f"Pipeline, samples and README.md written to {args.output_dir}")
-    # Every process reaches the process group's teardown together: a rank that destroys it while the main one
-    # is still writing can leave the main one hanging at exit (gloo, seen in the two-process test).
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    training.end_training(accelerator)
     return stats
 
 

@@ -470,10 +470,7 @@ def main(args):
             notes=notes,
             extra_tags=["stable-diffusion", "text-to-image"] + (["lora"] if args.rank else []),
         )
-    # Every process reaches the process group's teardown together: a rank that destroys it while the main one
-    # is still writing can leave the main one hanging at exit (gloo, seen in the two-process test).
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    training.end_training(accelerator)
     return stats
 
 

@@ -159,8 +159,10 @@ KEY_NEUTRAL_FLAGS = {
     "pu_sensitive_cap": None,
     "beta_estimator": "bbe",
     "beta_margin": 1.0,
-    "ddp_timeout": 1800,  # how long processes wait for each other: never what is trained
 }
+# Left out of every key: the run's folder, the seed (keyed on its own), and --ddp_timeout (how long processes
+# wait for each other: never what is trained).
+KEY_IGNORED_FLAGS = ("output_dir", "seed", "ddp_timeout")
 
 
 def run_key(variant: str, column: str, split: str, recipe: list[str]) -> str:
@@ -176,7 +178,7 @@ def run_key(variant: str, column: str, split: str, recipe: list[str]) -> str:
     effective = {
         key: value
         for key, value in parsed.items()
-        if key not in ("output_dir", "seed")
+        if key not in KEY_IGNORED_FLAGS
         and KEY_NEUTRAL_FLAGS.get(key, object()) != value
         and not (key.startswith("erasediff_") and parsed["method"] != "erasediff")
     }

@@ -156,16 +156,11 @@ def main(args):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.memory_probe:
         _, _, step = make_step(args, device)
-        if reset_peak_rss():
-            setup = _status_mb("VmRSS")
-            for _ in range(3):
-                step(args.memory_probe)
-            peak = _status_mb("VmHWM")
-        else:  # no /proc: the whole process's peak, imports included
-            setup = 0.0
-            for _ in range(3):
-                step(args.memory_probe)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        reset = reset_peak_rss()
+        setup = _status_mb("VmRSS") if reset else 0.0  # without /proc: the whole process's peak, imports included
+        for _ in range(3):
+            step(args.memory_probe)
+        peak = _status_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(peak, peak - setup)
         return None
     unet, scheduler, step = make_step(args, device)

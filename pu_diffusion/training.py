@@ -137,6 +137,16 @@ def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dic
     return resolved[0]
 
 
+def end_training(accelerator) -> None:
+    """Stop the trackers and tear the process group down, every process together.
+
+    A rank that destroys the group while the main one is still saving can leave the main one hanging at exit
+    (gloo, seen once in the two-process test); the wait is bounded by --ddp_timeout.
+    """
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def estimate_on_main_process(accelerator, args, load_images) -> dict:
     """Score U and S, estimate β, decide whether to trust it; an estimate that cannot be made falls back too."""
     unlabeled, sensitive = load_images()
