@@ -455,16 +455,26 @@ def _beta_cell(row: dict) -> str:
     return f"{values} (auto)" if row.get("beta_estimated") else values
 
 
+def _p_cell(row: dict) -> str:
+    """The paired t-test p-values against unsupervised, NSR / classifier-FD / Inception FID ("–" where a metric
+    has fewer than two paired seeds); blank for unsupervised itself."""
+    keys = ("p_nsr_vs_unsupervised", "p_fd_vs_unsupervised", "p_fid_vs_unsupervised")
+    if not any(key in row for key in keys):
+        return ""
+    return " / ".join(f"{row[key]:.2g}" if key in row else "–" for key in keys)
+
+
 def format_table(rows: list[dict]) -> str:
     lines = [
         "| split | steps | variant | method | sampler | seeds | NSR mean ± std | NSR pooled 95 % CI | ceiling "
-        "| classifier-FD | Inception FID | FD ratios vs unsup. (classifier / Inception) | p (NSR) vs unsup. "
+        "| classifier-FD | Inception FID | FD ratios vs unsup. (classifier / Inception) "
+        "| paired p vs unsup. (NSR / classifier-FD / Inception) "
         "| paper NSR | β trained |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         low, high = row["nsr_pooled_interval"]
-        p_value = row.get("p_nsr_vs_unsupervised")
+        p_values = _p_cell(row)
         ratio = "/".join(
             f"{row[key]:.2f}" for key in ("fd_ratio_vs_unsupervised", "fid_ratio_vs_unsupervised") if key in row
         )
@@ -473,7 +483,7 @@ def format_table(rows: list[dict]) -> str:
             f"| {len(row['seeds'])} | {row['nsr_mean']:.4f} ± {row['nsr_std']:.4f} | {low:.4f}–{high:.4f} "
             f"| {row['ceiling']:.4f} | {_fd_cell(row, 'frechet_distance_classifier_features')} "
             f"| {_fd_cell(row, 'frechet_distance_inception')} | {ratio} "
-            f"| {'' if p_value is None else f'{p_value:.2g}'} | {row['paper_nsr'] or ''} | {_beta_cell(row)} |"
+            f"| {p_values} | {row['paper_nsr'] or ''} | {_beta_cell(row)} |"
         )
     return "\n".join(lines)
 

@@ -298,6 +298,9 @@ def test_benchmark_table_names_fewer_inception_seeds_and_pairs_only_seeds_that_h
     table = bench.format_table(list(rows.values()))
     assert "15.00 ± 7.07 (2 seeds)" in table
     assert "5.00 ± 0.00 |" in table  # classifier-FD covers every seed: no count
+    p_values = [pu[f"p_{short}_vs_unsupervised"] for short in ("nsr", "fd", "fid")]  # paired t-tests, all three
+    assert f"| {p_values[0]:.2g} / {p_values[1]:.2g} / {p_values[2]:.2g} |" in table
+    assert bench._p_cell({"p_nsr_vs_unsupervised": 0.012}) == "0.012 / – / –"  # a metric without paired seeds
 
 
 def test_benchmark_adds_inception_fid_from_kept_samples_without_retraining(tmp_path, monkeypatch):
