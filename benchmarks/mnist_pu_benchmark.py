@@ -353,7 +353,7 @@ def summarize(records: list[dict]) -> list[dict]:
     """One row per (split, variant, column, sampler): means ± std over seeds, pooled Wilson, paired tests."""
     from scipy import stats
 
-    from pu_diffusion.digit_classifier import wilson_interval
+    from pu_diffusion.digit_classifier import class_perplexity, wilson_interval
 
     groups: dict[tuple, dict[int, dict]] = {}
     betas: dict[tuple, list[dict]] = {}
@@ -386,6 +386,11 @@ def summarize(records: list[dict]) -> list[dict]:
             "ceiling": float(np.mean([m["ceiling"] for m in metrics])),
             "predicted_class_counts": counts.tolist(),
             "classifier_parity_accuracy": metrics[0].get("classifier_parity_accuracy"),
+            # How evenly the normal classes are drawn (5 = all five equally often), per seed: a method can raise
+            # the NSR and still thin out a normal digit, which shows here and in the FDs, not in the NSR.
+            "normal_class_perplexity": _mean_and_std(
+                [class_perplexity(m["predicted_class_counts"], exclude=sensitive) for m in metrics]
+            ),
             "paper_nsr": PAPER.get((split, column)),
         }
         if (split, steps, variant, column, spec) in betas:  # the β each seed trained with (recorded since --beta auto)
@@ -398,7 +403,7 @@ def summarize(records: list[dict]) -> list[dict]:
             with_fd = [seed for seed in seeds if name in by_seed[seed]]
             values = [by_seed[seed][name] for seed in with_fd]
             if values:
-                row[name] = [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
+                row[name] = _mean_and_std(values)
                 row[f"{name}_seeds"] = with_fd
         # The variant's own unsupervised run, else its --baseline_variant's (variants that change PU only).
         own = (split, steps, variant, "unsupervised", spec) in groups
@@ -424,6 +429,10 @@ def summarize(records: list[dict]) -> list[dict]:
             row["paired_seeds"] = paired
         rows.append(row)
     return rows
+
+
+def _mean_and_std(values: list[float]) -> list[float]:
+    return [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
 
 
 def recipe_steps(recipe: list[str]) -> str:
@@ -467,10 +476,11 @@ def _p_cell(row: dict) -> str:
 def format_table(rows: list[dict]) -> str:
     lines = [
         "| split | steps | variant | method | sampler | seeds | NSR mean ± std | NSR pooled 95 % CI | ceiling "
+        "| normal-class perplexity (of 5) "
         "| classifier-FD | Inception FID | FD ratios vs unsup. (classifier / Inception) "
         "| paired p vs unsup. (NSR / classifier-FD / Inception) "
         "| paper NSR | β trained |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         low, high = row["nsr_pooled_interval"]
@@ -481,7 +491,8 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"| {row['split']} | {row['steps']} | {row['variant']} | {row['method']} | {sampler_label(row['sampler'])} "
             f"| {len(row['seeds'])} | {row['nsr_mean']:.4f} ± {row['nsr_std']:.4f} | {low:.4f}–{high:.4f} "
-            f"| {row['ceiling']:.4f} | {_fd_cell(row, 'frechet_distance_classifier_features')} "
+            f"| {row['ceiling']:.4f} | {_mean_std(row.get('normal_class_perplexity'), 2)} "
+            f"| {_fd_cell(row, 'frechet_distance_classifier_features')} "
             f"| {_fd_cell(row, 'frechet_distance_inception')} | {ratio} "
             f"| {p_values} | {row['paper_nsr'] or ''} | {_beta_cell(row)} |"
         )

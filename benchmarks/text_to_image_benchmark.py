@@ -361,11 +361,9 @@ def _mean_std(values: list[float], digits: int = 3) -> str:
 def other_digit_perplexity(class_counts: list[int]) -> float:
     """exp(entropy) of the judge's classes among the non-sensitive samples: 9 when the nine other digits are equally
     common, lower when a method also erased the digits near the sensitive one (ESD-u drops 1, 4 and 9 here)."""
-    counts = np.delete(np.asarray(class_counts, dtype=np.float64), SENSITIVE_DIGIT)
-    if counts.sum() == 0:
-        return 0.0
-    share = counts[counts > 0] / counts.sum()
-    return float(np.exp(-(share * np.log(share)).sum()))
+    from pu_diffusion.digit_classifier import class_perplexity
+
+    return class_perplexity(class_counts, exclude=[SENSITIVE_DIGIT])
 
 
 def paired_tests(rows: list[dict], args) -> list[dict]:

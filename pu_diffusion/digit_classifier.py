@@ -130,6 +130,20 @@ def train_member(
     return model.eval()
 
 
+def class_perplexity(class_counts, exclude=()) -> float:
+    """exp(entropy) of the judge's predicted classes, leaving out the classes in ``exclude`` (the sensitive ones).
+
+    It reads as "how many equally common classes the samples amount to": 5 when the five normal digits are drawn
+    equally often, less when a method thins out some of them (collateral erasure or mode dropping), which the
+    non-sensitive rate cannot see. 0 when no sample falls in the counted classes.
+    """
+    counts = np.delete(np.asarray(class_counts, dtype=np.float64), list(exclude))
+    if counts.sum() == 0:
+        return 0.0
+    share = counts[counts > 0] / counts.sum()
+    return float(np.exp(-(share * np.log(share)).sum()))
+
+
 def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
     """95 % Wilson score interval of a binomial proportion."""
     if total <= 0:

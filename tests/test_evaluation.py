@@ -772,3 +772,25 @@ def test_benchmark_records_the_estimated_beta_of_a_beta_auto_run(tmp_path):
     (tmp_path / "pu_run.json").write_text(json.dumps({"method": "unsupervised", "beta": 0.1}))
     assert bench.trained_beta(str(tmp_path)) is None
     assert bench.trained_beta(str(tmp_path / "missing")) is None
+
+
+def test_normal_class_perplexity_sees_a_thinned_normal_digit_that_the_rate_cannot():
+    from pu_diffusion.digit_classifier import class_perplexity
+
+    bench = load_benchmark("mnist_pu_benchmark")
+    even_mix = [0, 100, 7, 100, 0, 100, 3, 100, 0, 100]  # 10 even (sensitive) samples, the odd digits equally common
+    assert class_perplexity(even_mix, exclude=[0, 2, 4, 6, 8]) == pytest.approx(5.0)
+    thinned = [0, 20, 7, 140, 0, 140, 3, 140, 0, 60]  # same NSR, fewer 1s and 9s (the odd split's PU runs)
+    assert class_perplexity(thinned, exclude=[0, 2, 4, 6, 8]) < 4.7
+    assert class_perplexity([5, 0, 5, 0, 5, 0, 5, 0, 5, 0], exclude=[0, 2, 4, 6, 8]) == 0.0
+
+    def record(seed, counts):
+        metrics = {"non_sensitive_rate": 0.98, "predicted_class_counts": counts, "sensitive_classes": [0, 2, 4, 6, 8],
+                   "ceiling": 1.0, "frechet_distance_classifier_features": 1.0}  # fmt: skip
+        return {"variant": "default", "split": "odd", "recipe": [], "name": "pu", "seed": seed,
+                "evaluations": {"ddim:50:2000": metrics}}  # fmt: skip
+
+    (row,) = bench.summarize([record(0, even_mix), record(1, thinned)])
+    per_seed = [5.0, class_perplexity(thinned, exclude=[0, 2, 4, 6, 8])]
+    assert row["normal_class_perplexity"] == pytest.approx([np.mean(per_seed), np.std(per_seed, ddof=1)])
+    assert f"| {np.mean(per_seed):.2f} ± {np.std(per_seed, ddof=1):.2f} |" in bench.format_table([row])
