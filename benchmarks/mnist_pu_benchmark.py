@@ -424,7 +424,9 @@ def summarize(records: list[dict]) -> list[dict]:
                 theirs = np.array([base[s][name] for s in both])
                 if short != "nsr":
                     row[f"{short}_ratio_vs_unsupervised"] = float(ours.mean() / theirs.mean())
-                if len(both) > 1 and np.any(ours != theirs):
+                # Undefined when the paired differences do not vary (t = ±inf, e.g. two seeds that both moved
+                # by the same amount): no p-value rather than a "0".
+                if len(both) > 1 and np.ptp(ours - theirs) > 0:
                     row[f"p_{short}_vs_unsupervised"] = float(stats.ttest_rel(ours, theirs).pvalue)
             row["paired_seeds"] = paired
         rows.append(row)
