@@ -373,6 +373,7 @@ def summarize(records: list[dict]) -> list[dict]:
         counts = np.array([m["predicted_class_counts"] for m in metrics]).sum(0)
         sensitive = metrics[0]["sensitive_classes"]
         normal_count = int(counts.sum() - counts[sensitive].sum())
+        nsr_mean, nsr_std = _mean_and_std(rate)
         row = {
             "split": split,
             "steps": steps,
@@ -380,8 +381,8 @@ def summarize(records: list[dict]) -> list[dict]:
             "method": column,
             "sampler": spec,
             "seeds": seeds,
-            "nsr_mean": float(rate.mean()),
-            "nsr_std": float(rate.std(ddof=1)) if len(rate) > 1 else 0.0,
+            "nsr_mean": nsr_mean,
+            "nsr_std": nsr_std,
             "nsr_pooled_interval": list(wilson_interval(normal_count, int(counts.sum()))),
             "ceiling": float(np.mean([m["ceiling"] for m in metrics])),
             "predicted_class_counts": counts.tolist(),
@@ -433,7 +434,8 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _mean_and_std(values: list[float]) -> list[float]:
+def _mean_and_std(values) -> list[float]:
+    """Mean and sample standard deviation over seeds (0 for a single seed)."""
     return [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
 
 
@@ -467,8 +469,9 @@ def _beta_cell(row: dict) -> str:
 
 
 def _p_cell(row: dict) -> str:
-    """The paired t-test p-values against unsupervised, NSR / classifier-FD / Inception FID ("–" where a metric
-    has fewer than two paired seeds); blank for unsupervised itself."""
+    """The paired t-test p-values against unsupervised, NSR / classifier-FD / Inception FID ("–" where summarize
+    gave a metric none: fewer than two paired seeds, or paired differences that do not vary); blank for
+    unsupervised itself."""
     keys = ("p_nsr_vs_unsupervised", "p_fd_vs_unsupervised", "p_fid_vs_unsupervised")
     if not any(key in row for key in keys):
         return ""
