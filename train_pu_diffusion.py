@@ -32,7 +32,14 @@ from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss, uniform_forget_target
 from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, images_as_tensor, pu_indices
 from pu_diffusion.images import save_image_grid
-from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss, pu_risk
+from pu_diffusion.losses import (
+    METHODS,
+    diffusion_target,
+    per_sample_diffusion_loss,
+    pu_risk,
+    sample_timesteps,
+    timestep_banded_pu_risk,
+)
 from pu_diffusion.models import check_resolution, default_unet_config, match_sample_size
 from pu_diffusion.run_dir import public_config
 from pu_diffusion.splits import PRESETS, get_preset
@@ -73,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Built-in data only: rebuild U with this share of sensitive digits (the true β; default: the "
         "preset's 200 of 2,200 = 1/11). For benchmarks of --beta auto.",
+    )
+    parser.add_argument(
+        "--pu_min_timestep",
+        type=int,
+        default=0,
+        help="t₀ (opt-in, not in the paper; --method pu): S rows draw t from [t₀, T), the PU risk covers t ≥ t₀ "
+        "and U trains as plain diffusion below t₀, so the push on S acts where a sample's class is settled, not at "
+        "the low-noise steps where ℓ (and so that push) is largest. 0: the paper's PU risk at every t.",
     )
     model = add_model_arguments(
         parser, pretrained_help="DDPM/DDIM pipeline folder or hub id (unet/ + scheduler/) to fine-tune."
@@ -150,6 +165,13 @@ def validate_args(args) -> None:
             raise ValueError(
                 f"--builtin_contamination must lie in [0, 0.5] (the built-in data has 2,500 sensitive digits); "
                 f"got {args.builtin_contamination}."
+            )
+    if args.pu_min_timestep != 0:
+        if args.method != "pu":
+            raise ValueError(f"--pu_min_timestep restricts the PU risk: it needs --method pu, not {args.method}.")
+        if not 0 < args.pu_min_timestep < args.ddpm_num_steps:
+            raise ValueError(
+                f"--pu_min_timestep must lie in [0, --ddpm_num_steps {args.ddpm_num_steps}); got {args.pu_min_timestep}."
             )
     if args.num_final_images < 0:
         raise ValueError(f"--num_final_images must be >= 0; got {args.num_final_images}.")
@@ -246,6 +268,11 @@ def main(args):
 
     # ---- Model, batches, optimizer ----
     unet, noise_scheduler, base_model = load_model(args, channels)
+    if args.pu_min_timestep >= noise_scheduler.config.num_train_timesteps:
+        raise ValueError(
+            f"--pu_min_timestep {args.pu_min_timestep} must be below the model's "
+            f"{noise_scheduler.config.num_train_timesteps} diffusion steps: choose a smaller t₀."
+        )
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     ema_model = training.make_ema(args, unet, UNet2DModel)
@@ -279,9 +306,12 @@ def main(args):
         with accelerator.accumulate(unet):
             clean_images = batch["pixel_values"]
             noise = torch.randn(clean_images.shape, device=clean_images.device)
-            timesteps = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (clean_images.shape[0],), device=clean_images.device
-            ).long()
+            timesteps = sample_timesteps(
+                noise_scheduler.config.num_train_timesteps,
+                batch["is_sensitive"],
+                args.pu_min_timestep,
+                device=clean_images.device,
+            )
             noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
             target = diffusion_target(noise_scheduler, clean_images, noise, timesteps)
             if args.method == "erasediff":  # S rows learn to predict uniform noise instead (the forget target)
@@ -308,17 +338,21 @@ def main(args):
                     eta=args.erasediff_eta,
                 )
             else:
-                terms = pu_risk(
-                    per_sample_loss,
-                    batch["is_sensitive"],
-                    args.method,
-                    beta_info["beta"],
-                    args.pu_estimator,
+                risk_options = dict(
+                    method=args.method,
+                    beta=beta_info["beta"],
+                    estimator=args.pu_estimator,
                     reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
                     supervised_form=args.supervised_form,
                     temperature=args.loss_temperature,
                     sensitive_cap=args.pu_sensitive_cap,
                 )
+                if args.pu_min_timestep:
+                    terms = timestep_banded_pu_risk(
+                        per_sample_loss, batch["is_sensitive"], timesteps, args.pu_min_timestep, **risk_options
+                    )
+                else:
+                    terms = pu_risk(per_sample_loss, batch["is_sensitive"], **risk_options)
             accelerator.backward(terms.objective)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)

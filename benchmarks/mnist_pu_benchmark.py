@@ -157,6 +157,7 @@ KEY_NEUTRAL_FLAGS = {
     "builtin_unlabeled": "contaminated",
     "builtin_contamination": None,
     "pu_sensitive_cap": None,
+    "pu_min_timestep": 0,
     "beta_estimator": "bbe",
     "beta_margin": 1.0,
 }

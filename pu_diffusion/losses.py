@@ -206,6 +206,72 @@ def pu_risk(
     return RiskTerms(objective=risk, risk=risk, negative_risk=negative_risk, **terms)
 
 
+def sample_timesteps(
+    num_train_timesteps: int, is_sensitive: torch.Tensor, sensitive_min_timestep: int = 0, device=None
+) -> torch.Tensor:
+    """t ~ U{0, …, T−1} for every row; with t₀ = ``sensitive_min_timestep`` > 0 the S rows draw U{t₀, …, T−1}.
+
+    With t₀ = 0 this is the one ``torch.randint`` call of plain diffusion training (the random stream is unchanged).
+    """
+    if not 0 <= sensitive_min_timestep < num_train_timesteps:
+        raise ValueError(
+            f"sensitive_min_timestep must lie in [0, {num_train_timesteps}); got {sensitive_min_timestep}."
+        )
+    timesteps = torch.randint(0, num_train_timesteps, (len(is_sensitive),), device=device).long()
+    if sensitive_min_timestep > 0:
+        high = torch.randint(sensitive_min_timestep, num_train_timesteps, (len(is_sensitive),), device=device).long()
+        timesteps = torch.where(is_sensitive.to(device=timesteps.device, dtype=torch.bool), high, timesteps)
+    return timesteps
+
+
+def timestep_banded_pu_risk(
+    per_sample_loss: torch.Tensor,
+    is_sensitive: torch.Tensor,
+    timesteps: torch.Tensor,
+    min_timestep: int,
+    **pu_kwargs,
+) -> RiskTerms:
+    """The PU risk on the noise levels that decide what is drawn; plain diffusion on U below them (opt-in).
+
+    With t₀ = ``min_timestep``, the U rows with t < t₀ give L_U,low⁻ = mean ℓ, and the U rows with t ≥ t₀ together
+    with the S rows give R_high = ``pu_risk(...)`` (absPU or nnPU, as ``pu_kwargs`` say). The objective is
+
+        (n_low / n_U) · L_U,low⁻ + (n_high / n_U) · R_high
+
+    i.e. the paper's PU risk with t restricted to [t₀, T) for its S terms and for the U mean they correct, and
+    plain diffusion on U at t < t₀. S rows should be drawn with t ≥ t₀ (``sample_timesteps``); S rows below t₀
+    are left out. Why: with ε-prediction ℓ is largest at low noise, so there the unbounded −β·ℓ push on S
+    dominates the gradient, while what class a sample becomes is settled at high noise. Not in the paper.
+    With t₀ = 0 this equals ``pu_risk``.
+    """
+    is_sensitive = is_sensitive.to(device=per_sample_loss.device, dtype=torch.bool)
+    in_band = timesteps.to(per_sample_loss.device) >= min_timestep
+    unlabeled_low = per_sample_loss[~is_sensitive & ~in_band].float()
+    n_unlabeled = int((~is_sensitive).sum())
+    n_high = int((~is_sensitive & in_band).sum())
+    if n_unlabeled == 0:
+        raise ValueError("The batch holds no unlabeled (U) sample; every PU risk needs at least one.")
+    weight_low, weight_high = len(unlabeled_low) / n_unlabeled, n_high / n_unlabeled
+    L_U_low = _mean_or_zero(unlabeled_low) / pu_kwargs.get("temperature", 1.0)  # noqa: N806
+    L_U_all = per_sample_loss[~is_sensitive].float().mean() / pu_kwargs.get("temperature", 1.0)  # noqa: N806
+    if n_high == 0:  # no U row in the band to correct: this batch trains U only
+        sensitive = per_sample_loss[is_sensitive & in_band].float() / pu_kwargs.get("temperature", 1.0)
+        L_S_neg = _mean_or_zero(sensitive).detach()  # noqa: N806
+        L_S_pos = _mean_or_zero(sensitive_loss(sensitive)).detach() if sensitive.numel() else L_S_neg  # noqa: N806
+        return RiskTerms(L_U_low, L_U_low, L_U_all, L_S_neg, L_S_pos, negative_risk=L_U_low.detach())
+    band = pu_risk(per_sample_loss[in_band], is_sensitive[in_band], **pu_kwargs)
+    return RiskTerms(
+        objective=weight_low * L_U_low + weight_high * band.objective,
+        risk=weight_low * L_U_low + weight_high * band.risk,
+        L_U_neg=L_U_all,
+        L_S_neg=band.L_S_neg,
+        L_S_pos=band.L_S_pos,
+        negative_risk=band.negative_risk,
+        nn_branch=band.nn_branch,
+        extra={"L_U-_band": band.L_U_neg.detach().item()},
+    )
+
+
 @torch.no_grad()
 def monte_carlo_diffusion_loss(
     unet,

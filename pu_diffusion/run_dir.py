@@ -28,6 +28,7 @@ ADDED_ARGS_NEUTRAL = {
     "builtin_unlabeled": "contaminated",
     "builtin_contamination": None,
     "pu_sensitive_cap": None,
+    "pu_min_timestep": 0,
     "erasediff_lambda": 0.1,
     "erasediff_eta": 0.1,
     "erasediff_inner_steps": 2,

@@ -4,7 +4,14 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from pu_diffusion.losses import diffusion_target, per_sample_diffusion_loss, pu_risk, sensitive_loss
+from pu_diffusion.losses import (
+    diffusion_target,
+    per_sample_diffusion_loss,
+    pu_risk,
+    sample_timesteps,
+    sensitive_loss,
+    timestep_banded_pu_risk,
+)
 
 
 def test_per_sample_loss_sums_over_all_elements():
@@ -230,3 +237,47 @@ def test_sensitive_cap_stops_pushing_s_samples_that_are_already_k_times_worse_th
     assert uncapped.negative_risk.item() == pytest.approx(3 - 1.75)
     with pytest.raises(ValueError, match="sensitive_cap"):
         pu_risk(loss, is_sensitive, "pu", sensitive_cap=0.0)
+
+
+def test_sensitive_rows_draw_timesteps_from_the_band_and_plain_draws_keep_the_random_stream():
+    is_sensitive = torch.tensor([False, True] * 500)
+    torch.manual_seed(0)
+    timesteps = sample_timesteps(1000, is_sensitive, 300)
+    assert timesteps[is_sensitive].min() >= 300 and timesteps[~is_sensitive].min() < 300
+    assert timesteps.max() < 1000
+    torch.manual_seed(0)
+    plain = sample_timesteps(1000, is_sensitive, 0)
+    torch.manual_seed(0)
+    assert torch.equal(plain, torch.randint(0, 1000, (1000,)))  # t₀ = 0: what training drew before the flag
+    with pytest.raises(ValueError, match="sensitive_min_timestep"):
+        sample_timesteps(1000, is_sensitive, 1000)
+
+
+def test_timestep_banded_risk_is_plain_diffusion_below_t0_and_the_pu_risk_above():
+    # U rows: ℓ 8 (t 100), 2 (t 600), 4 (t 700); S rows: ℓ 30 (t 500), 10 (t 900); t₀ = 300.
+    loss = torch.tensor([8.0, 2.0, 4.0, 30.0, 10.0], requires_grad=True)
+    is_sensitive = torch.tensor([False, False, False, True, True])
+    timesteps = torch.tensor([100, 600, 700, 500, 900])
+    terms = timestep_banded_pu_risk(loss, is_sensitive, timesteps, 300, method="pu", beta=0.1, estimator="abs")
+    band = pu_risk(loss[1:].detach(), is_sensitive[1:], "pu", beta=0.1, estimator="abs")
+    # (1/3) · 8 + (2/3) · (β L_S⁺ + |3 − 0.1 · 20|)
+    assert band.negative_risk.item() == pytest.approx(1.0)
+    assert terms.objective.item() == pytest.approx(8 / 3 + 2 / 3 * band.objective.item())
+    assert terms.L_U_neg.item() == pytest.approx(14 / 3) and terms.L_S_neg.item() == pytest.approx(20.0)
+    assert terms.log_dict()["L_U-_band"] == pytest.approx(3.0)
+    terms.objective.backward()
+    assert loss.grad[0].item() == pytest.approx(1 / 3)  # low-noise U row: plain diffusion, weight n_low / n_U
+    assert loss.grad[1].item() == pytest.approx(2 / 3 * 1 / 2)  # band U rows: the PU risk's 1/|U_band|, weighted
+    assert loss.grad[3].item() < 0 and loss.grad[4].item() < 0  # S rows in the band are pushed up
+    # An S row below t₀ is left out; t₀ = 0 is the paper's risk.
+    below = timestep_banded_pu_risk(
+        loss.detach(), is_sensitive, torch.tensor([100, 600, 700, 200, 900]), 300, method="pu", beta=0.1
+    )
+    assert below.L_S_neg.item() == pytest.approx(10.0)
+    everywhere = timestep_banded_pu_risk(loss.detach(), is_sensitive, timesteps, 0, method="pu", beta=0.1)
+    assert everywhere.objective.item() == pytest.approx(pu_risk(loss.detach(), is_sensitive, "pu").objective.item())
+    # No U row in the band: the batch trains U only (nothing left to correct S against).
+    only_low = timestep_banded_pu_risk(
+        loss.detach(), is_sensitive, torch.tensor([100, 200, 250, 500, 900]), 300, method="pu", beta=0.1
+    )
+    assert only_low.objective.item() == pytest.approx(14 / 3)

@@ -61,6 +61,7 @@ def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
     "extra",
     [
         ["--pu_estimator", "nn"],
+        ["--pu_min_timestep", "300"],  # S rows draw t ≥ 300 from the resumed random state too
         ["--gradient_accumulation_steps", "2", "--use_ema"],
         ["--method", "erasediff", "--erasediff_lambda", "-1"],  # adaptive λ, inner passes, uniform forget target
     ],
@@ -187,6 +188,8 @@ BAD_INPUTS = [
     (["--builtin_unlabeled", "labelled", "--train_data_dir", "DATA"], "--builtin_unlabeled labelled needs the"),
     (["--builtin_contamination", "0.2", "--train_data_dir", "DATA"], "--builtin_contamination rebuilds the built-in"),
     (["--builtin_contamination", "0.7"], r"--builtin_contamination must lie in \[0, 0.5\]"),
+    (["--pu_min_timestep", "300", "--method", "unsupervised"], "--pu_min_timestep restricts the PU risk"),
+    (["--pu_min_timestep", "1000"], r"--pu_min_timestep must lie in \[0, --ddpm_num_steps 1000\)"),
 ]
 
 
