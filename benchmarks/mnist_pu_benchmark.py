@@ -527,7 +527,12 @@ def save_methods_grid(tiles_by_name: dict, path: str) -> None:
     canvas.save(path)
 
 
-def plot_beta_sweep(rows: list[dict], betas: list[float], path: str) -> None:
+def plot_beta_sweep(rows: list[dict], betas: list[float], path: str, sampler: str = "ddim:50:2000") -> None:
+    """NSR and classifier-FD against β, one line per split that has swept runs, all under ``sampler``.
+
+    The β = 0.1 point is the sweep's own recipe (its baseline variant) when no beta0.1 variant was run, with the
+    swept runs' number of steps; rows of other samplers or step counts never stand in for it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -537,16 +542,17 @@ def plot_beta_sweep(rows: list[dict], betas: list[float], path: str) -> None:
     right = left.twinx()
     for split, marker in (("even", "o"), ("odd", "s")):
         # β = 0.1 is the recipe's own β: when no beta0.1 variant was run, the sweep's baseline recipe stands in.
-        swept = [r for r in rows if r["split"] == split and r["variant"].startswith("beta") and r.get("baseline")]
-        recipe_variant = swept[0]["baseline"].split("/")[0] if swept else "default"
+        rows_here = [r for r in rows if r["split"] == split and r["method"] == "pu" and r["sampler"] == sampler]
+        swept = [r for r in rows_here if r["variant"].startswith("beta") and r.get("baseline")]
+        if not swept:
+            continue
+        recipe_variant, steps = swept[0]["baseline"].split("/")[0], swept[0]["steps"]
         points = []
         for beta in betas:
             names = [f"beta{beta:g}"] + ([recipe_variant] if beta == DEFAULT_BETA else [])
-            matches = [r for r in rows if r["split"] == split and r["method"] == "pu" and r["variant"] in names]
+            matches = [r for r in rows_here if r["variant"] in names and r["steps"] == steps]
             if matches:
                 points.append((beta, matches[0]))
-        if not points:
-            continue
         x = [beta for beta, _ in points]
         left.errorbar(x, [r["nsr_mean"] for _, r in points], [r["nsr_std"] for _, r in points], fmt=marker + "-",
                       color="tab:blue", label=f"NSR ({split})", capsize=3)  # fmt: skip
@@ -618,7 +624,7 @@ def main(args):
     if tiles:
         save_methods_grid(tiles, os.path.join(args.output_dir, "methods_grid.png"))
     if args.beta_sweep:
-        plot_beta_sweep(rows, args.beta_sweep, os.path.join(args.output_dir, "beta_sweep.png"))
+        plot_beta_sweep(rows, args.beta_sweep, os.path.join(args.output_dir, "beta_sweep.png"), first)
     write_json(os.path.join(args.output_dir, "results.json"), report)
     table = format_table(rows)
     with open(os.path.join(args.output_dir, "table.md"), "w") as handle:
