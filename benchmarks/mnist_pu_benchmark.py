@@ -541,7 +541,6 @@ def plot_beta_sweep(rows: list[dict], betas: list[float], path: str, sampler: st
     figure, left = plt.subplots(figsize=(5.5, 3.4))
     right = left.twinx()
     for split, marker in (("even", "o"), ("odd", "s")):
-        # β = 0.1 is the recipe's own β: when no beta0.1 variant was run, the sweep's baseline recipe stands in.
         rows_here = [r for r in rows if r["split"] == split and r["method"] == "pu" and r["sampler"] == sampler]
         swept = [r for r in rows_here if r["variant"].startswith("beta") and r.get("baseline")]
         if not swept:

@@ -225,12 +225,13 @@ def load_pipeline(path: str, sampler: str | None = None):
     return pipeline
 
 
-def builtin_test_images(split: dict, resolution: int) -> torch.Tensor:
-    """The held-out normal-only test digits of a built-in split, as the training transform makes them."""
+def builtin_test_images(split: dict, resolution: int, part: str = "test") -> torch.Tensor:
+    """The held-out normal-only test digits of a built-in split (or another ``part`` of it, e.g. "sensitive"),
+    as the training transform makes them."""
     from .builtin_mnist import builtin_images
     from .image_data import ImageTransform
 
-    images, _ = builtin_images(split, "test")
+    images, _ = builtin_images(split, part)
     transform = ImageTransform(resolution, channels=1, center_crop=True)
     return torch.stack([transform(image) for image in images])
 

@@ -252,10 +252,11 @@ def timestep_banded_pu_risk(
     if n_unlabeled == 0:
         raise ValueError("The batch holds no unlabeled (U) sample; every PU risk needs at least one.")
     weight_low, weight_high = len(unlabeled_low) / n_unlabeled, n_high / n_unlabeled
-    L_U_low = _mean_or_zero(unlabeled_low) / pu_kwargs.get("temperature", 1.0)  # noqa: N806
-    L_U_all = per_sample_loss[~is_sensitive].float().mean() / pu_kwargs.get("temperature", 1.0)  # noqa: N806
+    temperature = pu_kwargs.get("temperature", 1.0)  # pu_risk divides by it too
+    L_U_low = _mean_or_zero(unlabeled_low) / temperature  # noqa: N806
+    L_U_all = per_sample_loss[~is_sensitive].float().mean() / temperature  # noqa: N806
     if n_high == 0:  # no U row in the band to correct: this batch trains U only
-        sensitive = per_sample_loss[is_sensitive & in_band].float() / pu_kwargs.get("temperature", 1.0)
+        sensitive = per_sample_loss[is_sensitive & in_band].float() / temperature
         L_S_neg = _mean_or_zero(sensitive).detach()  # noqa: N806
         L_S_pos = _mean_or_zero(sensitive_loss(sensitive)).detach() if sensitive.numel() else L_S_neg  # noqa: N806
         return RiskTerms(L_U_low, L_U_low, L_U_all, L_S_neg, L_S_pos, negative_risk=L_U_low.detach())
