@@ -169,7 +169,10 @@ def validate_args(args) -> None:
     if args.pu_min_timestep != 0:
         if args.method != "pu":
             raise ValueError(f"--pu_min_timestep restricts the PU risk: it needs --method pu, not {args.method}.")
-        if not 0 < args.pu_min_timestep < args.ddpm_num_steps:
+        # From scratch T is --ddpm_num_steps; a fine-tuned model's own T is checked once its scheduler is loaded.
+        if args.pu_min_timestep < 0 or (
+            not args.pretrained_model_name_or_path and args.pu_min_timestep >= args.ddpm_num_steps
+        ):
             raise ValueError(
                 f"--pu_min_timestep must lie in [0, --ddpm_num_steps {args.ddpm_num_steps}); got {args.pu_min_timestep}."
             )
