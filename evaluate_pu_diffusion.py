@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from pipelines import add_metrics_to_model_card
+from pu_diffusion.cli import run_cli
 from pu_diffusion.evaluation import (
+    EVAL_OUTPUTS,
     EvaluationError,
     check_fid_features,
     check_generation_args,
@@ -29,6 +30,7 @@ from pu_diffusion.evaluation import (
 )
 from pu_diffusion.inception import INCEPTION_FD
 from pu_diffusion.metrics import CLASSIFIER_FD
+from pu_diffusion.outputs import check_free, check_separate, check_writable, claim, in_the_way
 
 
 def parse_args(input_args=None):
@@ -76,19 +78,41 @@ def parse_args(input_args=None):
     return args
 
 
-def check_model_card_target(args) -> None:
-    """--update_model_card writes the pipeline's README.md, so it needs a local --pipeline folder."""
-    if args.update_model_card and not os.path.isdir(args.pipeline):
+def eval_output_dir(args) -> str:
+    return args.output_dir or os.path.join(args.pipeline, "eval")
+
+
+def check_outputs(args) -> None:
+    """Before any loading: the output folder is writable, apart from the inputs, and free of user files under
+    the names evaluation writes; --update_model_card needs a local --pipeline whose README.md a run wrote."""
+    output_dir = eval_output_dir(args)
+    inputs = {
+        "--pipeline": args.pipeline,
+        "--test_data_dir": args.test_data_dir,
+        "--classifier_name_or_path": args.classifier_name_or_path,
+    }
+    check_separate(output_dir, "--output_dir", inputs, allow_inside=("--pipeline",))
+    check_writable(output_dir, "--output_dir")
+    check_free(output_dir, EVAL_OUTPUTS)
+    if not args.update_model_card:
+        return
+    if not os.path.isdir(args.pipeline):
         raise EvaluationError(
             f"--update_model_card writes README.md into the pipeline folder, but --pipeline "
             f"{args.pipeline!r} is not a local folder: download the pipeline first, or drop "
             "--update_model_card."
         )
+    check_writable(os.path.join(args.pipeline, "README.md"), "--pipeline")
+    if in_the_way(args.pipeline, ["README.md"]):
+        raise EvaluationError(
+            f"--update_model_card: {os.path.join(args.pipeline, 'README.md')} was not written by a pu-diffusion run, "
+            f"so it is left alone: drop --update_model_card (the metrics are in {output_dir}/metrics.json)."
+        )
 
 
 def main(args):
     """Evaluate ``args.pipeline``, write metrics.json and a sample grid; every input is checked before sampling."""
-    check_model_card_target(args)
+    check_outputs(args)
     sampler = None if args.sampler == "pipeline" else args.sampler
     if args.classifier_name_or_path:
         metrics, samples = evaluate_with_classifier(
@@ -114,9 +138,9 @@ def main(args):
             args.cache_dir,
             fid_features=args.fid_features,
         )
-    output_dir = args.output_dir or os.path.join(args.pipeline, "eval")
-    path = write_metrics(metrics, output_dir, samples)
+    path = write_metrics(metrics, eval_output_dir(args), samples)
     if args.update_model_card:
+        claim(args.pipeline, ["README.md"])
         add_metrics_to_model_card(args.pipeline, metrics)
     keys = ("non_sensitive_rate", "non_sensitive_rate_interval", "ceiling", "predicted_class_counts")
     keys += (CLASSIFIER_FD, INCEPTION_FD, "num_samples", "sampler", "num_inference_steps", "classifier")
@@ -126,7 +150,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except EvaluationError as error:
-        sys.exit(f"evaluate_pu_diffusion.py: error: {error}")
+    run_cli(main, parse_args)

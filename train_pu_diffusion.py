@@ -29,6 +29,7 @@ from pu_diffusion.builtin_mnist import (
     write_split_file,
 )
 from pu_diffusion.checkpoints import register_model_hooks
+from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss, uniform_forget_target
 from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, images_as_tensor, pu_indices
 from pu_diffusion.images import save_image_grid
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--builtin_contamination",
-        type=float,
+        type=finite_float,
         default=None,
         help="Built-in data only: rebuild U with this share of sensitive digits (the true β; default: the "
         "preset's 200 of 2,200 = 1/11). For benchmarks of --beta auto.",
@@ -145,39 +146,39 @@ def validate_args(args) -> None:
     """Refuse bad flags before anything is loaded or written."""
     validate_training_args(args)
     if args.pretrained_model_name_or_path and args.model_config_name_or_path:
-        raise ValueError(
+        raise UsageError(
             "Give --pretrained_model_name_or_path (fine-tune) or --model_config_name_or_path (from scratch), not both."
         )
     if args.eval_batch_size < 1:
-        raise ValueError(f"--eval_batch_size must be at least 1; got {args.eval_batch_size}.")
+        raise UsageError(f"--eval_batch_size must be at least 1; got {args.eval_batch_size}.")
     if args.builtin_unlabeled != "contaminated" and not uses_builtin_data(args):
-        raise ValueError(
+        raise UsageError(
             f"--builtin_unlabeled {args.builtin_unlabeled} needs the built-in data (it knows which U images are "
             "sensitive): drop --dataset_name / --train_data_dir, or drop --builtin_unlabeled."
         )
     if args.builtin_contamination is not None:
         if not uses_builtin_data(args):
-            raise ValueError(
+            raise UsageError(
                 "--builtin_contamination rebuilds the built-in U: drop --dataset_name / --train_data_dir, or drop "
                 "--builtin_contamination."
             )
         if not 0 <= args.builtin_contamination <= 0.5:
-            raise ValueError(
+            raise UsageError(
                 f"--builtin_contamination must lie in [0, 0.5] (the built-in data has 2,500 sensitive digits); "
                 f"got {args.builtin_contamination}."
             )
     if args.pu_min_timestep != 0:
         if args.method != "pu":
-            raise ValueError(f"--pu_min_timestep restricts the PU risk: it needs --method pu, not {args.method}.")
+            raise UsageError(f"--pu_min_timestep restricts the PU risk: it needs --method pu, not {args.method}.")
         # From scratch T is --ddpm_num_steps; a fine-tuned model's own T is checked once its scheduler is loaded.
         if args.pu_min_timestep < 0 or (
             not args.pretrained_model_name_or_path and args.pu_min_timestep >= args.ddpm_num_steps
         ):
-            raise ValueError(
+            raise UsageError(
                 f"--pu_min_timestep must lie in [0, --ddpm_num_steps {args.ddpm_num_steps}); got {args.pu_min_timestep}."
             )
     if args.num_final_images < 0:
-        raise ValueError(f"--num_final_images must be >= 0; got {args.num_final_images}.")
+        raise UsageError(f"--num_final_images must be >= 0; got {args.num_final_images}.")
 
 
 ORACLE_NOTES = {
@@ -272,7 +273,7 @@ def main(args):
     # ---- Model, batches, optimizer ----
     unet, noise_scheduler, base_model = load_model(args, channels)
     if args.pu_min_timestep >= noise_scheduler.config.num_train_timesteps:
-        raise ValueError(
+        raise UsageError(
             f"--pu_min_timestep {args.pu_min_timestep} must be below the model's "
             f"{noise_scheduler.config.num_train_timesteps} diffusion steps: choose a smaller t₀."
         )
@@ -376,6 +377,7 @@ def main(args):
 
     # ---- Save the pipeline, a sample grid and the model card (and push) ----
     accelerator.wait_for_everyone()
+    training.check_finite_weights(accelerator, unet, ema_model, stats["global_step"])
     if accelerator.is_main_process:
         pipeline = unconditional_pipeline(
             training.model_to_save(accelerator, unet, ema_model), noise_scheduler, args.inference_scheduler
@@ -437,4 +439,4 @@ def log_validation(args, accelerator, unet, ema_model, noise_scheduler, global_s
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(main, parse_args)

@@ -28,6 +28,7 @@ from pipelines.saving import save_lora_weights, stable_diffusion_pipeline
 from pu_diffusion import training
 from pu_diffusion.arguments import add_model_arguments, add_shared_arguments, validate_training_args
 from pu_diffusion.checkpoints import register_model_hooks
+from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss
 from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_terms, select_esd_parameters
 from pu_diffusion.image_data import ImageTransform, images_as_tensor, load_captions
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     text.add_argument(
         "--proportion_empty_prompts",
-        type=float,
+        type=finite_float,
         default=0.0,
         help="Probability of replacing a caption by '' (trains the unconditional branch with PU too).",
     )
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--pu_guidance_scale",
-        type=float,
+        type=finite_float,
         default=None,
         help="Take ℓ on the guided prediction ε(∅) + w(ε(c) − ε(∅)); doubles the UNet cost.",
     )
@@ -121,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Prompts of the validation grids (and of the final grid in the model card).",
     )
-    parser.add_argument("--guidance_scale", type=float, default=7.5, help="Guidance scale of validation sampling.")
+    parser.add_argument(
+        "--guidance_scale", type=finite_float, default=7.5, help="Guidance scale of validation sampling."
+    )
     parser.add_argument(
         "--erasediff_anchor_prompt",
         type=str,
@@ -130,11 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         "when every U image has the same one).",
     )
     esd = parser.add_argument_group("ESD (--method esd-x / esd-u; needs the S caption only, not the images)")
-    esd.add_argument("--esd_eta", type=float, default=1.0, help="η of the negative guidance in ESD's target.")
+    esd.add_argument("--esd_eta", type=finite_float, default=1.0, help="η of the negative guidance in ESD's target.")
     esd.add_argument(
         "--esd_sampling_steps", type=int, default=50, help="DDIM steps of the run that draws x_t (stopped at random)."
     )
-    esd.add_argument("--esd_start_guidance", type=float, default=3.0, help="Guidance scale of that run.")
+    esd.add_argument("--esd_start_guidance", type=finite_float, default=3.0, help="Guidance scale of that run.")
     add_shared_arguments(parser, methods=(*METHODS, "erasediff", *ESD_METHODS))
     parser.set_defaults(**DEFAULTS)
     return parser
@@ -153,29 +156,29 @@ def parse_args(input_args=None):
 def validate_args(args) -> None:
     """Refuse bad flags before anything is loaded or written."""
     if args.dataset_name is None and args.train_data_dir is None:
-        raise ValueError("Give --dataset_name or --train_data_dir (U and S images with captions).")
+        raise UsageError("Give --dataset_name or --train_data_dir (U and S images with captions).")
     validate_training_args(args)
     if not 0.0 <= args.proportion_empty_prompts <= 1.0:
-        raise ValueError(f"--proportion_empty_prompts must lie in [0, 1]; got {args.proportion_empty_prompts}.")
+        raise UsageError(f"--proportion_empty_prompts must lie in [0, 1]; got {args.proportion_empty_prompts}.")
     if args.rank is not None and (args.rank < 1 or args.use_ema):
-        raise ValueError("--rank must be >= 1 and cannot be combined with --use_ema.")
+        raise UsageError("--rank must be >= 1 and cannot be combined with --use_ema.")
     if args.pu_guidance_scale is not None and args.pu_guidance_scale <= 0:
-        raise ValueError(f"--pu_guidance_scale must be > 0; got {args.pu_guidance_scale}.")
+        raise UsageError(f"--pu_guidance_scale must be > 0; got {args.pu_guidance_scale}.")
     if args.method in ("erasediff", *ESD_METHODS) and args.pu_guidance_scale is not None:
-        raise ValueError(
+        raise UsageError(
             f"--pu_guidance_scale takes ℓ on the guided prediction of the PU risk: drop it for {args.method}."
         )
     if args.method in ESD_METHODS and args.prediction_type is not None:
-        raise ValueError(
+        raise UsageError(
             f"--method {args.method} samples x_t and builds its target with the base model's prediction type: "
             "drop --prediction_type."
         )
     if args.method in ESD_METHODS and (args.esd_sampling_steps < 1 or args.esd_eta < 0):
-        raise ValueError(
+        raise UsageError(
             f"--esd_sampling_steps must be >= 1 and --esd_eta >= 0; got {args.esd_sampling_steps} and {args.esd_eta}."
         )
     if args.cache_latents and not args.center_crop:
-        raise ValueError(
+        raise UsageError(
             "--cache_latents encodes centre crops: add --center_crop, or drop --cache_latents to train on random crops."
         )
 
@@ -229,7 +232,7 @@ def method_prompt(args, captions, unlabeled_rows, sensitive_rows) -> str | None:
         return given
     distinct = sorted({captions[int(row)] for row in rows})
     if len(distinct) != 1:
-        raise ValueError(
+        raise UsageError(
             f"--method {args.method} needs one prompt, but the {part} images have {len(distinct)} different "
             f"captions. Pass {flag}."
         )
@@ -246,7 +249,7 @@ def load_models(args, accelerator):
     noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", revision=revision)
     if args.prediction_type is not None and args.prediction_type != noise_scheduler.config.prediction_type:
         if args.rank:
-            raise ValueError(
+            raise UsageError(
                 f"--prediction_type {args.prediction_type} with --rank: LoRA weights load into the base pipeline, "
                 f"whose scheduler predicts {noise_scheduler.config.prediction_type}, so they would sample wrongly. "
                 "Drop --rank to save a full pipeline, or drop --prediction_type."
@@ -418,6 +421,7 @@ def main(args):
 
     # ---- Save the pipeline (or LoRA weights), a validation grid and the model card (and push) ----
     accelerator.wait_for_everyone()
+    training.check_finite_weights(accelerator, unet, ema_model, stats["global_step"])
     if accelerator.is_main_process:
         unet = training.model_to_save(accelerator, unet, ema_model)
         if args.rank:
@@ -617,4 +621,4 @@ def log_validation(
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(main, parse_args)

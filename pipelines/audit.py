@@ -25,7 +25,9 @@ import os
 import numpy as np
 import torch
 
+from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.losses import diffusion_target, per_sample_diffusion_loss
+from pu_diffusion.outputs import check_free, check_separate, check_writable, claim, write_json_atomic
 
 
 def shared_draws(num_draws: int, sample_shape, num_train_timesteps: int, seed: int = 0, timestep_range=None):
@@ -33,7 +35,7 @@ def shared_draws(num_draws: int, sample_shape, num_train_timesteps: int, seed: i
     every image scored."""
     low, high = timestep_range or (0, num_train_timesteps)
     if not 0 <= low < high <= num_train_timesteps:
-        raise ValueError(f"--timestep_range must satisfy 0 <= low < high <= {num_train_timesteps}; got {low} {high}.")
+        raise UsageError(f"--timestep_range must satisfy 0 <= low < high <= {num_train_timesteps}; got {low} {high}.")
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((num_draws, *sample_shape), generator=generator)
     timesteps = torch.randint(low, high, (num_draws,), generator=generator)
@@ -94,12 +96,15 @@ def ranking_quality(scores, is_sensitive, k: int | None = None) -> dict:
     return {"auc": roc_auc(scores[truth], scores[~truth]), "precision_at_k": float(truth[top].mean()), "k": k}
 
 
+AUDIT_OUTPUTS = ("audit.csv", "top_k.png", "audit.json")
+
+
 def write_audit(output_dir: str, files: list[str], scores, images: torch.Tensor, top_k: int, extra: dict) -> dict:
-    """audit.csv (file, score, rank, sorted by rank), top_k.png and audit.json, each written atomically."""
+    """audit.csv (file, score, rank, sorted by rank), top_k.png and audit.json: claimed first, each written atomically."""
     from diffusers.utils import make_image_grid
     from PIL import Image
 
-    os.makedirs(output_dir, exist_ok=True)
+    claim(output_dir, AUDIT_OUTPUTS)
     scores = np.asarray(scores, dtype=np.float64)
     ranks = ranks_of(scores)
     order = np.argsort(ranks)
@@ -117,13 +122,10 @@ def write_audit(output_dir: str, files: list[str], scores, images: torch.Tensor,
     rows = -(-len(tiles) // columns)
     tiles += [Image.new(tiles[0].mode, tiles[0].size)] * (rows * columns - len(tiles))
     grid_path = os.path.join(output_dir, "top_k.png")
-    make_image_grid(tiles, rows, columns).save(grid_path + ".tmp.png")
-    os.replace(grid_path + ".tmp.png", grid_path)
+    make_image_grid(tiles, rows, columns).save(grid_path + ".tmp", format="PNG")
+    os.replace(grid_path + ".tmp", grid_path)
     summary = {"num_images": len(files), "top_k": len(top), **extra}
-    path = os.path.join(output_dir, "audit.json")
-    with open(path + ".tmp", "w") as handle:
-        json.dump(summary, handle, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json_atomic(os.path.join(output_dir, "audit.json"), summary)
     return summary
 
 
@@ -178,7 +180,9 @@ def parse_args(input_args=None):
         metavar=("LOW", "HIGH"),
         help="Draw t from [LOW, HIGH) only (default: every timestep). The built-in model's signal lies at mid t.",
     )
-    parser.add_argument("--beta", type=float, default=None, help="Share of U assumed sensitive (default: the run's).")
+    parser.add_argument(
+        "--beta", type=finite_float, default=None, help="Share of U assumed sensitive (default: the run's)."
+    )
     args = parser.parse_args(input_args)
     for flag in ("top_k", "num_draws", "batch_size"):
         if getattr(args, flag) < 1:
@@ -193,6 +197,13 @@ def parse_args(input_args=None):
             parser.error(f"--{flag} {value!r} is not a folder.")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         parser.error(f"--output_dir {args.output_dir!r} is a file: choose a folder path.")
+    inputs = {
+        f"--{flag}": getattr(args, flag)
+        for flag in ("pipeline", "reference_pipeline", "train_data_dir", "image_folder")
+    }
+    check_separate(args.output_dir, "--output_dir", inputs)
+    check_writable(args.output_dir, "--output_dir")
+    check_free(args.output_dir, AUDIT_OUTPUTS)
     return args
 
 
@@ -204,7 +215,7 @@ class Scorer:
         from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
         if not os.path.isfile(os.path.join(path, "unet", "config.json")):
-            raise ValueError(
+            raise UsageError(
                 f"{flag} {path!r} has no unet/ folder: audit a full pipeline saved by the training scripts "
                 "(a LoRA-only output holds no UNet)."
             )
@@ -238,7 +249,7 @@ class Scorer:
         from pu_diffusion.text_to_image import encode_captions
 
         if captions is None:
-            raise ValueError(
+            raise UsageError(
                 "A Stable Diffusion pipeline scores ℓ(x, c): give --caption, or --train_data_dir with captions."
             )
         latents = torch.cat(
@@ -259,7 +270,14 @@ def load_audit_images(args, resolution: int, channels: int):
     or the built-in U."""
     from PIL import Image
 
-    from pu_diffusion.image_data import ImageTransform, images_as_tensor, is_image_file, load_image_dataset, pu_indices
+    from pu_diffusion.image_data import (
+        ImageTransform,
+        check_images_readable,
+        images_as_tensor,
+        is_image_file,
+        load_image_dataset,
+        pu_indices,
+    )
 
     if args.image_folder:
         files = sorted(
@@ -269,12 +287,18 @@ def load_audit_images(args, resolution: int, channels: int):
             if is_image_file(os.path.join(root, name))
         )
         if not files:
-            raise ValueError(f"--image_folder {args.image_folder!r} holds no images.")
+            raise UsageError(f"--image_folder {args.image_folder!r} holds no images.")
         transform = ImageTransform(resolution, channels, center_crop=True)
         images = []
         for file in files:
-            with Image.open(file) as image:
-                images.append(transform(image))
+            try:
+                with Image.open(file) as image:
+                    images.append(transform(image))
+            except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for truncated or corrupt files
+                raise UsageError(
+                    f"--image_folder: {file} cannot be read as an image ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0][:100] if str(error) else 'no message'}). Repair or remove it."
+                ) from None
         captions = None if args.caption is None else [args.caption] * len(files)
         return torch.stack(images), [os.path.relpath(f, args.image_folder) for f in files], captions, None
     if args.train_data_dir:
@@ -283,6 +307,7 @@ def load_audit_images(args, resolution: int, channels: int):
         column = args.image_column
         dataset = load_image_dataset(None, None, args.train_data_dir, None)
         unlabeled_rows, _ = pu_indices(dataset, column, args.pu_label_column, args.sensitive_label)
+        check_images_readable(dataset, column)
         paths = dataset.cast_column(column, ImageFeature(decode=False))
         files = [
             os.path.relpath(paths[int(row)][column]["path"] or f"row {row}", args.train_data_dir)
@@ -302,7 +327,7 @@ def load_audit_images(args, resolution: int, channels: int):
 
     split_file = os.path.join(args.pipeline, BUILTIN_SPLIT_FILE)
     if not os.path.isfile(split_file):
-        raise ValueError(
+        raise UsageError(
             f"--pipeline {args.pipeline!r} was not trained on the built-in data (no {BUILTIN_SPLIT_FILE}): "
             "pass --train_data_dir or --image_folder."
         )
@@ -324,10 +349,10 @@ def main(args) -> dict:
         scorer.conditional,
         scorer.resolution,
     ):
-        raise ValueError("--reference_pipeline must be the same kind of pipeline at the same resolution as --pipeline.")
+        raise UsageError("--reference_pipeline must be the same kind of pipeline at the same resolution as --pipeline.")
     images, files, captions, truth = load_audit_images(args, scorer.resolution, scorer.channels)
     if scorer.conditional and captions is None:
-        raise ValueError(
+        raise UsageError(
             f"--pipeline {args.pipeline!r} is a Stable Diffusion pipeline, which scores ℓ(x, c): the images need "
             f"captions (--caption_column {args.caption_column!r} is not in the data): pass --caption."
         )
@@ -364,4 +389,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(main, parse_args)

@@ -6,6 +6,7 @@ import json
 import os
 
 from pu_diffusion.metrics import CLASSIFIER_FD
+from pu_diffusion.outputs import write_atomic
 
 METHOD_TEXT = {
     "pu": "Positive-Unlabeled diffusion (Takahashi et al., ICLR 2025): the per-sample diffusion loss ℓ is read "
@@ -115,9 +116,7 @@ def write_model_card(
         + [f"method-{method}"]
         + list(extra_tags or []),
     )
-    path = os.path.join(output_dir, "README.md")
-    card.save(path)
-    return path
+    return write_atomic(os.path.join(output_dir, "README.md"), str(card))
 
 
 METRIC_KEYS = (
@@ -160,9 +159,7 @@ def add_metrics_to_model_card(pipeline_path: str, metrics: dict) -> str:
     )
     usage = text.find("\n## Usage")
     text = text[:usage] + section + text[usage:] if usage >= 0 else text + section
-    with open(path, "w") as handle:
-        handle.write(text)
-    return path
+    return write_atomic(path, text)
 
 
 def _short(value):

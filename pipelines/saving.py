@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pu_diffusion.cli import UsageError
+
 
 def unconditional_pipeline(unet, train_scheduler, inference_scheduler: str = "ddpm"):
     """A DDPMPipeline (or DDIMPipeline) around ``unet`` with a scheduler built from the training one's config."""
@@ -11,7 +13,7 @@ def unconditional_pipeline(unet, train_scheduler, inference_scheduler: str = "dd
         return DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(train_scheduler.config))
     if inference_scheduler == "ddpm":
         return DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(train_scheduler.config))
-    raise ValueError(f"Unknown --inference_scheduler {inference_scheduler!r}: use 'ddpm' or 'ddim'.")
+    raise UsageError(f"Unknown --inference_scheduler {inference_scheduler!r}: use 'ddpm' or 'ddim'.")
 
 
 def stable_diffusion_pipeline(

@@ -13,7 +13,9 @@ import importlib.util
 import os
 
 from .class_prior import ESTIMATORS
+from .cli import UsageError, finite_float
 from .losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, SUPERVISED_FORMS
+from .outputs import check_separate, check_writable
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, pretrained_help: str, required: bool = False):
@@ -83,8 +85,8 @@ def beta_value(text: str):
     if text == "auto":
         return "auto"
     try:
-        return float(text)
-    except ValueError:
+        return finite_float(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or auto; got {text!r}") from None
 
 
@@ -125,7 +127,7 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
     )
     group.add_argument(
         "--beta_margin",
-        type=float,
+        type=finite_float,
         default=1.0,
         help="--beta auto: train with this multiple of the estimate (the paper's best β lay above the true share).",
     )
@@ -151,14 +153,14 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
     )
     group.add_argument(
         "--pu_sensitive_cap",
-        type=float,
+        type=finite_float,
         default=None,
         help="κ (opt-in, not in the paper): cap each S loss in the subtracted β·L_S⁻ at κ times the batch's U loss, "
         "so S stops being pushed up once it is κ× worse than U (absPU otherwise pushes it to ≈ L_U⁻/β).",
     )
     group.add_argument(
         "--loss_temperature",
-        type=float,
+        type=finite_float,
         default=1.0,
         help="τ in p(normal | x) = exp(−ℓ/τ): every ℓ is divided by τ before the risk (1 = the paper; opt-in).",
     )
@@ -189,7 +191,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Recompute activations in the backward pass to save memory.",
     )
-    group.add_argument("--learning_rate", type=float, default=None, help="Peak learning rate (after warm-up).")
+    group.add_argument("--learning_rate", type=finite_float, default=None, help="Peak learning rate (after warm-up).")
     group.add_argument(
         "--scale_lr",
         action="store_true",
@@ -205,11 +207,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr_warmup_steps", type=int, default=None, help="Warm-up steps of the schedule.")
     group.add_argument("--use_8bit_adam", action="store_true", help="8-bit AdamW from bitsandbytes.")
     group.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
-    group.add_argument("--adam_beta1", type=float, default=None, help="AdamW β₁.")
-    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW β₂.")
-    group.add_argument("--adam_weight_decay", type=float, default=None, help="AdamW weight decay.")
-    group.add_argument("--adam_epsilon", type=float, default=1e-08, help="AdamW ε.")
-    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0: no clipping).")
+    group.add_argument("--adam_beta1", type=finite_float, default=None, help="AdamW β₁.")
+    group.add_argument("--adam_beta2", type=finite_float, default=0.999, help="AdamW β₂.")
+    group.add_argument("--adam_weight_decay", type=finite_float, default=None, help="AdamW weight decay.")
+    group.add_argument("--adam_epsilon", type=finite_float, default=1e-08, help="AdamW ε.")
+    group.add_argument(
+        "--max_grad_norm", type=finite_float, default=1.0, help="Gradient clipping norm (0: no clipping)."
+    )
     group.add_argument(
         "--mixed_precision",
         type=str,
@@ -224,9 +228,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="Keep an EMA of the weights; it is what gets saved (the built-in presets turn it on: --no-use_ema "
         "turns it off).",
     )
-    group.add_argument("--ema_max_decay", type=float, default=0.9999, help="Largest EMA decay.")
-    group.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up: inverse multiplicative factor.")
-    group.add_argument("--ema_power", type=float, default=3 / 4, help="EMA warm-up: exponential factor.")
+    group.add_argument("--ema_max_decay", type=finite_float, default=0.9999, help="Largest EMA decay.")
+    group.add_argument(
+        "--ema_inv_gamma", type=finite_float, default=1.0, help="EMA warm-up: inverse multiplicative factor."
+    )
+    group.add_argument("--ema_power", type=finite_float, default=3 / 4, help="EMA warm-up: exponential factor.")
     group.add_argument(
         "--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint-N every this many steps."
     )
@@ -303,13 +309,16 @@ def add_erasediff_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("EraseDiff (--method erasediff)")
     group.add_argument(
         "--erasediff_lambda",
-        type=float,
+        type=finite_float,
         default=0.1,
         help="λ in L_r + λ(L_f − sg[L̄_f]) (authors' DDPM default 0.1); negative: adaptive λ = max(η − cos, 0) "
         "(one process only).",
     )
     group.add_argument(
-        "--erasediff_eta", type=float, default=0.1, help="η of the adaptive λ (used when --erasediff_lambda < 0)."
+        "--erasediff_eta",
+        type=finite_float,
+        default=0.1,
+        help="η of the adaptive λ (used when --erasediff_lambda < 0).",
     )
     group.add_argument(
         "--erasediff_inner_steps",
@@ -336,7 +345,7 @@ def add_shared_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> No
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise UsageError(message)
 
 
 def validate_training_args(args) -> None:
@@ -417,6 +426,7 @@ def validate_training_args(args) -> None:
         not (os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir)),
         f"--output_dir {args.output_dir!r} is a file, not a folder: choose a folder path.",
     )
+    check_training_outputs(args)
     _require(args.validation_steps >= 0, f"--validation_steps must be >= 0 (0: none); got {args.validation_steps}.")
     _require(
         args.num_validation_images >= 0, f"--num_validation_images must be >= 0; got {args.num_validation_images}."
@@ -424,3 +434,17 @@ def validate_training_args(args) -> None:
     _require(
         args.num_inference_steps >= 1, f"--num_inference_steps must be at least 1; got {args.num_inference_steps}."
     )
+
+
+def check_training_outputs(args) -> None:
+    """--output_dir and the log folder are writable and apart from every input (never written into what is read)."""
+    inputs = {
+        "--pretrained_model_name_or_path": args.pretrained_model_name_or_path,
+        "--train_data_dir": args.train_data_dir,
+        "--dataset_name": args.dataset_name,
+        "--model_config_name_or_path": getattr(args, "model_config_name_or_path", None),
+    }
+    logging_dir = os.path.join(args.output_dir, args.logging_dir)
+    for flag, path in (("--output_dir", args.output_dir), ("--logging_dir", logging_dir)):
+        check_separate(path, flag, inputs)
+        check_writable(path, flag)

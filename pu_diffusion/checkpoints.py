@@ -11,15 +11,21 @@ highest complete checkpoint; leftovers of interrupted saves are ignored and clea
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import struct
+import zipfile
+
+from .cli import DiskFullError, UsageError
 
 COMPLETE_MARKER = "pu_checkpoint.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 _TEMPORARY = re.compile(r"^checkpoint-(\d+)\.(tmp|old)$")
+CHECKPOINT_PATTERN = "checkpoint-[0-9]*"  # the names (with .tmp/.old) a run claims for its checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ def checkpoint_step(path: str) -> int:
     """N of a ``checkpoint-N`` folder."""
     match = _NAME.match(os.path.basename(os.path.normpath(path)))
     if not match:
-        raise ValueError(f"{path!r} is not a checkpoint-N folder.")
+        raise UsageError(f"{path!r} is not a checkpoint-N folder.")
     return int(match.group(1))
 
 
@@ -57,27 +63,78 @@ def checkpoint_dirs(output_dir: str, complete_only: bool = True) -> list[str]:
     return sorted(names, key=lambda name: int(_NAME.match(name).group(1)))
 
 
+def checkpoint_problem(path: str) -> str | None:
+    """Why the complete checkpoint at ``path`` cannot be loaded (a file truncated or unreadable), or None.
+
+    Reads structure, not values: JSON files parse, every safetensors file is as long as its header says, and
+    every torch.save file (optimizer, scheduler, RNG states) is a whole zip archive, whose directory is at its end.
+    """
+    for root, _, names in os.walk(path):
+        for name in sorted(names):
+            file = os.path.join(root, name)
+            relative = os.path.relpath(file, path)
+            try:
+                if name.endswith(".json"):
+                    with open(file) as handle:
+                        json.load(handle)
+                elif name.endswith(".safetensors"):
+                    with open(file, "rb") as handle:
+                        header_size = struct.unpack("<Q", handle.read(8))[0]
+                        header = json.loads(handle.read(header_size))
+                    end = max(
+                        (entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0
+                    )
+                    if os.path.getsize(file) < 8 + header_size + end:
+                        return f"{relative} is truncated"
+                elif name.endswith((".bin", ".pkl", ".pt", ".pth")):
+                    with zipfile.ZipFile(file) as archive:
+                        archive.namelist()
+            except (OSError, ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile) as error:
+                return f"{relative} cannot be read ({type(error).__name__})"
+    try:
+        checkpoint_num_processes(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{COMPLETE_MARKER} cannot be read"
+    return None
+
+
 def resolve_resume_checkpoint(output_dir: str, resume_from_checkpoint: str | None) -> str | None:
     """The checkpoint to resume from, or None to start a new run.
 
-    "latest" picks the newest complete checkpoint in ``output_dir``, or None when there is none yet (the run
-    then starts fresh). A path must be a complete checkpoint.
+    "latest" picks the newest complete checkpoint in ``output_dir`` that can be loaded (a damaged one is
+    skipped, with a warning naming its file), or None when there is none (the run then starts at step 0). A
+    path must be a complete checkpoint that can be loaded.
     """
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "latest":
-        found = checkpoint_dirs(output_dir)
-        return os.path.join(output_dir, found[-1]) if found else None
+        for name in reversed(checkpoint_dirs(output_dir)):
+            path = os.path.join(output_dir, name)
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            logger.warning(
+                "--resume_from_checkpoint latest: skipping %s, it cannot be loaded (%s); trying an older checkpoint",
+                name,
+                problem,
+            )
+        return None
     if not os.path.isdir(resume_from_checkpoint):
-        raise ValueError(
+        raise UsageError(
             f"--resume_from_checkpoint {resume_from_checkpoint!r} does not exist: give a checkpoint-N folder or 'latest'."
         )
     if not _NAME.match(os.path.basename(os.path.normpath(resume_from_checkpoint))):
-        raise ValueError(f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint-N folder.")
+        raise UsageError(f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint-N folder.")
     if not is_complete_checkpoint(resume_from_checkpoint):
-        raise ValueError(
+        raise UsageError(
             f"--resume_from_checkpoint {resume_from_checkpoint!r} is incomplete (its save was interrupted): pass "
             "'latest' to take the newest complete checkpoint, or another checkpoint-N."
+        )
+    problem = checkpoint_problem(resume_from_checkpoint)
+    if problem:
+        raise UsageError(
+            f"--resume_from_checkpoint {resume_from_checkpoint!r} cannot be loaded: {problem}. Pass 'latest' to take "
+            "the newest checkpoint that loads, or another checkpoint-N."
         )
     return resume_from_checkpoint
 
@@ -132,7 +189,12 @@ def save_checkpoint(accelerator, output_dir: str, global_step: int, total_limit:
     if accelerator.is_main_process:
         _clean_leftovers(output_dir, global_step)
     accelerator.wait_for_everyone()
-    accelerator.save_state(temporary)
+    try:
+        accelerator.save_state(temporary)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise disk_full_error(output_dir, temporary, global_step) from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(os.path.join(temporary, COMPLETE_MARKER), "w") as handle:
@@ -147,6 +209,26 @@ def save_checkpoint(accelerator, output_dir: str, global_step: int, total_limit:
         rotate_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+def disk_full_error(output_dir: str, temporary: str, global_step: int) -> DiskFullError:
+    """The one-line error of a save that ran out of space; its partial ``checkpoint-N.tmp`` is removed first."""
+    written = _folder_bytes(temporary) if os.path.isdir(temporary) else 0
+    shutil.rmtree(temporary, ignore_errors=True)
+    complete = checkpoint_dirs(output_dir)
+    needed = _folder_bytes(os.path.join(output_dir, complete[-1])) if complete else None
+    free = shutil.disk_usage(output_dir).free
+    size = f"a checkpoint takes {needed / 2**20:.1f} MiB" if needed else f"it needs more than {written / 2**20:.1f} MiB"
+    resume_from = f"it resumes from {complete[-1]}" if complete else "no checkpoint was complete yet: it starts over"
+    return DiskFullError(
+        f"no space left on the device while saving checkpoint-{global_step} into {output_dir!r}: {size}, "
+        f"{free / 2**20:.1f} MiB are free. The partial save was removed. Free space, then run the same command "
+        f"with --resume_from_checkpoint latest ({resume_from})."
+    )
 
 
 def register_model_hooks(accelerator, model_cls, ema_model=None, subfolder: str = "unet") -> None:

@@ -17,8 +17,12 @@ import os
 
 from .arguments import add_data_arguments
 from .class_prior import ESTIMATORS, estimate_beta_from_images
+from .cli import UsageError, run_cli
 from .image_data import images_as_tensor
+from .outputs import check_separate, check_writable, write_json_atomic
 from .splits import get_preset
+
+WRITTEN_BY = "pu_diffusion.estimate_beta"  # in every --output_file: an earlier estimate may be replaced, nothing else
 
 
 def parse_args(input_args=None):
@@ -43,7 +47,33 @@ def parse_args(input_args=None):
         parser.error(f"--resolution must be at least 8; got {args.resolution}.")
     if args.output_file and os.path.isdir(args.output_file):
         parser.error(f"--output_file {args.output_file!r} is a folder: give a file path.")
+    if args.output_file:
+        check_output_file(args)
     return args
+
+
+def check_output_file(args) -> None:
+    """Before the estimate: --output_file is writable, apart from the data, and new or an earlier estimate's."""
+    check_separate(
+        args.output_file,
+        "--output_file",
+        {"--train_data_dir": args.train_data_dir, "--dataset_name": args.dataset_name},
+    )
+    check_writable(args.output_file, "--output_file")
+    if os.path.exists(args.output_file) and not written_by_us(args.output_file):
+        raise UsageError(
+            f"--output_file {args.output_file!r} exists and was not written by pu_diffusion.estimate_beta, so it "
+            "is left alone: give a new file name."
+        )
+
+
+def written_by_us(path: str) -> bool:
+    """Whether ``path`` is an estimate this program wrote (its JSON carries WRITTEN_BY)."""
+    try:
+        with open(path) as handle:
+            return json.load(handle).get("written_by") == WRITTEN_BY
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_images(args):
@@ -78,15 +108,12 @@ def main(args) -> dict:
         print(f"Trusted: {estimate.reason}. Train with --beta auto, or --beta {estimate.estimate:.3f}.")
     else:
         print(f"NOT trusted: {estimate.reason}. --beta auto would fall back to --beta 0.1.")
-    result = {**estimate.to_dict(), "source": source, "folds": args.folds, "seed": args.seed}
+    result = {**estimate.to_dict(), "source": source, "folds": args.folds, "seed": args.seed, "written_by": WRITTEN_BY}
     if args.output_file:
-        folder = os.path.dirname(os.path.abspath(args.output_file))
-        os.makedirs(folder, exist_ok=True)
-        with open(args.output_file + ".tmp", "w") as handle:
-            json.dump(result, handle, indent=2)
-        os.replace(args.output_file + ".tmp", args.output_file)
+        os.makedirs(os.path.dirname(os.path.abspath(args.output_file)), exist_ok=True)
+        write_json_atomic(args.output_file, result)
     return result
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(main, parse_args)

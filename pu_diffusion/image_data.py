@@ -16,11 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .cli import UsageError
+
 UNLABELED = "unlabeled"
 SENSITIVE = "sensitive"
 
 
-class PUDataError(ValueError):
+class PUDataError(UsageError):
     """Bad input data, reported before training with the flag or file at fault."""
 
 
@@ -184,6 +186,12 @@ def read_metadata_jsonl(path: str) -> list[str]:
                     f'{where}: no "file_name" (a string: the image path relative to the folder of '
                     f"{os.path.basename(path)}); keys are {list(row)}. Add it to the line."
                 )
+            for name in names:
+                if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir:
+                    raise PUDataError(
+                        f"{where}: file_name {name!r} leaves the folder of {os.path.basename(path)}: give a path "
+                        "relative to that folder, inside it (no leading /, no '..')."
+                    )
             file_names += names
             for key, value in row.items():
                 if value is None:

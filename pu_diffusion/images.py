@@ -22,7 +22,7 @@ def to_pil_images(images) -> list[Image.Image]:
 
 
 def save_image_grid(images, path: str, columns: int | None = None, scale: int = 1) -> str:
-    """Tile images into one PNG (``columns`` per row, default ⌈√N⌉), optionally upscaled by ``scale``."""
+    """Tile images into one PNG (``columns`` per row, default ⌈√N⌉), optionally upscaled by ``scale``; atomic."""
     from diffusers.utils import make_image_grid
 
     pil_images = to_pil_images(images)
@@ -33,5 +33,6 @@ def save_image_grid(images, path: str, columns: int | None = None, scale: int = 
     if scale != 1:
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    grid.save(path)
+    grid.save(path + ".tmp", format="PNG")  # then renamed: a kill never leaves a truncated PNG
+    os.replace(path + ".tmp", path)
     return path

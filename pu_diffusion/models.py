@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from .cli import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,7 +47,7 @@ def check_resolution(unet, resolution: int, flag: str = "--resolution") -> None:
     downsamplings = len(unet.config.block_out_channels) - 1
     factor = 2**downsamplings
     if resolution % factor:
-        raise ValueError(
+        raise UsageError(
             f"{flag} {resolution} cannot pass through this UNet: it downsamples {downsamplings} times, "
             f"so the resolution must be a multiple of {factor} (e.g. {max(factor, resolution // factor * factor)})."
         )

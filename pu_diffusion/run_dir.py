@@ -2,7 +2,10 @@
 
 A run records its flags in ``pu_run.json``. A second run into the same folder is refused unless it resumes
 (with the same flags, except those in RESUME_FREE_ARGS) or overwrites (which first removes everything the old
-run wrote, so no stale log, sample grid or split survives).
+run wrote, so no stale log, sample grid or split survives). What "the old run wrote" means is recorded, not
+guessed: every run claims the names it writes in the folder's manifest first (see :mod:`pu_diffusion.outputs`),
+so a user's own files are never removed or overwritten, and a folder where they hold a name the run writes is
+refused with the list.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import json
 import os
 import shutil
 
-from .checkpoints import checkpoint_dirs, is_checkpoint_name
+from .checkpoints import CHECKPOINT_PATTERN, checkpoint_dirs, is_checkpoint_name
+from .cli import UsageError
+from .outputs import MANIFEST, check_free, claim, is_owned, read_manifest, remove_owned, write_json_atomic
 
 RUN_FILE = "pu_run.json"
 SECRET_ARGS = ("hub_token",)
@@ -22,6 +27,7 @@ RESUME_FREE_ARGS = (
     "dataloader_num_workers", "skip_image_check", "num_validation_images", "num_final_images", "eval_batch_size",
     "num_inference_steps", "validation_prompts",
 )  # fmt: skip
+
 # Flags added after runs were written, at the value that trains what those runs trained: a pu_run.json without
 # them still resumes. Method-specific flags are compared only when the run uses that method.
 ADDED_ARGS_NEUTRAL = {
@@ -55,12 +61,29 @@ def _same_flag(key: str, stored: dict, config: dict) -> bool:
     return stored.get(key) == config.get(key)
 
 
-# What a training run writes into --output_dir besides checkpoints: removed by --overwrite_output_dir.
+# What a training run writes into --output_dir besides checkpoints (CHECKPOINT_PATTERN) and its log folder.
 RUN_OUTPUTS = (
-    RUN_FILE, "pu_split.json", "README.md", "model_index.json", "samples.png", "samples", "validation", "eval",
+    RUN_FILE, "pu_split.json", "README.md", "model_index.json", "samples.png", "samples", "validation",
     "unet", "scheduler", "vae", "text_encoder", "tokenizer", "safety_checker", "feature_extractor",
     "pytorch_lora_weights.safetensors",
 )  # fmt: skip
+# What the trackers write into --logging_dir: the JSON-lines log, its hparams, tensorboard's per-project folder.
+LOG_OUTPUTS = ("train_log.jsonl", "hparams.json", "pu-diffusion", "pu-text-to-image")
+
+
+def output_plan(output_dir: str, logging_dir: str) -> dict:
+    """{folder: names} a run writes: --output_dir's RUN_OUTPUTS and its log folder (inside or outside it).
+
+    A --logging_dir inside --output_dir is one name there (its first component, owned whole); the folder itself
+    or one outside gets LOG_OUTPUTS, claimed in a manifest of its own.
+    """
+    log_folder = os.path.normpath(os.path.join(output_dir, logging_dir))
+    relative = os.path.relpath(os.path.realpath(log_folder), os.path.realpath(output_dir))
+    if relative == ".":
+        return {output_dir: (*RUN_OUTPUTS, *LOG_OUTPUTS)}
+    if relative.split(os.sep)[0] != os.pardir:
+        return {output_dir: (*RUN_OUTPUTS, relative.split(os.sep)[0])}
+    return {output_dir: RUN_OUTPUTS, log_folder: LOG_OUTPUTS}
 
 
 def public_config(args) -> dict:
@@ -86,27 +109,31 @@ def holds_run(output_dir: str) -> bool:
     )
 
 
-def check_output_dir(output_dir: str, config: dict, resuming: bool, overwrite: bool) -> None:
+def check_output_dir(output_dir: str, config: dict, resuming: bool, overwrite: bool, logging_dir: str = "logs") -> None:
     """Refuse an output dir that cannot take this run, before anything is written.
 
-    A path that exists but is not a folder is refused. Not resuming: a folder that holds a run is refused
-    unless ``overwrite``. Resuming: the stored run's flags must match, except RESUME_FREE_ARGS.
+    A path that exists but is not a folder is refused, and so is a folder where files no run of this project
+    wrote hold names this run writes (with or without ``overwrite``: it removes only what runs wrote). Not
+    resuming: a folder that holds a run is refused unless ``overwrite``. Resuming: the stored run's flags must
+    match, except RESUME_FREE_ARGS.
     """
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"--output_dir {output_dir!r} is a file, not a folder: choose a folder path.")
+        raise UsageError(f"--output_dir {output_dir!r} is a file, not a folder: choose a folder path.")
+    for folder, names in output_plan(output_dir, logging_dir).items():
+        flag = "--output_dir" if folder == output_dir else "--logging_dir"
+        check_free(folder, names, patterns=(CHECKPOINT_PATTERN,) if flag == "--output_dir" else (), flag=flag)
     if not holds_run(output_dir):
         return
     if not resuming:
         if overwrite:
             return
-        raise ValueError(
+        raise UsageError(
             f"--output_dir {output_dir!r} already holds a training run. Pass --resume_from_checkpoint latest to "
             "continue it, --overwrite_output_dir to replace it, or choose another --output_dir."
         )
     run_file = os.path.join(output_dir, RUN_FILE)
     if os.path.exists(run_file):
-        with open(run_file) as handle:
-            stored = json.load(handle)
+        stored = read_run_file(output_dir)
         ignore = set(RESUME_FREE_ARGS) | set(DERIVED_KEYS) | {"output_dir"}
         differing = sorted(
             key
@@ -117,29 +144,62 @@ def check_output_dir(output_dir: str, config: dict, resuming: bool, overwrite: b
         )
         if differing:
             details = ", ".join(f"--{key} {stored.get(key)!r} → {config.get(key)!r}" for key in differing[:6])
-            raise ValueError(
+            raise UsageError(
                 f"--output_dir {output_dir!r} holds a different run ({details}). Resume with the same flags, or "
                 "start the new run in another --output_dir."
             )
 
 
-def clear_run_outputs(output_dir: str, logging_dir: str) -> None:
-    """Remove everything an earlier run wrote into ``output_dir`` (checkpoints, logs, pipeline, samples, split)."""
-    names = set(RUN_OUTPUTS)
-    if not os.path.isabs(logging_dir):
-        names.add(os.path.normpath(logging_dir).split(os.sep)[0])
-    for name in os.listdir(output_dir):
-        if name in names or is_checkpoint_name(name, include_temporary=True):
+def read_run_file(output_dir: str) -> dict:
+    """The flags a run recorded in ``output_dir/pu_run.json``; a file that cannot be read is named, with the fix."""
+    path = os.path.join(output_dir, RUN_FILE)
+    try:
+        with open(path) as handle:
+            stored = json.load(handle)
+        if not isinstance(stored, dict):
+            raise ValueError("not a JSON object")
+        return stored
+    except ValueError as error:
+        raise UsageError(
+            f"{path} cannot be read ({str(error).splitlines()[0][:80]}): it records the run's flags, so the run "
+            "cannot be resumed. Start it over with --overwrite_output_dir (this removes only what runs wrote), "
+            "or choose another --output_dir."
+        ) from None
+
+
+def clean_interrupted_writes(output_dir: str) -> list[str]:
+    """Remove what interrupted writes left (``*.tmp``, ``checkpoint-N.tmp|.old``): before a run writes anything.
+
+    Only names the folder's manifest owns are touched. A save that failed for lack of space leaves its
+    ``checkpoint-N.tmp``; removing it first gives the space back to the resumed run.
+    """
+    if not os.path.isdir(output_dir):
+        return []
+    manifest = read_manifest(output_dir)
+    removed = []
+    for name in sorted(os.listdir(output_dir)):
+        interrupted = name.endswith(".tmp") or (
+            is_checkpoint_name(name, include_temporary=True) and name.endswith(".old")
+        )
+        if interrupted and name != MANIFEST + ".tmp" and is_owned(name, manifest):
             path = os.path.join(output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            removed.append(name)
+    return removed
 
 
 def start_run_dir(output_dir: str, config: dict, overwrite: bool, logging_dir: str = "logs") -> None:
-    """Create ``output_dir`` (emptied of an earlier run when ``overwrite``) and record the run's flags."""
-    if overwrite and os.path.isdir(output_dir):
-        clear_run_outputs(output_dir, logging_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, RUN_FILE)
-    with open(path + ".tmp", "w") as handle:
-        json.dump(config, handle, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    """Create ``output_dir`` (emptied of what runs wrote there when ``overwrite``) and record the run's flags.
+
+    Order: remove (overwrite) or clean interrupted writes, claim every name the run writes, then write
+    pu_run.json. The caller has checked that no user file holds one of those names (check_output_dir).
+    """
+    plan = output_plan(output_dir, logging_dir)
+    for folder in plan:
+        if overwrite:
+            remove_owned(folder)
+        else:
+            clean_interrupted_writes(folder)
+    for folder, names in plan.items():
+        claim(folder, names, patterns=(CHECKPOINT_PATTERN,) if folder == output_dir else ())
+    write_json_atomic(os.path.join(output_dir, RUN_FILE), config, sort_keys=True)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .cli import UsageError
+
 
 @dataclass(frozen=True)
 class PUPreset:
@@ -210,7 +212,7 @@ PRESETS: dict[str, PUPreset] = {
 
 def get_preset(name: str) -> PUPreset:
     if name not in PRESETS:
-        raise ValueError(f"Unknown --preset {name!r}; choose one of: {', '.join(PRESETS)}.")
+        raise UsageError(f"Unknown --preset {name!r}; choose one of: {', '.join(PRESETS)}.")
     return PRESETS[name]
 
 
@@ -236,12 +238,12 @@ def make_pu_split(
     need_normal = n_unlabeled_normal + n_test
     need_sensitive = n_unlabeled_sensitive + n_sensitive
     if need_normal > len(normal_rows):
-        raise ValueError(
+        raise UsageError(
             f"The split needs {need_normal} normal rows (unlabeled normal {n_unlabeled_normal} + test "
             f"{n_test}) but the dataset has {len(normal_rows)}: lower the counts."
         )
     if need_sensitive > len(sensitive_rows):
-        raise ValueError(
+        raise UsageError(
             f"The split needs {need_sensitive} sensitive rows (unlabeled sensitive "
             f"{n_unlabeled_sensitive} + S {n_sensitive}) but the dataset has {len(sensitive_rows)}: "
             "lower the counts."

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import checkpoint_num_processes, checkpoint_step, resolve_resume_checkpoint, save_checkpoint
 from .class_prior import estimate_beta_from_images
+from .cli import TrainingDivergedError, UsageError
 from .image_data import check_images_readable, load_image_dataset, pu_indices
 from .run_dir import RUN_FILE, check_output_dir, public_config, start_run_dir
 from .sampling import PUBatchSampler
@@ -83,15 +84,21 @@ def check_run(accelerator, args) -> str | None:
     resuming = resume_path is not None or (
         bool(args.resume_from_checkpoint) and os.path.exists(os.path.join(args.output_dir, RUN_FILE))
     )
-    check_output_dir(args.output_dir, public_config(args), resuming=resuming, overwrite=args.overwrite_output_dir)
+    check_output_dir(
+        args.output_dir,
+        public_config(args),
+        resuming=resuming,
+        overwrite=args.overwrite_output_dir,
+        logging_dir=args.logging_dir,
+    )
     if args.method == "erasediff" and args.erasediff_lambda < 0 and accelerator.num_processes > 1:
-        raise ValueError(
+        raise UsageError(
             f"--erasediff_lambda {args.erasediff_lambda} (adaptive λ) takes both gradients with torch.autograd.grad, "
             f"which DistributedDataParallel does not support; this run has {accelerator.num_processes} processes. "
             "Use a fixed --erasediff_lambda >= 0, or one process."
         )
     if resume_path is not None and checkpoint_num_processes(resume_path) != accelerator.num_processes:
-        raise ValueError(
+        raise UsageError(
             f"--resume_from_checkpoint {resume_path!r} was written by {checkpoint_num_processes(resume_path)} "
             f"process(es), this run has {accelerator.num_processes}: the batch order and random states are per "
             "process, so resume with the same number of processes."
@@ -319,7 +326,7 @@ def plan_training(accelerator, train_dataloader, args) -> TrainingPlan:
             if hasattr(train_dataloader.batch_sampler, "batch_sampler")
             else 0
         )
-        raise ValueError(
+        raise UsageError(
             f"No training step fits: U gives {total} batch(es) of --train_batch_size {args.train_batch_size} per "
             f"epoch, fewer than the {accelerator.num_processes} processes that each need one. Lower "
             "--train_batch_size, add unlabeled images, or use fewer processes."
@@ -366,7 +373,14 @@ def resume(accelerator, resume_path: str | None, args) -> int:
     if resume_path is None:
         return 0
     accelerator.print(f"Resuming from {resume_path}")
-    accelerator.load_state(resume_path)
+    try:
+        accelerator.load_state(resume_path)
+    except Exception as error:  # noqa: BLE001 - torch, safetensors and pickle raise many types for a damaged file
+        raise UsageError(
+            f"--resume_from_checkpoint: {resume_path!r} cannot be loaded ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:120] if str(error) else 'no message'}). Pass another checkpoint-N, or "
+            "start over with --overwrite_output_dir."
+        ) from error
     return checkpoint_step(resume_path)
 
 
@@ -439,6 +453,20 @@ class TrainingProgress:
             "train_seconds": round(seconds, 1),
             "steps_per_second": round(steps / max(seconds, 1e-9), 3),
         }
+
+
+def check_finite_weights(accelerator, model, ema_model, global_step: int) -> None:
+    """Refuse to save a model whose weights (or EMA weights) hold NaN or inf: training diverged."""
+    tensors = list(accelerator.unwrap_model(model).parameters())
+    if ema_model is not None:
+        tensors += list(ema_model.shadow_params)
+    bad = sum(not bool(torch.isfinite(tensor).all()) for tensor in tensors)
+    if bad:
+        raise TrainingDivergedError(
+            f"training diverged: {bad} of {len(tensors)} weight tensors hold NaN or inf after step {global_step}, so "
+            "no pipeline was saved. Lower --learning_rate (or clip with --max_grad_norm), then resume from an "
+            "earlier checkpoint-N or start over with --overwrite_output_dir."
+        )
 
 
 def model_to_save(accelerator, model, ema_model=None):

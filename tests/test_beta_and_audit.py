@@ -156,6 +156,7 @@ def test_a_resume_trains_with_the_recorded_beta(tmp_path, tiny_unet_config, monk
     seen = record_pu_risk_betas(monkeypatch, script)
     resumed.mkdir()
     shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
+    shutil.copy(straight / "pu_outputs.json", resumed / "pu_outputs.json")  # what the run claimed
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
     resume = [*flags, "--resume_from_checkpoint", "latest"]
     script.main(script.parse_args(tiny_args(resumed, tiny_unet_config(), *resume)))

@@ -546,7 +546,7 @@ def test_missing_pipeline_message_from_the_command_line(tmp_path):
         text=True,
         cwd=str(tmp_path),
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # a user error, as argparse exits
     assert f"evaluate_pu_diffusion.py: error: --pipeline '{missing}' does not exist" in result.stderr
     assert "Traceback" not in result.stderr and not missing.exists()
 

@@ -169,6 +169,7 @@ def test_two_processes_train_exactly_the_steps_asked_and_resume_exactly(tmp_path
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
+    shutil.copy(straight / "pu_outputs.json", resumed / "pu_outputs.json")  # what the run claimed
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
     result = launch_two_processes(
         small_data_args(resumed, tiny_unet_config(), data, *flags, "--resume_from_checkpoint", "latest"), 29522
@@ -227,6 +228,7 @@ def test_resume_latest_before_any_checkpoint_starts_the_same_run_afresh(tmp_path
     killed = tmp_path / "killed"  # a run killed before its first checkpoint: its flags and a partial log
     (killed / "logs").mkdir(parents=True)
     shutil.copy(out / "pu_run.json", killed / "pu_run.json")
+    shutil.copy(out / "pu_outputs.json", killed / "pu_outputs.json")  # what the run claimed
     (killed / "logs" / "train_log.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"st')
     run(tiny_args(killed, tiny_unet_config(), "--resume_from_checkpoint", "latest"))
     assert log_steps(killed) == list(range(1, 7))
@@ -328,7 +330,7 @@ def test_resume_latest_never_clears_a_folder_that_holds_no_run_of_ours(tmp_path,
     unet = UNet2DModel.from_config(UNet2DModel.load_config(tiny_unet_config()))
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(str(out))
     before = sorted(os.listdir(out))
-    with pytest.raises(ValueError, match="already holds a training run"):
+    with pytest.raises(ValueError, match="holds files that no pu-diffusion run wrote, under names this run writes"):
         run(tiny_args(out, tiny_unet_config(), "--resume_from_checkpoint", "latest"))
     assert sorted(os.listdir(out)) == before
 
@@ -380,11 +382,13 @@ def test_a_run_written_before_new_flags_existed_still_resumes(tmp_path):
     import json
 
     import train_pu_diffusion
+    from pu_diffusion.outputs import claim
     from pu_diffusion.run_dir import RUN_FILE, check_output_dir, public_config
 
     config = public_config(train_pu_diffusion.parse_args(["--output_dir", str(tmp_path)]))
     old = {k: v for k, v in config.items() if k != "builtin_unlabeled" and not k.startswith("erasediff_")}
     (tmp_path / RUN_FILE).write_text(json.dumps(old))
+    claim(str(tmp_path), [RUN_FILE])  # as every run does before writing it
     check_output_dir(str(tmp_path), config, resuming=True, overwrite=False)
     other = public_config(train_pu_diffusion.parse_args(["--output_dir", str(tmp_path), "--erasediff_lambda", "1"]))
     check_output_dir(str(tmp_path), other, resuming=True, overwrite=False)  # not an erasediff run: flag unused

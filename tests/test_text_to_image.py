@@ -238,6 +238,7 @@ def test_resume_equals_straight_training(tiny_sd, captioned, tmp_path, extra):
     run(sd_args(tiny_sd, captioned, straight, *extra))
     resumed.mkdir()
     shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
+    shutil.copy(straight / "pu_outputs.json", resumed / "pu_outputs.json")  # what the run claimed
     shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
     run(sd_args(tiny_sd, captioned, resumed, *extra, "--resume_from_checkpoint", "latest"))
     a = load_file(str(straight / "unet" / "diffusion_pytorch_model.safetensors"))

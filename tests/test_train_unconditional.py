@@ -72,6 +72,7 @@ def test_resume_equals_straight_training(tmp_path, tiny_unet_config, extra):
     run(tiny_args(straight, tiny_unet_config(), *extra))
     resumed.mkdir()  # the interrupted run: its flags and its checkpoint at step 3, nothing after
     shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
+    shutil.copy(straight / "pu_outputs.json", resumed / "pu_outputs.json")  # what the run claimed
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
     run(tiny_args(resumed, tiny_unet_config(), *extra, "--resume_from_checkpoint", "latest"))
     assert_same_weights(straight, resumed)
