@@ -19,6 +19,7 @@ from accelerate.logging import get_logger
 from diffusers import DDPMScheduler, UNet2DModel
 
 from pipelines import publish_run, unconditional_pipeline
+from pipelines.saving import save_pipeline
 from pu_diffusion import training
 from pu_diffusion.arguments import add_model_arguments, add_shared_arguments, validate_training_args
 from pu_diffusion.builtin_mnist import (
@@ -42,10 +43,13 @@ from pu_diffusion.losses import (
     timestep_banded_pu_risk,
 )
 from pu_diffusion.models import check_resolution, default_unet_config, match_sample_size
-from pu_diffusion.run_dir import public_config
+from pu_diffusion.run_dir import claim_outputs, public_config
 from pu_diffusion.splits import PRESETS, get_preset
 
 logger = get_logger(__name__, log_level="INFO")
+
+# What a run writes into --output_dir besides pu_run.json, checkpoints and logs (each claimed when written).
+OUTPUTS = (BUILTIN_SPLIT_FILE, "README.md", "model_index.json", "unet", "scheduler", "samples.png", "samples")
 
 # This script's defaults, in one place. With no dataset flags, the built-in preset's recipe (resolution,
 # learning rate, steps, warm-up) overrides these; see PUPreset.training_defaults.
@@ -249,7 +253,7 @@ def load_model(args, channels: int):
 
 def main(args):
     accelerator = training.setup_accelerator(args)
-    resume_path = training.check_run(accelerator, args)
+    resume_path = training.check_run(accelerator, args, outputs=OUTPUTS)
 
     # ---- Data (checked before anything is written) ----
     with accelerator.main_process_first():
@@ -300,6 +304,7 @@ def main(args):
         accelerator, args, resume_path, plan, project_name="pu-diffusion", derived={"beta_resolved": beta_info}
     )
     if accelerator.is_main_process and split is not None:
+        claim_outputs(args.output_dir, [BUILTIN_SPLIT_FILE])
         write_split_file(os.path.join(args.output_dir, BUILTIN_SPLIT_FILE), split)
     training.log_run_header(args, plan, accelerator, data_info, beta_info["beta"])
 
@@ -382,9 +387,10 @@ def main(args):
         pipeline = unconditional_pipeline(
             training.model_to_save(accelerator, unet, ema_model), noise_scheduler, args.inference_scheduler
         )
-        pipeline.save_pretrained(args.output_dir, safe_serialization=True)
+        save_pipeline(pipeline, args.output_dir)
         images = []
         if args.num_final_images:
+            claim_outputs(args.output_dir, ["samples.png"])
             images = [
                 generate_grid(args, pipeline, args.num_final_images, os.path.join(args.output_dir, "samples.png"))
             ]
@@ -429,6 +435,7 @@ def log_validation(args, accelerator, unet, ema_model, noise_scheduler, global_s
         ema_model.copy_to(unet.parameters())
     unet.eval()
     pipeline = unconditional_pipeline(unet, noise_scheduler, args.inference_scheduler)
+    claim_outputs(args.output_dir, ["samples"])
     path = generate_grid(
         args, pipeline, args.num_validation_images, os.path.join(args.output_dir, "samples", f"step_{global_step}.png")
     )

@@ -24,7 +24,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from pipelines import publish_run
 from pipelines.card import usage_snippet
-from pipelines.saving import save_lora_weights, stable_diffusion_pipeline
+from pipelines.saving import LORA_WEIGHTS_NAME, save_lora_weights, save_pipeline, stable_diffusion_pipeline
 from pu_diffusion import training
 from pu_diffusion.arguments import add_model_arguments, add_shared_arguments, validate_training_args
 from pu_diffusion.checkpoints import register_model_hooks
@@ -35,7 +35,7 @@ from pu_diffusion.image_data import ImageTransform, images_as_tensor, load_capti
 from pu_diffusion.images import save_image_grid
 from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss, pu_risk
 from pu_diffusion.models import check_resolution, match_sample_size
-from pu_diffusion.run_dir import public_config
+from pu_diffusion.run_dir import claim_outputs, public_config
 from pu_diffusion.text_to_image import (
     CACHE_LATENTS_MAX_ROWS,
     TextImageDataset,
@@ -51,6 +51,13 @@ from pu_diffusion.text_to_image import (
 )
 
 logger = get_logger(__name__, log_level="INFO")
+
+# What a run writes into --output_dir besides pu_run.json, checkpoints and logs (each claimed when written): the
+# base pipeline's components and model_index.json (full UNet), or the LoRA weights (--rank); grids; the card.
+OUTPUTS = (
+    "README.md", "validation", "model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler",
+    "safety_checker", "feature_extractor", "image_encoder", LORA_WEIGHTS_NAME,
+)  # fmt: skip
 
 # This script's defaults, in one place.
 DEFAULTS = {
@@ -284,7 +291,7 @@ def load_models(args, accelerator):
 
 def main(args):
     accelerator = training.setup_accelerator(args)
-    resume_path = training.check_run(accelerator, args)
+    resume_path = training.check_run(accelerator, args, outputs=OUTPUTS)
 
     # ---- Data (checked before anything is written) ----
     with accelerator.main_process_first():
@@ -438,7 +445,7 @@ def main(args):
                 revision=args.revision,
                 variant=args.variant,
             )
-            pipeline.save_pretrained(args.output_dir, safe_serialization=True)
+            save_pipeline(pipeline, args.output_dir)
             has_safety_checker = pipeline.safety_checker is not None
         images = []
         if args.validation_prompts and args.num_validation_images:
@@ -613,6 +620,7 @@ def log_validation(
                 output_type="np",
             ).images.tolist()
     name = "final.png" if final else f"step_{global_step}.png"
+    claim_outputs(args.output_dir, ["validation"])
     path = save_image_grid(
         np.asarray(images), os.path.join(args.output_dir, "validation", name), columns=args.num_validation_images
     )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pu_diffusion.cli import UsageError
+from pu_diffusion.run_dir import claim_outputs
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 
 
 def unconditional_pipeline(unet, train_scheduler, inference_scheduler: str = "ddpm"):
@@ -59,8 +62,17 @@ def save_lora_weights(output_dir: str, unet) -> None:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    claim_outputs(output_dir, [LORA_WEIGHTS_NAME])
     StableDiffusionPipeline.save_lora_weights(
         output_dir,
         unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
         safe_serialization=True,
     )
+
+
+def save_pipeline(pipeline, output_dir: str) -> None:
+    """``pipeline.save_pretrained`` (safetensors) into ``output_dir``, its names claimed first (model_index.json and
+    one folder per component)."""
+    components = [name for name, component in pipeline.components.items() if component is not None]
+    claim_outputs(output_dir, ["model_index.json", *components])
+    pipeline.save_pretrained(output_dir, safe_serialization=True)

@@ -414,6 +414,10 @@ def validate_training_args(args) -> None:
         value = getattr(args, flag)
         _require(0.0 <= value < 1.0, f"--{flag} must lie in [0, 1); got {value}.")
     _require(0.0 < args.ema_max_decay <= 1.0, f"--ema_max_decay must lie in (0, 1]; got {args.ema_max_decay}.")
+    _require(args.ema_inv_gamma > 0, f"--ema_inv_gamma must be > 0; got {args.ema_inv_gamma}.")
+    _require(args.ema_power > 0, f"--ema_power must be > 0; got {args.ema_power}.")
+    _require(args.adam_epsilon > 0, f"--adam_epsilon must be > 0; got {args.adam_epsilon}.")
+    _require(args.adam_weight_decay >= 0, f"--adam_weight_decay must be >= 0; got {args.adam_weight_decay}.")
     _require(
         not args.use_8bit_adam or importlib.util.find_spec("bitsandbytes") is not None,
         "--use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`, or drop the flag.",

@@ -61,29 +61,35 @@ def _same_flag(key: str, stored: dict, config: dict) -> bool:
     return stored.get(key) == config.get(key)
 
 
-# What a training run writes into --output_dir besides checkpoints (CHECKPOINT_PATTERN) and its log folder.
-RUN_OUTPUTS = (
-    RUN_FILE, "pu_split.json", "README.md", "model_index.json", "samples.png", "samples", "validation",
-    "unet", "scheduler", "vae", "text_encoder", "tokenizer", "safety_checker", "feature_extractor",
-    "pytorch_lora_weights.safetensors",
-)  # fmt: skip
 # What the trackers write into --logging_dir: the JSON-lines log, its hparams, tensorboard's per-project folder.
 LOG_OUTPUTS = ("train_log.jsonl", "hparams.json", "pu-diffusion", "pu-text-to-image")
 
 
-def output_plan(output_dir: str, logging_dir: str) -> dict:
-    """{folder: names} a run writes: --output_dir's RUN_OUTPUTS and its log folder (inside or outside it).
+def output_plan(output_dir: str, logging_dir: str, outputs=()) -> dict:
+    """{folder: names} a run writes: ``outputs`` and pu_run.json in --output_dir, and its log folder.
 
+    ``outputs``: the names the script writes besides pu_run.json, checkpoints (CHECKPOINT_PATTERN) and logs.
     A --logging_dir inside --output_dir is one name there (its first component, owned whole); the folder itself
     or one outside gets LOG_OUTPUTS, claimed in a manifest of its own.
     """
+    names = (RUN_FILE, *outputs)
     log_folder = os.path.normpath(os.path.join(output_dir, logging_dir))
     relative = os.path.relpath(os.path.realpath(log_folder), os.path.realpath(output_dir))
     if relative == ".":
-        return {output_dir: (*RUN_OUTPUTS, *LOG_OUTPUTS)}
+        return {output_dir: (*names, *LOG_OUTPUTS)}
     if relative.split(os.sep)[0] != os.pardir:
-        return {output_dir: (*RUN_OUTPUTS, relative.split(os.sep)[0])}
-    return {output_dir: RUN_OUTPUTS, log_folder: LOG_OUTPUTS}
+        return {output_dir: (*names, relative.split(os.sep)[0])}
+    return {output_dir: names, log_folder: LOG_OUTPUTS}
+
+
+def claim_outputs(output_dir: str, names) -> None:
+    """Claim ``names`` in --output_dir right before writing them (refused if a user's file took one meanwhile).
+
+    A run claims its state (pu_run.json, logs, checkpoints) when it starts, and each other output just before
+    writing it, so the manifest lists what was written and never a name the run only might have written.
+    """
+    check_free(output_dir, names)
+    claim(output_dir, names)
 
 
 def public_config(args) -> dict:
@@ -109,17 +115,19 @@ def holds_run(output_dir: str) -> bool:
     )
 
 
-def check_output_dir(output_dir: str, config: dict, resuming: bool, overwrite: bool, logging_dir: str = "logs") -> None:
+def check_output_dir(
+    output_dir: str, config: dict, resuming: bool, overwrite: bool, logging_dir: str = "logs", outputs=()
+) -> None:
     """Refuse an output dir that cannot take this run, before anything is written.
 
     A path that exists but is not a folder is refused, and so is a folder where files no run of this project
-    wrote hold names this run writes (with or without ``overwrite``: it removes only what runs wrote). Not
-    resuming: a folder that holds a run is refused unless ``overwrite``. Resuming: the stored run's flags must
-    match, except RESUME_FREE_ARGS.
+    wrote hold names this run writes (``outputs``, pu_run.json, checkpoints, logs; with or without
+    ``overwrite``: it removes only what runs wrote). Not resuming: a folder that holds a run is refused unless
+    ``overwrite``. Resuming: the stored run's flags must match, except RESUME_FREE_ARGS.
     """
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UsageError(f"--output_dir {output_dir!r} is a file, not a folder: choose a folder path.")
-    for folder, names in output_plan(output_dir, logging_dir).items():
+    for folder, names in output_plan(output_dir, logging_dir, outputs).items():
         flag = "--output_dir" if folder == output_dir else "--logging_dir"
         check_free(folder, names, patterns=(CHECKPOINT_PATTERN,) if flag == "--output_dir" else (), flag=flag)
     if not holds_run(output_dir):
@@ -191,8 +199,9 @@ def clean_interrupted_writes(output_dir: str) -> list[str]:
 def start_run_dir(output_dir: str, config: dict, overwrite: bool, logging_dir: str = "logs") -> None:
     """Create ``output_dir`` (emptied of what runs wrote there when ``overwrite``) and record the run's flags.
 
-    Order: remove (overwrite) or clean interrupted writes, claim every name the run writes, then write
-    pu_run.json. The caller has checked that no user file holds one of those names (check_output_dir).
+    Order: remove (overwrite) or clean interrupted writes, claim the run's state (pu_run.json, checkpoints,
+    logs), then write pu_run.json. The caller has checked that no user file holds a name the run writes
+    (check_output_dir); the other outputs are claimed when written (claim_outputs).
     """
     plan = output_plan(output_dir, logging_dir)
     for folder in plan:

@@ -74,7 +74,7 @@ def setup_accelerator(args) -> Accelerator:
     return accelerator
 
 
-def check_run(accelerator, args) -> str | None:
+def check_run(accelerator, args, outputs=()) -> str | None:
     """Refuse an output dir that cannot take this run; return the checkpoint to resume from (or None).
 
     ``--resume_from_checkpoint latest`` without a complete checkpoint resumes *the same run* from step 0 only
@@ -90,6 +90,7 @@ def check_run(accelerator, args) -> str | None:
         resuming=resuming,
         overwrite=args.overwrite_output_dir,
         logging_dir=args.logging_dir,
+        outputs=outputs,
     )
     if args.method == "erasediff" and args.erasediff_lambda < 0 and accelerator.num_processes > 1:
         raise UsageError(

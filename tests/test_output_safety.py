@@ -25,7 +25,6 @@ from pu_diffusion.checkpoints import checkpoint_problem
 from pu_diffusion.cli import DiskFullError, TrainingDivergedError, UsageError, run_cli
 from pu_diffusion.image_data import PUDataError
 from pu_diffusion.outputs import MANIFEST, write_atomic
-from pu_diffusion.run_dir import RUN_OUTPUTS
 from pu_diffusion.testing_utils import build_tiny_sd, write_captioned_folder, write_imagefolder
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -173,6 +172,37 @@ def test_user_files_beside_a_run_survive_the_run_its_resume_and_its_overwrite(tm
     assert_intact(out, planted)
     assert not (out / "eval" / "metrics.json").exists()  # what runs wrote is gone, the user's note stays
     assert not (out / "checkpoint-4").exists() and (out / "checkpoint-2").is_dir()
+
+
+def test_the_manifest_lists_what_the_run_wrote_and_nothing_it_only_might_have(tmp_path, tiny_unet_config, data):
+    out = tmp_path / "out"
+    train(small_args(out, tiny_unet_config(), data))
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert sorted(manifest["names"]) == ["README.md", "logs", "model_index.json", "pu_run.json", "scheduler", "unet"]
+    assert manifest["patterns"] == ["checkpoint-[0-9]*"]
+    planted = plant(out, ["vae/mine.bin", "tokenizer"])  # names only text-to-image runs write: the user's here
+    train(small_args(out, tiny_unet_config(), data, "--overwrite_output_dir", "--max_train_steps", "2"))
+    assert_intact(out, planted)
+
+
+def test_push_to_hub_uploads_only_what_runs_wrote(tmp_path, tiny_unet_config, data, monkeypatch):
+    import fnmatch
+
+    import huggingface_hub
+
+    uploads = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda **kw: type("Repo", (), {"repo_id": "me/m"}))
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: uploads.append(kw))
+    out = tmp_path / "out"
+    plant(out, ["private/diary.txt", "notes.md"])
+    train(small_args(out, tiny_unet_config(), data, "--push_to_hub", "--hub_model_id", "me/m"))
+    allowed = uploads[0]["allow_patterns"]
+
+    def uploaded(path):
+        return any(fnmatch.fnmatch(path, pattern) for pattern in allowed)
+
+    assert uploaded("unet/diffusion_pytorch_model.safetensors") and uploaded("README.md")
+    assert not uploaded("private/diary.txt") and not uploaded("notes.md")
 
 
 def test_a_log_folder_outside_the_output_dir_is_claimed_and_cleared_alone(tmp_path, tiny_unet_config, data):
@@ -517,11 +547,16 @@ def cli_cases(tmp_path, tiny_unet_config):
     audit_argv = ["--pipeline", pipeline, "--image_folder", test_dir, "--output_dir", out["audit"], "--num_draws", "2"]
     beta = ["--train_data_dir", planted_data, "--resolution", "8", "--folds", "2", "--output_file"]
     return {
-        "train_pu_diffusion": (lambda extra: train([*uncond, *extra]), out["uncond"], RUN_OUTPUTS + ("logs",), True),
+        "train_pu_diffusion": (
+            lambda extra: train([*uncond, *extra]),
+            out["uncond"],
+            train_pu_diffusion.OUTPUTS + ("pu_run.json", "logs"),
+            True,
+        ),
         "train_pu_text_to_image": (
             lambda extra: train_pu_text_to_image.main(train_pu_text_to_image.parse_args([*t2i, *extra])),
             out["t2i"],
-            RUN_OUTPUTS + ("logs", "checkpoint-2"),
+            train_pu_text_to_image.OUTPUTS + ("pu_run.json", "logs", "checkpoint-2"),
             True,
         ),
         "evaluate": (
