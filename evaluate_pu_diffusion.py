@@ -102,7 +102,7 @@ def check_outputs(args) -> None:
             f"{args.pipeline!r} is not a local folder: download the pipeline first, or drop "
             "--update_model_card."
         )
-    check_writable(os.path.join(args.pipeline, "README.md"), "--pipeline")
+    check_writable(os.path.join(args.pipeline, "README.md"), "--pipeline", folder=False)
     if in_the_way(args.pipeline, ["README.md"]):
         raise EvaluationError(
             f"--update_model_card: {os.path.join(args.pipeline, 'README.md')} was not written by a pu-diffusion run, "

@@ -212,14 +212,23 @@ class Scorer:
     text encoder (ℓ of the VAE latent's mean under the image's caption)."""
 
     def __init__(self, path: str, flag: str = "--pipeline", device=None):
-        from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
-
         if not os.path.isfile(os.path.join(path, "unet", "config.json")):
             raise UsageError(
                 f"{flag} {path!r} has no unet/ folder: audit a full pipeline saved by the training scripts "
                 "(a LoRA-only output holds no UNet)."
             )
         self.conditional = os.path.isdir(os.path.join(path, "text_encoder"))
+        try:
+            self._load(path, device)
+        except Exception as error:  # noqa: BLE001 - diffusers, transformers and safetensors raise many types
+            raise UsageError(
+                f"{flag} {path!r} cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else 'no message'}). "
+                "Save the pipeline again (a resumed training run saves it at its end), or pass another folder."
+            ) from error
+
+    def _load(self, path: str, device) -> None:
+        from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
         self.scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         if self.conditional:
             from diffusers import AutoencoderKL

@@ -452,3 +452,4 @@ def check_training_outputs(args) -> None:
     for flag, path in (("--output_dir", args.output_dir), ("--logging_dir", logging_dir)):
         check_separate(path, flag, inputs)
         check_writable(path, flag)
+    check_separate(logging_dir, "--logging_dir", {"--output_dir": args.output_dir}, allow_inside=("--output_dir",))

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .image_data import SENSITIVE, UNLABELED, PUDataError
+from .outputs import write_json_atomic
 from .splits import get_preset, make_pu_split
 
 BUILTIN_SPLIT_FILE = "pu_split.json"
@@ -127,8 +128,7 @@ def builtin_pu_dataset(split: dict, unlabeled: str = "contaminated"):
 
 
 def write_split_file(path: str, split: dict) -> None:
-    with open(path, "w") as handle:
-        json.dump(split, handle)
+    write_json_atomic(path, split, indent=None)
 
 
 def read_split_file(path: str) -> dict:

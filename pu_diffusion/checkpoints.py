@@ -25,7 +25,7 @@ from .cli import DiskFullError, UsageError
 COMPLETE_MARKER = "pu_checkpoint.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 _TEMPORARY = re.compile(r"^checkpoint-(\d+)\.(tmp|old)$")
-CHECKPOINT_PATTERN = "checkpoint-[0-9]*"  # the names (with .tmp/.old) a run claims for its checkpoints
+CHECKPOINT_PATTERN = r"checkpoint-\d+(\.tmp|\.old)?"  # the names a run claims for its checkpoints (a regex)
 
 logger = logging.getLogger(__name__)
 
@@ -108,15 +108,22 @@ def resolve_resume_checkpoint(output_dir: str, resume_from_checkpoint: str | Non
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "latest":
+        problems = []
         for name in reversed(checkpoint_dirs(output_dir)):
             path = os.path.join(output_dir, name)
             problem = checkpoint_problem(path)
             if problem is None:
                 return path
+            problems.append(f"{name}: {problem}")
             logger.warning(
                 "--resume_from_checkpoint latest: skipping %s, it cannot be loaded (%s); trying an older checkpoint",
                 name,
                 problem,
+            )
+        if problems:  # never start over (which replaces the run) because its checkpoints cannot be read
+            raise UsageError(
+                f"--resume_from_checkpoint latest: no checkpoint in {output_dir!r} can be loaded ({'; '.join(problems)}). "
+                "Restore them, or start the run over with --overwrite_output_dir."
             )
         return None
     if not os.path.isdir(resume_from_checkpoint):
@@ -156,14 +163,14 @@ def _remove(path: str) -> None:
 
 def _clean_leftovers(output_dir: str, global_step: int) -> None:
     """Delete folders of interrupted saves and deletions, checkpoint-N folders without the completion marker, and
-    checkpoints of steps after ``global_step`` (the abandoned continuation of a run resumed from an older one)."""
+    checkpoints of steps from ``global_step`` on (the abandoned continuation of a run resumed from an older one)."""
     for name in os.listdir(output_dir):
         path = os.path.join(output_dir, name)
         match = _NAME.match(name)
         if _TEMPORARY.match(name) or (match and not is_complete_checkpoint(path)):
             logger.info("removing incomplete checkpoint folder %s", name)
             _remove(path)
-        elif match and int(match.group(1)) > global_step:
+        elif match and int(match.group(1)) >= global_step:  # removed before the new save: no rename window
             logger.info("removing %s: this run resumed from an earlier step and replaces it", name)
             _remove(path)
 
@@ -199,13 +206,7 @@ def save_checkpoint(accelerator, output_dir: str, global_step: int, total_limit:
     if accelerator.is_main_process:
         with open(os.path.join(temporary, COMPLETE_MARKER), "w") as handle:
             json.dump({"global_step": global_step, "num_processes": accelerator.num_processes}, handle)
-        replaced = None
-        if os.path.exists(final):  # a run resumed from this very checkpoint's step saves it again
-            replaced = final + ".old"
-            os.replace(final, replaced)
-        os.replace(temporary, final)
-        if replaced:
-            shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(temporary, final)  # _clean_leftovers removed an older checkpoint-N of an abandoned continuation
         rotate_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()
     return final

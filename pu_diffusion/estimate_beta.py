@@ -59,11 +59,16 @@ def check_output_file(args) -> None:
         "--output_file",
         {"--train_data_dir": args.train_data_dir, "--dataset_name": args.dataset_name},
     )
-    check_writable(args.output_file, "--output_file")
+    check_writable(args.output_file, "--output_file", folder=False)
     if os.path.exists(args.output_file) and not written_by_us(args.output_file):
         raise UsageError(
             f"--output_file {args.output_file!r} exists and was not written by pu_diffusion.estimate_beta, so it "
             "is left alone: give a new file name."
+        )
+    if os.path.exists(args.output_file + ".tmp") and not written_by_us(args.output_file):
+        raise UsageError(
+            f"--output_file {args.output_file!r}: {args.output_file + '.tmp'!r} (where the estimate is written before "
+            "it is renamed) exists and is not an earlier estimate's: move it, or give another file name."
         )
 
 

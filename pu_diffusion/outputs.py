@@ -3,13 +3,15 @@
 Every program that writes into a folder first *claims* the names it will write there, in that folder's
 ``pu_outputs.json`` (the manifest), and only then writes them:
 
-    pu_outputs.json     {"names": ["pu_run.json", "unet", "logs", ...], "patterns": ["checkpoint-*"]}
+    pu_outputs.json     {"names": ["pu_run.json", "unet", "logs", ...], "patterns": ["checkpoint-\\d+(\\.tmp|\\.old)?"]}
 
 A name is *owned* when the manifest lists it (a claimed folder is owned whole: the run created it), matches a
-claimed pattern, or is an owned name + ``.tmp`` (an interrupted atomic write). Claims happen before writes, so
-a kill at any moment leaves nothing unowned behind. Before claiming, a name that exists and is not owned is
-*in the way*: the program is refused with the list, and nothing is written. ``--overwrite_output_dir`` removes
-exactly the owned names (and, in sub-folders that hold a manifest of their own, theirs), never anything else.
+claimed pattern (a regular expression matching the whole name), or is an owned name + ``.tmp`` (an
+interrupted atomic write). Claims happen before writes, so a kill at any moment leaves nothing unowned behind.
+Before claiming, a name (or its ``.tmp``) that exists and is not owned is *in the way*: the program is refused
+with the list, and nothing is written. ``--overwrite_output_dir`` removes exactly the owned names (and, in the
+named sub-folders that hold a manifest of their own, such as an evaluation's ``eval/``, theirs), never anything
+else, and never follows a symbolic link.
 
 Output folders must also be writable, and must neither be, contain, nor lie inside an input (a base model, a
 data folder, a config file): checked before anything is loaded.
@@ -17,9 +19,9 @@ data folder, a config file): checked before anything is loaded.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
+import re
 import shutil
 
 from .cli import UsageError
@@ -52,8 +54,13 @@ def read_manifest(folder: str) -> dict:
     try:
         with open(path) as handle:
             manifest = json.load(handle)
-        return {"names": list(manifest["names"]), "patterns": list(manifest.get("patterns", []))}
-    except (ValueError, KeyError, TypeError) as error:
+        names, patterns = list(manifest["names"]), list(manifest.get("patterns", []))
+        if not all(isinstance(entry, str) for entry in names + patterns):
+            raise TypeError("entries must be strings")
+        for pattern in patterns:
+            re.compile(pattern)
+        return {"names": names, "patterns": patterns}
+    except (ValueError, KeyError, TypeError, re.error) as error:
         raise UsageError(
             f"{path} cannot be read ({type(error).__name__}): it records which files of {folder!r} a pu-diffusion "
             "run wrote, so nothing there can be replaced safely. Choose another output folder, or move the folder's "
@@ -67,7 +74,7 @@ def is_owned(name: str, manifest: dict) -> bool:
         return True
     base = name[: -len(".tmp")] if name.endswith(".tmp") else name
     return any(candidate in manifest["names"] for candidate in (name, base)) or any(
-        fnmatch.fnmatchcase(name, pattern) for pattern in manifest["patterns"]
+        re.fullmatch(pattern, name) for pattern in manifest["patterns"]
     )
 
 
@@ -76,9 +83,9 @@ def in_the_way(folder: str, names=(), patterns=()) -> list[str]:
     if not os.path.isdir(folder):
         return []
     manifest = read_manifest(folder)
-    present = os.listdir(folder)
-    wanted = {name for name in names if name in present}
-    wanted |= {name for name in present for pattern in patterns if fnmatch.fnmatchcase(name, pattern)}
+    present = set(os.listdir(folder))
+    wanted = {candidate for name in names for candidate in (name, name + ".tmp") if candidate in present}
+    wanted |= {name for name in present for pattern in patterns if re.fullmatch(pattern, name)}
     return sorted(name for name in wanted if not is_owned(name, manifest))
 
 
@@ -111,12 +118,13 @@ def claim(folder: str, names=(), patterns=()) -> None:
         write_json_atomic(os.path.join(folder, MANIFEST), manifest)
 
 
-def remove_owned(folder: str, keep=()) -> list[str]:
+def remove_owned(folder: str, nested=(), only=None) -> list[str]:
     """Delete what runs of this project wrote into ``folder`` and nothing else; returns the removed names.
 
-    Sub-folders that are not owned but hold a manifest of their own (an evaluation's ``eval/``) are cleared the
-    same way, and removed once empty. ``keep``: owned names to leave (and keep recorded). The manifest goes
-    last, and only when nothing it records is kept.
+    ``nested``: sub-folders that are not owned but may hold a manifest of their own (an evaluation's
+    ``eval/``); they are cleared the same way and removed once empty. ``only``: remove owned names among these
+    alone, and keep the manifest (a shared log folder). Symbolic links are removed as links, never followed.
+    The manifest goes last.
     """
     if not os.path.isdir(folder):
         return []
@@ -124,21 +132,18 @@ def remove_owned(folder: str, keep=()) -> list[str]:
     removed = []
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        if name in (MANIFEST, *keep):
+        if name == MANIFEST:
+            continue
+        if only is not None and name not in only and name.removesuffix(".tmp") not in only:
             continue
         if is_owned(name, manifest):
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
             removed.append(name)
-        elif os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST)):
+        elif name in nested and os.path.isdir(path) and not os.path.islink(path):
             removed += [os.path.join(name, inner) for inner in remove_owned(path)]
             if not os.listdir(path):
                 os.rmdir(path)
-    if keep:
-        write_json_atomic(
-            os.path.join(folder, MANIFEST),
-            {"names": [name for name in manifest["names"] if name in keep], "patterns": manifest["patterns"]},
-        )
-    elif os.path.exists(os.path.join(folder, MANIFEST)):
+    if only is None and os.path.exists(os.path.join(folder, MANIFEST)):
         os.remove(os.path.join(folder, MANIFEST))
     return removed
 
@@ -176,8 +181,13 @@ def check_separate(output: str, output_flag: str, inputs: dict, allow_inside=())
         )
 
 
-def check_writable(path: str, flag: str) -> None:
-    """Refuse an output path whose folder (or nearest existing parent) cannot be written, before any loading."""
+def check_writable(path: str, flag: str, folder: bool = True) -> None:
+    """Refuse an output path whose folder (or nearest existing parent) cannot be written, before any loading.
+
+    ``folder``: the path is an output folder, so an existing file there is refused too.
+    """
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a file, not a folder: choose a folder path.")
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)

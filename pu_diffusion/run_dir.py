@@ -61,6 +61,9 @@ def _same_flag(key: str, stored: dict, config: dict) -> bool:
     return stored.get(key) == config.get(key)
 
 
+# Sub-folders other programs write into a run's folder, with manifests of their own (evaluate_pu_diffusion.py's
+# default --output_dir): cleared with the run by --overwrite_output_dir, except the user's files in them.
+NESTED_OUTPUTS = ("eval",)
 # What the trackers write into --logging_dir: the JSON-lines log, its hparams, tensorboard's per-project folder.
 LOG_OUTPUTS = ("train_log.jsonl", "hparams.json", "pu-diffusion", "pu-text-to-image")
 
@@ -127,6 +130,12 @@ def check_output_dir(
     """
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UsageError(f"--output_dir {output_dir!r} is a file, not a folder: choose a folder path.")
+    if os.path.isfile(os.path.join(output_dir, RUN_FILE)) and not os.path.isfile(os.path.join(output_dir, MANIFEST)):
+        raise UsageError(
+            f"--output_dir {output_dir!r} holds a run of an older pu-diffusion, which did not record the files it "
+            f"wrote ({MANIFEST}), so this run cannot tell them from yours and leaves the folder alone: choose another "
+            "--output_dir, or move what you want to keep out of it and delete it."
+        )
     for folder, names in output_plan(output_dir, logging_dir, outputs).items():
         flag = "--output_dir" if folder == output_dir else "--logging_dir"
         check_free(folder, names, patterns=(CHECKPOINT_PATTERN,) if flag == "--output_dir" else (), flag=flag)
@@ -205,8 +214,10 @@ def start_run_dir(output_dir: str, config: dict, overwrite: bool, logging_dir: s
     """
     plan = output_plan(output_dir, logging_dir)
     for folder in plan:
-        if overwrite:
-            remove_owned(folder)
+        if overwrite and folder == output_dir:
+            remove_owned(folder, nested=NESTED_OUTPUTS)
+        elif overwrite:  # a log folder outside --output_dir may hold other runs' files: only the log's names go
+            remove_owned(folder, only=LOG_OUTPUTS)
         else:
             clean_interrupted_writes(folder)
     for folder, names in plan.items():

@@ -614,3 +614,87 @@ def test_user_files_planted_wherever_a_cli_writes_are_never_touched(tmp_path, ti
         elif name == "estimate_beta":
             run(["beta.json"])  # an earlier estimate is replaced
             assert_intact(folder, beside)
+
+
+# ---- Found in review: links, look-alike names, unreadable checkpoints, older runs, files as folders -------------
+
+
+def test_overwrite_never_follows_a_link_nor_clears_a_parent_log_folder(tmp_path, tiny_unet_config, data):
+    exported = tmp_path / "exported"
+    export_split.export_split(export_split.parse_args([*EXPORT, "--output_dir", str(exported)]))
+    before = snapshot(exported)
+    out = tmp_path / "runs" / "b"
+    out.mkdir(parents=True)
+    os.symlink(exported, out / "data")  # the user's link to data another program of ours wrote
+    train(small_args(out, tiny_unet_config(), data))
+    train(small_args(out, tiny_unet_config(), data, "--overwrite_output_dir"))
+    assert os.path.islink(out / "data") and snapshot(exported) == before
+    with pytest.raises(UsageError, match="--output_dir .* lies inside --logging_dir|--logging_dir .* contains"):
+        train(small_args(out, tiny_unet_config(), data, "--logging_dir", "..", "--overwrite_output_dir"))
+
+
+def test_names_that_only_look_like_checkpoints_stay_the_users(tmp_path, tiny_unet_config, data):
+    out = tmp_path / "out"
+    train(small_args(out, tiny_unet_config(), data))
+    planted = plant(out, ["checkpoint-4-best/notes.txt", "checkpoint-2.txt", "README.md.bak"])
+    train(small_args(out, tiny_unet_config(), data, "--overwrite_output_dir"))
+    assert_intact(out, planted)
+
+
+def test_latest_refuses_rather_than_restarts_when_no_checkpoint_loads(tmp_path, tiny_unet_config, data):
+    out = tmp_path / "out"
+    train(small_args(out, tiny_unet_config(), data))
+    for step in (2, 4):
+        truncate(out / f"checkpoint-{step}" / "optimizer.bin")
+    before = snapshot(out)
+    with pytest.raises(UsageError, match="no checkpoint in .* can be loaded .*checkpoint-4: optimizer.bin"):
+        train(small_args(out, tiny_unet_config(), data, "--resume_from_checkpoint", "latest"))
+    assert snapshot(out) == before
+
+
+def test_a_run_of_an_older_version_without_a_manifest_is_left_alone_with_the_reason(tmp_path, tiny_unet_config, data):
+    out = tmp_path / "out"
+    train(small_args(out, tiny_unet_config(), data))
+    (out / MANIFEST).unlink()  # what every run before the manifest left
+    before = snapshot(out)
+    for extra in (["--overwrite_output_dir"], ["--resume_from_checkpoint", "latest"]):
+        with pytest.raises(UsageError, match="holds a run of an older pu-diffusion"):
+            train(small_args(out, tiny_unet_config(), data, *extra))
+    assert snapshot(out) == before
+
+
+def test_an_existing_file_where_an_output_folder_goes_is_refused_before_any_work(tmp_path, tiny_unet_config, data):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    pipeline = save_tiny_ddpm(tmp_path / "pipe", channels=3)
+    with pytest.raises(UsageError, match="--output_dir .*notes.txt' is a file"):
+        evaluate_pu_diffusion.main(
+            evaluate_pu_diffusion.parse_args(["--pipeline", str(pipeline), "--output_dir", str(notes)])
+        )
+    with pytest.raises(UsageError, match="--logging_dir .*notes.txt' is a file"):
+        train(small_args(tmp_path / "out", tiny_unet_config(), data, "--logging_dir", str(notes)))
+    assert notes.read_text() == "mine" and not (tmp_path / "out").exists()
+
+
+def test_a_damaged_pipeline_is_one_error_in_the_audit(tmp_path):
+    pipeline = save_tiny_ddpm(tmp_path / "pipe", channels=3)
+    truncate(pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    images = write_imagefolder(tmp_path / "images", n_unlabeled=2, n_sensitive=0, size=8)
+    args = audit.parse_args(
+        ["--pipeline", str(pipeline), "--image_folder", images, "--output_dir", str(tmp_path / "a")]
+    )
+    with pytest.raises(UsageError, match="--pipeline .* cannot be loaded"):
+        audit.main(args)
+
+
+def test_a_bad_manifest_entry_and_a_users_tmp_file_are_refused(tmp_path, tiny_unet_config, data):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MANIFEST).write_text(json.dumps({"names": [1], "patterns": []}))
+    with pytest.raises(UsageError, match=f"{MANIFEST} cannot be read"):
+        train(small_args(out, tiny_unet_config(), data))
+    (out / MANIFEST).unlink()
+    planted = plant(out, ["README.md.tmp"])  # where the model card is written before its rename
+    with pytest.raises(UsageError, match="README.md.tmp"):
+        train(small_args(out, tiny_unet_config(), data))
+    assert_intact(out, planted)
