@@ -42,7 +42,7 @@ from pu_diffusion.losses import (
     sample_timesteps,
     timestep_banded_pu_risk,
 )
-from pu_diffusion.models import check_resolution, default_unet_config, match_sample_size
+from pu_diffusion.models import check_resolution, default_unet_config, loading, match_sample_size
 from pu_diffusion.run_dir import claim_outputs, public_config
 from pu_diffusion.splits import PRESETS, get_preset
 
@@ -229,16 +229,16 @@ def load_model(args, channels: int):
     """(unet, noise_scheduler, base model id or None): fine-tune a pipeline, or build from a config / default."""
     if args.pretrained_model_name_or_path:
         path = args.pretrained_model_name_or_path
-        unet = UNet2DModel.from_pretrained(path, subfolder="unet", revision=args.revision, variant=args.variant)
-        noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", revision=args.revision)
+        with loading("--pretrained_model_name_or_path", path):
+            unet = UNet2DModel.from_pretrained(path, subfolder="unet", revision=args.revision, variant=args.variant)
+            noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", revision=args.revision)
         noise_scheduler.register_to_config(prediction_type=args.prediction_type)
         base_model = path
     else:
-        config = (
-            UNet2DModel.load_config(args.model_config_name_or_path)
-            if args.model_config_name_or_path
-            else default_unet_config(args.resolution, channels)
-        )
+        config = default_unet_config(args.resolution, channels)
+        if args.model_config_name_or_path:
+            with loading("--model_config_name_or_path", args.model_config_name_or_path):
+                config = UNet2DModel.load_config(args.model_config_name_or_path)
         unet = UNet2DModel.from_config(config)
         noise_scheduler = DDPMScheduler(
             num_train_timesteps=args.ddpm_num_steps,

@@ -34,7 +34,7 @@ from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_terms, sel
 from pu_diffusion.image_data import ImageTransform, images_as_tensor, load_captions
 from pu_diffusion.images import save_image_grid
 from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss, pu_risk
-from pu_diffusion.models import check_resolution, match_sample_size
+from pu_diffusion.models import check_resolution, loading, match_sample_size
 from pu_diffusion.run_dir import claim_outputs, public_config
 from pu_diffusion.text_to_image import (
     CACHE_LATENTS_MAX_ROWS,
@@ -262,9 +262,9 @@ def load_models(args, accelerator):
                 "Drop --rank to save a full pipeline, or drop --prediction_type."
             )
         noise_scheduler.register_to_config(prediction_type=args.prediction_type)
-    latent_size = args.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
-    check_resolution(unet, latent_size, flag=f"--resolution {args.resolution} (latent size)")
-    match_sample_size(unet, latent_size)
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    check_resolution(unet, args.resolution, vae_factor=vae_factor)
+    match_sample_size(unet, args.resolution // vae_factor)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -314,7 +314,8 @@ def main(args):
     )
 
     # ---- Models: the UNet trains; VAE and text encoder are frozen and never enter autograd ----
-    tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype = load_models(args, accelerator)
+    with loading("--pretrained_model_name_or_path", args.pretrained_model_name_or_path):
+        tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype = load_models(args, accelerator)
     esd = None
     if concept_prompt is not None:  # ESD: train one parameter set against a frozen copy of the starting UNet
         select_esd_parameters(unet, args.method)

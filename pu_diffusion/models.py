@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 from .cli import UsageError
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def loading(flag: str, path: str):
+    """Turn any failure to load ``path`` (a missing folder, a wrong hub id, a damaged file) into one UsageError
+    naming ``flag``; UsageErrors raised inside pass through."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except Exception as error:  # noqa: BLE001 - diffusers, transformers, huggingface_hub raise many types
+        first = str(error).splitlines()[0][:160] if str(error) else "no message"
+        raise UsageError(
+            f"{flag} {path!r} cannot be loaded ({type(error).__name__}: {first}). Give a local folder written by "
+            "save_pretrained (or a hub id reachable from here)."
+        ) from error
 
 
 def default_unet_config(resolution: int, channels: int) -> dict:
@@ -42,14 +59,18 @@ def default_unet_config(resolution: int, channels: int) -> dict:
     }
 
 
-def check_resolution(unet, resolution: int, flag: str = "--resolution") -> None:
-    """Refuse a resolution the UNet cannot take: it must divide by 2^(number of downsamplings)."""
+def check_resolution(unet, resolution: int, flag: str = "--resolution", vae_factor: int = 1) -> None:
+    """Refuse a resolution the model cannot take: it must divide by vae_factor · 2^(UNet downsamplings).
+
+    ``vae_factor``: pixels per latent pixel of latent diffusion (1 for a pixel-space UNet).
+    """
     downsamplings = len(unet.config.block_out_channels) - 1
-    factor = 2**downsamplings
+    factor = vae_factor * 2**downsamplings
     if resolution % factor:
+        through = f"the VAE shrinks images {vae_factor}× and the UNet" if vae_factor > 1 else "this UNet"
         raise UsageError(
-            f"{flag} {resolution} cannot pass through this UNet: it downsamples {downsamplings} times, "
-            f"so the resolution must be a multiple of {factor} (e.g. {max(factor, resolution // factor * factor)})."
+            f"{flag} {resolution} cannot pass through the model: {through} downsamples {downsamplings} times, so the "
+            f"resolution must be a multiple of {factor} (e.g. {max(factor, resolution // factor * factor)})."
         )
 
 

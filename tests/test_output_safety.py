@@ -698,3 +698,13 @@ def test_a_bad_manifest_entry_and_a_users_tmp_file_are_refused(tmp_path, tiny_un
     with pytest.raises(UsageError, match="README.md.tmp"):
         train(small_args(out, tiny_unet_config(), data))
     assert_intact(out, planted)
+
+
+@pytest.mark.parametrize("resolution", ["10", "18"])
+def test_text_to_image_refuses_a_resolution_the_vae_and_unet_cannot_take(tmp_path, resolution):
+    base = build_tiny_sd(str(tmp_path / "base"))
+    captioned = write_captioned_folder(tmp_path / "data")
+    argv = sd_args(base, captioned, tmp_path / "out", "--resolution", resolution)
+    with pytest.raises(UsageError, match=f"--resolution {resolution} cannot pass through the model: .* multiple of 4"):
+        train_pu_text_to_image.main(train_pu_text_to_image.parse_args(argv))
+    assert not (tmp_path / "out").exists()
