@@ -58,6 +58,7 @@ USER_FILES = {  # what a row plants (relative to the scratch folder) before it r
     "export_target": ["out/my_images/a.png"],
     "plain_file": ["out"],
     "pipe_readme": [],
+    "notes_file": ["notes.txt"],
 }
 
 # (program, what the row tries, arguments, user files planted)
@@ -131,6 +132,9 @@ ROWS = [
     (UNCOND, "truncated image in the data", TINY.replace("{data}", "broken") + " --output_dir out", "broken_data"),
     (UNCOND, "config file missing", TINY.replace("{config}", "nowhere.json") + " --output_dir out", None),
     (UNCOND, "both data flags", TINY + " --output_dir out --dataset_name mnist", None),
+    (UNCOND, "logging dir above the output", TINY + " --output_dir runs/b --logging_dir .. --overwrite_output_dir", None),
+    (UNCOND, "logging dir is a file", TINY + " --output_dir out --logging_dir ../notes.txt", "notes_file"),
+    (UNCOND, "latest, newest optimizer.bin damaged", TINY + " --output_dir run --resume_from_checkpoint latest", "damaged_optimizer"),
     # ---- train_pu_text_to_image.py
     (T2I, "empty-prompt share nan", SD + " --output_dir out --proportion_empty_prompts nan", None),
     (T2I, "empty-prompt share 1.5", SD + " --output_dir out --proportion_empty_prompts 1.5", None),

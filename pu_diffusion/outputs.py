@@ -186,6 +186,8 @@ def check_writable(path: str, flag: str, folder: bool = True) -> None:
 
     ``folder``: the path is an output folder, so an existing file there is refused too.
     """
+    if not path:
+        raise UsageError(f"{flag} is empty: give a path.")
     if folder and os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{flag} {path!r} is a file, not a folder: choose a folder path.")
     probe = os.path.abspath(path)

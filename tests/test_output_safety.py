@@ -179,7 +179,7 @@ def test_the_manifest_lists_what_the_run_wrote_and_nothing_it_only_might_have(tm
     train(small_args(out, tiny_unet_config(), data))
     manifest = json.loads((out / MANIFEST).read_text())
     assert sorted(manifest["names"]) == ["README.md", "logs", "model_index.json", "pu_run.json", "scheduler", "unet"]
-    assert manifest["patterns"] == ["checkpoint-[0-9]*"]
+    assert manifest["patterns"] == [r"checkpoint-\d+(\.tmp|\.old)?"]
     planted = plant(out, ["vae/mine.bin", "tokenizer"])  # names only text-to-image runs write: the user's here
     train(small_args(out, tiny_unet_config(), data, "--overwrite_output_dir", "--max_train_steps", "2"))
     assert_intact(out, planted)
