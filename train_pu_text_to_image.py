@@ -218,7 +218,7 @@ def sensitive_caption_warning(args, captions, unlabeled_rows, sensitive_rows) ->
     return (
         f"{len(unseen)} S caption(s) never appear in U (e.g. {unseen[0]!r}). The PU risk treats S as a part of U, "
         "which holds only when both are scored under the same caption; with S's own captions the micro Stable "
-        "Diffusion benchmark's PU models collapsed (README, 'Text-to-image'). Pass --sensitive_caption with U's "
+        "Diffusion benchmark's PU models collapsed (docs/benchmark_text_to_image.md). Pass --sensitive_caption with U's "
         f"caption (e.g. --sensitive_caption {u_captions[0]!r}) unless you have checked that yours does not."
     )
 

@@ -15,7 +15,7 @@ import os
 from .class_prior import ESTIMATORS
 from .cli import UsageError, finite_float
 from .losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, SUPERVISED_FORMS
-from .outputs import check_separate, check_writable
+from .outputs import check_separate, check_writable, is_within
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, pretrained_help: str, required: bool = False):
@@ -452,4 +452,8 @@ def check_training_outputs(args) -> None:
     for flag, path in (("--output_dir", args.output_dir), ("--logging_dir", logging_dir)):
         check_separate(path, flag, inputs)
         check_writable(path, flag)
-    check_separate(logging_dir, "--logging_dir", {"--output_dir": args.output_dir}, allow_inside=("--output_dir",))
+    if is_within(args.output_dir, logging_dir) and not is_within(logging_dir, args.output_dir):
+        raise UsageError(
+            f"--logging_dir {args.logging_dir!r} contains --output_dir {args.output_dir!r}: starting over would clear "
+            "logs beside other folders. Give a --logging_dir inside --output_dir (default: logs) or beside it."
+        )

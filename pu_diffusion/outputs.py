@@ -156,6 +156,11 @@ def _within(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
+def is_within(inner: str, outer: str) -> bool:
+    """Whether path ``inner`` is ``outer`` or lies inside it (resolved; neither needs to exist yet)."""
+    return _within(_real(inner), _real(outer))
+
+
 def check_separate(output: str, output_flag: str, inputs: dict, allow_inside=()) -> None:
     """Refuse an output path that is, contains or lies inside an input (``inputs``: flag → local path or None).
 
@@ -184,26 +189,29 @@ def check_separate(output: str, output_flag: str, inputs: dict, allow_inside=())
 def check_writable(path: str, flag: str, folder: bool = True) -> None:
     """Refuse an output path whose folder (or nearest existing parent) cannot be written, before any loading.
 
-    ``folder``: the path is an output folder, so an existing file there is refused too.
+    ``folder``: the path is an output folder, so an existing file there is refused too. Checked on the path
+    made absolute ("out/../notes.txt" is notes.txt even before out/ exists); messages name the path as given.
     """
     if not path:
         raise UsageError(f"{flag} is empty: give a path.")
-    if folder and os.path.exists(path) and not os.path.isdir(path):
+    resolved = os.path.abspath(path)
+    if folder and os.path.exists(resolved) and not os.path.isdir(resolved):
         raise UsageError(f"{flag} {path!r} is a file, not a folder: choose a folder path.")
-    probe = os.path.abspath(path)
+    probe = resolved
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
         if parent == probe:
             break
         probe = parent
-    if not os.path.isdir(probe) and probe != os.path.abspath(path):
+    if not os.path.isdir(probe) and probe != resolved:
         raise UsageError(
             f"{flag} {path!r} cannot be created: {probe!r} is a file, not a folder. Choose another {flag}."
         )
-    folder = probe if os.path.isdir(probe) else os.path.dirname(probe)
-    if not os.access(folder, os.W_OK | os.X_OK):
+    writable_folder = probe if os.path.isdir(probe) else os.path.dirname(probe)
+    if not os.access(writable_folder, os.W_OK | os.X_OK):
         raise UsageError(
-            f"{flag} {path!r} cannot be written: {folder!r} is read-only for this user. Choose a writable {flag}."
+            f"{flag} {path!r} cannot be written: {writable_folder!r} is read-only for this user. Choose a writable "
+            f"{flag}."
         )
-    if os.path.exists(path) and not os.path.isdir(path) and not os.access(path, os.W_OK):
+    if os.path.exists(resolved) and not os.path.isdir(resolved) and not os.access(resolved, os.W_OK):
         raise UsageError(f"{flag} {path!r} is a read-only file. Choose a writable {flag}.")

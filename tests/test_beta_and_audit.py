@@ -271,9 +271,11 @@ def test_audit_ranks_a_planted_outlier_first(tmp_path, tiny_unet_config):
     assert audit.recorded_beta(str(model)) is None  # an unsupervised run never used a β
 
 
-def test_audit_refuses_a_missing_pipeline(tmp_path):
-    with pytest.raises(SystemExit):
+def test_audit_refuses_a_missing_pipeline(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
         audit.parse_args(["--pipeline", str(tmp_path / "nowhere")])
+    assert refused.value.code == 2
+    assert f"error: --pipeline '{tmp_path / 'nowhere'}' is not a folder." in capsys.readouterr().err
 
 
 def test_beta_estimation_benchmark_prints_a_table_and_writes_json(tmp_path):

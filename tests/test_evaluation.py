@@ -401,7 +401,12 @@ def test_speed_benchmarks_run_and_write_json(tmp_path):
             ]
         )
     )
-    assert report["speedup_ours_vs_authors"] > 0 and json.loads((tmp_path / "sd.json").read_text())["peak_memory_mb"]
+    saved = json.loads((tmp_path / "sd.json").read_text())
+    speeds = saved["steps_per_second"]
+    assert set(speeds) == {"ours", "authors"} and all(value > 0 for value in speeds.values())
+    assert saved["speedup_ours_vs_authors"] == pytest.approx(speeds["ours"] / speeds["authors"])
+    assert report["speedup_ours_vs_authors"] == saved["speedup_ours_vs_authors"]
+    assert all(value > 0 for value in saved["peak_memory_mb"].values())
 
 
 def test_scoring_images_with_the_models_own_loss(tiny_unet_config):

@@ -708,3 +708,16 @@ def test_text_to_image_refuses_a_resolution_the_vae_and_unet_cannot_take(tmp_pat
     with pytest.raises(UsageError, match=f"--resolution {resolution} cannot pass through the model: .* multiple of 4"):
         train_pu_text_to_image.main(train_pu_text_to_image.parse_args(argv))
     assert not (tmp_path / "out").exists()
+
+
+def test_log_folders_above_the_output_or_on_a_file_are_refused_before_the_output_exists(
+    tmp_path, tiny_unet_config, data
+):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    out = tmp_path / "runs" / "b"  # does not exist yet
+    with pytest.raises(UsageError, match=r"--logging_dir '\.\.' contains --output_dir"):
+        train(small_args(out, tiny_unet_config(), data, "--logging_dir", ".."))
+    with pytest.raises(UsageError, match="--logging_dir .*notes.txt' is a file"):
+        train(small_args(tmp_path / "out", tiny_unet_config(), data, "--logging_dir", "../notes.txt"))
+    assert notes.read_text() == "mine" and not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()

@@ -356,7 +356,11 @@ def test_erasediff_trains_lora_adapters(tiny_sd, captioned, tmp_path):
     pytest.importorskip("peft")
     lora = tmp_path / "lora"
     run(sd_args(tiny_sd, captioned, lora, "--method", "erasediff", "--erasediff_lambda", "-1", "--rank", "4"))
-    assert (lora / "pytorch_lora_weights.safetensors").exists()
+    adapters = load_file(str(lora / "pytorch_lora_weights.safetensors"))
+    up = {key: value for key, value in adapters.items() if "lora_B" in key or "lora.up" in key}
+    assert up and any(value.abs().max() > 0 for value in up.values())  # B starts at zero: only training moves it
+    base_unet = load_file(os.path.join(tiny_sd, "unet", "diffusion_pytorch_model.safetensors"))
+    assert not any("lora" in key for key in base_unet)  # adapters only: the base stays as it was
 
 
 def test_erasediff_without_a_single_u_caption_asks_for_the_anchor(tiny_sd, tmp_path):
