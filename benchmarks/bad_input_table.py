@@ -2,7 +2,7 @@
 """Hostile input to all six CLIs, as a new user would type it: what each prints, its exit code, what it left on disk.
 
     python benchmarks/bad_input_table.py                       # writes benchmarks/results/bad_input.json
-    python benchmarks/bad_input_table.py --report_only         # rebuilds docs/bad_input.md from the JSON
+    python benchmarks/bad_input_table.py --report_only --compare benchmarks/results/bad_input_before_4ab6772.json
     python benchmarks/bad_input_table.py --project_root OLD --output_json old.json   # the same rows, other code
 
 Every row runs the real program in a subprocess, in a fresh scratch folder that holds the user's own files
@@ -304,7 +304,8 @@ def run_row(program, label, argv, setup, fixtures, project_root, python, timeout
             code, stderr = "timeout", ""
         lines = [line for line in stderr.strip().splitlines() if line.strip()]
         error_lines = [line for line in lines if ": error: " in line]
-        message = error_lines[-1] if error_lines else (lines[-1] if lines else "")
+        warnings = [line for line in lines if "WARNING" in line]  # a row that goes on says why (e.g. a fallback)
+        message = (error_lines or warnings or lines or [""])[-1]
         after = file_hashes(scratch)
         changed = sorted(path for path, digest in planted.items() if after.get(path) != digest)
         created = sorted({path.split(os.sep)[0] for path in after if path not in planted})
