@@ -18,6 +18,7 @@ import json
 import os
 
 from pipelines import add_metrics_to_model_card
+from pu_diffusion.arguments import HelpWithDefaults
 from pu_diffusion.cli import run_cli
 from pu_diffusion.evaluation import (
     EVAL_OUTPUTS,
@@ -35,18 +36,18 @@ from pu_diffusion.outputs import check_free, check_separate, check_writable, cla
 
 def parse_args(input_args=None):
     """The CLI flags; counts that cannot work (samples, batch size, steps) are refused here."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1], formatter_class=HelpWithDefaults)
     parser.add_argument("--pipeline", required=True, help="Pipeline folder (or hub id) written by a training script.")
-    parser.add_argument("--num_samples", type=int, default=1000)
-    parser.add_argument("--batch_size", type=int, default=250)
+    parser.add_argument("--num_samples", type=int, default=1000, help="Samples to generate and judge.")
+    parser.add_argument("--batch_size", type=int, default=250, help="Samples per pipeline call.")
     parser.add_argument(
         "--sampler",
         choices=["ddpm", "ddim", "pipeline"],
         default="ddim",
         help="ddim (default, fast), ddpm, or the pipeline's own scheduler.",
     )
-    parser.add_argument("--num_inference_steps", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_inference_steps", type=int, default=100, help="Denoising steps per sample.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the samples.")
     parser.add_argument("--output_dir", default=None, help="Default: <pipeline>/eval")
     parser.add_argument("--cache_dir", default=None, help="Where the classifier is cached (~/.cache/pu_diffusion).")
     parser.add_argument(

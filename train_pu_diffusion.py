@@ -21,7 +21,13 @@ from diffusers import DDPMScheduler, UNet2DModel
 from pipelines import publish_run, unconditional_pipeline
 from pipelines.saving import save_pipeline
 from pu_diffusion import training
-from pu_diffusion.arguments import add_model_arguments, add_shared_arguments, validate_training_args
+from pu_diffusion.arguments import (
+    HelpWithDefaults,
+    add_model_arguments,
+    add_shared_arguments,
+    note_preset_defaults,
+    validate_training_args,
+)
 from pu_diffusion.builtin_mnist import (
     BUILTIN_SPLIT_FILE,
     BUILTIN_UNLABELED,
@@ -44,7 +50,7 @@ from pu_diffusion.losses import (
 )
 from pu_diffusion.models import check_resolution, default_unet_config, loading, match_sample_size
 from pu_diffusion.run_dir import claim_outputs, public_config
-from pu_diffusion.splits import PRESETS, get_preset
+from pu_diffusion.splits import BUILTIN_RECIPE, PRESETS, get_preset
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -61,7 +67,9 @@ DEFAULTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Positive-Unlabeled training of an unconditional diffusion model.")
+    parser = argparse.ArgumentParser(
+        description="Positive-Unlabeled training of an unconditional diffusion model.", formatter_class=HelpWithDefaults
+    )
     parser.add_argument(
         "--preset",
         type=str,
@@ -124,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_shared_arguments(parser, methods=(*METHODS, "erasediff"))
     parser.set_defaults(**DEFAULTS)
+    note_preset_defaults(parser, BUILTIN_RECIPE, "With no dataset flags (the built-in presets)")
+    note_preset_defaults(
+        parser,
+        {"num_train_epochs": "100 when neither it nor --max_train_steps is given"},
+        "With a dataset",
+    )
+    note_preset_defaults(
+        parser,
+        {"num_inference_steps": "1000 with --inference_scheduler ddpm, 50 with ddim"},
+        "When not given",
+    )
     return parser
 
 

@@ -26,7 +26,13 @@ from pipelines import publish_run
 from pipelines.card import usage_snippet
 from pipelines.saving import LORA_WEIGHTS_NAME, save_lora_weights, save_pipeline, stable_diffusion_pipeline
 from pu_diffusion import training
-from pu_diffusion.arguments import add_model_arguments, add_shared_arguments, validate_training_args
+from pu_diffusion.arguments import (
+    HelpWithDefaults,
+    add_model_arguments,
+    add_shared_arguments,
+    note_preset_defaults,
+    validate_training_args,
+)
 from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss
@@ -68,7 +74,9 @@ DEFAULTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="PU fine-tuning of Stable Diffusion 1.x (concept suppression).")
+    parser = argparse.ArgumentParser(
+        description="PU fine-tuning of Stable Diffusion 1.x (concept suppression).", formatter_class=HelpWithDefaults
+    )
     model = add_model_arguments(
         parser,
         pretrained_help="Stable Diffusion 1.x pipeline folder or hub id, e.g. CompVis/stable-diffusion-v1-4.",
@@ -147,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     esd.add_argument("--esd_start_guidance", type=finite_float, default=3.0, help="Guidance scale of that run.")
     add_shared_arguments(parser, methods=(*METHODS, "erasediff", *ESD_METHODS))
     parser.set_defaults(**DEFAULTS)
+    note_preset_defaults(
+        parser, {"num_train_epochs": "100 when neither it nor --max_train_steps is given"}, "When not given"
+    )
     return parser
 
 

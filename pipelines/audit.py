@@ -25,6 +25,7 @@ import os
 import numpy as np
 import torch
 
+from pu_diffusion.arguments import HelpWithDefaults
 from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.losses import diffusion_target, per_sample_diffusion_loss
 from pu_diffusion.outputs import check_free, check_separate, check_writable, claim, write_json_atomic
@@ -144,7 +145,9 @@ def recorded_beta(pipeline_path: str) -> float | None:
 
 
 def parse_args(input_args=None):
-    parser = argparse.ArgumentParser(description="Rank images by how sensitive a trained PU model finds them.")
+    parser = argparse.ArgumentParser(
+        description="Rank images by how sensitive a trained PU model finds them.", formatter_class=HelpWithDefaults
+    )
     parser.add_argument(
         "--pipeline", type=str, required=True, help="Trained pipeline folder (unconditional, or Stable Diffusion)."
     )

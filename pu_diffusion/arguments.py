@@ -18,6 +18,17 @@ from .losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, SUPERVISED_FORMS
 from .outputs import check_separate, check_writable, is_within
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every flag's default beside its help (argparse's formatter, under a name that says so)."""
+
+
+def note_preset_defaults(parser: argparse.ArgumentParser, recipe: dict, where: str) -> None:
+    """Add to the help of each flag in ``recipe`` the value it takes ``where`` (e.g. with the built-in data)."""
+    for action in parser._actions:
+        if action.dest in recipe:
+            action.help = f"{action.help} {where}: {recipe[action.dest]}."
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, pretrained_help: str, required: bool = False):
     """The "model" group with --pretrained_model_name_or_path, --revision, --variant; returns it for more flags."""
     group = parser.add_argument_group("model")

@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 
-from .arguments import add_data_arguments
+from .arguments import HelpWithDefaults, add_data_arguments
 from .class_prior import ESTIMATORS, estimate_beta_from_images
 from .cli import UsageError, run_cli
 from .image_data import images_as_tensor
@@ -26,7 +26,9 @@ WRITTEN_BY = "pu_diffusion.estimate_beta"  # in every --output_file: an earlier 
 
 
 def parse_args(input_args=None):
-    parser = argparse.ArgumentParser(description="Estimate the share of U that is sensitive (β) from U and S.")
+    parser = argparse.ArgumentParser(
+        description="Estimate the share of U that is sensitive (β) from U and S.", formatter_class=HelpWithDefaults
+    )
     add_data_arguments(parser)
     parser.add_argument(
         "--preset", type=str, default="builtin-mnist-even", help="Built-in data when no dataset flag is given."

