@@ -38,8 +38,8 @@ from pu_diffusion.builtin_mnist import (
 from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss, uniform_forget_target
+from pu_diffusion.grids import save_image_grid
 from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, images_as_tensor, pu_indices
-from pu_diffusion.images import save_image_grid
 from pu_diffusion.losses import (
     METHODS,
     diffusion_target,
@@ -325,7 +325,7 @@ def main(args):
     if accelerator.is_main_process and split is not None:
         claim_outputs(args.output_dir, [BUILTIN_SPLIT_FILE])
         write_split_file(os.path.join(args.output_dir, BUILTIN_SPLIT_FILE), split)
-    training.log_run_header(args, plan, accelerator, data_info, beta_info["beta"])
+    training.log_run_header(accelerator, args, plan, data_info, beta_info["beta"])
 
     # ---- Train ----
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
@@ -390,7 +390,7 @@ def main(args):
         if accelerator.sync_gradients:
             progress.after_step(terms, lr_scheduler)
             if progress.validation_due():
-                log_validation(args, accelerator, unet, ema_model, noise_scheduler, progress.global_step)
+                log_validation(accelerator, args, unet, ema_model, noise_scheduler, progress.global_step)
             if progress.done:
                 break
     stats = progress.stats()
@@ -446,7 +446,7 @@ def generate_grid(args, pipeline, num_images: int, path: str) -> str:
     return save_image_grid(images, path, scale=max(1, 64 // args.resolution))
 
 
-def log_validation(args, accelerator, unet, ema_model, noise_scheduler, global_step: int) -> None:
+def log_validation(accelerator, args, unet, ema_model, noise_scheduler, global_step: int) -> None:
     """Save a grid of samples from the current (EMA) weights to ``samples/step_N.png``."""
     unet = accelerator.unwrap_model(unet)
     if ema_model is not None:

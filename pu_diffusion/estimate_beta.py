@@ -15,10 +15,12 @@ import argparse
 import json
 import os
 
+from . import training
 from .arguments import HelpWithDefaults, add_data_arguments
+from .builtin_mnist import builtin_pu_dataset, builtin_pu_split
 from .class_prior import ESTIMATORS, estimate_beta_from_images
 from .cli import UsageError, run_cli
-from .image_data import images_as_tensor
+from .image_data import images_as_tensor, pu_indices
 from .outputs import check_separate, check_writable, write_json_atomic
 from .splits import get_preset
 
@@ -85,15 +87,11 @@ def written_by_us(path: str) -> bool:
 
 def load_images(args):
     """(U tensor, S tensor, description) at --resolution, centre-cropped."""
-    from . import training
-    from .builtin_mnist import builtin_pu_dataset, builtin_pu_split
 
     if args.dataset_name or args.train_data_dir:
         dataset, unlabeled_rows, sensitive_rows = training.load_pu_data(args, require_sensitive=True)
         image_column, source = args.image_column, args.dataset_name or args.train_data_dir
     else:
-        from .image_data import pu_indices
-
         dataset = builtin_pu_dataset(builtin_pu_split(args.preset, args.split_seed))
         unlabeled_rows, sensitive_rows = pu_indices(dataset, "image", "label", "sensitive", require_sensitive=True)
         image_column, source = "image", f"built-in {args.preset} (split seed {args.split_seed})"

@@ -15,15 +15,16 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .builtin_mnist import BUILTIN_SPLIT_FILE, builtin_images, classifier_held_out_rows, read_split_file
 from .cli import UsageError
 from .digit_classifier import (
     classify,
     default_cache_dir,
     load_or_train_digit_classifier,
     rows_digest,
-    wilson_interval,
 )
-from .images import save_image_grid, to_pil_images
+from .grids import save_image_grid, to_pil_images
+from .image_data import ImageTransform, load_image_dataset
 from .inception import (
     FID_FEATURES,
     INCEPTION_FD,
@@ -33,7 +34,7 @@ from .inception import (
     inception_features,
     load_inception,
 )
-from .metrics import CLASSIFIER_FD, count_non_sensitive, frechet_distance
+from .metrics import CLASSIFIER_FD, count_non_sensitive, frechet_distance, wilson_interval
 from .outputs import claim, write_json_atomic
 
 UNCONDITIONAL_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
@@ -231,8 +232,6 @@ def load_pipeline(path: str, sampler: str | None = None):
 def builtin_test_images(split: dict, resolution: int, part: str = "test") -> torch.Tensor:
     """The held-out normal-only test digits of a built-in split (or another ``part`` of it, e.g. "sensitive"),
     as the training transform makes them."""
-    from .builtin_mnist import builtin_images
-    from .image_data import ImageTransform
 
     images, _ = builtin_images(split, part)
     transform = ImageTransform(resolution, channels=1, center_crop=True)
@@ -277,7 +276,6 @@ def evaluate_samples(
 
 def read_builtin_split(pipeline_path: str) -> dict:
     """The built-in split a pipeline folder was trained on (``pu_split.json``), refused by name when absent."""
-    from .builtin_mnist import BUILTIN_SPLIT_FILE, read_split_file
 
     split_file = os.path.join(pipeline_path, BUILTIN_SPLIT_FILE)
     if not os.path.isfile(split_file):
@@ -338,7 +336,6 @@ def evaluate_builtin_pipeline(
     The folder, split, pipeline, classifier, Inception network and test digits are all checked and loaded before
     sampling. The classifier never trained on the test digits of either built-in split.
     """
-    from .builtin_mnist import classifier_held_out_rows
 
     check_generation_args(num_samples, batch_size, num_inference_steps)
     fid_helper = load_fid_helper(fid_features)
@@ -421,7 +418,6 @@ def count_data_files(folder: str) -> tuple[int, int]:
 
 def load_test_images(test_data_dir: str | None) -> list:
     """The PIL images of ``--test_data_dir`` (imagefolder or parquet); refuses a missing folder or < 2 images."""
-    from .image_data import load_image_dataset
 
     what = "give a folder of at least 2 normal-only test images (the Fréchet-distance reference)"
     if not test_data_dir or not os.path.isdir(test_data_dir):

@@ -2,7 +2,7 @@
 
 Every row of a PU dataset has an image and a PU label: it belongs to S (labelled sensitive) or to U
 (unlabeled). The training scripts see one `datasets.Dataset` plus the index lists of U and S rows,
-and draw batches of a fixed number of U rows and of S rows with :class:`pu_diffusion.sampling.PUBatchSampler`.
+and draw batches of a fixed number of U rows and of S rows with :class:`pu_diffusion.batch_sampler.PUBatchSampler`.
 """
 
 from __future__ import annotations

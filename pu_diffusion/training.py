@@ -34,12 +34,12 @@ from accelerate.logging import get_logger
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
+from .batch_sampler import PUBatchSampler
 from .checkpoints import checkpoint_num_processes, checkpoint_step, resolve_resume_checkpoint, save_checkpoint
 from .class_prior import estimate_beta_from_images
 from .cli import TrainingDivergedError, UsageError
 from .image_data import check_images_readable, load_image_dataset, pu_indices
 from .run_dir import RUN_FILE, check_output_dir, public_config, start_run_dir
-from .sampling import PUBatchSampler
 from .tracking import make_trackers, progress_postfix, remove_log, step_logs, truncate_log
 
 logger = get_logger(__name__, log_level="INFO")
@@ -478,7 +478,7 @@ def model_to_save(accelerator, model, ema_model=None):
     return model
 
 
-def log_run_header(args, plan: TrainingPlan, accelerator, data_info: dict, beta: float | None = None) -> None:
+def log_run_header(accelerator, args, plan: TrainingPlan, data_info: dict, beta: float | None = None) -> None:
     per_device_sensitive = sensitive_batch_size(args)
     total = (
         (args.train_batch_size + per_device_sensitive) * accelerator.num_processes * args.gradient_accumulation_steps

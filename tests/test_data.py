@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pu_diffusion.batch_sampler import PUBatchSampler
 from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
 from pu_diffusion.image_data import (
     ImageTransform,
@@ -15,7 +16,6 @@ from pu_diffusion.image_data import (
     load_image_dataset,
     pu_indices,
 )
-from pu_diffusion.sampling import PUBatchSampler
 from pu_diffusion.splits import PRESETS, make_pu_split
 from pu_diffusion.testing_utils import (
     write_captioned_folder,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_split, write_split_file
-from pu_diffusion.digit_classifier import DigitEnsemble, load_or_train_digit_classifier, wilson_interval
-from pu_diffusion.metrics import CLASSIFIER_FD, frechet_distance, non_sensitive_rate
+from pu_diffusion.digit_classifier import DigitEnsemble, load_or_train_digit_classifier
+from pu_diffusion.metrics import CLASSIFIER_FD, frechet_distance, non_sensitive_rate, wilson_interval
 from pu_diffusion.testing_utils import TINY_UNET, build_tiny_sd, write_imagefolder, write_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -783,7 +783,7 @@ def test_benchmark_records_the_estimated_beta_of_a_beta_auto_run(tmp_path):
 
 
 def test_normal_class_perplexity_sees_a_thinned_normal_digit_that_the_rate_cannot():
-    from pu_diffusion.digit_classifier import class_perplexity
+    from pu_diffusion.metrics import class_perplexity
 
     bench = load_benchmark("mnist_pu_benchmark")
     even_mix = [0, 100, 7, 100, 0, 100, 3, 100, 0, 100]  # 10 even (sensitive) samples, the odd digits equally common

@@ -109,7 +109,7 @@ def test_every_method_is_a_valid_training_command():
 def test_uint8_tiles_are_saved_as_they_are(tmp_path):
     from PIL import Image
 
-    from pu_diffusion.images import save_image_grid, to_pil_images
+    from pu_diffusion.grids import save_image_grid, to_pil_images
 
     tiles = np.full((2, 4, 4, 3), 200, dtype=np.uint8)
     assert to_pil_images(tiles)[0].getpixel((0, 0)) == (200, 200, 200)  # not 200 × 255 wrapped around
