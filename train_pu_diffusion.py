@@ -49,8 +49,8 @@ from pu_diffusion.losses import (
     timestep_banded_pu_risk,
 )
 from pu_diffusion.models import check_resolution, default_unet_config, loading, match_sample_size
+from pu_diffusion.presets import BUILTIN_RECIPE, PRESETS, get_preset
 from pu_diffusion.run_dir import claim_outputs, public_config
-from pu_diffusion.splits import BUILTIN_RECIPE, PRESETS, get_preset
 
 logger = get_logger(__name__, log_level="INFO")
 

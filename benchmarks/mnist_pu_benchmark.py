@@ -39,7 +39,8 @@ from pu_diffusion.evaluation import (
     load_fid_helper,
 )
 from pu_diffusion.metrics import class_perplexity, wilson_interval
-from pu_diffusion.splits import BUILTIN_RECIPE
+from pu_diffusion.presets import BUILTIN_RECIPE
+from pu_diffusion.run_dir import neutral_flag
 from pu_diffusion.testing_utils import write_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,16 +161,9 @@ def recipe_args(args) -> list[str]:
 
 
 # Flags added to train_pu_diffusion.py after runs were cached, at the value that trains exactly what those runs
-# trained: left out of the key there, so adding them does not orphan the cache. (Likewise --erasediff_* flags are
-# left out of every other method's key: they do not change what those methods train.)
-KEY_NEUTRAL_FLAGS = {
-    "builtin_unlabeled": "contaminated",
-    "builtin_contamination": None,
-    "pu_sensitive_cap": None,
-    "pu_min_timestep": 0,
-    "beta_estimator": "bbe",
-    "beta_margin": 1.0,
-}
+# trained (run_dir.ADDED_ARGS_NEUTRAL, through run_dir.neutral_flag): left out of the key there, so adding them does
+# not orphan the cache. (Likewise --erasediff_* flags are left out of every other method's key: they do not change
+# what those methods train.)
 # Left out of every key: the run's folder, the seed (keyed on its own), and --ddp_timeout (how long processes
 # wait for each other: never what is trained).
 KEY_IGNORED_FLAGS = ("output_dir", "seed", "ddp_timeout")
@@ -189,7 +183,7 @@ def run_key(variant: str, column: str, split: str, recipe: list[str]) -> str:
         key: value
         for key, value in parsed.items()
         if key not in KEY_IGNORED_FLAGS
-        and KEY_NEUTRAL_FLAGS.get(key, object()) != value
+        and not neutral_flag(key, value, parsed["method"])
         and not (key.startswith("erasediff_") and parsed["method"] != "erasediff")
     }
     text = json.dumps(sorted(effective.items()), default=str)

@@ -15,7 +15,8 @@ from PIL import Image
 
 from .image_data import SENSITIVE, UNLABELED, PUDataError
 from .outputs import write_json_atomic
-from .splits import get_preset, make_pu_split
+from .presets import get_preset
+from .splits import make_pu_split
 
 BUILTIN_SPLIT_FILE = "pu_split.json"
 

@@ -22,7 +22,7 @@ from .class_prior import ESTIMATORS, estimate_beta_from_images
 from .cli import UsageError, run_cli
 from .image_data import images_as_tensor, pu_indices
 from .outputs import check_separate, check_writable, write_json_atomic
-from .splits import get_preset
+from .presets import get_preset
 
 WRITTEN_BY = "pu_diffusion.estimate_beta"  # in every --output_file: an earlier estimate may be replaced, nothing else
 

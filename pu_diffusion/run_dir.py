@@ -51,6 +51,16 @@ DERIVED_KEYS = ("beta_resolved",)
 METHOD_ARG_PREFIXES = {"erasediff_": ("erasediff",), "esd_": ("esd-x", "esd-u")}
 
 
+def neutral_flag(key: str, value, method) -> bool:
+    """Whether flag ``key`` at ``value`` trains what runs made before the flag existed trained (ADDED_ARGS_NEUTRAL).
+
+    A flag of the run's own method (``--erasediff_*`` for erasediff) always counts: it is part of that run.
+    The one list of neutral values, used to resume older runs and to key the benchmark's cached runs.
+    """
+    own = any(key.startswith(prefix) and method in methods for prefix, methods in METHOD_ARG_PREFIXES.items())
+    return not own and key in ADDED_ARGS_NEUTRAL and ADDED_ARGS_NEUTRAL[key] == value
+
+
 def _unused_by_method(key: str, method) -> bool:
     return any(key.startswith(prefix) and method not in methods for prefix, methods in METHOD_ARG_PREFIXES.items())
 

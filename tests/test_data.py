@@ -16,7 +16,8 @@ from pu_diffusion.image_data import (
     load_image_dataset,
     pu_indices,
 )
-from pu_diffusion.splits import PRESETS, make_pu_split
+from pu_diffusion.presets import PRESETS
+from pu_diffusion.splits import make_pu_split
 from pu_diffusion.testing_utils import (
     write_captioned_folder,
     write_class_folders,
