@@ -42,11 +42,11 @@ from pu_diffusion.grids import save_image_grid
 from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, images_as_tensor, pu_indices
 from pu_diffusion.losses import (
     METHODS,
+    PURisk,
+    RiskTerms,
     diffusion_target,
     per_sample_diffusion_loss,
-    pu_risk,
     sample_timesteps,
-    timestep_banded_pu_risk,
 )
 from pu_diffusion.models import check_resolution, default_unet_config, loading, match_sample_size
 from pu_diffusion.presets import BUILTIN_RECIPE, PRESETS, get_preset
@@ -328,59 +328,22 @@ def main(args):
     training.log_run_header(accelerator, args, plan, data_info, beta_info["beta"])
 
     # ---- Train ----
+    risk = PURisk(
+        method=args.method,
+        beta=beta_info["beta"],
+        estimator=args.pu_estimator,
+        supervised_form=args.supervised_form,
+        temperature=args.loss_temperature,
+        sensitive_cap=args.pu_sensitive_cap,
+        min_timestep=args.pu_min_timestep,
+        reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
+    )
+    compute_loss = make_compute_loss(accelerator, args, noise_scheduler, risk)
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
     unet.train()
     for batch in training.iterate_batches(accelerator, train_dataloader, batch_sampler, plan, progress.global_step):
         with accelerator.accumulate(unet):
-            clean_images = batch["pixel_values"]
-            noise = torch.randn(clean_images.shape, device=clean_images.device)
-            timesteps = sample_timesteps(
-                noise_scheduler.config.num_train_timesteps,
-                batch["is_sensitive"],
-                args.pu_min_timestep,
-                device=clean_images.device,
-            )
-            noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
-            target = diffusion_target(noise_scheduler, clean_images, noise, timesteps)
-            if args.method == "erasediff":  # S rows learn to predict uniform noise instead (the forget target)
-                forget = batch["is_sensitive"].to(target.device)
-                target = erasediff_targets(target, forget, uniform_forget_target(target))
-                # L̄_f from K inner passes that move and restore the weights: before the forward pass below
-                raw_unet = accelerator.unwrap_model(unet)
-                forget_rows = (noisy_images[forget], timesteps[forget], target[forget])
-                reference = reference_forget_loss(
-                    functools.partial(forget_loss, raw_unet, *forget_rows, args.loss_reduction),
-                    parameters=list(raw_unet.parameters()),
-                    inner_steps=args.erasediff_inner_steps,
-                    learning_rate=args.learning_rate,
-                )
-            model_pred = unet(noisy_images, timesteps).sample  # one forward pass over the U+S batch
-            per_sample_loss = per_sample_diffusion_loss(model_pred, target, args.loss_reduction)
-            if args.method == "erasediff":
-                terms = erasediff_terms(
-                    per_sample_loss,
-                    forget,
-                    reference,
-                    parameters=list(raw_unet.parameters()),
-                    lam=args.erasediff_lambda,
-                    eta=args.erasediff_eta,
-                )
-            else:
-                risk_options = dict(
-                    method=args.method,
-                    beta=beta_info["beta"],
-                    estimator=args.pu_estimator,
-                    reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
-                    supervised_form=args.supervised_form,
-                    temperature=args.loss_temperature,
-                    sensitive_cap=args.pu_sensitive_cap,
-                )
-                if args.pu_min_timestep:
-                    terms = timestep_banded_pu_risk(
-                        per_sample_loss, batch["is_sensitive"], timesteps, args.pu_min_timestep, **risk_options
-                    )
-                else:
-                    terms = pu_risk(per_sample_loss, batch["is_sensitive"], **risk_options)
+            terms = compute_loss(unet, batch)
             accelerator.backward(terms.objective)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
@@ -426,6 +389,49 @@ def main(args):
         logger.info(f"Pipeline, samples and README.md written to {args.output_dir}")
     training.end_training(accelerator)
     return stats
+
+
+def make_compute_loss(accelerator, args, noise_scheduler, risk: PURisk):
+    """This script's loss step, ``compute_loss(unet, batch) -> RiskTerms``: ℓ of every U and S row of the batch
+    (one (t, ε) draw each, one forward pass), then the risk (or EraseDiff's terms)."""
+
+    def compute_loss(unet, batch) -> RiskTerms:
+        clean_images = batch["pixel_values"]
+        noise = torch.randn(clean_images.shape, device=clean_images.device)
+        timesteps = sample_timesteps(
+            noise_scheduler.config.num_train_timesteps,
+            batch["is_sensitive"],
+            args.pu_min_timestep,
+            device=clean_images.device,
+        )
+        noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
+        target = diffusion_target(noise_scheduler, clean_images, noise, timesteps)
+        if args.method == "erasediff":  # S rows learn to predict uniform noise instead (the forget target)
+            forget = batch["is_sensitive"].to(target.device)
+            target = erasediff_targets(target, forget, uniform_forget_target(target))
+            # L̄_f from K inner passes that move and restore the weights: before the forward pass below
+            raw_unet = accelerator.unwrap_model(unet)
+            forget_rows = (noisy_images[forget], timesteps[forget], target[forget])
+            reference = reference_forget_loss(
+                functools.partial(forget_loss, raw_unet, *forget_rows, args.loss_reduction),
+                parameters=list(raw_unet.parameters()),
+                inner_steps=args.erasediff_inner_steps,
+                learning_rate=args.learning_rate,
+            )
+        model_pred = unet(noisy_images, timesteps).sample  # one forward pass over the U+S batch
+        per_sample_loss = per_sample_diffusion_loss(model_pred, target, args.loss_reduction)
+        if args.method == "erasediff":
+            return erasediff_terms(
+                per_sample_loss,
+                forget,
+                reference,
+                parameters=list(raw_unet.parameters()),
+                lam=args.erasediff_lambda,
+                eta=args.erasediff_eta,
+            )
+        return risk(per_sample_loss, batch["is_sensitive"], timesteps)
+
+    return compute_loss
 
 
 def forget_loss(unet, noisy_images, timesteps, target, reduction: str) -> torch.Tensor:

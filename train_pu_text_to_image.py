@@ -39,7 +39,7 @@ from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference
 from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_terms, select_esd_parameters
 from pu_diffusion.grids import save_image_grid
 from pu_diffusion.image_data import ImageTransform, images_as_tensor, load_captions
-from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss, pu_risk
+from pu_diffusion.losses import METHODS, PURisk, diffusion_target, per_sample_diffusion_loss
 from pu_diffusion.models import check_resolution, loading, match_sample_size
 from pu_diffusion.run_dir import claim_outputs, public_config
 from pu_diffusion.text_to_image import (
@@ -394,6 +394,15 @@ def main(args):
     training.log_run_header(accelerator, args, plan, data_info, beta_info["beta"])
 
     # ---- Train ----
+    risk = PURisk(
+        method=args.method,
+        beta=beta_info["beta"],
+        estimator=args.pu_estimator,
+        supervised_form=args.supervised_form,
+        temperature=args.loss_temperature,
+        sensitive_cap=args.pu_sensitive_cap,
+        reduce_for_branch=lambda value: accelerator.reduce(value, "mean"),
+    )
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
     unet.train()
     for batch in training.iterate_batches(accelerator, train_dataloader, batch_sampler, plan, progress.global_step):
@@ -408,12 +417,11 @@ def main(args):
                 noise_scheduler,
                 empty_state,
                 weight_dtype,
-                reduce_for_branch=lambda value: accelerator.reduce(value, "mean"),
+                risk=risk,
                 anchor_state=anchor_state,
                 raw_unet=accelerator.unwrap_model(unet),
                 trainable=trainable,
                 esd=esd,
-                beta=beta_info["beta"],
             )
             accelerator.backward(terms.objective)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -515,14 +523,14 @@ def compute_loss(
     noise_scheduler,
     empty_state,
     weight_dtype,
-    reduce_for_branch=None,
+    risk=None,
     anchor_state=None,
     raw_unet=None,
     trainable=None,
     esd=None,
-    beta=None,
 ):
-    """The risk terms of one batch (``beta``: the resolved β, default --beta); the frozen encoders run without autograd (or come from the cache).
+    """The risk terms of one batch (``risk``: the PURisk of the run); the frozen encoders run without autograd (or
+    come from the cache).
 
     --method erasediff: the S rows' target is sg ε(x_t, anchor) (the model's own prediction under the anchor
     prompt), they keep their own caption; ``raw_unet``/``trainable`` serve its inner passes.
@@ -580,17 +588,7 @@ def compute_loss(
             lam=args.erasediff_lambda,
             eta=args.erasediff_eta,
         )
-    return pu_risk(
-        per_sample_loss,
-        batch["is_sensitive"],
-        args.method,
-        args.beta if beta is None else beta,
-        args.pu_estimator,
-        reduce_for_branch=reduce_for_branch,
-        supervised_form=args.supervised_form,
-        temperature=args.loss_temperature,
-        sensitive_cap=args.pu_sensitive_cap,
-    )
+    return risk(per_sample_loss, batch["is_sensitive"], timesteps)
 
 
 def conditional_forget_loss(unet, noisy_latents, timesteps, text_states, target, reduction: str) -> torch.Tensor:

@@ -21,6 +21,7 @@ and, on a batch split into its unlabeled part U and its sensitive part S,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -296,3 +297,41 @@ def monte_carlo_diffusion_loss(
             target = diffusion_target(scheduler, chunk, noise, timesteps)
             totals[start : start + len(chunk)] += per_sample_diffusion_loss(prediction, target, reduction).cpu()
     return totals / num_draws
+
+
+@dataclass(frozen=True, kw_only=True)
+class PURisk:
+    """The risk of a batch, fixed once from the flags and the resolved β: ``risk(per_sample_loss, is_sensitive,
+    timesteps)`` → RiskTerms.
+
+    ``method``/``beta``/``estimator``/``supervised_form``/``temperature``/``sensitive_cap`` as in :func:`pu_risk`;
+    ``min_timestep`` t₀ > 0 takes :func:`timestep_banded_pu_risk` (which needs ``timesteps``); ``reduce_for_branch``
+    averages nnPU's branch value over processes. ``beta`` is a number: a run resolves ``--beta auto`` first.
+    """
+
+    method: str
+    beta: float
+    estimator: str = "abs"
+    supervised_form: str = "paper"
+    temperature: float = 1.0
+    sensitive_cap: float | None = None
+    min_timestep: int = 0
+    reduce_for_branch: Callable | None = None
+
+    def __post_init__(self):
+        if isinstance(self.beta, str) or not 0 <= self.beta < 1:
+            raise ValueError(f"PURisk needs a resolved β in [0, 1); got {self.beta!r}.")
+
+    def __call__(self, per_sample_loss: torch.Tensor, is_sensitive: torch.Tensor, timesteps=None) -> RiskTerms:
+        options = {
+            "method": self.method,
+            "beta": self.beta,
+            "estimator": self.estimator,
+            "reduce_for_branch": self.reduce_for_branch,
+            "supervised_form": self.supervised_form,
+            "temperature": self.temperature,
+            "sensitive_cap": self.sensitive_cap,
+        }
+        if self.min_timestep:
+            return timestep_banded_pu_risk(per_sample_loss, is_sensitive, timesteps, self.min_timestep, **options)
+        return pu_risk(per_sample_loss, is_sensitive, **options)

@@ -478,7 +478,7 @@ def model_to_save(accelerator, model, ema_model=None):
     return model
 
 
-def log_run_header(accelerator, args, plan: TrainingPlan, data_info: dict, beta: float | None = None) -> None:
+def log_run_header(accelerator, args, plan: TrainingPlan, data_info: dict, beta: float) -> None:
     per_device_sensitive = sensitive_batch_size(args)
     total = (
         (args.train_batch_size + per_device_sensitive) * accelerator.num_processes * args.gradient_accumulation_steps
@@ -488,7 +488,7 @@ def log_run_header(accelerator, args, plan: TrainingPlan, data_info: dict, beta:
     logger.info(
         f"  Method = {args.method}"
         + (
-            f", beta = {args.beta if beta is None else beta}, estimator = {args.pu_estimator}"
+            f", beta = {beta}, estimator = {args.pu_estimator}"
             if args.method == "pu"
             else ""
         )

@@ -63,13 +63,16 @@ def tiny_args(output_dir, unet_config, *extra):
     ]
 
 
-def record_pu_risk_betas(monkeypatch, script) -> list:
-    """Replace ``script.pu_risk`` by a wrapper that records the β of every call; returns the (growing) list."""
-    seen, real_pu_risk = [], script.pu_risk
+def record_pu_risk_betas(monkeypatch) -> list:
+    """Wrap ``pu_diffusion.losses.pu_risk`` (what every PURisk calls) to record the β of every call; returns the
+    (growing) list."""
+    import pu_diffusion.losses as losses
 
-    def spy(loss, is_sensitive, method, beta, *args, **kwargs):
+    seen, real_pu_risk = [], losses.pu_risk
+
+    def spy(loss, is_sensitive, method="pu", beta=0.1, *args, **kwargs):
         seen.append(beta)
         return real_pu_risk(loss, is_sensitive, method, beta, *args, **kwargs)
 
-    monkeypatch.setattr(script, "pu_risk", spy)
+    monkeypatch.setattr(losses, "pu_risk", spy)
     return seen

@@ -153,7 +153,7 @@ def test_a_resume_trains_with_the_recorded_beta(tmp_path, tiny_unet_config, monk
         raise AssertionError("a resumed run must reuse the recorded β")
 
     monkeypatch.setattr(training, "estimate_beta_from_images", no_estimation)
-    seen = record_pu_risk_betas(monkeypatch, script)
+    seen = record_pu_risk_betas(monkeypatch)
     resumed.mkdir()
     shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
     shutil.copy(straight / "pu_outputs.json", resumed / "pu_outputs.json")  # what the run claimed
@@ -181,7 +181,7 @@ def test_an_estimate_that_cannot_be_made_falls_back(tmp_path, tiny_unet_config, 
 
 def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, monkeypatch):
     monkeypatch.setattr(training, "estimate_beta_from_images", trusted_estimate(0.2))
-    seen = record_pu_risk_betas(monkeypatch, script)
+    seen = record_pu_risk_betas(monkeypatch)
     out = tmp_path / "out"
     data = write_planted_folder(tmp_path / "data")
     script.main(

@@ -281,3 +281,20 @@ def test_timestep_banded_risk_is_plain_diffusion_below_t0_and_the_pu_risk_above(
         loss.detach(), is_sensitive, torch.tensor([100, 200, 250, 500, 900]), 300, method="pu", beta=0.1
     )
     assert only_low.objective.item() == pytest.approx(14 / 3)
+
+
+def test_pu_risk_object_is_the_risk_fixed_once_from_the_flags():
+    from pu_diffusion.losses import PURisk, pu_risk, timestep_banded_pu_risk
+
+    loss = torch.tensor([3.0, 1.0, 2.0, 0.5, 4.0])
+    is_sensitive = torch.tensor([False, False, True, False, True])
+    timesteps = torch.tensor([10, 600, 700, 900, 20])
+    options = {"method": "pu", "beta": 0.2, "estimator": "nn", "temperature": 2.0, "sensitive_cap": 3.0}
+    risk = PURisk(**options)
+    assert risk(loss, is_sensitive, timesteps).log_dict() == pu_risk(loss, is_sensitive, **options).log_dict()
+    banded = PURisk(**options, min_timestep=500)
+    expected = timestep_banded_pu_risk(loss, is_sensitive, timesteps, 500, **options)
+    assert banded(loss, is_sensitive, timesteps).log_dict() == expected.log_dict()
+    for unresolved in ("auto", 1.0, -0.1):
+        with pytest.raises(ValueError, match="resolved β"):
+            PURisk(method="pu", beta=unresolved)

@@ -502,7 +502,7 @@ def test_beta_auto_scores_the_images_and_the_risk_uses_the_estimate(tiny_sd, cap
         return BetaEstimate(0.25, (0.2, 0.3), estimator, 0.9, 0.99, len(unlabeled), len(sensitive), True, "ok")
 
     monkeypatch.setattr(training, "estimate_beta_from_images", estimate)
-    seen = record_pu_risk_betas(monkeypatch, script)
+    seen = record_pu_risk_betas(monkeypatch)
     out = tmp_path / "out"
     run(sd_args(tiny_sd, captioned, out, "--beta", "auto", "--beta_estimator", "dedpul"))
     ((u_shape, s_shape),) = shapes
