@@ -28,6 +28,7 @@ from pu_diffusion.arguments import (
     note_preset_defaults,
     validate_training_args,
 )
+from pu_diffusion.beta import ESTIMATION_RESOLUTION
 from pu_diffusion.builtin_mnist import (
     BUILTIN_SPLIT_FILE,
     BUILTIN_UNLABELED,
@@ -286,9 +287,7 @@ def main(args):
         args,
         resume_path,
         load_images=lambda: tuple(
-            images_as_tensor(
-                dataset, image_column, rows, min(args.resolution, training.ESTIMATION_RESOLUTION), channels
-            )
+            images_as_tensor(dataset, image_column, rows, min(args.resolution, ESTIMATION_RESOLUTION), channels)
             for rows in (unlabeled_rows, sensitive_rows)
         ),
     )

@@ -33,6 +33,7 @@ from pu_diffusion.arguments import (
     note_preset_defaults,
     validate_training_args,
 )
+from pu_diffusion.beta import ESTIMATION_RESOLUTION
 from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss
@@ -319,7 +320,7 @@ def main(args):
         args,
         resume_path,
         load_images=lambda: tuple(
-            images_as_tensor(dataset, args.image_column, rows, min(args.resolution, training.ESTIMATION_RESOLUTION), 3)
+            images_as_tensor(dataset, args.image_column, rows, min(args.resolution, ESTIMATION_RESOLUTION), 3)
             for rows in (unlabeled_rows, sensitive_rows)
         ),
     )

@@ -19,7 +19,6 @@ A script reads top to bottom as
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -31,15 +30,15 @@ import diffusers
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from .batch_sampler import PUBatchSampler
+from .beta import given_beta, resolve_auto_beta
 from .checkpoints import checkpoint_num_processes, checkpoint_step, resolve_resume_checkpoint, save_checkpoint
-from .class_prior import estimate_beta_from_images
 from .cli import TrainingDivergedError, UsageError
 from .image_data import check_images_readable, load_image_dataset, pu_indices
-from .run_dir import RUN_FILE, check_output_dir, public_config, start_run_dir
+from .run_dir import RUN_FILE, check_output_dir, public_config, read_run_file, start_run_dir
 from .tracking import make_trackers, progress_postfix, remove_log, step_logs, truncate_log
 
 logger = get_logger(__name__, log_level="INFO")
@@ -108,41 +107,25 @@ def check_run(accelerator, args, outputs=()) -> str | None:
     return resume_path
 
 
-DEFAULT_BETA = 0.1  # the paper's β, used when --beta auto cannot be trusted
-ESTIMATION_RESOLUTION = 32  # --beta auto scores images at most this large: enough to tell S from U, and cheap
-
-
 def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dict:
-    """β for the PU risk and where it came from: {"beta", "beta_source", "beta_estimate"}.
+    """β for the PU risk and where it came from: {"beta", "beta_source", "beta_estimate"} (see :mod:`.beta`).
 
-    ``--beta`` as given, or with ``--beta auto`` the estimate × ``--beta_margin`` from cross-fitted U-vs-S CNN
-    scores of ``load_images()`` (→ U and S tensors, N×C×H×W), computed on the main process and sent to the
-    others. An estimate that cannot be trusted (low separability or a wide interval) is reported with the
-    reason and replaced by DEFAULT_BETA. A resumed run reads the β it recorded instead of estimating again.
+    ``--beta`` as given; with ``--beta auto`` a resumed run reads the β it recorded in pu_run.json, and a new run
+    estimates it from ``load_images()`` (→ U and S tensors) with --beta_estimator × --beta_margin.
     """
     if args.beta != "auto":
-        return {"beta": float(args.beta), "beta_source": "given with --beta", "beta_estimate": None}
-    run_file = os.path.join(args.output_dir, RUN_FILE)
-    if resume_path is not None and os.path.exists(run_file):
-        with open(run_file) as handle:
-            stored = json.load(handle).get("beta_resolved")
-        if stored:
-            logger.info(f"--beta auto: resuming with the recorded β = {stored['beta']:.4f}")
-            return stored
-    resolved = [None]
-    if accelerator.is_main_process:
-        try:
-            resolved = [estimate_on_main_process(accelerator, args, load_images)]
-        except Exception as error:  # the other processes wait in the broadcast below: tell them, then fail
-            resolved = [{"error": f"{type(error).__name__}: {error}"}]
-            if accelerator.num_processes > 1:
-                broadcast_object_list(resolved)
-            raise
-    if accelerator.num_processes > 1:
-        broadcast_object_list(resolved)
-    if "error" in resolved[0]:
-        raise RuntimeError(f"--beta auto failed on the main process: {resolved[0]['error']}")
-    return resolved[0]
+        return given_beta(args.beta)
+    recorded = None
+    if resume_path is not None and os.path.exists(os.path.join(args.output_dir, RUN_FILE)):
+        recorded = read_run_file(args.output_dir).get("beta_resolved")
+    return resolve_auto_beta(
+        accelerator,
+        load_images,
+        estimator=args.beta_estimator,
+        margin=args.beta_margin,
+        ddp_timeout=args.ddp_timeout,
+        recorded=recorded,
+    )
 
 
 def end_training(accelerator) -> None:
@@ -153,50 +136,6 @@ def end_training(accelerator) -> None:
     """
     accelerator.wait_for_everyone()
     accelerator.end_training()
-
-
-def estimate_on_main_process(accelerator, args, load_images) -> dict:
-    """Score U and S, estimate β, decide whether to trust it; an estimate that cannot be made falls back too."""
-    unlabeled, sensitive = load_images()
-    logger.info(
-        f"--beta auto: estimating β from {len(unlabeled)} U and {len(sensitive)} S images; the other processes wait up to "
-        f"--ddp_timeout {args.ddp_timeout} s (for very large data, run `python -m pu_diffusion.estimate_beta` first "
-        "and pass --beta)"
-    )
-    try:
-        estimate = estimate_beta_from_images(unlabeled, sensitive, args.beta_estimator, device=accelerator.device)
-    except ValueError as error:  # e.g. constant scores, or too few images to score
-        logger.warning(
-            f"--beta auto (--beta_estimator {args.beta_estimator}) could not estimate β: {error}. Training with "
-            f"β = {DEFAULT_BETA} (the paper's value); pass --beta to choose it yourself."
-        )
-        return {
-            "beta": DEFAULT_BETA,
-            "beta_source": f"the default {DEFAULT_BETA}: --beta auto could not estimate β ({error})",
-            "beta_estimate": None,
-        }
-    resolved = beta_from_estimate(args, estimate)
-    if estimate.trusted:
-        logger.info(f"--beta auto: training with β = {resolved['beta']:.4f}; {resolved['beta_source']}")
-    else:
-        logger.warning(
-            f"--beta auto: the estimate cannot be trusted: {estimate.describe()}; {estimate.reason}. Training "
-            f"with β = {DEFAULT_BETA} (the paper's value); pass --beta to choose it yourself."
-        )
-    return resolved
-
-
-def beta_from_estimate(args, estimate) -> dict:
-    """The β to train with, given a BetaEstimate: trusted → estimate × --beta_margin; else DEFAULT_BETA."""
-    if estimate.trusted:
-        beta = min(estimate.estimate * args.beta_margin, 0.99)
-        source = f"estimated with --beta auto: {estimate.describe()}" + (
-            f", × --beta_margin {args.beta_margin}" if args.beta_margin != 1.0 else ""
-        )
-    else:
-        beta = DEFAULT_BETA
-        source = f"the default {DEFAULT_BETA}: --beta auto's estimate was not trusted ({estimate.reason})"
-    return {"beta": float(beta), "beta_source": source, "beta_estimate": estimate.to_dict()}
 
 
 def start_run(
@@ -487,11 +426,7 @@ def log_run_header(accelerator, args, plan: TrainingPlan, data_info: dict, beta:
     logger.info(f"  Data = {data_info}")
     logger.info(
         f"  Method = {args.method}"
-        + (
-            f", beta = {beta}, estimator = {args.pu_estimator}"
-            if args.method == "pu"
-            else ""
-        )
+        + (f", beta = {beta}, estimator = {args.pu_estimator}" if args.method == "pu" else "")
     )
     logger.info(f"  Batch per device = {args.train_batch_size} U + {per_device_sensitive} S; total = {total}")
     logger.info(f"  Num epochs (passes over U) = {plan.num_epochs}, optimization steps = {plan.max_train_steps}")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import train_pu_diffusion as script
 from pipelines import audit
-from pu_diffusion import training
+from pu_diffusion import beta
 from pu_diffusion.class_prior import (
     BetaEstimate,
     best_bin_estimate,
@@ -83,12 +83,12 @@ def test_low_separability_is_not_trusted_and_training_falls_back(caplog):
     estimate = estimate_class_prior(unlabeled, sensitive)
     assert not estimate.trusted and "AUC" in estimate.reason
     args = script.parse_args(["--beta", "auto", "--beta_margin", "1.5"])
-    resolved = training.beta_from_estimate(args, estimate)
-    assert resolved["beta"] == training.DEFAULT_BETA and "not trusted" in resolved["beta_source"]
+    resolved = beta.beta_from_estimate(estimate, args.beta_margin)
+    assert resolved["beta"] == beta.DEFAULT_BETA and "not trusted" in resolved["beta_source"]
     few = estimate_class_prior(*mixture_scores(0, n_normal=40, n_hidden=4, n_sensitive=6))
     assert not few.trusted and "wider" in few.reason  # separable, but too few images for a narrow interval
     trusted = estimate_class_prior(*mixture_scores(0))
-    assert training.beta_from_estimate(args, trusted)["beta"] == pytest.approx(1.5 * trusted.estimate)
+    assert beta.beta_from_estimate(trusted, args.beta_margin)["beta"] == pytest.approx(1.5 * trusted.estimate)
 
 
 def test_cross_fitted_scores_separate_distinct_images():
@@ -127,7 +127,7 @@ def test_beta_auto_falls_back_openly_and_leaves_the_seed_alone(tmp_path, tiny_un
     resolved = run["beta_resolved"]
     estimate = resolved["beta_estimate"]
     assert estimate["n_unlabeled"] == 44 and estimate["n_sensitive"] == 12 and estimate["estimator"] == "bbe"
-    assert not estimate["trusted"] and resolved["beta"] == training.DEFAULT_BETA
+    assert not estimate["trusted"] and resolved["beta"] == beta.DEFAULT_BETA
     card = (auto / "README.md").read_text()
     assert "not trusted" in card and "β (fraction of U assumed sensitive): **0.1**" in card
     script.main(script.parse_args(tiny_args(given, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.1")))
@@ -145,14 +145,14 @@ def test_a_resume_trains_with_the_recorded_beta(tmp_path, tiny_unet_config, monk
     data = write_planted_folder(tmp_path / "data")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     flags = ["--train_data_dir", data, "--beta", "auto"]
-    monkeypatch.setattr(training, "estimate_beta_from_images", trusted_estimate(0.23))
+    monkeypatch.setattr(beta, "estimate_beta_from_images", trusted_estimate(0.23))
     script.main(script.parse_args(tiny_args(straight, tiny_unet_config(), *flags)))
     assert json.loads((straight / "pu_run.json").read_text())["beta_resolved"]["beta"] == pytest.approx(0.23)
 
     def no_estimation(*args, **kwargs):
         raise AssertionError("a resumed run must reuse the recorded β")
 
-    monkeypatch.setattr(training, "estimate_beta_from_images", no_estimation)
+    monkeypatch.setattr(beta, "estimate_beta_from_images", no_estimation)
     seen = record_pu_risk_betas(monkeypatch)
     resumed.mkdir()
     shutil.copy(straight / "pu_run.json", resumed / "pu_run.json")
@@ -160,7 +160,7 @@ def test_a_resume_trains_with_the_recorded_beta(tmp_path, tiny_unet_config, monk
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
     resume = [*flags, "--resume_from_checkpoint", "latest"]
     script.main(script.parse_args(tiny_args(resumed, tiny_unet_config(), *resume)))
-    assert seen and all(beta == pytest.approx(0.23) for beta in seen)
+    assert seen and all(value == pytest.approx(0.23) for value in seen)
     a, b = (load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")) for folder in (straight, resumed))
     assert all(torch.equal(a[key], b[key]) for key in a)
     with pytest.raises(ValueError, match="holds a different run"):  # another margin is another run
@@ -171,16 +171,16 @@ def test_an_estimate_that_cannot_be_made_falls_back(tmp_path, tiny_unet_config, 
     def constant_scores(*args, **kwargs):
         raise ValueError("DEDPUL needs scores that vary within U and within S.")
 
-    monkeypatch.setattr(training, "estimate_beta_from_images", constant_scores)
+    monkeypatch.setattr(beta, "estimate_beta_from_images", constant_scores)
     out = tmp_path / "out"
     data = write_planted_folder(tmp_path / "data")
     script.main(script.parse_args(tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto")))
     resolved = json.loads((out / "pu_run.json").read_text())["beta_resolved"]
-    assert resolved["beta"] == training.DEFAULT_BETA and "could not estimate" in resolved["beta_source"]
+    assert resolved["beta"] == beta.DEFAULT_BETA and "could not estimate" in resolved["beta_source"]
 
 
 def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, monkeypatch):
-    monkeypatch.setattr(training, "estimate_beta_from_images", trusted_estimate(0.2))
+    monkeypatch.setattr(beta, "estimate_beta_from_images", trusted_estimate(0.2))
     seen = record_pu_risk_betas(monkeypatch)
     out = tmp_path / "out"
     data = write_planted_folder(tmp_path / "data")
@@ -189,7 +189,7 @@ def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, mo
             tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto", "--beta_margin", "1.5")
         )
     )
-    assert seen and all(beta == pytest.approx(0.3) for beta in seen)
+    assert seen and all(value == pytest.approx(0.3) for value in seen)
     assert json.loads((out / "pu_run.json").read_text())["beta_resolved"]["beta"] == pytest.approx(0.3)
     assert "× --beta_margin 1.5" in (out / "README.md").read_text()
 

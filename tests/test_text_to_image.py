@@ -492,7 +492,7 @@ def test_esd_x_t_is_the_ddim_run_stopped_at_the_timestep_it_returns(tiny_sd):
 def test_beta_auto_scores_the_images_and_the_risk_uses_the_estimate(tiny_sd, captioned, tmp_path, monkeypatch):
     from conftest import record_pu_risk_betas
 
-    from pu_diffusion import training
+    from pu_diffusion import beta
     from pu_diffusion.class_prior import BetaEstimate
 
     shapes = []
@@ -501,13 +501,13 @@ def test_beta_auto_scores_the_images_and_the_risk_uses_the_estimate(tiny_sd, cap
         shapes.append((tuple(unlabeled.shape), tuple(sensitive.shape)))
         return BetaEstimate(0.25, (0.2, 0.3), estimator, 0.9, 0.99, len(unlabeled), len(sensitive), True, "ok")
 
-    monkeypatch.setattr(training, "estimate_beta_from_images", estimate)
+    monkeypatch.setattr(beta, "estimate_beta_from_images", estimate)
     seen = record_pu_risk_betas(monkeypatch)
     out = tmp_path / "out"
     run(sd_args(tiny_sd, captioned, out, "--beta", "auto", "--beta_estimator", "dedpul"))
     ((u_shape, s_shape),) = shapes
     assert u_shape[1:] == (3, 16, 16) and s_shape[1:] == (3, 16, 16)  # RGB at min(--resolution, 32)
-    assert seen and all(beta == 0.25 for beta in seen)
+    assert seen and all(value == 0.25 for value in seen)
     assert "β (fraction of U assumed sensitive): **0.25**" in (out / "README.md").read_text()
 
 
