@@ -462,19 +462,30 @@ CLI_REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("program,argv,message", CLI_REFUSALS, ids=[row[0] for row in CLI_REFUSALS])
-def test_every_cli_ends_a_user_error_with_one_error_line(tmp_path, program, argv, message):
-    out = tmp_path / "folder"
-    planted = plant(out, ["README.md", "samples.png"])
-    module = program.replace("/", ".").removesuffix(".py")
-    command = [sys.executable, "-m", module] if "/" in program else [sys.executable, os.path.join(ROOT, program)]
-    result = subprocess.run(
-        command + [arg.format(out=out) for arg in argv], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
-    )
-    last = result.stderr.strip().splitlines()[-1]
-    assert result.returncode in (1, 2) and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert last.startswith(f"{os.path.basename(program)}: error: ") and message.format(out=out) in last
-    assert_intact(out, planted)
+def test_every_cli_ends_a_user_error_with_one_error_line(tmp_path):
+    """The six programs as users start them (in parallel: each pays its own imports), each refusing a folder
+    that holds the user's files; every one ends with one `<prog>: error:` line, no traceback, files intact."""
+    started = []
+    for number, (program, argv, message) in enumerate(CLI_REFUSALS):
+        out = tmp_path / f"folder{number}"
+        planted = plant(out, ["README.md", "samples.png"])
+        module = program.replace("/", ".").removesuffix(".py")
+        command = [sys.executable, "-m", module] if "/" in program else [sys.executable, os.path.join(ROOT, program)]
+        process = subprocess.Popen(
+            command + [arg.format(out=out) for arg in argv],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append((program, message.format(out=out), out, planted, process))
+    for program, message, out, planted, process in started:
+        _, stderr = process.communicate(timeout=300)
+        last = stderr.strip().splitlines()[-1]
+        assert process.returncode in (1, 2) and "Traceback" not in stderr, (program, stderr[-2000:])
+        assert last.startswith(f"{os.path.basename(program)}: error: ") and message in last, (program, last)
+        assert_intact(out, planted)
 
 
 # ---- 10. The split export ----------------------------------------------------------------------------------------
