@@ -327,16 +327,7 @@ def main(args):
     training.log_run_header(accelerator, args, plan, data_info, beta_info["beta"])
 
     # ---- Train ----
-    risk = PURisk(
-        method=args.method,
-        beta=beta_info["beta"],
-        estimator=args.pu_estimator,
-        supervised_form=args.supervised_form,
-        temperature=args.loss_temperature,
-        sensitive_cap=args.pu_sensitive_cap,
-        min_timestep=args.pu_min_timestep,
-        reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
-    )
+    risk = training.make_risk(accelerator, args, beta_info["beta"])
     compute_loss = make_compute_loss(accelerator, args, noise_scheduler, risk)
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
     unet.train()

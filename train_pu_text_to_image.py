@@ -40,7 +40,7 @@ from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference
 from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_terms, select_esd_parameters
 from pu_diffusion.grids import save_image_grid
 from pu_diffusion.image_data import ImageTransform, images_as_tensor, load_captions
-from pu_diffusion.losses import METHODS, PURisk, diffusion_target, per_sample_diffusion_loss
+from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss
 from pu_diffusion.models import check_resolution, loading, match_sample_size
 from pu_diffusion.run_dir import claim_outputs, public_config
 from pu_diffusion.text_to_image import (
@@ -395,15 +395,7 @@ def main(args):
     training.log_run_header(accelerator, args, plan, data_info, beta_info["beta"])
 
     # ---- Train ----
-    risk = PURisk(
-        method=args.method,
-        beta=beta_info["beta"],
-        estimator=args.pu_estimator,
-        supervised_form=args.supervised_form,
-        temperature=args.loss_temperature,
-        sensitive_cap=args.pu_sensitive_cap,
-        reduce_for_branch=lambda value: accelerator.reduce(value, "mean"),
-    )
+    risk = training.make_risk(accelerator, args, beta_info["beta"])
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
     unet.train()
     for batch in training.iterate_batches(accelerator, train_dataloader, batch_sampler, plan, progress.global_step):

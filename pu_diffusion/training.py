@@ -38,6 +38,7 @@ from .beta import given_beta, resolve_auto_beta
 from .checkpoints import checkpoint_num_processes, checkpoint_step, resolve_resume_checkpoint, save_checkpoint
 from .cli import TrainingDivergedError, UsageError
 from .image_data import check_images_readable, load_image_dataset, pu_indices
+from .losses import PURisk
 from .run_dir import RUN_FILE, check_output_dir, public_config, read_run_file, start_run_dir
 from .tracking import make_trackers, progress_postfix, remove_log, step_logs, truncate_log
 
@@ -223,6 +224,20 @@ def make_optimizer(args, parameters, num_processes: int):
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
+    )
+
+
+def make_risk(accelerator, args, beta: float) -> PURisk:
+    """The run's PURisk from the PU flags and the resolved ``beta``; nnPU's branch is averaged over processes."""
+    return PURisk(
+        method=args.method,
+        beta=beta,
+        estimator=args.pu_estimator,
+        supervised_form=args.supervised_form,
+        temperature=args.loss_temperature,
+        sensitive_cap=args.pu_sensitive_cap,
+        min_timestep=getattr(args, "pu_min_timestep", 0),  # an unconditional-script flag
+        reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
     )
 
 
