@@ -11,7 +11,6 @@ learns the normal part of U and unlearns S. With no dataset flags it runs the bu
 """
 
 import argparse
-import functools
 import os
 
 import torch
@@ -38,7 +37,7 @@ from pu_diffusion.builtin_mnist import (
 )
 from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.cli import UsageError, finite_float, run_cli
-from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss, uniform_forget_target
+from pu_diffusion.erasediff import erasediff_step, uniform_forget_target
 from pu_diffusion.grids import save_image_grid
 from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, images_as_tensor, pu_indices
 from pu_diffusion.losses import (
@@ -397,36 +396,26 @@ def make_compute_loss(accelerator, args, noise_scheduler, risk: PURisk):
         noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
         target = diffusion_target(noise_scheduler, clean_images, noise, timesteps)
         if args.method == "erasediff":  # S rows learn to predict uniform noise instead (the forget target)
-            forget = batch["is_sensitive"].to(target.device)
-            target = erasediff_targets(target, forget, uniform_forget_target(target))
-            # L̄_f from K inner passes that move and restore the weights: before the forward pass below
+            forget = batch["is_sensitive"].to(target.device, torch.bool)
             raw_unet = accelerator.unwrap_model(unet)
-            forget_rows = (noisy_images[forget], timesteps[forget], target[forget])
-            reference = reference_forget_loss(
-                functools.partial(forget_loss, raw_unet, *forget_rows, args.loss_reduction),
+            return erasediff_step(
+                forward=lambda: unet(noisy_images, timesteps).sample,
+                forget_forward=lambda: raw_unet(noisy_images[forget], timesteps[forget]).sample,
+                target=target,
+                forget_target=uniform_forget_target(target),
+                is_sensitive=forget,
                 parameters=list(raw_unet.parameters()),
+                reduction=args.loss_reduction,
+                lam=args.erasediff_lambda,
+                eta=args.erasediff_eta,
                 inner_steps=args.erasediff_inner_steps,
                 learning_rate=args.learning_rate,
             )
         model_pred = unet(noisy_images, timesteps).sample  # one forward pass over the U+S batch
         per_sample_loss = per_sample_diffusion_loss(model_pred, target, args.loss_reduction)
-        if args.method == "erasediff":
-            return erasediff_terms(
-                per_sample_loss,
-                forget,
-                reference,
-                parameters=list(raw_unet.parameters()),
-                lam=args.erasediff_lambda,
-                eta=args.erasediff_eta,
-            )
         return risk(per_sample_loss, batch["is_sensitive"], timesteps)
 
     return compute_loss
-
-
-def forget_loss(unet, noisy_images, timesteps, target, reduction: str) -> torch.Tensor:
-    """EraseDiff's L_f on the S rows (a fresh forward pass: its inner passes call it after each update)."""
-    return per_sample_diffusion_loss(unet(noisy_images, timesteps).sample, target, reduction).mean()
 
 
 def generate_grid(args, pipeline, num_images: int, path: str) -> str:

@@ -15,6 +15,7 @@ datasets with --center_crop) their outputs are computed once.
 import argparse
 import functools
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,11 +37,11 @@ from pu_diffusion.arguments import (
 from pu_diffusion.beta import ESTIMATION_RESOLUTION
 from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.cli import UsageError, finite_float, run_cli
-from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss
-from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_terms, select_esd_parameters
+from pu_diffusion.erasediff import erasediff_step
+from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_step, select_esd_parameters
 from pu_diffusion.grids import save_image_grid
 from pu_diffusion.image_data import ImageTransform, images_as_tensor, load_captions
-from pu_diffusion.losses import METHODS, diffusion_target, per_sample_diffusion_loss
+from pu_diffusion.losses import METHODS, RiskTerms, diffusion_target, per_sample_diffusion_loss, sample_timesteps
 from pu_diffusion.models import check_resolution, loading, match_sample_size
 from pu_diffusion.run_dir import claim_outputs, public_config
 from pu_diffusion.text_to_image import (
@@ -395,27 +396,21 @@ def main(args):
     training.log_run_header(accelerator, args, plan, data_info, beta_info["beta"])
 
     # ---- Train ----
-    risk = training.make_risk(accelerator, args, beta_info["beta"])
+    compute_loss = make_compute_loss(
+        accelerator,
+        args,
+        risk=training.make_risk(accelerator, args, beta_info["beta"]),
+        encoders=FrozenEncoders(vae, tokenizer, text_encoder, empty_state, weight_dtype),
+        noise_scheduler=noise_scheduler,
+        trainable=trainable,
+        anchor_state=anchor_state,
+        esd=esd,
+    )
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
     unet.train()
     for batch in training.iterate_batches(accelerator, train_dataloader, batch_sampler, plan, progress.global_step):
         with accelerator.accumulate(unet):
-            terms = compute_loss(
-                args,
-                batch,
-                unet,
-                vae,
-                tokenizer,
-                text_encoder,
-                noise_scheduler,
-                empty_state,
-                weight_dtype,
-                risk=risk,
-                anchor_state=anchor_state,
-                raw_unet=accelerator.unwrap_model(unet),
-                trainable=trainable,
-                esd=esd,
-            )
+            terms = compute_loss(unet, batch)
             accelerator.backward(terms.objective)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
@@ -506,88 +501,89 @@ def safety_checker_note(has_safety_checker: bool | None) -> str:
     return "safety checker: none (the base model has none)"
 
 
-def compute_loss(
-    args,
-    batch,
-    unet,
-    vae,
-    tokenizer,
-    text_encoder,
-    noise_scheduler,
-    empty_state,
-    weight_dtype,
-    risk=None,
-    anchor_state=None,
-    raw_unet=None,
-    trainable=None,
-    esd=None,
+@dataclass(frozen=True)
+class FrozenEncoders:
+    """The frozen VAE and text encoder (no autograd; skipped for a batch the cache already encoded)."""
+
+    vae: object
+    tokenizer: object
+    text_encoder: object
+    empty_state: torch.Tensor  # the encoded empty caption: caption dropout and the guided loss's ε_∅
+    weight_dtype: torch.dtype
+
+    def latents(self, batch, device) -> torch.Tensor:
+        if "latent_parameters" in batch:
+            latent_parameters = batch["latent_parameters"].to(device)
+        else:
+            latent_parameters = encode_latent_parameters(self.vae, batch["pixel_values"])
+        return sample_latents(latent_parameters, self.vae.config.scaling_factor)
+
+    def text_states(self, batch, device) -> torch.Tensor:
+        if "text_states" in batch:
+            return batch["text_states"].to(device)
+        return encode_captions(self.tokenizer, self.text_encoder, batch["captions"])
+
+
+def make_compute_loss(
+    accelerator, args, *, risk, encoders: FrozenEncoders, noise_scheduler, trainable, anchor_state=None, esd=None
 ):
-    """The risk terms of one batch (``risk``: the PURisk of the run); the frozen encoders run without autograd (or
-    come from the cache).
+    """This script's loss step, ``compute_loss(unet, batch) -> RiskTerms``: ℓ of every U and S row under its caption
+    (one (t, ε) draw and one caption-dropout draw each, one forward pass), then the run's PURisk.
 
     --method erasediff: the S rows' target is sg ε(x_t, anchor) (the model's own prediction under the anchor
-    prompt), they keep their own caption; ``raw_unet``/``trainable`` serve its inner passes.
+    prompt, ``anchor_state``), they keep their own caption; ``trainable`` serves its inner passes.
     --method esd-x / esd-u: the batch's images are not used (``esd``: θ*, the concept prompt, the sampler).
     """
-    device = next(unet.parameters()).device
-    if esd is not None:
-        batch_size = int(batch["is_sensitive"].sum())
-        return esd_terms(
-            unet, raw_unet or unet, esd, empty_state=empty_state, batch_size=batch_size, reduction=args.loss_reduction
-        )
-    if "latent_parameters" in batch:
-        latent_parameters = batch["latent_parameters"].to(device)
-    else:
-        latent_parameters = encode_latent_parameters(vae, batch["pixel_values"])
-    latents = sample_latents(latent_parameters, vae.config.scaling_factor)
-    if "text_states" in batch:
-        text_states = batch["text_states"].to(device)
-    else:
-        text_states = encode_captions(tokenizer, text_encoder, batch["captions"])
-    drop = caption_dropout_mask(latents.shape[0], args.proportion_empty_prompts)  # one draw per row
-    text_states = drop_captions(drop, text_states, empty_state).to(weight_dtype)
-    noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device).long()
-    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-    target = diffusion_target(noise_scheduler, latents, noise, timesteps)
-    if args.method == "erasediff":
-        forget = batch["is_sensitive"].to(device)
-        raw_unet = raw_unet or unet
-        if trainable is None:
-            trainable = [parameter for parameter in raw_unet.parameters() if parameter.requires_grad]
-        with torch.no_grad():  # sg ε(x_t, anchor): the model's own prediction under the anchor prompt
-            anchor = anchor_state.to(raw_unet.dtype).expand(int(forget.sum()), -1, -1)
-            anchor_prediction = raw_unet(
-                noisy_latents[forget], timesteps[forget], anchor.to(raw_unet.dtype), return_dict=False
-            )[0]
-        forget_target = torch.zeros_like(target)
-        forget_target[forget] = anchor_prediction.to(target.dtype)
-        target = erasediff_targets(target, forget, forget_target)
-        forget_rows = (noisy_latents[forget], timesteps[forget], text_states[forget].to(raw_unet.dtype), target[forget])
-        reference = reference_forget_loss(  # moves and restores the weights: before the batch's forward pass
-            functools.partial(conditional_forget_loss, raw_unet, *forget_rows, args.loss_reduction),
-            parameters=trainable,
-            inner_steps=args.erasediff_inner_steps,
-            learning_rate=args.learning_rate,
-        )
-    model_pred = predict_noise(unet, noisy_latents, timesteps, text_states, empty_state, args.pu_guidance_scale)
-    per_sample_loss = per_sample_diffusion_loss(model_pred, target, args.loss_reduction)
-    if args.method == "erasediff":
-        return erasediff_terms(
-            per_sample_loss,
-            forget,
-            reference,
-            parameters=trainable,
-            lam=args.erasediff_lambda,
-            eta=args.erasediff_eta,
-        )
-    return risk(per_sample_loss, batch["is_sensitive"], timesteps)
 
+    def compute_loss(unet, batch) -> RiskTerms:
+        raw_unet = accelerator.unwrap_model(unet)
+        if esd is not None:
+            batch_size = int(batch["is_sensitive"].sum())
+            return esd_step(
+                unet,
+                raw_unet,
+                esd,
+                empty_state=encoders.empty_state,
+                batch_size=batch_size,
+                reduction=args.loss_reduction,
+            )
+        device = next(unet.parameters()).device
+        latents = encoders.latents(batch, device)
+        text_states = encoders.text_states(batch, device)
+        drop = caption_dropout_mask(latents.shape[0], args.proportion_empty_prompts)  # one draw per row
+        text_states = drop_captions(drop, text_states, encoders.empty_state).to(encoders.weight_dtype)
+        noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
+        timesteps = sample_timesteps(noise_scheduler.config.num_train_timesteps, batch["is_sensitive"], device=device)
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        target = diffusion_target(noise_scheduler, latents, noise, timesteps)
+        forward = functools.partial(
+            predict_noise, unet, noisy_latents, timesteps, text_states, encoders.empty_state, args.pu_guidance_scale
+        )
+        if args.method == "erasediff":
+            forget = batch["is_sensitive"].to(device, torch.bool)
+            rows = (noisy_latents[forget], timesteps[forget], text_states[forget].to(raw_unet.dtype))
+            with torch.no_grad():  # sg ε(x_t, anchor): the model's own prediction under the anchor prompt
+                anchor = anchor_state.to(raw_unet.dtype).expand(int(forget.sum()), -1, -1)
+                anchor_prediction = raw_unet(rows[0], rows[1], anchor, return_dict=False)[0]
+            forget_target = torch.zeros_like(target)
+            forget_target[forget] = anchor_prediction.to(target.dtype)
+            return erasediff_step(
+                forward=forward,
+                forget_forward=lambda: raw_unet(*rows, return_dict=False)[0],
+                target=target,
+                forget_target=forget_target,
+                is_sensitive=forget,
+                parameters=trainable,
+                reduction=args.loss_reduction,
+                lam=args.erasediff_lambda,
+                eta=args.erasediff_eta,
+                inner_steps=args.erasediff_inner_steps,
+                learning_rate=args.learning_rate,
+            )
+        per_sample_loss = per_sample_diffusion_loss(forward(), target, args.loss_reduction)
+        return risk(per_sample_loss, batch["is_sensitive"], timesteps)
 
-def conditional_forget_loss(unet, noisy_latents, timesteps, text_states, target, reduction: str) -> torch.Tensor:
-    """EraseDiff's L_f on the S rows under their own captions (a fresh forward pass for the inner passes)."""
-    prediction = unet(noisy_latents, timesteps, text_states, return_dict=False)[0]
-    return per_sample_diffusion_loss(prediction, target, reduction).mean()
+    return compute_loss
 
 
 def log_validation(

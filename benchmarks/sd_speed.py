@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """One PU training step of train_pu_text_to_image.py's path vs the authors' path, on a tiny SD pipeline.
 
-ours:    VAE posterior and text states cached once (frozen, no autograd); each step samples z and runs the UNet.
+ours:    train_pu_text_to_image.py's own step (make_compute_loss, --method pu, β 0.1) on a batch whose VAE posterior
+         and text states were cached once (frozen, no autograd); each step samples z and runs the UNet.
 authors: each step runs the VAE encoder and the text encoder inside autograd (their gradients are unused).
 Steps are interleaved in one run; peak memory is CUDA max_memory_allocated, or on CPU the peak RSS of a
 fresh process doing that path's steps.
@@ -21,9 +22,11 @@ import time
 import numpy as np
 import torch
 
+import train_pu_text_to_image as script
+from pu_diffusion import training
 from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk
 from pu_diffusion.testing_utils import build_tiny_sd
-from pu_diffusion.text_to_image import encode_captions, encode_latent_parameters, sample_latents
+from pu_diffusion.text_to_image import encode_captions, encode_latent_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,6 +46,7 @@ def parse_args(input_args=None):
 
 
 def make_step(model_dir, args, device):
+    from accelerate import Accelerator
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -66,20 +70,39 @@ def make_step(model_dir, args, device):
     vae.requires_grad_(True)  # the authors' path: encoders are trainable modules inside autograd
     text_encoder.requires_grad_(True)
 
+    script_args = script.parse_args(
+        ["--pretrained_model_name_or_path", model_dir, "--train_data_dir", model_dir, "--method", "pu", "--beta", "0.1"]
+    )  # parsed only: nothing is loaded from or written to these folders
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    empty_state = encode_captions(tokenizer, text_encoder, [""])
+    ours = script.make_compute_loss(
+        accelerator,
+        script_args,
+        risk=training.make_risk(accelerator, script_args, 0.1),
+        encoders=script.FrozenEncoders(vae, tokenizer, text_encoder, empty_state, torch.float32),
+        noise_scheduler=scheduler,
+        trainable=list(unet.parameters()),
+    )
+    cached_batch = {"latent_parameters": cached_parameters, "text_states": cached_states, "is_sensitive": is_sensitive}
+
     def step(path):
         if path == "ours":
-            latents = sample_latents(cached_parameters, vae.config.scaling_factor)
-            states = cached_states
-        else:
-            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
-            tokens = tokenizer(
-                captions,
-                max_length=tokenizer.model_max_length,
-                padding="max_length",
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(device)
-            states = text_encoder(tokens)[0]
+            terms = ours(unet, cached_batch)
+            terms.objective.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return
+        latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+        tokens = tokenizer(
+            captions,
+            max_length=tokenizer.model_max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        states = text_encoder(tokens)[0]
         noise = torch.randn(latents.shape, device=device)
         timesteps = torch.randint(0, 1000, (batch,), device=device)
         prediction = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, states).sample

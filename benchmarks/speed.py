@@ -17,22 +17,25 @@ import resource
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from pu_diffusion.erasediff import erasediff_targets, erasediff_terms, reference_forget_loss, uniform_forget_target
-from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk
+import train_pu_diffusion as script
+from pu_diffusion import training
 from pu_diffusion.models import default_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 METHODS = ["unsupervised", "supervised", "pu", "erasediff", "erasediff-adaptive"]
-# EraseDiff with the script's defaults: λ = 0.1 (adaptive: max(η − cos, 0), η = 0.1) and K = 2 inner passes.
-ERASEDIFF = {
-    "erasediff": SimpleNamespace(erasediff_lambda=0.1, erasediff_eta=0.1, erasediff_inner_steps=2),
-    "erasediff-adaptive": SimpleNamespace(erasediff_lambda=-1.0, erasediff_eta=0.1, erasediff_inner_steps=2),
+# Each method is train_pu_diffusion.py's own step (make_compute_loss) under the script's default flags, with β 0.1;
+# erasediff-adaptive is --erasediff_lambda -1 (λ = max(η − cos, 0)).
+METHOD_FLAGS = {
+    "unsupervised": ["--method", "unsupervised"],
+    "supervised": ["--method", "supervised"],
+    "pu": ["--method", "pu"],
+    "erasediff": ["--method", "erasediff"],
+    "erasediff-adaptive": ["--method", "erasediff", "--erasediff_lambda", "-1"],
 }
 
 
@@ -52,45 +55,28 @@ def parse_args(input_args=None):
 
 
 def make_step(args, device):
+    """``step(method)``: one optimizer step of train_pu_diffusion.py's compute_loss on the same U+S batch."""
+    from accelerate import Accelerator
     from diffusers import DDPMScheduler, UNet2DModel
 
+    accelerator = Accelerator(cpu=device.type == "cpu")
     torch.manual_seed(0)
     unet = UNet2DModel(**default_unet_config(args.resolution, args.channels)).to(device)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
-    batch = args.unlabeled_batch_size + args.sensitive_batch_size
-    images = torch.randn(batch, args.channels, args.resolution, args.resolution, device=device)
-    is_sensitive = torch.arange(batch, device=device) >= args.unlabeled_batch_size
-
-    def forget_loss(noisy, timesteps, target):
-        return per_sample_diffusion_loss(unet(noisy, timesteps).sample, target).mean()
+    batch_size = args.unlabeled_batch_size + args.sensitive_batch_size
+    batch = {
+        "pixel_values": torch.randn(batch_size, args.channels, args.resolution, args.resolution, device=device),
+        "is_sensitive": torch.arange(batch_size, device=device) >= args.unlabeled_batch_size,
+    }
+    compute_losses = {}
+    for method, flags in METHOD_FLAGS.items():
+        script_args = script.parse_args([*flags, "--resolution", str(args.resolution), "--beta", "0.1"])
+        risk = training.make_risk(accelerator, script_args, 0.1)
+        compute_losses[method] = script.make_compute_loss(accelerator, script_args, scheduler, risk)
 
     def step(method):
-        noise = torch.randn_like(images)
-        timesteps = torch.randint(0, 1000, (batch,), device=device)
-        noisy = scheduler.add_noise(images, noise, timesteps)
-        if method in ERASEDIFF:  # as train_pu_diffusion.py does it: inner passes, then the batch's pass
-            flags = ERASEDIFF[method]
-            target = erasediff_targets(noise, is_sensitive, uniform_forget_target(noise))
-            rows = (noisy[is_sensitive], timesteps[is_sensitive], target[is_sensitive])
-            reference = reference_forget_loss(
-                lambda: forget_loss(*rows),
-                parameters=list(unet.parameters()),
-                inner_steps=flags.erasediff_inner_steps,
-                learning_rate=1e-4,
-            )
-            loss = per_sample_diffusion_loss(unet(noisy, timesteps).sample, target)
-            terms = erasediff_terms(
-                loss,
-                is_sensitive,
-                reference,
-                parameters=list(unet.parameters()),
-                lam=flags.erasediff_lambda,
-                eta=flags.erasediff_eta,
-            )
-        else:
-            prediction = unet(noisy, timesteps).sample
-            terms = pu_risk(per_sample_diffusion_loss(prediction, noise), is_sensitive, method, 0.1, "abs")
+        terms = compute_losses[method](unet, batch)
         terms.objective.backward()
         optimizer.step()
         optimizer.zero_grad()

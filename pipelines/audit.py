@@ -38,7 +38,7 @@ from pu_diffusion.image_data import (
     load_image_dataset,
     pu_indices,
 )
-from pu_diffusion.losses import diffusion_target, per_sample_diffusion_loss
+from pu_diffusion.losses import monte_carlo_diffusion_loss
 from pu_diffusion.outputs import check_free, check_separate, check_writable, claim, write_json_atomic
 from pu_diffusion.text_to_image import encode_captions
 
@@ -71,24 +71,10 @@ def audit_scores(
     x are images in [-1, 1] for an unconditional UNet, or scaled VAE latents with ``text_states`` (N×tokens×dim,
     each image's caption encoded) for a conditional one: ℓ(x, c).
     """
-    device = next(unet.parameters()).device
-    dtype = next(unet.parameters()).dtype
-    noise, timesteps = shared_draws(
-        num_draws, images.shape[1:], scheduler.config.num_train_timesteps, seed, timestep_range
+    draws = shared_draws(num_draws, images.shape[1:], scheduler.config.num_train_timesteps, seed, timestep_range)
+    return monte_carlo_diffusion_loss(
+        unet, scheduler, images, num_draws, batch_size=batch_size, draws=draws, text_states=text_states
     )
-    totals = torch.zeros(len(images), dtype=torch.float64)
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size].to(device)
-        condition = {}
-        if text_states is not None:
-            condition["encoder_hidden_states"] = text_states[start : start + batch_size].to(device, dtype)
-        for draw in range(num_draws):
-            eps = noise[draw].expand_as(chunk).to(device)
-            t = timesteps[draw].repeat(len(chunk)).to(device)
-            prediction = unet(scheduler.add_noise(chunk, eps, t).to(dtype), t, **condition).sample
-            target = diffusion_target(scheduler, chunk, eps, t)
-            totals[start : start + len(chunk)] += per_sample_diffusion_loss(prediction.float(), target, "sum").cpu()
-    return (totals / num_draws).float()
 
 
 def ranks_of(scores) -> np.ndarray:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .losses import RiskTerms
+from .losses import RiskTerms, per_sample_diffusion_loss
 
 
 def uniform_forget_target(target: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -128,3 +128,37 @@ def erasediff_terms(
     terms = erasediff_risk(per_sample_loss, is_sensitive, lam)
     terms.extra = {"lambda": lam, "L_f_ref": reference}
     return terms
+
+
+def erasediff_step(
+    forward,
+    forget_forward,
+    target: torch.Tensor,
+    forget_target: torch.Tensor,
+    is_sensitive: torch.Tensor,
+    *,
+    parameters,
+    reduction: str,
+    lam: float,
+    eta: float,
+    inner_steps: int,
+    learning_rate: float,
+) -> RiskTerms:
+    """One EraseDiff step of a script: the S rows' target becomes ``forget_target``; L̄_f from ``inner_steps``
+    passes of ``forget_forward()`` (the S rows only, on the unwrapped model, which the passes move and restore);
+    then ``forward()``, the one prediction over the whole U+S batch, gives ℓ and the step's RiskTerms.
+
+    The order is fixed: the inner passes change the weights in place, so they run before the batch's forward pass
+    (a backward through a graph built before them would be refused).
+    """
+    forget = is_sensitive.to(device=target.device, dtype=torch.bool)
+    target = erasediff_targets(target, forget, forget_target)
+    forget_rows_target = target[forget]
+    reference = reference_forget_loss(
+        lambda: per_sample_diffusion_loss(forget_forward(), forget_rows_target, reduction).mean(),
+        parameters=parameters,
+        inner_steps=inner_steps,
+        learning_rate=learning_rate,
+    )
+    per_sample_loss = per_sample_diffusion_loss(forward(), target, reduction)
+    return erasediff_terms(per_sample_loss, forget, reference, parameters=parameters, lam=lam, eta=eta)

@@ -153,7 +153,7 @@ class ESDContext:
     start_guidance: float = 3.0
 
 
-def esd_terms(unet, raw_unet, context: ESDContext, empty_state, batch_size: int, reduction: str = "sum"):
+def esd_step(unet, raw_unet, context: ESDContext, empty_state, batch_size: int, reduction: str = "sum"):
     """One ESD step: draw x_t with the concept prompt, build the frozen negative-guidance target, compare."""
     config = raw_unet.config
     shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)

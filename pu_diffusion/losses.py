@@ -283,20 +283,39 @@ def monte_carlo_diffusion_loss(
     reduction: str = "sum",
     generator: torch.Generator | None = None,
     batch_size: int = 64,
+    *,
+    draws: tuple[torch.Tensor, torch.Tensor] | None = None,
+    text_states: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(1/K) Σ_k ℓ(x; t_k, ε_k) for each image x (N×C×H×W in [-1, 1]), K = ``num_draws``; returns (N,)."""
+    """E_{t,ε} ℓ(x) ≈ (1/K) Σ_k ℓ(x; t_k, ε_k) for each x (N×C×H×W), K = ``num_draws``; returns (N,).
+
+    The project's one estimate of E[ℓ] (scoring, β estimation's inputs and the audit all call it). Each image draws
+    its own (t, ε) from ``generator`` (chunk by chunk, draw by draw), unless ``draws`` = (noise K×C×H×W,
+    timesteps K) gives draws shared by every image, which makes scores of different images comparable draw for
+    draw. x are images in [-1, 1] for an unconditional UNet, or scaled VAE latents with ``text_states``
+    (N×tokens×dim, each image's caption encoded) for a conditional one: ℓ(x, c). The UNet runs in its own dtype;
+    ℓ is taken and summed in float64.
+    """
     device = next(unet.parameters()).device
-    totals = torch.zeros(len(images))
+    dtype = next(unet.parameters()).dtype
+    totals = torch.zeros(len(images), dtype=torch.float64)
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size].to(device)
-        for _ in range(num_draws):
-            noise = torch.randn(chunk.shape, generator=generator).to(device)
-            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(chunk),), generator=generator)
-            timesteps = timesteps.to(device)
-            prediction = unet(scheduler.add_noise(chunk, noise, timesteps), timesteps).sample
+        condition = {}
+        if text_states is not None:
+            condition["encoder_hidden_states"] = text_states[start : start + batch_size].to(device, dtype)
+        for draw in range(num_draws):
+            if draws is not None:
+                noise = draws[0][draw].expand_as(chunk).to(device)
+                timesteps = draws[1][draw].repeat(len(chunk)).to(device)
+            else:
+                noise = torch.randn(chunk.shape, generator=generator).to(device)
+                timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(chunk),), generator=generator)
+                timesteps = timesteps.to(device)
+            prediction = unet(scheduler.add_noise(chunk, noise, timesteps).to(dtype), timesteps, **condition).sample
             target = diffusion_target(scheduler, chunk, noise, timesteps)
-            totals[start : start + len(chunk)] += per_sample_diffusion_loss(prediction, target, reduction).cpu()
-    return totals / num_draws
+            totals[start : start + len(chunk)] += per_sample_diffusion_loss(prediction.float(), target, reduction).cpu()
+    return (totals / num_draws).float()
 
 
 @dataclass(frozen=True, kw_only=True)

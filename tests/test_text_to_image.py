@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 import train_pu_text_to_image as script
 from pu_diffusion.testing_utils import build_tiny_sd, write_captioned_folder
 
-ORIGINAL_COMPUTE_LOSS = script.compute_loss
+ORIGINAL_MAKE_COMPUTE_LOSS = script.make_compute_loss
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +104,18 @@ def test_end_to_end_writes_a_loadable_sd_pipeline(tiny_sd, captioned, tmp_path):
 def losses_of_first_step(tiny_sd, data, out, *extra, monkeypatch):
     """Run 1 step and capture the per-step risk terms via the logs."""
     seen = []
-    real = ORIGINAL_COMPUTE_LOSS
 
-    def spy(*args, **kwargs):
-        terms = real(*args, **kwargs)
-        seen.append(terms.log_dict())
-        return terms
+    def make_spy(*args, **kwargs):
+        real = ORIGINAL_MAKE_COMPUTE_LOSS(*args, **kwargs)
 
-    monkeypatch.setattr(script, "compute_loss", spy)
+        def spy(unet, batch):
+            terms = real(unet, batch)
+            seen.append(terms.log_dict())
+            return terms
+
+        return spy
+
+    monkeypatch.setattr(script, "make_compute_loss", make_spy)
     run(sd_args(tiny_sd, data, out, "--max_train_steps", "2", "--checkpointing_steps", "100", *extra))
     return seen
 
@@ -403,7 +407,7 @@ def test_esd_trains_only_its_parameter_set_and_leaves_the_base_frozen(tiny_sd, c
 def test_esd_target_is_the_frozen_negative_guidance_and_the_copy_stays_frozen(tiny_sd):
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
-    from pu_diffusion.esd import ESDContext, FrozenCopy, esd_target, esd_terms, select_esd_parameters
+    from pu_diffusion.esd import ESDContext, FrozenCopy, esd_step, esd_target, select_esd_parameters
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
@@ -421,7 +425,7 @@ def test_esd_target_is_the_frozen_negative_guidance_and_the_copy_stays_frozen(ti
     scheduler = DDIMScheduler.from_pretrained(tiny_sd, subfolder="scheduler")
     context = ESDContext(frozen, scheduler, concept, sampling_steps=3)
     for _ in range(2):
-        esd_terms(unet, unet, context, empty, batch_size=2).objective.backward()
+        esd_step(unet, unet, context, empty, batch_size=2).objective.backward()
         optimizer.step()
         optimizer.zero_grad()
     assert all(torch.equal(v, before[k]) for k, v in frozen.unet.state_dict().items())  # θ* never moved
