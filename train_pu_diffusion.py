@@ -39,7 +39,7 @@ from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.erasediff import erasediff_step, uniform_forget_target
 from pu_diffusion.grids import save_image_grid
-from pu_diffusion.image_data import ImageTransform, PUImageDataset, collate_pu_batch, images_as_tensor, pu_indices
+from pu_diffusion.image_data import pu_indices
 from pu_diffusion.losses import (
     METHODS,
     PURisk,
@@ -50,12 +50,16 @@ from pu_diffusion.losses import (
 )
 from pu_diffusion.models import check_resolution, default_unet_config, loading, match_sample_size
 from pu_diffusion.presets import BUILTIN_RECIPE, PRESETS, get_preset
+from pu_diffusion.pu_dataset import ImageTransform, PUImageDataset, collate_pu_batch, images_as_tensor
 from pu_diffusion.run_dir import claim_outputs, public_config
 
 logger = get_logger(__name__, log_level="INFO")
 
 # What a run writes into --output_dir besides pu_run.json, checkpoints and logs (each claimed when written).
-OUTPUTS = (BUILTIN_SPLIT_FILE, "README.md", "model_index.json", "unet", "scheduler", "samples.png", "samples")
+OUTPUTS = (
+    BUILTIN_SPLIT_FILE, "README.md", "model_index.json", "unet", "scheduler", "samples.png", "samples",
+    training.TRAIN_STATS,
+)  # fmt: skip
 
 # This script's defaults, in one place. With no dataset flags, the built-in preset's recipe (resolution,
 # learning rate, steps, warm-up) overrides these; see PUPreset.training_defaults.
@@ -376,6 +380,7 @@ def main(args):
             hub_token=args.hub_token,
         )
         logger.info(f"Pipeline, samples and README.md written to {args.output_dir}")
+        training.write_train_stats(args.output_dir, stats)
     training.end_training(accelerator)
     return stats
 

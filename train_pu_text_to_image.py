@@ -40,9 +40,10 @@ from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.erasediff import erasediff_step
 from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_step, select_esd_parameters
 from pu_diffusion.grids import save_image_grid
-from pu_diffusion.image_data import ImageTransform, images_as_tensor, load_captions
+from pu_diffusion.image_data import load_captions
 from pu_diffusion.losses import METHODS, RiskTerms, diffusion_target, per_sample_diffusion_loss, sample_timesteps
 from pu_diffusion.models import check_resolution, loading, match_sample_size
+from pu_diffusion.pu_dataset import ImageTransform, images_as_tensor
 from pu_diffusion.run_dir import claim_outputs, public_config
 from pu_diffusion.text_to_image import (
     CACHE_LATENTS_MAX_ROWS,
@@ -64,7 +65,7 @@ logger = get_logger(__name__, log_level="INFO")
 # base pipeline's components and model_index.json (full UNet), or the LoRA weights (--rank); grids; the card.
 OUTPUTS = (
     "README.md", "validation", "model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler",
-    "safety_checker", "feature_extractor", "image_encoder", LORA_WEIGHTS_NAME,
+    "safety_checker", "feature_extractor", "image_encoder", LORA_WEIGHTS_NAME, training.TRAIN_STATS,
 )  # fmt: skip
 
 # This script's defaults, in one place.
@@ -489,6 +490,7 @@ def main(args):
             notes=notes,
             extra_tags=["stable-diffusion", "text-to-image"] + (["lora"] if args.rank else []),
         )
+        training.write_train_stats(args.output_dir, stats)
     training.end_training(accelerator)
     return stats
 

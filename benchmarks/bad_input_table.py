@@ -32,9 +32,9 @@ ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"
 UNCOND = "train_pu_diffusion.py"
 T2I = "train_pu_text_to_image.py"
 EVAL = "evaluate_pu_diffusion.py"
-AUDIT = "-m pipelines.audit"
-BETA = "-m pu_diffusion.estimate_beta"
-EXPORT = "-m pu_diffusion.export_split"
+AUDIT = "audit_pu_diffusion.py"
+BETA = "estimate_pu_beta.py"
+EXPORT = "export_pu_split.py"
 
 TINY = (
     "--model_config_name_or_path {config} --resolution 8 --train_batch_size 8 --sensitive_batch_size 4 "
@@ -173,7 +173,7 @@ ROWS = [
     (EVAL, "model card of a hub id", "--pipeline org/model --update_model_card", None),
     (EVAL, "model card not written by a run", EVALUATE + " " + CLASSIFIER + " --output_dir out --update_model_card", "pipe_readme"),
     (EVAL, "unknown sensitive label", EVALUATE + " --classifier_name_or_path {vit} --sensitive_labels nose --test_data_dir {test} --output_dir out", None),
-    # ---- pipelines.audit
+    # ---- audit_pu_diffusion.py
     (AUDIT, "top-k 0", "--pipeline {pipe} --image_folder {test} --top_k 0", None),
     (AUDIT, "0 draws", "--pipeline {pipe} --image_folder {test} --num_draws 0", None),
     (AUDIT, "timestep range 5 2", "--pipeline {pipe} --image_folder {test} --timestep_range 5 2", None),
@@ -186,7 +186,7 @@ ROWS = [
     (AUDIT, "user's audit.csv in the way", "--pipeline {pipe} --image_folder {test} --output_dir out", "audit_csv"),
     (AUDIT, "truncated image in the folder", "--pipeline {pipe} --image_folder broken/unlabeled --output_dir out", "broken_data"),
     (AUDIT, "image folder empty", "--pipeline {pipe} --image_folder empty --output_dir out", "empty_folder"),
-    # ---- pu_diffusion.estimate_beta
+    # ---- estimate_pu_beta.py
     (BETA, "1 fold", "--train_data_dir {planted} --resolution 8 --folds 1", None),
     (BETA, "9 folds", "--train_data_dir {planted} --resolution 8 --folds 9", None),
     (BETA, "resolution 4", "--train_data_dir {planted} --resolution 4", None),
@@ -195,7 +195,7 @@ ROWS = [
     (BETA, "output file inside the data", "--train_data_dir {planted} --resolution 8 --output_file {planted}/b.json", None),
     (BETA, "data folder missing", "--train_data_dir nowhere --resolution 8", None),
     (BETA, "no S images", "--train_data_dir {test} --resolution 8", None),
-    # ---- pu_diffusion.export_split
+    # ---- export_pu_split.py
     (EXPORT, "n_test -5", SPLIT + " --output_dir out --n_test -5", None),
     (EXPORT, "n_sensitive 0", SPLIT + " --output_dir out --n_sensitive 0", None),
     (EXPORT, "n_unlabeled_normal -1", SPLIT + " --output_dir out --n_unlabeled_normal -1", None),

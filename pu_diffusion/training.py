@@ -39,7 +39,8 @@ from .checkpoints import checkpoint_num_processes, checkpoint_step, resolve_resu
 from .cli import TrainingDivergedError, UsageError
 from .image_data import check_images_readable, load_image_dataset, pu_indices
 from .losses import PURisk
-from .run_dir import RUN_FILE, check_output_dir, public_config, read_run_file, start_run_dir
+from .outputs import write_json_atomic
+from .run_dir import RUN_FILE, check_output_dir, claim_outputs, public_config, read_run_file, start_run_dir
 from .tracking import make_trackers, progress_postfix, remove_log, step_logs, truncate_log
 
 logger = get_logger(__name__, log_level="INFO")
@@ -127,6 +128,15 @@ def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dic
         ddp_timeout=args.ddp_timeout,
         recorded=recorded,
     )
+
+
+TRAIN_STATS = "train_stats.json"  # the finished run's steps, seconds, steps/s (and CUDA peak memory), for scripts
+
+
+def write_train_stats(output_dir: str, stats: dict) -> None:
+    """Record the finished run's stats in --output_dir/train_stats.json (main process)."""
+    claim_outputs(output_dir, [TRAIN_STATS])
+    write_json_atomic(os.path.join(output_dir, TRAIN_STATS), stats)
 
 
 def end_training(accelerator) -> None:
@@ -407,6 +417,11 @@ class TrainingProgress:
             "global_step": self.global_step,
             "train_seconds": round(seconds, 1),
             "steps_per_second": round(steps / max(seconds, 1e-9), 3),
+            **(
+                {"max_memory_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+                if torch.cuda.is_available()
+                else {}
+            ),
         }
 
 

@@ -12,8 +12,8 @@ from conftest import record_pu_risk_betas, tiny_args
 from PIL import Image
 from safetensors.torch import load_file
 
+import audit_pu_diffusion as audit
 import train_pu_diffusion as script
-from pipelines import audit
 from pu_diffusion import beta
 from pu_diffusion.class_prior import (
     BetaEstimate,
@@ -209,7 +209,7 @@ def test_bad_beta_flags_are_refused(tmp_path, extra, message):
 
 
 def test_estimate_beta_command_writes_json(tmp_path):
-    from pu_diffusion import estimate_beta
+    import estimate_pu_beta as estimate_beta
 
     data = write_planted_folder(tmp_path / "data", n_dark=30, n_bright_in_u=3, n_sensitive=8)
     out = tmp_path / "beta.json"
@@ -276,22 +276,6 @@ def test_audit_refuses_a_missing_pipeline(tmp_path, capsys):
         audit.parse_args(["--pipeline", str(tmp_path / "nowhere")])
     assert refused.value.code == 2
     assert f"error: --pipeline '{tmp_path / 'nowhere'}' is not a folder." in capsys.readouterr().err
-
-
-def test_beta_estimation_benchmark_prints_a_table_and_writes_json(tmp_path):
-    from test_evaluation import load_benchmark
-
-    bench = load_benchmark("beta_estimation_benchmark")
-    args = bench.parse_args(
-        ["--rates", "0.2", "--seeds", "0", "--n_normal", "40", "--n_sensitive", "10", "--small", "22", "8"]
-        + ["--resolution", "8", "--output_dir", str(tmp_path)]
-    )
-    report = bench.main(args)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert len(saved["cases"]) == 2 and {row["estimator"] for row in saved["rows"]} == {"bbe", "dedpul"}
-    assert saved["cases"][0]["true_beta"] == pytest.approx(0.2) and saved["cases"][1]["n_unlabeled"] == 22
-    assert "| 50 | 10 | 0.2000 | BBE |" in (tmp_path / "table.md").read_text()
-    assert report["rows"] == saved["rows"]
 
 
 def test_audit_of_a_builtin_run_scores_its_ranking_against_a_reference(tmp_path, tiny_unet_config):

@@ -8,15 +8,9 @@ import torch
 
 from pu_diffusion.batch_sampler import PUBatchSampler
 from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
-from pu_diffusion.image_data import (
-    ImageTransform,
-    PUDataError,
-    find_unreadable_images,
-    load_captions,
-    load_image_dataset,
-    pu_indices,
-)
+from pu_diffusion.image_data import PUDataError, find_unreadable_images, load_captions, load_image_dataset, pu_indices
 from pu_diffusion.presets import PRESETS
+from pu_diffusion.pu_dataset import ImageTransform
 from pu_diffusion.splits import make_pu_split
 from pu_diffusion.testing_utils import (
     write_captioned_folder,
@@ -141,7 +135,7 @@ def test_unreadable_images_are_found(tmp_path):
 
 
 def test_export_builtin_split_to_a_folder_the_script_reads(tmp_path):
-    from pu_diffusion.export_split import export_split, parse_args
+    from export_pu_split import export_split, parse_args
 
     out = tmp_path / "mnist_even"
     info = export_split(
@@ -313,7 +307,7 @@ def test_16_bit_pngs_are_rescaled_not_clipped(tmp_path):
 
 
 def test_export_split_reads_a_local_labelled_imagefolder(tmp_path):
-    from pu_diffusion.export_split import export_split, parse_args
+    from export_pu_split import export_split, parse_args
 
     # class folders 1..4: imagefolder numbers them 0..3, so ids ≠ digits; the export compares folder names
     source = write_class_folders(tmp_path / "digits", {"1": 2, "2": 3, "3": 2, "4": 3})

@@ -16,11 +16,12 @@ from test_beta_and_audit import write_planted_folder
 from test_evaluation import save_tiny_ddpm, save_tiny_vit
 from test_text_to_image import sd_args
 
+import audit_pu_diffusion as audit
+import estimate_pu_beta as estimate_beta
 import evaluate_pu_diffusion
+import export_pu_split as export_split
 import train_pu_diffusion
 import train_pu_text_to_image
-from pipelines import audit
-from pu_diffusion import estimate_beta, export_split
 from pu_diffusion.checkpoints import checkpoint_problem
 from pu_diffusion.cli import DiskFullError, TrainingDivergedError, UsageError, run_cli
 from pu_diffusion.image_data import PUDataError
@@ -178,7 +179,15 @@ def test_the_manifest_lists_what_the_run_wrote_and_nothing_it_only_might_have(tm
     out = tmp_path / "out"
     train(small_args(out, tiny_unet_config(), data))
     manifest = json.loads((out / MANIFEST).read_text())
-    assert sorted(manifest["names"]) == ["README.md", "logs", "model_index.json", "pu_run.json", "scheduler", "unet"]
+    assert sorted(manifest["names"]) == [
+        "README.md",
+        "logs",
+        "model_index.json",
+        "pu_run.json",
+        "scheduler",
+        "train_stats.json",
+        "unet",
+    ]
     assert manifest["patterns"] == [r"checkpoint-\d+(\.tmp|\.old)?"]
     planted = plant(out, ["vae/mine.bin", "tokenizer"])  # names only text-to-image runs write: the user's here
     train(small_args(out, tiny_unet_config(), data, "--overwrite_output_dir", "--max_train_steps", "2"))
@@ -456,9 +465,9 @@ CLI_REFUSALS = [
         ["--pipeline", "{out}", "--output_dir", "{out}"],
         "--output_dir '{out}' is --pipeline",
     ),
-    ("pipelines/audit.py", ["--pipeline", "{out}", "--output_dir", "{out}"], "--output_dir '{out}' is --pipeline"),
-    ("pu_diffusion/estimate_beta.py", ["--output_file", "{out}/README.md"], "exists and was not written by"),
-    ("pu_diffusion/export_split.py", ["--preset", "builtin-mnist-even", "--output_dir", "{out}"], "is not empty"),
+    ("audit_pu_diffusion.py", ["--pipeline", "{out}", "--output_dir", "{out}"], "--output_dir '{out}' is --pipeline"),
+    ("estimate_pu_beta.py", ["--output_file", "{out}/README.md"], "exists and was not written by"),
+    ("export_pu_split.py", ["--preset", "builtin-mnist-even", "--output_dir", "{out}"], "is not empty"),
 ]
 
 
@@ -469,8 +478,7 @@ def test_every_cli_ends_a_user_error_with_one_error_line(tmp_path):
     for number, (program, argv, message) in enumerate(CLI_REFUSALS):
         out = tmp_path / f"folder{number}"
         planted = plant(out, ["README.md", "samples.png"])
-        module = program.replace("/", ".").removesuffix(".py")
-        command = [sys.executable, "-m", module] if "/" in program else [sys.executable, os.path.join(ROOT, program)]
+        command = [sys.executable, os.path.join(ROOT, program)]
         process = subprocess.Popen(
             command + [arg.format(out=out) for arg in argv],
             cwd=ROOT,

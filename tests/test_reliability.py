@@ -1,9 +1,9 @@
 """Runs that are killed, resumed, run on several processes, overwritten, or given bad input (real subprocesses)."""
 
-import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -180,22 +180,33 @@ def test_two_processes_train_exactly_the_steps_asked_and_resume_exactly(tmp_path
 
 
 def test_the_process_group_waits_ddp_timeout_seconds(tmp_path):
-    from datetime import timedelta
-
-    from pu_diffusion.training import setup_accelerator
-
-    args = argparse.Namespace(
-        output_dir=str(tmp_path / "out"),
-        logging_dir="logs",
-        gradient_accumulation_steps=1,
-        mixed_precision="no",
-        report_to="none",
-        ddp_timeout=42,
-        seed=None,
-        allow_tf32=False,
+    """Two real processes: rank 1 never reaches the barrier; rank 0 gives up after --ddp_timeout (3 s), not after
+    the other rank's 120 s or torch's default 30 minutes."""
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29531",
+        os.path.join(ROOT, "tests", "ddp_timeout_probe.py"),
+        str(tmp_path / "out"),
+        "3",
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=300
     )
-    accelerator = setup_accelerator(args)
-    assert accelerator.init_handler.to_kwargs() == {"timeout": timedelta(seconds=42)}
+    waited = re.search(r"barrier timed out after ([0-9.]+) s", result.stdout)
+    assert waited, result.stdout[-2000:] + result.stderr[-2000:]
+    assert 2.5 <= float(waited.group(1)) < 30
 
 
 def test_two_processes_with_less_than_a_batch_each_are_refused_before_writing(tmp_path, tiny_unet_config):

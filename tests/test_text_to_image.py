@@ -518,7 +518,7 @@ def test_beta_auto_scores_the_images_and_the_risk_uses_the_estimate(tiny_sd, cap
 def test_audit_scores_a_stable_diffusion_pipeline_under_each_images_caption(tiny_sd, captioned, tmp_path):
     import csv
 
-    from pipelines import audit
+    import audit_pu_diffusion as audit
 
     out = tmp_path / "audit"
     summary = audit.main(

