@@ -56,6 +56,7 @@ from pu_diffusion.text_to_image import (
     encode_latents_once,
     predict_noise,
     sample_latents,
+    unlabeled_captions_for_sensitive_rows,
     use_latent_cache,
 )
 
@@ -106,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Caption given to every S image (e.g. the normal caption, so p_U = βp_S + (1−β)p_N holds "
         "under one condition).",
+    )
+    text.add_argument(
+        "--sensitive_conditioning",
+        choices=["unlabeled", "own"],
+        default="unlabeled",
+        help="The caption the S rows' ℓ is taken under, for --method pu. 'unlabeled': each S row "
+        "borrows the caption of a random U row of its batch, so S is scored as the part of U it is "
+        "(p_U(x|c) = βp_S(x|c) + (1−β)p_N(x|c) under U's captions); S's own captions are kept in the data. "
+        "'own': S's own captions (the authors' code; collapsed the micro benchmark, docs/benchmark_text_to_image.md).",
     )
     text.add_argument(
         "--proportion_empty_prompts",
@@ -217,23 +227,23 @@ def load_data(args):
 
 
 def sensitive_caption_warning(args, captions, unlabeled_rows, sensitive_rows) -> str | None:
-    """A warning when PU would score S under captions that no U image has.
+    """A warning when --sensitive_conditioning own would score S under captions that no U image has.
 
-    The PU risk subtracts β·ℓ(S) from ℓ(U) as if S were a part of U's distribution; that holds under one condition
-    only. On the micro Stable Diffusion benchmark, PU with S's own caption made noise (classifier-FD 62-245 against
-    unsupervised's 31-35), while PU with U's caption on S kept quality and removed ~45 % of the sensitive samples.
+    The PU risk subtracts β·ℓ(S) from ℓ(U) as if S were a part of U's distribution; that holds under U's captions
+    only. On the micro Stable Diffusion benchmark, PU with S scored under its own caption collapsed (classifier-FD
+    62-245 against unsupervised's 31-35); the default, --sensitive_conditioning unlabeled, does not.
     """
-    if args.method != "pu" or args.sensitive_caption is not None:
+    if args.method != "pu" or args.sensitive_conditioning != "own":
         return None
     unseen = sorted({captions[int(row)] for row in sensitive_rows} - {captions[int(row)] for row in unlabeled_rows})
     if not unseen:
         return None
-    u_captions = sorted({captions[int(row)] for row in unlabeled_rows})
     return (
-        f"{len(unseen)} S caption(s) never appear in U (e.g. {unseen[0]!r}). The PU risk treats S as a part of U, "
-        "which holds only when both are scored under the same caption; with S's own captions the micro Stable "
-        "Diffusion benchmark's PU models collapsed (docs/benchmark_text_to_image.md). Pass --sensitive_caption with U's "
-        f"caption (e.g. --sensitive_caption {u_captions[0]!r}) unless you have checked that yours does not."
+        f"{len(unseen)} S caption(s) never appear in U (e.g. {unseen[0]!r}), and --sensitive_conditioning own "
+        "scores S under them. The PU risk treats S as a part of U, which holds only under U's captions; with S's "
+        "own captions the micro Stable Diffusion benchmark's PU models collapsed "
+        "(docs/benchmark_text_to_image.md). The default, --sensitive_conditioning unlabeled, scores S under U's "
+        "captions and keeps yours in the data."
     )
 
 
@@ -386,6 +396,7 @@ def main(args):
         "sensitive (S) images": len(sensitive_rows),
         "validation prompts": args.validation_prompts,
         "S caption override": args.sensitive_caption,
+        "S scored under": "captions of U rows" if args.sensitive_conditioning == "unlabeled" else "their own captions",
         "caption dropout": args.proportion_empty_prompts,
         "cached latents": latent_cache is not None,
     }
@@ -535,7 +546,10 @@ def make_compute_loss(
     --method erasediff: the S rows' target is sg ε(x_t, anchor) (the model's own prediction under the anchor
     prompt, ``anchor_state``), they keep their own caption; ``trainable`` serves its inner passes.
     --method esd-x / esd-u: the batch's images are not used (``esd``: θ*, the concept prompt, the sampler).
+    --sensitive_conditioning unlabeled (pu): the S rows take the captions of random U rows first.
     """
+
+    borrow_unlabeled_captions = args.sensitive_conditioning == "unlabeled" and args.method == "pu"
 
     def compute_loss(unet, batch) -> RiskTerms:
         raw_unet = accelerator.unwrap_model(unet)
@@ -552,6 +566,8 @@ def make_compute_loss(
         device = next(unet.parameters()).device
         latents = encoders.latents(batch, device)
         text_states = encoders.text_states(batch, device)
+        if borrow_unlabeled_captions:
+            text_states = unlabeled_captions_for_sensitive_rows(text_states, batch["is_sensitive"].to(device))
         drop = caption_dropout_mask(latents.shape[0], args.proportion_empty_prompts)  # one draw per row
         text_states = drop_captions(drop, text_states, encoders.empty_state).to(encoders.weight_dtype)
         noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)

@@ -60,11 +60,19 @@ class MicroSDConfig:
     pretrain_batch_size: int = 64
     pretrain_learning_rate: float = 5e-4
     seed: int = 0
+    # Digits never captioned "a handwritten digit" in pretraining (only by name): the contamination scenario's base
+    # cannot draw them for the generic prompt, as SD 1.4 draws no Brad Pitt for "a middle-aged man".
+    generic_excludes: tuple = ()
 
     def key(self) -> str:
-        text = json.dumps({"version": MICRO_SD_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if not fields["generic_excludes"]:  # added later: the bases built before it keep their keys
+            del fields["generic_excludes"]
+        text = json.dumps({"version": MICRO_SD_VERSION, **fields}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
+
+CONTAMINATION_CONFIG = MicroSDConfig(generic_excludes=(7,))
 
 SMOKE_CONFIG = MicroSDConfig(
     vae_channels=(8, 16, 16), vae_steps=3, vae_batch_size=8, text_hidden_size=16, text_layers=1,
@@ -127,9 +135,11 @@ def write_parquet_dataset(folder: str, rows, captions: list[str], labels: list[s
     return folder
 
 
-def pretraining_captions(digits: np.ndarray, seed: int) -> list[str]:
-    """Half the digits get their name ("a photo of the digit seven"), half the generic caption."""
+def pretraining_captions(digits: np.ndarray, seed: int, generic_excludes=()) -> list[str]:
+    """Half the digits get their name ("a photo of the digit seven"), half the generic caption; the digits in
+    ``generic_excludes`` always get their name."""
     named = np.random.default_rng(seed).random(len(digits)) < 0.5
+    named |= np.isin(digits, list(generic_excludes))
     return [digit_caption(d) if is_named else GENERIC_CAPTION for d, is_named in zip(digits, named)]
 
 
@@ -349,7 +359,7 @@ def build_initial_parts(config: MicroSDConfig, work_dir: str, log=print) -> dict
     info["vae_parameters"] = sum(p.numel() for p in vae.parameters())
     info["text_encoder_parameters"] = sum(p.numel() for p in text_encoder.parameters())
     init_dir = save_initial_pipeline(os.path.join(work_dir, "init"), vae, tokenizer, text_encoder, unet)
-    captions = pretraining_captions(digits[pool], config.seed)
+    captions = pretraining_captions(digits[pool], config.seed, config.generic_excludes)
     data_dir = write_parquet_dataset(os.path.join(work_dir, "pretrain_data"), pool, captions, ["unlabeled"] * len(pool))
     return {"init_dir": init_dir, "data_dir": data_dir, "info": info}
 

