@@ -356,6 +356,7 @@ def run_one(args, method: str, seed: int, base_dir: str, judge: Judge) -> dict:
         "peak_rss_mb": stats["peak_rss_mb"],
         "max_memory_allocated_mb": stats.get("max_memory_allocated_mb"),
         "evaluation_seconds": round(time.time() - start, 1),
+        "training_log": training_log_summary(run_dir),
         "evaluations": metrics,
     }
     os.makedirs(os.path.dirname(record_path), exist_ok=True)
@@ -365,6 +366,26 @@ def run_one(args, method: str, seed: int, base_dir: str, judge: Judge) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"[{method} seed {seed}] " + summary_line(record, args), flush=True)
     return record
+
+
+def training_log_summary(run_dir: str) -> dict | None:
+    """The run's risk terms over training (logs/train_log.jsonl): the means of L_U⁻, L_S⁻ and of the negative
+    risk L_U⁻ − βL_S⁻ over the first and the last tenth of the steps, and the share of steps where that negative
+    risk was below zero (where absPU's |·| turns round and pushes U's loss up)."""
+    path = os.path.join(run_dir, "logs", "train_log.jsonl")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        logs = [json.loads(line) for line in handle if line.strip()]
+    logs = [entry for entry in logs if "neg_risk" in entry]
+    if not logs:
+        return None
+    tenth = max(1, len(logs) // 10)
+    summary = {"steps": len(logs), "share_negative_risk_below_zero": sum(e["neg_risk"] < 0 for e in logs) / len(logs)}
+    for window, part in (("first_tenth", logs[:tenth]), ("last_tenth", logs[-tenth:])):
+        for key in ("L_U-", "L_S-", "neg_risk"):
+            summary[f"{key} {window}"] = float(np.mean([entry[key] for entry in part]))
+    return summary
 
 
 def summary_line(record: dict, args) -> str:
