@@ -103,6 +103,8 @@ def contamination_methods(beta: float) -> dict:
         "pu": ("PU, S captioned by name, scored under U's captions (the default)", pu, "pu"),
         "pu-dropout": ("the same PU, 10 % caption dropout", pu + ["--proportion_empty_prompts", "0.1"], "pu"),
         "pu-cap2": ("the same PU, each S loss capped at 2× U's in the subtracted term (--pu_sensitive_cap 2)", pu + ["--pu_sensitive_cap", "2"], "pu"),
+        "pu-cap3": ("the same PU, each S loss capped at 3× U's (--pu_sensitive_cap 3)", pu + ["--pu_sensitive_cap", "3"], "pu"),
+        "pu-cap4": ("the same PU, each S loss capped at 4× U's (--pu_sensitive_cap 4)", pu + ["--pu_sensitive_cap", "4"], "pu"),
         "pu-nn": ("the same PU, nnPU's max(0, ·) instead of |·| (--pu_estimator nn)", pu + ["--pu_estimator", "nn"], "pu"),
         "pu-own": ("PU, S scored under its own caption (the authors' code)", pu + ["--sensitive_conditioning", "own"], "pu"),
         "pu-ucap": ("PU, S re-captioned with U's caption", pu + ["--sensitive_caption", NORMAL_PROMPT, "--sensitive_conditioning", "own"], "pu"),

@@ -440,7 +440,7 @@ def test_methods_grid_has_one_row_per_method_and_the_all_seeds_grid_one_per_run(
         records.append({"method": method, "seed": seed, "recipe_key": "k"})
         tiles = np.full((16, 3, 8, 8), 40 * seed + 10, dtype=np.uint8)
         np.save(tmp_path / "cache" / f"{method}_k_s{seed}_tiles.npy", tiles)
-    args = SimpleNamespace(output_dir=str(tmp_path))
+    args = SimpleNamespace(output_dir=str(tmp_path), methods_table=bench.SCENARIOS["unlearning"].methods)
     one = Image.open(bench.save_grid(args, records, str(tmp_path / "one.png")))
     every = Image.open(bench.save_grid(args, records, str(tmp_path / "every.png"), all_seeds=True))
     strip = 8 * 2  # tile height × the grid's upscaling
