@@ -113,7 +113,8 @@ def test_incomplete_checkpoint_is_skipped_by_latest_and_refused_by_path(tmp_path
 # ---- 2/3. Several processes ---------------------------------------------------------------------------------------
 
 
-def launch_two_processes(argv, port):
+def launch_two_processes(argv, port, script="train_pu_diffusion.py", timeout=600):
+    """``accelerate launch`` of ``script`` (relative to the project root) on two CPU processes."""
     command = [
         sys.executable,
         "-m",
@@ -129,11 +130,11 @@ def launch_two_processes(argv, port):
         "no",
         "--main_process_port",
         str(port),
-        os.path.join(ROOT, "train_pu_diffusion.py"),
+        os.path.join(ROOT, script),
         *argv,
     ]
     return subprocess.run(
-        command, cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=600
+        command, cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -182,27 +183,8 @@ def test_two_processes_train_exactly_the_steps_asked_and_resume_exactly(tmp_path
 def test_the_process_group_waits_ddp_timeout_seconds(tmp_path):
     """Two real processes: rank 1 never reaches the barrier; rank 0 gives up after --ddp_timeout (3 s), not after
     the other rank's 120 s or torch's default 30 minutes."""
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29531",
-        os.path.join(ROOT, "tests", "ddp_timeout_probe.py"),
-        str(tmp_path / "out"),
-        "3",
-    ]
-    result = subprocess.run(
-        command, cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=300
+    result = launch_two_processes(
+        [str(tmp_path / "out"), "3"], 29531, script=os.path.join("tests", "ddp_timeout_probe.py"), timeout=300
     )
     waited = re.search(r"barrier timed out after ([0-9.]+) s", result.stdout)
     assert waited, result.stdout[-2000:] + result.stderr[-2000:]
