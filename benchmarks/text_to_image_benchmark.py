@@ -353,7 +353,7 @@ def run_one(args, method: str, seed: int, base_dir: str, judge: Judge) -> dict:
         "description": args.methods_table[method][0],
         "seed": seed,
         "recipe_key": key,
-        "train_argv": [a for a in argv if not a.startswith(ROOT)],
+        "train_argv": portable_argv(argv, args),
         "data": data_info,
         "steps_per_second": stats["steps_per_second"],
         "train_seconds": stats["train_seconds"],
@@ -370,6 +370,20 @@ def run_one(args, method: str, seed: int, base_dir: str, judge: Judge) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"[{method} seed {seed}] " + summary_line(record, args), flush=True)
     return record
+
+
+def portable_argv(argv: list[str], args) -> list[str]:
+    """``argv`` as a record keeps it: this checkout's paths left out (the run folders are temporary), paths in
+    the model cache written as ``<cache>/…`` (the base model), so no record holds a machine path."""
+    cache = os.path.abspath(args.cache_dir or default_cache_dir())
+    kept = []
+    for arg in argv:
+        if arg.startswith(ROOT):
+            continue
+        if os.path.isabs(arg) and os.path.commonpath([os.path.abspath(arg), cache]) == cache:
+            arg = "<cache>/" + os.path.relpath(arg, cache).replace(os.sep, "/")
+        kept.append(arg)
+    return kept
 
 
 def training_log_summary(run_dir: str) -> dict | None:

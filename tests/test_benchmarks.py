@@ -447,3 +447,19 @@ def test_methods_grid_has_one_row_per_method_and_the_all_seeds_grid_one_per_run(
     assert one.height == 3 * strip and every.height == 5 * strip
     # each method's row is its lowest seed (pixel value 10), even when a higher seed was listed first
     assert all(one.getpixel((one.width - 1, row * strip + 1)) == (10, 10, 10) for row in range(3))
+
+
+def test_records_keep_no_machine_path(tmp_path):
+    from types import SimpleNamespace
+
+    bench = text_to_image_benchmark
+    args = SimpleNamespace(cache_dir=str(tmp_path / "cache"))
+    argv = ["--pretrained_model_name_or_path", str(tmp_path / "cache" / "micro_sd" / "k" / "base")]
+    argv += ["--output_dir", os.path.join(bench.ROOT, "benchmarks", "results", "x", "runs", "r"), "--seed", "0"]
+    assert bench.portable_argv(argv, args) == [
+        "--pretrained_model_name_or_path",
+        "<cache>/micro_sd/k/base",
+        "--output_dir",
+        "--seed",
+        "0",
+    ]
