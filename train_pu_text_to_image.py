@@ -138,12 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="Run the frozen VAE and text encoder on every batch.",
     )
     parser.add_argument(
-        "--pu_guidance_scale",
-        type=finite_float,
-        default=None,
-        help="Take ℓ on the guided prediction ε(∅) + w(ε(c) − ε(∅)); doubles the UNet cost.",
-    )
-    parser.add_argument(
         "--validation_prompts",
         type=str,
         nargs="*",
@@ -193,12 +187,6 @@ def validate_args(args) -> None:
         raise UsageError(f"--proportion_empty_prompts must lie in [0, 1]; got {args.proportion_empty_prompts}.")
     if args.rank is not None and (args.rank < 1 or args.use_ema):
         raise UsageError("--rank must be >= 1 and cannot be combined with --use_ema.")
-    if args.pu_guidance_scale is not None and args.pu_guidance_scale <= 0:
-        raise UsageError(f"--pu_guidance_scale must be > 0; got {args.pu_guidance_scale}.")
-    if args.method in ("erasediff", *ESD_METHODS) and args.pu_guidance_scale is not None:
-        raise UsageError(
-            f"--pu_guidance_scale takes ℓ on the guided prediction of the PU risk: drop it for {args.method}."
-        )
     if args.method in ESD_METHODS and args.prediction_type is not None:
         raise UsageError(
             f"--method {args.method} samples x_t and builds its target with the base model's prediction type: "
@@ -521,7 +509,7 @@ class FrozenEncoders:
     vae: object
     tokenizer: object
     text_encoder: object
-    empty_state: torch.Tensor  # the encoded empty caption: caption dropout and the guided loss's ε_∅
+    empty_state: torch.Tensor  # the encoded empty caption (caption dropout, ESD)
     weight_dtype: torch.dtype
 
     def latents(self, batch, device) -> torch.Tensor:
@@ -575,7 +563,7 @@ def make_compute_loss(
         noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
         target = diffusion_target(noise_scheduler, latents, noise, timesteps)
         forward = functools.partial(
-            predict_noise, unet, noisy_latents, timesteps, text_states, encoders.empty_state, args.pu_guidance_scale
+            predict_noise, unet, noisy_latents, timesteps, text_states
         )
         if args.method == "erasediff":
             forget = batch["is_sensitive"].to(device, torch.bool)

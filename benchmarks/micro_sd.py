@@ -130,8 +130,9 @@ def write_parquet_dataset(folder: str, rows, captions: list[str], labels: list[s
     )
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "train.parquet")
-    dataset.to_parquet(path + ".tmp")
-    os.replace(path + ".tmp", path)
+    partial = f"{path}.{os.getpid()}.tmp"  # per process: two benchmark runs may write the same seed's data at once
+    dataset.to_parquet(partial)
+    os.replace(partial, path)
     return folder
 
 

@@ -1,8 +1,10 @@
 """Pieces of the conditional (text-to-image) PU loss shared by train_pu_text_to_image.py and its tests.
 
     ℓ(x, c) = || ε − ε_θ(z_t, t, c) ||²  summed over latent elements, z = VAE latents × scaling factor.
-Guided variant (``guidance_scale`` w): ℓ is taken on ε_w = ε_θ(z_t, t, ∅) + w (ε_θ(z_t, t, c) − ε_θ(z_t, t, ∅)),
-the prediction that classifier-free-guided sampling uses; it costs a second UNet pass (batch doubled).
+
+Guidance is trained the sound way: caption dropout scores a row under ∅ instead of c, so the PU risk covers
+ℓ(x, c) and ℓ(x, ∅), both ELBOs. (A loss on the guided mix ε_∅ + w(ε_c − ε_∅) is not an ELBO; that option was
+measured and removed, see docs/benchmark_text_to_image.md.)
 """
 
 from __future__ import annotations
@@ -85,19 +87,9 @@ def drop_captions(is_empty_draw: torch.Tensor, states: torch.Tensor, empty_state
     return torch.where(mask, empty_state.to(states.dtype).expand_as(states), states)
 
 
-def predict_noise(unet, noisy_latents, timesteps, text_states, empty_state=None, guidance_scale: float | None = None):
-    """ε_θ(z_t, t, c), or the guided ε_∅ + w(ε_c − ε_∅) when ``guidance_scale`` is given (two passes in one batch)."""
-    if not guidance_scale:
-        return unet(noisy_latents, timesteps, text_states, return_dict=False)[0]
-    unconditional = empty_state.to(text_states.dtype).expand_as(text_states)
-    both = unet(
-        torch.cat([noisy_latents, noisy_latents]),
-        torch.cat([timesteps, timesteps]),
-        torch.cat([unconditional, text_states]),
-        return_dict=False,
-    )[0]
-    prediction_empty, prediction_text = both.chunk(2)
-    return prediction_empty + guidance_scale * (prediction_text - prediction_empty)
+def predict_noise(unet, noisy_latents, timesteps, text_states):
+    """ε_θ(z_t, t, c): the one UNet pass of the loss step (a seam the tests watch)."""
+    return unet(noisy_latents, timesteps, text_states, return_dict=False)[0]
 
 
 @torch.no_grad()

@@ -349,7 +349,6 @@ def test_every_method_is_a_valid_training_command(scenario):
     for name, p in parsed.items():
         assert (p.sensitive_caption == "a handwritten digit") == ("-ucap" in name)
         assert (p.proportion_empty_prompts == 0.1) == ("dropout" in name)
-        assert (p.pu_guidance_scale == 3.0) == ("guided" in name)
         if name.startswith(("pu", "supervised")):
             assert p.beta == beta
         if name.startswith("pu"):  # S scored under U's captions unless the row says otherwise
