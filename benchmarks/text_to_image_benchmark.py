@@ -160,6 +160,9 @@ def parse_args(input_args=None):
     args.output_dir = args.output_dir or scenario.output_dir
     args.max_train_steps = args.max_train_steps or scenario.max_train_steps
     args.learning_rate = args.learning_rate or scenario.learning_rate
+    # The scenario's own recipe reports to summary.json / table.md; any other (steps, lr) beside them, keyed.
+    default_recipe = (args.max_train_steps, args.learning_rate) == (scenario.max_train_steps, scenario.learning_rate)
+    args.report_suffix = "" if default_recipe else f"_{args.max_train_steps}steps_lr{args.learning_rate:g}"
     if args.methods is None:
         args.methods = list(scenario.methods)
     unknown = [method for method in args.methods if method not in scenario.methods]
@@ -592,10 +595,12 @@ def main(args):
     if tests_vs_clean:
         table += "\n\n" + format_tests(tests_vs_clean, args, against="clean")
     print(table)
-    with open(os.path.join(args.output_dir, "table.md"), "w") as handle:
+    with open(os.path.join(args.output_dir, f"table{args.report_suffix}.md"), "w") as handle:
         handle.write(table + "\n")
-    grid = save_grid(args, records, os.path.join(args.output_dir, "methods_grid.png"))
-    save_grid(args, records, os.path.join(args.output_dir, "methods_grid_all_seeds.png"), all_seeds=True)
+    grid = save_grid(args, records, os.path.join(args.output_dir, f"methods_grid{args.report_suffix}.png"))
+    save_grid(
+        args, records, os.path.join(args.output_dir, f"methods_grid_all_seeds{args.report_suffix}.png"), all_seeds=True
+    )
     summary = {
         "rows": rows,
         "paired_tests_vs_unsupervised": tests,
@@ -609,7 +614,7 @@ def main(args):
         "python": platform.python_version(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
-    write_json(os.path.join(args.output_dir, "summary.json"), summary)
+    write_json(os.path.join(args.output_dir, f"summary{args.report_suffix}.json"), summary)
     return summary
 
 

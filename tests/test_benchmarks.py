@@ -462,3 +462,13 @@ def test_records_keep_no_machine_path(tmp_path):
         "--seed",
         "0",
     ]
+
+
+def test_text_to_image_other_recipes_report_beside_the_scenario_summary():
+    """summary.json / table.md belong to the scenario's own recipe; another step count or lr reports beside them."""
+    parse = text_to_image_benchmark.parse_args
+    assert parse(["--scenario", "contamination"]).report_suffix == ""
+    assert parse(["--scenario", "contamination", "--max_train_steps", "1500"]).report_suffix == ""
+    assert parse(["--scenario", "contamination", "--max_train_steps", "500"]).report_suffix == "_500steps_lr0.0001"
+    assert parse(["--scenario", "contamination", "--learning_rate", "1e-5"]).report_suffix == "_1500steps_lr1e-05"
+    assert parse(["--smoke"]).report_suffix == ""  # the smoke run's tiny recipe is its own scenario's
