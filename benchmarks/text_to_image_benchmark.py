@@ -37,6 +37,7 @@ import time
 
 import micro_sd
 import numpy as np
+import scipy.stats
 import torch
 from harness import mean_std, paired_p, read_json, run_training, write_json
 
@@ -476,6 +477,33 @@ def format_tests(tests: list[dict], args, against: str = "unsupervised") -> str:
             for s in scales
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(entry[s]["p"] is None for entry in tests for s in scales):
+        lines.append("\n(–: every seed's difference is the same, so the paired t-test is undefined.)")
+    return "\n".join(lines)
+
+
+def seed_interval(rates: list[float], one_evaluation: dict) -> list[float]:
+    """The 95 % interval of a sevens rate: a t-interval over the seeds (the seed-to-seed spread, data draw
+    included) when there are two or more, else the one seed's Wilson interval over its samples."""
+    if len(rates) < 2:
+        return list(one_evaluation["sensitive_rate_interval"])
+    half = scipy.stats.t.ppf(0.975, len(rates) - 1) * np.std(rates, ddof=1) / np.sqrt(len(rates))
+    return [float(np.mean(rates) - half), float(np.mean(rates) + half)]
+
+
+def format_intervals(rows: list[dict], args) -> str:
+    """Each row's sevens rate for the normal prompt with its 95 % interval (see :func:`seed_interval`)."""
+    scales = [f"{s:g}" for s in args.guidance_scales]
+    lines = [
+        "| method | seeds | " + " | ".join(f"sevens, normal prompt, CFG {s} (95 % interval)" for s in scales) + " |",
+        "|" + "---|" * (2 + len(scales)),
+    ]
+    for row in rows:
+        cells = [row["method"], ", ".join(map(str, row["seeds"]))]
+        for s in scales:
+            low, high = row[f"sevens normal@{s} interval"]
+            cells.append(f"{np.mean(row[f'sevens normal@{s}']):.3f} ({max(low, 0.0):.3f}–{high:.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -487,6 +515,7 @@ def summarize(records: list[dict], args) -> list[dict]:
         row = {"method": method, "description": group[0]["description"], "seeds": [r["seed"] for r in group]}
         for name in group[0]["evaluations"]:
             row[f"sevens {name}"] = [r["evaluations"][name]["sensitive_rate"] for r in group]
+            row[f"sevens {name} interval"] = seed_interval(row[f"sevens {name}"], group[0]["evaluations"][name])
             if "fd_classifier" in group[0]["evaluations"][name]:
                 row[f"fd {name}"] = [r["evaluations"][name]["fd_classifier"] for r in group]
                 row[f"other digits {name}"] = [
@@ -590,7 +619,7 @@ def main(args):
     records = cached_records(args)
     rows = summarize(records, args)
     tests = paired_tests(rows, args)
-    table = format_table(rows, args) + "\n\n" + format_tests(tests, args)
+    table = format_table(rows, args) + "\n\n" + format_intervals(rows, args) + "\n\n" + format_tests(tests, args)
     tests_vs_clean = paired_tests(rows, args, against="clean")
     if tests_vs_clean:
         table += "\n\n" + format_tests(tests_vs_clean, args, against="clean")
