@@ -104,6 +104,8 @@ def contamination_methods(beta: float) -> dict:
         "pu-cap4": ("the same PU, each S loss capped at 4× U's (--pu_sensitive_cap 4)", pu + ["--pu_sensitive_cap", "4"], "pu"),
         "pu-nn": ("the same PU, nnPU's max(0, ·) instead of |·| (--pu_estimator nn)", pu + ["--pu_estimator", "nn"], "pu"),
         "pu-lr1e-5": ("the same PU at the paper's SD learning rate, 1e-5", pu + ["--learning_rate", "1e-5"], "pu"),
+        "unsupervised-lr1e-5": ("fine-tune on U (no S) at lr 1e-5: pu-lr1e-5's harm", ["--method", "unsupervised", "--learning_rate", "1e-5"], "pu"),
+        "clean-lr1e-5": ("U without its sevens at lr 1e-5: pu-lr1e-5's floor", ["--method", "unsupervised", "--learning_rate", "1e-5"], "clean"),
         "pu-own": ("PU, S scored under its own caption (the authors' code)", pu + ["--sensitive_conditioning", "own"], "pu"),
         "pu-ucap": ("PU, S re-captioned with U's caption", pu + ["--sensitive_caption", NORMAL_PROMPT, "--sensitive_conditioning", "own"], "pu"),
         "supervised": ("supervised risk, S under its own caption", ["--method", "supervised", "--beta", str(beta)], "pu"),

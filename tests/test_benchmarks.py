@@ -339,7 +339,10 @@ def test_every_method_is_a_valid_training_command(scenario):
         name: script.parse_args(bench.finetune_argv(args, name, "base", "data", "out", 0))
         for name in bench.SCENARIOS[scenario].methods
     }
-    assert {name: p.method for name, p in parsed.items() if not name.startswith(("pu", "supervised"))} == {
+    for name, p in parsed.items():  # the lr rows override the scenario's lr and nothing else
+        assert p.learning_rate == (1e-5 if name.endswith("-lr1e-5") else 1e-4)
+    base_rows = {name: p for name, p in parsed.items() if not name.endswith("-lr1e-5")}
+    assert {name: p.method for name, p in base_rows.items() if not name.startswith(("pu", "supervised"))} == {
         "clean": "unsupervised",
         "unsupervised": "unsupervised",
         "esd-x": "esd-x",
