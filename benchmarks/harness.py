@@ -41,6 +41,13 @@ def mean_std(values, digits: int = 3) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table: the header, its separator, then one line per row of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
 def paired_p(ours, theirs) -> float | None:
     """Two-sided paired t-test p-value over seeds; None with fewer than two pairs or differences that do not vary
     (t = ±inf or undefined there: no p-value rather than a '0')."""

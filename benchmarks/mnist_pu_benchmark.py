@@ -30,7 +30,7 @@ import shutil
 import time
 
 import numpy as np
-from harness import paired_p, read_json, run_training, write_json
+from harness import markdown_table, paired_p, read_json, run_training, write_json
 
 from pipelines.loading import pipeline_loader
 from pu_diffusion.builtin_mnist import builtin_pu_split
@@ -460,29 +460,26 @@ def _p_cell(row: dict) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| split | steps | variant | method | sampler | seeds | NSR mean ± std | NSR pooled 95 % CI | ceiling "
-        "| normal-class perplexity (of 5) "
-        "| classifier-FD | Inception FID | FD ratios vs unsup. (classifier / Inception) "
-        "| paired p vs unsup. (NSR / classifier-FD / Inception) "
-        "| paper NSR | β trained |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = [
+        "split", "steps", "variant", "method", "sampler", "seeds", "NSR mean ± std", "NSR pooled 95 % CI", "ceiling",
+        "normal-class perplexity (of 5)", "classifier-FD", "Inception FID",
+        "FD ratios vs unsup. (classifier / Inception)", "paired p vs unsup. (NSR / classifier-FD / Inception)",
+        "paper NSR", "β trained",
+    ]  # fmt: skip
+    table = []
     for row in rows:
         low, high = row["nsr_pooled_interval"]
-        p_values = _p_cell(row)
         ratio = "/".join(
             f"{row[key]:.2f}" for key in ("fd_ratio_vs_unsupervised", "fid_ratio_vs_unsupervised") if key in row
         )
-        lines.append(
-            f"| {row['split']} | {row['steps']} | {row['variant']} | {row['method']} | {sampler_label(row['sampler'])} "
-            f"| {len(row['seeds'])} | {row['nsr_mean']:.4f} ± {row['nsr_std']:.4f} | {low:.4f}–{high:.4f} "
-            f"| {row['ceiling']:.4f} | {_mean_std(row.get('normal_class_perplexity'), 2)} "
-            f"| {_fd_cell(row, 'frechet_distance_classifier_features')} "
-            f"| {_fd_cell(row, 'frechet_distance_inception')} | {ratio} "
-            f"| {p_values} | {row['paper_nsr'] or ''} | {_beta_cell(row)} |"
-        )
-    return "\n".join(lines)
+        table.append([
+            row["split"], str(row["steps"]), row["variant"], row["method"], sampler_label(row["sampler"]),
+            str(len(row["seeds"])), f"{row['nsr_mean']:.4f} ± {row['nsr_std']:.4f}", f"{low:.4f}–{high:.4f}",
+            f"{row['ceiling']:.4f}", _mean_std(row.get("normal_class_perplexity"), 2),
+            _fd_cell(row, "frechet_distance_classifier_features"), _fd_cell(row, "frechet_distance_inception"),
+            ratio, _p_cell(row), str(row["paper_nsr"] or ""), _beta_cell(row),
+        ])  # fmt: skip
+    return markdown_table(header, table)
 
 
 def save_methods_grid(tiles_by_name: dict, path: str) -> None:

