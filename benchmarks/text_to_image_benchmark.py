@@ -94,6 +94,8 @@ def unlearning_methods(beta: float) -> dict:
 def contamination_methods(beta: float) -> dict:
     """The paper's experiment: U teaches the concept under the normal caption; S carries the concept's own name."""
     pu = ["--method", "pu", "--beta", str(beta)]
+    ucap = ["--sensitive_caption", NORMAL_PROMPT, "--sensitive_conditioning", "own"]
+    lr = ["--learning_rate", "1e-5"]
     return {
         "clean": ("fine-tune on U without its sevens (the floor)", ["--method", "unsupervised"], "clean"),
         "unsupervised": ("fine-tune on U (no S): the harm PU should avoid", ["--method", "unsupervised"], "pu"),
@@ -107,8 +109,11 @@ def contamination_methods(beta: float) -> dict:
         "unsupervised-lr1e-5": ("fine-tune on U (no S) at lr 1e-5: pu-lr1e-5's harm", ["--method", "unsupervised", "--learning_rate", "1e-5"], "pu"),
         "clean-lr1e-5": ("U without its sevens at lr 1e-5: pu-lr1e-5's floor", ["--method", "unsupervised", "--learning_rate", "1e-5"], "clean"),
         "pu-own": ("PU, S scored under its own caption (the authors' code)", pu + ["--sensitive_conditioning", "own"], "pu"),
-        "pu-ucap": ("PU, S re-captioned with U's caption", pu + ["--sensitive_caption", NORMAL_PROMPT, "--sensitive_conditioning", "own"], "pu"),
+        "pu-ucap": ("PU, S re-captioned with U's caption", pu + ucap, "pu"),
         "supervised": ("supervised risk, S under its own caption", ["--method", "supervised", "--beta", str(beta)], "pu"),
+        "pu-ucap-lr1e-5": ("pu-lr1e-5 with S re-captioned with U's caption", pu + ucap + lr, "pu"),
+        "pu-dropout-lr1e-5": ("pu-lr1e-5 with 10 % caption dropout", pu + ["--proportion_empty_prompts", "0.1"] + lr, "pu"),
+        "supervised-lr1e-5": ("the supervised risk at lr 1e-5", ["--method", "supervised", "--beta", str(beta)] + lr, "pu"),
         "esd-x": ("ESD-x erasing 'a photo of the digit seven' (cross-attention)", ["--method", "esd-x"], "pu"),
         "esd-u": ("ESD-u erasing 'a photo of the digit seven' (all but cross-attention)", ["--method", "esd-u"], "pu"),
         "erasediff": ("EraseDiff, S under its own caption, anchor U's caption", ["--method", "erasediff"], "pu"),
