@@ -447,18 +447,23 @@ def other_digit_perplexity(class_counts: list[int]) -> float:
     return class_perplexity(class_counts, exclude=[SENSITIVE_DIGIT])
 
 
-def paired_tests(rows: list[dict], args, against: str = "unsupervised") -> list[dict]:
-    """Paired t-test (same seeds) of each method's sevens rate for the normal prompt against ``against``'s."""
+LR_SUFFIX = "-lr1e-5"  # rows at another learning rate than the scenario's, each with its own floor and harm
 
-    reference = next((row for row in rows if row["method"] == against), None)
+
+def paired_tests(rows: list[dict], args, against: str = "unsupervised") -> list[dict]:
+    """Paired t-test (same seeds) of each method's sevens rate for the normal prompt against ``against``'s, or against
+    ``against`` at the same learning rate for a ``-lr1e-5`` row (``clean-lr1e-5`` is pu-lr1e-5's floor, not ``clean``)."""
+
+    by_name = {row["method"]: row for row in rows}
     tests = []
     for row in rows:
-        if reference is None or row["method"] in ("base", against):
+        reference = by_name.get(against + (LR_SUFFIX if row["method"].endswith(LR_SUFFIX) else ""))
+        if reference is None or row["method"] == "base" or row is reference:
             continue
         shared = sorted(seed for seed in row["seeds"] if seed in reference["seeds"])
         if len(shared) < 2:
             continue
-        entry = {"method": row["method"], "seeds": shared}
+        entry = {"method": row["method"], "against": reference["method"], "seeds": shared}
         for scale in args.guidance_scales:
             name = f"sevens normal@{scale:g}"
             ours = [row[name][row["seeds"].index(seed)] for seed in shared]
@@ -473,10 +478,10 @@ def paired_tests(rows: list[dict], args, against: str = "unsupervised") -> list[
 
 def format_tests(tests: list[dict], args, against: str = "unsupervised") -> str:
     scales = [f"CFG {s:g}" for s in args.guidance_scales]
-    header = ["method", "seeds", *(f"Δ sevens vs {against}, {s} (p)" for s in scales)]
+    header = ["method", "seeds", "against", *(f"Δ sevens vs {against}, {s} (p)" for s in scales)]
     rows = []
     for entry in tests:
-        cells = [entry["method"], ", ".join(map(str, entry["seeds"]))]
+        cells = [entry["method"], ", ".join(map(str, entry["seeds"])), entry.get("against", against)]
         cells += [
             f"{entry[s]['difference']:+.3f} ({'–' if entry[s]['p'] is None else format(entry[s]['p'], '.2g')})"
             for s in scales

@@ -425,13 +425,20 @@ def test_paired_tests_pair_by_seed_against_unsupervised():
         # seeds listed in another order: the test must pair seed with seed, not position with position
         {"method": "pu", "seeds": [2, 0, 1], "sevens normal@1": [0.11, 0.05, 0.12]},
         {"method": "esd-u", "seeds": [0], "sevens normal@1": [0.02]},  # one shared seed: no test
+        # a row at another learning rate is read against the reference at that rate
+        {"method": "unsupervised-lr1e-5", "seeds": [0, 1], "sevens normal@1": [0.30, 0.40]},
+        {"method": "pu-lr1e-5", "seeds": [0, 1], "sevens normal@1": [0.10, 0.30]},
     ]
     tests = bench.paired_tests(rows, args)
-    assert [t["method"] for t in tests] == ["pu"]
+    assert [(t["method"], t["against"]) for t in tests] == [
+        ("pu", "unsupervised"),
+        ("pu-lr1e-5", "unsupervised-lr1e-5"),
+    ]
+    assert tests[1]["CFG 1"]["difference"] == pytest.approx(-0.15)
     expected = stats.ttest_rel([0.05, 0.12, 0.11], [0.10, 0.20, 0.15]).pvalue
     assert tests[0]["CFG 1"]["p"] == pytest.approx(expected)
     assert tests[0]["CFG 1"]["difference"] == pytest.approx(np.mean([0.05, 0.12, 0.11]) - 0.15)
-    assert "| pu | 0, 1, 2 | -0.057 (0.042) |" in bench.format_tests(tests, args)
+    assert "| pu | 0, 1, 2 | unsupervised | -0.057 (0.042) |" in bench.format_tests(tests, args)
 
 
 def test_methods_grid_has_one_row_per_method_and_the_all_seeds_grid_one_per_run(tmp_path):
