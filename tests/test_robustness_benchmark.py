@@ -37,10 +37,9 @@ def test_full_grid_covers_the_axes_and_every_cell_fits_the_digits():
         assert suite.draw_cell(cell, 0)["test"].tolist() == suite.draw_cell(cell, 1)["test"].tolist()
 
 
-def test_default_beta_is_not_trained_twice_where_it_is_the_true_beta():
+def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flags_override_the_recipe():
     args = suite.parse_args([])
-    one_eleventh, fifth = suite.FULL_CELLS[0], suite.FULL_CELLS[2]
-    assert ("pu", "default") not in suite.runs_of(args, one_eleventh)
+    fifth = suite.FULL_CELLS[2]
     assert suite.runs_of(args, fifth) == [
         ("clean", "true"),
         ("unsupervised", "true"),
@@ -49,8 +48,47 @@ def test_default_beta_is_not_trained_twice_where_it_is_the_true_beta():
         ("pu", "default"),
     ]
     assert suite.run_flags(args, "pu", "true", fifth)[:4] == ["--method", "pu", "--beta", "0.2"]
+    assert suite.run_flags(args, "pu", "default", fifth)[:4] == ["--method", "pu", "--beta", "0.1"]
+    candidate = suite.parse_args(["--extra_train_args", "--learning_rate 1e-4"])
+    flags = suite.run_flags(candidate, "pu", "true", fifth)
+    assert flags[-2:] == ["--learning_rate", "1e-4"]  # after the recipe's 0.001: argparse keeps the last
+    assert suite.run_flags(candidate, "clean", "true", fifth) == suite.run_flags(args, "clean", "true", fifth)
+    import train_pu_diffusion
+
+    assert train_pu_diffusion.parse_args(["--train_data_dir", "d", *flags]).learning_rate == 1e-4
+    assert suite.run_key(flags) != suite.run_key(suite.run_flags(args, "pu", "true", fifth))
+    # the key follows the effective flags: spelling a default out changes nothing
+    assert suite.run_key(suite.run_flags(args, "clean", "true", fifth) + ["--pu_estimator", "abs"]) == suite.run_key(
+        suite.run_flags(args, "clean", "true", fifth)
+    )
     with pytest.raises(SystemExit):
         suite.parse_args(["--cells", "no-such-cell"])
+    with pytest.raises(SystemExit):
+        suite.parse_args(["--num_samples", "1"])
+
+
+def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
+    args = suite.parse_args(["--samplers", "50", "100"])
+
+    def row(method, shares50, shares100, fds, seeds, mode="true"):
+        return {
+            "cell": "c", "beta_mode": mode, "method": method, "seeds": seeds, "fd_classifier": fds,
+            "sensitive_share_ddim50": shares50, "sensitive_share_ddim100": shares100,
+        }  # fmt: skip
+
+    rows = [
+        row("clean", [0.05, 0.07], [0.06, 0.05], [10.0, 12.0], [0, 1]),
+        row("unsupervised", [0.20, 0.30], [0.25, 0.10], [20.0, 30.0], [0, 1]),
+        row("pu", [0.06], [0.09], [24.0], [0]),  # seed 1 not trained yet (a kill): compared on seed 0 only
+        row("pu", [0.30, 0.40], [0.10, 0.10], [30.0, 50.0], [0, 1], mode="auto"),
+    ]
+    assert suite.worse_share(rows[1], args) == {0: 0.25, 1: 0.30}
+    true, auto = suite.cell_verdicts(rows, args)
+    assert true["seeds"] == [0] and true["pu"] == 0.09 and true["clean"] == 0.06 and true["unsupervised"] == 0.25
+    assert true["gap_to_floor"] == pytest.approx(0.03) and not true["at_floor"] and true["at_most_unsupervised"]
+    assert true["fd_ratio"] == pytest.approx(24 / 20) and true["fd_ok"]
+    assert auto["pu"] == pytest.approx(0.35) and not auto["at_most_unsupervised"]
+    assert auto["fd_ratio"] == pytest.approx(80 / 50) and not auto["fd_ok"]
 
 
 def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summary(tmp_path, monkeypatch):
@@ -62,11 +100,12 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     rows = {(row["beta_mode"], row["method"]): row for row in summary["rows"]}
     assert set(rows) == {("true", "clean"), ("true", "unsupervised"), ("true", "pu"), ("auto", "pu")}
     for row in rows.values():
-        assert {"split", "s_size", "true_beta", "beta_mode", "method", "sensitive_share_ddim2", "fd_classifier"} <= set(
-            row
-        )
-        assert row["split"] == "7" and row["seeds"] == [0] and 0 <= row["sensitive_share_ddim2"][0] <= 1
-        assert sum(row["class_counts_ddim2"][0]) == 8
+        keys = {"split", "s_size", "true_beta", "beta_mode", "method", "fd_classifier"}
+        assert keys | {"sensitive_share_ddim2", "sensitive_share_ddim3"} <= set(row)
+        assert row["split"] == "7" and row["s_size"] == 6 and row["true_beta"] == 0.2 and row["seeds"] == [0]
+        for steps in (2, 3):  # the share is of samples the judge calls a seven
+            counts = row[f"class_counts_ddim{steps}"][0]
+            assert sum(counts) == 8 and row[f"sensitive_share_ddim{steps}"][0] == pytest.approx(counts[7] / 8)
     assert rows[("true", "pu")]["beta_trained"] == [0.2]
     auto = rows[("auto", "pu")]
     assert len(auto["beta_trained"]) == 1 and auto["beta_trained"][0] is not None  # the estimate, or the fallback
@@ -75,7 +114,7 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     assert not [name for name in os.listdir(out / "runs") if not name.endswith(".log")]  # models removed
 
     # the data a user would pass: U with its hidden sevens, S, and the clean oracle's U without them
-    data = out / "data" / f"{suite.SMOKE_CELLS[0].name}_s0"
+    (data,) = (out / "data").glob(f"{suite.SMOKE_CELLS[0].name}_s0_*")
     listing = {part: os.listdir(data / part) for part in ("pu/unlabeled", "pu/sensitive", "clean/unlabeled")}
     sevens = {part: sum("digit7" in name for name in names) for part, names in listing.items()}
     assert sevens == {"pu/unlabeled": hidden_count(40, 0.2), "pu/sensitive": 6, "clean/unlabeled": 0}
@@ -91,3 +130,5 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     # another candidate recipe is its own table: the default PU runs do not count for it
     other = suite.main(suite.parse_args([*argv, "--report_only", "--extra_train_args", "--pu_estimator nn"]))
     assert {row["method"] for row in other["rows"]} == {"clean", "unsupervised"}
+    # records of another sample count are not this study's
+    assert suite.main(suite.parse_args([*argv, "--report_only", "--num_samples", "4"]))["rows"] == []
