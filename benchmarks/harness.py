@@ -91,3 +91,28 @@ def trained_beta(run_dir: str) -> dict | None:
     if run.get("method") != "pu":
         return None
     return run.get("beta_resolved") or {"beta": float(run["beta"]), "beta_source": "given with --beta"}
+
+
+def training_log_summary(run_dir: str) -> dict | None:
+    """The run's risk terms over training (logs/train_log.jsonl): the means of L_U⁻, L_S⁻ and of the negative
+    risk L_U⁻ − βL_S⁻ over the first and the last tenth of the steps, and the share of steps where that negative
+    risk was below zero (where absPU's |·| turns round and pushes U's loss up), and the number of steps where nnPU
+    took its negative branch (``nn_branch_steps``). None when the run logged no PU terms."""
+    path = os.path.join(run_dir, "logs", "train_log.jsonl")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        logs = [json.loads(line) for line in handle if line.strip()]
+    logs = [entry for entry in logs if "neg_risk" in entry]
+    if not logs:
+        return None
+    tenth = max(1, len(logs) // 10)
+    summary = {
+        "steps": len(logs),
+        "share_negative_risk_below_zero": sum(e["neg_risk"] < 0 for e in logs) / len(logs),
+        "nn_branch_steps": int(sum(e.get("nn_branch", 0) for e in logs)),
+    }
+    for window, part in (("first_tenth", logs[:tenth]), ("last_tenth", logs[-tenth:])):
+        for key in ("L_U-", "L_S-", "neg_risk"):
+            summary[f"{key} {window}"] = float(np.mean([entry[key] for entry in part]))
+    return summary

@@ -30,7 +30,7 @@ import shutil
 import time
 
 import numpy as np
-from harness import markdown_table, paired_p, read_json, run_training, trained_beta, write_json
+from harness import markdown_table, paired_p, read_json, run_training, trained_beta, training_log_summary, write_json
 
 from pipelines.loading import pipeline_loader
 from pu_diffusion.builtin_mnist import builtin_pu_split
@@ -243,6 +243,7 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
                 "train_argv": [a for a in argv if not a.startswith(os.sep)],
                 **timing,
                 "beta": trained_beta(run_dir),
+                "training_log": training_log_summary(run_dir),
                 "evaluations": {},
             }
             write_json(record_path, record)

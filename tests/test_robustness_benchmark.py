@@ -107,6 +107,9 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
             counts = row[f"class_counts_ddim{steps}"][0]
             assert sum(counts) == 8 and row[f"sensitive_share_ddim{steps}"][0] == pytest.approx(counts[7] / 8)
     assert rows[("true", "pu")]["beta_trained"] == [0.2]
+    records = [json.loads(path.read_text()) for path in (out / "cache").glob("*.json")]
+    pu_logs = [record["training_log"] for record in records if record["method"] == "pu"]
+    assert len(pu_logs) == 2 and all(log["steps"] == 2 and log["nn_branch_steps"] == 0 for log in pu_logs)
     auto = rows[("auto", "pu")]
     assert len(auto["beta_trained"]) == 1 and auto["beta_trained"][0] is not None  # the estimate, or the fallback
     assert {cell["beta_mode"] for cell in summary["cells"]} == {"true", "auto"}
