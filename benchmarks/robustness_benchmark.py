@@ -54,7 +54,7 @@ from pu_diffusion.evaluation import (
     sensitive_label_ids,
 )
 from pu_diffusion.image_data import SENSITIVE, UNLABELED, is_image_file
-from pu_diffusion.outputs import check_free, claim
+from pu_diffusion.outputs import check_free, check_writable, claim
 from pu_diffusion.presets import BUILTIN_RECIPE
 from pu_diffusion.pu_dataset import ImageTransform
 from pu_diffusion.splits import make_pu_split
@@ -157,12 +157,14 @@ def parse_args(input_args=None):
     args.n_test = N_TEST
     if args.own_data:
         check_own_data_args(parser, args)
+    if args.extra_train_args:
+        check_extra_train_args(parser, args.extra_train_args)
     cells = SMOKE_CELLS if args.smoke else QUICK_CELLS if quick else FULL_CELLS
     if args.cells is not None:
         known = {cell.name: cell for cell in FULL_CELLS + SMOKE_CELLS}
         unknown = [name for name in args.cells if name not in known]
         if unknown:
-            parser.error(f"--cells: unknown {unknown}; the cells are {sorted(known)}.")
+            parser.error(f"--cells: unknown {unknown}; the cells are {[cell.name for cell in FULL_CELLS]}.")
         cells = [known[name] for name in args.cells]
     args.cell_list = None if args.own_data else cells  # own data: built from its counts in main (own_cells)
     if args.seeds is None:
@@ -181,6 +183,22 @@ def parse_args(input_args=None):
     elif args.own_data and args.output_dir == OUTPUT_DIR:  # your study is not the project's
         args.output_dir = f"robustness-{os.path.basename(os.path.normpath(args.labelled_data_dir))}"
     return args
+
+
+def check_extra_train_args(parser, extra: str) -> None:
+    """Refuse --extra_train_args that train_pu_diffusion.py would refuse, with its reason, before anything runs."""
+    import contextlib
+    import io
+
+    import train_pu_diffusion
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            train_pu_diffusion.parse_args(["--train_data_dir", "data", "--method", "pu", *extra.split()])
+    except SystemExit:
+        reason = (said.getvalue().strip().splitlines() or ["refused"])[-1].split("error: ", 1)[-1]
+        parser.error(f"--extra_train_args {extra!r} is not valid for train_pu_diffusion.py: {reason}")
 
 
 def check_own_data_args(parser, args) -> None:
@@ -204,8 +222,9 @@ def check_own_data_args(parser, args) -> None:
     )
     unknown = [name for name in args.sensitive_classes if name not in classes]
     if unknown:
+        shown = ", ".join(classes[:10]) + (f" and {len(classes) - 10} more" if len(classes) > 10 else "")
         parser.error(f"--sensitive_classes {unknown} are not sub-folders of --labelled_data_dir (its classes: "
-                     f"{classes}).")  # fmt: skip
+                     f"{shown or 'none'}).")  # fmt: skip
     if len(set(args.sensitive_classes)) >= len(classes):
         parser.error(f"--sensitive_classes names every class of --labelled_data_dir ({classes}): leave at least one "
                      "normal class.")  # fmt: skip
@@ -617,6 +636,7 @@ OUTPUTS = ("summary.json", "table.md", "heatmap.png", "data", "runs", "cache", "
 
 def main(args) -> dict:
     start = time.time()
+    check_writable(args.output_dir, "--output_dir")
     check_free(args.output_dir, OUTPUTS)  # never over a user's files: refused before anything is written
     judge = None
     if args.own_data:

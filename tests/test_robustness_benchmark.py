@@ -70,6 +70,8 @@ def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flag
         suite.parse_args(["--cells", "no-such-cell"])
     with pytest.raises(SystemExit):
         suite.parse_args(["--num_samples", "1"])
+    with pytest.raises(SystemExit, match="2"):
+        suite.parse_args(["--extra_train_args", "--pu_estimator bogus"])
 
 
 def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
