@@ -3,8 +3,9 @@
 
 For each contamination rate (the true β) and split seed, U = 2,000 even digits + the odd digits that make that
 share, S = 200 other odd digits. Every image is scored once by the cross-fitted U-vs-S CNN (what `--beta auto`
-runs); BBE and DEDPUL read the same scores. Also at the text-to-image benchmark's scale (64 U, 20 S), where a
-CNN has little to learn from. Prints a table and writes JSON:
+runs); BBE and DEDPUL read the same scores. Also at a small scale (64 U, 20 S, β 1/11), where a CNN has little to
+learn from. (The text-to-image benchmark uses 400 U and 40 S at β 0.2; the paper's Brad Pitt set 80 U and 20 S at
+β 0.2: neither is measured here yet.) Prints a table and writes JSON:
 
     python benchmarks/beta_estimation_benchmark.py            # 3 rates × 5 seeds + the small scale, ≈15 min
 """
