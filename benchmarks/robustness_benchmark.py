@@ -362,16 +362,9 @@ def run_flags(args, method: str, beta_mode: str, cell: Cell) -> list[str]:
         recipe = ["--model_config_name_or_path", "tiny_unet", "--resolution", "8", "--max_train_steps", "2"]
         recipe += ["--lr_warmup_steps", "1", "--train_batch_size", "8", "--sensitive_batch_size", "4"]
         return flags + recipe + extra
-    resolution = args.resolution if args.own_data else BUILTIN_RECIPE["resolution"]
-    recipe = [
-        "--resolution",
-        str(resolution),
-        "--learning_rate",
-        str(BUILTIN_RECIPE["learning_rate"]),
-    ]
-    recipe += ["--max_train_steps", str(BUILTIN_RECIPE["max_train_steps"])]
-    recipe += ["--lr_warmup_steps", str(BUILTIN_RECIPE["lr_warmup_steps"])]
-    recipe += ["--use_ema"] if BUILTIN_RECIPE["use_ema"] else []
+    recipe = []  # the built-in recipe, spelled out (with --train_data_dir no preset applies); own data: --resolution
+    for name, value in {**BUILTIN_RECIPE, **({"resolution": args.resolution} if args.own_data else {})}.items():
+        recipe += [f"--{name}"] if value is True else [] if value is False else [f"--{name}", str(value)]
     return flags + recipe + extra
 
 
@@ -393,7 +386,7 @@ def runs_of(args, cell: Cell) -> list[tuple[str, str]]:
     return [("clean", "true"), ("unsupervised", "true"), *(("pu", mode) for mode in args.beta_modes)]
 
 
-def evaluate(args, run_dir: str, data_dir: str, source: Source, cell: Cell, judge, seed: int) -> dict:
+def evaluate(args, run_dir: str, data_dir: str, test_rows: list, source: Source, cell: Cell, judge, seed: int) -> dict:
     """Per DDIM step count: sensitive share, per-class counts and classifier-FD against the cell's test images.
 
     ``judge``: the digit ensemble (built-in digits), or None for own data, judged by --classifier_name_or_path."""
@@ -401,8 +394,7 @@ def evaluate(args, run_dir: str, data_dir: str, source: Source, cell: Cell, judg
     if judge is not None:
         pipeline = load_pipeline(run_dir, "ddim")
         transform = ImageTransform(pipeline.unet.config.sample_size, channels=1, center_crop=True)
-        rows = read_json(os.path.join(data_dir, "rows.json"))["test"]
-        test = torch.stack([transform(source.load(row)) for row in rows])
+        test = torch.stack([transform(source.load(row)) for row in test_rows])
     for steps in args.samplers:
         if judge is not None:
             samples = generate_samples(pipeline, args.num_samples, 250, steps, seed=1000 + seed)
@@ -430,9 +422,10 @@ def run_one(args, source: Source, cell: Cell, method: str, beta_mode: str, seed:
     key = run_key(flags)
     stem = f"{cell.name}_{method}-{beta_mode}_{key}_s{seed}"
     record_path = os.path.join(args.output_dir, "cache", stem + ".json")
-    if os.path.isfile(record_path) and complete(read_json(record_path), args):
+    cached = read_json(record_path) if os.path.isfile(record_path) else None
+    if cached is not None and complete(cached, args):
         print(f"[cached] {cell.name} {method} β {beta_mode} seed {seed}", flush=True)
-        return read_json(record_path)
+        return cached
     # The model is not kept, so a record lacking a sampler or with another --num_samples is trained again.
     rows = draw_cell(source, cell, seed, args.u_normal, args.n_test)
     data_dir = os.path.join(args.output_dir, "data", f"{cell.name}_s{seed}_{rows_digest(rows)}")
@@ -464,7 +457,7 @@ def run_one(args, source: Source, cell: Cell, method: str, beta_mode: str, seed:
         "beta": trained_beta(run_dir),
         "training_log": training_log_summary(run_dir),
         "per_class": data["per_class"],
-        "evaluations": evaluate(args, run_dir, data_dir, source, cell, judge, seed),
+        "evaluations": evaluate(args, run_dir, data_dir, data["test"], source, cell, judge, seed),
     }
     write_json(record_path, record)
     shutil.rmtree(run_dir, ignore_errors=True)  # ours, and evaluated: the record keeps what the tables need
