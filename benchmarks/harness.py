@@ -41,6 +41,18 @@ def mean_std(values, digits: int = 3) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def t_interval(values, level: float = 0.95) -> list[float] | None:
+    """The t-interval of the mean over seeds: it holds the seed-to-seed spread (training noise and, where the split
+    varies with the seed, the data draw), which a Wilson interval over pooled samples leaves out. None for < 2."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return None
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
+    return [float(values.mean() - half), float(values.mean() + half)]
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub markdown table: the header, its separator, then one line per row of cells."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

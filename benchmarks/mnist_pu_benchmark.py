@@ -30,7 +30,16 @@ import shutil
 import time
 
 import numpy as np
-from harness import markdown_table, paired_p, read_json, run_training, trained_beta, training_log_summary, write_json
+from harness import (
+    markdown_table,
+    paired_p,
+    read_json,
+    run_training,
+    t_interval,
+    trained_beta,
+    training_log_summary,
+    write_json,
+)
 
 from pipelines.loading import pipeline_loader
 from pu_diffusion.builtin_mnist import builtin_pu_split
@@ -354,7 +363,10 @@ def summarize(records: list[dict]) -> list[dict]:
             "seeds": seeds,
             "nsr_mean": nsr_mean,
             "nsr_std": nsr_std,
+            # Wilson over the seeds' pooled samples: sampling noise only. The t-interval over seeds beside it
+            # holds the seed-to-seed spread too (None for one seed); it is the one to read a mean by.
             "nsr_pooled_interval": list(wilson_interval(normal_count, int(counts.sum()))),
+            "nsr_seed_interval": t_interval(rate),
             "ceiling": float(np.mean([m["ceiling"] for m in metrics])),
             "predicted_class_counts": counts.tolist(),
             "classifier_parity_accuracy": metrics[0].get("classifier_parity_accuracy"),
@@ -405,6 +417,10 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _interval_cell(interval) -> str:
+    return "" if interval is None else f"{interval[0]:.4f}–{interval[1]:.4f}"
+
+
 def _mean_and_std(values) -> list[float]:
     """Mean and sample standard deviation over seeds (0 for a single seed)."""
     return [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
@@ -450,7 +466,7 @@ def _p_cell(row: dict) -> str:
 
 def format_table(rows: list[dict]) -> str:
     header = [
-        "split", "steps", "variant", "method", "sampler", "seeds", "NSR mean ± std", "NSR pooled 95 % CI", "ceiling",
+        "split", "steps", "variant", "method", "sampler", "seeds", "NSR mean ± std", "NSR 95 % t-interval over seeds", "NSR pooled 95 % Wilson (samples only)", "ceiling",
         "normal-class perplexity (of 5)", "classifier-FD", "Inception FID",
         "FD ratios vs unsup. (classifier / Inception)", "paired p vs unsup. (NSR / classifier-FD / Inception)",
         "paper NSR", "β trained",
@@ -463,7 +479,7 @@ def format_table(rows: list[dict]) -> str:
         )
         table.append([
             row["split"], str(row["steps"]), row["variant"], row["method"], sampler_label(row["sampler"]),
-            str(len(row["seeds"])), f"{row['nsr_mean']:.4f} ± {row['nsr_std']:.4f}", f"{low:.4f}–{high:.4f}",
+            str(len(row["seeds"])), f"{row['nsr_mean']:.4f} ± {row['nsr_std']:.4f}", _interval_cell(row.get("nsr_seed_interval")), f"{low:.4f}–{high:.4f}",
             f"{row['ceiling']:.4f}", _mean_std(row.get("normal_class_perplexity"), 2),
             _fd_cell(row, "frechet_distance_classifier_features"), _fd_cell(row, "frechet_distance_inception"),
             ratio, _p_cell(row), str(row["paper_nsr"] or ""), _beta_cell(row),

