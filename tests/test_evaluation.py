@@ -212,6 +212,21 @@ def test_evaluate_a_tiny_saved_pipeline_end_to_end(tmp_path, monkeypatch):
     assert again["non_sensitive_rate"] == metrics["non_sensitive_rate"]
     assert again[CLASSIFIER_FD] == pytest.approx(metrics[CLASSIFIER_FD])
     assert (out / "README.md").read_text().count("## Evaluation (evaluate_pu_diffusion.py)") == 1
+    assert evaluate_pu_diffusion.parse_args(["--pipeline", "m"]).num_inference_steps == 50  # the README's DDIM-50
+
+    checked = evaluate_pu_diffusion.main(
+        evaluate_pu_diffusion.parse_args(
+            argv[:-1] + ["--also_samplers", "ddpm:3", "ddim:1", "--output_dir", str(tmp_path / "e2")]
+        )
+    )
+    saved = json.loads((tmp_path / "e2" / "metrics.json").read_text())
+    steps = [(check["sampler"], check["num_inference_steps"]) for check in saved["sampler_check"]]
+    assert steps == [("DDIMScheduler", 2), ("DDPMScheduler", 3), ("DDIMScheduler", 1)]
+    assert saved["sampler_check"][0]["non_sensitive_rate"] == metrics["non_sensitive_rate"]  # same seed, same samples
+    rates = [check["non_sensitive_rate"] for check in saved["sampler_check"]]
+    assert saved["worst_non_sensitive_rate"] == min(rates) == checked["worst_non_sensitive_rate"]
+    worst = saved["sampler_check"][rates.index(min(rates))]
+    assert saved["worst_sampler"] == f"{worst['sampler']}:{worst['num_inference_steps']}"
 
 
 def test_scoring_images_with_the_models_own_loss(tiny_unet_config):
@@ -522,6 +537,16 @@ def test_parse_args_refuses_non_positive_counts(capsys, flag, value):
     with pytest.raises(SystemExit):
         evaluate_pu_diffusion.parse_args(["--pipeline", "model", flag, value])
     assert f"{flag} must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["ddim", "euler:50", "ddpm:-1", "ddim:x", "ddpm:0"])
+def test_parse_args_refuses_bad_sampler_checks(capsys, spec):
+    import evaluate_pu_diffusion
+
+    with pytest.raises(SystemExit):
+        evaluate_pu_diffusion.parse_args(["--pipeline", "model", "--also_samplers", spec])
+    err = capsys.readouterr().err
+    assert "error: --also_samplers" in err and "ddim:STEPS" in err
 
 
 def test_inception_features_and_fid_offline():
