@@ -76,6 +76,15 @@ COLUMNS = {
     # a method that finds and removes them could do); pn-oracle: the supervised risk with U's labels known.
     "clean": ["--method", "unsupervised", "--builtin_unlabeled", "clean"],
     "pn-oracle": ["--method", "supervised", "--supervised_form", "paper", "--builtin_unlabeled", "labelled"],
+    # the PN risk that absPU/nnPU estimate without labels, β L_S⁺ + (1−β) L_N⁻ (paper Eq. 15), on the true labels
+    "pn-oracle-weighted": [
+        "--method",
+        "supervised",
+        "--supervised_form",
+        "weighted",
+        "--builtin_unlabeled",
+        "labelled",
+    ],  # fmt: skip
     # Competing method (EraseDiff, D_r = U, D_f = S, uniform-noise forget target; λ 0.1, K 2 by default).
     "erasediff": ["--method", "erasediff"],
 }

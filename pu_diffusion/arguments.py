@@ -120,7 +120,8 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         default="paper",
         choices=SUPERVISED_FORMS,
         help="--method supervised only. paper: L_U⁻ + L_S⁺ (Eq. 12, the S mean weighs as much as the U mean); "
-        "authors: the released code's single mean over the U+S batch of (1−y)ℓ + y(−log(1 − e^{−ℓ} + 1e-6)).",
+        "authors: the released code's single mean over the U+S batch of (1−y)ℓ + y(−log(1 − e^{−ℓ} + 1e-6)); "
+        "weighted: β L_S⁺ + (1−β) L_U⁻ (Eq. 15, the risk PU estimates; uses --beta).",
     )
     group.add_argument(
         "--beta",

@@ -13,6 +13,8 @@ and, on a batch split into its unlabeled part U and its sensitive part S,
     supervised    L_U⁻ + L_S⁺  (paper Eq. 12; ``supervised_form="paper"``)
                   or mean over the whole U+S batch of (1−y)·ℓ + y·(−log(1 − e^{−ℓ} + 1e-6))
                   (``supervised_form="authors"``: the released code's form; an S row weighs what a U row weighs)
+                  or β L_S⁺ + (1−β) L_U⁻  (``supervised_form="weighted"``: the β-weighted PN risk, paper Eq. 15,
+                  which absPU/nnPU estimate without labels; with U all normal it is the PN oracle of that risk)
     absPU         β L_S⁺ + | L_U⁻ − β L_S⁻ |
     nnPU          β L_S⁺ + max(0, L_U⁻ − β L_S⁻); when L_U⁻ − β L_S⁻ < 0 the step descends
                   −(L_U⁻ − β L_S⁻) instead (Kiryo et al. 2017, paper Algorithm 1).
@@ -29,7 +31,7 @@ import torch
 METHODS = ("unsupervised", "supervised", "pu")
 PU_ESTIMATORS = ("abs", "nn")
 LOSS_REDUCTIONS = ("sum", "mean")
-SUPERVISED_FORMS = ("paper", "authors")
+SUPERVISED_FORMS = ("paper", "authors", "weighted")
 LN2 = math.log(2.0)
 
 
@@ -140,7 +142,8 @@ def pu_risk(
     ``method``: unsupervised | supervised | pu; ``estimator`` (pu only): abs | nn.
     ``reduce_for_branch``: nnPU only, maps the detached local L_U⁻ − β L_S⁻ to the value the branch is chosen
     on; with several processes pass the mean over processes, so every process takes the same branch.
-    ``supervised_form`` (supervised only): paper (L_U⁻ + L_S⁺) | authors (one mean over the batch, ℓ⁺ capped).
+    ``supervised_form`` (supervised only): paper (L_U⁻ + L_S⁺) | authors (one mean over the batch, ℓ⁺ capped) |
+    weighted (β L_S⁺ + (1−β) L_U⁻, Eq. 15).
     ``temperature`` τ: the classifier becomes p(normal | x) = exp(−ℓ/τ), i.e. every ℓ is divided by τ first
     (τ = number of elements turns the summed ℓ into the mean-reduced one). Opt-in; 1 is the paper's method.
     ``sensitive_cap`` κ (pu only, opt-in): the subtracted term becomes β · mean_S min(ℓ, κ · sg[L_U⁻]), so an S
@@ -187,6 +190,9 @@ def pu_risk(
         capped = -torch.log(1 - torch.exp(-sensitive) + 1e-6)  # the released code's ℓ⁺, capped at −log 1e-6
         risk = torch.cat([unlabeled, capped]).mean()
         return RiskTerms(objective=risk, risk=risk, negative_risk=L_U_neg, **terms)
+    if method == "supervised" and supervised_form == "weighted":
+        risk = beta * L_S_pos + (1 - beta) * L_U_neg
+        return RiskTerms(objective=risk, risk=risk, negative_risk=(1 - beta) * L_U_neg, **terms)
     if method == "supervised":
         risk = L_U_neg + L_S_pos
         return RiskTerms(objective=risk, risk=risk, negative_risk=L_U_neg, **terms)

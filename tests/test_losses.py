@@ -148,6 +148,20 @@ def test_supervised_authors_form_is_one_mean_over_the_batch_with_a_capped_sensit
         pu_risk(loss, is_sensitive, "supervised", supervised_form="other")
 
 
+def test_weighted_supervised_form_is_the_pn_risk_that_pu_estimates():
+    """Eq. 15: β L_S⁺ + (1−β) L_N⁻, the risk whose unbiased estimate from U and S is the PU risk."""
+    loss = torch.tensor([1.0, 3.0, 0.5, 40.0])
+    is_sensitive = torch.tensor([False, False, True, True])
+    weighted = pu_risk(loss, is_sensitive, "supervised", beta=0.2, supervised_form="weighted")
+    l_s_pos = (sensitive_loss(torch.tensor(0.5)) + sensitive_loss(torch.tensor(40.0))).item() / 2
+    assert weighted.objective.item() == pytest.approx(0.2 * l_s_pos + 0.8 * 2.0, rel=1e-6)
+    assert weighted.risk.item() == weighted.objective.item() and not weighted.nn_branch
+    x = loss.clone().requires_grad_()
+    pu_risk(x, is_sensitive, "supervised", beta=0.2, supervised_form="weighted").objective.backward()
+    assert x.grad[:2].tolist() == pytest.approx([0.4, 0.4])  # (1−β)/|U| per U row
+    assert x.grad[2].item() < 0  # S's loss is pushed up, through ℓ⁺ only
+
+
 def test_temperature_divides_every_loss_and_mean_reduction_is_the_temperature_of_the_element_count():
     loss, is_sensitive, _ = hand_terms()
     scaled = pu_risk(loss, is_sensitive, "pu", beta=0.1, temperature=4.0)
