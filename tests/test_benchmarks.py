@@ -525,3 +525,39 @@ def test_training_log_summary_counts_negative_risk_steps_and_nn_branches(tmp_pat
     assert summary["steps"] == 10 and summary["nn_branch_steps"] == 8
     assert summary["share_negative_risk_below_zero"] == 0.8  # neg_risk 1, 0, -1, ..., -8
     assert summary["L_S- first_tenth"] == 20.0 and summary["L_S- last_tenth"] == 29.0
+
+
+# ---- PU over long training (benchmarks/long_training_benchmark.py)
+
+
+def test_long_training_judges_each_checkpoint_of_one_run_and_resumes_from_the_cache(tmp_path, monkeypatch):
+    import long_training_benchmark as bench
+
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    fast_classifier(monkeypatch)
+    out = tmp_path / "long"
+    argv = ["--smoke", "--methods", "unsupervised", "clean", "pu", "--output_dir", str(out)]
+    summary = bench.main(bench.parse_args(argv))
+    rows = {(row["method"], row["steps"]): row for row in summary["rows"]}
+    assert set(rows) == {(method, steps) for method in ("unsupervised", "clean", "pu") for steps in (2, 4)}
+    for row in rows.values():
+        assert row["seeds"] == [0] and len(row["nsr"]) == len(row["fd_classifier"]) == 1 and 0 <= row["nsr"][0] <= 1
+    # the step-2 checkpoint is a different model from the final one (its own EMA weights, not the last ones)
+    assert rows["pu", 2]["fd_classifier"] != rows["pu", 4]["fd_classifier"]
+    record = summary["per_seed"][0]
+    argv_of_run = record["train_argv"]
+    assert argv_of_run[argv_of_run.index("--split_seed") + 1] == "0"  # the split varies with the seed
+    assert argv_of_run[argv_of_run.index("--max_train_steps") + 1] == "4"  # one run to the longest length
+    assert {check["method"] for check in summary["targets"]} == {"pu"} and "target met" in (
+        out / "table.md"
+    ).read_text()
+    assert (out / "long_training.png").exists() and not os.listdir(out / "runs")  # run folders removed once judged
+
+    def no_training(*_):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(bench, "run_training", no_training)
+    again = bench.main(bench.parse_args(argv))
+    assert again["rows"] == summary["rows"]
+    with pytest.raises(SystemExit, match="No cached runs of this recipe"):  # another recipe's rows never mix in
+        bench.main(bench.parse_args(argv + ["--report_only", "--extra_train_args=--beta 0.3"]))
