@@ -108,7 +108,8 @@ METHODS = {
     "unsupervised": (["--method", "unsupervised"], "pu"),
     "pu": (["--method", "pu"], "pu"),
 }
-BETA_MODES = ("true", "auto", "default")
+BETA_MODES = ("true", "auto", "auto-lower", "default")  # auto-lower: --beta auto --beta_auto_point lower
+DEFAULT_BETA_MODES = ("true", "auto", "default")
 DEFAULT_BETA = 0.1  # train_pu_diffusion.py's --beta default
 
 
@@ -117,7 +118,7 @@ def parse_args(input_args=None):
     parser.add_argument("--protocol", choices=["full", "quick"], default="full")
     parser.add_argument("--cells", nargs="+", default=None, help="Cell names to run (default: the protocol's).")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Default: 0 1 (full), 0 (quick).")
-    parser.add_argument("--beta_modes", nargs="+", choices=BETA_MODES, default=list(BETA_MODES))
+    parser.add_argument("--beta_modes", nargs="+", choices=BETA_MODES, default=list(DEFAULT_BETA_MODES))
     parser.add_argument("--num_samples", type=int, default=500, help="Samples per model and sampler.")
     parser.add_argument(
         "--samplers",
@@ -355,8 +356,8 @@ def run_flags(args, method: str, beta_mode: str, cell: Cell) -> list[str]:
     flags = list(flags)
     extra = []
     if method == "pu":
-        beta = {"true": f"{cell.true_beta:.6g}", "auto": "auto", "default": f"{DEFAULT_BETA:g}"}[beta_mode]
-        flags += ["--beta", beta]
+        beta = {"true": f"{cell.true_beta:.6g}", "default": f"{DEFAULT_BETA:g}"}.get(beta_mode, "auto")
+        flags += ["--beta", beta] + (["--beta_auto_point", "lower"] if beta_mode == "auto-lower" else [])
         extra = args.extra_train_args.split()  # last: argparse keeps the last value, so it overrides the recipe
     if args.smoke:  # the tiny UNet's config folder, by its name under --output_dir (no machine path in records)
         recipe = ["--model_config_name_or_path", "tiny_unet", "--resolution", "8", "--max_train_steps", "2"]
@@ -571,7 +572,9 @@ def cell_verdicts(rows: list[dict], args) -> list[dict]:
 def format_table(verdicts: list[dict], rows: list[dict], args) -> str:
     notes = {cell.name: cell.note for cell in args.cell_list}
     beta_cells = {
-        (row["cell"], row["beta_mode"]): row for row in rows if row["method"] == "pu" and row["beta_mode"] == "auto"
+        (row["cell"], row["beta_mode"]): row
+        for row in rows
+        if row["method"] == "pu" and row["beta_mode"] in ("auto", "auto-lower")
     }
     table = []
     for verdict in verdicts:

@@ -144,6 +144,14 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         help="--beta auto: train with this multiple of the estimate (the paper's best β lay above the true share).",
     )
     group.add_argument(
+        "--beta_auto_point",
+        type=str,
+        default="estimate",
+        choices=["estimate", "lower"],
+        help="--beta auto: train with the point estimate, or with the lower end of its 95 % bootstrap interval (a "
+        "conservative β: an overestimated β makes PU train towards the sensitive data).",
+    )
+    group.add_argument(
         "--pu_estimator",
         type=str,
         default="abs",
@@ -376,6 +384,11 @@ def validate_training_args(args) -> None:
         _require(
             args.beta_margin == 1.0,
             f"--beta_margin {args.beta_margin} multiplies the estimate of --beta auto; with --beta {args.beta} "
+            "give the β you want directly.",
+        )
+        _require(
+            args.beta_auto_point == "estimate",
+            f"--beta_auto_point {args.beta_auto_point} picks what --beta auto trains with; with --beta {args.beta} "
             "give the β you want directly.",
         )
     _require(args.sensitive_batch_size >= 0, f"--sensitive_batch_size must be >= 0; got {args.sensitive_batch_size}.")

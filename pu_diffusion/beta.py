@@ -26,7 +26,13 @@ def given_beta(beta: float) -> dict:
 
 
 def resolve_auto_beta(
-    accelerator, load_images, estimator: str, margin: float, ddp_timeout: int, recorded: dict | None = None
+    accelerator,
+    load_images,
+    estimator: str,
+    margin: float,
+    ddp_timeout: int,
+    recorded: dict | None = None,
+    point: str = "estimate",
 ) -> dict:
     """--beta auto: the ``recorded`` β of a resumed run, else the estimate from ``load_images()`` (→ U and S tensors,
     N×C×H×W) × ``margin``, computed on the main process and broadcast to the others."""
@@ -36,7 +42,7 @@ def resolve_auto_beta(
     resolved = [None]
     if accelerator.is_main_process:
         try:
-            resolved = [estimate_on_main_process(accelerator, load_images, estimator, margin, ddp_timeout)]
+            resolved = [estimate_on_main_process(accelerator, load_images, estimator, margin, ddp_timeout, point)]
         except Exception as error:  # the other processes wait in the broadcast below: tell them, then fail
             resolved = [{"error": f"{type(error).__name__}: {error}"}]
             if accelerator.num_processes > 1:
@@ -49,7 +55,9 @@ def resolve_auto_beta(
     return resolved[0]
 
 
-def estimate_on_main_process(accelerator, load_images, estimator: str, margin: float, ddp_timeout: int) -> dict:
+def estimate_on_main_process(
+    accelerator, load_images, estimator: str, margin: float, ddp_timeout: int, point: str = "estimate"
+) -> dict:
     """Score U and S, estimate β, decide whether to trust it; an estimate that cannot be made falls back too."""
     unlabeled, sensitive = load_images()
     logger.info(
@@ -69,7 +77,7 @@ def estimate_on_main_process(accelerator, load_images, estimator: str, margin: f
             "beta_source": f"the default {DEFAULT_BETA}: --beta auto could not estimate β ({error})",
             "beta_estimate": None,
         }
-    resolved = beta_from_estimate(estimate, margin)
+    resolved = beta_from_estimate(estimate, margin, point)
     if estimate.trusted:
         logger.info(f"--beta auto: training with β = {resolved['beta']:.4f}; {resolved['beta_source']}")
     else:
@@ -80,12 +88,18 @@ def estimate_on_main_process(accelerator, load_images, estimator: str, margin: f
     return resolved
 
 
-def beta_from_estimate(estimate, margin: float = 1.0) -> dict:
-    """The β to train with, given a BetaEstimate: trusted → estimate × ``margin`` (--beta_margin); else DEFAULT_BETA."""
+def beta_from_estimate(estimate, margin: float = 1.0, point: str = "estimate") -> dict:
+    """The β to train with, given a BetaEstimate: trusted → the estimate (``point="lower"``: its interval's lower
+    end, --beta_auto_point) × ``margin`` (--beta_margin); else DEFAULT_BETA."""
+    if point not in ("estimate", "lower"):
+        raise ValueError(f"point must be 'estimate' or 'lower'; got {point!r}.")
     if estimate.trusted:
-        beta = min(estimate.estimate * margin, 0.99)
-        source = f"estimated with --beta auto: {estimate.describe()}" + (
-            f", × --beta_margin {margin}" if margin != 1.0 else ""
+        value = estimate.estimate if point == "estimate" else estimate.interval[0]
+        beta = min(value * margin, 0.99)
+        source = (
+            f"estimated with --beta auto: {estimate.describe()}"
+            + (", the interval's lower end (--beta_auto_point lower)" if point == "lower" else "")
+            + (f", × --beta_margin {margin}" if margin != 1.0 else "")
         )
     else:
         beta = DEFAULT_BETA

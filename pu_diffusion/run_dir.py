@@ -44,6 +44,7 @@ ADDED_ARGS_NEUTRAL = {
     "esd_start_guidance": 3.0,
     "beta_estimator": "bbe",
     "beta_margin": 1.0,
+    "beta_auto_point": "estimate",
 }
 # Not flags: what a run derived from them and recorded (the β that --beta auto estimated). A resumed run reads
 # them back instead of deriving them again, so they are never compared.

@@ -113,7 +113,8 @@ def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dic
     """β for the PU risk and where it came from: {"beta", "beta_source", "beta_estimate"} (see :mod:`.beta`).
 
     ``--beta`` as given; with ``--beta auto`` a resumed run reads the β it recorded in pu_run.json, and a new run
-    estimates it from ``load_images()`` (→ U and S tensors) with --beta_estimator × --beta_margin.
+    estimates it from ``load_images()`` (→ U and S tensors) with --beta_estimator, --beta_auto_point and
+    --beta_margin.
     """
     if args.beta != "auto":
         return given_beta(args.beta)
@@ -125,6 +126,7 @@ def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dic
         load_images,
         estimator=args.beta_estimator,
         margin=args.beta_margin,
+        point=args.beta_auto_point,
         ddp_timeout=args.ddp_timeout,
         recorded=recorded,
     )

@@ -89,6 +89,13 @@ def test_low_separability_is_not_trusted_and_training_falls_back(caplog):
     assert not few.trusted and "wider" in few.reason  # separable, but too few images for a narrow interval
     trusted = estimate_class_prior(*mixture_scores(0))
     assert beta.beta_from_estimate(trusted, args.beta_margin)["beta"] == pytest.approx(1.5 * trusted.estimate)
+    lower = beta.beta_from_estimate(trusted, 1.0, "lower")
+    assert lower["beta"] == pytest.approx(trusted.interval[0]) < trusted.estimate
+    assert "lower end" in lower["beta_source"]
+    assert beta.beta_from_estimate(estimate, 1.0, "lower")["beta"] == beta.DEFAULT_BETA  # untrusted: the default
+    assert script.parse_args(["--beta", "auto", "--beta_auto_point", "lower"]).beta_auto_point == "lower"
+    with pytest.raises(ValueError, match="--beta_auto_point lower picks what --beta auto trains with"):
+        script.parse_args(["--beta", "0.2", "--beta_auto_point", "lower"])
 
 
 def test_cross_fitted_scores_separate_distinct_images():

@@ -54,6 +54,9 @@ def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flag
     ]
     assert suite.run_flags(args, "pu", "true", fifth)[:4] == ["--method", "pu", "--beta", "0.2"]
     assert suite.run_flags(args, "pu", "default", fifth)[:4] == ["--method", "pu", "--beta", "0.1"]
+    lower = suite.run_flags(args, "pu", "auto-lower", fifth)
+    assert lower[:6] == ["--method", "pu", "--beta", "auto", "--beta_auto_point", "lower"]
+    assert suite.run_key(lower) != suite.run_key(suite.run_flags(args, "pu", "auto", fifth))
     candidate = suite.parse_args(["--extra_train_args", "--learning_rate 1e-4"])
     flags = suite.run_flags(candidate, "pu", "true", fifth)
     assert flags[-2:] == ["--learning_rate", "1e-4"]  # after the recipe's 0.001: argparse keeps the last
