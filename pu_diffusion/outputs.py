@@ -186,6 +186,31 @@ def check_separate(output: str, output_flag: str, inputs: dict, allow_inside=())
         )
 
 
+PSEUDO_FILESYSTEMS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+                      "pstore", "bpf", "configfs", "fusectl", "mqueue", "efivarfs", "binfmt_misc"}  # fmt: skip
+
+
+def pseudo_filesystem(folder: str, mounts_file: str = "/proc/self/mounts") -> str | None:
+    """The type of the kernel pseudo-filesystem (procfs, sysfs, …) ``folder`` lies on, else None.
+
+    os.access says such folders are writable for root, yet no output can be written there; the mount table
+    (Linux) tells. Where it cannot be read, None: the later write reports its own error.
+    """
+    try:
+        with open(mounts_file) as handle:
+            mounts = [line.split()[1:3] for line in handle if len(line.split()) >= 3]
+    except OSError:
+        return None
+    real = os.path.realpath(folder)
+    best, kind = "", None
+    for point, fstype in mounts:
+        point = point.replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fstype
+    return f"{kind} ({best})" if kind in PSEUDO_FILESYSTEMS else None
+
+
 def check_writable(path: str, flag: str, folder: bool = True) -> None:
     """Refuse an output path whose folder (or nearest existing parent) cannot be written, before any loading.
 
@@ -208,6 +233,11 @@ def check_writable(path: str, flag: str, folder: bool = True) -> None:
             f"{flag} {path!r} cannot be created: {probe!r} is a file, not a folder. Choose another {flag}."
         )
     writable_folder = probe if os.path.isdir(probe) else os.path.dirname(probe)
+    kind = pseudo_filesystem(writable_folder)
+    if kind:
+        raise UsageError(
+            f"{flag} {path!r} lies on {kind}, a kernel filesystem that holds no files: choose a folder on a disk."
+        )
     if not os.access(writable_folder, os.W_OK | os.X_OK):
         raise UsageError(
             f"{flag} {path!r} cannot be written: {writable_folder!r} is read-only for this user. Choose a writable "

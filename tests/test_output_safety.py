@@ -767,3 +767,27 @@ def test_help_shows_every_flags_default(parse_args, capsys):
     assert len(flags) >= 8 and all("(default:" in block for block in flags), [b for b in flags if "(default:" not in b]
     if parse_args is train_pu_diffusion.parse_args:
         assert "With no dataset flags (the built-in presets): 0.001" in " ".join(text.split())
+
+
+def test_an_output_folder_on_a_kernel_filesystem_is_refused_before_anything_runs(tmp_path, capsys):
+    """os.access calls /proc writable for root; the mount table says it holds no files."""
+    from pu_diffusion.outputs import check_writable, pseudo_filesystem
+
+    mounts = tmp_path / "mounts"
+    disk = tmp_path / "disk"
+    mounts.write_text(
+        f"/dev/sda1 / ext4 rw 0 0\nproc {tmp_path / 'fake proc'} proc rw 0 0\n".replace("fake proc", "fake\\040proc")
+    )
+    (tmp_path / "fake proc" / "1").mkdir(parents=True)
+    assert pseudo_filesystem(str(tmp_path / "fake proc" / "1"), str(mounts)).startswith("proc (")
+    disk.mkdir()
+    assert pseudo_filesystem(str(disk), str(mounts)) is None
+    assert pseudo_filesystem(str(disk), str(tmp_path / "no-such-file")) is None  # no mount table: no verdict
+    if not os.path.isfile("/proc/self/mounts") or pseudo_filesystem("/proc") is None:
+        return  # not Linux: the real /proc below does not exist
+    with pytest.raises(UsageError, match="--output_dir '/proc/pu-out' lies on proc"):
+        check_writable("/proc/pu-out", "--output_dir")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_pu_diffusion.main, train_pu_diffusion.parse_args, ["--output_dir", "/proc/pu-out"], prog="train")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("train: error: --output_dir '/proc/pu-out' lies on proc")
