@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -40,6 +41,7 @@ from pu_diffusion.metrics import CLASSIFIER_FD
 from pu_diffusion.testing_utils import write_unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUTPUT_DIR = os.path.join(ROOT, "benchmarks", "results", "long_training")
 # The study's methods → the MNIST benchmark's columns (train_pu_diffusion.py flags). pn-oracle is the β-weighted PN
 # risk on the true labels (paper Eq. 15): the risk absPU and nnPU estimate without them.
 METHODS = {
@@ -70,18 +72,25 @@ def parse_args(input_args=None):
     parser.add_argument(
         "--extra_train_args", default="", help="Flags for train_pu_diffusion.py on top of the built-in recipe, quoted."
     )
-    parser.add_argument("--output_dir", default=os.path.join(ROOT, "benchmarks", "results", "long_training"))
+    parser.add_argument("--output_dir", default=OUTPUT_DIR)
     parser.add_argument("--keep_models", action="store_true", help="Keep each run folder and its checkpoints.")
     parser.add_argument("--timing_note", default="alone on the machine", help="What else ran while runs were timed.")
     parser.add_argument("--report_only", action="store_true", help="Train nothing: tabulate the cached results.")
     parser.add_argument("--smoke", action="store_true", help="Seconds-long run on a tiny UNet (for the tests).")
     args = parser.parse_args(input_args)
     if args.smoke:
-        args.steps, args.num_samples, args.num_inference_steps = [2, 4], 16, 2
+        args.steps = args.steps if args.steps != parser.get_default("steps") else [2, 4]
+        args.num_samples, args.num_inference_steps = 16, 2
         args.seeds = args.seeds if args.seeds != parser.get_default("seeds") else [0]
     if min(args.steps) < 1 or args.num_samples < 2 or args.num_inference_steps < 1:
         parser.error("--steps must be >= 1, --num_samples >= 2 and --num_inference_steps >= 1.")
     args.steps = sorted(set(args.steps))
+    if "--checkpoints_total_limit" in args.extra_train_args:
+        parser.error("--extra_train_args: --checkpoints_total_limit would delete the checkpoints this study judges.")
+    if math.gcd(*args.steps) < min(args.steps) / 4:
+        print(f"note: a checkpoint (optimizer state included) every {math.gcd(*args.steps)} steps, the gcd of --steps")
+    if args.smoke and args.output_dir == OUTPUT_DIR:  # never over the reported study
+        args.output_dir = os.path.join(tempfile.gettempdir(), "pu_diffusion_long_training_smoke")
     if args.fid_features is None:
         args.fid_features = ["classifier"] + (["inception"] if inception_available() and not args.smoke else [])
     return args
@@ -129,19 +138,33 @@ def checkpoint_pipeline(run_dir: str, step: int, last: int) -> str:
     return folder
 
 
+def evaluation_key(args, step: int) -> str:
+    """What a cached evaluation was taken with: the length, the sampler and the sample count."""
+    return f"{step}@ddim-{args.num_inference_steps}x{args.num_samples}"
+
+
+def is_complete(args, metrics: dict | None) -> bool:
+    return metrics is not None and ("inception" not in args.fid_features or INCEPTION_FD in metrics)
+
+
 def run_one(args, method: str, seed: int, key: str, flags: list[str]) -> dict:
     """Train (resuming) unless every length is cached, then evaluate the lengths not yet cached."""
     record_path = os.path.join(args.output_dir, "cache", f"{key}_s{seed}.json")
     record = read_json(record_path) if os.path.isfile(record_path) else None
-    missing = [step for step in args.steps if record is None or str(step) not in record["evaluations"]]
+    missing = [
+        step
+        for step in args.steps
+        if record is None or not is_complete(args, record["evaluations"].get(evaluation_key(args, step)))
+    ]
     if not missing:
         return record
     run_dir = os.path.join(args.output_dir, "runs", f"{key}_s{seed}")
     argv = train_argv(run_dir, method, args.split, seed, flags)
-    if not os.path.isfile(os.path.join(run_dir, "model_index.json")):
+    # train_stats.json is written last: until it exists the run is (re)started from its latest checkpoint
+    if not os.path.isfile(os.path.join(run_dir, "train_stats.json")):
         os.makedirs(os.path.dirname(run_dir), exist_ok=True)
         run_training("train_pu_diffusion.py", argv, run_dir + ".log")
-        record = None  # a (re)trained run replaces whatever was cached for it
+        record, missing = None, list(args.steps)  # a (re)trained run replaces what was cached for it: judge it all
     if record is None:
         stats = read_json(os.path.join(run_dir, "train_stats.json"))
         timing = {"train_seconds": stats["train_seconds"], "steps_per_second": round(stats["steps_per_second"], 3)}
@@ -168,7 +191,7 @@ def run_one(args, method: str, seed: int, key: str, flags: list[str]) -> dict:
             fid_features=args.fid_features,
         )
         metrics.pop("pipeline", None)  # no machine paths in results
-        record["evaluations"][str(step)] = metrics
+        record["evaluations"][evaluation_key(args, step)] = metrics
         os.makedirs(os.path.dirname(record_path), exist_ok=True)
         write_json(record_path, record)
         fid = f"  Inception FID {metrics[INCEPTION_FD]:.2f}" if INCEPTION_FD in metrics else ""
@@ -182,12 +205,14 @@ def run_one(args, method: str, seed: int, key: str, flags: list[str]) -> dict:
     return record
 
 
-def summarize(records: list[dict]) -> list[dict]:
-    """One row per (method, steps) with per-seed lists, the issue's row format."""
+def summarize(records: list[dict], args) -> list[dict]:
+    """One row per (method, steps) with per-seed lists, the issue's row format (this invocation's sampler)."""
     groups: dict[tuple, dict[int, dict]] = {}
     for record in records:
-        for step, metrics in record["evaluations"].items():
-            groups.setdefault((record["method"], int(step)), {})[record["seed"]] = metrics
+        for name, metrics in record["evaluations"].items():
+            step, _, spec = name.partition("@")
+            if spec == evaluation_key(args, 0).partition("@")[2]:
+                groups.setdefault((record["method"], int(step)), {})[record["seed"]] = metrics
     order = list(METHODS)
     rows = []
     for (method, steps), by_seed in sorted(groups.items(), key=lambda item: (order.index(item[0][0]), item[0][1])):
@@ -286,7 +311,7 @@ def main(args):
     records = [record for record in records if record["key"] == keys.get(record["method"])]  # this recipe's only
     if not records:
         raise SystemExit(f"No cached runs of this recipe in {cache}: run the benchmark without --report_only first.")
-    rows = summarize(records)
+    rows = summarize(records, args)
     checks = verdicts(rows)
     table = format_table(rows, checks)
     print(table)

@@ -204,9 +204,10 @@ def pseudo_filesystem(folder: str, mounts_file: str = "/proc/self/mounts") -> st
     real = os.path.realpath(folder)
     best, kind = "", None
     for point, fstype in mounts:
-        point = point.replace("\\040", " ")
+        for escaped, character in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+            point = point.replace(escaped, character)
         inside = real == point or real.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > len(best):
+        if inside and len(point) >= len(best):  # the last mount on a path is the one in effect
             best, kind = point, fstype
     return f"{kind} ({best})" if kind in PSEUDO_FILESYSTEMS else None
 

@@ -530,34 +530,58 @@ def test_training_log_summary_counts_negative_risk_steps_and_nn_branches(tmp_pat
 # ---- PU over long training (benchmarks/long_training_benchmark.py)
 
 
-def test_long_training_judges_each_checkpoint_of_one_run_and_resumes_from_the_cache(tmp_path, monkeypatch):
+def test_long_training_judges_each_checkpoint_of_one_run_and_resumes(tmp_path, monkeypatch):
     import long_training_benchmark as bench
+    from safetensors.torch import load_file
 
     monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
     fast_classifier(monkeypatch)
     out = tmp_path / "long"
-    argv = ["--smoke", "--methods", "unsupervised", "clean", "pu", "--output_dir", str(out)]
-    summary = bench.main(bench.parse_args(argv))
+    argv = ["--smoke", "--steps", "1", "3", "--output_dir", str(out)]
+    summary = bench.main(bench.parse_args(argv + ["--methods", "unsupervised", "clean", "pu", "--keep_models"]))
     rows = {(row["method"], row["steps"]): row for row in summary["rows"]}
-    assert set(rows) == {(method, steps) for method in ("unsupervised", "clean", "pu") for steps in (2, 4)}
+    assert set(rows) == {(method, steps) for method in ("unsupervised", "clean", "pu") for steps in (1, 3)}
     for row in rows.values():
         assert row["seeds"] == [0] and len(row["nsr"]) == len(row["fd_classifier"]) == 1 and 0 <= row["nsr"][0] <= 1
-    # the step-2 checkpoint is a different model from the final one (its own EMA weights, not the last ones)
-    assert rows["pu", 2]["fd_classifier"] != rows["pu", 4]["fd_classifier"]
-    record = summary["per_seed"][0]
+    assert rows["pu", 1]["fd_classifier"] != rows["pu", 3]["fd_classifier"]  # the checkpoint is another model
+    record = next(record for record in summary["per_seed"] if record["method"] == "pu")
     argv_of_run = record["train_argv"]
     assert argv_of_run[argv_of_run.index("--split_seed") + 1] == "0"  # the split varies with the seed
-    assert argv_of_run[argv_of_run.index("--max_train_steps") + 1] == "4"  # one run to the longest length
+    assert argv_of_run[argv_of_run.index("--max_train_steps") + 1] == "3"  # one run to the longest length
     assert {check["method"] for check in summary["targets"]} == {"pu"} and "target met" in (
         out / "table.md"
     ).read_text()
-    assert (out / "long_training.png").exists() and not os.listdir(out / "runs")  # run folders removed once judged
+    assert (out / "long_training.png").exists()
+
+    # step 1 is judged with checkpoint-1's EMA weights, not its raw ones
+    run = out / "runs" / f"{record['key']}_s0"
+    judged = load_file(str(run / "pipeline-1" / "unet" / "diffusion_pytorch_model.safetensors"))
+    ema = load_file(str(run / "checkpoint-1" / "unet_ema" / "diffusion_pytorch_model.safetensors"))
+    raw = load_file(str(run / "checkpoint-1" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(judged[name], ema[name]) for name in ema)
+    assert any(not torch.equal(ema[name], raw[name]) for name in ema)
+
+    # a run killed before it finished (no train_stats.json) resumes from its checkpoint; a length added later is
+    # judged on the retrained run together with the others, so the record ends up complete
+    (run / "train_stats.json").unlink()
+    trainings = []
+    real_training = bench.run_training
+    monkeypatch.setattr(bench, "run_training", lambda *a: trainings.append(a) or real_training(*a))
+    grown = bench.main(
+        bench.parse_args(["--smoke", "--steps", "1", "2", "3", "--output_dir", str(out), "--methods", "pu"])
+    )
+    assert len(trainings) == 1 and "--resume_from_checkpoint" in trainings[0][1]
+    assert sorted(row["steps"] for row in grown["rows"] if row["method"] == "pu") == [1, 2, 3]
+    assert not (out / "runs" / f"{record['key']}_s0").exists()  # removed once judged (no --keep_models)
 
     def no_training(*_):
         raise AssertionError("a cached run was trained again")
 
     monkeypatch.setattr(bench, "run_training", no_training)
-    again = bench.main(bench.parse_args(argv))
-    assert again["rows"] == summary["rows"]
+    again = bench.main(bench.parse_args(argv + ["--methods", "unsupervised", "clean", "pu"]))
+    assert {(row["method"], row["steps"]) for row in again["rows"]} >= set(rows)
     with pytest.raises(SystemExit, match="No cached runs of this recipe"):  # another recipe's rows never mix in
         bench.main(bench.parse_args(argv + ["--report_only", "--extra_train_args=--beta 0.3"]))
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv + ["--extra_train_args=--checkpoints_total_limit 1"])
+    assert bench.parse_args(["--smoke"]).output_dir != bench.OUTPUT_DIR  # a smoke run never writes over the study
