@@ -239,6 +239,30 @@ def _stratified_folds(labels: np.ndarray, folds: int, rng: np.random.Generator) 
     return assignment
 
 
+def fold_assignment(n_unlabeled: int, n_sensitive: int, folds: int, seed: int) -> np.ndarray:
+    """The cross-fitting fold of each image of [U, S] (stratified: every fold holds its share of U and of S)."""
+    labels = np.concatenate([np.zeros(n_unlabeled, dtype=np.int64), np.ones(n_sensitive, dtype=np.int64)])
+    return _stratified_folds(labels, folds, np.random.default_rng(seed))
+
+
+def rank_within_folds(unlabeled_scores, sensitive_scores, fold_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each score replaced by its quantile among the scores of its own fold (ties share the mean rank).
+
+    Each fold is scored by its own CNN, so raw logits of different folds sit on different scales, and BBE's top bin
+    mixes them. The folds are stratified, so each holds the same U/S mixture: per-fold quantiles put every fold on
+    one scale without changing any fold's own ordering.
+    """
+    from scipy.stats import rankdata
+
+    scores = np.concatenate([np.asarray(unlabeled_scores, float), np.asarray(sensitive_scores, float)])
+    ranked = np.empty_like(scores)
+    for fold in np.unique(fold_of):
+        rows = np.flatnonzero(fold_of == fold)
+        ranked[rows] = rankdata(scores[rows]) / len(rows)
+    n_unlabeled = len(unlabeled_scores)
+    return ranked[:n_unlabeled], ranked[n_unlabeled:]
+
+
 def train_score_network(
     images: torch.Tensor,
     is_sensitive: torch.Tensor,
@@ -305,7 +329,7 @@ def cross_fitted_scores(
     device = torch.device(device or "cpu")
     images = torch.cat([unlabeled_images, sensitive_images]).float().to(device)
     is_sensitive = torch.cat([torch.zeros(len(unlabeled_images)), torch.ones(len(sensitive_images))]).to(device)
-    fold_of = _stratified_folds(is_sensitive.cpu().numpy().astype(np.int64), folds, np.random.default_rng(seed))
+    fold_of = fold_assignment(len(unlabeled_images), len(sensitive_images), folds, seed)
     scores = np.empty(len(images))
     cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda_devices):

@@ -245,14 +245,35 @@ def test_beta_estimation_benchmark_prints_a_table_and_writes_json(tmp_path):
     bench = beta_estimation_benchmark
     args = bench.parse_args(
         ["--rates", "0.2", "--seeds", "0", "--n_normal", "40", "--n_sensitive", "10", "--small", "22", "8"]
-        + ["--resolution", "8", "--output_dir", str(tmp_path)]
+        + ["--resolution", "8", "--extra_cases", "30:6:0.2", "--output_dir", str(tmp_path)]
     )
     report = bench.main(args)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert len(saved["cases"]) == 2 and {row["estimator"] for row in saved["rows"]} == {"bbe", "dedpul"}
+    assert len(saved["cases"]) == 3 and {row["estimator"] for row in saved["rows"]} == set(bench.VARIANTS)
     assert saved["cases"][0]["true_beta"] == pytest.approx(0.2) and saved["cases"][1]["n_unlabeled"] == 22
-    assert "| 50 | 10 | 0.2000 | BBE |" in (tmp_path / "table.md").read_text()
+    assert saved["cases"][2]["n_unlabeled"] == 30 and saved["cases"][2]["n_sensitive"] == 6
+    assert saved["cases"][2]["true_beta"] == pytest.approx(0.2)
+    table = (tmp_path / "table.md").read_text()
+    assert "| 50 | 10 | 0.2000 | BBE |" in table and "| 50 | 10 | 0.2000 | BBE (fold ranks) |" in table
     assert report["rows"] == saved["rows"]
+    for bad in ["400:40", "10:5:0.01", "x:4:0.2"]:
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--extra_cases", bad])
+
+
+def test_fold_ranks_put_every_fold_on_one_scale_and_keep_each_folds_order():
+    from pu_diffusion.class_prior import fold_assignment, rank_within_folds
+
+    folds = fold_assignment(6, 3, 3, seed=0)
+    assert sorted(np.bincount(folds[:6])) == [2, 2, 2] and sorted(np.bincount(folds[6:])) == [1, 1, 1]  # stratified
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=9) * (1 + 10 * folds)  # fold 2's CNN speaks in logits 21× larger
+    u, s = rank_within_folds(raw[:6], raw[6:], folds)
+    ranked = np.concatenate([u, s])
+    for fold in range(3):
+        rows = np.flatnonzero(folds == fold)
+        assert sorted(ranked[rows].tolist()) == pytest.approx([1 / 3, 2 / 3, 1.0])  # the same scale in every fold
+        assert np.argsort(ranked[rows]).tolist() == np.argsort(raw[rows]).tolist()  # each fold's order is kept
 
 
 # ---- the micro Stable Diffusion benchmark (benchmarks/text_to_image_benchmark.py)
