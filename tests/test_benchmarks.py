@@ -365,7 +365,7 @@ def test_every_method_is_a_valid_training_command(scenario):
         for name in bench.SCENARIOS[scenario].methods
     }
     for name, p in parsed.items():  # the lr rows override the scenario's lr and nothing else
-        assert p.learning_rate == (1e-5 if name.endswith("-lr1e-5") else 1e-4)
+        assert p.learning_rate == (1e-5 if name.endswith("-lr1e-5") else bench.SCENARIOS[scenario].learning_rate)
     base_rows = {name: p for name, p in parsed.items() if not name.endswith("-lr1e-5")}
     assert {name: p.method for name, p in base_rows.items() if not name.startswith(("pu", "supervised"))} == {
         "clean": "unsupervised",
@@ -558,13 +558,13 @@ def test_long_training_judges_each_checkpoint_of_one_run_and_resumes(tmp_path, m
     monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
     fast_classifier(monkeypatch)
     out = tmp_path / "long"
-    argv = ["--smoke", "--steps", "1", "3", "--output_dir", str(out)]
+    argv = ["--smoke", "--steps", "2", "3", "--output_dir", str(out)]
     summary = bench.main(bench.parse_args(argv + ["--methods", "unsupervised", "clean", "pu", "--keep_models"]))
     rows = {(row["method"], row["steps"]): row for row in summary["rows"]}
-    assert set(rows) == {(method, steps) for method in ("unsupervised", "clean", "pu") for steps in (1, 3)}
+    assert set(rows) == {(method, steps) for method in ("unsupervised", "clean", "pu") for steps in (2, 3)}
     for row in rows.values():
         assert row["seeds"] == [0] and len(row["nsr"]) == len(row["fd_classifier"]) == 1 and 0 <= row["nsr"][0] <= 1
-    assert rows["pu", 1]["fd_classifier"] != rows["pu", 3]["fd_classifier"]  # the checkpoint is another model
+    assert rows["pu", 2]["fd_classifier"] != rows["pu", 3]["fd_classifier"]  # the checkpoint is another model
     record = next(record for record in summary["per_seed"] if record["method"] == "pu")
     argv_of_run = record["train_argv"]
     assert argv_of_run[argv_of_run.index("--split_seed") + 1] == "0"  # the split varies with the seed
@@ -574,11 +574,11 @@ def test_long_training_judges_each_checkpoint_of_one_run_and_resumes(tmp_path, m
     ).read_text()
     assert (out / "long_training.png").exists()
 
-    # step 1 is judged with checkpoint-1's EMA weights, not its raw ones
+    # step 2 is judged with checkpoint-2's EMA weights, not its raw ones (EMA warm-up: equal after step 1)
     run = out / "runs" / f"{record['key']}_s0"
-    judged = load_file(str(run / "pipeline-1" / "unet" / "diffusion_pytorch_model.safetensors"))
-    ema = load_file(str(run / "checkpoint-1" / "unet_ema" / "diffusion_pytorch_model.safetensors"))
-    raw = load_file(str(run / "checkpoint-1" / "unet" / "diffusion_pytorch_model.safetensors"))
+    judged = load_file(str(run / "pipeline-2" / "unet" / "diffusion_pytorch_model.safetensors"))
+    ema = load_file(str(run / "checkpoint-2" / "unet_ema" / "diffusion_pytorch_model.safetensors"))
+    raw = load_file(str(run / "checkpoint-2" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(judged[name], ema[name]) for name in ema)
     assert any(not torch.equal(ema[name], raw[name]) for name in ema)
 
