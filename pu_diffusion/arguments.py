@@ -148,7 +148,7 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         type=str,
         default="estimate",
         choices=["estimate", "lower"],
-        help="--beta auto: train with the point estimate, or with the lower end of its 95 % bootstrap interval (a "
+        help="--beta auto: train with the point estimate, or with the lower end of its 95 %% bootstrap interval (a "
         "conservative β: an overestimated β makes PU train towards the sensitive data).",
     )
     group.add_argument(
