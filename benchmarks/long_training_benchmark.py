@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 from harness import markdown_table, mean_std, read_json, run_training, t_interval, training_log_summary, write_json
-from mnist_pu_benchmark import COLUMNS, run_key
+from mnist_pu_benchmark import COLUMNS, has_fid, run_key
 
 from pipelines.loading import pipeline_loader
 from pu_diffusion.evaluation import check_fid_features, evaluate_builtin_pipeline
@@ -143,10 +143,6 @@ def evaluation_key(args, step: int) -> str:
     return f"{step}@ddim-{args.num_inference_steps}x{args.num_samples}"
 
 
-def is_complete(args, metrics: dict | None) -> bool:
-    return metrics is not None and ("inception" not in args.fid_features or INCEPTION_FD in metrics)
-
-
 def run_one(args, method: str, seed: int, key: str, flags: list[str]) -> dict:
     """Train (resuming) unless every length is cached, then evaluate the lengths not yet cached."""
     record_path = os.path.join(args.output_dir, "cache", f"{key}_s{seed}.json")
@@ -154,7 +150,7 @@ def run_one(args, method: str, seed: int, key: str, flags: list[str]) -> dict:
     missing = [
         step
         for step in args.steps
-        if record is None or not is_complete(args, record["evaluations"].get(evaluation_key(args, step)))
+        if record is None or not has_fid(record["evaluations"].get(evaluation_key(args, step)), args)
     ]
     if not missing:
         return record
