@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and U trains as plain diffusion below t₀, so the push on S acts where a sample's class is settled, not at "
         "the low-noise steps where ℓ (and so that push) is largest. 0: the paper's PU risk at every t.",
     )
+    parser.add_argument(
+        "--erasediff_forget_noising",
+        type=str,
+        default="gaussian",
+        choices=["gaussian", "uniform"],
+        help="--method erasediff: how the S rows are noised. Their target is u ~ U[0, 1) either way. gaussian: "
+        "x_t from the usual ε ~ N(0, I); uniform: x_t = √ᾱ_t x + √(1 − ᾱ_t) u with the u they must predict "
+        "(the authors' DDPM code), in the inner passes too.",
+    )
     model = add_model_arguments(
         parser, pretrained_help="DDPM/DDIM pipeline folder or hub id (unet/ + scheduler/) to fine-tune."
     )
@@ -194,6 +203,10 @@ def validate_args(args) -> None:
                 f"--builtin_contamination must lie in [0, 0.5] (the built-in data has 2,500 sensitive digits); "
                 f"got {args.builtin_contamination}."
             )
+    if args.erasediff_forget_noising != "gaussian" and args.method != "erasediff":
+        raise UsageError(
+            f"--erasediff_forget_noising is how --method erasediff noises S; drop it for --method {args.method}."
+        )
     if args.pu_min_timestep != 0:
         if args.method != "pu":
             raise UsageError(f"--pu_min_timestep restricts the PU risk: it needs --method pu, not {args.method}.")
@@ -330,7 +343,7 @@ def main(args):
     training.log_run_header(accelerator, args, plan, data_info, beta_info["beta"])
 
     # ---- Train ----
-    risk = training.make_risk(accelerator, args, beta_info["beta"])
+    risk = training.make_risk(accelerator, args, beta_info["beta"], noise_scheduler.config.num_train_timesteps)
     compute_loss = make_compute_loss(accelerator, args, noise_scheduler, risk)
     progress = training.TrainingProgress(accelerator, args, plan, global_step, ema_model, unet)
     unet.train()
@@ -403,11 +416,16 @@ def make_compute_loss(accelerator, args, noise_scheduler, risk: PURisk):
         if args.method == "erasediff":  # S rows learn to predict uniform noise instead (the forget target)
             forget = batch["is_sensitive"].to(target.device, torch.bool)
             raw_unet = accelerator.unwrap_model(unet)
+            forget_target = uniform_forget_target(target)
+            if args.erasediff_forget_noising == "uniform":  # the authors' code: S is noised with that u too
+                rows = forget.view(-1, *([1] * (clean_images.dim() - 1)))
+                noised_by_u = noise_scheduler.add_noise(clean_images, forget_target, timesteps)
+                noisy_images = torch.where(rows, noised_by_u, noisy_images)
             return erasediff_step(
                 forward=lambda: unet(noisy_images, timesteps).sample,
                 forget_forward=lambda: raw_unet(noisy_images[forget], timesteps[forget]).sample,
                 target=target,
-                forget_target=uniform_forget_target(target),
+                forget_target=forget_target,
                 is_sensitive=forget,
                 parameters=list(raw_unet.parameters()),
                 reduction=args.loss_reduction,

@@ -399,7 +399,7 @@ def main(args):
     compute_loss = make_compute_loss(
         accelerator,
         args,
-        risk=training.make_risk(accelerator, args, beta_info["beta"]),
+        risk=training.make_risk(accelerator, args, beta_info["beta"], noise_scheduler.config.num_train_timesteps),
         encoders=FrozenEncoders(vae, tokenizer, text_encoder, empty_state, weight_dtype),
         noise_scheduler=noise_scheduler,
         trainable=trainable,

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from pu_diffusion.outputs import write_json_atomic
+from pu_diffusion.tracking import sensitive_band_summary
 from pu_diffusion.training import TRAIN_STATS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,7 +110,8 @@ def training_log_summary(run_dir: str) -> dict | None:
     """The run's risk terms over training (logs/train_log.jsonl): the means of L_U⁻, L_S⁻ and of the negative
     risk L_U⁻ − βL_S⁻ over the first and the last tenth of the steps, and the share of steps where that negative
     risk was below zero (where absPU's |·| turns round and pushes U's loss up), and the number of steps where nnPU
-    took its negative branch (``nn_branch_steps``). None when the run logged no PU terms."""
+    took its negative branch (``nn_branch_steps``), and how live ℓ⁺ was on S per timestep band
+    (``sensitive_term_by_band``, where the run logged it). None when the run logged no PU terms."""
     path = os.path.join(run_dir, "logs", "train_log.jsonl")
     if not os.path.isfile(path):
         return None
@@ -127,4 +129,7 @@ def training_log_summary(run_dir: str) -> dict | None:
     for window, part in (("first_tenth", logs[:tenth]), ("last_tenth", logs[-tenth:])):
         for key in ("L_U-", "L_S-", "neg_risk"):
             summary[f"{key} {window}"] = float(np.mean([entry[key] for entry in part]))
+    bands = sensitive_band_summary(logs)
+    if bands is not None:
+        summary["sensitive_term_by_band"] = bands
     return summary

@@ -87,6 +87,8 @@ COLUMNS = {
     ],  # fmt: skip
     # Competing method (EraseDiff, D_r = U, D_f = S, uniform-noise forget target; λ 0.1, K 2 by default).
     "erasediff": ["--method", "erasediff"],
+    # the same, with S noised by the u it must predict, as in the authors' DDPM code
+    "erasediff-authors-noising": ["--method", "erasediff", "--erasediff_forget_noising", "uniform"],
 }
 QUICK_STEPS = 1500
 DEFAULT_BETA = 0.1  # train_pu_diffusion.py's --beta

@@ -7,7 +7,9 @@ Remaining data D_r := U, forgetting data D_f := S. One step minimises
     L_r   the usual diffusion loss on the U rows of the batch (mean of ℓ)
     L_f   the diffusion loss on the S rows against a *different* target: uniform noise u ~ U[0, 1)
           for unconditional models (the authors' first target, ``rand_like``), the frozen prediction for an
-          anchor prompt for text-to-image
+          anchor prompt for text-to-image. The unconditional S rows are noised with the usual Gaussian ε by
+          default; the authors' DDPM code noises them with that same u (x_t = √ᾱ_t x + √(1 − ᾱ_t) u), which
+          ``--erasediff_forget_noising uniform`` selects
     L̄_f   the mean L_f reached after K inner SGD passes over the S rows, starting from the current weights,
           which are restored exactly afterwards; a detached number
 

@@ -280,6 +280,48 @@ def timestep_banded_pu_risk(
     )
 
 
+SENSITIVE_BAND_STATS = ("n", "n<ln2", "sum l+", "sum dl+", "max dl+")  # per band, log key "S <stat> t<lo>-<hi>"
+
+
+def timestep_bands(num_train_timesteps: int, num_bands: int = 4) -> list[tuple[int, int]]:
+    """``num_bands`` equal timestep bands [lo, hi) covering [0, T)."""
+    edges = [round(i * num_train_timesteps / num_bands) for i in range(num_bands + 1)]
+    return [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+
+
+def sensitive_term_by_band(
+    per_sample_loss: torch.Tensor,
+    is_sensitive: torch.Tensor,
+    timesteps: torch.Tensor,
+    num_train_timesteps: int,
+    num_bands: int = 4,
+    temperature: float = 1.0,
+) -> dict[str, float]:
+    """How live ℓ⁺ is on S, per timestep band: a diagnostic logged beside the risk (it changes nothing).
+
+    For the S rows of each band [lo, hi) of t: their count ("S n t<lo>-<hi−1>"), how many have ℓ < ln 2
+    ("S n<ln2"), Σ ℓ⁺ ("S sum l+") and Σ and max of g = |dℓ⁺/dℓ| = 1/(e^ℓ − 1) ("S sum dl+", "S max dl+"), with
+    ℓ divided by ``temperature`` as in the risk. g is ℓ⁺'s pull on an S sample relative to the unit push of
+    the subtracted −β·ℓ term: g ≪ 1 means ℓ⁺ is inert there, g > 1 that it outweighs the push. Sums and counts
+    (not means) so that steps and processes add up exactly: a band's mean is Σ/n over the run.
+    """
+    is_sensitive = is_sensitive.to(device=per_sample_loss.device, dtype=torch.bool)
+    loss = (per_sample_loss.detach().float() / temperature)[is_sensitive].clamp(min=1e-12)
+    steps = timesteps.to(per_sample_loss.device)[is_sensitive]
+    pull = 1.0 / torch.expm1(loss)  # inf only at ℓ = 0 exactly, which the clamp rules out
+    plus = sensitive_loss(loss)
+    stats = {}
+    for lo, hi in timestep_bands(num_train_timesteps, num_bands):
+        rows = (steps >= lo) & (steps < hi)
+        band = f"t{lo}-{hi - 1}"
+        stats[f"S n {band}"] = float(rows.sum())
+        stats[f"S n<ln2 {band}"] = float((loss[rows] < LN2).sum())
+        stats[f"S sum l+ {band}"] = float(plus[rows].sum())
+        stats[f"S sum dl+ {band}"] = float(pull[rows].sum())
+        stats[f"S max dl+ {band}"] = float(pull[rows].max()) if rows.any() else 0.0
+    return stats
+
+
 @torch.no_grad()
 def monte_carlo_diffusion_loss(
     unet,
@@ -331,7 +373,9 @@ class PURisk:
 
     ``method``/``beta``/``estimator``/``supervised_form``/``temperature``/``sensitive_cap`` as in :func:`pu_risk`;
     ``min_timestep`` t₀ > 0 takes :func:`timestep_banded_pu_risk` (which needs ``timesteps``); ``reduce_for_branch``
-    averages nnPU's branch value over processes. ``beta`` is a number: a run resolves ``--beta auto`` first.
+    averages nnPU's branch value over processes. ``num_train_timesteps`` given (and ``timesteps`` passed), a
+    pu/supervised step also logs how live ℓ⁺ is on S per quarter of [0, T) (:func:`sensitive_term_by_band`).
+    ``beta`` is a number: a run resolves ``--beta auto`` first.
     """
 
     method: str
@@ -342,6 +386,7 @@ class PURisk:
     sensitive_cap: float | None = None
     min_timestep: int = 0
     reduce_for_branch: Callable | None = None
+    num_train_timesteps: int | None = None  # given: log ℓ⁺ on S per timestep band (sensitive_term_by_band)
 
     def __post_init__(self):
         if isinstance(self.beta, str) or not 0 <= self.beta < 1:
@@ -358,5 +403,12 @@ class PURisk:
             "sensitive_cap": self.sensitive_cap,
         }
         if self.min_timestep:
-            return timestep_banded_pu_risk(per_sample_loss, is_sensitive, timesteps, self.min_timestep, **options)
-        return pu_risk(per_sample_loss, is_sensitive, **options)
+            terms = timestep_banded_pu_risk(per_sample_loss, is_sensitive, timesteps, self.min_timestep, **options)
+        else:
+            terms = pu_risk(per_sample_loss, is_sensitive, **options)
+        if self.num_train_timesteps and timesteps is not None and self.method != "unsupervised":
+            bands = sensitive_term_by_band(
+                per_sample_loss, is_sensitive, timesteps, self.num_train_timesteps, temperature=self.temperature
+            )
+            terms.extra.update(bands)
+        return terms

@@ -45,7 +45,11 @@ ADDED_ARGS_NEUTRAL = {
     "beta_estimator": "bbe",
     "beta_margin": 1.0,
     "beta_auto_point": "estimate",
+    "erasediff_forget_noising": "gaussian",
 }
+# Flags of a method added after that method's runs were cached: at their neutral value they are left out of its
+# runs' keys too (unlike the method's older flags, which are part of those keys).
+METHOD_ARGS_ADDED_LATER = ("erasediff_forget_noising",)
 # Not flags: what a run derived from them and recorded (the β that --beta auto estimated). A resumed run reads
 # them back instead of deriving them again, so they are never compared.
 DERIVED_KEYS = ("beta_resolved",)
@@ -59,6 +63,7 @@ def neutral_flag(key: str, value, method) -> bool:
     The one list of neutral values, used to resume older runs and to key the benchmark's cached runs.
     """
     own = any(key.startswith(prefix) and method in methods for prefix, methods in METHOD_ARG_PREFIXES.items())
+    own = own and key not in METHOD_ARGS_ADDED_LATER
     return not own and key in ADDED_ARGS_NEUTRAL and ADDED_ARGS_NEUTRAL[key] == value
 
 

@@ -74,17 +74,48 @@ def make_trackers(report_to: str, logging_dir: str):
 
 
 def step_logs(accelerator, terms, lr_scheduler, ema_model=None) -> dict:
-    """The PU terms of this step averaged over processes, plus learning rate (and EMA decay)."""
+    """The PU terms of this step averaged over processes, plus learning rate (and EMA decay). The per-band S
+    counts and sums ("S n …", "S sum …") add up over processes and "S max …" takes the maximum."""
     logs = terms.log_dict()
     names = list(logs)
-    reduced = accelerator.reduce(
-        torch.tensor([logs[name] for name in names], device=accelerator.device), reduction="mean"
-    )
-    logs = dict(zip(names, reduced.tolist()))
+    values = accelerator.gather(torch.tensor([[logs[name] for name in names]], device=accelerator.device))
+    reduce = {"S max ": torch.max, "S n": torch.sum, "S sum ": torch.sum}
+    reduced = [
+        next((how for prefix, how in reduce.items() if name.startswith(prefix)), torch.mean)(values[:, i])
+        for i, name in enumerate(names)
+    ]
+    logs = {name: value.item() for name, value in zip(names, reduced)}
     logs["lr"] = lr_scheduler.get_last_lr()[0]
     if ema_model is not None:
         logs["ema_decay"] = ema_model.cur_decay_value
     return logs
+
+
+def sensitive_band_summary(records: list[dict]) -> list[dict] | None:
+    """How live ℓ⁺ was on S over a run, per timestep band, from the "S … t<lo>-<hi>" keys of its log records
+    (``losses.sensitive_term_by_band``): S samples seen, share with ℓ < ln 2, mean ℓ⁺, mean and max of
+    |dℓ⁺/dℓ| (ℓ⁺'s pull relative to the subtracted term's unit push). None when the run logged none."""
+    bands = list(dict.fromkeys(key[len("S n ") :] for record in records for key in record if key.startswith("S n t")))
+    if not bands:
+        return None
+    summary = []
+    for band in bands:
+        total = sum(record.get(f"S n {band}", 0.0) for record in records)
+
+        def mean(stat, band=band, total=total):
+            return sum(record.get(f"S {stat} {band}", 0.0) for record in records) / total if total else None
+
+        summary.append(
+            {
+                "timesteps": band[1:],
+                "samples": round(total),
+                "share_loss_below_ln2": mean("n<ln2"),
+                "mean_L_S+": mean("sum l+"),
+                "mean_dl+/dl": mean("sum dl+"),
+                "max_dl+/dl": max(record.get(f"S max dl+ {band}", 0.0) for record in records),
+            }
+        )
+    return summary
 
 
 def progress_postfix(logs: dict) -> dict:

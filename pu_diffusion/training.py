@@ -239,8 +239,9 @@ def make_optimizer(args, parameters, num_processes: int):
     )
 
 
-def make_risk(accelerator, args, beta: float) -> PURisk:
-    """The run's PURisk from the PU flags and the resolved ``beta``; nnPU's branch is averaged over processes."""
+def make_risk(accelerator, args, beta: float, num_train_timesteps: int | None = None) -> PURisk:
+    """The run's PURisk from the PU flags and the resolved ``beta``; nnPU's branch is averaged over processes.
+    With ``num_train_timesteps`` every step also logs ℓ⁺ on S per timestep band (a diagnostic)."""
     return PURisk(
         method=args.method,
         beta=beta,
@@ -250,6 +251,7 @@ def make_risk(accelerator, args, beta: float) -> PURisk:
         sensitive_cap=args.pu_sensitive_cap,
         min_timestep=getattr(args, "pu_min_timestep", 0),  # an unconditional-script flag
         reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
+        num_train_timesteps=num_train_timesteps,
     )
 
 

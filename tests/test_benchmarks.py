@@ -72,6 +72,12 @@ def test_benchmark_cache_key_follows_effective_flags_only():
     # a key cached before --builtin_unlabeled and --erasediff_* existed is still produced
     ema = bench.recipe_args(bench.parse_args(["--quick", "--extra_train_args=--use_ema"]))
     assert bench.run_key("ema", "pu", "even", ema) == "ema_even_pu_41491cb405"
+    # an EraseDiff flag added after EraseDiff runs were cached: at its neutral value their key is unchanged
+    erase = bench.run_key("v", "erasediff", "even", recipe)
+    assert erase == bench.run_key("v", "erasediff", "even", recipe + ["--erasediff_forget_noising", "gaussian"])
+    assert erase != bench.run_key("v", "erasediff", "even", recipe + ["--erasediff_lambda", "0.2"])
+    uniform = bench.run_key("v", "erasediff-authors-noising", "even", recipe).rsplit("_", 1)[1]
+    assert uniform != erase.rsplit("_", 1)[1]
 
 
 def test_benchmark_table_names_fewer_inception_seeds_and_pairs_only_seeds_that_have_it():
@@ -546,6 +552,13 @@ def test_training_log_summary_counts_negative_risk_steps_and_nn_branches(tmp_pat
     assert summary["steps"] == 10 and summary["nn_branch_steps"] == 8
     assert summary["share_negative_risk_below_zero"] == 0.8  # neg_risk 1, 0, -1, ..., -8
     assert summary["L_S- first_tenth"] == 20.0 and summary["L_S- last_tenth"] == 29.0
+    assert "sensitive_term_by_band" not in summary  # this log has no per-band keys
+    entries[-1].update(
+        {"S n t0-9": 2.0, "S n<ln2 t0-9": 1.0, "S sum l+ t0-9": 1.0, "S sum dl+ t0-9": 3.0, "S max dl+ t0-9": 2.5}
+    )
+    (logs / "train_log.jsonl").write_text("\n".join(json.dumps(entry) for entry in entries) + "\n")
+    (band,) = harness.training_log_summary(str(tmp_path))["sensitive_term_by_band"]
+    assert band["samples"] == 2 and band["mean_dl+/dl"] == 1.5 and band["share_loss_below_ln2"] == 0.5
 
 
 # ---- PU over long training (benchmarks/long_training_benchmark.py)

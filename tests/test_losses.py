@@ -312,3 +312,56 @@ def test_pu_risk_object_is_the_risk_fixed_once_from_the_flags():
     for unresolved in ("auto", 1.0, -0.1):
         with pytest.raises(ValueError, match="resolved β"):
             PURisk(method="pu", beta=unresolved)
+
+
+def test_sensitive_term_by_band_measures_how_live_l_plus_is_per_timestep_band():
+    from pu_diffusion.losses import PURisk, sensitive_term_by_band
+
+    loss = torch.tensor([0.1, 30.0, 0.5, 2.0, 0.2])
+    is_sensitive = torch.tensor([True, True, True, True, False])  # the U row (ℓ 0.2) never counts
+    timesteps = torch.tensor([900, 100, 800, 760, 950])
+    stats = sensitive_term_by_band(loss, is_sensitive, timesteps, num_train_timesteps=1000)
+    assert [key for key in stats if key.startswith("S n t")] == [
+        "S n t0-249",
+        "S n t250-499",
+        "S n t500-749",
+        "S n t750-999",
+    ]
+    assert stats["S n t750-999"] == 3 and stats["S n<ln2 t750-999"] == 2 and stats["S n t0-249"] == 1
+    pulls = [1 / math.expm1(value) for value in (0.1, 0.5, 2.0)]  # |dℓ⁺/dℓ| = 1/(e^ℓ − 1)
+    assert stats["S sum dl+ t750-999"] == pytest.approx(sum(pulls), rel=1e-5)
+    assert stats["S max dl+ t750-999"] == pytest.approx(pulls[0], rel=1e-5)  # ≈ 9.5: ℓ⁺ outweighs the push
+    assert stats["S max dl+ t0-249"] < 1e-12  # ℓ = 30: inert
+    assert stats["S n t250-499"] == 0 and stats["S max dl+ t250-499"] == 0
+    plus = sum(-math.log(1 - math.exp(-value)) for value in (0.1, 0.5, 2.0))
+    assert stats["S sum l+ t750-999"] == pytest.approx(plus, rel=1e-5)
+    # the temperature divides ℓ first, as in the risk
+    cooled = sensitive_term_by_band(loss, is_sensitive, timesteps, 1000, temperature=10.0)
+    assert cooled["S n<ln2 t0-249"] == 0 and cooled["S n<ln2 t750-999"] == 3
+    # logging it changes nothing in the risk
+    plain = PURisk(method="pu", beta=0.1)(loss, is_sensitive, timesteps)
+    logged = PURisk(method="pu", beta=0.1, num_train_timesteps=1000)(loss, is_sensitive, timesteps)
+    assert logged.objective.item() == plain.objective.item() and "S n t750-999" in logged.log_dict()
+    assert (
+        "S n t750-999"
+        not in PURisk(method="unsupervised", beta=0.1, num_train_timesteps=1000)(
+            loss, is_sensitive, timesteps
+        ).log_dict()
+    )
+
+
+def test_sensitive_band_summary_adds_steps_up():
+    from pu_diffusion.tracking import sensitive_band_summary
+
+    assert sensitive_band_summary([{"risk": 1.0}]) is None
+    records = [
+        {"S n t0-499": 2.0, "S n<ln2 t0-499": 0.0, "S sum l+ t0-499": 0.2, "S sum dl+ t0-499": 0.4, "S max dl+ t0-499": 0.3,
+         "S n t500-999": 1.0, "S n<ln2 t500-999": 1.0, "S sum l+ t500-999": 1.0, "S sum dl+ t500-999": 6.0, "S max dl+ t500-999": 6.0},
+        {"S n t0-499": 2.0, "S n<ln2 t0-499": 0.0, "S sum l+ t0-499": 0.0, "S sum dl+ t0-499": 0.0, "S max dl+ t0-499": 0.0,
+         "S n t500-999": 0.0, "S n<ln2 t500-999": 0.0, "S sum l+ t500-999": 0.0, "S sum dl+ t500-999": 0.0, "S max dl+ t500-999": 0.0},
+    ]  # fmt: skip
+    low, high = sensitive_band_summary(records)
+    assert low["timesteps"] == "0-499" and low["samples"] == 4 and low["mean_dl+/dl"] == pytest.approx(0.1)
+    assert low["share_loss_below_ln2"] == 0 and low["max_dl+/dl"] == pytest.approx(0.3)
+    assert high["samples"] == 1 and high["share_loss_below_ln2"] == 1 and high["mean_dl+/dl"] == pytest.approx(6.0)
+    assert high["mean_L_S+"] == pytest.approx(1.0)

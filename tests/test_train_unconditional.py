@@ -47,6 +47,8 @@ def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
     records = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 7))
     assert {"risk", "L_U-", "L_S-", "L_S+", "neg_risk", "nn_branch", "lr"} <= set(records[-1])
+    bands = [key for key in records[-1] if key.startswith("S n t")]  # ℓ⁺ on S per quarter of the timesteps
+    assert len(bands) == 4 and sum(record[key] for record in records for key in bands) > 0
     card = (out / "README.md").read_text()
     assert "method: `pu`" in card and "β" in card and "unlabeled (U) images: 2200" in card and "samples.png" in card
     pipeline = DiffusionPipeline.from_pretrained(str(out))
@@ -191,6 +193,7 @@ BAD_INPUTS = [
     (["--builtin_contamination", "0.7"], r"--builtin_contamination must lie in \[0, 0.5\]"),
     (["--pu_min_timestep", "300", "--method", "unsupervised"], "--pu_min_timestep restricts the PU risk"),
     (["--pu_min_timestep", "1000"], r"--pu_min_timestep must lie in \[0, --ddpm_num_steps 1000\)"),
+    (["--erasediff_forget_noising", "uniform"], "--erasediff_forget_noising is how --method erasediff noises S"),
 ]
 
 
@@ -255,3 +258,50 @@ def test_erasediff_trains_logs_its_terms_and_saves_a_stock_pipeline(tmp_path, ti
     assert "method: `erasediff`" in (out / "README.md").read_text()
     pipeline = DiffusionPipeline.from_pretrained(str(out))
     assert isinstance(pipeline, DDPMPipeline)
+
+
+@pytest.mark.parametrize("noising", ["gaussian", "uniform"])
+def test_erasediff_forget_noising_chooses_what_noises_the_s_rows(noising):
+    """The S rows always predict u ~ U[0, 1); --erasediff_forget_noising uniform also builds their x_t from that u
+    (the authors' DDPM code), gaussian from the usual ε. U rows are untouched either way."""
+    import argparse
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+
+    from pu_diffusion.losses import sample_timesteps
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, sample, timesteps):
+            seen.append(sample.detach().clone())
+            return SimpleNamespace(sample=sample * self.weight)
+
+    scheduler = DDPMScheduler(num_train_timesteps=10)
+    args = argparse.Namespace(
+        method="erasediff", erasediff_forget_noising=noising, pu_min_timestep=0, loss_reduction="sum",
+        erasediff_lambda=0.1, erasediff_eta=0.1, erasediff_inner_steps=1, learning_rate=1e-3,
+    )  # fmt: skip
+    compute_loss = script.make_compute_loss(Accelerator(cpu=True), args, scheduler, risk=None)
+    images = torch.rand(4, 1, 4, 4) * 2 - 1
+    is_sensitive = torch.tensor([False, True, False, True])
+    torch.manual_seed(0)
+    terms = compute_loss(Recorder(), {"pixel_values": images, "is_sensitive": is_sensitive})
+    torch.manual_seed(0)  # the same draws, in the script's order
+    noise = torch.randn(images.shape)
+    timesteps = sample_timesteps(10, is_sensitive)
+    u = torch.rand(images.shape)
+    gaussian = scheduler.add_noise(images, noise, timesteps)
+    by_u = scheduler.add_noise(images, u, timesteps)
+    batch_input = seen[-1]  # the one forward pass over the whole batch
+    assert torch.equal(batch_input[~is_sensitive], gaussian[~is_sensitive])
+    assert torch.equal(batch_input[is_sensitive], (by_u if noising == "uniform" else gaussian)[is_sensitive])
+    assert torch.equal(seen[0], batch_input[is_sensitive])  # the inner passes see the same S rows
+    # the prediction is 0, so ℓ on S is Σ u² (its target) and on U Σ ε²
+    assert terms.L_S_neg.item() == pytest.approx(u[is_sensitive].pow(2).flatten(1).sum(1).mean().item(), rel=1e-5)
