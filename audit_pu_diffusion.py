@@ -31,6 +31,7 @@ from pu_diffusion.class_prior import roc_auc
 from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.image_data import check_images_readable, is_image_file, load_captions, load_image_dataset, pu_indices
 from pu_diffusion.losses import monte_carlo_diffusion_loss
+from pu_diffusion.models import load_training_scheduler
 from pu_diffusion.outputs import check_free, check_separate, check_writable, claim, write_json_atomic
 from pu_diffusion.pu_dataset import ImageTransform, images_as_tensor
 from pu_diffusion.text_to_image import encode_captions
@@ -220,9 +221,9 @@ class Scorer:
             ) from error
 
     def _load(self, path: str, device) -> None:
-        from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+        from diffusers import UNet2DConditionModel, UNet2DModel
 
-        self.scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        self.scheduler = load_training_scheduler(path)
         if self.conditional:
             from diffusers import AutoencoderKL
             from transformers import CLIPTextModel, CLIPTokenizer

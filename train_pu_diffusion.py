@@ -8,6 +8,7 @@ learns the normal part of U and unlearns S. With no dataset flags it runs the bu
 
     accelerate launch train_pu_diffusion.py                               # built-in MNIST, PU
     accelerate launch train_pu_diffusion.py --train_data_dir my_data ...  # my_data/{unlabeled,sensitive}/
+    accelerate launch train_pu_diffusion.py --objective flow_matching     # rectified flow (SD3/FLUX's objective)
 """
 
 import argparse
@@ -15,7 +16,7 @@ import os
 
 import torch
 from accelerate.logging import get_logger
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 
 from pipelines import publish_run, unconditional_pipeline
 from pipelines.saving import save_pipeline
@@ -44,11 +45,18 @@ from pu_diffusion.losses import (
     METHODS,
     PURisk,
     RiskTerms,
-    diffusion_target,
+    is_flow_matching,
+    noisy_input_and_target,
     per_sample_diffusion_loss,
     sample_timesteps,
 )
-from pu_diffusion.models import check_resolution, default_unet_config, loading, match_sample_size
+from pu_diffusion.models import (
+    check_resolution,
+    default_unet_config,
+    load_training_scheduler,
+    loading,
+    match_sample_size,
+)
 from pu_diffusion.presets import BUILTIN_RECIPE, PRESETS, get_preset
 from pu_diffusion.pu_dataset import ImageTransform, PUImageDataset, collate_pu_batch, images_as_tensor
 from pu_diffusion.run_dir import claim_outputs, public_config
@@ -125,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="UNet2DModel config (folder or hub id) to train from scratch (default: sized for --resolution).",
     )
     model.add_argument(
+        "--objective",
+        type=str,
+        default=None,
+        choices=["diffusion", "flow_matching"],
+        help="diffusion: DDPM noising, the UNet predicts --prediction_type. flow_matching: rectified flow "
+        "(SD3/FLUX's objective), x_t = (1 − σ) x + σ ε, the UNet predicts ε − x, FlowMatchEulerDiscreteScheduler; "
+        "ℓ is the flow-matching error. Default: the base model's (fine-tuning), diffusion (from scratch).",
+    )
+    model.add_argument(
+        "--flow_shift",
+        type=finite_float,
+        default=1.0,
+        help="From scratch with --objective flow_matching: the scheduler's σ shift (SD3 uses 3.0 at 1024 px).",
+    )
+    model.add_argument(
         "--prediction_type",
         type=str,
         default="epsilon",
@@ -140,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--inference_scheduler",
         type=str,
         default=None,
-        choices=["ddpm", "ddim"],
-        help="Scheduler of the saved pipeline: ddpm from scratch, ddim when fine-tuning (paper).",
+        choices=["ddpm", "ddim", "euler"],
+        help="Scheduler of the saved pipeline: ddpm from scratch, ddim when fine-tuning (paper); a flow-matching "
+        "model always saves its FlowMatchEulerDiscreteScheduler (euler).",
     )
     add_shared_arguments(parser, methods=(*METHODS, "erasediff"))
     parser.set_defaults(**DEFAULTS)
@@ -153,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     note_preset_defaults(
         parser,
-        {"num_inference_steps": "1000 with --inference_scheduler ddpm, 50 with ddim"},
+        {"num_inference_steps": "1000 with --inference_scheduler ddpm, 50 with ddim or euler"},
         "When not given",
     )
     return parser
@@ -171,7 +195,9 @@ def parse_args(input_args=None):
     elif derived.get("max_train_steps") is None and first.max_train_steps is None:
         derived["num_train_epochs"] = 100
     scheduler = first.inference_scheduler or ("ddim" if first.pretrained_model_name_or_path else "ddpm")
-    derived.update(inference_scheduler=scheduler, num_inference_steps=50 if scheduler == "ddim" else 1000)
+    if first.objective == "flow_matching":
+        scheduler = first.inference_scheduler or "euler"
+    derived.update(inference_scheduler=scheduler, num_inference_steps=1000 if scheduler == "ddpm" else 50)
     parser.set_defaults(**derived)
     args = parser.parse_args(input_args)
     validate_args(args)
@@ -203,6 +229,28 @@ def validate_args(args) -> None:
                 f"--builtin_contamination must lie in [0, 0.5] (the built-in data has 2,500 sensitive digits); "
                 f"got {args.builtin_contamination}."
             )
+    flow = args.objective == "flow_matching"
+    if flow and args.prediction_type != "epsilon":
+        raise UsageError(
+            f"--prediction_type {args.prediction_type} is for --objective diffusion; a flow-matching UNet always "
+            "predicts the velocity ε − x: drop --prediction_type."
+        )
+    if flow and args.inference_scheduler in ("ddpm", "ddim"):
+        raise UsageError(
+            f"--inference_scheduler {args.inference_scheduler} samples diffusion models; a flow-matching model "
+            "samples with euler (FlowMatchEulerDiscreteScheduler): drop --inference_scheduler or pass euler."
+        )
+    if args.inference_scheduler == "euler" and args.objective == "diffusion":
+        raise UsageError(
+            "--inference_scheduler euler samples flow-matching models: use ddpm or ddim for --objective diffusion."
+        )
+    if args.flow_shift != 1.0 and (not flow or args.pretrained_model_name_or_path):
+        raise UsageError(
+            "--flow_shift sets a new flow-matching scheduler: it needs --objective flow_matching from scratch "
+            "(a fine-tuned model keeps its own shift)."
+        )
+    if not args.flow_shift > 0:
+        raise UsageError(f"--flow_shift must be > 0; got {args.flow_shift}.")
     if args.erasediff_forget_noising != "gaussian" and args.method != "erasediff":
         raise UsageError(
             f"--erasediff_forget_noising is how --method erasediff noises S; drop it for --method {args.method}."
@@ -267,8 +315,26 @@ def load_model(args, channels: int):
         path = args.pretrained_model_name_or_path
         with loading("--pretrained_model_name_or_path", path):
             unet = UNet2DModel.from_pretrained(path, subfolder="unet", revision=args.revision, variant=args.variant)
-            noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", revision=args.revision)
-        noise_scheduler.register_to_config(prediction_type=args.prediction_type)
+            noise_scheduler = load_training_scheduler(path, revision=args.revision)
+        flow = is_flow_matching(noise_scheduler)
+        if args.objective is not None and (args.objective == "flow_matching") != flow:
+            raise UsageError(
+                f"--objective {args.objective}: --pretrained_model_name_or_path {path!r} is a "
+                f"{'flow-matching' if flow else 'diffusion'} model ({type(noise_scheduler).__name__}); drop "
+                "--objective to fine-tune it with its own."
+            )
+        if flow and noise_scheduler.config.get("use_dynamic_shifting"):
+            raise UsageError(
+                f"--pretrained_model_name_or_path {path!r}: its scheduler shifts σ by resolution "
+                "(use_dynamic_shifting), which unconditional training does not support."
+            )
+        if flow and args.prediction_type != "epsilon":
+            raise UsageError(
+                f"--prediction_type {args.prediction_type}: {path!r} is a flow-matching model, whose UNet predicts "
+                "the velocity ε − x; drop --prediction_type."
+            )
+        if not flow:
+            noise_scheduler.register_to_config(prediction_type=args.prediction_type)
         base_model = path
     else:
         config = default_unet_config(args.resolution, channels)
@@ -276,11 +342,16 @@ def load_model(args, channels: int):
             with loading("--model_config_name_or_path", args.model_config_name_or_path):
                 config = UNet2DModel.load_config(args.model_config_name_or_path)
         unet = UNet2DModel.from_config(config)
-        noise_scheduler = DDPMScheduler(
-            num_train_timesteps=args.ddpm_num_steps,
-            beta_schedule=args.ddpm_beta_schedule,
-            prediction_type=args.prediction_type,
-        )
+        if args.objective == "flow_matching":
+            noise_scheduler = FlowMatchEulerDiscreteScheduler(
+                num_train_timesteps=args.ddpm_num_steps, shift=args.flow_shift
+            )
+        else:
+            noise_scheduler = DDPMScheduler(
+                num_train_timesteps=args.ddpm_num_steps,
+                beta_schedule=args.ddpm_beta_schedule,
+                prediction_type=args.prediction_type,
+            )
         base_model = None
     check_resolution(unet, args.resolution)
     match_sample_size(unet, args.resolution)
@@ -384,7 +455,13 @@ def main(args):
             ]
         publish_run(
             args.output_dir,
-            {**public_config(args), **plan.__dict__, **stats, **beta_info},
+            {
+                **public_config(args),
+                **plan.__dict__,
+                **stats,
+                **beta_info,
+                "training_objective": "flow_matching" if is_flow_matching(noise_scheduler) else "diffusion",
+            },
             data_info,
             images,
             base_model,
@@ -411,19 +488,18 @@ def make_compute_loss(accelerator, args, noise_scheduler, risk: PURisk):
             args.pu_min_timestep,
             device=clean_images.device,
         )
-        noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
-        target = diffusion_target(noise_scheduler, clean_images, noise, timesteps)
+        noisy_images, model_timesteps, target = noisy_input_and_target(noise_scheduler, clean_images, noise, timesteps)
         if args.method == "erasediff":  # S rows learn to predict uniform noise instead (the forget target)
             forget = batch["is_sensitive"].to(target.device, torch.bool)
             raw_unet = accelerator.unwrap_model(unet)
             forget_target = uniform_forget_target(target)
             if args.erasediff_forget_noising == "uniform":  # the authors' code: S is noised with that u too
                 rows = forget.view(-1, *([1] * (clean_images.dim() - 1)))
-                noised_by_u = noise_scheduler.add_noise(clean_images, forget_target, timesteps)
+                noised_by_u = noisy_input_and_target(noise_scheduler, clean_images, forget_target, timesteps)[0]
                 noisy_images = torch.where(rows, noised_by_u, noisy_images)
             return erasediff_step(
-                forward=lambda: unet(noisy_images, timesteps).sample,
-                forget_forward=lambda: raw_unet(noisy_images[forget], timesteps[forget]).sample,
+                forward=lambda: unet(noisy_images, model_timesteps).sample,
+                forget_forward=lambda: raw_unet(noisy_images[forget], model_timesteps[forget]).sample,
                 target=target,
                 forget_target=forget_target,
                 is_sensitive=forget,
@@ -434,7 +510,7 @@ def make_compute_loss(accelerator, args, noise_scheduler, risk: PURisk):
                 inner_steps=args.erasediff_inner_steps,
                 learning_rate=args.learning_rate,
             )
-        model_pred = unet(noisy_images, timesteps).sample  # one forward pass over the U+S batch
+        model_pred = unet(noisy_images, model_timesteps).sample  # one forward pass over the U+S batch
         per_sample_loss = per_sample_diffusion_loss(model_pred, target, args.loss_reduction)
         return risk(per_sample_loss, batch["is_sensitive"], timesteps)
 

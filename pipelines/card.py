@@ -88,7 +88,13 @@ def write_model_card(
         f"- method: `{method}`"
         + (f" ({run.get('supervised_form', 'paper')} form)" if method == "supervised" else "")
         + f"\n{beta_line}"
-        f"- loss reduction: {run.get('loss_reduction', 'sum')} of squared error per sample\n"
+        + (
+            "- objective: flow matching (rectified flow, FlowMatchEulerDiscreteScheduler): ℓ = ‖v_θ(x_t) − (ε − x)‖² "
+            "with x_t = (1 − σ) x + σ ε\n"
+            if run.get("training_objective") == "flow_matching"
+            else ""
+        )
+        + f"- loss reduction: {run.get('loss_reduction', 'sum')} of squared error per sample\n"
         f"- steps: {run.get('max_train_steps')}, batch: {run.get('train_batch_size')} unlabeled + "
         f"{run.get('sensitive_batch_size')} sensitive, learning rate {run.get('learning_rate')}\n\n"
         f"## Data\n\n"

@@ -9,9 +9,15 @@ LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_l
 
 
 def unconditional_pipeline(unet, train_scheduler, inference_scheduler: str = "ddpm"):
-    """A DDPMPipeline (or DDIMPipeline) around ``unet`` with a scheduler built from the training one's config."""
-    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
+    """A DDPMPipeline (or DDIMPipeline) around ``unet`` with a scheduler built from the training one's config; a
+    flow-matching model gets a DDPMPipeline around its own FlowMatchEulerDiscreteScheduler (stock diffusers loads and
+    samples it: the pipeline's loop is scheduler.step over scheduler.timesteps)."""
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+    if type(train_scheduler).__name__.startswith("FlowMatch"):
+        return DDPMPipeline(unet=unet, scheduler=FlowMatchEulerDiscreteScheduler.from_config(train_scheduler.config))
+    if inference_scheduler == "euler":
+        raise UsageError("--inference_scheduler euler samples flow-matching models: use ddpm or ddim.")
     if inference_scheduler == "ddim":
         return DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(train_scheduler.config))
     if inference_scheduler == "ddpm":

@@ -52,6 +52,40 @@ def diffusion_target(
     raise ValueError(f"Unknown prediction_type {prediction_type!r}: use one of 'epsilon', 'v_prediction', 'sample'.")
 
 
+def is_flow_matching(scheduler) -> bool:
+    """Whether ``scheduler`` is a flow-matching one (FlowMatchEulerDiscreteScheduler: SD3, FLUX, rectified flow)."""
+    return type(scheduler).__name__.startswith("FlowMatch")
+
+
+def flow_matching_sigmas(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """σ of training-timestep indices ``timesteps`` ∈ [0, T) on the flow-matching scheduler's own training grid:
+    (t + 1)/T, shifted as the scheduler shifts it (σ → sσ/(1 + (s − 1)σ)). Index 0 is the least noise, as for DDPM,
+    so timestep bands and ``sample_timesteps`` mean the same for both objectives."""
+    if scheduler.config.get("use_dynamic_shifting"):
+        raise ValueError("A flow-matching scheduler with use_dynamic_shifting needs a resolution-dependent shift.")
+    steps = scheduler.config.num_train_timesteps
+    sigmas = (timesteps.to(torch.float64) + 1) / steps
+    shift = scheduler.config.shift
+    return (shift * sigmas / (1 + (shift - 1) * sigmas)).float()
+
+
+def noisy_input_and_target(scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
+    """(x_t, the model's timestep input, the target) for training-timestep indices ``timesteps`` ∈ [0, T).
+
+    DDPM-family schedulers: x_t = ``add_noise``(x, ε, t), input t, target by prediction type (:func:`diffusion_target`).
+    Flow matching (rectified flow): σ = :func:`flow_matching_sigmas`, x_t = (1 − σ) x + σ ε, input σ·T (the
+    scheduler's own timestep values), target v = ε − x. ℓ = ‖v_θ − (ε − x)‖² with t uniform is a weighted ELBO
+    (Kingma & Gao 2023), read as the classifier exp(−ℓ) like the ε-loss; docs/training.md has the caveat.
+    """
+    if is_flow_matching(scheduler):
+        sigmas = flow_matching_sigmas(scheduler, timesteps).to(sample.device)
+        scale = sigmas.view(-1, *([1] * (sample.dim() - 1)))
+        noisy = ((1 - scale) * sample.float() + scale * noise.float()).to(sample.dtype)
+        return noisy, sigmas * scheduler.config.num_train_timesteps, noise - sample
+    noisy = scheduler.add_noise(sample, noise, timesteps)
+    return noisy, timesteps, diffusion_target(scheduler, sample, noise, timesteps)
+
+
 def per_sample_diffusion_loss(model_pred: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """ℓ per sample: squared error over all non-batch elements, in float32.
 
@@ -360,8 +394,8 @@ def monte_carlo_diffusion_loss(
                 noise = torch.randn(chunk.shape, generator=generator).to(device)
                 timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(chunk),), generator=generator)
                 timesteps = timesteps.to(device)
-            prediction = unet(scheduler.add_noise(chunk, noise, timesteps).to(dtype), timesteps, **condition).sample
-            target = diffusion_target(scheduler, chunk, noise, timesteps)
+            noisy, model_timesteps, target = noisy_input_and_target(scheduler, chunk, noise, timesteps)
+            prediction = unet(noisy.to(dtype), model_timesteps, **condition).sample
             totals[start : start + len(chunk)] += per_sample_diffusion_loss(prediction.float(), target, reduction).cpu()
     return (totals / num_draws).float()
 

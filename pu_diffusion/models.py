@@ -26,6 +26,18 @@ def loading(flag: str, path: str):
         ) from error
 
 
+def load_training_scheduler(path: str, revision: str | None = None):
+    """The scheduler that noises training data for the pipeline at ``path``: its own flow-matching scheduler for a
+    flow-matching model (FlowMatchEulerDiscreteScheduler), else a DDPMScheduler from its scheduler config (a saved
+    DDIM/DDPM/other discrete scheduler shares the DDPM noising)."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    config = DDPMScheduler.load_config(path, subfolder="scheduler", revision=revision)
+    if str(config.get("_class_name", "")).startswith("FlowMatch"):
+        return FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler", revision=revision)
+    return DDPMScheduler.from_pretrained(path, subfolder="scheduler", revision=revision)
+
+
 def default_unet_config(resolution: int, channels: int) -> dict:
     """A UNet2DModel config sized for ``resolution`` (from-scratch training).
 

@@ -46,6 +46,8 @@ ADDED_ARGS_NEUTRAL = {
     "beta_margin": 1.0,
     "beta_auto_point": "estimate",
     "erasediff_forget_noising": "gaussian",
+    "objective": None,
+    "flow_shift": 1.0,
 }
 # Flags of a method added after that method's runs were cached: at their neutral value they are left out of its
 # runs' keys too (unlike the method's older flags, which are part of those keys).

@@ -365,3 +365,30 @@ def test_sensitive_band_summary_adds_steps_up():
     assert low["share_loss_below_ln2"] == 0 and low["max_dl+/dl"] == pytest.approx(0.3)
     assert high["samples"] == 1 and high["share_loss_below_ln2"] == 1 and high["mean_dl+/dl"] == pytest.approx(6.0)
     assert high["mean_L_S+"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_matching_noising_is_the_schedulers_own(shift):
+    """x_t, the model's timestep and the target match diffusers' FlowMatchEulerDiscreteScheduler (scale_noise, its
+    training grid) for timestep indices t ∈ [0, T) with index 0 the least noise; the DDPM path is add_noise."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from pu_diffusion.losses import flow_matching_sigmas, is_flow_matching, noisy_input_and_target
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    assert is_flow_matching(scheduler) and not is_flow_matching(DDPMScheduler())
+    every = torch.arange(1000)
+    torch.testing.assert_close(flow_matching_sigmas(scheduler, every), scheduler.sigmas.flip(0)[:1000].float())
+    sample, noise = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    timesteps = torch.tensor([0, 500, 999])
+    noisy, model_timesteps, target = noisy_input_and_target(scheduler, sample, noise, timesteps)
+    grid = scheduler.timesteps.flip(0)  # the scheduler's timestep values, least noise first
+    torch.testing.assert_close(model_timesteps, grid[timesteps].float())
+    for row, index in enumerate(timesteps.tolist()):
+        expected = scheduler.scale_noise(sample[row : row + 1], grid[index : index + 1], noise[row : row + 1])
+        torch.testing.assert_close(noisy[row : row + 1], expected)
+    assert torch.equal(target, noise - sample)
+    ddpm = DDPMScheduler(num_train_timesteps=1000)
+    noisy, model_timesteps, target = noisy_input_and_target(ddpm, sample, noise, timesteps)
+    assert torch.equal(noisy, ddpm.add_noise(sample, noise, timesteps)) and model_timesteps is timesteps
+    assert torch.equal(target, noise)

@@ -66,6 +66,7 @@ def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
         ["--pu_min_timestep", "300"],  # S rows draw t ≥ 300 from the resumed random state too
         ["--gradient_accumulation_steps", "2", "--use_ema"],
         ["--method", "erasediff", "--erasediff_lambda", "-1"],  # adaptive λ, inner passes, uniform forget target
+        ["--objective", "flow_matching", "--flow_shift", "3"],
     ],
 )
 def test_resume_equals_straight_training(tmp_path, tiny_unet_config, extra):
@@ -194,6 +195,11 @@ BAD_INPUTS = [
     (["--pu_min_timestep", "300", "--method", "unsupervised"], "--pu_min_timestep restricts the PU risk"),
     (["--pu_min_timestep", "1000"], r"--pu_min_timestep must lie in \[0, --ddpm_num_steps 1000\)"),
     (["--erasediff_forget_noising", "uniform"], "--erasediff_forget_noising is how --method erasediff noises S"),
+    (["--objective", "flow_matching", "--prediction_type", "v_prediction"], "a flow-matching UNet always predicts"),
+    (["--objective", "flow_matching", "--inference_scheduler", "ddim"], "--inference_scheduler ddim samples diffusion"),
+    (["--objective", "diffusion", "--inference_scheduler", "euler"], "--inference_scheduler euler samples flow"),
+    (["--flow_shift", "3"], "--flow_shift sets a new flow-matching scheduler"),
+    (["--objective", "flow_matching", "--flow_shift", "0"], "--flow_shift must be > 0"),
 ]
 
 
@@ -305,3 +311,35 @@ def test_erasediff_forget_noising_chooses_what_noises_the_s_rows(noising):
     assert torch.equal(seen[0], batch_input[is_sensitive])  # the inner passes see the same S rows
     # the prediction is 0, so ℓ on S is Σ u² (its target) and on U Σ ε²
     assert terms.L_S_neg.item() == pytest.approx(u[is_sensitive].pow(2).flatten(1).sum(1).mean().item(), rel=1e-5)
+
+
+def test_flow_matching_run_saves_a_pipeline_stock_diffusers_samples_and_fine_tunes(tmp_path, tiny_unet_config):
+    """--objective flow_matching: rectified flow on the same PU risk; the output is a DDPMPipeline around a
+    FlowMatchEulerDiscreteScheduler (stock diffusers loads and samples it), and fine-tuning it keeps its objective."""
+    from diffusers import DDPMPipeline, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+
+    out = tmp_path / "flow"
+    run(tiny_args(out, tiny_unet_config(), "--objective", "flow_matching", "--flow_shift", "2"))
+    pipeline = DiffusionPipeline.from_pretrained(str(out))
+    assert isinstance(pipeline, DDPMPipeline) and isinstance(pipeline.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert pipeline.scheduler.config.shift == 2
+    images = pipeline(batch_size=2, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0))
+    assert images.images.shape == (2, 8, 8, 1) and 0 <= images.images.min() and images.images.max() <= 1
+    assert "objective: flow matching" in (out / "README.md").read_text()
+    records = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["risk"])) for r in records)
+    tuned = tmp_path / "tuned"  # the base's objective is read from its scheduler: no flag needed
+    argv = [a for a in tiny_args(tuned, tiny_unet_config()) if a != tiny_unet_config()]
+    argv.remove("--model_config_name_or_path")
+    run(argv + ["--pretrained_model_name_or_path", str(out), "--max_train_steps", "2"])
+    tuned_pipeline = DiffusionPipeline.from_pretrained(str(tuned))
+    assert isinstance(tuned_pipeline.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert tuned_pipeline.scheduler.config.shift == 2
+    with pytest.raises(ValueError, match="is a flow-matching model"):
+        run(
+            argv[:1]
+            + [str(tmp_path / "never")]
+            + argv[2:]
+            + ["--pretrained_model_name_or_path", str(out), "--objective", "diffusion"]
+        )
+    assert not (tmp_path / "never").exists()
