@@ -43,9 +43,10 @@ def parse_args(input_args=None):
     parser.add_argument("--batch_size", type=int, default=250, help="Samples per pipeline call.")
     parser.add_argument(
         "--sampler",
-        choices=["ddpm", "ddim", "pipeline"],
-        default="ddim",
-        help="ddim (default, fast), ddpm, or the pipeline's own scheduler.",
+        choices=["auto", "ddpm", "ddim", "euler", "pipeline"],
+        default="auto",
+        help="auto: ddim for a diffusion model, euler (FlowMatchEulerDiscreteScheduler) for a flow-matching one; "
+        "or ddpm, ddim, euler, or the pipeline's own scheduler.",
     )
     parser.add_argument(
         "--num_inference_steps",
@@ -58,7 +59,8 @@ def parse_args(input_args=None):
         nargs="+",
         default=[],
         metavar="SAMPLER:STEPS",
-        help="More samplers to judge the same number of samples under, e.g. ddim:100 ddpm:1000. Suppression depends "
+        help="More samplers to judge the same number of samples under, e.g. ddim:100 ddpm:1000 (euler:100 for a "
+        "flow-matching model). Suppression depends "
         "on the sampler: metrics.json then gives each one's NSR and the worst (worst_non_sensitive_rate).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the samples.")
@@ -99,9 +101,10 @@ def parse_args(input_args=None):
 def parse_sampler_spec(spec: str) -> tuple[str, int]:
     """'ddim:100' -> ("ddim", 100); anything else is an EvaluationError that names the flag."""
     name, _, steps = spec.partition(":")
-    if name not in ("ddim", "ddpm") or not steps.isdigit() or int(steps) < 1:
+    if name not in ("ddim", "ddpm", "euler") or not steps.isdigit() or int(steps) < 1:
         raise EvaluationError(
-            f"--also_samplers {spec!r}: write each as ddim:STEPS or ddpm:STEPS with STEPS >= 1, e.g. ddpm:1000."
+            f"--also_samplers {spec!r}: write each as ddim:STEPS, ddpm:STEPS or euler:STEPS (flow-matching models) "
+            "with STEPS >= 1, e.g. ddpm:1000."
         )
     return name, int(steps)
 

@@ -15,8 +15,11 @@ FD ratio to unsupervised.
     python benchmarks/mnist_pu_benchmark.py --quick --variant beta0.2 --methods pu --extra_train_args="--beta 0.2"
     python benchmarks/mnist_pu_benchmark.py --samplers ddim:50 ddim:100 ddpm:1000:500
     python benchmarks/mnist_pu_benchmark.py --smoke               # seconds; what the test runs
+    python benchmarks/mnist_pu_benchmark.py --variant flow --seeds 0 1 2 --methods unsupervised clean pu \
+        --extra_train_args="--objective flow_matching" --samplers euler:50   # the same under rectified flow
 
-Sampler specs are ``name:steps[:num_samples]`` (name ddim or ddpm); --num_samples is the default count.
+Sampler specs are ``name:steps[:num_samples]`` (name ddim, ddpm, or euler for flow-matching models); --num_samples
+is the default count.
 """
 
 from __future__ import annotations
@@ -146,10 +149,11 @@ def parse_args(input_args=None):
             args.max_train_steps = QUICK_STEPS
         if args.seeds == parser.get_default("seeds"):
             args.seeds = [0, 1, 2]
+    if args.smoke:
+        args.max_train_steps, args.num_samples = 2, 16
+        args.samplers = args.samplers or ["ddim:2", "ddpm:3:8"]
     if args.samplers is None:
         args.samplers = ["ddim:50"]
-    if args.smoke:
-        args.max_train_steps, args.num_samples, args.samplers = 2, 16, ["ddim:2", "ddpm:3:8"]
         if args.seeds == parser.get_default("seeds"):
             args.seeds = [0, 1]
     args.samplers = [parse_sampler(spec, args.num_samples) for spec in args.samplers]
@@ -159,8 +163,10 @@ def parse_args(input_args=None):
 def parse_sampler(spec: str, default_samples: int) -> str:
     """'ddim:50' → 'ddim:50:2000' (canonical, so cache keys match); refuses malformed specs."""
     parts = spec.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in ("ddim", "ddpm") or not all(p.isdigit() for p in parts[1:]):
-        raise SystemExit(f"--samplers: {spec!r} is not name:steps[:num_samples] with name ddim or ddpm.")
+    if len(parts) not in (2, 3) or parts[0] not in ("ddim", "ddpm", "euler") or not all(p.isdigit() for p in parts[1:]):
+        raise SystemExit(
+            f"--samplers: {spec!r} is not name:steps[:num_samples] with name ddim, ddpm or euler (flow matching)."
+        )
     samples = int(parts[2]) if len(parts) == 3 else default_samples
     return f"{parts[0]}:{int(parts[1])}:{samples}"
 

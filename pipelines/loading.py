@@ -93,12 +93,25 @@ def check_unconditional_pipeline(pipeline, path: str) -> None:
         refuse_unless_unconditional(type(pipeline).__name__, type(unet).__name__ if unet is not None else None, path)
 
 
+SAMPLERS = ("auto", "ddim", "ddpm", "euler")  # auto: ddim for a diffusion model, euler for a flow-matching one
+
+
 def load_pipeline(path: str, sampler: str | None = None):
     """Unconditional pipeline from a folder or hub id, optionally with its scheduler swapped for DDPM or DDIM.
 
-    Raises EvaluationError when it cannot be loaded or is not a DDPM/DDIM pipeline around a UNet2DModel.
+    ``sampler``: None (the pipeline's own scheduler), ddim, ddpm, euler (a flow-matching model's
+    FlowMatchEulerDiscreteScheduler) or auto (ddim for a diffusion model, euler for a flow-matching one).
+    Raises EvaluationError when it cannot be loaded, is not a DDPM/DDIM pipeline around a UNet2DModel, or the
+    sampler does not fit the model's kind.
     """
-    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline
+    from diffusers import (
+        DDIMPipeline,
+        DDIMScheduler,
+        DDPMPipeline,
+        DDPMScheduler,
+        DiffusionPipeline,
+        FlowMatchEulerDiscreteScheduler,
+    )
 
     try:
         pipeline = DiffusionPipeline.from_pretrained(path)
@@ -114,7 +127,24 @@ def load_pipeline(path: str, sampler: str | None = None):
             )
         raise EvaluationError(f"--pipeline {path!r} {problem}. Loading said: {first_line(error)}") from error
     check_unconditional_pipeline(pipeline, path)
-    if sampler == "ddim" and not isinstance(pipeline.scheduler, DDIMScheduler):
+    flow = type(pipeline.scheduler).__name__.startswith("FlowMatch")
+    if sampler == "auto":
+        sampler = "euler" if flow else "ddim"
+    if flow and sampler in ("ddim", "ddpm"):
+        raise EvaluationError(
+            f"sampler {sampler}: --pipeline {path!r} is a flow-matching model ({type(pipeline.scheduler).__name__}), "
+            "which DDIM/DDPM cannot sample: use euler (or auto)."
+        )
+    if sampler == "euler" and not flow:
+        raise EvaluationError(
+            f"sampler euler samples flow-matching models; --pipeline {path!r} is a diffusion model "
+            f"({type(pipeline.scheduler).__name__}): use ddim or ddpm (or auto)."
+        )
+    if sampler == "euler" and not isinstance(pipeline.scheduler, FlowMatchEulerDiscreteScheduler):
+        pipeline = DDPMPipeline(
+            unet=pipeline.unet, scheduler=FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
+        )
+    elif sampler == "ddim" and not isinstance(pipeline.scheduler, DDIMScheduler):
         pipeline = DDIMPipeline(unet=pipeline.unet, scheduler=DDIMScheduler.from_config(pipeline.scheduler.config))
     elif sampler == "ddpm" and not isinstance(pipeline.scheduler, DDPMScheduler):
         pipeline = DDPMPipeline(unet=pipeline.unet, scheduler=DDPMScheduler.from_config(pipeline.scheduler.config))

@@ -9,6 +9,7 @@ import torch
 from pipelines.loading import pipeline_loader
 from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_split, write_split_file
 from pu_diffusion.digit_classifier import DigitEnsemble, load_or_train_digit_classifier
+from pu_diffusion.evaluation import EvaluationError
 from pu_diffusion.metrics import CLASSIFIER_FD, frechet_distance, non_sensitive_rate, wilson_interval
 from pu_diffusion.testing_utils import TINY_UNET, build_tiny_sd, write_imagefolder, write_unet_config
 
@@ -227,6 +228,31 @@ def test_evaluate_a_tiny_saved_pipeline_end_to_end(tmp_path, monkeypatch):
     assert saved["worst_non_sensitive_rate"] == min(rates) == checked["worst_non_sensitive_rate"]
     worst = saved["sampler_check"][rates.index(min(rates))]
     assert saved["worst_sampler"] == f"{worst['sampler']}:{worst['num_inference_steps']}"
+
+
+def test_a_flow_matching_pipeline_is_evaluated_with_its_euler_sampler(tmp_path, monkeypatch):
+    """--sampler auto (the default) samples a flow-matching model with its FlowMatchEulerDiscreteScheduler; DDIM or
+    DDPM on it, or euler on a diffusion model, are refused by name; euler:N works as a sampler check."""
+    from diffusers import DDPMPipeline, FlowMatchEulerDiscreteScheduler, UNet2DModel
+
+    import evaluate_pu_diffusion
+    from pipelines.loading import load_pipeline
+
+    fast_classifier(monkeypatch)
+    out = tmp_path / "flow"
+    unet = UNet2DModel.from_config({**TINY_UNET, "in_channels": 1, "out_channels": 1})
+    DDPMPipeline(unet=unet, scheduler=FlowMatchEulerDiscreteScheduler(shift=2.0)).save_pretrained(str(out))
+    write_split_file(os.path.join(out, BUILTIN_SPLIT_FILE), builtin_pu_split())
+    argv = ["--pipeline", str(out), "--num_samples", "8", "--num_inference_steps", "2", "--also_samplers", "euler:3"]
+    metrics = evaluate_pu_diffusion.main(evaluate_pu_diffusion.parse_args(argv))
+    assert metrics["sampler"] == "FlowMatchEulerDiscreteScheduler"
+    assert [check["num_inference_steps"] for check in metrics["sampler_check"]] == [2, 3]
+    for sampler in ("ddim", "ddpm"):
+        with pytest.raises(EvaluationError, match=f"sampler {sampler}: .* is a flow-matching model"):
+            load_pipeline(str(out), sampler)
+    with pytest.raises(EvaluationError, match="sampler euler samples flow-matching models"):
+        load_pipeline(str(save_tiny_ddpm(tmp_path / "ddpm")), "euler")
+    assert type(load_pipeline(str(tmp_path / "ddpm"), "auto").scheduler).__name__ == "DDIMScheduler"
 
 
 def test_scoring_images_with_the_models_own_loss(tiny_unet_config):
@@ -539,7 +565,7 @@ def test_parse_args_refuses_non_positive_counts(capsys, flag, value):
     assert f"{flag} must be at least 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("spec", ["ddim", "euler:50", "ddpm:-1", "ddim:x", "ddpm:0"])
+@pytest.mark.parametrize("spec", ["ddim", "heun:50", "ddpm:-1", "ddim:x", "ddpm:0"])
 def test_parse_args_refuses_bad_sampler_checks(capsys, spec):
     import evaluate_pu_diffusion
 
