@@ -569,6 +569,90 @@ def cell_verdicts(rows: list[dict], args) -> list[dict]:
     return verdicts
 
 
+def cell_targets(verdicts: list[dict]) -> dict[str, dict]:
+    """The issue's cell targets, per PU β mode (a default must pass them on its own; 'true' is the reference):
+    PU's worse-sampler share ≤ unsupervised in every cell, ≤ clean + 0.01 in at least 80 % of cells, FD ≤ 1.25×
+    unsupervised in every cell."""
+    targets = {}
+    for mode in BETA_MODES:
+        cells = [verdict for verdict in verdicts if verdict["beta_mode"] == mode]
+        if not cells:
+            continue
+        at_floor = float(np.mean([cell["at_floor"] for cell in cells]))
+        every_below_harm = all(cell["at_most_unsupervised"] for cell in cells)
+        every_fd = all(cell["fd_ok"] for cell in cells)
+        targets[mode] = {
+            "cells": len(cells),
+            "pu_at_most_unsupervised_every_cell": every_below_harm,
+            "pu_at_floor_share_of_cells": at_floor,
+            "pu_fd_within_1.25x_every_cell": every_fd,
+            "failing_cells": [
+                cell["cell"]
+                for cell in cells
+                if not (cell["at_floor"] and cell["at_most_unsupervised"] and cell["fd_ok"])
+            ],
+            "met": every_below_harm and at_floor >= 0.8 and every_fd,
+        }
+    return targets
+
+
+def beta_targets(rows: list[dict]) -> dict[str, dict]:
+    """--beta auto's targets per auto β mode, over every (cell, seed) estimate: |estimate − true β| ≤ 0.02 in at
+    least 80 % of them, the 95 % interval covering the true β in at least 80 %, and no *trusted* estimate more than
+    30 % off. Also the error of the β actually trained (the interval's lower end for auto-lower, 0.1 when the
+    estimate was not trusted)."""
+    targets = {}
+    for mode in ("auto", "auto-lower"):
+        pairs = [
+            (row["true_beta"], estimate, trained)
+            for row in rows
+            if row["method"] == "pu" and row["beta_mode"] == mode
+            for estimate, trained in zip(row.get("beta_estimate", []), row["beta_trained"])
+            if estimate
+        ]
+        if not pairs:
+            continue
+        errors = [abs(estimate["estimate"] - true) for true, estimate, _ in pairs]
+        covered = [estimate["interval"][0] <= true <= estimate["interval"][1] for true, estimate, _ in pairs]
+        far = [estimate["trusted"] and abs(estimate["estimate"] - true) > 0.3 * true for true, estimate, _ in pairs]
+        within, coverage = float(np.mean([error <= 0.02 for error in errors])), float(np.mean(covered))
+        targets[mode] = {
+            "estimates": len(pairs),
+            "mean_abs_error": float(np.mean(errors)),
+            "mean_signed_error": float(np.mean([estimate["estimate"] - true for true, estimate, _ in pairs])),
+            "share_error_within_0.02": within,
+            "interval_coverage": coverage,
+            "trusted_share": float(np.mean([estimate["trusted"] for _, estimate, _ in pairs])),
+            "trusted_more_than_30pct_off": int(sum(far)),
+            "mean_abs_error_of_trained_beta": float(np.mean([abs(trained - true) for true, _, trained in pairs])),
+            "met": within >= 0.8 and coverage >= 0.8 and not any(far),
+        }
+    return targets
+
+
+def format_targets(cell_target: dict[str, dict], beta_target: dict[str, dict]) -> str:
+    """Two short tables: the cell targets per β mode, and --beta auto's targets."""
+    cells = markdown_table(
+        ["β mode", "cells", "PU ≤ unsupervised, every cell", "cells with PU ≤ clean + 0.01 (target ≥ 80 %)",
+         "PU FD ≤ 1.25× unsup., every cell", "failing cells", "met"],
+        [[mode, str(t["cells"]), "yes" if t["pu_at_most_unsupervised_every_cell"] else "**no**",
+          f"{100 * t['pu_at_floor_share_of_cells']:.0f} %", "yes" if t["pu_fd_within_1.25x_every_cell"] else "**no**",
+          ", ".join(t["failing_cells"]) or "–", "yes" if t["met"] else "**no**"] for mode, t in cell_target.items()],
+    )  # fmt: skip
+    if not beta_target:
+        return cells
+    betas = markdown_table(
+        ["β mode", "estimates", "mean |error|", "mean error", "|error| ≤ 0.02 (target ≥ 80 %)",
+         "interval coverage (target ≥ 80 %)", "trusted", "trusted and > 30 % off (target 0)",
+         "mean |error| of the β trained", "met"],
+        [[mode, str(t["estimates"]), f"{t['mean_abs_error']:.3f}", f"{t['mean_signed_error']:+.3f}",
+          f"{100 * t['share_error_within_0.02']:.0f} %", f"{100 * t['interval_coverage']:.0f} %",
+          f"{100 * t['trusted_share']:.0f} %", str(t["trusted_more_than_30pct_off"]),
+          f"{t['mean_abs_error_of_trained_beta']:.3f}", "yes" if t["met"] else "**no**"] for mode, t in beta_target.items()],
+    )  # fmt: skip
+    return cells + "\n\n" + betas
+
+
 def format_table(verdicts: list[dict], rows: list[dict], args) -> str:
     notes = {cell.name: cell.note for cell in args.cell_list}
     beta_cells = {
@@ -663,7 +747,8 @@ def main(args) -> dict:
                     print(f"[{cell.name} {method} β {beta_mode} seed {seed}] sensitive share {shares}", flush=True)
     rows = summarize(cached_records(args), args)
     verdicts = cell_verdicts(rows, args)
-    table = format_table(verdicts, rows, args)
+    cell_target, beta_target = cell_targets(verdicts), beta_targets(rows)
+    table = format_table(verdicts, rows, args) + "\n\n" + format_targets(cell_target, beta_target)
     print(table)
     with open(os.path.join(args.output_dir, "table.md"), "w") as handle:
         handle.write(table + "\n")
@@ -671,11 +756,8 @@ def main(args) -> dict:
     summary = {
         "rows": rows,
         "cells": verdicts,
-        "targets_met": {
-            "pu_at_most_unsupervised_every_cell": all(v["at_most_unsupervised"] for v in verdicts),
-            "pu_at_floor_share_of_cells": float(np.mean([v["at_floor"] for v in verdicts])) if verdicts else None,
-            "pu_fd_within_1.25x_every_cell": all(v["fd_ok"] for v in verdicts),
-        },
+        "targets": cell_target,  # per PU β mode
+        "beta_auto_targets": beta_target,
         "protocol": "smoke" if args.smoke else args.protocol,
         "samplers": [f"ddim{steps}" for steps in args.samplers],
         "num_samples": args.num_samples,

@@ -101,6 +101,44 @@ def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
     assert auto["fd_ratio"] == pytest.approx(80 / 50) and not auto["fd_ok"]
 
 
+def test_targets_are_judged_per_beta_mode_and_beta_auto_on_every_estimate():
+    def verdict(cell, mode, at_floor, below_harm=True, fd_ok=True):
+        return {
+            "cell": cell,
+            "beta_mode": mode,
+            "at_floor": at_floor,
+            "at_most_unsupervised": below_harm,
+            "fd_ok": fd_ok,
+        }
+
+    verdicts = [verdict(f"c{i}", "true", True) for i in range(5)]
+    verdicts += [
+        verdict("c0", "auto", False),
+        verdict("c1", "auto", True),
+        verdict("c2", "auto", True, below_harm=False),
+    ]
+    targets = suite.cell_targets(verdicts)
+    assert targets["true"]["met"] and targets["true"]["pu_at_floor_share_of_cells"] == 1.0
+    assert not targets["auto"]["met"] and targets["auto"]["failing_cells"] == ["c0", "c2"]
+    assert not targets["auto"]["pu_at_most_unsupervised_every_cell"] and "default" not in targets
+
+    def estimate(value, low, high, trusted=True):
+        return {"estimate": value, "interval": [low, high], "trusted": trusted}
+
+    rows = [
+        {"method": "pu", "beta_mode": "auto", "true_beta": 0.1, "beta_trained": [0.11, 0.14, 0.1],
+         "beta_estimate": [estimate(0.11, 0.09, 0.13), estimate(0.14, 0.10, 0.167), estimate(0.3, 0.2, 0.4, False)]},
+        {"method": "pu", "beta_mode": "true", "true_beta": 0.1, "beta_trained": [0.1]},  # no estimate: not counted
+    ]  # fmt: skip
+    ((mode, auto),) = suite.beta_targets(rows).items()
+    assert mode == "auto" and auto["estimates"] == 3
+    assert auto["share_error_within_0.02"] == pytest.approx(1 / 3) and auto["interval_coverage"] == pytest.approx(2 / 3)
+    assert auto["trusted_more_than_30pct_off"] == 1  # 0.14 for 0.1 is 40 % off, and was trusted; 0.3 was not
+    assert auto["mean_abs_error_of_trained_beta"] == pytest.approx((0.01 + 0.04 + 0.0) / 3)
+    assert not auto["met"]
+    assert "trusted and > 30 % off" in suite.format_targets(targets, suite.beta_targets(rows))
+
+
 def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summary(tmp_path, monkeypatch):
     monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
     fast_classifier(monkeypatch)
@@ -123,6 +161,7 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     auto = rows[("auto", "pu")]
     assert len(auto["beta_trained"]) == 1 and auto["beta_trained"][0] is not None  # the estimate, or the fallback
     assert {cell["beta_mode"] for cell in summary["cells"]} == {"true", "auto"}
+    assert set(summary["targets"]) == {"true", "auto"}
     assert (out / "table.md").exists() and (out / "heatmap.png").exists()
     assert not [name for name in os.listdir(out / "runs") if not name.endswith(".log")]  # models removed
 
