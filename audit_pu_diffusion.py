@@ -30,7 +30,7 @@ from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_dataset, r
 from pu_diffusion.class_prior import roc_auc
 from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.image_data import check_images_readable, is_image_file, load_captions, load_image_dataset, pu_indices
-from pu_diffusion.losses import monte_carlo_diffusion_loss
+from pu_diffusion.losses import is_flow_matching, monte_carlo_diffusion_loss
 from pu_diffusion.models import load_training_scheduler
 from pu_diffusion.outputs import check_free, check_separate, check_writable, claim, write_json_atomic
 from pu_diffusion.pu_dataset import ImageTransform, images_as_tensor
@@ -340,6 +340,15 @@ def main(args) -> dict:
         scorer.resolution,
     ):
         raise UsageError("--reference_pipeline must be the same kind of pipeline at the same resolution as --pipeline.")
+    if reference is not None and (
+        is_flow_matching(reference.scheduler) != is_flow_matching(scorer.scheduler)
+        or reference.scheduler.config.num_train_timesteps != scorer.scheduler.config.num_train_timesteps
+    ):
+        raise UsageError(
+            "--reference_pipeline must be trained with the same objective and number of timesteps as --pipeline "
+            "(flow matching against diffusion, or another T, gives losses on different scales): train the "
+            "reference with the same --objective."
+        )
     images, files, captions, truth = load_audit_images(args, scorer.resolution, scorer.channels)
     if scorer.conditional and captions is None:
         raise UsageError(

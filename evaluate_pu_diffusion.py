@@ -18,7 +18,7 @@ import json
 import os
 
 from pipelines import add_metrics_to_model_card
-from pipelines.loading import pipeline_loader
+from pipelines.loading import check_sampler, pipeline_loader
 from pu_diffusion.arguments import HelpWithDefaults
 from pu_diffusion.cli import run_cli
 from pu_diffusion.evaluation import (
@@ -181,6 +181,8 @@ def main(args):
     """Evaluate ``args.pipeline``, write metrics.json and a sample grid; every input is checked before sampling."""
     check_outputs(args)
     sampler = None if args.sampler == "pipeline" else args.sampler
+    for name in [sampler] + [name for name, _ in args.also_samplers]:  # every sampler fits, before any sampling
+        check_sampler(args.pipeline, name)
     metrics, samples = evaluate(args, sampler, args.num_inference_steps)
     if args.also_samplers:
         checks = [metrics]

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["gaussian", "uniform"],
         help="--method erasediff: how the S rows are noised. Their target is u ~ U[0, 1) either way. gaussian: "
         "x_t from the usual ε ~ N(0, I); uniform: x_t = √ᾱ_t x + √(1 − ᾱ_t) u with the u they must predict "
-        "(the authors' DDPM code), in the inner passes too.",
+        "(the authors' DDPM code; (1 − σ) x + σ u under flow matching), in the inner passes too.",
     )
     model = add_model_arguments(
         parser, pretrained_help="DDPM/DDIM pipeline folder or hub id (unet/ + scheduler/) to fine-tune."
@@ -240,14 +240,20 @@ def validate_args(args) -> None:
             f"--inference_scheduler {args.inference_scheduler} samples diffusion models; a flow-matching model "
             "samples with euler (FlowMatchEulerDiscreteScheduler): drop --inference_scheduler or pass euler."
         )
-    if args.inference_scheduler == "euler" and args.objective == "diffusion":
+    if args.inference_scheduler == "euler" and not (flow or args.pretrained_model_name_or_path):
         raise UsageError(
-            "--inference_scheduler euler samples flow-matching models: use ddpm or ddim for --objective diffusion."
+            "--inference_scheduler euler samples flow-matching models: add --objective flow_matching, or use ddpm "
+            "or ddim for a diffusion model."
         )
     if args.flow_shift != 1.0 and (not flow or args.pretrained_model_name_or_path):
         raise UsageError(
             "--flow_shift sets a new flow-matching scheduler: it needs --objective flow_matching from scratch "
             "(a fine-tuned model keeps its own shift)."
+        )
+    if flow and args.ddpm_beta_schedule != "linear":
+        raise UsageError(
+            f"--ddpm_beta_schedule {args.ddpm_beta_schedule} is a diffusion schedule; flow matching has none "
+            "(its σ grid is set by --flow_shift): drop --ddpm_beta_schedule."
         )
     if not args.flow_shift > 0:
         raise UsageError(f"--flow_shift must be > 0; got {args.flow_shift}.")
@@ -332,6 +338,11 @@ def load_model(args, channels: int):
             raise UsageError(
                 f"--prediction_type {args.prediction_type}: {path!r} is a flow-matching model, whose UNet predicts "
                 "the velocity ε − x; drop --prediction_type."
+            )
+        if not flow and args.inference_scheduler == "euler":
+            raise UsageError(
+                f"--inference_scheduler euler samples flow-matching models; --pretrained_model_name_or_path {path!r} "
+                f"is a diffusion model ({type(noise_scheduler).__name__}): use ddpm or ddim."
             )
         if not flow:
             noise_scheduler.register_to_config(prediction_type=args.prediction_type)

@@ -85,6 +85,8 @@ def parse_args(input_args=None):
     if min(args.steps) < 1 or args.num_samples < 2 or args.num_inference_steps < 1:
         parser.error("--steps must be >= 1, --num_samples >= 2 and --num_inference_steps >= 1.")
     args.steps = sorted(set(args.steps))
+    if "flow_matching" in args.extra_train_args:
+        parser.error("--extra_train_args: the study samples with DDIM; flow-matching runs are not part of it.")
     if "--checkpoints_total_limit" in args.extra_train_args:
         parser.error("--extra_train_args: --checkpoints_total_limit would delete the checkpoints this study judges.")
     if math.gcd(*args.steps) < min(args.steps) / 4:

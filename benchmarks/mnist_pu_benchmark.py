@@ -149,14 +149,26 @@ def parse_args(input_args=None):
             args.max_train_steps = QUICK_STEPS
         if args.seeds == parser.get_default("seeds"):
             args.seeds = [0, 1, 2]
+    flow = "flow_matching" in args.extra_train_args  # --objective flow_matching: the only way to set it
     if args.smoke:
         args.max_train_steps, args.num_samples = 2, 16
-        args.samplers = args.samplers or ["ddim:2", "ddpm:3:8"]
-    if args.samplers is None:
-        args.samplers = ["ddim:50"]
+        args.samplers = args.samplers or (["euler:2"] if flow else ["ddim:2", "ddpm:3:8"])
         if args.seeds == parser.get_default("seeds"):
             args.seeds = [0, 1]
+    if args.samplers is None:
+        args.samplers = ["euler:50"] if flow else ["ddim:50"]
     args.samplers = [parse_sampler(spec, args.num_samples) for spec in args.samplers]
+    unfit = [spec for spec in args.samplers if (spec.split(":")[0] == "euler") != flow]
+    if unfit:
+        parser.error(
+            f"--samplers {' '.join(unfit)} cannot sample the runs' "
+            + (
+                "flow-matching models: use euler:STEPS"
+                if flow
+                else "diffusion models: euler is for --objective flow_matching"
+            )
+            + " (checked before anything trains)."
+        )
     return args
 
 

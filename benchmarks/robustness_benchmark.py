@@ -200,6 +200,10 @@ def check_extra_train_args(parser, extra: str) -> None:
     except SystemExit:
         reason = (said.getvalue().strip().splitlines() or ["refused"])[-1].split("error: ", 1)[-1]
         parser.error(f"--extra_train_args {extra!r} is not valid for train_pu_diffusion.py: {reason}")
+    if "flow_matching" in extra:
+        parser.error(
+            f"--extra_train_args {extra!r}: the suite samples with DDIM; flow-matching runs are not part of it."
+        )
 
 
 def check_own_data_args(parser, args) -> None:

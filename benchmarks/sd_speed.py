@@ -78,7 +78,7 @@ def make_step(model_dir, args, device):
     ours = script.make_compute_loss(
         accelerator,
         script_args,
-        risk=training.make_risk(accelerator, script_args, 0.1),
+        risk=training.make_risk(accelerator, script_args, 0.1, scheduler.config.num_train_timesteps),
         encoders=script.FrozenEncoders(vae, tokenizer, text_encoder, empty_state, torch.float32),
         noise_scheduler=scheduler,
         trainable=list(unet.parameters()),

@@ -72,7 +72,7 @@ def make_step(args, device):
     compute_losses = {}
     for method, flags in METHOD_FLAGS.items():
         script_args = script.parse_args([*flags, "--resolution", str(args.resolution), "--beta", "0.1"])
-        risk = training.make_risk(accelerator, script_args, 0.1)
+        risk = training.make_risk(accelerator, script_args, 0.1, scheduler.config.num_train_timesteps)
         compute_losses[method] = script.make_compute_loss(accelerator, script_args, scheduler, risk)
 
     def step(method):

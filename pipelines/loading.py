@@ -96,6 +96,39 @@ def check_unconditional_pipeline(pipeline, path: str) -> None:
 SAMPLERS = ("auto", "ddim", "ddpm", "euler")  # auto: ddim for a diffusion model, euler for a flow-matching one
 
 
+def sampler_for(scheduler_class: str, sampler: str | None, path: str) -> str | None:
+    """The sampler to use for a pipeline whose scheduler is ``scheduler_class``: ``auto`` resolved (ddim, or euler
+    for a flow-matching model); a sampler that cannot sample the model is an EvaluationError naming both."""
+    flow = scheduler_class.startswith("FlowMatch")
+    if sampler == "auto":
+        return "euler" if flow else "ddim"
+    if flow and sampler in ("ddim", "ddpm"):
+        raise EvaluationError(
+            f"sampler {sampler}: --pipeline {path!r} is a flow-matching model ({scheduler_class}), which DDIM/DDPM "
+            "cannot sample: use euler (or auto)."
+        )
+    if sampler == "euler" and not flow:
+        raise EvaluationError(
+            f"sampler euler samples flow-matching models; --pipeline {path!r} is a diffusion model "
+            f"({scheduler_class}): use ddim or ddpm (or auto)."
+        )
+    return sampler
+
+
+def check_sampler(path: str, sampler: str | None) -> None:
+    """Before any sampling: refuse a sampler that cannot sample the local pipeline folder ``path`` (read from its
+    scheduler config; a hub id is checked once loaded)."""
+    config = os.path.join(path, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(config):
+        return
+    try:
+        with open(config) as handle:
+            scheduler_class = str(json.load(handle).get("_class_name", ""))
+    except (OSError, ValueError):
+        return  # loading reports the damaged folder with its own message
+    sampler_for(scheduler_class, sampler, path)
+
+
 def load_pipeline(path: str, sampler: str | None = None):
     """Unconditional pipeline from a folder or hub id, optionally with its scheduler swapped for DDPM or DDIM.
 
@@ -127,20 +160,8 @@ def load_pipeline(path: str, sampler: str | None = None):
             )
         raise EvaluationError(f"--pipeline {path!r} {problem}. Loading said: {first_line(error)}") from error
     check_unconditional_pipeline(pipeline, path)
-    flow = type(pipeline.scheduler).__name__.startswith("FlowMatch")
-    if sampler == "auto":
-        sampler = "euler" if flow else "ddim"
-    if flow and sampler in ("ddim", "ddpm"):
-        raise EvaluationError(
-            f"sampler {sampler}: --pipeline {path!r} is a flow-matching model ({type(pipeline.scheduler).__name__}), "
-            "which DDIM/DDPM cannot sample: use euler (or auto)."
-        )
-    if sampler == "euler" and not flow:
-        raise EvaluationError(
-            f"sampler euler samples flow-matching models; --pipeline {path!r} is a diffusion model "
-            f"({type(pipeline.scheduler).__name__}): use ddim or ddpm (or auto)."
-        )
-    if sampler == "euler" and not isinstance(pipeline.scheduler, FlowMatchEulerDiscreteScheduler):
+    sampler = sampler_for(type(pipeline.scheduler).__name__, sampler, path)
+    if type(pipeline.scheduler).__name__.startswith("FlowMatch"):  # always a DDPMPipeline: its loop fits Euler
         pipeline = DDPMPipeline(
             unet=pipeline.unet, scheduler=FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
         )

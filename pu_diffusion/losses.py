@@ -64,7 +64,7 @@ def flow_matching_sigmas(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
     if scheduler.config.get("use_dynamic_shifting"):
         raise ValueError("A flow-matching scheduler with use_dynamic_shifting needs a resolution-dependent shift.")
     steps = scheduler.config.num_train_timesteps
-    sigmas = (timesteps.to(torch.float64) + 1) / steps
+    sigmas = (timesteps.cpu().to(torch.float64) + 1) / steps  # float64 on the CPU (MPS has none)
     shift = scheduler.config.shift
     return (shift * sigmas / (1 + (shift - 1) * sigmas)).float()
 
@@ -78,7 +78,7 @@ def noisy_input_and_target(scheduler, sample: torch.Tensor, noise: torch.Tensor,
     (Kingma & Gao 2023), read as the classifier exp(−ℓ) like the ε-loss; docs/training.md has the caveat.
     """
     if is_flow_matching(scheduler):
-        sigmas = flow_matching_sigmas(scheduler, timesteps).to(sample.device)
+        sigmas = flow_matching_sigmas(scheduler, timesteps).to(sample.device)  # back on the sample's device
         scale = sigmas.view(-1, *([1] * (sample.dim() - 1)))
         noisy = ((1 - scale) * sample.float() + scale * noise.float()).to(sample.dtype)
         return noisy, sigmas * scheduler.config.num_train_timesteps, noise - sample
@@ -344,16 +344,19 @@ def sensitive_term_by_band(
     steps = timesteps.to(per_sample_loss.device)[is_sensitive]
     pull = 1.0 / torch.expm1(loss)  # inf only at ℓ = 0 exactly, which the clamp rules out
     plus = sensitive_loss(loss)
-    stats = {}
+    names, values = [], []
     for lo, hi in timestep_bands(num_train_timesteps, num_bands):
-        rows = (steps >= lo) & (steps < hi)
+        rows = ((steps >= lo) & (steps < hi)).float()  # one mask per band; no host sync until the end
         band = f"t{lo}-{hi - 1}"
-        stats[f"S n {band}"] = float(rows.sum())
-        stats[f"S n<ln2 {band}"] = float((loss[rows] < LN2).sum())
-        stats[f"S sum l+ {band}"] = float(plus[rows].sum())
-        stats[f"S sum dl+ {band}"] = float(pull[rows].sum())
-        stats[f"S max dl+ {band}"] = float(pull[rows].max()) if rows.any() else 0.0
-    return stats
+        names += [f"S {stat} {band}" for stat in SENSITIVE_BAND_STATS]
+        values += [
+            rows.sum(),
+            (rows * (loss < LN2).float()).sum(),
+            (rows * plus).sum(),
+            (rows * pull).sum(),
+            (rows * pull).max() if len(rows) else pull.new_zeros(()),
+        ]
+    return dict(zip(names, torch.stack(values).tolist()))
 
 
 @torch.no_grad()

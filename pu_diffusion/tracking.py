@@ -84,7 +84,7 @@ def step_logs(accelerator, terms, lr_scheduler, ema_model=None) -> dict:
         next((how for prefix, how in reduce.items() if name.startswith(prefix)), torch.mean)(values[:, i])
         for i, name in enumerate(names)
     ]
-    logs = {name: value.item() for name, value in zip(names, reduced)}
+    logs = dict(zip(names, torch.stack(reduced).tolist()))
     logs["lr"] = lr_scheduler.get_last_lr()[0]
     if ema_model is not None:
         logs["ema_decay"] = ema_model.cur_decay_value

@@ -57,6 +57,20 @@ def test_benchmark_is_incremental_and_accumulates_seeds(tmp_path, monkeypatch):
     assert [row["nsr_mean"] for row in third["rows"]] == [row["nsr_mean"] for row in second["rows"]]
 
 
+def test_benchmark_defaults_seeds_and_samplers_by_mode():
+    parse = mnist_pu_benchmark.parse_args
+    assert parse([]).seeds == [0, 1, 2, 3, 4] and parse([]).samplers == ["ddim:50:2000"]
+    assert parse(["--quick"]).seeds == [0, 1, 2]
+    smoke = parse(["--smoke"])
+    assert smoke.seeds == [0, 1] and smoke.samplers == ["ddim:2:16", "ddpm:3:8"]
+    flow = "--extra_train_args=--objective flow_matching"
+    assert parse(["--smoke", "--samplers", "ddim:3"]).samplers == ["ddim:3:16"]  # given samplers are kept
+    assert parse([flow]).samplers == ["euler:50:2000"] and parse(["--smoke", flow]).samplers == ["euler:2:16"]
+    for bad in (["--samplers", "heun:50"], ["--samplers", "euler:50"], [flow, "--samplers", "ddim:50"]):
+        with pytest.raises(SystemExit):  # refused before anything trains: euler only for flow matching
+            parse(bad)
+
+
 def test_benchmark_cache_key_follows_effective_flags_only():
     bench = mnist_pu_benchmark
     recipe = bench.recipe_args(bench.parse_args(["--quick"]))

@@ -301,3 +301,17 @@ def test_audit_of_a_builtin_run_scores_its_ranking_against_a_reference(tmp_path,
     assert quality["pipeline ℓ alone"] == quality["reference ℓ alone"]  # the same model, the same shared draws
     assert quality["score"]["auc"] == 0.5 and quality["score"]["k"] == 200  # ℓ − ℓ = 0 for every image
     assert summary["timestep_range"] == [100, 600]
+    flow = tmp_path / "flow"  # a flow-matching reference scores on another scale: refused before scoring
+    script.main(
+        script.parse_args(tiny_args(flow, tiny_unet_config(), "--objective", "flow_matching", "--max_train_steps", "1"))
+    )
+    with pytest.raises(ValueError, match="same objective and number of timesteps"):
+        audit.main(
+            audit.parse_args(
+                ["--pipeline", str(model), "--reference_pipeline", str(flow), "--output_dir", str(tmp_path / "a2")]
+            )
+        )
+    flow_audit = audit.main(
+        audit.parse_args(["--pipeline", str(flow), "--output_dir", str(tmp_path / "a3"), "--num_draws", "1"])
+    )
+    assert flow_audit["num_images"] == 2200  # a flow-matching model is scored with its own flow-matching ℓ

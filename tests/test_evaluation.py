@@ -250,6 +250,12 @@ def test_a_flow_matching_pipeline_is_evaluated_with_its_euler_sampler(tmp_path, 
     for sampler in ("ddim", "ddpm"):
         with pytest.raises(EvaluationError, match=f"sampler {sampler}: .* is a flow-matching model"):
             load_pipeline(str(out), sampler)
+    elsewhere = tmp_path / "eval2"
+    with pytest.raises(EvaluationError, match="sampler ddim: .* is a flow-matching model"):  # before any sampling
+        evaluate_pu_diffusion.main(
+            evaluate_pu_diffusion.parse_args(argv[:-1] + ["ddim:3", "--output_dir", str(elsewhere)])
+        )
+    assert not (elsewhere / "metrics.json").exists()
     with pytest.raises(EvaluationError, match="sampler euler samples flow-matching models"):
         load_pipeline(str(save_tiny_ddpm(tmp_path / "ddpm")), "euler")
     assert type(load_pipeline(str(tmp_path / "ddpm"), "auto").scheduler).__name__ == "DDIMScheduler"

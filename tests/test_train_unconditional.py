@@ -198,6 +198,8 @@ BAD_INPUTS = [
     (["--objective", "flow_matching", "--prediction_type", "v_prediction"], "a flow-matching UNet always predicts"),
     (["--objective", "flow_matching", "--inference_scheduler", "ddim"], "--inference_scheduler ddim samples diffusion"),
     (["--objective", "diffusion", "--inference_scheduler", "euler"], "--inference_scheduler euler samples flow"),
+    (["--inference_scheduler", "euler"], "add --objective flow_matching"),
+    (["--objective", "flow_matching", "--ddpm_beta_schedule", "squaredcos_cap_v2"], "flow matching has none"),
     (["--flow_shift", "3"], "--flow_shift sets a new flow-matching scheduler"),
     (["--objective", "flow_matching", "--flow_shift", "0"], "--flow_shift must be > 0"),
 ]
