@@ -179,6 +179,14 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         "so S stops being pushed up once it is κ× worse than U (absPU otherwise pushes it to ≈ L_U⁻/β).",
     )
     group.add_argument(
+        "--pu_nn_gamma",
+        type=finite_float,
+        default=1.0,
+        help="γ of nnPU (--pu_estimator nn; Kiryo et al. 2017): when L_U⁻ − βL_S⁻ < 0 the step descends "
+        "−γ(L_U⁻ − βL_S⁻), which raises U's loss and lowers S's. 1: the paper's Algorithm 1; 0: skip that push "
+        "(a too-large β then stalls the step instead of training towards S).",
+    )
+    group.add_argument(
         "--loss_temperature",
         type=finite_float,
         default=1.0,
@@ -393,6 +401,11 @@ def validate_training_args(args) -> None:
         )
     _require(args.sensitive_batch_size >= 0, f"--sensitive_batch_size must be >= 0; got {args.sensitive_batch_size}.")
     _require(args.loss_temperature > 0, f"--loss_temperature must be > 0; got {args.loss_temperature}.")
+    _require(0 <= args.pu_nn_gamma <= 1, f"--pu_nn_gamma must lie in [0, 1]; got {args.pu_nn_gamma}.")
+    _require(
+        args.pu_nn_gamma == 1.0 or (args.method == "pu" and args.pu_estimator == "nn"),
+        f"--pu_nn_gamma {args.pu_nn_gamma} is nnPU's: it needs --method pu --pu_estimator nn.",
+    )
     _require(
         args.pu_sensitive_cap is None or args.pu_sensitive_cap > 0,
         f"--pu_sensitive_cap must be > 0; got {args.pu_sensitive_cap}.",

@@ -169,6 +169,7 @@ def pu_risk(
     supervised_form: str = "paper",
     temperature: float = 1.0,
     sensitive_cap: float | None = None,
+    nn_gamma: float = 1.0,
 ) -> RiskTerms:
     """Risk of one batch from its per-sample losses ℓ and its S mask (see module docstring).
 
@@ -184,6 +185,8 @@ def pu_risk(
     sample stops being pushed up once its ℓ is κ times the U mean. Without it, absPU pushes L_S⁻ until
     L_U⁻ − β L_S⁻ reaches 0, i.e. to L_S⁻ ≈ L_U⁻/β (10× the U loss at β = 0.1); with κβ < 1 the negative risk
     stays positive and that push stops far earlier. L_S⁻ is logged uncapped.
+    ``nn_gamma`` γ (nnPU only): the negative branch descends −γ(L_U⁻ − βL_S⁻) (Kiryo et al.'s discount; 1 is the
+    paper's Algorithm 1, 0 makes that step a no-op instead of a push towards S).
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: use one of {METHODS}.")
@@ -243,7 +246,8 @@ def pu_risk(
     risk = positive_risk + negative_risk.clamp(min=0.0)
     branch_value = negative_risk.detach() if reduce_for_branch is None else reduce_for_branch(negative_risk.detach())
     if branch_value.item() < 0:
-        return RiskTerms(objective=-negative_risk, risk=risk, negative_risk=negative_risk, nn_branch=True, **terms)
+        objective = -nn_gamma * negative_risk
+        return RiskTerms(objective=objective, risk=risk, negative_risk=negative_risk, nn_branch=True, **terms)
     return RiskTerms(objective=risk, risk=risk, negative_risk=negative_risk, **terms)
 
 
@@ -421,6 +425,7 @@ class PURisk:
     supervised_form: str = "paper"
     temperature: float = 1.0
     sensitive_cap: float | None = None
+    nn_gamma: float = 1.0
     min_timestep: int = 0
     reduce_for_branch: Callable | None = None
     num_train_timesteps: int | None = None  # given: log ℓ⁺ on S per timestep band (sensitive_term_by_band)
@@ -438,6 +443,7 @@ class PURisk:
             "supervised_form": self.supervised_form,
             "temperature": self.temperature,
             "sensitive_cap": self.sensitive_cap,
+            "nn_gamma": self.nn_gamma,
         }
         if self.min_timestep:
             terms = timestep_banded_pu_risk(per_sample_loss, is_sensitive, timesteps, self.min_timestep, **options)

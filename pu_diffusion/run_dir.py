@@ -47,6 +47,7 @@ ADDED_ARGS_NEUTRAL = {
     "beta_auto_point": "estimate",
     "erasediff_forget_noising": "gaussian",
     "objective": None,
+    "pu_nn_gamma": 1.0,
     "flow_shift": 1.0,
 }
 # Flags of a method added after that method's runs were cached: at their neutral value they are left out of its

@@ -114,6 +114,14 @@ def test_nnpu_gradient_directions_in_both_branches():
     assert terms.objective.item() == pytest.approx(4.9)
     assert terms.risk.item() == pytest.approx(0.5 * sensitive_loss(torch.tensor(10.0)).item())
     assert loss.grad.tolist() == pytest.approx([-1.0, 0.5])
+    # γ discounts that push (Kiryo et al.): γ = 0 makes the step a no-op, γ = 0.5 halves it; the risk is unchanged
+    for gamma in (0.0, 0.5):
+        loss = torch.tensor([0.1, 10.0], requires_grad=True)
+        terms = pu_risk(loss, torch.tensor([False, True]), "pu", beta=0.5, estimator="nn", nn_gamma=gamma)
+        terms.objective.backward()
+        assert terms.nn_branch and terms.objective.item() == pytest.approx(4.9 * gamma)
+        assert loss.grad.tolist() == pytest.approx([-gamma, 0.5 * gamma])
+        assert terms.risk.item() == pytest.approx(0.5 * sensitive_loss(torch.tensor(10.0)).item())
 
 
 def test_risk_refuses_bad_input():

@@ -199,6 +199,8 @@ BAD_INPUTS = [
     (["--objective", "flow_matching", "--inference_scheduler", "ddim"], "--inference_scheduler ddim samples diffusion"),
     (["--objective", "diffusion", "--inference_scheduler", "euler"], "--inference_scheduler euler samples flow"),
     (["--inference_scheduler", "euler"], "add --objective flow_matching"),
+    (["--pu_nn_gamma", "0"], "it needs --method pu --pu_estimator nn"),
+    (["--pu_estimator", "nn", "--pu_nn_gamma", "1.5"], r"--pu_nn_gamma must lie in \[0, 1\]"),
     (["--objective", "flow_matching", "--ddpm_beta_schedule", "squaredcos_cap_v2"], "flow matching has none"),
     (["--flow_shift", "3"], "--flow_shift sets a new flow-matching scheduler"),
     (["--objective", "flow_matching", "--flow_shift", "0"], "--flow_shift must be > 0"),
