@@ -212,6 +212,11 @@ class Scorer:
                 "(a LoRA-only output holds no UNet)."
             )
         self.conditional = os.path.isdir(os.path.join(path, "text_encoder"))
+        if os.path.isdir(os.path.join(path, "text_encoder_2")):
+            raise UsageError(
+                f"{flag} {path!r} is an SDXL pipeline (two text encoders); the audit scores unconditional and "
+                "SD 1.x/2.x pipelines only so far."
+            )
         try:
             self._load(path, device)
         except Exception as error:  # noqa: BLE001 - diffusers, transformers and safetensors raise many types

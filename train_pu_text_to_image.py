@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fine-tune Stable Diffusion 1.x with the conditional, guidance-aware PU loss (concept suppression).
+"""Fine-tune Stable Diffusion 1.x/2.x or SDXL with the conditional, guidance-aware PU loss (concept suppression).
 
 U: images with a normal caption, some of which secretly show the sensitive concept; S: labelled images
 of the concept. The PU risk on ℓ(x, c) makes "a photo of a middle-aged man" stop producing Brad Pitt.
@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from accelerate.logging import get_logger
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from pipelines import publish_run
 from pipelines.card import usage_snippet
@@ -39,6 +38,7 @@ from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.erasediff import erasediff_step
 from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_step, select_esd_parameters
+from pu_diffusion.families import PIPELINE_CLASS_NAMES, TextSide, detect_family, prepare_unet
 from pu_diffusion.grids import save_image_grid
 from pu_diffusion.image_data import load_captions
 from pu_diffusion.losses import METHODS, RiskTerms, diffusion_target, per_sample_diffusion_loss, sample_timesteps
@@ -51,7 +51,6 @@ from pu_diffusion.text_to_image import (
     caption_dropout_mask,
     collate_text_image_batch,
     drop_captions,
-    encode_captions,
     encode_latent_parameters,
     encode_latents_once,
     predict_noise,
@@ -66,6 +65,7 @@ logger = get_logger(__name__, log_level="INFO")
 # base pipeline's components and model_index.json (full UNet), or the LoRA weights (--rank); grids; the card.
 OUTPUTS = (
     "README.md", "validation", "model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler",
+    "text_encoder_2", "tokenizer_2",
     "safety_checker", "feature_extractor", "image_encoder", LORA_WEIGHTS_NAME, training.TRAIN_STATS,
 )  # fmt: skip
 
@@ -259,10 +259,12 @@ def method_prompt(args, captions, unlabeled_rows, sensitive_rows) -> str | None:
 
 
 def load_models(accelerator, args):
-    """(tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype); the encoders frozen, in weight_dtype."""
+    """(family, text_side, vae, unet, noise_scheduler, weight_dtype); the encoders frozen, in weight_dtype.
+
+    The family (SD 1.x/2.x or SDXL) is read from the base's model_index.json."""
     path, revision, variant = args.pretrained_model_name_or_path, args.revision, args.variant
-    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision)
-    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", revision=revision, variant=variant)
+    family = detect_family(path, revision)
+    text_side = TextSide.load(family, path, revision, variant)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=revision, variant=variant)
     noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", revision=revision)
@@ -278,10 +280,9 @@ def load_models(accelerator, args):
     check_resolution(unet, args.resolution, vae_factor=vae_factor)
     match_sample_size(unet, args.resolution // vae_factor)
     vae.requires_grad_(False)
-    text_encoder.requires_grad_(False)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     vae.to(accelerator.device, dtype=weight_dtype).eval()
-    text_encoder.to(accelerator.device, dtype=weight_dtype).eval()
+    text_side.to(accelerator.device, dtype=weight_dtype)
     if args.rank:
         from peft import LoraConfig
 
@@ -298,7 +299,8 @@ def load_models(accelerator, args):
         unet.enable_gradient_checkpointing()
     if args.enable_xformers_memory_efficient_attention:
         unet.enable_xformers_memory_efficient_attention()
-    return tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype
+    prepare_unet(family, unet, text_side, args.resolution)  # SDXL: unpacks the pooled token and adds time ids
+    return family, text_side, vae, unet, noise_scheduler, weight_dtype
 
 
 def main(args):
@@ -327,14 +329,14 @@ def main(args):
 
     # ---- Models: the UNet trains; VAE and text encoder are frozen and never enter autograd ----
     with loading("--pretrained_model_name_or_path", args.pretrained_model_name_or_path):
-        tokenizer, text_encoder, vae, unet, noise_scheduler, weight_dtype = load_models(accelerator, args)
+        family, text_side, vae, unet, noise_scheduler, weight_dtype = load_models(accelerator, args)
     esd = None
     if concept_prompt is not None:  # ESD: train one parameter set against a frozen copy of the starting UNet
         select_esd_parameters(unet, args.method)
         esd = ESDContext(
             frozen=FrozenCopy(unet, lora=bool(args.rank), device=accelerator.device, dtype=weight_dtype),
             scheduler=DDIMScheduler.from_config(noise_scheduler.config),
-            concept_state=encode_captions(tokenizer, text_encoder, [concept_prompt]).to(weight_dtype),
+            concept_state=text_side.encode([concept_prompt]).to(weight_dtype),
             eta=args.esd_eta,
             sampling_steps=args.esd_sampling_steps,
             start_guidance=args.esd_start_guidance,
@@ -345,8 +347,8 @@ def main(args):
 
     # ---- Batches: fixed U and S counts; latents and text states encoded once when cached ----
     transform = ImageTransform(args.resolution, 3, center_crop=args.center_crop, random_flip=args.random_flip)
-    empty_state = encode_captions(tokenizer, text_encoder, [""])
-    anchor_state = encode_captions(tokenizer, text_encoder, [anchor_prompt]) if anchor_prompt is not None else None
+    empty_state = text_side.encode([""])
+    anchor_state = text_side.encode([anchor_prompt]) if anchor_prompt is not None else None
     latent_cache = text_cache = None
     if use_latent_cache(args.cache_latents, args.center_crop, len(dataset)):
         latent_cache, text_cache = encode_latents_once(
@@ -355,8 +357,7 @@ def main(args):
             captions,
             transform,
             vae,
-            tokenizer,
-            text_encoder,
+            text_side.encode,
             rows=np.union1d(unlabeled_rows, sensitive_rows),
         )
         logger.info(f"Cached {len(latent_cache)} latents and {len(text_cache)} caption encodings")
@@ -400,7 +401,7 @@ def main(args):
         accelerator,
         args,
         risk=training.make_risk(accelerator, args, beta_info["beta"], noise_scheduler.config.num_train_timesteps),
-        encoders=FrozenEncoders(vae, tokenizer, text_encoder, empty_state, weight_dtype),
+        encoders=FrozenEncoders(vae, text_side, empty_state, weight_dtype),
         noise_scheduler=noise_scheduler,
         trainable=trainable,
         anchor_state=anchor_state,
@@ -425,8 +426,8 @@ def main(args):
                     args,
                     unet,
                     vae,
-                    text_encoder,
-                    tokenizer,
+                    family,
+                    text_side,
                     noise_scheduler.config.prediction_type,
                     progress.global_step,
                 )
@@ -440,21 +441,21 @@ def main(args):
     if accelerator.is_main_process:
         unet = training.model_to_save(accelerator, unet, ema_model)
         if args.rank:
-            save_lora_weights(args.output_dir, unet)
+            save_lora_weights(args.output_dir, unet, family)
             has_safety_checker = None
         else:
             pipeline = stable_diffusion_pipeline(
                 args.pretrained_model_name_or_path,
                 unet=unet,
                 vae=vae.to(torch.float32),
-                text_encoder=text_encoder.to(torch.float32),
-                tokenizer=tokenizer,
                 prediction_type=noise_scheduler.config.prediction_type,
                 revision=args.revision,
                 variant=args.variant,
+                family=family,
+                text_components=text_side.to(dtype=torch.float32).components(),
             )
             save_pipeline(pipeline, args.output_dir)
-            has_safety_checker = pipeline.safety_checker is not None
+            has_safety_checker = getattr(pipeline, "safety_checker", None) is not None
         images = []
         if args.validation_prompts and args.num_validation_images:
             images = [
@@ -463,8 +464,8 @@ def main(args):
                     args,
                     unet,
                     vae,
-                    text_encoder,
-                    tokenizer,
+                    family,
+                    text_side,
                     noise_scheduler.config.prediction_type,
                     stats["global_step"],
                     final=True,
@@ -473,9 +474,17 @@ def main(args):
         location = args.hub_model_id if args.push_to_hub and args.hub_model_id else args.output_dir
         prompt = (args.validation_prompts or ["a photo"])[0]
         usage = usage_snippet(
-            location, prompt=prompt, lora_base_model=args.pretrained_model_name_or_path if args.rank else None
+            location,
+            prompt=prompt,
+            lora_base_model=args.pretrained_model_name_or_path if args.rank else None,
+            pipeline_class=PIPELINE_CLASS_NAMES[family],
         )
-        notes = [safety_checker_note(has_safety_checker), "validation grids are generated without the safety checker"]
+        notes = [f"model family: {family} ({PIPELINE_CLASS_NAMES[family]})"]
+        if family == "sd":
+            notes += [
+                safety_checker_note(has_safety_checker),
+                "validation grids are generated without the safety checker",
+            ]
         publish_run(
             args.output_dir,
             {**public_config(args), **plan.__dict__, **stats, **beta_info},
@@ -487,7 +496,9 @@ def main(args):
             hub_token=args.hub_token,
             usage=usage,
             notes=notes,
-            extra_tags=["stable-diffusion", "text-to-image"] + (["lora"] if args.rank else []),
+            extra_tags=["stable-diffusion", "text-to-image"]
+            + (["stable-diffusion-xl"] if family == "sdxl" else [])
+            + (["lora"] if args.rank else []),
         )
         training.write_train_stats(args.output_dir, stats)
     training.end_training(accelerator)
@@ -507,8 +518,7 @@ class FrozenEncoders:
     """The frozen VAE and text encoder (no autograd; skipped for a batch the cache already encoded)."""
 
     vae: object
-    tokenizer: object
-    text_encoder: object
+    text_side: TextSide  # the family's tokenizers and text encoders: one conditioning tensor per caption
     empty_state: torch.Tensor  # the encoded empty caption (caption dropout, ESD)
     weight_dtype: torch.dtype
 
@@ -522,7 +532,7 @@ class FrozenEncoders:
     def text_states(self, batch, device) -> torch.Tensor:
         if "text_states" in batch:
             return batch["text_states"].to(device)
-        return encode_captions(self.tokenizer, self.text_encoder, batch["captions"])
+        return self.text_side.encode(batch["captions"])
 
 
 def make_compute_loss(
@@ -591,7 +601,7 @@ def make_compute_loss(
 
 
 def log_validation(
-    accelerator, args, unet, vae, text_encoder, tokenizer, prediction_type: str, global_step: int, final: bool = False
+    accelerator, args, unet, vae, family, text_side, prediction_type: str, global_step: int, final: bool = False
 ):
     """Generate --num_validation_images per prompt; save one grid (a row per prompt) under validation/.
 
@@ -601,9 +611,9 @@ def log_validation(
         args.pretrained_model_name_or_path,
         unet=accelerator.unwrap_model(unet),
         vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
         prediction_type=prediction_type,
+        family=family,
+        text_components=text_side.components(),
         revision=args.revision,
         variant=args.variant,
         keep_safety_checker=False,

@@ -24,6 +24,7 @@ import torch
 
 import train_pu_text_to_image as script
 from pu_diffusion import training
+from pu_diffusion.families import TextSide
 from pu_diffusion.losses import per_sample_diffusion_loss, pu_risk
 from pu_diffusion.testing_utils import build_tiny_sd
 from pu_diffusion.text_to_image import encode_captions, encode_latent_parameters
@@ -79,7 +80,9 @@ def make_step(model_dir, args, device):
         accelerator,
         script_args,
         risk=training.make_risk(accelerator, script_args, 0.1, scheduler.config.num_train_timesteps),
-        encoders=script.FrozenEncoders(vae, tokenizer, text_encoder, empty_state, torch.float32),
+        encoders=script.FrozenEncoders(
+            vae, TextSide("sd", [tokenizer], [text_encoder], [""]), empty_state, torch.float32
+        ),
         noise_scheduler=scheduler,
         trainable=list(unet.parameters()),
     )

@@ -32,7 +32,12 @@ def _format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def usage_snippet(location: str, prompt: str | None = None, lora_base_model: str | None = None) -> str:
+def usage_snippet(
+    location: str,
+    prompt: str | None = None,
+    lora_base_model: str | None = None,
+    pipeline_class: str = "StableDiffusionPipeline",
+) -> str:
     """Python that loads the trained model from ``location`` (a folder or hub id) and generates one image.
 
     ``prompt``: text-to-image pipelines; ``lora_base_model``: the output holds LoRA weights for that base.
@@ -40,8 +45,8 @@ def usage_snippet(location: str, prompt: str | None = None, lora_base_model: str
     call = f"pipeline({prompt!r})" if prompt is not None else "pipeline()"
     if lora_base_model:
         return (
-            "from diffusers import StableDiffusionPipeline\n\n"
-            f"pipeline = StableDiffusionPipeline.from_pretrained({lora_base_model!r})\n"
+            f"from diffusers import {pipeline_class}\n\n"
+            f"pipeline = {pipeline_class}.from_pretrained({lora_base_model!r})\n"
             f"pipeline.load_lora_weights({location!r})\n"
             f"image = {call}.images[0]\n"
         )

@@ -29,30 +29,35 @@ def stable_diffusion_pipeline(
     base_model: str,
     unet,
     vae,
-    text_encoder,
-    tokenizer,
-    prediction_type: str,
+    text_encoder=None,
+    tokenizer=None,
+    prediction_type: str = "epsilon",
     revision: str | None = None,
     variant: str | None = None,
     keep_safety_checker: bool = True,
+    family: str = "sd",
+    text_components: dict | None = None,
 ):
-    """The base model's StableDiffusionPipeline around the trained ``unet``, its scheduler set to ``prediction_type``.
+    """The base model's pipeline (StableDiffusionPipeline, or StableDiffusionXLPipeline for ``family="sdxl"``)
+    around the trained ``unet``, its scheduler set to ``prediction_type``.
 
-    The trained prediction type must reach the inference scheduler too (an epsilon base trained on v-targets
-    otherwise samples wrongly). The base's safety checker is kept unless ``keep_safety_checker`` is False
-    (validation grids).
+    ``text_components``: the text encoders and tokenizers by component name (default: ``text_encoder`` and
+    ``tokenizer``). The trained prediction type must reach the inference scheduler too (an epsilon base trained on
+    v-targets otherwise samples wrongly). An SD base's safety checker is kept unless ``keep_safety_checker`` is
+    False (validation grids); SDXL has none.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    extra = {} if keep_safety_checker else {"safety_checker": None, "requires_safety_checker": False}
-    pipeline = StableDiffusionPipeline.from_pretrained(
+    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    text_components = text_components or {"text_encoder": text_encoder, "tokenizer": tokenizer}
+    extra = {} if keep_safety_checker or family != "sd" else {"safety_checker": None, "requires_safety_checker": False}
+    pipeline = pipeline_class.from_pretrained(
         base_model,
         unet=unet,
         vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
         revision=revision,
         variant=variant,
+        **text_components,
         **extra,
     )
     if pipeline.scheduler.config.get("prediction_type") != prediction_type:
@@ -62,14 +67,16 @@ def stable_diffusion_pipeline(
     return pipeline
 
 
-def save_lora_weights(output_dir: str, unet) -> None:
-    """Write the UNet's LoRA adapters as ``pytorch_lora_weights.safetensors`` (loads with ``load_lora_weights``)."""
-    from diffusers import StableDiffusionPipeline
+def save_lora_weights(output_dir: str, unet, family: str = "sd") -> None:
+    """Write the UNet's LoRA adapters as ``pytorch_lora_weights.safetensors`` with the family pipeline's own
+    ``save_lora_weights`` (loads with ``load_lora_weights``)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     claim_outputs(output_dir, [LORA_WEIGHTS_NAME])
-    StableDiffusionPipeline.save_lora_weights(
+    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipeline_class.save_lora_weights(
         output_dir,
         unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
         safe_serialization=True,

@@ -146,6 +146,65 @@ def build_tiny_sd(folder, prediction_type="epsilon", sample_size=8):
     return folder
 
 
+def build_tiny_sdxl(folder, sample_size=8):
+    """Save a tiny StableDiffusionXLPipeline (two CLIP encoders, the second with projection; a text_time UNet) to
+    ``folder``, with the EulerDiscreteScheduler SDXL ships with."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    tokenizers = [write_clip_tokenizer(os.path.join(folder, name)) for name in ("_tok", "_tok2")]
+
+    def text_config(tokenizer):
+        return CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+            num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=16, projection_dim=16,
+        )  # fmt: skip
+
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=32,  # the two encoders' 16 + 16
+        attention_head_dim=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 16,  # six time ids + the pooled projection
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=sample_size * 2,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config(tokenizers[0])),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(tokenizers[1])),
+        tokenizer=tokenizers[0],
+        tokenizer_2=tokenizers[1],
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def write_captioned_folder(root, n_unlabeled=8, n_sensitive=4, size=20, seed=0, with_folders=False):
     """imagefolder with metadata.jsonl (file_name, text, label) — or unlabeled/ & sensitive/ sub-folders."""
     rng = np.random.default_rng(seed)

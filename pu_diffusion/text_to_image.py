@@ -99,12 +99,12 @@ def encode_latents_once(
     captions: list[str],
     transform: ImageTransform,
     vae,
-    tokenizer,
-    text_encoder,
+    encode_text,
     rows,
     batch_size: int = 16,
 ) -> tuple[dict, dict]:
-    """({(row, flipped): VAE posterior parameters}, {caption: text states}) of ``rows``, on the CPU.
+    """({(row, flipped): VAE posterior parameters}, {caption: text states}) of ``rows``, on the CPU; ``encode_text``
+    turns a list of captions into one conditioning tensor per caption (``TextSide.encode``).
 
     Images are encoded as ``transform`` makes them with aug_seed 0 (a centre crop), and flipped too when
     ``transform.random_flip``; the VAE posterior is still sampled afresh at every step.
@@ -118,7 +118,7 @@ def encode_latents_once(
             for row, parameters in zip(chunk, encode_latent_parameters(vae, pixels).cpu()):
                 latent_cache[(row, flip)] = parameters
     unique_captions = sorted({captions[row] for row in rows})
-    text_cache = dict(zip(unique_captions, encode_captions(tokenizer, text_encoder, unique_captions).cpu()))
+    text_cache = dict(zip(unique_captions, encode_text(unique_captions).cpu()))
     return latent_cache, text_cache
 
 

@@ -210,9 +210,7 @@ def test_pu_scores_s_rows_under_the_chosen_captions(tiny_sd, captioned, tmp_path
 
     monkeypatch.setattr(script, "predict_noise", spy)
     run(sd_args(tiny_sd, captioned, tmp_path / "out", "--method", "pu", "--sensitive_conditioning", conditioning))
-    tokenizer = script.CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
-    text_encoder = script.CLIPTextModel.from_pretrained(tiny_sd, subfolder="text_encoder")
-    man, brad = script.encode_captions(tokenizer, text_encoder, ["a photo of a man", "a photo of brad"])
+    man, brad = script.TextSide.load("sd", tiny_sd).encode(["a photo of a man", "a photo of brad"])
     assert seen
     for states in seen:  # every batch holds 2 S rows (--sensitive_batch_size 2) among U rows
         is_man = [torch.allclose(row, man, atol=1e-5) for row in states]
@@ -226,9 +224,7 @@ def test_caption_dropout_reaches_the_unet(tiny_sd, captioned, tmp_path, monkeypa
     """--proportion_empty_prompts replaces that share of the captions the UNet sees by the empty prompt's states."""
     seen = []
     real = script.predict_noise
-    tokenizer = script.CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
-    text_encoder = script.CLIPTextModel.from_pretrained(tiny_sd, subfolder="text_encoder")
-    empty_state = script.encode_captions(tokenizer, text_encoder, [""])
+    empty_state = script.TextSide.load("sd", tiny_sd).encode([""])
 
     def spy(unet, noisy_latents, timesteps, text_states):
         matches = (text_states - empty_state.to(text_states.dtype)).flatten(1).abs().amax(1) < 1e-6
