@@ -214,8 +214,8 @@ class Scorer:
         self.conditional = os.path.isdir(os.path.join(path, "text_encoder"))
         if os.path.isdir(os.path.join(path, "text_encoder_2")):
             raise UsageError(
-                f"{flag} {path!r} is an SDXL pipeline (two text encoders); the audit scores unconditional and "
-                "SD 1.x/2.x pipelines only so far."
+                f"{flag} {path!r} is an SDXL or SD3 pipeline (several text encoders); the audit scores "
+                "unconditional and SD 1.x/2.x pipelines only so far."
             )
         try:
             self._load(path, device)

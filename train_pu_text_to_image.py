@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from accelerate.logging import get_logger
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler
 
 from pipelines import publish_run
 from pipelines.card import usage_snippet
@@ -38,11 +38,25 @@ from pu_diffusion.checkpoints import register_model_hooks
 from pu_diffusion.cli import UsageError, finite_float, run_cli
 from pu_diffusion.erasediff import erasediff_step
 from pu_diffusion.esd import ESD_METHODS, ESDContext, FrozenCopy, esd_step, select_esd_parameters
-from pu_diffusion.families import PIPELINE_CLASS_NAMES, TextSide, detect_family, prepare_unet
+from pu_diffusion.families import (
+    FLOW_FAMILIES,
+    PIPELINE_CLASS_NAMES,
+    TextSide,
+    denoiser_class,
+    denoiser_name,
+    detect_family,
+    prepare_unet,
+)
 from pu_diffusion.grids import save_image_grid
 from pu_diffusion.image_data import load_captions
-from pu_diffusion.losses import METHODS, RiskTerms, diffusion_target, per_sample_diffusion_loss, sample_timesteps
-from pu_diffusion.models import check_resolution, loading, match_sample_size
+from pu_diffusion.losses import (
+    METHODS,
+    RiskTerms,
+    noisy_input_and_target,
+    per_sample_diffusion_loss,
+    sample_timesteps,
+)
+from pu_diffusion.models import check_resolution, load_training_scheduler, loading, match_sample_size
 from pu_diffusion.pu_dataset import ImageTransform, images_as_tensor
 from pu_diffusion.run_dir import claim_outputs, public_config
 from pu_diffusion.text_to_image import (
@@ -65,7 +79,7 @@ logger = get_logger(__name__, log_level="INFO")
 # base pipeline's components and model_index.json (full UNet), or the LoRA weights (--rank); grids; the card.
 OUTPUTS = (
     "README.md", "validation", "model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler",
-    "text_encoder_2", "tokenizer_2",
+    "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3", "transformer",
     "safety_checker", "feature_extractor", "image_encoder", LORA_WEIGHTS_NAME, training.TRAIN_STATS,
 )  # fmt: skip
 
@@ -266,8 +280,19 @@ def load_models(accelerator, args):
     family = detect_family(path, revision)
     text_side = TextSide.load(family, path, revision, variant)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=revision, variant=variant)
-    noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", revision=revision)
+    unet = denoiser_class(family).from_pretrained(
+        path, subfolder=denoiser_name(family), revision=revision, variant=variant
+    )
+    noise_scheduler = load_training_scheduler(path, revision=revision)  # DDPM noising, or the base's flow matching
+    if family in FLOW_FAMILIES and (args.prediction_type is not None or args.method in ESD_METHODS):
+        raise UsageError(
+            f"--pretrained_model_name_or_path {path!r} is a rectified-flow model ({family}): "
+            + (
+                "it predicts velocities, so --prediction_type does not apply; drop it."
+                if args.prediction_type is not None
+                else f"--method {args.method} samples with DDIM and is not offered for flow-matching families yet."
+            )
+        )
     if args.prediction_type is not None and args.prediction_type != noise_scheduler.config.prediction_type:
         if args.rank:
             raise UsageError(
@@ -277,7 +302,20 @@ def load_models(accelerator, args):
             )
         noise_scheduler.register_to_config(prediction_type=args.prediction_type)
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    check_resolution(unet, args.resolution, vae_factor=vae_factor)
+    if family == "sd3":  # a patch transformer: the latent side must divide by its patch size
+        patch, most = unet.config.patch_size, unet.config.pos_embed_max_size
+        if args.resolution % (vae_factor * patch):
+            raise UsageError(
+                f"--resolution {args.resolution} must be a multiple of {vae_factor * patch} (the VAE's {vae_factor}× "
+                f"times the transformer's {patch}-pixel patches)."
+            )
+        if most is not None and args.resolution // (vae_factor * patch) > most:
+            raise UsageError(
+                f"--resolution {args.resolution} is more than this SD3 transformer's position embeddings cover "
+                f"({most} patches of {vae_factor * patch} px per side: at most {most * vae_factor * patch})."
+            )
+    else:
+        check_resolution(unet, args.resolution, vae_factor=vae_factor)
     match_sample_size(unet, args.resolution // vae_factor)
     vae.requires_grad_(False)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -341,9 +379,9 @@ def main(args):
             sampling_steps=args.esd_sampling_steps,
             start_guidance=args.esd_start_guidance,
         )
-    ema_model = training.make_ema(args, unet, UNet2DConditionModel)
+    ema_model = training.make_ema(args, unet, denoiser_class(family))
     if not args.rank:  # LoRA checkpoints: accelerate saves the adapted UNet's state dict as safetensors itself
-        register_model_hooks(accelerator, UNet2DConditionModel, ema_model)
+        register_model_hooks(accelerator, denoiser_class(family), ema_model)
 
     # ---- Batches: fixed U and S counts; latents and text states encoded once when cached ----
     transform = ImageTransform(args.resolution, 3, center_crop=args.center_crop, random_flip=args.random_flip)
@@ -401,7 +439,7 @@ def main(args):
         accelerator,
         args,
         risk=training.make_risk(accelerator, args, beta_info["beta"], noise_scheduler.config.num_train_timesteps),
-        encoders=FrozenEncoders(vae, text_side, empty_state, weight_dtype),
+        encoders=FrozenEncoders(vae, text_side, empty_state, weight_dtype, vae.config.get("shift_factor")),
         noise_scheduler=noise_scheduler,
         trainable=trainable,
         anchor_state=anchor_state,
@@ -428,7 +466,7 @@ def main(args):
                     vae,
                     family,
                     text_side,
-                    noise_scheduler.config.prediction_type,
+                    noise_scheduler.config.get("prediction_type"),
                     progress.global_step,
                 )
             if progress.done:
@@ -448,7 +486,7 @@ def main(args):
                 args.pretrained_model_name_or_path,
                 unet=unet,
                 vae=vae.to(torch.float32),
-                prediction_type=noise_scheduler.config.prediction_type,
+                prediction_type=noise_scheduler.config.get("prediction_type"),
                 revision=args.revision,
                 variant=args.variant,
                 family=family,
@@ -466,7 +504,7 @@ def main(args):
                     vae,
                     family,
                     text_side,
-                    noise_scheduler.config.prediction_type,
+                    noise_scheduler.config.get("prediction_type"),
                     stats["global_step"],
                     final=True,
                 )
@@ -521,13 +559,14 @@ class FrozenEncoders:
     text_side: TextSide  # the family's tokenizers and text encoders: one conditioning tensor per caption
     empty_state: torch.Tensor  # the encoded empty caption (caption dropout, ESD)
     weight_dtype: torch.dtype
+    shift_factor: float | None = None  # SD3's VAE: z = (μ + σε − shift) × scale
 
     def latents(self, batch, device) -> torch.Tensor:
         if "latent_parameters" in batch:
             latent_parameters = batch["latent_parameters"].to(device)
         else:
             latent_parameters = encode_latent_parameters(self.vae, batch["pixel_values"])
-        return sample_latents(latent_parameters, self.vae.config.scaling_factor)
+        return sample_latents(latent_parameters, self.vae.config.scaling_factor, self.shift_factor)
 
     def text_states(self, batch, device) -> torch.Tensor:
         if "text_states" in batch:
@@ -570,12 +609,11 @@ def make_compute_loss(
         text_states = drop_captions(drop, text_states, encoders.empty_state).to(encoders.weight_dtype)
         noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
         timesteps = sample_timesteps(noise_scheduler.config.num_train_timesteps, batch["is_sensitive"], device=device)
-        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-        target = diffusion_target(noise_scheduler, latents, noise, timesteps)
-        forward = functools.partial(predict_noise, unet, noisy_latents, timesteps, text_states)
+        noisy_latents, model_timesteps, target = noisy_input_and_target(noise_scheduler, latents, noise, timesteps)
+        forward = functools.partial(predict_noise, unet, noisy_latents, model_timesteps, text_states)
         if args.method == "erasediff":
             forget = batch["is_sensitive"].to(device, torch.bool)
-            rows = (noisy_latents[forget], timesteps[forget], text_states[forget].to(raw_unet.dtype))
+            rows = (noisy_latents[forget], model_timesteps[forget], text_states[forget].to(raw_unet.dtype))
             with torch.no_grad():  # sg ε(x_t, anchor): the model's own prediction under the anchor prompt
                 anchor = anchor_state.to(raw_unet.dtype).expand(int(forget.sum()), -1, -1)
                 anchor_prediction = raw_unet(rows[0], rows[1], anchor, return_dict=False)[0]

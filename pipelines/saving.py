@@ -46,21 +46,23 @@ def stable_diffusion_pipeline(
     v-targets otherwise samples wrongly). An SD base's safety checker is kept unless ``keep_safety_checker`` is
     False (validation grids); SDXL has none.
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipeline_class = {"sdxl": StableDiffusionXLPipeline, "sd3": StableDiffusion3Pipeline}.get(
+        family, StableDiffusionPipeline
+    )
     text_components = text_components or {"text_encoder": text_encoder, "tokenizer": tokenizer}
     extra = {} if keep_safety_checker or family != "sd" else {"safety_checker": None, "requires_safety_checker": False}
+    extra["transformer" if family == "sd3" else "unet"] = unet
     pipeline = pipeline_class.from_pretrained(
         base_model,
-        unet=unet,
         vae=vae,
         revision=revision,
         variant=variant,
         **text_components,
         **extra,
     )
-    if pipeline.scheduler.config.get("prediction_type") != prediction_type:
+    if family != "sd3" and pipeline.scheduler.config.get("prediction_type") != prediction_type:
         pipeline.scheduler = type(pipeline.scheduler).from_config(
             pipeline.scheduler.config, prediction_type=prediction_type
         )
@@ -70,11 +72,16 @@ def stable_diffusion_pipeline(
 def save_lora_weights(output_dir: str, unet, family: str = "sd") -> None:
     """Write the UNet's LoRA adapters as ``pytorch_lora_weights.safetensors`` with the family pipeline's own
     ``save_lora_weights`` (loads with ``load_lora_weights``)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     claim_outputs(output_dir, [LORA_WEIGHTS_NAME])
+    if family == "sd3":
+        StableDiffusion3Pipeline.save_lora_weights(
+            output_dir, transformer_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True
+        )
+        return
     pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     pipeline_class.save_lora_weights(
         output_dir,

@@ -10,6 +10,9 @@ untouched.
     sd     StableDiffusionPipeline      CLIPTextModel                                   (SD 1.x / 2.x)
     sdxl   StableDiffusionXLPipeline    CLIPTextModel + CLIPTextModelWithProjection     (penultimate states,
                                         concatenated; pooled from the second; time ids (H, W, 0, 0, H, W))
+    sd3    StableDiffusion3Pipeline     two CLIPTextModelWithProjection + T5EncoderModel (CLIP states padded to
+                                        T5's width, then T5's states; pooled = both CLIP pooled); a rectified-flow
+                                        SD3Transformer2DModel (the script still calls it ``unet``)
 """
 
 from __future__ import annotations
@@ -21,7 +24,25 @@ import torch
 from .cli import UsageError
 from .text_to_image import encode_captions
 
-FAMILY_PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
+FAMILY_PIPELINES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+}
+FLOW_FAMILIES = ("sd3",)  # rectified flow: FlowMatchEulerDiscreteScheduler, velocity targets
+T5_MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length
+
+
+def denoiser_class(family: str):
+    """The trained model's class: UNet2DConditionModel, or SD3Transformer2DModel for sd3."""
+    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+
+    return SD3Transformer2DModel if family == "sd3" else UNet2DConditionModel
+
+
+def denoiser_name(family: str) -> str:
+    """The trained model's component name in the pipeline (its sub-folder): unet, or transformer for sd3."""
+    return "transformer" if family == "sd3" else "unet"
 
 
 def detect_family(path: str, revision: str | None = None) -> str:
@@ -32,7 +53,7 @@ def detect_family(path: str, revision: str | None = None) -> str:
     if class_name not in FAMILY_PIPELINES:
         raise UsageError(
             f"--pretrained_model_name_or_path {path!r} is a {class_name}; train_pu_text_to_image.py takes "
-            f"{', '.join(FAMILY_PIPELINES)} (SD 1.x/2.x and SDXL). SD3 and FLUX are not supported yet."
+            f"{', '.join(FAMILY_PIPELINES)} (SD 1.x/2.x, SDXL, SD3). FLUX is not supported yet."
         )
     return FAMILY_PIPELINES[class_name]
 
@@ -53,11 +74,63 @@ def encode_sdxl(tokenizers, text_encoders, captions: list[str], batch_size: int 
             output = text_encoder(ids, output_hidden_states=True)
             states.append(output.hidden_states[-2])
             pooled = output[0]  # the last encoder's projected pooled embedding (CLIPTextModelWithProjection)
-        states = torch.cat(states, dim=-1)
-        token = torch.zeros(len(chunk), 1, states.shape[-1], dtype=states.dtype, device=states.device)
-        token[:, 0, : pooled.shape[-1]] = pooled.to(states.dtype)
-        rows.append(torch.cat([states, token], dim=1))
+        rows.append(pack_pooled(torch.cat(states, dim=-1), pooled))
     return torch.cat(rows)
+
+
+def pack_pooled(tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """``tokens`` (N × T × W) with ``pooled`` (N × P, P ≤ W) appended as one more token, zero-padded to W."""
+    if pooled.shape[-1] > tokens.shape[-1]:
+        raise ValueError(
+            f"A pooled embedding of {pooled.shape[-1]} does not fit one token of width {tokens.shape[-1]}."
+        )
+    token = torch.zeros(len(tokens), 1, tokens.shape[-1], dtype=tokens.dtype, device=tokens.device)
+    token[:, 0, : pooled.shape[-1]] = pooled.to(tokens.dtype)
+    return torch.cat([tokens, token], dim=1)
+
+
+@torch.no_grad()
+def encode_sd3(tokenizers, text_encoders, captions: list[str], batch_size: int = 64) -> torch.Tensor:
+    """SD3's conditioning of ``captions`` as one tensor per row, as StableDiffusion3Pipeline.encode_prompt builds it:
+    both CLIP encoders' penultimate states concatenated and zero-padded to T5's width, followed by T5's states
+    (max_sequence_length 256); the two CLIP pooled embeddings concatenated, packed as one more token."""
+    rows = []
+    for start in range(0, len(captions), batch_size):
+        chunk = captions[start : start + batch_size]
+        clip, pooled = [], []
+        for tokenizer, text_encoder in zip(tokenizers[:2], text_encoders[:2]):
+            ids = tokenizer(
+                chunk, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
+            ).input_ids.to(next(text_encoder.parameters()).device)
+            output = text_encoder(ids, output_hidden_states=True)
+            clip.append(output.hidden_states[-2])
+            pooled.append(output[0])
+        t5_ids = tokenizers[2](
+            chunk, max_length=T5_MAX_SEQUENCE_LENGTH, padding="max_length", truncation=True, add_special_tokens=True,
+            return_tensors="pt",
+        ).input_ids.to(next(text_encoders[2].parameters()).device)  # fmt: skip
+        t5 = text_encoders[2](t5_ids)[0]
+        clip = torch.cat(clip, dim=-1)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        tokens = torch.cat([clip.to(t5.dtype), t5], dim=-2)
+        rows.append(pack_pooled(tokens, torch.cat(pooled, dim=-1)))
+    return torch.cat(rows)
+
+
+def install_sd3_unpacking(transformer, pooled_dim: int):
+    """A forward pre-hook on the SD3 ``transformer``: this project's calls ``model(x_t, t, packed_states)`` become
+    ``transformer(hidden_states=x_t, timestep=t, encoder_hidden_states=tokens, pooled_projections=pooled)``; a
+    pipeline's own calls (which pass ``pooled_projections``) are untouched. Returns the hook's handle."""
+
+    def unpack(module, args, kwargs):
+        if kwargs.get("pooled_projections") is not None or len(args) != 3:
+            return None
+        sample, timestep, states = args
+        tokens, pooled = unpack_sdxl_states(states, pooled_dim)
+        kwargs.update(hidden_states=sample, timestep=timestep, encoder_hidden_states=tokens, pooled_projections=pooled)
+        return (), kwargs
+
+    return transformer.register_forward_pre_hook(unpack, with_kwargs=True)
 
 
 def unpack_sdxl_states(states: torch.Tensor, pooled_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,12 +173,29 @@ class TextSide:
 
     @classmethod
     def load(cls, family: str, path: str, revision: str | None = None, variant: str | None = None) -> TextSide:
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+        from transformers import (
+            CLIPTextModel,
+            CLIPTextModelWithProjection,
+            CLIPTokenizer,
+            T5EncoderModel,
+            T5TokenizerFast,
+        )
 
         if family == "sd":
             tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision)
             encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", revision=revision, variant=variant)
             return cls(family, [tokenizer], [encoder], [""])
+        if family == "sd3":
+            tokenizers = [
+                CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision),
+                CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", revision=revision),
+                T5TokenizerFast.from_pretrained(path, subfolder="tokenizer_3", revision=revision),
+            ]
+            encoders = [
+                CLIPTextModelWithProjection.from_pretrained(path, subfolder=name, revision=revision, variant=variant)
+                for name in ("text_encoder", "text_encoder_2")
+            ] + [T5EncoderModel.from_pretrained(path, subfolder="text_encoder_3", revision=revision, variant=variant)]
+            return cls(family, tokenizers, encoders, ["", "_2", "_3"])
         tokenizers = [
             CLIPTokenizer.from_pretrained(path, subfolder=f"tokenizer{s}", revision=revision) for s in ("", "_2")
         ]
@@ -121,6 +211,8 @@ class TextSide:
         """One tensor per caption: SD's hidden states (encode_captions, unchanged), SDXL's packed conditioning."""
         if self.family == "sd":
             return encode_captions(self.tokenizers[0], self.text_encoders[0], captions)
+        if self.family == "sd3":
+            return encode_sd3(self.tokenizers, self.text_encoders, captions)
         return encode_sdxl(self.tokenizers, self.text_encoders, captions)
 
     def to(self, device=None, dtype=None) -> TextSide:
@@ -147,6 +239,8 @@ def prepare_unet(family: str, unet, text_side: TextSide, resolution: int) -> Non
     if family == "sdxl":
         pooled_dim = text_side.text_encoders[-1].config.projection_dim
         install_sdxl_unpacking(unet, pooled_dim, resolution)
+    if family == "sd3":
+        install_sd3_unpacking(unet, unet.config.pooled_projection_dim)
 
 
 PIPELINE_CLASS_NAMES = {family: name for name, family in FAMILY_PIPELINES.items()}

@@ -205,6 +205,74 @@ def build_tiny_sdxl(folder, sample_size=8):
     return folder
 
 
+def write_t5_tokenizer(folder, words=("a", "photo", "of", "man", "brad", "the", "digit", "seven", "handwritten")):
+    """A T5TokenizerFast whose Unigram vocabulary is <pad>, </s>, <unk>, "▁" and the given words (no download;
+    anything else is <unk>); </s> ends every text, as T5's does."""
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)] + [(f"▁{word}", -1.0) for word in words]
+    T5TokenizerFast(vocab=vocab, extra_ids=0).save_pretrained(folder)
+    return T5TokenizerFast.from_pretrained(folder)
+
+
+def build_tiny_sd3(folder, sample_size=8):
+    """Save a tiny StableDiffusion3Pipeline (SD3Transformer2DModel, two CLIP encoders with projection, a T5 encoder,
+    FlowMatchEulerDiscreteScheduler) to ``folder``; CLIP states (8 + 8) pad to T5's width 16, pooled 8 + 8 = 16."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    clip_tokenizers = [write_clip_tokenizer(os.path.join(folder, name)) for name in ("_tok", "_tok2")]
+    t5_tokenizer = write_t5_tokenizer(os.path.join(folder, "_tok3"))
+
+    def clip(tokenizer):
+        return CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, hidden_size=8, intermediate_size=16, num_attention_heads=2,
+                num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=16, projection_dim=8,
+            )
+        )  # fmt: skip
+
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, caption_projection_dim=16, joint_attention_dim=16, pooled_projection_dim=16,
+        pos_embed_max_size=sample_size,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=sample_size * 2,
+        shift_factor=0.0609,
+        scaling_factor=1.5305,
+    )
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=clip(clip_tokenizers[0]),
+        tokenizer=clip_tokenizers[0],
+        text_encoder_2=clip(clip_tokenizers[1]),
+        tokenizer_2=clip_tokenizers[1],
+        text_encoder_3=t5,
+        tokenizer_3=t5_tokenizer,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def write_captioned_folder(root, n_unlabeled=8, n_sensitive=4, size=20, seed=0, with_folders=False):
     """imagefolder with metadata.jsonl (file_name, text, label) — or unlabeled/ & sensitive/ sub-folders."""
     rng = np.random.default_rng(seed)

@@ -55,11 +55,15 @@ def encode_latent_parameters(vae, pixel_values: torch.Tensor) -> torch.Tensor:
     return vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist.parameters
 
 
-def sample_latents(latent_parameters: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """z = (μ + σ ε) × scaling factor: one draw of the VAE posterior (the same draw cached or not)."""
+def sample_latents(latent_parameters: torch.Tensor, scaling_factor: float, shift_factor: float | None = None):
+    """z = (μ + σ ε − shift) × scaling factor: one draw of the VAE posterior (the same draw cached or not); the
+    shift is SD3's VAE's (``vae.config.shift_factor``), none for SD 1.x/2.x and SDXL."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    return DiagonalGaussianDistribution(latent_parameters.float()).sample() * scaling_factor
+    latents = DiagonalGaussianDistribution(latent_parameters.float()).sample()
+    if shift_factor is not None:
+        latents = latents - shift_factor
+    return latents * scaling_factor
 
 
 def unlabeled_captions_for_sensitive_rows(

@@ -93,7 +93,7 @@ def test_sdxl_resume_equals_straight_training(tiny_sdxl, captioned, tmp_path):
 def test_the_audit_refuses_an_sdxl_pipeline(tiny_sdxl, tmp_path):
     import audit_pu_diffusion as audit
 
-    with pytest.raises(ValueError, match="is an SDXL pipeline"):
+    with pytest.raises(ValueError, match="is an SDXL or SD3 pipeline"):
         audit.Scorer(tiny_sdxl, device="cpu")
 
 

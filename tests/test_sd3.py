@@ -1,0 +1,127 @@
+"""Stable Diffusion 3 (rectified flow) through train_pu_text_to_image.py: a tiny StableDiffusion3Pipeline built
+offline (two CLIP encoders, a T5 encoder with a locally built tokenizer, an SD3Transformer2DModel), every method that
+applies, full and LoRA, saved and reloaded with the stock pipeline class, resumed exactly."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_text_to_image import run, sd_args
+
+from pu_diffusion.families import TextSide, detect_family, unpack_sdxl_states
+from pu_diffusion.testing_utils import build_tiny_sd3, write_captioned_folder
+
+
+@pytest.fixture(scope="module")
+def tiny_sd3(tmp_path_factory):
+    return build_tiny_sd3(str(tmp_path_factory.mktemp("tiny_sd3")))
+
+
+@pytest.fixture
+def captioned(tmp_path):
+    return write_captioned_folder(tmp_path / "data")
+
+
+def test_packed_sd3_conditioning_is_what_the_pipeline_itself_encodes(tiny_sd3):
+    from diffusers import StableDiffusion3Pipeline
+
+    assert detect_family(tiny_sd3) == "sd3"
+    pipeline = StableDiffusion3Pipeline.from_pretrained(tiny_sd3)
+    prompts = ["a photo of a man", "brad"]
+    with torch.no_grad():
+        tokens, _, pooled, _ = pipeline.encode_prompt(
+            prompts, prompts, prompts, device="cpu", do_classifier_free_guidance=False
+        )
+    packed = TextSide.load("sd3", tiny_sd3).encode(prompts)
+    assert packed.shape == (2, tokens.shape[1] + 1, tokens.shape[2])  # CLIP 16 + T5 256 tokens, + the pooled one
+    unpacked_tokens, unpacked_pooled = unpack_sdxl_states(packed, pooled.shape[-1])
+    torch.testing.assert_close(unpacked_tokens, tokens, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(unpacked_pooled, pooled)
+
+
+@pytest.mark.parametrize("method", ["pu", "unsupervised", "supervised", "erasediff"])
+def test_every_method_trains_sd3_and_saves_a_stock_sd3_pipeline(tiny_sd3, captioned, tmp_path, method):
+    from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    out = tmp_path / method
+    extra = []
+    if method == "pu":  # cached latents and captions, and a validation grid through the SD3 pipeline
+        extra = ["--center_crop", "--validation_prompts", "a photo of a man", "--num_validation_images", "1"]
+    run(sd_args(tiny_sd3, captioned, out, "--method", method, "--max_train_steps", "2", *extra))
+    pipeline = DiffusionPipeline.from_pretrained(str(out))
+    assert isinstance(pipeline, StableDiffusion3Pipeline)
+    assert isinstance(pipeline.scheduler, FlowMatchEulerDiscreteScheduler) and pipeline.scheduler.config.shift == 3.0
+    images = pipeline(
+        "a photo of a man", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
+    assert images.shape == (1, 16, 16, 3) and images.min() >= 0 and images.max() <= 1
+    before = load_file(f"{tiny_sd3}/transformer/diffusion_pytorch_model.safetensors")
+    after = load_file(str(out / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(before[key], after[key]) for key in before)  # it trained
+    card = (out / "README.md").read_text()
+    assert "model family: sd3 (StableDiffusion3Pipeline)" in card
+    if method == "pu":
+        assert (out / "validation" / "final.png").exists() and "cached latents: True" in card
+
+
+def test_sd3_flow_matching_loss_is_the_velocity_error(tiny_sd3, captioned, tmp_path, monkeypatch):
+    """What the transformer is trained on: x_t = (1 − σ) z + σ ε at its own σ·1000 timesteps, target ε − z."""
+    import train_pu_text_to_image as script
+
+    seen = []
+    real = script.predict_noise
+
+    def spy(unet, noisy_latents, timesteps, text_states):
+        seen.append(timesteps.detach().clone())
+        return real(unet, noisy_latents, timesteps, text_states)
+
+    monkeypatch.setattr(script, "predict_noise", spy)
+    run(sd_args(tiny_sd3, captioned, tmp_path / "out", "--max_train_steps", "2"))
+    assert seen and all(t.dtype.is_floating_point and 0 < t.min() and t.max() <= 1000 for t in seen)
+
+
+def test_sd3_lora_weights_load_into_the_base_pipeline(tiny_sd3, captioned, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    out = tmp_path / "lora"
+    run(sd_args(tiny_sd3, captioned, out, "--rank", "4", "--learning_rate", "1e-2"))
+    assert (out / "pytorch_lora_weights.safetensors").exists() and not (out / "transformer").exists()
+    pipeline = StableDiffusion3Pipeline.from_pretrained(tiny_sd3)
+    generate = dict(num_inference_steps=2, output_type="np")
+    before = pipeline("a photo of a man", generator=torch.Generator().manual_seed(0), **generate).images
+    pipeline.load_lora_weights(str(out))
+    after = pipeline("a photo of a man", generator=torch.Generator().manual_seed(0), **generate).images
+    assert not torch.allclose(torch.from_numpy(before), torch.from_numpy(after))
+    assert "StableDiffusion3Pipeline.from_pretrained" in (out / "README.md").read_text()
+
+
+def test_sd3_resume_equals_straight_training(tiny_sd3, captioned, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    extra = ["--proportion_empty_prompts", "0.5"]
+    run(sd_args(tiny_sd3, captioned, straight, *extra))
+    resumed.mkdir()
+    for name in ("pu_run.json", "pu_outputs.json"):
+        shutil.copy(straight / name, resumed / name)
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
+    run(sd_args(tiny_sd3, captioned, resumed, *extra, "--resume_from_checkpoint", "latest"))
+    a = load_file(str(straight / "transformer" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(resumed / "transformer" / "diffusion_pytorch_model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--method", "esd-x", "--sensitive_caption", "a photo of brad"], "samples with DDIM and is not offered"),
+        (["--prediction_type", "v_prediction"], "it predicts velocities"),
+        (["--resolution", "17"], "--resolution 17 must be a multiple of 2"),
+        (["--resolution", "20"], "more than this SD3 transformer's position embeddings cover"),
+    ],
+)
+def test_sd3_refuses_what_does_not_apply_before_anything_is_written(tiny_sd3, captioned, tmp_path, extra, message):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        run(sd_args(tiny_sd3, captioned, out, *extra))
+    assert not out.exists()
