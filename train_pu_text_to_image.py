@@ -272,12 +272,36 @@ def method_prompt(args, captions, unlabeled_rows, sensitive_rows) -> str | None:
     return distinct[0]
 
 
-def load_models(accelerator, args):
-    """(family, text_side, vae, unet, noise_scheduler, weight_dtype); the encoders frozen, in weight_dtype.
+def check_family(accelerator, args, family: str, path: str) -> None:
+    """Refuse what a family cannot do, before any weights are loaded (model configs only)."""
+    from diffusers import DiffusionPipeline
 
-    The family (SD 1.x/2.x or SDXL) is read from the base's model_index.json."""
+    if family == "sdxl" and accelerator.mixed_precision == "fp16":
+        raise UsageError(
+            "--mixed_precision fp16: SDXL's VAE overflows in fp16 (NaN latents, silently skipped steps); use "
+            "--mixed_precision bf16 or no."
+        )
+    if family == "sdxl":
+        vae_config = AutoencoderKL.load_config(path, subfolder="vae", revision=args.revision)
+        scheduler = DiffusionPipeline.load_config(path, revision=args.revision).get("scheduler", [None, None])[1]
+        if vae_config.get("latents_mean") is not None or "EDM" in str(scheduler):
+            raise UsageError(
+                f"--pretrained_model_name_or_path {path!r} is an SDXL variant with an EDM scheduler or a latent "
+                "mean/std (e.g. Playground v2.5), which this script does not model; use an SDXL base."
+            )
+        if args.resolution < 1024:
+            logger.warning(
+                "SDXL at --resolution %s: SDXL bases are trained at 1024 px and draw poorly below it; pass "
+                "--resolution 1024 unless the base was made for %s.",
+                args.resolution,
+                args.resolution,
+            )
+
+
+def load_models(accelerator, args, family: str):
+    """(text_side, vae, unet, noise_scheduler, weight_dtype); the encoders frozen, in weight_dtype (SDXL's VAE stays
+    in fp32 under bf16 too: it is kept out of reduced precision, as diffusers' SDXL example does)."""
     path, revision, variant = args.pretrained_model_name_or_path, args.revision, args.variant
-    family = detect_family(path, revision)
     text_side = TextSide.load(family, path, revision, variant)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
     unet = denoiser_class(family).from_pretrained(
@@ -319,7 +343,7 @@ def load_models(accelerator, args):
     match_sample_size(unet, args.resolution // vae_factor)
     vae.requires_grad_(False)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    vae.to(accelerator.device, dtype=weight_dtype).eval()
+    vae.to(accelerator.device, dtype=torch.float32 if family == "sdxl" else weight_dtype).eval()
     text_side.to(accelerator.device, dtype=weight_dtype)
     if args.rank:
         from peft import LoraConfig
@@ -338,7 +362,7 @@ def load_models(accelerator, args):
     if args.enable_xformers_memory_efficient_attention:
         unet.enable_xformers_memory_efficient_attention()
     prepare_unet(family, unet, text_side, args.resolution)  # SDXL: unpacks the pooled token and adds time ids
-    return family, text_side, vae, unet, noise_scheduler, weight_dtype
+    return text_side, vae, unet, noise_scheduler, weight_dtype
 
 
 def main(args):
@@ -353,6 +377,9 @@ def main(args):
         logger.warning(warning)
     anchor_prompt = prompt if args.method == "erasediff" else None
     concept_prompt = prompt if args.method in ESD_METHODS else None
+    with loading("--pretrained_model_name_or_path", args.pretrained_model_name_or_path):
+        family = detect_family(args.pretrained_model_name_or_path, args.revision)  # model_index.json only
+        check_family(accelerator, args, family, args.pretrained_model_name_or_path)
 
     # ---- β: as given, or estimated from U and S images (--beta auto; nothing is written yet) ----
     beta_info = training.resolve_beta(
@@ -367,7 +394,7 @@ def main(args):
 
     # ---- Models: the UNet trains; VAE and text encoder are frozen and never enter autograd ----
     with loading("--pretrained_model_name_or_path", args.pretrained_model_name_or_path):
-        family, text_side, vae, unet, noise_scheduler, weight_dtype = load_models(accelerator, args)
+        text_side, vae, unet, noise_scheduler, weight_dtype = load_models(accelerator, args, family)
     esd = None
     if concept_prompt is not None:  # ESD: train one parameter set against a frozen copy of the starting UNet
         select_esd_parameters(unet, args.method)
@@ -385,7 +412,7 @@ def main(args):
 
     # ---- Batches: fixed U and S counts; latents and text states encoded once when cached ----
     transform = ImageTransform(args.resolution, 3, center_crop=args.center_crop, random_flip=args.random_flip)
-    empty_state = text_side.encode([""])
+    empty_state = text_side.empty()  # the empty prompt as the family's pipeline encodes it (SDXL: zeros)
     anchor_state = text_side.encode([anchor_prompt]) if anchor_prompt is not None else None
     latent_cache = text_cache = None
     if use_latent_cache(args.cache_latents, args.center_crop, len(dataset)):
@@ -660,7 +687,8 @@ def log_validation(
     generator = torch.Generator(device="cpu").manual_seed(args.seed or 0)
     images = []
     # Frozen encoders may be fp16/bf16 while the trained UNet stays fp32: sample under autocast then.
-    autocast = torch.autocast(accelerator.device.type, dtype=vae.dtype, enabled=vae.dtype != torch.float32)
+    dtype = text_side.dtype
+    autocast = torch.autocast(accelerator.device.type, dtype=dtype, enabled=dtype != torch.float32)
     for prompt in args.validation_prompts:
         with autocast:
             images += pipeline(

@@ -53,6 +53,8 @@ def stable_diffusion_pipeline(
     )
     text_components = text_components or {"text_encoder": text_encoder, "tokenizer": tokenizer}
     extra = {} if keep_safety_checker or family != "sd" else {"safety_checker": None, "requires_safety_checker": False}
+    if family == "sdxl" and not keep_safety_checker:
+        extra["add_watermarker"] = False  # validation grids do not depend on whether invisible-watermark is installed
     extra["transformer" if family == "sd3" else "unet"] = unet
     pipeline = pipeline_class.from_pretrained(
         base_model,

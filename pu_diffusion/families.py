@@ -170,6 +170,7 @@ class TextSide:
     tokenizers: list
     text_encoders: list
     names: list = field(default_factory=list)  # the pipeline's component names, in order
+    zeros_for_empty_prompt: bool = False  # SDXL's force_zeros_for_empty_prompt: its pipelines use zeros for ∅
 
     @classmethod
     def load(cls, family: str, path: str, revision: str | None = None, variant: str | None = None) -> TextSide:
@@ -196,6 +197,9 @@ class TextSide:
                 for name in ("text_encoder", "text_encoder_2")
             ] + [T5EncoderModel.from_pretrained(path, subfolder="text_encoder_3", revision=revision, variant=variant)]
             return cls(family, tokenizers, encoders, ["", "_2", "_3"])
+        from diffusers import DiffusionPipeline
+
+        zeros = DiffusionPipeline.load_config(path, revision=revision).get("force_zeros_for_empty_prompt", True)
         tokenizers = [
             CLIPTokenizer.from_pretrained(path, subfolder=f"tokenizer{s}", revision=revision) for s in ("", "_2")
         ]
@@ -205,7 +209,7 @@ class TextSide:
                 path, subfolder="text_encoder_2", revision=revision, variant=variant
             ),
         ]
-        return cls(family, tokenizers, encoders, ["", "_2"])
+        return cls(family, tokenizers, encoders, ["", "_2"], zeros_for_empty_prompt=bool(zeros))
 
     def encode(self, captions: list[str]) -> torch.Tensor:
         """One tensor per caption: SD's hidden states (encode_captions, unchanged), SDXL's packed conditioning."""
@@ -214,6 +218,13 @@ class TextSide:
         if self.family == "sd3":
             return encode_sd3(self.tokenizers, self.text_encoders, captions)
         return encode_sdxl(self.tokenizers, self.text_encoders, captions)
+
+    def empty(self) -> torch.Tensor:
+        """The empty prompt ∅ (caption dropout, ESD's unconditional branch) as the family's pipeline samples it:
+        the encoded "" for SD and SD3; for SDXL with force_zeros_for_empty_prompt (its default), all zeros (token
+        states and pooled embedding), which is what StableDiffusionXLPipeline feeds its unconditional branch."""
+        states = self.encode([""])
+        return torch.zeros_like(states) if self.zeros_for_empty_prompt else states
 
     def to(self, device=None, dtype=None) -> TextSide:
         for encoder in self.text_encoders:

@@ -34,6 +34,37 @@ def test_packed_sdxl_conditioning_is_what_the_pipeline_itself_encodes(tiny_sdxl)
     unpacked_tokens, unpacked_pooled = unpack_sdxl_states(packed, pooled.shape[-1])
     torch.testing.assert_close(unpacked_tokens, tokens)
     torch.testing.assert_close(unpacked_pooled, pooled)
+    # ∅ as the pipeline samples it (force_zeros_for_empty_prompt): zeros, which caption dropout and ESD then use
+    _, negative, _, negative_pooled = pipeline.encode_prompt(
+        prompts[:1], device="cpu", do_classifier_free_guidance=True
+    )
+    empty = TextSide.load("sdxl", tiny_sdxl).empty()
+    assert (
+        not negative.any() and not negative_pooled.any() and not empty.any() and empty.shape == (1, *packed.shape[1:])
+    )
+
+
+def test_sdxl_refuses_fp16_and_edm_variants_before_loading_weights(tiny_sdxl, tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from accelerate import PartialState
+
+    import train_pu_text_to_image as script
+
+    PartialState()  # the script logs through accelerate
+    args = script.parse_args(
+        ["--pretrained_model_name_or_path", tiny_sdxl, "--train_data_dir", "d", "--resolution", "16"]
+    )
+    with pytest.raises(ValueError, match="SDXL's VAE overflows in fp16"):
+        script.check_family(SimpleNamespace(mixed_precision="fp16"), args, "sdxl", tiny_sdxl)
+    script.check_family(SimpleNamespace(mixed_precision="bf16"), args, "sdxl", tiny_sdxl)  # bf16 is fine
+    playground = tmp_path / "playground"
+    shutil.copytree(tiny_sdxl, playground)
+    config = json.loads((playground / "vae" / "config.json").read_text())
+    (playground / "vae" / "config.json").write_text(json.dumps({**config, "latents_mean": [0.0] * 4}))
+    with pytest.raises(ValueError, match="EDM scheduler or a latent mean/std"):
+        script.check_family(SimpleNamespace(mixed_precision="no"), args, "sdxl", str(playground))
 
 
 @pytest.mark.parametrize("method", ["pu", "unsupervised", "supervised", "erasediff", "esd-x"])
@@ -103,8 +134,8 @@ def test_an_unsupported_family_is_refused_before_anything_is_written(tiny_sdxl, 
     other = tmp_path / "sd3"
     shutil.copytree(tiny_sdxl, other)
     index = json.loads((other / "model_index.json").read_text())
-    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusion3Pipeline"}))
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="is a StableDiffusion3Pipeline; train_pu_text_to_image.py takes"):
+    with pytest.raises(ValueError, match="is a FluxPipeline; train_pu_text_to_image.py takes"):
         run(sd_args(str(other), captioned, out))
     assert not out.exists()
