@@ -633,3 +633,26 @@ def test_long_training_judges_each_checkpoint_of_one_run_and_resumes(tmp_path, m
     with pytest.raises(SystemExit):
         bench.parse_args(argv + ["--extra_train_args=--checkpoints_total_limit 1"])
     assert bench.parse_args(["--smoke"]).output_dir != bench.OUTPUT_DIR  # a smoke run never writes over the study
+
+
+def test_gpu_speed_runs_each_family_and_path_on_tiny_configs(tmp_path):
+    """benchmarks/gpu_speed.py (a GPU benchmark, never run in CI at full size) on tiny configs: every family's
+    step runs, pu takes U + S rows and plain U rows, one Setup per resolution, and a bad case name is refused."""
+    import gpu_speed
+
+    cases = ["sd-512-lora-bf16-pu", "sd-512-lora-bf16-authors", "sdxl-1024-lora-bf16-plain"]
+    cases += ["sd3-1024-lora-bf16-pu", "flux-512-lora-bf16-pu-base_bf16", "flux-1024-lora-bf16-plain-base_bf16"]
+    output = tmp_path / "gpu.json"
+    argv = ["--tiny", "--steps", "1", "--warmup", "0", "--output", str(output), "--cases", *cases]
+    report = gpu_speed.main(gpu_speed.parse_args(argv))
+    assert report["skipped"] == [] and json.loads(output.read_text())["results"] == report["results"]
+    by_name = {row["name"]: row for row in report["results"]}
+    assert set(by_name) == set(cases)
+    assert (
+        by_name["sd-512-lora-bf16-pu"]["rows_per_step"] == 10
+        and by_name["sdxl-1024-lora-bf16-plain"]["rows_per_step"] == 4
+    )
+    assert by_name["flux-512-lora-bf16-pu-base_bf16"]["gradient_checkpointing"] is True
+    assert all(0 < row["trainable_parameters"] < row["parameters"] for row in report["results"])  # LoRA only
+    with pytest.raises(SystemExit, match="unknown"):
+        gpu_speed.main(gpu_speed.parse_args(["--tiny", "--cases", "flux-2048-lora", "--output", str(output)]))
