@@ -45,6 +45,7 @@ from pu_diffusion.families import (
     denoiser_class,
     denoiser_name,
     detect_family,
+    flux_training_scheduler,
     prepare_unet,
 )
 from pu_diffusion.grids import save_image_grid
@@ -281,6 +282,10 @@ def check_family(accelerator, args, family: str, path: str) -> None:
             "--mixed_precision fp16: SDXL's VAE overflows in fp16 (NaN latents, silently skipped steps); use "
             "--mixed_precision bf16 or no."
         )
+    if family == "flux" and accelerator.mixed_precision == "fp16":
+        raise UsageError(
+            "--mixed_precision fp16: FLUX's T5 encoder and transformer overflow in fp16; use --mixed_precision bf16."
+        )
     if family == "sdxl":
         vae_config = AutoencoderKL.load_config(path, subfolder="vae", revision=args.revision)
         scheduler = DiffusionPipeline.load_config(path, revision=args.revision).get("scheduler", [None, None])[1]
@@ -326,7 +331,14 @@ def load_models(accelerator, args, family: str):
             )
         noise_scheduler.register_to_config(prediction_type=args.prediction_type)
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    if family == "sd3":  # a patch transformer: the latent side must divide by its patch size
+    if family == "flux":  # latents packed into 2×2 patches
+        if args.resolution % (vae_factor * 2):
+            raise UsageError(
+                f"--resolution {args.resolution} must be a multiple of {vae_factor * 2} (the VAE's {vae_factor}× "
+                "times FLUX's 2×2 latent patches)."
+            )
+        flux_training_scheduler(noise_scheduler, args.resolution // vae_factor)  # σ shifted as sampled at this size
+    elif family == "sd3":  # a patch transformer: the latent side must divide by its patch size
         patch, most = unet.config.patch_size, unet.config.pos_embed_max_size
         if args.resolution % (vae_factor * patch):
             raise UsageError(
@@ -340,7 +352,8 @@ def load_models(accelerator, args, family: str):
             )
     else:
         check_resolution(unet, args.resolution, vae_factor=vae_factor)
-    match_sample_size(unet, args.resolution // vae_factor)
+    if family != "flux":  # FluxPipeline has no sample size in its config: users pass height and width
+        match_sample_size(unet, args.resolution // vae_factor)
     vae.requires_grad_(False)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     vae.to(accelerator.device, dtype=torch.float32 if family == "sdxl" else weight_dtype).eval()
@@ -349,6 +362,8 @@ def load_models(accelerator, args, family: str):
         from peft import LoraConfig
 
         unet.requires_grad_(False)
+        if family == "flux":  # the frozen 12B base in weight_dtype, as diffusers' FLUX LoRA example (48 GB in fp32)
+            unet.to(dtype=weight_dtype)
         unet.add_adapter(
             LoraConfig(
                 r=args.rank,
@@ -357,6 +372,9 @@ def load_models(accelerator, args, family: str):
                 target_modules=["to_k", "to_q", "to_v", "to_out.0"],
             )
         )
+        for parameter in unet.parameters():  # the adapters train in fp32 (accelerate's autocast runs the rest)
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if args.enable_xformers_memory_efficient_attention:
@@ -695,6 +713,8 @@ def log_validation(
                 [prompt] * args.num_validation_images,
                 num_inference_steps=args.num_inference_steps,
                 guidance_scale=args.guidance_scale,
+                height=args.resolution,  # FluxPipeline would draw 1,024 px otherwise; the others' default
+                width=args.resolution,
                 generator=generator,
                 output_type="np",
             ).images.tolist()

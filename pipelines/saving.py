@@ -38,24 +38,24 @@ def stable_diffusion_pipeline(
     family: str = "sd",
     text_components: dict | None = None,
 ):
-    """The base model's pipeline (StableDiffusionPipeline, or StableDiffusionXLPipeline for ``family="sdxl"``)
-    around the trained ``unet``, its scheduler set to ``prediction_type``.
+    """The base model's pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusion3Pipeline or
+    FluxPipeline by ``family``) around the trained ``unet``, its scheduler set to ``prediction_type``.
 
     ``text_components``: the text encoders and tokenizers by component name (default: ``text_encoder`` and
     ``tokenizer``). The trained prediction type must reach the inference scheduler too (an epsilon base trained on
     v-targets otherwise samples wrongly). An SD base's safety checker is kept unless ``keep_safety_checker`` is
     False (validation grids); SDXL has none.
     """
-    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipeline_class = {"sdxl": StableDiffusionXLPipeline, "sd3": StableDiffusion3Pipeline}.get(
+    pipeline_class = {"sdxl": StableDiffusionXLPipeline, "sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}.get(
         family, StableDiffusionPipeline
     )
     text_components = text_components or {"text_encoder": text_encoder, "tokenizer": tokenizer}
     extra = {} if keep_safety_checker or family != "sd" else {"safety_checker": None, "requires_safety_checker": False}
     if family == "sdxl" and not keep_safety_checker:
         extra["add_watermarker"] = False  # validation grids do not depend on whether invisible-watermark is installed
-    extra["transformer" if family == "sd3" else "unet"] = unet
+    extra["transformer" if family in ("sd3", "flux") else "unet"] = unet
     pipeline = pipeline_class.from_pretrained(
         base_model,
         vae=vae,
@@ -64,7 +64,7 @@ def stable_diffusion_pipeline(
         **text_components,
         **extra,
     )
-    if family != "sd3" and pipeline.scheduler.config.get("prediction_type") != prediction_type:
+    if family not in ("sd3", "flux") and pipeline.scheduler.config.get("prediction_type") != prediction_type:
         pipeline.scheduler = type(pipeline.scheduler).from_config(
             pipeline.scheduler.config, prediction_type=prediction_type
         )
@@ -74,13 +74,13 @@ def stable_diffusion_pipeline(
 def save_lora_weights(output_dir: str, unet, family: str = "sd") -> None:
     """Write the UNet's LoRA adapters as ``pytorch_lora_weights.safetensors`` with the family pipeline's own
     ``save_lora_weights`` (loads with ``load_lora_weights``)."""
-    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     claim_outputs(output_dir, [LORA_WEIGHTS_NAME])
-    if family == "sd3":
-        StableDiffusion3Pipeline.save_lora_weights(
+    if family in ("sd3", "flux"):
+        (FluxPipeline if family == "flux" else StableDiffusion3Pipeline).save_lora_weights(
             output_dir, transformer_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True
         )
         return

@@ -13,6 +13,10 @@ untouched.
     sd3    StableDiffusion3Pipeline     two CLIPTextModelWithProjection + T5EncoderModel (CLIP states padded to
                                         T5's width, then T5's states; pooled = both CLIP pooled); a rectified-flow
                                         SD3Transformer2DModel (the script still calls it ``unet``)
+    flux   FluxPipeline                 CLIPTextModel (pooled output only) + T5EncoderModel (512 tokens); a
+                                        rectified-flow FluxTransformer2DModel whose hooks pack the latents into
+                                        2×2 patches with position ids, add FLUX-dev's guidance embedding and unpack
+                                        its output, so it too is called as ``unet(x_t, t, states)``
 """
 
 from __future__ import annotations
@@ -28,21 +32,27 @@ FAMILY_PIPELINES = {
     "StableDiffusionPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
 }
-FLOW_FAMILIES = ("sd3",)  # rectified flow: FlowMatchEulerDiscreteScheduler, velocity targets
+FLOW_FAMILIES = ("sd3", "flux")  # rectified flow: FlowMatchEulerDiscreteScheduler, velocity targets
+TRANSFORMER_FAMILIES = ("sd3", "flux")  # the denoiser is the pipeline's ``transformer``
 T5_MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length
+FLUX_MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default max_sequence_length
+FLUX_GUIDANCE = (
+    3.5  # FLUX-dev's embedded guidance while training (FluxPipeline's and diffusers' FLUX examples' default)
+)
 
 
 def denoiser_class(family: str):
-    """The trained model's class: UNet2DConditionModel, or SD3Transformer2DModel for sd3."""
-    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+    """The trained model's class: UNet2DConditionModel, SD3Transformer2DModel (sd3) or FluxTransformer2DModel."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
-    return SD3Transformer2DModel if family == "sd3" else UNet2DConditionModel
+    return {"sd3": SD3Transformer2DModel, "flux": FluxTransformer2DModel}.get(family, UNet2DConditionModel)
 
 
 def denoiser_name(family: str) -> str:
-    """The trained model's component name in the pipeline (its sub-folder): unet, or transformer for sd3."""
-    return "transformer" if family == "sd3" else "unet"
+    """The trained model's component name in the pipeline (its sub-folder): unet, or transformer for sd3 and flux."""
+    return "transformer" if family in TRANSFORMER_FAMILIES else "unet"
 
 
 def detect_family(path: str, revision: str | None = None) -> str:
@@ -53,7 +63,7 @@ def detect_family(path: str, revision: str | None = None) -> str:
     if class_name not in FAMILY_PIPELINES:
         raise UsageError(
             f"--pretrained_model_name_or_path {path!r} is a {class_name}; train_pu_text_to_image.py takes "
-            f"{', '.join(FAMILY_PIPELINES)} (SD 1.x/2.x, SDXL, SD3). FLUX is not supported yet."
+            f"{', '.join(FAMILY_PIPELINES)} (SD 1.x/2.x, SDXL, SD3, FLUX)."
         )
     return FAMILY_PIPELINES[class_name]
 
@@ -117,6 +127,109 @@ def encode_sd3(tokenizers, text_encoders, captions: list[str], batch_size: int =
     return torch.cat(rows)
 
 
+@torch.no_grad()
+def encode_flux(tokenizers, text_encoders, captions: list[str], batch_size: int = 64) -> torch.Tensor:
+    """FLUX's conditioning of ``captions`` as one tensor per row, as FluxPipeline.encode_prompt builds it: T5's
+    states (max_sequence_length 512), with CLIP's pooled output packed as one more token."""
+    rows = []
+    for start in range(0, len(captions), batch_size):
+        chunk = captions[start : start + batch_size]
+        clip_ids = tokenizers[0](
+            chunk, max_length=tokenizers[0].model_max_length, padding="max_length", truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(next(text_encoders[0].parameters()).device)  # fmt: skip
+        pooled = text_encoders[0](clip_ids, output_hidden_states=False).pooler_output
+        t5_ids = tokenizers[1](
+            chunk, max_length=FLUX_MAX_SEQUENCE_LENGTH, padding="max_length", truncation=True, return_tensors="pt"
+        ).input_ids.to(next(text_encoders[1].parameters()).device)
+        t5 = text_encoders[1](t5_ids, output_hidden_states=False)[0]
+        rows.append(pack_pooled(t5, pooled))
+    return torch.cat(rows)
+
+
+def pack_flux_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) latents as FLUX's sequence of 2×2 patches, (N, H/2 · W/2, 4C) (FluxPipeline's packing)."""
+    n, c, h, w = latents.shape
+    patches = latents.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(n, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_flux_latents(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The inverse of :func:`pack_flux_latents` for (H, W) = (``height``, ``width``) latents."""
+    n, _, channels = packed.shape
+    patches = packed.view(n, height // 2, width // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return patches.reshape(n, channels // 4, height, width)
+
+
+def flux_image_ids(height: int, width: int, device=None, dtype=None) -> torch.Tensor:
+    """FLUX's position ids of the (H/2 × W/2) patch grid of (H, W) latents: (row, column) in the last two axes."""
+    ids = torch.zeros(height // 2, width // 2, 3)
+    ids[..., 1] += torch.arange(height // 2)[:, None]
+    ids[..., 2] += torch.arange(width // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def install_flux_packing(transformer, pooled_dim: int, guidance: float = FLUX_GUIDANCE):
+    """Hooks on the FLUX ``transformer`` so that this project's calls ``model(x_t, t, packed_states)`` (x_t as
+    (N, C, H, W) latents, t = σ·1000 as for SD3) become FluxPipeline's own call: latents packed into 2×2 patches with
+    their position ids, T5 states with zero text ids, CLIP's pooled embedding, timestep σ, FLUX-dev's guidance
+    embedding at ``guidance``, and the output unpacked to (N, C, H, W). A pipeline's own calls (which pass
+    ``img_ids``) go through untouched. Returns the two hooks' handles."""
+    pending = []  # the latent shape of each call of ours in flight (a stack: calls never nest, but be safe)
+
+    def pack(module, args, kwargs):
+        if kwargs.get("img_ids") is not None or len(args) != 3:
+            pending.append(None)
+            return None
+        sample, timestep, states = args
+        tokens, pooled = unpack_pooled(states, pooled_dim)
+        _, _, height, width = sample.shape
+        pending.append((height, width))
+        kwargs.update(
+            hidden_states=pack_flux_latents(sample),
+            timestep=timestep / 1000,  # the transformer scales σ by 1000 itself (FluxPipeline passes t / 1000)
+            encoder_hidden_states=tokens,
+            pooled_projections=pooled,
+            img_ids=flux_image_ids(height, width, sample.device, sample.dtype),
+            txt_ids=torch.zeros(tokens.shape[1], 3, device=sample.device, dtype=sample.dtype),
+        )
+        if module.config.guidance_embeds:
+            kwargs["guidance"] = torch.full((len(sample),), guidance, device=sample.device, dtype=torch.float32)
+        return (), kwargs
+
+    def unpack(module, args, kwargs, output):
+        shape = pending.pop()
+        if shape is None:
+            return None
+        if isinstance(output, tuple):
+            return (unpack_flux_latents(output[0], *shape), *output[1:])
+        output.sample = unpack_flux_latents(output.sample, *shape)
+        return output
+
+    return (
+        transformer.register_forward_pre_hook(pack, with_kwargs=True),
+        transformer.register_forward_hook(unpack, with_kwargs=True),
+    )
+
+
+def flux_training_scheduler(scheduler, latent_size: int):
+    """FLUX-dev's scheduler shifts σ by the image's token count at sampling time (use_dynamic_shifting: μ from
+    FluxPipeline's calculate_shift, σ → e^μ σ / (1 + (e^μ − 1) σ)). That is a fixed shift s = e^μ for one training
+    resolution: returns ``scheduler`` set to it, so training draws σ as the pipeline samples at ``latent_size``
+    (latent pixels per side). A scheduler without dynamic shifting is returned as it is."""
+    import math
+
+    config = scheduler.config
+    if not config.get("use_dynamic_shifting"):
+        return scheduler
+    tokens = (latent_size // 2) ** 2
+    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    mu = base_shift + (max_shift - base_shift) / (max_len - base_len) * (tokens - base_len)  # calculate_shift
+    scheduler.register_to_config(shift=math.exp(mu), use_dynamic_shifting=False)
+    return scheduler
+
+
 def install_sd3_unpacking(transformer, pooled_dim: int):
     """A forward pre-hook on the SD3 ``transformer``: this project's calls ``model(x_t, t, packed_states)`` become
     ``transformer(hidden_states=x_t, timestep=t, encoder_hidden_states=tokens, pooled_projections=pooled)``; a
@@ -126,15 +239,15 @@ def install_sd3_unpacking(transformer, pooled_dim: int):
         if kwargs.get("pooled_projections") is not None or len(args) != 3:
             return None
         sample, timestep, states = args
-        tokens, pooled = unpack_sdxl_states(states, pooled_dim)
+        tokens, pooled = unpack_pooled(states, pooled_dim)
         kwargs.update(hidden_states=sample, timestep=timestep, encoder_hidden_states=tokens, pooled_projections=pooled)
         return (), kwargs
 
     return transformer.register_forward_pre_hook(unpack, with_kwargs=True)
 
 
-def unpack_sdxl_states(states: torch.Tensor, pooled_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token states, pooled embedding) of a packed SDXL conditioning tensor (:func:`encode_sdxl`)."""
+def unpack_pooled(states: torch.Tensor, pooled_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token states, pooled embedding) of a packed conditioning tensor (:func:`pack_pooled`)."""
     return states[:, :-1], states[:, -1, :pooled_dim]
 
 
@@ -149,7 +262,7 @@ def install_sdxl_unpacking(unet, pooled_dim: int, resolution: int):
             return None  # a pipeline's own call
         args = list(args)
         states = args[2] if len(args) > 2 else kwargs.pop("encoder_hidden_states")
-        tokens, pooled = unpack_sdxl_states(states, pooled_dim)
+        tokens, pooled = unpack_pooled(states, pooled_dim)
         if len(args) > 2:
             args[2] = tokens
         else:
@@ -197,6 +310,16 @@ class TextSide:
                 for name in ("text_encoder", "text_encoder_2")
             ] + [T5EncoderModel.from_pretrained(path, subfolder="text_encoder_3", revision=revision, variant=variant)]
             return cls(family, tokenizers, encoders, ["", "_2", "_3"])
+        if family == "flux":
+            tokenizers = [
+                CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision),
+                T5TokenizerFast.from_pretrained(path, subfolder="tokenizer_2", revision=revision),
+            ]
+            encoders = [
+                CLIPTextModel.from_pretrained(path, subfolder="text_encoder", revision=revision, variant=variant),
+                T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", revision=revision, variant=variant),
+            ]
+            return cls(family, tokenizers, encoders, ["", "_2"])
         from diffusers import DiffusionPipeline
 
         zeros = DiffusionPipeline.load_config(path, revision=revision).get("force_zeros_for_empty_prompt", True)
@@ -217,6 +340,8 @@ class TextSide:
             return encode_captions(self.tokenizers[0], self.text_encoders[0], captions)
         if self.family == "sd3":
             return encode_sd3(self.tokenizers, self.text_encoders, captions)
+        if self.family == "flux":
+            return encode_flux(self.tokenizers, self.text_encoders, captions)
         return encode_sdxl(self.tokenizers, self.text_encoders, captions)
 
     def empty(self) -> torch.Tensor:
@@ -252,6 +377,8 @@ def prepare_unet(family: str, unet, text_side: TextSide, resolution: int) -> Non
         install_sdxl_unpacking(unet, pooled_dim, resolution)
     if family == "sd3":
         install_sd3_unpacking(unet, unet.config.pooled_projection_dim)
+    if family == "flux":
+        install_flux_packing(unet, unet.config.pooled_projection_dim)
 
 
 PIPELINE_CLASS_NAMES = {family: name for name, family in FAMILY_PIPELINES.items()}

@@ -2,6 +2,7 @@
 
 TINY_UNET / write_unet_config   a 2-block UNet2DModel config (8×8, diffusers' fast-test size)
 build_tiny_sd                   a Stable Diffusion 1.x pipeline folder with a CLIP tokenizer written from a byte vocab
+build_tiny_sdxl / _sd3 / _flux  the same for SDXL, Stable Diffusion 3 and FLUX (T5 tokenizers: write_t5_tokenizer)
 write_imagefolder               unlabeled/ + sensitive/ sub-folders of random images
 write_captioned_folder          an imagefolder with metadata.jsonl (file_name, text, label)
 write_class_folders             a labelled imagefolder: one sub-folder of random images per class
@@ -269,6 +270,46 @@ def build_tiny_sd3(folder, sample_size=8):
         text_encoder_3=t5,
         tokenizer_3=t5_tokenizer,
     )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_flux(folder):
+    """Save a tiny FluxPipeline (FluxTransformer2DModel with FLUX-dev's guidance embedding, a CLIP encoder whose
+    pooled 8 is the pooled projection, a T5 encoder of width 16, a 4-channel VAE with FLUX's shift and scale, and
+    FLUX-dev's dynamically shifted FlowMatchEulerDiscreteScheduler) to ``folder``."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    clip_tokenizer = write_clip_tokenizer(os.path.join(folder, "_tok"))
+    t5_tokenizer = write_t5_tokenizer(os.path.join(folder, "_tok2"))
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
+            pad_token_id=clip_tokenizer.pad_token_id, hidden_size=8, intermediate_size=16, num_attention_heads=2,
+            num_hidden_layers=2, vocab_size=len(clip_tokenizer), max_position_embeddings=16, projection_dim=8,
+        )
+    )  # fmt: skip
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=16, pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+        sample_size=16, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )  # fmt: skip
+    pipeline = FluxPipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tokenizer,
+        text_encoder_2=t5, tokenizer_2=t5_tokenizer,
+    )  # fmt: skip
     pipeline.save_pretrained(folder, safe_serialization=True)
     return folder
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from test_text_to_image import run, sd_args
 
-from pu_diffusion.families import TextSide, detect_family, unpack_sdxl_states
+from pu_diffusion.families import TextSide, detect_family, unpack_pooled
 from pu_diffusion.testing_utils import build_tiny_sd3, write_captioned_folder
 
 
@@ -35,7 +35,7 @@ def test_packed_sd3_conditioning_is_what_the_pipeline_itself_encodes(tiny_sd3):
         )
     packed = TextSide.load("sd3", tiny_sd3).encode(prompts)
     assert packed.shape == (2, tokens.shape[1] + 1, tokens.shape[2])  # CLIP 16 + T5 256 tokens, + the pooled one
-    unpacked_tokens, unpacked_pooled = unpack_sdxl_states(packed, pooled.shape[-1])
+    unpacked_tokens, unpacked_pooled = unpack_pooled(packed, pooled.shape[-1])
     torch.testing.assert_close(unpacked_tokens, tokens, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(unpacked_pooled, pooled)
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from test_text_to_image import run, sd_args
 
-from pu_diffusion.families import TextSide, detect_family, unpack_sdxl_states
+from pu_diffusion.families import TextSide, detect_family, unpack_pooled
 from pu_diffusion.testing_utils import build_tiny_sdxl, write_captioned_folder
 
 
@@ -31,7 +31,7 @@ def test_packed_sdxl_conditioning_is_what_the_pipeline_itself_encodes(tiny_sdxl)
     tokens, _, pooled, _ = pipeline.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
     packed = TextSide.load("sdxl", tiny_sdxl).encode(prompts)
     assert packed.shape == (2, tokens.shape[1] + 1, tokens.shape[2])  # one extra token: the pooled embedding
-    unpacked_tokens, unpacked_pooled = unpack_sdxl_states(packed, pooled.shape[-1])
+    unpacked_tokens, unpacked_pooled = unpack_pooled(packed, pooled.shape[-1])
     torch.testing.assert_close(unpacked_tokens, tokens)
     torch.testing.assert_close(unpacked_pooled, pooled)
     # ∅ as the pipeline samples it (force_zeros_for_empty_prompt): zeros, which caption dropout and ESD then use
@@ -131,11 +131,11 @@ def test_the_audit_refuses_an_sdxl_pipeline(tiny_sdxl, tmp_path):
 def test_an_unsupported_family_is_refused_before_anything_is_written(tiny_sdxl, captioned, tmp_path):
     import json
 
-    other = tmp_path / "sd3"
+    other = tmp_path / "kandinsky"
     shutil.copytree(tiny_sdxl, other)
     index = json.loads((other / "model_index.json").read_text())
-    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyV22Pipeline"}))
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="is a FluxPipeline; train_pu_text_to_image.py takes"):
+    with pytest.raises(ValueError, match="is a KandinskyV22Pipeline; train_pu_text_to_image.py takes"):
         run(sd_args(str(other), captioned, out))
     assert not out.exists()
