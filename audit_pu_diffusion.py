@@ -79,13 +79,17 @@ def ranks_of(scores) -> np.ndarray:
     return ranks
 
 
-def ranking_quality(scores, is_sensitive, k: int | None = None) -> dict:
-    """AUC and precision@k (k = the number of sensitive images by default) of ranking by ``scores``."""
+def ranking_quality(scores, is_sensitive, k: int | None = None, top_k: int | None = None) -> dict:
+    """AUC and precision@k (k = the number of sensitive images by default) of ranking by ``scores``; with
+    ``top_k``, also how many of the ``top_k`` highest (the images top_k.png shows) are sensitive."""
 
     scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(is_sensitive, dtype=bool)
     k = int(truth.sum()) if k is None else k
-    top = np.argsort(-scores, kind="stable")[:k]
-    return {"auc": roc_auc(scores[truth], scores[~truth]), "precision_at_k": float(truth[top].mean()), "k": k}
+    order = np.argsort(-scores, kind="stable")  # ranks_of's order
+    quality = {"auc": roc_auc(scores[truth], scores[~truth]), "precision_at_k": float(truth[order[:k]].mean()), "k": k}
+    if top_k is not None:
+        quality["sensitive_in_top_k"] = int(truth[order[:top_k]].sum())
+    return quality
 
 
 AUDIT_OUTPUTS = ("audit.csv", "top_k.png", "audit.json")
@@ -377,10 +381,10 @@ def main(args) -> dict:
         estimated_sensitive_images=None if beta is None else int(round(beta * len(images))),
     )
     if truth is not None:
-        extra["ranking_quality"] = {"score": ranking_quality(scores, truth)}
+        extra["ranking_quality"] = {"score": ranking_quality(scores, truth, top_k=args.top_k)}
         if reference is not None:
-            extra["ranking_quality"]["pipeline ℓ alone"] = ranking_quality(own, truth)
-            extra["ranking_quality"]["reference ℓ alone"] = ranking_quality(other, truth)
+            extra["ranking_quality"]["pipeline ℓ alone"] = ranking_quality(own, truth, top_k=args.top_k)
+            extra["ranking_quality"]["reference ℓ alone"] = ranking_quality(other, truth, top_k=args.top_k)
     summary = write_audit(args.output_dir, files, scores, images, args.top_k, extra)
     count = summary["estimated_sensitive_images"]
     print(
@@ -388,7 +392,10 @@ def main(args) -> dict:
         + ("" if count is None else f"; β = {beta:.4g} suggests about {count} sensitive images: the top {count} rows")
     )
     for name, quality in summary.get("ranking_quality", {}).items():
-        print(f"  {name}: AUC {quality['auc']:.4f}, precision@{quality['k']} {quality['precision_at_k']:.4f}")
+        print(
+            f"  {name}: AUC {quality['auc']:.4f}, precision@{quality['k']} {quality['precision_at_k']:.4f}, "
+            f"{quality['sensitive_in_top_k']} sensitive in the top {summary['top_k']}"
+        )
     return summary
 
 

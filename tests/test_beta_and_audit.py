@@ -246,6 +246,8 @@ def test_audit_draws_are_shared_across_images(tiny_unet_config):
         audit.shared_draws(4, (1, 8, 8), 100, timestep_range=(20, 200))
     quality = audit.ranking_quality([0.1, 3.0, 2.0, 0.0], [False, True, False, False])
     assert quality == {"auc": 1.0, "precision_at_k": 1.0, "k": 1}
+    quality = audit.ranking_quality([0.1, 3.0, 2.0, 0.0, 5.0], [False, True, False, True, False], top_k=3)
+    assert quality["sensitive_in_top_k"] == 1 and quality["precision_at_k"] == 0.5  # top 3: 5.0, 3.0 (✓), 2.0
 
 
 def test_audit_ranks_a_planted_outlier_first(tmp_path, tiny_unet_config):
@@ -300,6 +302,7 @@ def test_audit_of_a_builtin_run_scores_its_ranking_against_a_reference(tmp_path,
     assert set(quality) == {"score", "pipeline ℓ alone", "reference ℓ alone"}
     assert quality["pipeline ℓ alone"] == quality["reference ℓ alone"]  # the same model, the same shared draws
     assert quality["score"]["auc"] == 0.5 and quality["score"]["k"] == 200  # ℓ − ℓ = 0 for every image
+    assert all(0 <= entry["sensitive_in_top_k"] <= summary["top_k"] == 64 for entry in quality.values())
     assert summary["timestep_range"] == [100, 600]
     flow = tmp_path / "flow"  # a flow-matching reference scores on another scale: refused before scoring
     script.main(
