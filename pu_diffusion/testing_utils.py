@@ -87,10 +87,22 @@ def write_clip_tokenizer(folder, model_max_length: int = 16):
     return tokenizer
 
 
+def tiny_vae(sample_size: int, **extra):
+    """The tiny 4-channel AutoencoderKL (2 blocks: 2× downsampling) every tiny pipeline here uses; ``extra``: a
+    family's constants (shift and scaling factors, no quant convs)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+        sample_size=sample_size, **extra,
+    )  # fmt: skip
+
+
 def build_tiny_sd(folder, prediction_type="epsilon", sample_size=8):
     """Save a tiny StableDiffusionPipeline (UNet2DConditionModel, AutoencoderKL, CLIP) to ``folder``."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
@@ -120,16 +132,7 @@ def build_tiny_sd(folder, prediction_type="epsilon", sample_size=8):
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        sample_size=sample_size * 2,
-    )
+    vae = tiny_vae(sample_size * 2)
     scheduler = DDPMScheduler(
         num_train_timesteps=1000, prediction_type=prediction_type, steps_offset=1, clip_sample=False
     )
@@ -151,7 +154,7 @@ def build_tiny_sdxl(folder, sample_size=8):
     """Save a tiny StableDiffusionXLPipeline (two CLIP encoders, the second with projection; a text_time UNet) to
     ``folder``, with the EulerDiscreteScheduler SDXL ships with."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
@@ -179,16 +182,7 @@ def build_tiny_sdxl(folder, sample_size=8):
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=6 * 8 + 16,  # six time ids + the pooled projection
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        sample_size=sample_size * 2,
-    )
+    vae = tiny_vae(sample_size * 2)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
     )
@@ -221,7 +215,6 @@ def build_tiny_sd3(folder, sample_size=8):
     FlowMatchEulerDiscreteScheduler) to ``folder``; CLIP states (8 + 8) pad to T5's width 16, pooled 8 + 8 = 16."""
     import torch
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -247,18 +240,7 @@ def build_tiny_sd3(folder, sample_size=8):
         num_attention_heads=2, caption_projection_dim=16, joint_attention_dim=16, pooled_projection_dim=16,
         pos_embed_max_size=sample_size,
     )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        sample_size=sample_size * 2,
-        shift_factor=0.0609,
-        scaling_factor=1.5305,
-    )
+    vae = tiny_vae(sample_size * 2, shift_factor=0.0609, scaling_factor=1.5305)  # SD3's VAE constants
     pipeline = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -279,7 +261,7 @@ def build_tiny_flux(folder):
     pooled 8 is the pooled projection, a T5 encoder of width 16, a 4-channel VAE with FLUX's shift and scale, and
     FLUX-dev's dynamically shifted FlowMatchEulerDiscreteScheduler) to ``folder``."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
@@ -297,11 +279,7 @@ def build_tiny_flux(folder):
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=16, pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
     )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
-        sample_size=16, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False,
-    )  # fmt: skip
+    vae = tiny_vae(16, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False)
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
         max_image_seq_len=4096,
