@@ -640,8 +640,8 @@ def test_gpu_speed_runs_each_family_and_path_on_tiny_configs(tmp_path):
     step runs, pu takes U + S rows and plain U rows, one Setup per resolution, and a bad case name is refused."""
     import gpu_speed
 
-    cases = ["sd-512-lora-bf16-pu", "sd-512-lora-bf16-authors", "sdxl-1024-lora-bf16-plain"]
-    cases += ["sd3-1024-lora-bf16-pu", "flux-512-lora-bf16-pu-base_bf16", "flux-1024-lora-bf16-plain-base_bf16"]
+    cases = ["sd-512-lora-bf16-authors", "sdxl-1024-lora-bf16-plain", "sd3-1024-lora-bf16-pu"]
+    cases += ["flux-512-lora-bf16-pu-base_bf16", "flux-1024-lora-bf16-plain-base_bf16"]
     output = tmp_path / "gpu.json"
     argv = ["--tiny", "--steps", "1", "--warmup", "0", "--output", str(output), "--cases", *cases]
     report = gpu_speed.main(gpu_speed.parse_args(argv))
@@ -649,7 +649,7 @@ def test_gpu_speed_runs_each_family_and_path_on_tiny_configs(tmp_path):
     by_name = {row["name"]: row for row in report["results"]}
     assert set(by_name) == set(cases)
     assert (
-        by_name["sd-512-lora-bf16-pu"]["rows_per_step"] == 10
+        by_name["sd-512-lora-bf16-authors"]["rows_per_step"] == 10
         and by_name["sdxl-1024-lora-bf16-plain"]["rows_per_step"] == 4
     )
     assert by_name["flux-512-lora-bf16-pu-base_bf16"]["gradient_checkpointing"] is True
