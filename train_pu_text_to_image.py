@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance_scale", type=finite_float, default=7.5, help="Guidance scale of validation sampling."
     )
     parser.add_argument(
+        "--max_sequence_length",
+        type=int,
+        default=None,
+        help="SD3 and FLUX: the T5 encoder's tokens per caption (default: the pipeline's, 256 for SD3, 512 for FLUX). "
+        "Sample with the same max_sequence_length.",
+    )
+    parser.add_argument(
         "--erasediff_anchor_prompt",
         type=str,
         default=None,
@@ -200,6 +207,8 @@ def validate_args(args) -> None:
     validate_training_args(args)
     if not 0.0 <= args.proportion_empty_prompts <= 1.0:
         raise UsageError(f"--proportion_empty_prompts must lie in [0, 1]; got {args.proportion_empty_prompts}.")
+    if args.max_sequence_length is not None and not 1 <= args.max_sequence_length <= 512:
+        raise UsageError(f"--max_sequence_length must lie in [1, 512]; got {args.max_sequence_length}.")
     if args.rank is not None and (args.rank < 1 or args.use_ema):
         raise UsageError("--rank must be >= 1 and cannot be combined with --use_ema.")
     if args.method in ESD_METHODS and args.prediction_type is not None:
@@ -282,6 +291,10 @@ def check_family(accelerator, args, family: str, path: str) -> None:
             "--mixed_precision fp16: SDXL's VAE overflows in fp16 (NaN latents, silently skipped steps); use "
             "--mixed_precision bf16 or no."
         )
+    if args.max_sequence_length is not None and family not in ("sd3", "flux"):
+        raise UsageError(
+            f"--max_sequence_length sets the T5 encoder's tokens of SD3 and FLUX; {path!r} is {family} (no T5): drop it."
+        )
     if family == "flux" and accelerator.mixed_precision == "fp16":
         raise UsageError(
             "--mixed_precision fp16: FLUX's T5 encoder and transformer overflow in fp16; use --mixed_precision bf16."
@@ -307,7 +320,7 @@ def load_models(accelerator, args, family: str):
     """(text_side, vae, unet, noise_scheduler, weight_dtype); the encoders frozen, in weight_dtype (SDXL's VAE stays
     in fp32 under bf16 too: it is kept out of reduced precision, as diffusers' SDXL example does)."""
     path, revision, variant = args.pretrained_model_name_or_path, args.revision, args.variant
-    text_side = TextSide.load(family, path, revision, variant)
+    text_side = TextSide.load(family, path, revision, variant, max_sequence_length=args.max_sequence_length)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", revision=revision, variant=variant)
     unet = denoiser_class(family).from_pretrained(
         path, subfolder=denoiser_name(family), revision=revision, variant=variant
@@ -563,6 +576,8 @@ def main(args):
             pipeline_class=PIPELINE_CLASS_NAMES[family],
         )
         notes = [f"model family: {family} ({PIPELINE_CLASS_NAMES[family]})"]
+        if args.max_sequence_length is not None:
+            notes.append(f"trained with max_sequence_length={args.max_sequence_length}: pass it when sampling")
         if family == "sd":
             notes += [
                 safety_checker_note(has_safety_checker),
@@ -715,6 +730,7 @@ def log_validation(
                 guidance_scale=args.guidance_scale,
                 height=args.resolution,  # FluxPipeline would draw 1,024 px otherwise; the others' default
                 width=args.resolution,
+                **text_side.sampling_kwargs(),  # SD3/FLUX: the T5 length the model was trained with
                 generator=generator,
                 output_type="np",
             ).images.tolist()

@@ -100,7 +100,9 @@ def pack_pooled(tokens: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_sd3(tokenizers, text_encoders, captions: list[str], batch_size: int = 64) -> torch.Tensor:
+def encode_sd3(
+    tokenizers, text_encoders, captions: list[str], batch_size: int = 64, max_sequence_length: int | None = None
+) -> torch.Tensor:
     """SD3's conditioning of ``captions`` as one tensor per row, as StableDiffusion3Pipeline.encode_prompt builds it:
     both CLIP encoders' penultimate states concatenated and zero-padded to T5's width, followed by T5's states
     (max_sequence_length 256); the two CLIP pooled embeddings concatenated, packed as one more token."""
@@ -116,7 +118,8 @@ def encode_sd3(tokenizers, text_encoders, captions: list[str], batch_size: int =
             clip.append(output.hidden_states[-2])
             pooled.append(output[0])
         t5_ids = tokenizers[2](
-            chunk, max_length=T5_MAX_SEQUENCE_LENGTH, padding="max_length", truncation=True, add_special_tokens=True,
+            chunk, max_length=max_sequence_length or T5_MAX_SEQUENCE_LENGTH, padding="max_length", truncation=True,
+            add_special_tokens=True,
             return_tensors="pt",
         ).input_ids.to(next(text_encoders[2].parameters()).device)  # fmt: skip
         t5 = text_encoders[2](t5_ids)[0]
@@ -128,7 +131,9 @@ def encode_sd3(tokenizers, text_encoders, captions: list[str], batch_size: int =
 
 
 @torch.no_grad()
-def encode_flux(tokenizers, text_encoders, captions: list[str], batch_size: int = 64) -> torch.Tensor:
+def encode_flux(
+    tokenizers, text_encoders, captions: list[str], batch_size: int = 64, max_sequence_length: int | None = None
+) -> torch.Tensor:
     """FLUX's conditioning of ``captions`` as one tensor per row, as FluxPipeline.encode_prompt builds it: T5's
     states (max_sequence_length 512), with CLIP's pooled output packed as one more token."""
     rows = []
@@ -140,7 +145,11 @@ def encode_flux(tokenizers, text_encoders, captions: list[str], batch_size: int 
         ).input_ids.to(next(text_encoders[0].parameters()).device)  # fmt: skip
         pooled = text_encoders[0](clip_ids, output_hidden_states=False).pooler_output
         t5_ids = tokenizers[1](
-            chunk, max_length=FLUX_MAX_SEQUENCE_LENGTH, padding="max_length", truncation=True, return_tensors="pt"
+            chunk,
+            max_length=max_sequence_length or FLUX_MAX_SEQUENCE_LENGTH,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
         ).input_ids.to(next(text_encoders[1].parameters()).device)
         t5 = text_encoders[1](t5_ids, output_hidden_states=False)[0]
         rows.append(pack_pooled(t5, pooled))
@@ -284,9 +293,23 @@ class TextSide:
     text_encoders: list
     names: list = field(default_factory=list)  # the pipeline's component names, in order
     zeros_for_empty_prompt: bool = False  # SDXL's force_zeros_for_empty_prompt: its pipelines use zeros for ∅
+    max_sequence_length: int | None = None  # SD3/FLUX: T5 tokens per caption (None: the pipeline's default)
 
     @classmethod
-    def load(cls, family: str, path: str, revision: str | None = None, variant: str | None = None) -> TextSide:
+    def load(
+        cls,
+        family: str,
+        path: str,
+        revision: str | None = None,
+        variant: str | None = None,
+        max_sequence_length: int | None = None,
+    ) -> TextSide:
+        side = cls._load(family, path, revision, variant)
+        side.max_sequence_length = max_sequence_length
+        return side
+
+    @classmethod
+    def _load(cls, family: str, path: str, revision: str | None, variant: str | None) -> TextSide:
         from transformers import (
             CLIPTextModel,
             CLIPTextModelWithProjection,
@@ -339,10 +362,20 @@ class TextSide:
         if self.family == "sd":
             return encode_captions(self.tokenizers[0], self.text_encoders[0], captions)
         if self.family == "sd3":
-            return encode_sd3(self.tokenizers, self.text_encoders, captions)
+            return encode_sd3(
+                self.tokenizers, self.text_encoders, captions, max_sequence_length=self.max_sequence_length
+            )
         if self.family == "flux":
-            return encode_flux(self.tokenizers, self.text_encoders, captions)
+            return encode_flux(
+                self.tokenizers, self.text_encoders, captions, max_sequence_length=self.max_sequence_length
+            )
         return encode_sdxl(self.tokenizers, self.text_encoders, captions)
+
+    def sampling_kwargs(self) -> dict:
+        """What the family's pipeline call needs to condition as training did (SD3/FLUX: max_sequence_length)."""
+        if self.family in ("sd3", "flux") and self.max_sequence_length is not None:
+            return {"max_sequence_length": self.max_sequence_length}
+        return {}
 
     def empty(self) -> torch.Tensor:
         """The empty prompt ∅ (caption dropout, ESD's unconditional branch) as the family's pipeline samples it:

@@ -65,6 +65,25 @@ def test_every_method_trains_sd3_and_saves_a_stock_sd3_pipeline(tiny_sd3, captio
         assert (out / "validation" / "final.png").exists() and "cached latents: True" in card
 
 
+def test_sd3_trains_with_a_shorter_t5_sequence_and_samples_with_it(tiny_sd3, captioned, tmp_path):
+    """--max_sequence_length 8: 16 CLIP + 8 T5 tokens (+ the pooled one) per caption, the validation grid sampled
+    with the same length, and the model card says to pass it."""
+    from diffusers import StableDiffusion3Pipeline
+
+    side = TextSide.load("sd3", tiny_sd3, max_sequence_length=8)
+    assert side.encode(["a photo of a man"]).shape[1] == 16 + 8 + 1 and side.sampling_kwargs() == {
+        "max_sequence_length": 8
+    }
+    out = tmp_path / "out"
+    extra = ["--max_sequence_length", "8", "--validation_prompts", "a photo of a man", "--num_validation_images", "1"]
+    run(sd_args(tiny_sd3, captioned, out, "--max_train_steps", "1", *extra))
+    assert (out / "validation" / "final.png").exists()
+    assert "trained with max_sequence_length=8: pass it when sampling" in (out / "README.md").read_text()
+    pipeline = StableDiffusion3Pipeline.from_pretrained(str(out))
+    images = pipeline("a photo of a man", num_inference_steps=1, max_sequence_length=8, output_type="np").images
+    assert images.shape == (1, 16, 16, 3)
+
+
 def test_sd3_flow_matching_loss_is_the_velocity_error(tiny_sd3, captioned, tmp_path, monkeypatch):
     """What the transformer is trained on: x_t = (1 − σ) z + σ ε at its own σ·1000 timesteps, target ε − z."""
     import train_pu_text_to_image as script

@@ -65,6 +65,15 @@ def test_sdxl_refuses_fp16_and_edm_variants_before_loading_weights(tiny_sdxl, tm
     (playground / "vae" / "config.json").write_text(json.dumps({**config, "latents_mean": [0.0] * 4}))
     with pytest.raises(ValueError, match="EDM scheduler or a latent mean/std"):
         script.check_family(SimpleNamespace(mixed_precision="no"), args, "sdxl", str(playground))
+    t5_length = script.parse_args(
+        ["--pretrained_model_name_or_path", tiny_sdxl, "--train_data_dir", "d", "--max_sequence_length", "77"]
+    )
+    with pytest.raises(ValueError, match="--max_sequence_length sets the T5 encoder's tokens of SD3 and FLUX"):
+        script.check_family(SimpleNamespace(mixed_precision="no"), t5_length, "sdxl", tiny_sdxl)
+    with pytest.raises(ValueError, match=r"--max_sequence_length must lie in \[1, 512\]"):
+        script.parse_args(
+            ["--pretrained_model_name_or_path", tiny_sdxl, "--train_data_dir", "d", "--max_sequence_length", "0"]
+        )
 
 
 @pytest.mark.parametrize("method", ["pu", "unsupervised", "supervised", "erasediff", "esd-x"])
