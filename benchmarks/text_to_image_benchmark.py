@@ -15,6 +15,10 @@ saw the held-out digits) judges the samples: the share of sevens, and the classi
 the normal prompt's samples to held-out normal digits. Training time per step and the peak memory (peak RSS of the
 training process on CPU, ``max_memory_allocated`` on CUDA) come from each run's own process.
 
+``--scenario contamination-flow`` runs the contamination study on the micro model's rectified-flow twin (Stable
+Diffusion 3's parts: ``micro_sd`` with ``family="sd3"``), loaded with ``StableDiffusion3Pipeline`` and sampled with
+its own Euler scheduler; every row but ESD (not offered for flow-matching models).
+
 Runs are cached in <output_dir>/cache/ as soon as evaluated, so a rerun (or a killed run) only does what is missing,
 and the table covers every cached run.
 
@@ -22,6 +26,7 @@ and the table covers every cached run.
     python benchmarks/text_to_image_benchmark.py --methods pu-ucap esd-x --seeds 3
     python benchmarks/text_to_image_benchmark.py --report_only
     python benchmarks/text_to_image_benchmark.py --smoke              # seconds; what the test runs
+    python benchmarks/text_to_image_benchmark.py --scenario contamination-flow   # the micro SD3 (issue 26)
 """
 
 from __future__ import annotations
@@ -142,6 +147,11 @@ def long_base_methods(beta: float) -> dict:
     }  # fmt: skip
 
 
+def flow_methods(beta: float) -> dict:
+    """The long-base rows on the rectified-flow twin (issue 26). ESD is not offered for flow-matching models."""
+    return {name: row for name, row in long_base_methods(beta).items() if not name.startswith("esd")}
+
+
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SCENARIOS = {
     "unlearning": Scenario(
@@ -155,6 +165,10 @@ SCENARIOS = {
     "contamination-long-base": Scenario(  # the base pretrained 4× longer (a lower judge floor), every row at lr 1e-5
         "contamination-long-base", micro_sd.CONTAMINATION_LONG_CONFIG, 320, 80, 40, 1500, 1e-5,
         long_base_methods(0.2), os.path.join(RESULTS, "text_to_image_contamination_long_base"),
+    ),
+    "contamination-flow": Scenario(  # the same study on a micro Stable Diffusion 3 (rectified flow), lr 1e-5
+        "contamination-flow", micro_sd.FLOW_CONTAMINATION_CONFIG, 320, 80, 40, 1500, 1e-5, flow_methods(0.2),
+        os.path.join(RESULTS, "text_to_image_contamination_flow"),
     ),
     "contamination-paper": Scenario(  # the paper's sizes: 64 men + 16 Brad Pitt in U, 20 in S
         "contamination-paper", micro_sd.CONTAMINATION_CONFIG, 64, 16, 20, 1500, 1e-4, contamination_methods(0.2),
@@ -172,7 +186,9 @@ def parse_args(input_args=None):
     parser.add_argument("--max_train_steps", type=int, default=None, help="Fine-tuning steps (scenario default).")
     parser.add_argument("--learning_rate", type=float, default=None, help="Fine-tuning LR (scenario default).")
     parser.add_argument("--num_samples", type=int, default=200, help="Samples per prompt and guidance scale.")
-    parser.add_argument("--num_inference_steps", type=int, default=20, help="DDIM steps of the evaluation.")
+    parser.add_argument(
+        "--num_inference_steps", type=int, default=20, help="Sampler steps of the evaluation (DDIM; Euler for sd3)."
+    )
     parser.add_argument("--guidance_scales", type=float, nargs="+", default=[1.0, 3.0, 7.5])
     parser.add_argument("--grid_guidance_scale", type=float, default=7.5, help="Guidance scale of the README grid.")
     parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
@@ -203,8 +219,11 @@ def parse_args(input_args=None):
     if unknown:
         raise SystemExit(f"--methods {unknown} are not methods of --scenario {args.scenario}: {list(scenario.methods)}")
     if args.smoke:
-        args.config = dataclasses.replace(micro_sd.SMOKE_CONFIG, generic_excludes=scenario.config.generic_excludes)
+        args.config = dataclasses.replace(
+            micro_sd.SMOKE_CONFIG, generic_excludes=scenario.config.generic_excludes, family=scenario.config.family
+        )
         args.max_train_steps, args.num_samples, args.num_inference_steps = 2, 8, 2
+        args.sizes = (40, 10, 8)  # U of 50 (one batch of 32 U and 8 S), cached in seconds
         if args.methods == list(scenario.methods):
             args.methods = SMOKE_METHODS
         if args.seeds == [0, 1, 2]:
@@ -294,7 +313,7 @@ def finetune_argv(args, method: str, base_dir: str, data_dir: str, output_dir: s
         "--learning_rate", str(args.learning_rate), "--lr_warmup_steps", str(min(50, args.max_train_steps // 10)),
         "--seed", str(seed), "--checkpointing_steps", "100000", "--num_validation_images", "0",
         "--report_to", "none", "--esd_sampling_steps", "20", "--mixed_precision", args.mixed_precision,
-        "--output_dir", output_dir, *args.methods_table[method][1],
+        "--output_dir", output_dir, *micro_sd.family_argv(args.config), *args.methods_table[method][1],
     ]  # fmt: skip
 
 
@@ -322,10 +341,15 @@ class Judge:
 
 def evaluate_pipeline(path: str, args, judge: Judge, seed: int) -> tuple[dict, np.ndarray]:
     """Sevens among samples of both prompts at every guidance scale; FD of the normal prompt's; the grid tiles."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline
 
-    pipeline = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
-    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    sampling = {}
+    if args.config.family == "sd3":  # its own FlowMatchEulerDiscreteScheduler (Euler), its T5 length
+        pipeline = StableDiffusion3Pipeline.from_pretrained(path)
+        sampling["max_sequence_length"] = micro_sd.FLOW_T5_LENGTH
+    else:
+        pipeline = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
+        pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     metrics, tiles = {}, None
     for prompt_name, prompt in (("normal", NORMAL_PROMPT), ("sensitive", SENSITIVE_PROMPT)):
@@ -340,6 +364,7 @@ def evaluate_pipeline(path: str, args, judge: Judge, seed: int) -> tuple[dict, n
                     guidance_scale=scale,
                     generator=generator,
                     output_type="pt",
+                    **sampling,
                 )
                 images.append(output.images.float() * 2 - 1)
             images = torch.cat(images)

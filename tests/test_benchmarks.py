@@ -373,7 +373,32 @@ def test_smoke_benchmark_builds_the_base_model_trains_methods_and_caches(tmp_pat
         bench.parse_args(["--guidance_scales", "1", "3", "--grid_guidance_scale", "7.5"])
 
 
-@pytest.mark.parametrize("scenario", ["unlearning", "contamination", "contamination-long-base", "contamination-paper"])
+def test_flow_smoke_benchmark_builds_a_micro_sd3_and_samples_it_with_its_own_scheduler(tmp_path, monkeypatch):
+    """--scenario contamination-flow: the base is a StableDiffusion3Pipeline (rectified flow, T5 length 16) that the
+    training script pretrains and fine-tunes; samples come from its own Euler scheduler; ESD is not among its rows."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    fast_classifier(monkeypatch)
+    bench = text_to_image_benchmark
+    out = tmp_path / "bench"
+    args = bench.parse_args(["--smoke", "--scenario", "contamination-flow", "--output_dir", str(out)])
+    assert args.config.family == "sd3" and not any(name.startswith("esd") for name in args.methods_table)
+    summary = bench.main(args)
+    base = tmp_path / "cache" / "micro_sd" / args.config.key() / "base"
+    pipeline = StableDiffusion3Pipeline.from_pretrained(str(base))
+    assert isinstance(pipeline.scheduler, FlowMatchEulerDiscreteScheduler) and pipeline.scheduler.config.shift == 1.0
+    assert {row["method"] for row in summary["rows"]} == {"base", *bench.SMOKE_METHODS}
+    record = bench.read_json(str(out / "cache" / f"pu_{bench.recipe_key(args)}_s0.json"))
+    argv = record["train_argv"]
+    assert argv[argv.index("--max_sequence_length") + 1] == str(micro_sd.FLOW_T5_LENGTH)
+    assert sum(record["evaluations"]["normal@7.5"]["predicted_class_counts"]) == args.num_samples
+    assert micro_sd.CONTAMINATION_LONG_CONFIG.key() != args.config.key() != micro_sd.SMOKE_CONFIG.key()
+
+
+@pytest.mark.parametrize(
+    "scenario", ["unlearning", "contamination", "contamination-long-base", "contamination-paper", "contamination-flow"]
+)
 def test_every_method_is_a_valid_training_command(scenario):
     import train_pu_text_to_image as script
 
@@ -387,13 +412,11 @@ def test_every_method_is_a_valid_training_command(scenario):
     for name, p in parsed.items():  # the lr rows override the scenario's lr and nothing else
         assert p.learning_rate == (1e-5 if name.endswith("-lr1e-5") else bench.SCENARIOS[scenario].learning_rate)
     base_rows = {name: p for name, p in parsed.items() if not name.endswith("-lr1e-5")}
-    assert {name: p.method for name, p in base_rows.items() if not name.startswith(("pu", "supervised"))} == {
-        "clean": "unsupervised",
-        "unsupervised": "unsupervised",
-        "esd-x": "esd-x",
-        "esd-u": "esd-u",
-        "erasediff": "erasediff",
-    }
+    expected = {"clean": "unsupervised", "unsupervised": "unsupervised", "erasediff": "erasediff"}
+    if scenario != "contamination-flow":  # ESD is not offered for flow-matching models
+        expected.update({"esd-x": "esd-x", "esd-u": "esd-u"})
+    assert {name: p.method for name, p in base_rows.items() if not name.startswith(("pu", "supervised"))} == expected
+    assert all((p.max_sequence_length == 16) == (scenario == "contamination-flow") for p in parsed.values())
     for name, p in parsed.items():
         assert (p.sensitive_caption == "a handwritten digit") == ("-ucap" in name)
         assert (p.proportion_empty_prompts == 0.1) == ("dropout" in name)

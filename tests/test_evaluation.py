@@ -100,8 +100,14 @@ def test_non_sensitive_rate_is_exact():
         non_sensitive_rate([], [1])
 
 
+_FAST_CLASSIFIERS = {}  # one training per (resolution, held-out rows, seed) for the whole test session
+
+
 def fast_classifier(monkeypatch):
-    """Make the evaluation classifier train in seconds (1 epoch, 2 members); returns the list of training calls."""
+    """Make the evaluation classifier train in seconds (1 epoch, 2 members); returns the list of training calls.
+    Each distinct classifier is trained once per session and copied after that (training is deterministic)."""
+    import copy
+
     import pu_diffusion.digit_classifier as digit_classifier
 
     real_train = digit_classifier.train_digit_classifier
@@ -109,7 +115,10 @@ def fast_classifier(monkeypatch):
 
     def train(resolution, held_out_rows, seed=0):
         calls.append((resolution, list(held_out_rows)))
-        return real_train(resolution, held_out_rows, seed, epochs=1, num_folds=2)
+        key = (resolution, tuple(int(row) for row in held_out_rows), seed)
+        if key not in _FAST_CLASSIFIERS:
+            _FAST_CLASSIFIERS[key] = real_train(resolution, held_out_rows, seed, epochs=1, num_folds=2)
+        return copy.deepcopy(_FAST_CLASSIFIERS[key])
 
     monkeypatch.setattr(digit_classifier, "train_digit_classifier", train)
     return calls
