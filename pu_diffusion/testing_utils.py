@@ -155,17 +155,13 @@ def build_tiny_sdxl(folder, sample_size=8):
     ``folder``, with the EulerDiscreteScheduler SDXL ships with."""
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
     tokenizers = [write_clip_tokenizer(os.path.join(folder, name)) for name in ("_tok", "_tok2")]
 
     def text_config(tokenizer):
-        return CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-            num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=16, projection_dim=16,
-        )  # fmt: skip
+        return tiny_clip_config(tokenizer, width=16)
 
     unet = UNet2DConditionModel(
         sample_size=sample_size,
@@ -210,6 +206,24 @@ def write_t5_tokenizer(folder, words=("a", "photo", "of", "man", "brad", "the", 
     return T5TokenizerFast.from_pretrained(folder)
 
 
+def tiny_clip_config(tokenizer, width: int):
+    """A 2-layer CLIP text config of hidden (and projection) size ``width`` for ``tokenizer`` (SDXL, SD3, FLUX)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=width, intermediate_size=2 * width, num_attention_heads=2, num_hidden_layers=2,
+        vocab_size=len(tokenizer), max_position_embeddings=16, projection_dim=width,
+    )  # fmt: skip
+
+
+def tiny_t5(tokenizer):
+    """A 1-layer T5 encoder of width 16 for ``tokenizer`` (SD3, FLUX)."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
+
+
 def build_tiny_sd3(folder, sample_size=8):
     """Save a tiny StableDiffusion3Pipeline (SD3Transformer2DModel, two CLIP encoders with projection, a T5 encoder,
     FlowMatchEulerDiscreteScheduler) to ``folder``; CLIP states (8 + 8) pad to T5's width 16, pooled 8 + 8 = 16."""
@@ -219,22 +233,16 @@ def build_tiny_sd3(folder, sample_size=8):
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(0)
     clip_tokenizers = [write_clip_tokenizer(os.path.join(folder, name)) for name in ("_tok", "_tok2")]
     t5_tokenizer = write_t5_tokenizer(os.path.join(folder, "_tok3"))
 
     def clip(tokenizer):
-        return CLIPTextModelWithProjection(
-            CLIPTextConfig(
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, hidden_size=8, intermediate_size=16, num_attention_heads=2,
-                num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=16, projection_dim=8,
-            )
-        )  # fmt: skip
+        return CLIPTextModelWithProjection(tiny_clip_config(tokenizer, width=8))
 
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
+    t5 = tiny_t5(t5_tokenizer)
     transformer = SD3Transformer2DModel(
         sample_size=sample_size, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
         num_attention_heads=2, caption_projection_dim=16, joint_attention_dim=16, pooled_projection_dim=16,
@@ -262,19 +270,13 @@ def build_tiny_flux(folder):
     FLUX-dev's dynamically shifted FlowMatchEulerDiscreteScheduler) to ``folder``."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(0)
     clip_tokenizer = write_clip_tokenizer(os.path.join(folder, "_tok"))
     t5_tokenizer = write_t5_tokenizer(os.path.join(folder, "_tok2"))
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
-            pad_token_id=clip_tokenizer.pad_token_id, hidden_size=8, intermediate_size=16, num_attention_heads=2,
-            num_hidden_layers=2, vocab_size=len(clip_tokenizer), max_position_embeddings=16, projection_dim=8,
-        )
-    )  # fmt: skip
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
+    clip = CLIPTextModel(tiny_clip_config(clip_tokenizer, width=8))
+    t5 = tiny_t5(t5_tokenizer)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=16, pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
