@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from accelerate.logging import get_logger
-from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers import AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from pipelines import publish_run
 from pipelines.card import usage_snippet
@@ -179,9 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     esd = parser.add_argument_group("ESD (--method esd-x / esd-u; needs the S caption only, not the images)")
     esd.add_argument("--esd_eta", type=finite_float, default=1.0, help="η of the negative guidance in ESD's target.")
     esd.add_argument(
-        "--esd_sampling_steps", type=int, default=50, help="DDIM steps of the run that draws x_t (stopped at random)."
+        "--esd_sampling_steps",
+        type=int,
+        default=50,
+        help="Steps of the run that draws x_t, stopped at random (DDIM; the Euler flow sampler for SD3 and FLUX).",
     )
-    esd.add_argument("--esd_start_guidance", type=finite_float, default=3.0, help="Guidance scale of that run.")
+    esd.add_argument(
+        "--esd_start_guidance",
+        type=finite_float,
+        default=3.0,
+        help="Classifier-free guidance of that run (FLUX: on top of its embedded guidance, as FluxPipeline's "
+        "true_cfg_scale; 1 samples with the concept alone).",
+    )
     add_shared_arguments(parser, methods=(*METHODS, "erasediff", *ESD_METHODS))
     parser.set_defaults(**DEFAULTS)
     note_preset_defaults(
@@ -326,14 +335,10 @@ def load_models(accelerator, args, family: str):
         path, subfolder=denoiser_name(family), revision=revision, variant=variant
     )
     noise_scheduler = load_training_scheduler(path, revision=revision)  # DDPM noising, or the base's flow matching
-    if family in FLOW_FAMILIES and (args.prediction_type is not None or args.method in ESD_METHODS):
+    if family in FLOW_FAMILIES and args.prediction_type is not None:
         raise UsageError(
             f"--pretrained_model_name_or_path {path!r} is a rectified-flow model ({family}): "
-            + (
-                "it predicts velocities, so --prediction_type does not apply; drop it."
-                if args.prediction_type is not None
-                else f"--method {args.method} samples with DDIM and is not offered for flow-matching families yet."
-            )
+            "it predicts velocities, so --prediction_type does not apply; drop it."
         )
     if args.prediction_type is not None and args.prediction_type != noise_scheduler.config.prediction_type:
         if args.rank:
@@ -429,10 +434,13 @@ def main(args):
     esd = None
     if concept_prompt is not None:  # ESD: train one parameter set against a frozen copy of the starting UNet
         select_esd_parameters(unet, args.method)
+        sampler = FlowMatchEulerDiscreteScheduler if family in FLOW_FAMILIES else DDIMScheduler  # draws x_t
+        latent_side = args.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
         esd = ESDContext(
             frozen=FrozenCopy(unet, lora=bool(args.rank), device=accelerator.device, dtype=weight_dtype),
-            scheduler=DDIMScheduler.from_config(noise_scheduler.config),
+            scheduler=sampler.from_config(noise_scheduler.config),
             concept_state=text_side.encode([concept_prompt]).to(weight_dtype),
+            latent_shape=(vae.config.latent_channels, latent_side, latent_side),
             eta=args.esd_eta,
             sampling_steps=args.esd_sampling_steps,
             start_guidance=args.esd_start_guidance,

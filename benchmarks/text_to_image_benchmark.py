@@ -148,8 +148,16 @@ def long_base_methods(beta: float) -> dict:
 
 
 def flow_methods(beta: float) -> dict:
-    """The long-base rows on the rectified-flow twin (issue 26). ESD is not offered for flow-matching models."""
-    return {name: row for name, row in long_base_methods(beta).items() if not name.startswith("esd")}
+    """The long-base rows on the rectified-flow twin (issue 26); ESD's sets are the MMDiT's joint attention (esd-x)
+    and the rest of its blocks (esd-u)."""
+    rows = long_base_methods(beta)
+    rows["esd-x"] = ("ESD-x erasing 'a photo of the digit seven' (joint attention)", ["--method", "esd-x"], "pu")
+    rows["esd-u"] = (
+        "ESD-u erasing 'a photo of the digit seven' (blocks but joint attention)",
+        ["--method", "esd-u"],
+        "pu",
+    )
+    return rows
 
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")

@@ -1,17 +1,23 @@
 """ESD, Erased Stable Diffusion (Gandikota et al., ICCV 2023): a competing method for text-to-image only.
 
 ESD needs the concept's prompt c, no images. Each step it draws latents x_t by sampling the model being trained
-with c (DDIM, guidance 3, stopped at a random step), and regresses the trained prediction for c onto a negatively
-guided prediction of a frozen copy θ* of the starting UNet:
+with c (guidance 3, stopped at a random step: DDIM for diffusion models, the Euler flow sampler for rectified-flow
+ones), and regresses the trained prediction for c onto a negatively guided prediction of a frozen copy θ* of the
+starting denoiser:
 
     target = ε*(x_t, ∅) − η · [ε*(x_t, c) − ε*(x_t, ∅)]          loss = ‖ε_θ(x_t, c) − target‖²
 
-Parameter sets: ``esd-x`` trains the cross-attention layers only (``attn2``: erases the concept where the prompt
-names it), ``esd-u`` everything else but the time embedding and the output layers (as the authors' ``noxattn``;
-erases it more globally). With LoRA adapters (on the attention projections) esd-u trains the self-attention
-adapters only. It cannot act on an unconditional model: there is
-no prompt to guide away from. The frozen copy is the LoRA-off base when training LoRA (no extra memory), else a
-second UNet held in memory.
+For a flow model the prediction is the velocity v. At fixed x_t and σ, v = (ε − x_t)/(1 − σ) is affine in ε with
+the same coefficients for every prompt, so negative guidance on v is negative guidance on ε: the same target.
+
+Parameter sets. UNets: ``esd-x`` trains the cross-attention layers only (``attn2``: erases the concept where the
+prompt names it), ``esd-u`` everything else but the time embedding and the output layers (as the authors'
+``noxattn``; erases it more globally). MMDiT transformers (SD3, FLUX), where the text reaches the image only through
+joint attention: ``esd-x`` trains the blocks' joint attention (``.attn.``), ``esd-u`` the rest of the blocks (MLPs,
+modulation, SD3.5's image-only ``attn2``); embedders and output layers stay. With LoRA adapters (on the attention
+projections) each set trains the adapters inside it: esd-u the self-attention adapters of a UNet. It cannot act on
+an unconditional model: there is no prompt to guide away from. The frozen copy is the LoRA-off base when training
+LoRA (no extra memory), else a second denoiser held in memory.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .cli import UsageError
 from .losses import RiskTerms, per_sample_diffusion_loss
 
 ESD_METHODS = ("esd-x", "esd-u")
 
 
 ESD_U_EXCLUDED = ("time_embedding.", "conv_norm_out.", "conv_out.")  # the authors' noxattn skips these too
+TRANSFORMER_BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")  # SD3 / FLUX MMDiT blocks
 
 
 def is_cross_attention(name: str) -> bool:
@@ -35,8 +43,14 @@ def is_cross_attention(name: str) -> bool:
     return ".attn2." in name
 
 
-def in_esd_set(name: str, method: str) -> bool:
-    """Whether ``method`` (esd-x / esd-u) trains the UNet2DConditionModel parameter ``name``."""
+def in_esd_set(name: str, method: str, transformer: bool = False) -> bool:
+    """Whether ``method`` (esd-x / esd-u) trains the parameter ``name`` of a UNet2DConditionModel, or of an MMDiT
+    transformer (SD3, FLUX) when ``transformer``."""
+    if transformer:
+        if not name.startswith(TRANSFORMER_BLOCKS):
+            return False
+        joint_attention = ".attn." in name
+        return joint_attention if method == "esd-x" else not joint_attention
     if method == "esd-x":
         return is_cross_attention(name)
     return not is_cross_attention(name) and not name.startswith(ESD_U_EXCLUDED)
@@ -47,14 +61,23 @@ def select_esd_parameters(unet, method: str) -> list[torch.nn.Parameter]:
     if method not in ESD_METHODS:
         raise ValueError(f"Unknown ESD method {method!r}: use one of {ESD_METHODS}.")
     lora = any("lora_" in name for name, _ in unet.named_parameters())
+    transformer = hasattr(unet, "transformer_blocks")  # SD3Transformer2DModel, FluxTransformer2DModel
     selected = []
     for name, parameter in unet.named_parameters():
-        keep = in_esd_set(name, method) and ("lora_" in name if lora else True)
+        keep = in_esd_set(name, method, transformer) and ("lora_" in name if lora else True)
         parameter.requires_grad_(keep)
         if keep:
             selected.append(parameter)
     if not selected:
-        raise ValueError(f"--method {method} found no parameter to train in this UNet.")
+        raise UsageError(
+            f"--method {method} found no parameter to train in this {type(unet).__name__}"
+            + (
+                ": its LoRA adapters (--rank) all sit in the joint attention, which esd-u leaves alone. "
+                "Use --method esd-x, or drop --rank to train the blocks' other layers."
+                if lora and transformer and method == "esd-u"
+                else "."
+            )
+        )
     return selected
 
 
@@ -105,23 +128,30 @@ def sample_concept_latents(
     guidance_scale: float = 3.0,
     stop: int | None = None,
 ):
-    """(x_t, t): DDIM sampling with the concept prompt, stopped after ``stop`` steps (ESD's x_t).
+    """(x_t, t): sampling with the concept prompt, stopped after ``stop`` steps (ESD's x_t).
 
-    ``stop``: drawn uniformly from [0, num_steps) when None. ``scheduler``: a DDIMScheduler (its own copy:
-    ``set_timesteps`` is called here). t = ``scheduler.timesteps[stop]``, the DDPM timestep x_t is at: the one
-    the next sampling step would denoise from.
+    ``scheduler``: its own DDIMScheduler, or FlowMatchEulerDiscreteScheduler for a rectified-flow model
+    (``set_timesteps`` is called here). ``stop``: drawn uniformly from [0, num_steps) when None. t =
+    ``scheduler.timesteps[stop]``, the timestep x_t is at: the one the next sampling step would denoise from (for a
+    flow model σ·T, as the model is called). ``guidance_scale`` 1 runs the concept branch only (FLUX, whose
+    pipeline samples with its embedded guidance and no classifier-free guidance).
     """
     device = concept_state.device
     scheduler.set_timesteps(num_steps, device=device)
     if stop is None:
         stop = int(torch.randint(0, num_steps, ()).item())
-    latents = torch.randn(shape, device=device) * scheduler.init_noise_sigma
+    latents = torch.randn(shape, device=device) * getattr(scheduler, "init_noise_sigma", 1.0)  # flow: 1
     batch = shape[0]
-    both = torch.cat([empty_state.expand(batch, -1, -1), concept_state.expand(batch, -1, -1)]).to(unet.dtype)
+    guided = guidance_scale != 1
+    states = [empty_state.expand(batch, -1, -1)] if guided else []
+    states = torch.cat([*states, concept_state.expand(batch, -1, -1)]).to(unet.dtype)
     for timestep in scheduler.timesteps[:stop]:
-        prediction = unet(torch.cat([latents, latents]), timestep, both, return_dict=False)[0]
-        empty, concept = prediction.chunk(2)
-        latents = scheduler.step(empty + guidance_scale * (concept - empty), timestep, latents).prev_sample
+        model_input = torch.cat([latents, latents]) if guided else latents
+        prediction = unet(model_input.to(unet.dtype), timestep.expand(len(model_input)), states, return_dict=False)[0]
+        if guided:
+            empty, concept = prediction.float().chunk(2)
+            prediction = empty + guidance_scale * (concept - empty)
+        latents = scheduler.step(prediction.float(), timestep, latents).prev_sample
     timesteps = scheduler.timesteps[stop].expand(batch).to(device)
     return latents, timesteps
 
@@ -143,11 +173,13 @@ def esd_risk(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "s
 
 @dataclass
 class ESDContext:
-    """What an ESD step needs beside the model: θ*, a DDIM scheduler to draw x_t, the concept's text state."""
+    """What an ESD step needs beside the model: θ*, the sampler that draws x_t, the concept's text state, and the
+    shape (C, H, W) of the latents it trains on."""
 
     frozen: FrozenCopy
-    scheduler: object  # DDIMScheduler
+    scheduler: object  # DDIMScheduler, or FlowMatchEulerDiscreteScheduler for a flow model
     concept_state: torch.Tensor
+    latent_shape: tuple[int, int, int]
     eta: float = 1.0
     sampling_steps: int = 50
     start_guidance: float = 3.0
@@ -155,8 +187,7 @@ class ESDContext:
 
 def esd_step(unet, raw_unet, context: ESDContext, empty_state, batch_size: int, reduction: str = "sum"):
     """One ESD step: draw x_t with the concept prompt, build the frozen negative-guidance target, compare."""
-    config = raw_unet.config
-    shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
+    shape = (batch_size, *context.latent_shape)
     empty_state = empty_state.to(context.concept_state.dtype)
     latents, timesteps = sample_concept_latents(
         raw_unet,

@@ -412,9 +412,10 @@ def test_every_method_is_a_valid_training_command(scenario):
     for name, p in parsed.items():  # the lr rows override the scenario's lr and nothing else
         assert p.learning_rate == (1e-5 if name.endswith("-lr1e-5") else bench.SCENARIOS[scenario].learning_rate)
     base_rows = {name: p for name, p in parsed.items() if not name.endswith("-lr1e-5")}
-    expected = {"clean": "unsupervised", "unsupervised": "unsupervised", "erasediff": "erasediff"}
-    if scenario != "contamination-flow":  # ESD is not offered for flow-matching models
-        expected.update({"esd-x": "esd-x", "esd-u": "esd-u"})
+    expected = {
+        "clean": "unsupervised", "unsupervised": "unsupervised", "erasediff": "erasediff", "esd-x": "esd-x",
+        "esd-u": "esd-u",
+    }  # fmt: skip
     assert {name: p.method for name, p in base_rows.items() if not name.startswith(("pu", "supervised"))} == expected
     assert all((p.max_sequence_length == 16) == (scenario == "contamination-flow") for p in parsed.values())
     for name, p in parsed.items():

@@ -120,6 +120,32 @@ def test_flux_trains_and_saves_a_stock_flux_pipeline(tiny_flux, captioned, tmp_p
         assert (out / "validation" / "final.png").exists() and "cached latents: True" in card
 
 
+def test_esd_x_trains_flux_joint_attention_and_esd_u_the_rest_of_its_blocks(tiny_flux, captioned, tmp_path):
+    """ESD on FLUX: x_t from the Euler flow sampler at the training size (packed 2×2 patches), the frozen copy's
+    negatively guided velocity; esd-x as LoRA on the joint attention (the base loads it), esd-u full on the rest of
+    the double and single blocks."""
+    from diffusers import FluxPipeline
+
+    from pu_diffusion.esd import in_esd_set
+
+    esd = ["--sensitive_caption", "a photo of brad", "--esd_sampling_steps", "3", "--learning_rate", "1e-2"]
+    lora = tmp_path / "esd-x"
+    run(sd_args(tiny_flux, captioned, lora, "--method", "esd-x", "--rank", "4", "--max_train_steps", "2", *esd))
+    weights = load_file(str(lora / "pytorch_lora_weights.safetensors"))
+    assert weights and all(".attn." in name and "lora" in name for name in weights)
+    assert "ESD frozen copy (MB): 0.0" in (lora / "README.md").read_text()  # the LoRA-off base, no copy
+    FluxPipeline.from_pretrained(tiny_flux).load_lora_weights(str(lora))
+
+    full = tmp_path / "esd-u"
+    run(sd_args(tiny_flux, captioned, full, "--method", "esd-u", "--max_train_steps", "2", *esd))
+    before = load_file(f"{tiny_flux}/transformer/diffusion_pytorch_model.safetensors")
+    after = load_file(str(full / "transformer" / "diffusion_pytorch_model.safetensors"))
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(in_esd_set(key, "esd-u", transformer=True) and ".attn." not in key for key in changed)
+    assert any(key.startswith("single_transformer_blocks.") for key in changed)
+    FluxPipeline.from_pretrained(str(full))
+
+
 def test_flux_lora_weights_load_into_the_base_pipeline_and_resume_exactly(tiny_flux, captioned, tmp_path):
     from diffusers import FluxPipeline
 
@@ -150,7 +176,10 @@ def test_flux_lora_weights_load_into_the_base_pipeline_and_resume_exactly(tiny_f
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--method", "esd-u", "--sensitive_caption", "a photo of brad"], "samples with DDIM and is not offered"),
+        (
+            ["--method", "esd-u", "--sensitive_caption", "a photo of brad", "--rank", "4"],
+            "its LoRA adapters \\(--rank\\) all sit in the joint attention",
+        ),
         (["--prediction_type", "v_prediction"], "it predicts velocities"),
         (["--resolution", "18"], "--resolution 18 must be a multiple of 4"),
     ],

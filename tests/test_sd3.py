@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from test_text_to_image import run, sd_args
 
-from pu_diffusion.families import TextSide, detect_family, unpack_pooled
+from pu_diffusion.families import TextSide, detect_family, prepare_unet, unpack_pooled
 from pu_diffusion.testing_utils import build_tiny_sd3, write_captioned_folder
 
 
@@ -63,6 +63,64 @@ def test_every_method_trains_sd3_and_saves_a_stock_sd3_pipeline(tiny_sd3, captio
     assert "model family: sd3 (StableDiffusion3Pipeline)" in card
     if method == "pu":
         assert (out / "validation" / "final.png").exists() and "cached latents: True" in card
+
+
+@pytest.mark.parametrize("method", ["esd-x", "esd-u"])
+def test_esd_trains_sd3_joint_attention_or_the_rest_of_its_blocks(tiny_sd3, captioned, tmp_path, method):
+    """ESD on an MMDiT: esd-x changes the joint attention only, esd-u the blocks' other layers only; embedders and
+    output layers stay; the result loads with the stock StableDiffusion3Pipeline."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from pu_diffusion.esd import in_esd_set
+
+    out = tmp_path / method
+    args = ["--method", method, "--sensitive_caption", "a photo of brad", "--esd_sampling_steps", "3"]
+    run(sd_args(tiny_sd3, captioned, out, *args, "--learning_rate", "1e-2", "--max_train_steps", "2"))
+    before = load_file(f"{tiny_sd3}/transformer/diffusion_pytorch_model.safetensors")
+    after = load_file(str(out / "transformer" / "diffusion_pytorch_model.safetensors"))
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(in_esd_set(key, method, transformer=True) for key in changed)
+    assert all((".attn." in key) == (method == "esd-x") for key in changed)
+    assert all(key.startswith("transformer_blocks.") for key in changed)  # pos/time/context embedders, proj_out stay
+    assert "ESD concept prompt (the images are not used): a photo of brad" in (out / "README.md").read_text()
+    StableDiffusion3Pipeline.from_pretrained(str(out))
+
+
+def test_esd_x_t_of_a_flow_model_is_the_euler_run_stopped_at_the_sigma_it_returns(tiny_sd3):
+    """A flow model's x_t: guided Euler steps of FlowMatchEulerDiscreteScheduler from the same noise, stopped where
+    the returned timestep (σ·1000, as the model is called) says; the target is the frozen negatively guided
+    velocity, v*(∅) − η(v*(c) − v*(∅))."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    from pu_diffusion.esd import FrozenCopy, esd_target, sample_concept_latents
+
+    transformer = SD3Transformer2DModel.from_pretrained(tiny_sd3, subfolder="transformer")
+    prepare_unet("sd3", transformer, None, 16)
+    side = TextSide.load("sd3", tiny_sd3)
+    concept, empty = side.encode(["brad"]), side.encode([""])
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(tiny_sd3, subfolder="scheduler")
+    torch.manual_seed(3)
+    latents, timesteps = sample_concept_latents(
+        transformer, scheduler, concept_state=concept, empty_state=empty, shape=(2, 4, 8, 8), num_steps=5, stop=2
+    )
+    torch.manual_seed(3)
+    manual = torch.randn(2, 4, 8, 8)
+    reference = FlowMatchEulerDiscreteScheduler.from_pretrained(tiny_sd3, subfolder="scheduler")
+    reference.set_timesteps(5)
+    sigmas = reference.sigmas
+    with torch.no_grad():  # two guided Euler steps by hand: x ← x + (σ_next − σ)·v
+        for i, timestep in enumerate(reference.timesteps[:2]):
+            v_0 = transformer(manual, timestep.expand(2), empty.expand(2, -1, -1), return_dict=False)[0]
+            v_c = transformer(manual, timestep.expand(2), concept.expand(2, -1, -1), return_dict=False)[0]
+            manual = manual + (sigmas[i + 1] - sigmas[i]) * (v_0 + 3.0 * (v_c - v_0))
+    torch.testing.assert_close(latents, manual, rtol=1e-4, atol=1e-5)
+    sigma = float(reference.sigmas[2])
+    torch.testing.assert_close(timesteps, torch.full((2,), sigma * 1000))  # x_t at the third step's σ
+    target = esd_target(FrozenCopy(transformer, lora=False), latents, timesteps, concept, empty, eta=2.0)
+    with torch.no_grad():
+        v_0 = transformer(latents, timesteps, empty.expand(2, -1, -1), return_dict=False)[0]
+        v_c = transformer(latents, timesteps, concept.expand(2, -1, -1), return_dict=False)[0]
+    torch.testing.assert_close(target, v_0 - 2.0 * (v_c - v_0), rtol=1e-4, atol=1e-5)
 
 
 def test_sd3_trains_with_a_shorter_t5_sequence_and_samples_with_it(tiny_sd3, captioned, tmp_path):
@@ -133,7 +191,6 @@ def test_sd3_resume_equals_straight_training(tiny_sd3, captioned, tmp_path):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--method", "esd-x", "--sensitive_caption", "a photo of brad"], "samples with DDIM and is not offered"),
         (["--prediction_type", "v_prediction"], "it predicts velocities"),
         (["--resolution", "17"], "--resolution 17 must be a multiple of 2"),
         (["--resolution", "20"], "more than this SD3 transformer's position embeddings cover"),

@@ -447,7 +447,7 @@ def test_esd_target_is_the_frozen_negative_guidance_and_the_copy_stays_frozen(ti
     before = {k: v.clone() for k, v in frozen.unet.state_dict().items()}
     optimizer = torch.optim.SGD(trainable, lr=0.1)
     scheduler = DDIMScheduler.from_pretrained(tiny_sd, subfolder="scheduler")
-    context = ESDContext(frozen, scheduler, concept, sampling_steps=3)
+    context = ESDContext(frozen, scheduler, concept, latent_shape=(4, 8, 8), sampling_steps=3)
     for _ in range(2):
         esd_step(unet, unet, context, empty, batch_size=2).objective.backward()
         optimizer.step()
