@@ -5,7 +5,8 @@ sensitive to it. The audit scores every image with the Monte-Carlo ℓ over K (t
 by all images, so two scores differ because the images differ, not because their noise did. With a reference
 model (e.g. the unsupervised model trained on the same U), the score is ℓ_PU − ℓ_reference: how much worse PU
 training made an image, with what is merely hard to model cancelled out. Stable Diffusion pipelines are scored
-with ℓ(x, c): the VAE latent's mean under the image's caption.
+with ℓ(x, c): the VAE latent's mean under the image's caption; SDXL, SD3 and FLUX (full or LoRA outputs) with
+their own conditioning and objective, as training scores them.
 
     python audit_pu_diffusion.py --pipeline my-pu-model --train_data_dir my_data --output_dir audit
     python audit_pu_diffusion.py --pipeline pu-ddpm-model      # built-in data: also scores the ranking
@@ -25,16 +26,24 @@ import os
 import numpy as np
 import torch
 
+from pipelines.saving import LORA_WEIGHTS_NAME
 from pu_diffusion.arguments import HelpWithDefaults
 from pu_diffusion.builtin_mnist import BUILTIN_SPLIT_FILE, builtin_pu_dataset, read_split_file
 from pu_diffusion.class_prior import roc_auc
 from pu_diffusion.cli import UsageError, finite_float, run_cli
+from pu_diffusion.families import (
+    FAMILY_PIPELINES,
+    TextSide,
+    denoiser_class,
+    denoiser_name,
+    flux_training_scheduler,
+    prepare_unet,
+)
 from pu_diffusion.image_data import check_images_readable, is_image_file, load_captions, load_image_dataset, pu_indices
 from pu_diffusion.losses import is_flow_matching, monte_carlo_diffusion_loss
 from pu_diffusion.models import load_training_scheduler
 from pu_diffusion.outputs import check_free, check_separate, check_writable, claim, write_json_atomic
 from pu_diffusion.pu_dataset import ImageTransform, images_as_tensor
-from pu_diffusion.text_to_image import encode_captions
 
 
 def shared_draws(num_draws: int, sample_shape, num_train_timesteps: int, seed: int = 0, timestep_range=None):
@@ -125,13 +134,21 @@ def write_audit(output_dir: str, files: list[str], scores, images: torch.Tensor,
     return summary
 
 
-def recorded_beta(pipeline_path: str) -> float | None:
-    """The β a pu-diffusion run trained with (its pu_run.json), if the folder has one."""
+def read_run(pipeline_path: str) -> dict:
+    """The flags of the pu-diffusion run that wrote the folder (its pu_run.json), or {}."""
     path = os.path.join(pipeline_path, "pu_run.json")
     if not os.path.isfile(path):
-        return None
+        return {}
     with open(path) as handle:
         run = json.load(handle)
+    return run if isinstance(run, dict) else {}
+
+
+def recorded_beta(pipeline_path: str) -> float | None:
+    """The β a pu-diffusion run trained with (its pu_run.json), if the folder has one."""
+    run = read_run(pipeline_path)
+    if not run:
+        return None
     if run.get("method", "pu") != "pu":  # unsupervised and the baselines never used a β
         return None
     if run.get("beta_resolved"):
@@ -206,49 +223,68 @@ def parse_args(input_args=None):
 
 
 class Scorer:
-    """A saved pipeline as an image scorer: an unconditional UNet, or Stable Diffusion's UNet with its VAE and
-    text encoder (ℓ of the VAE latent's mean under the image's caption)."""
+    """A saved pipeline as an image scorer: an unconditional UNet, or a text-to-image pipeline of any family the
+    training script takes (SD 1.x/2.x, SDXL, SD3, FLUX), scored with ℓ(x, c) of the VAE latent's mean under the
+    image's caption, the family's own conditioning and objective (ε or velocity), as training scores it. A LoRA
+    output (``pytorch_lora_weights.safetensors`` and the run's ``pu_run.json``) is scored as its base with the
+    adapters loaded."""
 
     def __init__(self, path: str, flag: str = "--pipeline", device=None):
-        if not os.path.isfile(os.path.join(path, "unet", "config.json")):
+        run = read_run(path)
+        self.lora = os.path.isfile(os.path.join(path, LORA_WEIGHTS_NAME)) and not os.path.isfile(
+            os.path.join(path, "model_index.json")
+        )
+        if self.lora and not run.get("pretrained_model_name_or_path"):
             raise UsageError(
-                f"{flag} {path!r} has no unet/ folder: audit a full pipeline saved by the training scripts "
-                "(a LoRA-only output holds no UNet)."
+                f"{flag} {path!r} holds LoRA weights but no pu_run.json naming their base model: audit the folder "
+                "a train_pu_text_to_image.py run wrote, or a full pipeline."
             )
-        self.conditional = os.path.isdir(os.path.join(path, "text_encoder"))
-        if os.path.isdir(os.path.join(path, "text_encoder_2")):
+        self.base = run["pretrained_model_name_or_path"] if self.lora else path
+        if not os.path.isfile(os.path.join(self.base, "model_index.json")):
             raise UsageError(
-                f"{flag} {path!r} is an SDXL or SD3 pipeline (several text encoders); the audit scores "
-                "unconditional and SD 1.x/2.x pipelines only so far."
+                f"{flag} {path!r} is not a saved pipeline (no model_index.json"
+                + (f" in its base {self.base!r}" if self.lora else "")
+                + "): audit a folder the training scripts wrote."
             )
         try:
-            self._load(path, device)
+            self._load(path, run, device)
+        except UsageError:
+            raise
         except Exception as error:  # noqa: BLE001 - diffusers, transformers and safetensors raise many types
             raise UsageError(
                 f"{flag} {path!r} cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else 'no message'}). "
                 "Save the pipeline again (a resumed training run saves it at its end), or pass another folder."
             ) from error
 
-    def _load(self, path: str, device) -> None:
-        from diffusers import UNet2DConditionModel, UNet2DModel
+    def _load(self, path: str, run: dict, device) -> None:
+        from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DModel
 
-        self.scheduler = load_training_scheduler(path)
-        if self.conditional:
-            from diffusers import AutoencoderKL
-            from transformers import CLIPTextModel, CLIPTokenizer
-
-            self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").eval()
-            self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae").eval()
-            self.tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-            self.text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval()
-            self.resolution = self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
-            self.channels = 3
-            self.vae.to(device)
-            self.text_encoder.to(device)
-        else:
-            self.unet = UNet2DModel.from_pretrained(path, subfolder="unet").eval()
+        self.family = FAMILY_PIPELINES.get(DiffusionPipeline.load_config(self.base).get("_class_name"))
+        self.conditional = self.family is not None
+        self.scheduler = load_training_scheduler(self.base)
+        if not self.conditional:
+            self.unet = UNet2DModel.from_pretrained(path, subfolder="unet").eval().to(device)
             self.resolution, self.channels = self.unet.config.sample_size, self.unet.config.in_channels
+            return
+        name = denoiser_name(self.family)
+        self.unet = denoiser_class(self.family).from_pretrained(self.base, subfolder=name).eval()
+        if self.lora:  # the adapters as the family's load_lora_weights would load them
+            self.unet.load_lora_adapter(path, prefix=name, weight_name=LORA_WEIGHTS_NAME)
+        self.vae = AutoencoderKL.from_pretrained(self.base, subfolder="vae").eval().to(device)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.resolution = run.get("resolution") or self.unet.config.get("sample_size", 0) * factor
+        if self.family == "flux" and not run.get("resolution"):
+            raise UsageError(
+                f"{path!r} is a FLUX pipeline without the pu_run.json of its training run: the audit scores at the "
+                "training resolution, which only that file records. Audit the folder train_pu_text_to_image.py wrote."
+            )
+        if self.family == "flux":  # σ shifted as the run trained at this size
+            flux_training_scheduler(self.scheduler, self.resolution // factor)
+        self.text_side = TextSide.load(self.family, self.base, max_sequence_length=run.get("max_sequence_length"))
+        self.text_side.to(device, torch.float32)
+        prepare_unet(self.family, self.unet, self.text_side, self.resolution)
         self.unet.to(device)
+        self.channels = 3
 
     @torch.no_grad()
     def score(
@@ -261,16 +297,17 @@ class Scorer:
 
         if captions is None:
             raise UsageError(
-                "A Stable Diffusion pipeline scores ℓ(x, c): give --caption, or --train_data_dir with captions."
+                "A text-to-image pipeline scores ℓ(x, c): give --caption, or --train_data_dir with captions."
             )
+        shift, scale = self.vae.config.get("shift_factor") or 0.0, self.vae.config.scaling_factor
         latents = torch.cat(
             [
-                self.vae.encode(images[start : start + batch_size].to(self.vae.device, self.vae.dtype)).latent_dist.mean
-                * self.vae.config.scaling_factor
+                (self.vae.encode(images[start : start + batch_size].to(self.vae.device)).latent_dist.mean - shift)
+                * scale
                 for start in range(0, len(images), batch_size)
             ]
         )
-        states = encode_captions(self.tokenizer, self.text_encoder, list(captions))
+        states = self.text_side.encode(list(captions))
         return audit_scores(
             self.unet, self.scheduler, latents, num_draws, seed, batch_size, states, timestep_range
         ).numpy()
@@ -344,11 +381,11 @@ def main(args) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     scorer = Scorer(args.pipeline, device=device)
     reference = Scorer(args.reference_pipeline, "--reference_pipeline", device) if args.reference_pipeline else None
-    if reference is not None and (reference.conditional, reference.resolution) != (
-        scorer.conditional,
-        scorer.resolution,
-    ):
-        raise UsageError("--reference_pipeline must be the same kind of pipeline at the same resolution as --pipeline.")
+    if reference is not None and (reference.family, reference.resolution) != (scorer.family, scorer.resolution):
+        raise UsageError(
+            "--reference_pipeline must be the same kind of pipeline (unconditional, or the same text-to-image "
+            "family) at the same resolution as --pipeline."
+        )
     if reference is not None and (
         is_flow_matching(reference.scheduler) != is_flow_matching(scorer.scheduler)
         or reference.scheduler.config.num_train_timesteps != scorer.scheduler.config.num_train_timesteps
@@ -361,7 +398,7 @@ def main(args) -> dict:
     images, files, captions, truth = load_audit_images(args, scorer.resolution, scorer.channels)
     if scorer.conditional and captions is None:
         raise UsageError(
-            f"--pipeline {args.pipeline!r} is a Stable Diffusion pipeline, which scores ℓ(x, c): the images need "
+            f"--pipeline {args.pipeline!r} is a text-to-image pipeline, which scores ℓ(x, c): the images need "
             f"captions (--caption_column {args.caption_column!r} is not in the data): pass --caption."
         )
     print(f"Scoring {len(images)} images with {args.num_draws} shared (t, ε) draws")

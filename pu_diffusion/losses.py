@@ -390,9 +390,9 @@ def monte_carlo_diffusion_loss(
     totals = torch.zeros(len(images), dtype=torch.float64)
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size].to(device)
-        condition = {}
+        condition = ()  # positional, as the training step calls it (the SDXL/SD3/FLUX hooks read it there)
         if text_states is not None:
-            condition["encoder_hidden_states"] = text_states[start : start + batch_size].to(device, dtype)
+            condition = (text_states[start : start + batch_size].to(device, dtype),)
         for draw in range(num_draws):
             if draws is not None:
                 noise = draws[0][draw].expand_as(chunk).to(device)
@@ -402,7 +402,7 @@ def monte_carlo_diffusion_loss(
                 timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(chunk),), generator=generator)
                 timesteps = timesteps.to(device)
             noisy, model_timesteps, target = noisy_input_and_target(scheduler, chunk, noise, timesteps)
-            prediction = unet(noisy.to(dtype), model_timesteps, **condition).sample
+            prediction = unet(noisy.to(dtype), model_timesteps, *condition, return_dict=False)[0]
             totals[start : start + len(chunk)] += per_sample_diffusion_loss(prediction.float(), target, reduction).cpu()
     return (totals / num_draws).float()
 

@@ -173,6 +173,42 @@ def test_flux_lora_weights_load_into_the_base_pipeline_and_resume_exactly(tiny_f
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_the_audit_scores_a_flux_lora_output_with_its_adapters_and_the_training_shift(tiny_flux, captioned, tmp_path):
+    import csv
+    import math
+
+    from diffusers import FluxPipeline
+
+    import audit_pu_diffusion as audit
+
+    out = tmp_path / "lora"
+    run(sd_args(tiny_flux, captioned, out, "--rank", "4", "--learning_rate", "1e-1", "--max_train_steps", "2"))
+    scorer = audit.Scorer(str(out), device="cpu")
+    assert scorer.lora and scorer.family == "flux" and scorer.resolution == 16
+    mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * ((8 // 2) ** 2 - 256)  # FluxPipeline's calculate_shift at 16 px
+    assert scorer.scheduler.config.shift == pytest.approx(math.exp(mu))
+    reference = FluxPipeline.from_pretrained(tiny_flux)
+    base = copy.deepcopy(reference.transformer)
+    reference.load_lora_weights(str(out))  # the stock way to load the adapters
+    for model in (reference.transformer, base):
+        prepare_unet("flux", model, None, 16)
+    x, t, states = torch.randn(2, 4, 8, 8), torch.tensor([300.0, 700.0]), scorer.text_side.encode(["a", "brad"])
+    with torch.no_grad():
+        ours, stock, plain = (
+            model(x, t, states, return_dict=False)[0] for model in (scorer.unet, reference.transformer, base)
+        )
+    torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(ours, plain)  # the adapters are in
+
+    audited = tmp_path / "audit"
+    summary = audit.main(
+        audit.parse_args(["--pipeline", str(out), "--train_data_dir", captioned, "--output_dir", str(audited)])
+    )
+    with open(audited / "audit.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == summary["num_images"] == 8
+    assert summary["beta"] is not None  # the run's β
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [

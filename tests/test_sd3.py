@@ -4,6 +4,7 @@ applies, full and LoRA, saved and reloaded with the stock pipeline class, resume
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -121,6 +122,38 @@ def test_esd_x_t_of_a_flow_model_is_the_euler_run_stopped_at_the_sigma_it_return
         v_0 = transformer(latents, timesteps, empty.expand(2, -1, -1), return_dict=False)[0]
         v_c = transformer(latents, timesteps, concept.expand(2, -1, -1), return_dict=False)[0]
     torch.testing.assert_close(target, v_0 - 2.0 * (v_c - v_0), rtol=1e-4, atol=1e-5)
+
+
+def test_the_audit_scores_an_sd3_image_as_the_stock_pipeline_computes_its_flow_loss(tiny_sd3):
+    """ℓ(x, c) of the audit for an SD3 pipeline = ‖v_θ(x_t, σ, c) − (ε − z)‖² with z = (VAE mean − shift)·scale,
+    x_t = (1 − σ)z + σε at the draw's σ (shift 3), and v_θ from the stock transformer call with the pipeline's own
+    encode_prompt: nothing of the project's packing or hooks on the reference side."""
+    from diffusers import StableDiffusion3Pipeline
+
+    import audit_pu_diffusion as audit
+
+    scorer = audit.Scorer(tiny_sd3, device="cpu")
+    assert scorer.family == "sd3" and scorer.resolution == 16
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    captions = ["a photo of a man", "brad"]
+    scores = scorer.score(images, captions, num_draws=1, seed=5, batch_size=8)
+
+    pipeline = StableDiffusion3Pipeline.from_pretrained(tiny_sd3)
+    noise, timesteps = audit.shared_draws(1, (4, 8, 8), 1000, seed=5)
+    scheduler = pipeline.scheduler
+    sigma = scheduler.sigmas.flip(0)[timesteps[0]]  # the training grid: σ of timestep index t (ascending)
+    vae = pipeline.vae
+    with torch.no_grad():
+        z = (vae.encode(images).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
+        tokens, _, pooled, _ = pipeline.encode_prompt(captions, captions, captions, do_classifier_free_guidance=False)
+        x_t = (1 - sigma) * z + sigma * noise[0]
+        v = pipeline.transformer(
+            hidden_states=x_t, timestep=(sigma * 1000).expand(2), encoder_hidden_states=tokens,
+            pooled_projections=pooled,
+        ).sample  # fmt: skip
+    expected = ((v - (noise[0] - z)) ** 2).sum(dim=(1, 2, 3))
+    np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-4)
 
 
 def test_sd3_trains_with_a_shorter_t5_sequence_and_samples_with_it(tiny_sd3, captioned, tmp_path):

@@ -130,11 +130,20 @@ def test_sdxl_resume_equals_straight_training(tiny_sdxl, captioned, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
-def test_the_audit_refuses_an_sdxl_pipeline(tiny_sdxl, tmp_path):
+def test_the_audit_ranks_the_u_images_of_an_sdxl_pipeline_under_their_captions(tiny_sdxl, captioned, tmp_path):
+    import csv
+
     import audit_pu_diffusion as audit
 
-    with pytest.raises(ValueError, match="is an SDXL or SD3 pipeline"):
-        audit.Scorer(tiny_sdxl, device="cpu")
+    scores = {}
+    for caption in (None, "zzz"):
+        out = tmp_path / f"audit-{caption}"
+        argv = ["--pipeline", tiny_sdxl, "--train_data_dir", captioned, "--output_dir", str(out)]
+        summary = audit.main(audit.parse_args(argv + (["--caption", caption] if caption else [])))
+        with open(out / "audit.csv") as handle:
+            scores[caption] = {row["file"]: float(row["score"]) for row in csv.DictReader(handle)}
+        assert summary["num_images"] == len(scores[caption]) == 8 and (out / "top_k.png").exists()
+    assert any(abs(scores[None][name] - scores["zzz"][name]) > 1e-6 for name in scores[None])  # ℓ(x, c) sees c
 
 
 def test_an_unsupported_family_is_refused_before_anything_is_written(tiny_sdxl, captioned, tmp_path):

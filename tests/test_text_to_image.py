@@ -539,6 +539,37 @@ def test_beta_auto_scores_the_images_and_the_risk_uses_the_estimate(tiny_sd, cap
     assert "β (fraction of U assumed sensitive): **0.25**" in (out / "README.md").read_text()
 
 
+def test_audit_of_an_sd_lora_output_loads_its_adapters_as_load_lora_weights_does(tiny_sd, captioned, tmp_path):
+    pytest.importorskip("peft")
+    from diffusers import StableDiffusionPipeline
+
+    import audit_pu_diffusion as audit
+
+    out = tmp_path / "lora"
+    run(sd_args(tiny_sd, captioned, out, "--rank", "4", "--learning_rate", "1e-1", "--max_train_steps", "2"))
+    scorer = audit.Scorer(str(out), device="cpu")
+    assert scorer.lora and scorer.family == "sd"
+    reference = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    plain = reference.unet(torch.zeros(1, 4, 8, 8), 500, torch.ones(1, 16, 16)).sample
+    reference.load_lora_weights(str(out))
+    x, t, text = torch.randn(2, 4, 8, 8), torch.tensor([100, 800]), torch.randn(2, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scorer.unet(x, t, text).sample, reference.unet(x, t, text).sample)
+        assert not torch.allclose(reference.unet(torch.zeros(1, 4, 8, 8), 500, torch.ones(1, 16, 16)).sample, plain)
+    summary = audit.main(
+        audit.parse_args(["--pipeline", str(out), "--train_data_dir", captioned, "--output_dir", str(tmp_path / "a")])
+    )
+    assert summary["num_images"] == 8
+
+
+def test_a_lora_folder_without_its_run_file_is_one_error_in_the_audit(tmp_path):
+    import audit_pu_diffusion as audit
+
+    (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds LoRA weights but no pu_run.json naming their base model"):
+        audit.Scorer(str(tmp_path), device="cpu")
+
+
 def test_audit_scores_a_stable_diffusion_pipeline_under_each_images_caption(tiny_sd, captioned, tmp_path):
     import csv
 
