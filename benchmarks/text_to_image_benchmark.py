@@ -511,24 +511,37 @@ def paired_tests(rows: list[dict], args, against: str = "unsupervised") -> list[
             name = f"sevens normal@{scale:g}"
             ours = [row[name][row["seeds"].index(seed)] for seed in shared]
             theirs = [reference[name][reference["seeds"].index(seed)] for seed in shared]
-            difference = float(np.mean(ours) - np.mean(theirs))
-            p = paired_p(ours, theirs)
-            p = 1.0 if p is None and not np.any(np.subtract(ours, theirs)) else p
-            entry[f"CFG {scale:g}"] = {"difference": difference, "p": p}
+            entry[f"CFG {scale:g}"] = paired_difference(ours, theirs)
+            fd = f"fd normal@{scale:g}"
+            if fd in row and fd in reference:  # the same test on classifier-FD
+                ours = [row[fd][row["seeds"].index(seed)] for seed in shared]
+                theirs = [reference[fd][reference["seeds"].index(seed)] for seed in shared]
+                entry[f"CFG {scale:g}"]["fd"] = paired_difference(ours, theirs)
         tests.append(entry)
     return tests
 
 
-def format_tests(tests: list[dict], args, against: str = "unsupervised") -> str:
+def paired_difference(ours: list[float], theirs: list[float]) -> dict:
+    """Mean difference and the paired t-test's p (1 when every pair is equal)."""
+    p = paired_p(ours, theirs)
+    p = 1.0 if p is None and not np.any(np.subtract(ours, theirs)) else p
+    return {"difference": float(np.mean(ours) - np.mean(theirs)), "p": p}
+
+
+def format_tests(tests: list[dict], args, against: str = "unsupervised", fd: bool = False) -> str:
+    """The paired tests as a table: Δ sevens (p) per guidance scale, and with ``fd`` also Δ classifier-FD (p)."""
     scales = [f"CFG {s:g}" for s in args.guidance_scales]
     header = ["method", "seeds", "against", *(f"Δ sevens vs {against}, {s} (p)" for s in scales)]
+    header += [f"Δ classifier-FD vs {against}, {s} (p)" for s in scales] if fd else []
+
+    def cell(test: dict, digits: str) -> str:
+        return f"{test['difference']:+{digits}} ({'–' if test['p'] is None else format(test['p'], '.2g')})"
+
     rows = []
     for entry in tests:
         cells = [entry["method"], ", ".join(map(str, entry["seeds"])), entry.get("against", against)]
-        cells += [
-            f"{entry[s]['difference']:+.3f} ({'–' if entry[s]['p'] is None else format(entry[s]['p'], '.2g')})"
-            for s in scales
-        ]
+        cells += [cell(entry[s], ".3f") for s in scales]
+        cells += [cell(entry[s]["fd"], ".1f") if "fd" in entry[s] else "" for s in scales] if fd else []
         rows.append(cells)
     table = markdown_table(header, rows)
     if any(entry[s]["p"] is None for entry in tests for s in scales):
@@ -672,6 +685,9 @@ def main(args):
     tests_vs_clean = paired_tests(rows, args, against="clean")
     if tests_vs_clean:
         table += "\n\n" + format_tests(tests_vs_clean, args, against="clean")
+    tests_vs_pu = paired_tests(rows, args, against="pu")  # each competitor against PU, on sevens and on FD
+    if tests_vs_pu:
+        table += "\n\n" + format_tests(tests_vs_pu, args, against="pu", fd=True)
     print(table)
     with open(os.path.join(args.output_dir, f"table{args.report_suffix}.md"), "w") as handle:
         handle.write(table + "\n")
@@ -683,6 +699,7 @@ def main(args):
         "rows": rows,
         "paired_tests_vs_unsupervised": tests,
         **({"paired_tests_vs_clean": tests_vs_clean} if tests_vs_clean else {}),
+        **({"paired_tests_vs_pu": tests_vs_pu} if tests_vs_pu else {}),
         "scenario": args.scenario,
         "recipe_key": recipe_key(args),
         "grid": grid and os.path.relpath(grid, args.output_dir),

@@ -528,6 +528,27 @@ def test_paired_tests_pair_by_seed_against_unsupervised():
     assert "| pu | 0, 1, 2 | unsupervised | -0.057 (0.042) |" in bench.format_tests(tests, args)
 
 
+def test_competitors_are_paired_against_pu_on_sevens_and_on_fd():
+    from types import SimpleNamespace
+
+    from scipy import stats
+
+    bench = text_to_image_benchmark
+    args = SimpleNamespace(guidance_scales=[3.0])
+    rows = [
+        {"method": "pu", "seeds": [0, 1, 2], "sevens normal@3": [0.0, 0.0, 0.01], "fd normal@3": [12.0, 10.0, 14.0]},
+        {"method": "esd-x", "seeds": [1, 2, 0], "sevens normal@3": [0.01, 0.0, 0.02], "fd normal@3": [9.0, 7.0, 9.5]},
+    ]
+    (test,) = bench.paired_tests(rows, args, against="pu")
+    assert (test["method"], test["against"], test["seeds"]) == ("esd-x", "pu", [0, 1, 2])
+    assert test["CFG 3"]["difference"] == pytest.approx(0.01 - 0.01 / 3)
+    fd = test["CFG 3"]["fd"]  # seed with seed: ESD-x's FD is 9.5, 9.0, 7.0 against PU's 12, 10, 14
+    assert fd["difference"] == pytest.approx(np.mean([9.5, 9.0, 7.0]) - 12.0)
+    assert fd["p"] == pytest.approx(stats.ttest_rel([9.5, 9.0, 7.0], [12.0, 10.0, 14.0]).pvalue)
+    line = bench.format_tests([test], args, against="pu", fd=True).splitlines()[-1]
+    assert line.startswith("| esd-x | 0, 1, 2 | pu | +0.007 (") and f"| -3.5 ({fd['p']:.2g}) |" in line
+
+
 def test_methods_grid_has_one_row_per_method_and_the_all_seeds_grid_one_per_run(tmp_path):
     from types import SimpleNamespace
 
