@@ -239,38 +239,48 @@ class Scorer:
                 f"{flag} {path!r} holds LoRA weights but no pu_run.json naming their base model: audit the folder "
                 "a train_pu_text_to_image.py run wrote, or a full pipeline."
             )
+        # a LoRA output's base: a local folder or a Hub id, at the revision and variant the run trained on
         self.base = run["pretrained_model_name_or_path"] if self.lora else path
-        if not os.path.isfile(os.path.join(self.base, "model_index.json")):
+        self.revision, self.variant = (run.get("revision"), run.get("variant")) if self.lora else (None, None)
+        if not self.lora and not os.path.isfile(os.path.join(path, "model_index.json")):
             raise UsageError(
-                f"{flag} {path!r} is not a saved pipeline (no model_index.json"
-                + (f" in its base {self.base!r}" if self.lora else "")
-                + "): audit a folder the training scripts wrote."
+                f"{flag} {path!r} is not a saved pipeline (no model_index.json): audit a folder the training "
+                "scripts wrote."
             )
         try:
             self._load(path, run, device)
         except UsageError:
             raise
         except Exception as error:  # noqa: BLE001 - diffusers, transformers and safetensors raise many types
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else 'no message'}"
             raise UsageError(
-                f"{flag} {path!r} cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else 'no message'}). "
-                "Save the pipeline again (a resumed training run saves it at its end), or pass another folder."
+                f"{flag} {path!r}: its base model {self.base!r} (named in its pu_run.json) or its LoRA weights "
+                f"cannot be loaded ({reason}). Make the base reachable from here (a relative path is read from "
+                "the current folder), or audit a full pipeline."
+                if self.lora
+                else f"{flag} {path!r} cannot be loaded ({reason}). Save the pipeline again (a resumed training "
+                "run saves it at its end), or pass another folder."
             ) from error
 
     def _load(self, path: str, run: dict, device) -> None:
         from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DModel
 
-        self.family = FAMILY_PIPELINES.get(DiffusionPipeline.load_config(self.base).get("_class_name"))
+        base, revision, variant = self.base, self.revision, self.variant
+        self.family = FAMILY_PIPELINES.get(DiffusionPipeline.load_config(base, revision=revision).get("_class_name"))
         self.conditional = self.family is not None
-        self.scheduler = load_training_scheduler(self.base)
+        self.scheduler = load_training_scheduler(base, revision=revision)
         if not self.conditional:
             self.unet = UNet2DModel.from_pretrained(path, subfolder="unet").eval().to(device)
             self.resolution, self.channels = self.unet.config.sample_size, self.unet.config.in_channels
             return
         name = denoiser_name(self.family)
-        self.unet = denoiser_class(self.family).from_pretrained(self.base, subfolder=name).eval()
+        self.unet = (
+            denoiser_class(self.family).from_pretrained(base, subfolder=name, revision=revision, variant=variant).eval()
+        )
         if self.lora:  # the adapters as the family's load_lora_weights would load them
             self.unet.load_lora_adapter(path, prefix=name, weight_name=LORA_WEIGHTS_NAME)
-        self.vae = AutoencoderKL.from_pretrained(self.base, subfolder="vae").eval().to(device)
+        self.vae = AutoencoderKL.from_pretrained(base, subfolder="vae", revision=revision, variant=variant)
+        self.vae.eval().to(device)
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.resolution = run.get("resolution") or self.unet.config.get("sample_size", 0) * factor
         if self.family == "flux" and not run.get("resolution"):
@@ -280,7 +290,9 @@ class Scorer:
             )
         if self.family == "flux":  # σ shifted as the run trained at this size
             flux_training_scheduler(self.scheduler, self.resolution // factor)
-        self.text_side = TextSide.load(self.family, self.base, max_sequence_length=run.get("max_sequence_length"))
+        self.text_side = TextSide.load(
+            self.family, base, revision, variant, max_sequence_length=run.get("max_sequence_length")
+        )
         self.text_side.to(device, torch.float32)
         prepare_unet(self.family, self.unet, self.text_side, self.resolution)
         self.unet.to(device)

@@ -568,6 +568,12 @@ def test_a_lora_folder_without_its_run_file_is_one_error_in_the_audit(tmp_path):
     (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="holds LoRA weights but no pu_run.json naming their base model"):
         audit.Scorer(str(tmp_path), device="cpu")
+    import json
+
+    missing = str(tmp_path / "moved-base")  # the base was moved since training: one error naming it
+    (tmp_path / "pu_run.json").write_text(json.dumps({"pretrained_model_name_or_path": missing}))
+    with pytest.raises(ValueError, match=f"its base model '{missing}' \\(named in its pu_run.json\\)"):
+        audit.Scorer(str(tmp_path), device="cpu")
 
 
 def test_audit_scores_a_stable_diffusion_pipeline_under_each_images_caption(tiny_sd, captioned, tmp_path):
