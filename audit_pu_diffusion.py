@@ -44,6 +44,7 @@ from pu_diffusion.losses import is_flow_matching, monte_carlo_diffusion_loss
 from pu_diffusion.models import load_training_scheduler
 from pu_diffusion.outputs import check_free, check_separate, check_writable, claim, write_json_atomic
 from pu_diffusion.pu_dataset import ImageTransform, images_as_tensor
+from pu_diffusion.text_to_image import scale_latents, vae_scale_factor
 
 
 def shared_draws(num_draws: int, sample_shape, num_train_timesteps: int, seed: int = 0, timestep_range=None):
@@ -268,6 +269,11 @@ class Scorer:
         base, revision, variant = self.base, self.revision, self.variant
         self.family = FAMILY_PIPELINES.get(DiffusionPipeline.load_config(base, revision=revision).get("_class_name"))
         self.conditional = self.family is not None
+        if self.family == "flux" and not run.get("resolution"):  # checked before any weights are loaded
+            raise UsageError(
+                f"{path!r} is a FLUX pipeline without the pu_run.json of its training run: the audit scores at the "
+                "training resolution, which only that file records. Audit the folder train_pu_text_to_image.py wrote."
+            )
         self.scheduler = load_training_scheduler(base, revision=revision)
         if not self.conditional:
             self.unet = UNet2DModel.from_pretrained(path, subfolder="unet").eval().to(device)
@@ -281,13 +287,8 @@ class Scorer:
             self.unet.load_lora_adapter(path, prefix=name, weight_name=LORA_WEIGHTS_NAME)
         self.vae = AutoencoderKL.from_pretrained(base, subfolder="vae", revision=revision, variant=variant)
         self.vae.eval().to(device)
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.resolution = run.get("resolution") or self.unet.config.get("sample_size", 0) * factor
-        if self.family == "flux" and not run.get("resolution"):
-            raise UsageError(
-                f"{path!r} is a FLUX pipeline without the pu_run.json of its training run: the audit scores at the "
-                "training resolution, which only that file records. Audit the folder train_pu_text_to_image.py wrote."
-            )
+        factor = vae_scale_factor(self.vae)
+        self.resolution = run.get("resolution") or self.unet.config.sample_size * factor
         if self.family == "flux":  # σ shifted as the run trained at this size
             flux_training_scheduler(self.scheduler, self.resolution // factor)
         self.text_side = TextSide.load(
@@ -311,11 +312,14 @@ class Scorer:
             raise UsageError(
                 "A text-to-image pipeline scores ℓ(x, c): give --caption, or --train_data_dir with captions."
             )
-        shift, scale = self.vae.config.get("shift_factor") or 0.0, self.vae.config.scaling_factor
+        config = self.vae.config
         latents = torch.cat(
             [
-                (self.vae.encode(images[start : start + batch_size].to(self.vae.device)).latent_dist.mean - shift)
-                * scale
+                scale_latents(
+                    self.vae.encode(images[start : start + batch_size].to(self.vae.device)).latent_dist.mean,
+                    config.scaling_factor,
+                    config.get("shift_factor"),
+                )
                 for start in range(0, len(images), batch_size)
             ]
         )

@@ -72,6 +72,7 @@ from pu_diffusion.text_to_image import (
     sample_latents,
     unlabeled_captions_for_sensitive_rows,
     use_latent_cache,
+    vae_scale_factor,
 )
 
 logger = get_logger(__name__, log_level="INFO")
@@ -348,7 +349,7 @@ def load_models(accelerator, args, family: str):
                 "Drop --rank to save a full pipeline, or drop --prediction_type."
             )
         noise_scheduler.register_to_config(prediction_type=args.prediction_type)
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae_factor = vae_scale_factor(vae)
     if family == "flux":  # latents packed into 2×2 patches
         if args.resolution % (vae_factor * 2):
             raise UsageError(
@@ -435,7 +436,7 @@ def main(args):
     if concept_prompt is not None:  # ESD: train one parameter set against a frozen copy of the starting UNet
         select_esd_parameters(unet, args.method)
         sampler = FlowMatchEulerDiscreteScheduler if family in FLOW_FAMILIES else DDIMScheduler  # draws x_t
-        latent_side = args.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
+        latent_side = args.resolution // vae_scale_factor(vae)
         esd = ESDContext(
             frozen=FrozenCopy(unet, lora=bool(args.rank), device=accelerator.device, dtype=weight_dtype),
             scheduler=sampler.from_config(noise_scheduler.config),

@@ -33,6 +33,7 @@ import torch
 
 from pu_diffusion.families import pack_pooled
 from pu_diffusion.losses import PURisk, noisy_input_and_target, per_sample_diffusion_loss, sample_timesteps
+from pu_diffusion.text_to_image import vae_scale_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # train_pu_text_to_image.py's LoRA targets
@@ -197,7 +198,7 @@ class Setup:
                 self.vae = AutoencoderKL(**(TINY["sd_vae"] if tiny else SD14_VAE))
                 self.text_encoder = CLIPTextModel(CLIPTextConfig(**(TINY["clip"] if tiny else CLIP_L)))
                 self.scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-                self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+                self.vae_factor = vae_scale_factor(self.vae)
             elif family == "sdxl":
                 self.model = UNet2DConditionModel(**(TINY["sdxl"] if tiny else SDXL_UNET))
                 self.scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)

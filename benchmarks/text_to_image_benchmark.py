@@ -508,17 +508,18 @@ def paired_tests(rows: list[dict], args, against: str = "unsupervised") -> list[
             continue
         entry = {"method": row["method"], "against": reference["method"], "seeds": shared}
         for scale in args.guidance_scales:
-            name = f"sevens normal@{scale:g}"
-            ours = [row[name][row["seeds"].index(seed)] for seed in shared]
-            theirs = [reference[name][reference["seeds"].index(seed)] for seed in shared]
-            entry[f"CFG {scale:g}"] = paired_difference(ours, theirs)
+            entry[f"CFG {scale:g}"] = paired_by_seed(row, reference, shared, f"sevens normal@{scale:g}")
             fd = f"fd normal@{scale:g}"
             if fd in row and fd in reference:  # the same test on classifier-FD
-                ours = [row[fd][row["seeds"].index(seed)] for seed in shared]
-                theirs = [reference[fd][reference["seeds"].index(seed)] for seed in shared]
-                entry[f"CFG {scale:g}"]["fd"] = paired_difference(ours, theirs)
+                entry[f"CFG {scale:g}"]["fd"] = paired_by_seed(row, reference, shared, fd)
         tests.append(entry)
     return tests
+
+
+def paired_by_seed(row: dict, reference: dict, seeds: list[int], key: str) -> dict:
+    """:func:`paired_difference` of ``key``'s values in ``row`` and ``reference``, seed against seed."""
+    ours, theirs = ([r[key][r["seeds"].index(seed)] for seed in seeds] for r in (row, reference))
+    return paired_difference(ours, theirs)
 
 
 def paired_difference(ours: list[float], theirs: list[float]) -> dict:
@@ -544,7 +545,10 @@ def format_tests(tests: list[dict], args, against: str = "unsupervised", fd: boo
         cells += [cell(entry[s]["fd"], ".1f") if "fd" in entry[s] else "" for s in scales] if fd else []
         rows.append(cells)
     table = markdown_table(header, rows)
-    if any(entry[s]["p"] is None for entry in tests for s in scales):
+    tested = [entry[s] for entry in tests for s in scales] + (
+        [entry[s]["fd"] for entry in tests for s in scales if "fd" in entry[s]] if fd else []
+    )
+    if any(test["p"] is None for test in tested):
         table += "\n\n(–: every seed's difference is the same, so the paired t-test is undefined.)"
     return table
 

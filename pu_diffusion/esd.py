@@ -133,8 +133,8 @@ def sample_concept_latents(
     ``scheduler``: its own DDIMScheduler, or FlowMatchEulerDiscreteScheduler for a rectified-flow model
     (``set_timesteps`` is called here). ``stop``: drawn uniformly from [0, num_steps) when None. t =
     ``scheduler.timesteps[stop]``, the timestep x_t is at: the one the next sampling step would denoise from (for a
-    flow model σ·T, as the model is called). ``guidance_scale`` 1 runs the concept branch only (FLUX, whose
-    pipeline samples with its embedded guidance and no classifier-free guidance).
+    flow model σ·T, as the model is called). ``guidance_scale`` 1 runs the concept branch only (as FluxPipeline
+    samples by default: its embedded guidance, no classifier-free guidance).
     """
     device = concept_state.device
     scheduler.set_timesteps(num_steps, device=device)
@@ -147,11 +147,12 @@ def sample_concept_latents(
     states = torch.cat([*states, concept_state.expand(batch, -1, -1)]).to(unet.dtype)
     for timestep in scheduler.timesteps[:stop]:
         model_input = torch.cat([latents, latents]) if guided else latents
-        prediction = unet(model_input.to(unet.dtype), timestep.expand(len(model_input)), states, return_dict=False)[0]
+        step = timestep.expand(len(model_input))
+        prediction = unet(model_input.to(unet.dtype), step, states, return_dict=False)[0].float()
         if guided:
-            empty, concept = prediction.float().chunk(2)
+            empty, concept = prediction.chunk(2)
             prediction = empty + guidance_scale * (concept - empty)
-        latents = scheduler.step(prediction.float(), timestep, latents).prev_sample
+        latents = scheduler.step(prediction, timestep, latents).prev_sample
     timesteps = scheduler.timesteps[stop].expand(batch).to(device)
     return latents, timesteps
 

@@ -55,15 +55,24 @@ def encode_latent_parameters(vae, pixel_values: torch.Tensor) -> torch.Tensor:
     return vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist.parameters
 
 
-def sample_latents(latent_parameters: torch.Tensor, scaling_factor: float, shift_factor: float | None = None):
-    """z = (μ + σ ε − shift) × scaling factor: one draw of the VAE posterior (the same draw cached or not); the
-    shift is SD3's VAE's (``vae.config.shift_factor``), none for SD 1.x/2.x and SDXL."""
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+def vae_scale_factor(vae) -> int:
+    """Image pixels per latent pixel along a side: 2 per downsampling block of the VAE (8 for SD's)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
-    latents = DiagonalGaussianDistribution(latent_parameters.float()).sample()
+
+def scale_latents(latents: torch.Tensor, scaling_factor: float, shift_factor: float | None = None) -> torch.Tensor:
+    """(z − shift) × scaling factor: a VAE latent as the denoiser sees it; the shift is SD3's and FLUX's VAE's
+    (``vae.config.shift_factor``), none for SD 1.x/2.x and SDXL."""
     if shift_factor is not None:
         latents = latents - shift_factor
     return latents * scaling_factor
+
+
+def sample_latents(latent_parameters: torch.Tensor, scaling_factor: float, shift_factor: float | None = None):
+    """z = (μ + σ ε − shift) × scaling factor: one draw of the VAE posterior (the same draw cached or not)."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    return scale_latents(DiagonalGaussianDistribution(latent_parameters.float()).sample(), scaling_factor, shift_factor)
 
 
 def unlabeled_captions_for_sensitive_rows(
