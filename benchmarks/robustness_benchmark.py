@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -715,7 +716,17 @@ def save_heatmap(verdicts: list[dict], args, path: str) -> str | None:
     return path
 
 
-OUTPUTS = ("summary.json", "table.md", "heatmap.png", "data", "runs", "cache", "tiny_unet")  # what it writes
+OUTPUTS = ("summary.json", "table.md", "heatmap.png", "data", "runs", "cache", "tiny_unet", "candidates")  # it writes
+REPORT_FILES = ("summary.json", "table.md", "heatmap.png")
+
+
+def report_folder(args) -> str:
+    """Where the tables go: --output_dir for the recipe as it is; candidates/<flags>/ for a candidate fix
+    (--extra_train_args), so a candidate never replaces the recipe's summary.json. The cache is shared: keys differ."""
+    if not args.extra_train_args:
+        return args.output_dir
+    slug = re.sub(r"[^A-Za-z0-9.]+", "_", args.extra_train_args).strip("_")
+    return os.path.join(args.output_dir, "candidates", slug)
 
 
 def main(args) -> dict:
@@ -754,9 +765,11 @@ def main(args) -> dict:
     cell_target, beta_target = cell_targets(verdicts), beta_targets(rows)
     table = format_table(verdicts, rows, args) + "\n\n" + format_targets(cell_target, beta_target)
     print(table)
-    with open(os.path.join(args.output_dir, "table.md"), "w") as handle:
+    report = report_folder(args)
+    os.makedirs(report, exist_ok=True)
+    with open(os.path.join(report, "table.md"), "w") as handle:
         handle.write(table + "\n")
-    heatmap = save_heatmap(verdicts, args, os.path.join(args.output_dir, "heatmap.png"))
+    heatmap = save_heatmap(verdicts, args, os.path.join(report, "heatmap.png"))
     summary = {
         "rows": rows,
         "cells": verdicts,
@@ -767,12 +780,12 @@ def main(args) -> dict:
         "num_samples": args.num_samples,
         "u_normal": args.u_normal,
         "extra_train_args": args.extra_train_args,
-        "heatmap": heatmap and os.path.relpath(heatmap, args.output_dir),
+        "heatmap": heatmap and os.path.relpath(heatmap, report),
         "wall_seconds_this_invocation": round(time.time() - start, 1),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    write_json(os.path.join(args.output_dir, "summary.json"), summary)
+    write_json(os.path.join(report, "summary.json"), summary)
     return summary
 
 

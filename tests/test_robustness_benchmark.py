@@ -180,8 +180,13 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     again = suite.main(suite.parse_args(argv))
     assert again["rows"] == summary["rows"]
     # another candidate recipe is its own table: the default PU runs do not count for it
+    recipe_summary = (out / "summary.json").read_text()
     other = suite.main(suite.parse_args([*argv, "--report_only", "--extra_train_args", "--pu_estimator nn"]))
     assert {row["method"] for row in other["rows"]} == {"clean", "unsupervised"}
+    # ... and its tables go to candidates/<flags>/, never over the recipe's summary.json
+    candidate = out / "candidates" / "pu_estimator_nn"
+    assert json.loads((candidate / "summary.json").read_text())["extra_train_args"] == "--pu_estimator nn"
+    assert (candidate / "table.md").exists() and (out / "summary.json").read_text() == recipe_summary
     # records of another sample count are not this study's
     assert suite.main(suite.parse_args([*argv, "--report_only", "--num_samples", "4"]))["rows"] == []
 
