@@ -417,6 +417,7 @@ def evaluate(args, run_dir: str, data_dir: str, test_rows: list, source: Source,
             "ceiling_sensitive_share": 1 - metrics["ceiling"],
             "fd_classifier": metrics["frechet_distance_classifier_features"],
             "predicted_class_counts": metrics["predicted_class_counts"],
+            "class_labels": metrics.get("class_labels") or [str(digit) for digit in range(10)],
             "num_samples": metrics["num_samples"],
         }
     return evaluations
@@ -529,6 +530,8 @@ def summarize(records: list[dict], args) -> list[dict]:
         row["fd_classifier"] = [record["evaluations"][first_sampler]["fd_classifier"] for record in group]
         row["fd_sampler"] = first_sampler
         row["ceiling_sensitive_share"] = first["evaluations"][first_sampler]["ceiling_sensitive_share"]
+        labels = first["evaluations"][first_sampler].get("class_labels")  # older records: the ten digits
+        row["class_labels"] = labels or [str(digit) for digit in range(len(row[f"class_counts_{first_sampler}"][0]))]
         row["per_class_s"] = [record["per_class"]["sensitive"] for record in group]
         if method == "pu":
             row["beta_trained"] = [record["beta"] and record["beta"]["beta"] for record in group]
@@ -569,6 +572,7 @@ def cell_verdicts(rows: list[dict], args) -> list[dict]:
         verdicts.append({
             "cell": row["cell"], "beta_mode": row["beta_mode"], "seeds": seeds,
             "pu": pu, "clean": floor, "unsupervised": harm, "gap_to_floor": pu - floor, "fd_ratio": fd_ratio,
+            "ceiling": clean.get("ceiling_sensitive_share"),
             "at_most_unsupervised": pu <= harm, "at_floor": pu <= floor + 0.01, "fd_ok": fd_ratio <= 1.25,
         })  # fmt: skip
     return verdicts
@@ -673,17 +677,44 @@ def format_table(verdicts: list[dict], rows: list[dict], args) -> str:
             estimate = mean_std([beta for beta in auto["beta_trained"] if beta is not None])
         table.append([
             verdict["cell"], notes.get(verdict["cell"], ""), verdict["beta_mode"], estimate,
-            ", ".join(map(str, verdict["seeds"])), f"{verdict['clean']:.3f}", f"{verdict['unsupervised']:.3f}",
+            ", ".join(map(str, verdict["seeds"])), "–" if verdict["ceiling"] is None else f"{verdict['ceiling']:.3f}", f"{verdict['clean']:.3f}",
+            f"{verdict['unsupervised']:.3f}",
             f"{verdict['pu']:.3f}", f"{verdict['gap_to_floor']:+.3f}", f"{verdict['fd_ratio']:.2f}",
             "yes" if verdict["at_most_unsupervised"] and verdict["at_floor"] and verdict["fd_ok"] else "**no**",
         ])  # fmt: skip
     samplers = " / ".join(f"DDIM-{steps}" for steps in args.samplers)
     header = [
         "cell (sensitive_S size_true β)", "what it tests", "β mode", "β trained (auto)", "seeds",
-        f"clean, sensitive share (worse of {samplers})", "unsupervised", "PU", "PU − clean", "PU FD / unsup. FD",
-        "targets met",
+        "judge on real normal images (ceiling)", f"clean (floor), sensitive share (worse of {samplers})",
+        "unsupervised", "PU", "PU − clean", "PU FD / unsup. FD", "targets met",
     ]  # fmt: skip
     return markdown_table(header, table)
+
+
+def format_class_counts(rows: list[dict], args) -> str:
+    """Per cell and row, the judge's class counts of the first sampler's samples (mean over seeds), the sensitive
+    classes in bold: which sensitive class PU thins, which it leaves, and which normal class it hurts."""
+    if not rows:
+        return ""
+    sampler = f"ddim{args.samplers[0]}"
+    labels = rows[0]["class_labels"]  # one judge per study
+    table = []
+    for row in rows:
+        cell = next(cell for cell in args.cell_list if cell.name == row["cell"])
+        names = [str(name) for name in (args.sensitive_labels if args.own_data else cell.sensitive)]
+        # a judge label may be given by its index (sensitive_label_ids takes both)
+        sensitive = set(names) | {labels[int(name)] for name in names if name.isdigit() and int(name) < len(labels)}
+        counts = np.mean(row[f"class_counts_{sampler}"], axis=0)
+        name = row["method"] if row["method"] != "pu" else f"pu, β {row['beta_mode']}"
+        table.append([
+            row["cell"], name, *(f"**{count:.0f}**" if label in sensitive else f"{count:.0f}"
+                                 for label, count in zip(row["class_labels"], counts)),
+        ])  # fmt: skip
+    title = (
+        f"Class counts of {args.num_samples} samples (DDIM-{args.samplers[0]}, mean over seeds; sensitive classes in "
+        "bold; the judge's labels)"
+    )
+    return title + "\n\n" + markdown_table(["cell", "row", *labels], table)
 
 
 def save_heatmap(verdicts: list[dict], args, path: str) -> str | None:
@@ -764,6 +795,7 @@ def main(args) -> dict:
     verdicts = cell_verdicts(rows, args)
     cell_target, beta_target = cell_targets(verdicts), beta_targets(rows)
     table = format_table(verdicts, rows, args) + "\n\n" + format_targets(cell_target, beta_target)
+    table += "\n\n" + format_class_counts(rows, args)
     print(table)
     report = report_folder(args)
     os.makedirs(report, exist_ok=True)

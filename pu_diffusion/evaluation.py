@@ -420,6 +420,7 @@ def evaluate_with_classifier(
         "classifier": classifier_path,
         "sensitive_classes": sensitive,
         "predicted_class_counts": np.bincount(predictions, minlength=len(id2label)).tolist(),
+        "class_labels": [str(id2label[index]) for index in sorted(id2label)],  # the counts' order
         "num_samples": int(len(samples)),
         "num_test_images": int(len(test_images)),
         "sampler": type(pipeline.scheduler).__name__,

@@ -163,6 +163,11 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     assert {cell["beta_mode"] for cell in summary["cells"]} == {"true", "auto"}
     assert set(summary["targets"]) == {"true", "auto"}
     assert (out / "table.md").exists() and (out / "heatmap.png").exists()
+    table = (out / "table.md").read_text()
+    assert "judge on real normal images (ceiling)" in table and rows[("true", "pu")]["class_labels"][7] == "7"
+    counts_line = next(line for line in table.splitlines() if line.startswith("| 7_S6_b0.200 | pu, β auto |"))
+    sevens = rows[("auto", "pu")]["class_counts_ddim2"][0][7]
+    assert counts_line.split(" | ")[2 + 7] == f"**{sevens}**" and not counts_line.split(" | ")[2].startswith("**")
     assert not [name for name in os.listdir(out / "runs") if not name.endswith(".log")]  # models removed
 
     # the data a user would pass: U with its hidden sevens, S, and the clean oracle's U without them
@@ -219,6 +224,10 @@ def test_own_labelled_data_gets_the_same_table_from_its_own_judge(tmp_path, monk
         assert len(counts) == 3 and row["sensitive_share_ddim2"][0] == pytest.approx(counts[2] / 8)
     (cell,) = summary["cells"]
     assert cell["cell"] == "face_S3_b0.200" and (out / "table.md").exists()
+    table = (out / "table.md").read_text()  # the class counts under the judge's own labels, the sensitive one bold
+    assert "| cell | row | cat | dog | face |" in table
+    pu_line = next(line for line in table.splitlines() if line.startswith("| face_S3_b0.200 | pu, β true |"))
+    assert pu_line.split(" | ")[4].startswith("**") and not pu_line.split(" | ")[2].startswith("**")
     (folder,) = (out / "data").glob("face_S3_b0.200_s0_*")
     assert len(os.listdir(folder / "pu" / "sensitive")) == 3 and len(os.listdir(folder / "test" / "normal")) == 4
     assert all("classface" not in name for name in os.listdir(folder / "clean" / "unlabeled"))
