@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the low-noise steps where ℓ (and so that push) is largest. 0: the paper's PU risk at every t.",
     )
     parser.add_argument(
+        "--sensitive_augment",
+        type=finite_float,
+        default=0.0,
+        help="z (opt-in, not in the paper; --method pu or supervised): each S image is zoomed in by a random factor "
+        "in [1, 1 + z] at a random position (a fresh draw each time it is drawn), so the push on S acts on the "
+        "concept rather than on the few S images the model could memorise. U is left as it is. 0: off.",
+    )
+    parser.add_argument(
         "--erasediff_forget_noising",
         type=str,
         default="gaussian",
@@ -261,6 +269,14 @@ def validate_args(args) -> None:
         raise UsageError(
             f"--erasediff_forget_noising is how --method erasediff noises S; drop it for --method {args.method}."
         )
+    if args.sensitive_augment != 0:
+        if args.method not in ("pu", "supervised"):
+            raise UsageError(
+                f"--sensitive_augment augments the S images the risk pushes on: it needs --method pu or supervised, "
+                f"not {args.method}."
+            )
+        if not 0 < args.sensitive_augment <= 1:
+            raise UsageError(f"--sensitive_augment is a zoom range z in (0, 1]; got {args.sensitive_augment}.")
     if args.pu_min_timestep != 0:
         if args.method != "pu":
             raise UsageError(f"--pu_min_timestep restricts the PU risk: it needs --method pu, not {args.method}.")
@@ -404,7 +420,7 @@ def main(args):
     transform = ImageTransform(args.resolution, unet.config.in_channels, args.center_crop, args.random_flip)
     train_dataloader, batch_sampler = training.make_train_dataloader(
         args,
-        PUImageDataset(dataset, image_column, sensitive_rows, transform),
+        PUImageDataset(dataset, image_column, sensitive_rows, transform, sensitive_zoom=args.sensitive_augment),
         unlabeled_rows,
         sensitive_rows,
         collate_fn=collate_pu_batch,

@@ -58,6 +58,7 @@ from pu_diffusion.image_data import SENSITIVE, UNLABELED, is_image_file
 from pu_diffusion.outputs import check_free, check_writable, claim
 from pu_diffusion.presets import BUILTIN_RECIPE
 from pu_diffusion.pu_dataset import ImageTransform
+from pu_diffusion.run_dir import neutral_flag
 from pu_diffusion.splits import make_pu_split
 from pu_diffusion.testing_utils import write_unet_config
 
@@ -375,6 +376,9 @@ def run_flags(args, method: str, beta_mode: str, cell: Cell) -> list[str]:
 
 
 KEY_IGNORED_FLAGS = ("train_data_dir", "output_dir", "seed", "ddp_timeout", "model_config_name_or_path")
+# Flags train_pu_diffusion.py gained after this suite's records were cached: at their neutral value
+# (run_dir.neutral_flag) they are left out of the key, so the records already made keep their keys.
+KEY_ADDED_LATER = ("sensitive_augment",)
 
 
 def run_key(flags: list[str]) -> str:
@@ -383,7 +387,11 @@ def run_key(flags: list[str]) -> str:
     import train_pu_diffusion
 
     parsed = vars(train_pu_diffusion.parse_args(["--train_data_dir", "data", "--output_dir", "run", *flags]))
-    effective = {key: value for key, value in parsed.items() if key not in KEY_IGNORED_FLAGS}
+    effective = {
+        key: value
+        for key, value in parsed.items()
+        if key not in KEY_IGNORED_FLAGS and not (key in KEY_ADDED_LATER and neutral_flag(key, value, parsed["method"]))
+    }
     return hashlib.sha1(json.dumps(sorted(effective.items()), default=str).encode()).hexdigest()[:10]
 
 

@@ -46,12 +46,18 @@ class ImageTransform:
         """Whether ``aug_seed`` flips the image (when random_flip is on): the first draw of its RNG."""
         return bool(np.random.default_rng(aug_seed).random() < 0.5)
 
-    def __call__(self, image: Image.Image, aug_seed: int = 0, flip: bool | None = None) -> torch.Tensor:
+    def __call__(
+        self, image: Image.Image, aug_seed: int = 0, flip: bool | None = None, zoom: float = 0.0
+    ) -> torch.Tensor:
+        """``zoom`` z > 0: before all else, crop a random square of side s / f from the image's central square
+        (side s) at a random position, f ~ U[1, 1 + z] (drawn from its own stream of ``aug_seed``)."""
         rng = np.random.default_rng(aug_seed)
         flip_draw = rng.random() < 0.5  # drawn first, so flips() agrees with it
         if flip is None:
             flip = self.random_flip and flip_draw
         image = to_8_bit(image).convert("L" if self.channels == 1 else "RGB")
+        if zoom > 0:
+            image = random_zoom(image, zoom, np.random.default_rng([aug_seed, 1]))
         width, height = image.size
         scale = self.resolution / min(width, height)
         if scale != 1:
@@ -76,14 +82,27 @@ class ImageTransform:
         return torch.from_numpy(np.ascontiguousarray(array))
 
 
-class PUImageDataset(torch.utils.data.Dataset):
-    """Wraps a `datasets.Dataset`; items are keyed by (row, aug_seed) as yielded by PUBatchSampler."""
+def random_zoom(image: Image.Image, zoom: float, rng: np.random.Generator) -> Image.Image:
+    """A random square of the image's central square, 1/f of its side, f ~ U[1, 1 + zoom], at a random position."""
+    width, height = image.size
+    side = min(width, height)
+    crop = max(1, round(side / rng.uniform(1.0, 1.0 + zoom)))
+    left = (width - side) // 2 + int(rng.integers(0, side - crop + 1))
+    top = (height - side) // 2 + int(rng.integers(0, side - crop + 1))
+    return image.crop((left, top, left + crop, top + crop))
 
-    def __init__(self, dataset, image_column: str, sensitive_rows, transform: ImageTransform):
+
+class PUImageDataset(torch.utils.data.Dataset):
+    """Wraps a `datasets.Dataset`; items are keyed by (row, aug_seed) as yielded by PUBatchSampler.
+
+    ``sensitive_zoom`` z > 0 zooms each S image in at random (:func:`random_zoom`, --sensitive_augment)."""
+
+    def __init__(self, dataset, image_column: str, sensitive_rows, transform: ImageTransform, sensitive_zoom=0.0):
         self.dataset = dataset
         self.image_column = image_column
         self.sensitive_rows = set(int(row) for row in sensitive_rows)
         self.transform = transform
+        self.sensitive_zoom = sensitive_zoom
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -91,7 +110,9 @@ class PUImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         row, aug_seed = key
         image = self.dataset[int(row)][self.image_column]
-        return {"pixel_values": self.transform(image, aug_seed), "is_sensitive": int(row) in self.sensitive_rows}
+        sensitive = int(row) in self.sensitive_rows
+        zoom = self.sensitive_zoom if sensitive else 0.0
+        return {"pixel_values": self.transform(image, aug_seed, zoom=zoom), "is_sensitive": sensitive}
 
 
 def collate_pu_batch(items: list[dict]) -> dict[str, torch.Tensor]:

@@ -105,6 +105,30 @@ def test_image_transform_shapes_range_and_seeded_flip():
     assert any(flipped) and not all(flipped)
 
 
+def test_sensitive_augment_zooms_s_rows_only_and_is_seeded():
+    from PIL import Image
+
+    from pu_diffusion.pu_dataset import PUImageDataset, random_zoom
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (12, 16), dtype=np.uint8), mode="L") for _ in range(4)]
+    transform = ImageTransform(8, channels=1, center_crop=True)
+    plain = PUImageDataset([{"image": image} for image in images], "image", [2, 3], transform)
+    zoomed = PUImageDataset([{"image": image} for image in images], "image", [2, 3], transform, sensitive_zoom=0.5)
+    for seed in range(6):
+        assert torch.equal(zoomed[(0, seed)]["pixel_values"], plain[(0, seed)]["pixel_values"])  # U: untouched
+        assert torch.equal(zoomed[(2, seed)]["pixel_values"], zoomed[(2, seed)]["pixel_values"])  # exact on resume
+    s_views = [zoomed[(2, seed)]["pixel_values"] for seed in range(6)]
+    assert zoomed[(2, 0)]["is_sensitive"] and s_views[0].shape == (1, 8, 8)
+    assert any(not torch.equal(view, plain[(2, 0)]["pixel_values"]) for view in s_views)  # S: zoomed in
+    assert len({view.numpy().tobytes() for view in s_views}) > 1  # a fresh draw per aug_seed
+    columns = Image.fromarray(np.tile(np.arange(16, dtype=np.uint8) * 15, (12, 1)), mode="L")  # value = 15·x
+    for seed in range(50):  # a square of the central 12×12 (x in 2..13), 1/f of its side with f in [1, 1.5]
+        crop = np.asarray(random_zoom(columns, 0.5, np.random.default_rng(seed)))
+        assert crop.shape[0] == crop.shape[1] and 8 <= crop.shape[0] <= 12
+        assert crop[0, 0] // 15 >= 2 and crop[0, -1] // 15 <= 13
+
+
 def test_imagefolder_layout_is_read_as_u_and_s(tmp_path):
     root = write_imagefolder(tmp_path / "data", n_unlabeled=5, n_sensitive=3)
     dataset = load_image_dataset(train_data_dir=root)

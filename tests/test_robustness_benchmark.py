@@ -69,6 +69,11 @@ def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flag
     assert suite.run_key(suite.run_flags(args, "clean", "true", fifth) + ["--pu_estimator", "abs"]) == suite.run_key(
         suite.run_flags(args, "clean", "true", fifth)
     )
+    # a flag the script gained after records were cached keeps their keys at its neutral value (a committed
+    # record's key, computed before --sensitive_augment existed), and makes a new key at any other
+    pu = suite.run_flags(args, "pu", "true", suite.FULL_CELLS[0])
+    assert suite.run_key(pu) == suite.run_key(pu + ["--sensitive_augment", "0"]) == "75168e4788"
+    assert suite.run_key(pu + ["--sensitive_augment", "0.25"]) != suite.run_key(pu)
     with pytest.raises(SystemExit):
         suite.parse_args(["--cells", "no-such-cell"])
     with pytest.raises(SystemExit):

@@ -64,6 +64,7 @@ def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
     [
         ["--pu_estimator", "nn"],
         ["--pu_min_timestep", "300"],  # S rows draw t ≥ 300 from the resumed random state too
+        ["--sensitive_augment", "0.3"],  # S zoomed per (row, aug_seed): the same views after resuming
         ["--gradient_accumulation_steps", "2", "--use_ema"],
         ["--method", "erasediff", "--erasediff_lambda", "-1"],  # adaptive λ, inner passes, uniform forget target
         ["--objective", "flow_matching", "--flow_shift", "3"],
@@ -194,6 +195,9 @@ BAD_INPUTS = [
     (["--builtin_contamination", "0.7"], r"--builtin_contamination must lie in \[0, 0.5\]"),
     (["--pu_min_timestep", "300", "--method", "unsupervised"], "--pu_min_timestep restricts the PU risk"),
     (["--pu_min_timestep", "1000"], r"--pu_min_timestep must lie in \[0, --ddpm_num_steps 1000\)"),
+    (["--sensitive_augment", "0.2", "--method", "unsupervised"], "it needs --method pu or supervised"),
+    (["--sensitive_augment", "1.5"], r"--sensitive_augment is a zoom range z in \(0, 1\]"),
+    (["--sensitive_augment", "-0.1"], r"--sensitive_augment is a zoom range z in \(0, 1\]"),
     (["--erasediff_forget_noising", "uniform"], "--erasediff_forget_noising is how --method erasediff noises S"),
     (["--objective", "flow_matching", "--prediction_type", "v_prediction"], "a flow-matching UNet always predicts"),
     (["--objective", "flow_matching", "--inference_scheduler", "ddim"], "--inference_scheduler ddim samples diffusion"),
