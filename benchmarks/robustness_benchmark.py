@@ -755,7 +755,9 @@ def save_heatmap(verdicts: list[dict], args, path: str) -> str | None:
     return path
 
 
-OUTPUTS = ("summary.json", "table.md", "heatmap.png", "data", "runs", "cache", "tiny_unet", "candidates")  # it writes
+OUTPUTS = (
+    "summary.json", "table.md", "heatmap.png", "data", "runs", "cache", "tiny_unet", "candidates", "candidates.md",
+)  # what it writes  # fmt: skip
 REPORT_FILES = ("summary.json", "table.md", "heatmap.png")
 
 
@@ -766,6 +768,34 @@ def report_folder(args) -> str:
         return args.output_dir
     slug = re.sub(r"[^A-Za-z0-9.]+", "_", args.extra_train_args).strip("_")
     return os.path.join(args.output_dir, "candidates", slug)
+
+
+def compare_candidates(output_dir: str) -> str:
+    """One table of every PU verdict in --output_dir: the recipe's (summary.json) and each candidate's
+    (candidates/*/summary.json), by cell and β mode, so candidate fixes read side by side. '' when there are none."""
+    sources = [("the recipe", os.path.join(output_dir, "summary.json"))]
+    folder = os.path.join(output_dir, "candidates")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        sources.append((None, os.path.join(folder, name, "summary.json")))
+    table = []
+    for label, path in sources:
+        if not os.path.isfile(path):
+            continue
+        summary = read_json(path)
+        label = label or f"`{summary['extra_train_args']}`"
+        for verdict in summary["cells"]:
+            table.append((verdict["cell"], verdict["beta_mode"], label, verdict))
+    if not table:
+        return ""
+    table.sort(key=lambda item: (item[0], BETA_MODES.index(item[1])))
+    return markdown_table(
+        ["cell", "β mode", "PU recipe", "seeds", "clean (floor)", "unsupervised", "PU (worse sampler)", "PU − clean",
+         "PU FD / unsup. FD", "targets met"],
+        [[cell, mode, label, ", ".join(map(str, v["seeds"])), f"{v['clean']:.3f}", f"{v['unsupervised']:.3f}",
+          f"{v['pu']:.3f}", f"{v['gap_to_floor']:+.3f}", f"{v['fd_ratio']:.2f}",
+          "yes" if v["at_most_unsupervised"] and v["at_floor"] and v["fd_ok"] else "**no**"]
+         for cell, mode, label, v in table],
+    )  # fmt: skip
 
 
 def main(args) -> dict:
@@ -826,6 +856,10 @@ def main(args) -> dict:
         "python": platform.python_version(),
     }
     write_json(os.path.join(report, "summary.json"), summary)
+    comparison = compare_candidates(args.output_dir)
+    if comparison:
+        with open(os.path.join(args.output_dir, "candidates.md"), "w") as handle:
+            handle.write(comparison + "\n")
     return summary
 
 
