@@ -729,24 +729,34 @@ def save_heatmap(verdicts: list[dict], args, path: str) -> str | None:
     """Cells × β modes, coloured by PU's gap to the clean floor (white ≤ 0.01, red as it grows, blue below)."""
     if not verdicts:
         return None
+    cells = [cell.name for cell in args.cell_list if any(v["cell"] == cell.name for v in verdicts)]
+    modes = [mode for mode in BETA_MODES if any(v["beta_mode"] == mode for v in verdicts)]
+    gaps = {(verdict["cell"], f"β {verdict['beta_mode']}"): verdict for verdict in verdicts}
+    return draw_gaps(cells, [f"β {mode}" for mode in modes], gaps, path)
+
+
+def draw_gaps(rows: list[str], columns: list[str], verdicts: dict, path: str) -> str:
+    """A heat map of PU's gap to the floor, coloured by ``verdicts[(row, column)]["gap_to_floor"]`` and labelled
+    with it and the FD ratio to unsupervised (a gap below the floor can come from a collapsed model)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = [cell.name for cell in args.cell_list if any(v["cell"] == cell.name for v in verdicts)]
-    modes = [mode for mode in BETA_MODES if any(v["beta_mode"] == mode for v in verdicts)]
-    gaps = np.full((len(cells), len(modes)), np.nan)
-    for verdict in verdicts:
-        gaps[cells.index(verdict["cell"]), modes.index(verdict["beta_mode"])] = verdict["gap_to_floor"]
-    figure, axis = plt.subplots(figsize=(1.6 * len(modes) + 3, 0.4 * len(cells) + 1.2))
-    limit = max(0.05, float(np.nanmax(np.abs(gaps))))
-    image = axis.imshow(gaps, cmap="coolwarm", vmin=-limit, vmax=limit, aspect="auto")
-    for (i, j), gap in np.ndenumerate(gaps):
-        if not np.isnan(gap):
-            axis.text(j, i, f"{gap:+.3f}", ha="center", va="center", fontsize=8)
-    axis.set_xticks(range(len(modes)), [f"β {mode}" for mode in modes])
-    axis.set_yticks(range(len(cells)), cells)
+    grid = np.full((len(rows), len(columns)), np.nan)
+    labels = {}
+    for (row, column), verdict in verdicts.items():
+        grid[rows.index(row), columns.index(column)] = verdict["gap_to_floor"]
+        labels[rows.index(row), columns.index(column)] = (
+            f"{verdict['gap_to_floor']:+.3f}\nFD {verdict['fd_ratio']:.2f}×"
+        )
+    figure, axis = plt.subplots(figsize=(1.6 * len(columns) + 3, 0.5 * len(rows) + 1.4))
+    limit = max(0.05, float(np.nanmax(np.abs(grid))))
+    image = axis.imshow(grid, cmap="coolwarm", vmin=-limit, vmax=limit, aspect="auto")
+    for (i, j), label in labels.items():
+        axis.text(j, i, label, ha="center", va="center", fontsize=7)
+    axis.set_xticks(range(len(columns)), columns, fontsize=7)
+    axis.set_yticks(range(len(rows)), rows)
     axis.set_title("PU sensitive share − clean floor (worse sampler)", fontsize=9)
     figure.colorbar(image, ax=axis, fraction=0.05)
     figure.tight_layout()
@@ -757,6 +767,7 @@ def save_heatmap(verdicts: list[dict], args, path: str) -> str | None:
 
 OUTPUTS = (
     "summary.json", "table.md", "heatmap.png", "data", "runs", "cache", "tiny_unet", "candidates", "candidates.md",
+    "candidates.png",
 )  # what it writes  # fmt: skip
 REPORT_FILES = ("summary.json", "table.md", "heatmap.png")
 
@@ -772,7 +783,8 @@ def report_folder(args) -> str:
 
 def compare_candidates(output_dir: str) -> str:
     """One table of every PU verdict in --output_dir: the recipe's (summary.json) and each candidate's
-    (candidates/*/summary.json), by cell and β mode, so candidate fixes read side by side. '' when there are none."""
+    (candidates/*/summary.json), by cell and β mode, so candidate fixes read side by side; their gaps to the floor
+    also go to candidates.png. '' when there are none."""
     sources = [("the recipe", os.path.join(output_dir, "summary.json"))]
     folder = os.path.join(output_dir, "candidates")
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
@@ -787,7 +799,20 @@ def compare_candidates(output_dir: str) -> str:
             table.append((verdict["cell"], verdict["beta_mode"], label, verdict))
     if not table:
         return ""
-    table.sort(key=lambda item: (item[0], BETA_MODES.index(item[1])))
+    grid = [cell.name for cell in FULL_CELLS]  # the grid's order; other cells (your data) after it, by name
+    table.sort(
+        key=lambda item: (grid.index(item[0]) if item[0] in grid else len(grid), item[0], BETA_MODES.index(item[1]))
+    )
+    recipes = list(dict.fromkeys(label for *_, label, _ in table))  # the recipe first, then the candidates
+    columns = sorted(
+        {(mode, label) for _, mode, label, _ in table}, key=lambda c: (BETA_MODES.index(c[0]), recipes.index(c[1]))
+    )
+    draw_gaps(
+        list(dict.fromkeys(cell for cell, *_ in table)),
+        [f"{label.strip('`')}\nβ {mode}" for mode, label in columns],
+        {(cell, f"{label.strip('`')}\nβ {mode}"): verdict for cell, mode, label, verdict in table},
+        os.path.join(output_dir, "candidates.png"),
+    )
     return markdown_table(
         ["cell", "β mode", "PU recipe", "seeds", "clean (floor)", "unsupervised", "PU (worse sampler)", "PU − clean",
          "PU FD / unsup. FD", "targets met"],
