@@ -104,6 +104,15 @@ def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
     assert true["fd_ratio"] == pytest.approx(24 / 20) and true["fd_ok"]
     assert auto["pu"] == pytest.approx(0.35) and not auto["at_most_unsupervised"]
     assert auto["fd_ratio"] == pytest.approx(80 / 50) and not auto["fd_ok"]
+    # exactly at the floor + 0.01 counts as at the floor: 27/500 against 22/500 (1 − NSR, as the records hold it)
+    edge = [
+        row("clean", [1 - (1 - 22 / 500)], [0.0], [10.0], [0]),
+        row("unsupervised", [0.2], [0.0], [20.0], [0]),
+        row("pu", [1 - (1 - 27 / 500)], [0.0], [25.0], [0]),
+    ]
+    assert edge[2]["sensitive_share_ddim50"][0] > edge[0]["sensitive_share_ddim50"][0] + 0.01  # float rounding
+    (at_edge,) = suite.cell_verdicts(edge, args)
+    assert at_edge["at_floor"] and at_edge["fd_ok"]  # and an FD of exactly 1.25× is within the target
 
 
 def test_targets_are_judged_per_beta_mode_and_beta_auto_on_every_estimate():
