@@ -755,7 +755,7 @@ def draw_gaps(rows: list[str], columns: list[str], verdicts: dict, path: str) ->
             f"{verdict['gap_to_floor']:+.3f}\nFD {verdict['fd_ratio']:.2f}×"
         )
     figure, axis = plt.subplots(figsize=(1.6 * len(columns) + 3, 0.5 * len(rows) + 1.4))
-    limit = max(0.05, float(np.nanmax(np.abs(grid))))
+    limit = float(np.clip(np.nanmax(np.abs(grid)), 0.05, 0.1))  # gaps past ±0.1 saturate: small ones stay visible
     image = axis.imshow(grid, cmap="coolwarm", vmin=-limit, vmax=limit, aspect="auto")
     for (i, j), label in labels.items():
         axis.text(j, i, label, ha="center", va="center", fontsize=7)
