@@ -590,6 +590,11 @@ def cell_verdicts(rows: list[dict], args) -> list[dict]:
     return verdicts
 
 
+def meets_targets(verdict: dict) -> bool:
+    """One cell's verdict: PU ≤ unsupervised, at the floor (+ 0.01) and FD ≤ 1.25× unsupervised's."""
+    return verdict["at_most_unsupervised"] and verdict["at_floor"] and verdict["fd_ok"]
+
+
 def cell_targets(verdicts: list[dict]) -> dict[str, dict]:
     """The issue's cell targets, per PU β mode (a default must pass them on its own; 'true' is the reference):
     PU's worse-sampler share ≤ unsupervised in every cell, ≤ clean + 0.01 in at least 80 % of cells, FD ≤ 1.25×
@@ -607,11 +612,7 @@ def cell_targets(verdicts: list[dict]) -> dict[str, dict]:
             "pu_at_most_unsupervised_every_cell": every_below_harm,
             "pu_at_floor_share_of_cells": at_floor,
             "pu_fd_within_1.25x_every_cell": every_fd,
-            "failing_cells": [
-                cell["cell"]
-                for cell in cells
-                if not (cell["at_floor"] and cell["at_most_unsupervised"] and cell["fd_ok"])
-            ],
+            "failing_cells": [cell["cell"] for cell in cells if not meets_targets(cell)],
             "met": every_below_harm and at_floor >= 0.8 and every_fd,
         }
     return targets
@@ -689,10 +690,10 @@ def format_table(verdicts: list[dict], rows: list[dict], args) -> str:
             estimate = mean_std([beta for beta in auto["beta_trained"] if beta is not None])
         table.append([
             verdict["cell"], notes.get(verdict["cell"], ""), verdict["beta_mode"], estimate,
-            ", ".join(map(str, verdict["seeds"])), "–" if verdict["ceiling"] is None else f"{verdict['ceiling']:.3f}", f"{verdict['clean']:.3f}",
-            f"{verdict['unsupervised']:.3f}",
-            f"{verdict['pu']:.3f}", f"{verdict['gap_to_floor']:+.3f}", f"{verdict['fd_ratio']:.2f}",
-            "yes" if verdict["at_most_unsupervised"] and verdict["at_floor"] and verdict["fd_ok"] else "**no**",
+            ", ".join(map(str, verdict["seeds"])), "–" if verdict["ceiling"] is None else f"{verdict['ceiling']:.3f}",
+            f"{verdict['clean']:.3f}", f"{verdict['unsupervised']:.3f}", f"{verdict['pu']:.3f}",
+            f"{verdict['gap_to_floor']:+.3f}", f"{verdict['fd_ratio']:.2f}",
+            "yes" if meets_targets(verdict) else "**no**",
         ])  # fmt: skip
     samplers = " / ".join(f"DDIM-{steps}" for steps in args.samplers)
     header = [
@@ -773,7 +774,6 @@ OUTPUTS = (
     "summary.json", "table.md", "heatmap.png", "data", "runs", "cache", "tiny_unet", "candidates", "candidates.md",
     "candidates.png",
 )  # what it writes  # fmt: skip
-REPORT_FILES = ("summary.json", "table.md", "heatmap.png")
 
 
 def report_folder(args) -> str:
@@ -822,7 +822,7 @@ def compare_candidates(output_dir: str) -> str:
          "PU FD / unsup. FD", "targets met"],
         [[cell, mode, label, ", ".join(map(str, v["seeds"])), f"{v['clean']:.3f}", f"{v['unsupervised']:.3f}",
           f"{v['pu']:.3f}", f"{v['gap_to_floor']:+.3f}", f"{v['fd_ratio']:.2f}",
-          "yes" if v["at_most_unsupervised"] and v["at_floor"] and v["fd_ok"] else "**no**"]
+          "yes" if meets_targets(v) else "**no**"]
          for cell, mode, label, v in table],
     )  # fmt: skip
 
