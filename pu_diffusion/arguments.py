@@ -179,6 +179,14 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         "so S stops being pushed up once it is κ× worse than U (absPU otherwise pushes it to ≈ L_U⁻/β).",
     )
     group.add_argument(
+        "--pu_sensitive_cap_reference",
+        type=str,
+        default="batch",
+        choices=("batch", "timestep"),
+        help="What --pu_sensitive_cap κ multiplies: batch (the batch's mean U loss) or timestep (U's mean loss at "
+        "each S sample's noise level, per tenth of the schedule, so S is held at most κ× worse than U at every t).",
+    )
+    group.add_argument(
         "--pu_nn_gamma",
         type=finite_float,
         default=1.0,
@@ -409,6 +417,10 @@ def validate_training_args(args) -> None:
     _require(
         args.pu_sensitive_cap is None or args.pu_sensitive_cap > 0,
         f"--pu_sensitive_cap must be > 0; got {args.pu_sensitive_cap}.",
+    )
+    _require(
+        args.pu_sensitive_cap_reference == "batch" or args.pu_sensitive_cap is not None,
+        "--pu_sensitive_cap_reference sets what --pu_sensitive_cap multiplies: give --pu_sensitive_cap κ too.",
     )
     if args.method == "erasediff":
         _require(args.erasediff_eta >= 0, f"--erasediff_eta must be >= 0; got {args.erasediff_eta}.")

@@ -170,6 +170,7 @@ def pu_risk(
     temperature: float = 1.0,
     sensitive_cap: float | None = None,
     nn_gamma: float = 1.0,
+    cap_reference: torch.Tensor | None = None,
 ) -> RiskTerms:
     """Risk of one batch from its per-sample losses ℓ and its S mask (see module docstring).
 
@@ -184,7 +185,9 @@ def pu_risk(
     ``sensitive_cap`` κ (pu only, opt-in): the subtracted term becomes β · mean_S min(ℓ, κ · sg[L_U⁻]), so an S
     sample stops being pushed up once its ℓ is κ times the U mean. Without it, absPU pushes L_S⁻ until
     L_U⁻ − β L_S⁻ reaches 0, i.e. to L_S⁻ ≈ L_U⁻/β (10× the U loss at β = 0.1); with κβ < 1 the negative risk
-    stays positive and that push stops far earlier. L_S⁻ is logged uncapped.
+    stays positive and that push stops far earlier. L_S⁻ is logged uncapped. ``cap_reference`` (B,) replaces
+    sg[L_U⁻] by a value per row (only the S rows' are read), e.g. U's mean ℓ at each S row's noise level
+    (:func:`timestep_matched_reference`); it is divided by τ like ℓ and detached.
     ``nn_gamma`` γ (nnPU only): the negative branch descends −γ(L_U⁻ − βL_S⁻) (Kiryo et al.'s discount; 1 is the
     paper's Algorithm 1, 0 makes that step a no-op instead of a push towards S).
     """
@@ -237,7 +240,10 @@ def pu_risk(
     positive_risk = beta * L_S_pos
     subtracted = L_S_neg
     if sensitive_cap is not None:
-        subtracted = torch.minimum(sensitive, sensitive_cap * L_U_neg.detach()).mean()
+        reference = L_U_neg.detach()
+        if cap_reference is not None:
+            reference = cap_reference.to(per_sample_loss.device).detach().float()[is_sensitive] / temperature
+        subtracted = torch.minimum(sensitive, sensitive_cap * reference).mean()
     negative_risk = L_U_neg - beta * subtracted
     if estimator == "abs":
         risk = positive_risk + negative_risk.abs()
@@ -305,6 +311,8 @@ def timestep_banded_pu_risk(
         L_S_neg = _mean_or_zero(sensitive).detach()  # noqa: N806
         L_S_pos = _mean_or_zero(sensitive_loss(sensitive)).detach() if sensitive.numel() else L_S_neg  # noqa: N806
         return RiskTerms(L_U_low, L_U_low, L_U_all, L_S_neg, L_S_pos, negative_risk=L_U_low.detach())
+    if pu_kwargs.get("cap_reference") is not None:  # per row: keep the band's rows
+        pu_kwargs = {**pu_kwargs, "cap_reference": pu_kwargs["cap_reference"].to(in_band.device)[in_band]}
     band = pu_risk(per_sample_loss[in_band], is_sensitive[in_band], **pu_kwargs)
     return RiskTerms(
         objective=weight_low * L_U_low + weight_high * band.objective,
@@ -316,6 +324,42 @@ def timestep_banded_pu_risk(
         nn_branch=band.nn_branch,
         extra={"L_U-_band": band.L_U_neg.detach().item()},
     )
+
+
+CAP_REFERENCES = ("batch", "timestep")  # what --pu_sensitive_cap κ multiplies: L_U⁻, or U's ℓ at each S row's t
+CAP_REFERENCE_BANDS = 10  # --pu_sensitive_cap_reference timestep: U's mean ℓ per tenth of [0, T)
+
+
+def timestep_matched_reference(
+    per_sample_loss: torch.Tensor,
+    is_sensitive: torch.Tensor,
+    timesteps: torch.Tensor,
+    num_train_timesteps: int,
+    num_bands: int = CAP_REFERENCE_BANDS,
+) -> torch.Tensor:
+    """For every row, the batch's mean U loss at that row's noise level: the mean ℓ of the U rows whose t lies in
+    the same one of ``num_bands`` equal bands of [0, T), or, where that band holds no U row, in the nearest band
+    that does. Returns (B,), detached.
+
+    Why: ℓ spans orders of magnitude over t (with ε-prediction it is largest at low noise), so a cap at κ times the
+    batch's mean U loss leaves the low-noise S rows capped from the start and lets the high-noise ones, where S and
+    U look alike, be pushed to many times their natural loss. Matched per band, the cap is κ× U at every t.
+    """
+    loss = per_sample_loss.detach().float()
+    is_sensitive = is_sensitive.to(device=loss.device, dtype=torch.bool)
+    if not bool((~is_sensitive).any()):
+        raise ValueError("The batch holds no unlabeled (U) sample; the cap's reference needs at least one.")
+    steps = timesteps.to(loss.device).float()
+    band = (steps * num_bands / num_train_timesteps).floor().long().clamp(0, num_bands - 1)
+    u_band, u_loss = band[~is_sensitive], loss[~is_sensitive]
+    sums = torch.zeros(num_bands, device=loss.device).index_add_(0, u_band, u_loss)
+    counts = torch.zeros(num_bands, device=loss.device).index_add_(0, u_band, torch.ones_like(u_loss))
+    filled = torch.nonzero(counts > 0).squeeze(1)
+    index = torch.arange(num_bands, device=loss.device)
+    # the nearest band holding a U row (ties: the lower band); the band itself where it holds one
+    nearest = filled[(index[:, None] - filled[None, :]).abs().argmin(dim=1)]
+    means = sums[nearest] / counts[nearest]
+    return means[band]
 
 
 SENSITIVE_BAND_STATS = ("n", "n<ln2", "sum l+", "sum dl+", "max dl+")  # per band, log key "S <stat> t<lo>-<hi>"
@@ -413,6 +457,8 @@ class PURisk:
     timesteps)`` → RiskTerms.
 
     ``method``/``beta``/``estimator``/``supervised_form``/``temperature``/``sensitive_cap`` as in :func:`pu_risk`;
+    ``sensitive_cap_reference`` "timestep" caps each S row at κ times U's mean ℓ at its noise level
+    (:func:`timestep_matched_reference`; needs ``num_train_timesteps`` and ``timesteps``), "batch" at κ·L_U⁻;
     ``min_timestep`` t₀ > 0 takes :func:`timestep_banded_pu_risk` (which needs ``timesteps``); ``reduce_for_branch``
     averages nnPU's branch value over processes. ``num_train_timesteps`` given (and ``timesteps`` passed), a
     pu/supervised step also logs how live ℓ⁺ is on S per quarter of [0, T) (:func:`sensitive_term_by_band`).
@@ -426,6 +472,7 @@ class PURisk:
     temperature: float = 1.0
     sensitive_cap: float | None = None
     nn_gamma: float = 1.0
+    sensitive_cap_reference: str = "batch"
     min_timestep: int = 0
     reduce_for_branch: Callable | None = None
     num_train_timesteps: int | None = None  # given: log ℓ⁺ on S per timestep band (sensitive_term_by_band)
@@ -433,6 +480,10 @@ class PURisk:
     def __post_init__(self):
         if isinstance(self.beta, str) or not 0 <= self.beta < 1:
             raise ValueError(f"PURisk needs a resolved β in [0, 1); got {self.beta!r}.")
+        if self.sensitive_cap_reference not in CAP_REFERENCES:
+            raise ValueError(f"Unknown cap reference {self.sensitive_cap_reference!r}: use one of {CAP_REFERENCES}.")
+        if self.sensitive_cap_reference == "timestep" and not self.num_train_timesteps:
+            raise ValueError("The timestep cap reference needs num_train_timesteps.")
 
     def __call__(self, per_sample_loss: torch.Tensor, is_sensitive: torch.Tensor, timesteps=None) -> RiskTerms:
         options = {
@@ -445,6 +496,12 @@ class PURisk:
             "sensitive_cap": self.sensitive_cap,
             "nn_gamma": self.nn_gamma,
         }
+        if self.sensitive_cap is not None and self.sensitive_cap_reference == "timestep" and self.method == "pu":
+            if timesteps is None:
+                raise ValueError("The timestep cap reference needs each row's timestep.")
+            options["cap_reference"] = timestep_matched_reference(
+                per_sample_loss, is_sensitive, timesteps, self.num_train_timesteps
+            )
         if self.min_timestep:
             terms = timestep_banded_pu_risk(per_sample_loss, is_sensitive, timesteps, self.min_timestep, **options)
         else:

@@ -250,6 +250,7 @@ def make_risk(accelerator, args, beta: float, num_train_timesteps: int | None = 
         temperature=args.loss_temperature,
         sensitive_cap=args.pu_sensitive_cap,
         nn_gamma=getattr(args, "pu_nn_gamma", 1.0),
+        sensitive_cap_reference=getattr(args, "pu_sensitive_cap_reference", "batch"),
         min_timestep=getattr(args, "pu_min_timestep", 0),  # an unconditional-script flag
         reduce_for_branch=lambda value: accelerator.reduce(value, reduction="mean"),
         num_train_timesteps=num_train_timesteps,

@@ -261,6 +261,63 @@ def test_sensitive_cap_stops_pushing_s_samples_that_are_already_k_times_worse_th
         pu_risk(loss, is_sensitive, "pu", sensitive_cap=0.0)
 
 
+def test_timestep_matched_reference_is_us_mean_loss_in_each_rows_band_or_the_nearest_filled_one():
+    from pu_diffusion.losses import timestep_matched_reference
+
+    # U rows: ℓ 40, 60 at t 10, 50 (band 0 of 10 over [0, 1000)); ℓ 1 at t 950 (band 9). S rows: t 20, 940, 500.
+    loss = torch.tensor([40.0, 60.0, 1.0, 7.0, 3.0, 9.0])
+    is_sensitive = torch.tensor([False, False, False, True, True, True])
+    timesteps = torch.tensor([10, 50, 950, 20, 940, 500])
+    reference = timestep_matched_reference(loss, is_sensitive, timesteps, 1000)
+    assert reference.tolist() == [50.0, 50.0, 1.0, 50.0, 1.0, 1.0]  # t 500 (band 5): nearest U band is 9 (4 vs 5)
+    reference = timestep_matched_reference(loss, is_sensitive, torch.tensor([10, 50, 950, 20, 940, 400]), 1000)
+    assert reference[5].item() == 50.0  # band 4: band 0 is 4 away, band 9 five
+    # float timesteps (flow matching: σ·T) and t = T itself fall in the last band
+    assert timestep_matched_reference(loss, is_sensitive, torch.tensor([0.0, 99.9, 1000.0, 5, 999.5, 3]), 1000)[
+        3:
+    ].tolist() == [50.0, 1.0, 50.0]
+    with pytest.raises(ValueError, match="no unlabeled"):
+        timestep_matched_reference(loss, torch.ones(6, dtype=torch.bool), timesteps, 1000)
+
+
+def test_timestep_cap_holds_each_s_row_at_k_times_u_at_its_own_noise_level():
+    from pu_diffusion.losses import PURisk
+
+    # U: ℓ 40 at t 10 (low noise), ℓ 1 at t 950 (high noise); S: ℓ 5 at t 960, ℓ 70 at t 30. L_U⁻ = 20.5.
+    loss = torch.tensor([40.0, 1.0, 5.0, 70.0], requires_grad=True)
+    is_sensitive = torch.tensor([False, False, True, True])
+    timesteps = torch.tensor([10, 950, 960, 30])
+    batch = pu_risk(loss, is_sensitive, "pu", beta=0.1, sensitive_cap=2.0)
+    (grad_batch,) = torch.autograd.grad(batch.objective, loss)
+    # batch reference (cap 41): the high-noise S row (5, 5× its U) is still pushed, the low-noise one (70) is not
+    assert grad_batch[2].item() < -0.04 and abs(grad_batch[3].item()) < 1e-12
+    risk = PURisk(
+        method="pu", beta=0.1, sensitive_cap=2.0, sensitive_cap_reference="timestep", num_train_timesteps=1000
+    )
+    matched = risk(loss, is_sensitive, timesteps)
+    (grad_matched,) = torch.autograd.grad(matched.objective, loss)
+    # timestep reference: caps 2·1 = 2 and 2·40 = 80, so the high-noise row stops and the low-noise one is pushed
+    assert abs(grad_matched[2].item()) < 1e-2 and grad_matched[3].item() < -0.04
+    assert matched.negative_risk.item() == pytest.approx(20.5 - 0.1 * (2.0 + 70.0) / 2)
+    assert matched.L_S_neg.item() == pytest.approx(37.5)  # logged uncapped
+    # the same through nnPU's branch and t₀'s banded risk: the per-row reference follows the band's rows
+    banded = PURisk(
+        method="pu",
+        beta=0.1,
+        sensitive_cap=2.0,
+        sensitive_cap_reference="timestep",
+        num_train_timesteps=1000,
+        min_timestep=500,
+    )(loss.detach(), is_sensitive, timesteps)
+    assert banded.negative_risk.item() == pytest.approx(1.0 - 0.1 * 2.0)
+    with pytest.raises(ValueError, match="cap reference"):
+        PURisk(method="pu", beta=0.1, sensitive_cap=2.0, sensitive_cap_reference="mean")
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        PURisk(method="pu", beta=0.1, sensitive_cap=2.0, sensitive_cap_reference="timestep")
+    with pytest.raises(ValueError, match="timestep"):
+        risk(loss, is_sensitive)
+
+
 def test_sensitive_rows_draw_timesteps_from_the_band_and_plain_draws_keep_the_random_stream():
     is_sensitive = torch.tensor([False, True] * 500)
     torch.manual_seed(0)

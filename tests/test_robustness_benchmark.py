@@ -74,6 +74,9 @@ def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flag
     pu = suite.run_flags(args, "pu", "true", suite.FULL_CELLS[0])
     assert suite.run_key(pu) == suite.run_key(pu + ["--sensitive_augment", "0"]) == "75168e4788"
     assert suite.run_key(pu + ["--sensitive_augment", "0.25"]) != suite.run_key(pu)
+    cap = pu + ["--pu_sensitive_cap", "4"]  # a cached candidate's key (before --pu_sensitive_cap_reference)
+    assert suite.run_key(cap) == suite.run_key(cap + ["--pu_sensitive_cap_reference", "batch"]) == "76d93936e4"
+    assert suite.run_key(cap + ["--pu_sensitive_cap_reference", "timestep"]) != suite.run_key(cap)
     with pytest.raises(SystemExit):
         suite.parse_args(["--cells", "no-such-cell"])
     with pytest.raises(SystemExit):

@@ -87,6 +87,17 @@ def test_resume_equals_straight_training(tmp_path, tiny_unet_config, extra):
     assert any(not torch.equal(start[k], v) for k, v in unet_weights(resumed).items())  # training went on
 
 
+def test_timestep_cap_reference_reaches_the_risk_and_is_recorded(tmp_path, tiny_unet_config):
+    """--pu_sensitive_cap_reference timestep trains other weights than the batch reference, and pu_run.json says so."""
+    batch, matched = tmp_path / "batch", tmp_path / "matched"
+    cap = ["--pu_sensitive_cap", "1", "--max_train_steps", "3"]
+    run(tiny_args(batch, tiny_unet_config(), *cap))
+    run(tiny_args(matched, tiny_unet_config(), *cap, "--pu_sensitive_cap_reference", "timestep"))
+    assert any(not torch.equal(unet_weights(batch)[k], v) for k, v in unet_weights(matched).items())
+    recorded = json.loads((matched / "pu_run.json").read_text())
+    assert json.dumps(recorded).count('"timestep"') == 1
+
+
 def test_half_run_then_resume_equals_straight_training(tmp_path, tiny_unet_config):
     """N/2 steps as a run of its own, then resume to N (constant LR so the schedule does not depend on N)."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -204,6 +215,7 @@ BAD_INPUTS = [
     (["--objective", "diffusion", "--inference_scheduler", "euler"], "--inference_scheduler euler samples flow"),
     (["--inference_scheduler", "euler"], "add --objective flow_matching"),
     (["--pu_nn_gamma", "0"], "it needs --method pu --pu_estimator nn"),
+    (["--pu_sensitive_cap_reference", "timestep"], "give --pu_sensitive_cap κ too"),
     (["--pu_estimator", "nn", "--pu_nn_gamma", "1.5"], r"--pu_nn_gamma must lie in \[0, 1\]"),
     (["--objective", "flow_matching", "--ddpm_beta_schedule", "squaredcos_cap_v2"], "flow matching has none"),
     (["--flow_shift", "3"], "--flow_shift sets a new flow-matching scheduler"),
