@@ -14,7 +14,7 @@ import os
 
 from .class_prior import ESTIMATORS
 from .cli import UsageError, finite_float
-from .losses import LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, SUPERVISED_FORMS
+from .losses import CAP_REFERENCES, LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, SUPERVISED_FORMS
 from .outputs import check_separate, check_writable, is_within
 
 
@@ -182,7 +182,7 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         "--pu_sensitive_cap_reference",
         type=str,
         default="batch",
-        choices=("batch", "timestep"),
+        choices=CAP_REFERENCES,
         help="What --pu_sensitive_cap κ multiplies: batch (the batch's mean U loss) or timestep (U's mean loss at "
         "each S sample's noise level, per tenth of the schedule, so S is held at most κ× worse than U at every t).",
     )
