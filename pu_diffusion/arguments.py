@@ -179,6 +179,14 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         "so S stops being pushed up once it is κ× worse than U (absPU otherwise pushes it to ≈ L_U⁻/β).",
     )
     group.add_argument(
+        "--pu_sensitive_cap_fraction",
+        type=finite_float,
+        default=None,
+        help="ρ in (0, 1) (opt-in, instead of --pu_sensitive_cap): κ = ρ/β, i.e. cap each S loss at the fraction ρ "
+        "of the point where absPU's L_U⁻ − β·L_S⁻ reaches zero (L_U⁻/β), so the push scales with β: ρ 0.4 is κ 4 at "
+        "β 0.1 and κ 2 at β 0.2. β is the resolved one (--beta auto's estimate or fallback).",
+    )
+    group.add_argument(
         "--pu_sensitive_cap_reference",
         type=str,
         default="batch",
@@ -419,8 +427,19 @@ def validate_training_args(args) -> None:
         f"--pu_sensitive_cap must be > 0; got {args.pu_sensitive_cap}.",
     )
     _require(
-        args.pu_sensitive_cap_reference == "batch" or args.pu_sensitive_cap is not None,
-        "--pu_sensitive_cap_reference sets what --pu_sensitive_cap multiplies: give --pu_sensitive_cap κ too.",
+        args.pu_sensitive_cap_fraction is None or 0 < args.pu_sensitive_cap_fraction < 1,
+        f"--pu_sensitive_cap_fraction must lie in (0, 1); got {args.pu_sensitive_cap_fraction}.",
+    )
+    _require(
+        args.pu_sensitive_cap is None or args.pu_sensitive_cap_fraction is None,
+        "--pu_sensitive_cap κ and --pu_sensitive_cap_fraction ρ (κ = ρ/β) set the same cap: give one of them.",
+    )
+    _require(
+        args.pu_sensitive_cap_reference == "batch"
+        or args.pu_sensitive_cap is not None
+        or args.pu_sensitive_cap_fraction is not None,
+        "--pu_sensitive_cap_reference sets what --pu_sensitive_cap multiplies: give --pu_sensitive_cap κ (or "
+        "--pu_sensitive_cap_fraction ρ) too.",
     )
     if args.method == "erasediff":
         _require(args.erasediff_eta >= 0, f"--erasediff_eta must be >= 0; got {args.erasediff_eta}.")

@@ -51,6 +51,7 @@ ADDED_ARGS_NEUTRAL = {
     "flow_shift": 1.0,
     "sensitive_augment": 0.0,
     "pu_sensitive_cap_reference": "batch",
+    "pu_sensitive_cap_fraction": None,
 }
 # Flags of a method added after that method's runs were cached: at their neutral value they are left out of its
 # runs' keys too (unlike the method's older flags, which are part of those keys).

@@ -77,6 +77,7 @@ def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flag
     cap = pu + ["--pu_sensitive_cap", "4"]  # a cached candidate's key (before --pu_sensitive_cap_reference)
     assert suite.run_key(cap) == suite.run_key(cap + ["--pu_sensitive_cap_reference", "batch"]) == "76d93936e4"
     assert suite.run_key(cap + ["--pu_sensitive_cap_reference", "timestep"]) != suite.run_key(cap)
+    assert suite.run_key(pu + ["--pu_sensitive_cap_fraction", "0.4"]) != suite.run_key(cap)
     with pytest.raises(SystemExit):
         suite.parse_args(["--cells", "no-such-cell"])
     with pytest.raises(SystemExit):

@@ -98,6 +98,18 @@ def test_timestep_cap_reference_reaches_the_risk_and_is_recorded(tmp_path, tiny_
     assert json.dumps(recorded).count('"timestep"') == 1
 
 
+def test_cap_fraction_is_kappa_over_the_resolved_beta(tmp_path, tiny_unet_config):
+    """--pu_sensitive_cap_fraction ρ trains exactly what --pu_sensitive_cap ρ/β trains, and that cap binds."""
+    common = ["--beta", "0.5", "--max_train_steps", "3"]
+    kappa, fraction, uncapped = tmp_path / "kappa", tmp_path / "fraction", tmp_path / "uncapped"
+    run(tiny_args(kappa, tiny_unet_config(), *common, "--pu_sensitive_cap", "1"))
+    run(tiny_args(fraction, tiny_unet_config(), *common, "--pu_sensitive_cap_fraction", "0.5"))
+    run(tiny_args(uncapped, tiny_unet_config(), *common))
+    assert all(torch.equal(unet_weights(kappa)[k], v) for k, v in unet_weights(fraction).items())
+    assert any(not torch.equal(unet_weights(kappa)[k], v) for k, v in unet_weights(uncapped).items())
+    assert json.loads((fraction / "pu_run.json").read_text())["pu_sensitive_cap_fraction"] == 0.5
+
+
 def test_half_run_then_resume_equals_straight_training(tmp_path, tiny_unet_config):
     """N/2 steps as a run of its own, then resume to N (constant LR so the schedule does not depend on N)."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -215,7 +227,10 @@ BAD_INPUTS = [
     (["--objective", "diffusion", "--inference_scheduler", "euler"], "--inference_scheduler euler samples flow"),
     (["--inference_scheduler", "euler"], "add --objective flow_matching"),
     (["--pu_nn_gamma", "0"], "it needs --method pu --pu_estimator nn"),
-    (["--pu_sensitive_cap_reference", "timestep"], "give --pu_sensitive_cap κ too"),
+    (["--pu_sensitive_cap_reference", "timestep"], "give --pu_sensitive_cap κ"),
+    (["--pu_sensitive_cap_fraction", "1"], r"--pu_sensitive_cap_fraction must lie in \(0, 1\)"),
+    (["--pu_sensitive_cap_fraction", "0"], r"--pu_sensitive_cap_fraction must lie in \(0, 1\)"),
+    (["--pu_sensitive_cap_fraction", "0.4", "--pu_sensitive_cap", "4"], "set the same cap: give one of them"),
     (["--pu_estimator", "nn", "--pu_nn_gamma", "1.5"], r"--pu_nn_gamma must lie in \[0, 1\]"),
     (["--objective", "flow_matching", "--ddpm_beta_schedule", "squaredcos_cap_v2"], "flow matching has none"),
     (["--flow_shift", "3"], "--flow_shift sets a new flow-matching scheduler"),
@@ -363,3 +378,15 @@ def test_flow_matching_run_saves_a_pipeline_stock_diffusers_samples_and_fine_tun
             + ["--pretrained_model_name_or_path", str(out), "--objective", "diffusion"]
         )
     assert not (tmp_path / "never").exists()
+
+
+def test_cap_fraction_scales_with_beta_and_leaves_beta_zero_uncapped():
+    from argparse import Namespace
+
+    from pu_diffusion.training import sensitive_cap
+
+    by_fraction = Namespace(pu_sensitive_cap=None, pu_sensitive_cap_fraction=0.4)
+    assert sensitive_cap(by_fraction, 0.1) == pytest.approx(4.0)
+    assert sensitive_cap(by_fraction, 0.2) == pytest.approx(2.0)
+    assert sensitive_cap(by_fraction, 0.0) is None  # nothing is pushed at β 0
+    assert sensitive_cap(Namespace(pu_sensitive_cap=3.0, pu_sensitive_cap_fraction=None), 0.2) == 3.0
