@@ -251,6 +251,10 @@ def sensitive_cap(args, beta: float) -> float | None:
 def make_risk(accelerator, args, beta: float, num_train_timesteps: int | None = None) -> PURisk:
     """The run's PURisk from the PU flags and the resolved ``beta``; nnPU's branch is averaged over processes.
     With ``num_train_timesteps`` every step also logs ℓ⁺ on S per timestep band (a diagnostic)."""
+    if getattr(args, "pu_sensitive_cap_fraction", None) is not None and args.method == "pu":
+        logger.info(
+            f"--pu_sensitive_cap_fraction {args.pu_sensitive_cap_fraction}: κ = ρ/β = {sensitive_cap(args, beta)}"
+        )
     return PURisk(
         method=args.method,
         beta=beta,
