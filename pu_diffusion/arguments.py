@@ -431,6 +431,10 @@ def validate_training_args(args) -> None:
         f"--pu_sensitive_cap_fraction must lie in (0, 1); got {args.pu_sensitive_cap_fraction}.",
     )
     _require(
+        args.method == "pu" or (args.pu_sensitive_cap is None and args.pu_sensitive_cap_fraction is None),
+        "--pu_sensitive_cap / --pu_sensitive_cap_fraction cap the S term of the PU risk: they need --method pu.",
+    )
+    _require(
         args.pu_sensitive_cap is None or args.pu_sensitive_cap_fraction is None,
         "--pu_sensitive_cap κ and --pu_sensitive_cap_fraction ρ (κ = ρ/β) set the same cap: give one of them.",
     )

@@ -354,7 +354,7 @@ def test_metrics_and_model_cards_are_replaced_whole_or_not_at_all(tmp_path, monk
 NON_FINITE_FLAGS = [
     "--learning_rate", "--adam_beta1", "--adam_beta2", "--adam_epsilon", "--adam_weight_decay", "--ema_max_decay",
     "--ema_inv_gamma", "--ema_power", "--max_grad_norm", "--loss_temperature", "--beta_margin", "--pu_sensitive_cap",
-    "--erasediff_lambda", "--erasediff_eta", "--builtin_contamination", "--beta",
+    "--erasediff_lambda", "--erasediff_eta", "--builtin_contamination", "--beta", "--pu_sensitive_cap_fraction",
 ]  # fmt: skip
 
 

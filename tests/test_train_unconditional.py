@@ -231,6 +231,8 @@ BAD_INPUTS = [
     (["--pu_sensitive_cap_fraction", "1"], r"--pu_sensitive_cap_fraction must lie in \(0, 1\)"),
     (["--pu_sensitive_cap_fraction", "0"], r"--pu_sensitive_cap_fraction must lie in \(0, 1\)"),
     (["--pu_sensitive_cap_fraction", "0.4", "--pu_sensitive_cap", "4"], "set the same cap: give one of them"),
+    (["--pu_sensitive_cap_fraction", "0.4", "--method", "unsupervised"], "they need --method pu"),
+    (["--pu_sensitive_cap", "4", "--method", "supervised"], "they need --method pu"),
     (["--pu_estimator", "nn", "--pu_nn_gamma", "1.5"], r"--pu_nn_gamma must lie in \[0, 1\]"),
     (["--objective", "flow_matching", "--ddpm_beta_schedule", "squaredcos_cap_v2"], "flow matching has none"),
     (["--flow_shift", "3"], "--flow_shift sets a new flow-matching scheduler"),
