@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import time
 
@@ -144,6 +145,8 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--smoke", action="store_true", help="Seconds-long run on a tiny UNet (for the tests).")
     args = parser.parse_args(input_args)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.variant):
+        parser.error(f"--variant {args.variant!r} names cached files: use letters, digits, '.', '_' and '-' only.")
     if args.quick:
         if args.max_train_steps is None:
             args.max_train_steps = QUICK_STEPS
@@ -630,7 +633,9 @@ def main(args):
         if os.path.exists(grid):
             tiles[column if variant == args.variant else variant] = np.load(grid)
     if tiles:
-        save_methods_grid(tiles, os.path.join(args.output_dir, "methods_grid.png"))
+        # a variant's own grid beside the default's, which a variant run (often PU alone) must not replace
+        name = "methods_grid.png" if args.variant == "default" else f"methods_grid_{args.variant}.png"
+        save_methods_grid(tiles, os.path.join(args.output_dir, name))
     if args.beta_sweep:
         plot_beta_sweep(rows, args.beta_sweep, os.path.join(args.output_dir, "beta_sweep.png"), first)
     write_json(os.path.join(args.output_dir, "results.json"), report)

@@ -19,6 +19,21 @@ import torch
 from test_evaluation import fast_classifier
 
 
+def test_a_variant_writes_its_own_samples_grid_and_names_only_files(tmp_path, monkeypatch):
+    """A variant run (PU alone, say) leaves the default's methods_grid.png alone; its name must be a file name."""
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    fast_classifier(monkeypatch)
+    bench = mnist_pu_benchmark
+    out = tmp_path / "bench"
+    bench.main(
+        bench.parse_args(["--smoke", "--methods", "pu", "--seeds", "0", "--variant", "v1", "--output_dir", str(out)])
+    )
+    assert (out / "methods_grid_v1.png").exists() and not (out / "methods_grid.png").exists()
+    for bad in ("../x", "a/b", ""):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--smoke", "--variant", bad])
+
+
 def test_benchmark_is_incremental_and_accumulates_seeds(tmp_path, monkeypatch):
     monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
     fast_classifier(monkeypatch)
