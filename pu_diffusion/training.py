@@ -242,26 +242,24 @@ def make_optimizer(args, parameters, num_processes: int):
 def sensitive_cap(args, beta: float) -> float | None:
     """κ of the S-loss cap: --pu_sensitive_cap, or --pu_sensitive_cap_fraction ρ / the resolved β (no cap at β 0,
     where nothing is pushed)."""
-    fraction = getattr(args, "pu_sensitive_cap_fraction", None)
-    if fraction is None or beta <= 0:
+    if args.pu_sensitive_cap_fraction is None or beta <= 0:
         return args.pu_sensitive_cap
-    return fraction / beta
+    return args.pu_sensitive_cap_fraction / beta
 
 
 def make_risk(accelerator, args, beta: float, num_train_timesteps: int | None = None) -> PURisk:
     """The run's PURisk from the PU flags and the resolved ``beta``; nnPU's branch is averaged over processes.
     With ``num_train_timesteps`` every step also logs ℓ⁺ on S per timestep band (a diagnostic)."""
-    if getattr(args, "pu_sensitive_cap_fraction", None) is not None and args.method == "pu":
-        logger.info(
-            f"--pu_sensitive_cap_fraction {args.pu_sensitive_cap_fraction}: κ = ρ/β = {sensitive_cap(args, beta)}"
-        )
+    kappa = sensitive_cap(args, beta)
+    if args.pu_sensitive_cap_fraction is not None:  # validation allows it with --method pu only
+        logger.info(f"--pu_sensitive_cap_fraction {args.pu_sensitive_cap_fraction}: κ = ρ/β = {kappa}")
     return PURisk(
         method=args.method,
         beta=beta,
         estimator=args.pu_estimator,
         supervised_form=args.supervised_form,
         temperature=args.loss_temperature,
-        sensitive_cap=sensitive_cap(args, beta),
+        sensitive_cap=kappa,
         nn_gamma=getattr(args, "pu_nn_gamma", 1.0),
         sensitive_cap_reference=getattr(args, "pu_sensitive_cap_reference", "batch"),
         min_timestep=getattr(args, "pu_min_timestep", 0),  # an unconditional-script flag
