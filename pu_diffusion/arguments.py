@@ -182,9 +182,10 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         "--pu_sensitive_cap_fraction",
         type=finite_float,
         default=None,
-        help="ρ in (0, 1) (opt-in, instead of --pu_sensitive_cap): κ = ρ/β, i.e. cap each S loss at the fraction ρ "
-        "of the point where absPU's L_U⁻ − β·L_S⁻ reaches zero (L_U⁻/β), so the push scales with β: ρ 0.4 is κ 4 at "
-        "β 0.1 and κ 2 at β 0.2. β is the resolved one (--beta auto's estimate or fallback).",
+        help="ρ in (0, 1) (opt-in): κ = ρ/β, i.e. cap each S loss at the fraction ρ of the point where absPU's "
+        "L_U⁻ − β·L_S⁻ reaches zero (L_U⁻/β), so the push scales with β: ρ 0.4 is κ 4 at β 0.1 and κ 2 at β 0.2. "
+        "β is the resolved one (--beta auto's estimate or fallback). With --pu_sensitive_cap too, the smaller κ "
+        "holds: --pu_sensitive_cap 4 --pu_sensitive_cap_fraction 0.4 is κ = min(4, 0.4/β).",
     )
     group.add_argument(
         "--pu_sensitive_cap_reference",
@@ -433,10 +434,6 @@ def validate_training_args(args) -> None:
     _require(
         args.method == "pu" or (args.pu_sensitive_cap is None and args.pu_sensitive_cap_fraction is None),
         "--pu_sensitive_cap / --pu_sensitive_cap_fraction cap the S term of the PU risk: they need --method pu.",
-    )
-    _require(
-        args.pu_sensitive_cap is None or args.pu_sensitive_cap_fraction is None,
-        "--pu_sensitive_cap κ and --pu_sensitive_cap_fraction ρ (κ = ρ/β) set the same cap: give one of them.",
     )
     _require(
         args.pu_sensitive_cap_reference == "batch"

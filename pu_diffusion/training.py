@@ -240,11 +240,13 @@ def make_optimizer(args, parameters, num_processes: int):
 
 
 def sensitive_cap(args, beta: float) -> float | None:
-    """κ of the S-loss cap: --pu_sensitive_cap, or --pu_sensitive_cap_fraction ρ / the resolved β (no cap at β 0,
-    where nothing is pushed)."""
-    if args.pu_sensitive_cap_fraction is None or beta <= 0:
-        return args.pu_sensitive_cap
-    return args.pu_sensitive_cap_fraction / beta
+    """κ of the S-loss cap: --pu_sensitive_cap, --pu_sensitive_cap_fraction ρ / the resolved β (ρ has no cap at
+    β 0, where nothing is pushed), or the smaller of the two when both are given."""
+    caps = [args.pu_sensitive_cap]
+    if args.pu_sensitive_cap_fraction is not None and beta > 0:
+        caps.append(args.pu_sensitive_cap_fraction / beta)
+    caps = [cap for cap in caps if cap is not None]
+    return min(caps) if caps else None
 
 
 def make_risk(accelerator, args, beta: float, num_train_timesteps: int | None = None) -> PURisk:
@@ -252,7 +254,7 @@ def make_risk(accelerator, args, beta: float, num_train_timesteps: int | None = 
     With ``num_train_timesteps`` every step also logs ℓ⁺ on S per timestep band (a diagnostic)."""
     kappa = sensitive_cap(args, beta)
     if args.pu_sensitive_cap_fraction is not None:  # validation allows it with --method pu only
-        logger.info(f"--pu_sensitive_cap_fraction {args.pu_sensitive_cap_fraction}: κ = ρ/β = {kappa}")
+        logger.info(f"--pu_sensitive_cap_fraction {args.pu_sensitive_cap_fraction} at β {beta}: κ = {kappa}")
     return PURisk(
         method=args.method,
         beta=beta,

@@ -99,13 +99,17 @@ def test_timestep_cap_reference_reaches_the_risk_and_is_recorded(tmp_path, tiny_
 
 
 def test_cap_fraction_is_kappa_over_the_resolved_beta(tmp_path, tiny_unet_config):
-    """--pu_sensitive_cap_fraction ρ trains exactly what --pu_sensitive_cap ρ/β trains, and that cap binds."""
+    """--pu_sensitive_cap_fraction ρ trains exactly what --pu_sensitive_cap ρ/β trains, and that cap binds; with
+    both flags the smaller κ holds (here κ 1 = 0.5/β beats κ 3)."""
     common = ["--beta", "0.5", "--max_train_steps", "3"]
     kappa, fraction, uncapped = tmp_path / "kappa", tmp_path / "fraction", tmp_path / "uncapped"
+    both = tmp_path / "both"
     run(tiny_args(kappa, tiny_unet_config(), *common, "--pu_sensitive_cap", "1"))
     run(tiny_args(fraction, tiny_unet_config(), *common, "--pu_sensitive_cap_fraction", "0.5"))
+    run(tiny_args(both, tiny_unet_config(), *common, "--pu_sensitive_cap", "3", "--pu_sensitive_cap_fraction", "0.5"))
     run(tiny_args(uncapped, tiny_unet_config(), *common))
     assert all(torch.equal(unet_weights(kappa)[k], v) for k, v in unet_weights(fraction).items())
+    assert all(torch.equal(unet_weights(kappa)[k], v) for k, v in unet_weights(both).items())
     assert any(not torch.equal(unet_weights(kappa)[k], v) for k, v in unet_weights(uncapped).items())
     assert json.loads((fraction / "pu_run.json").read_text())["pu_sensitive_cap_fraction"] == 0.5
 
@@ -230,7 +234,6 @@ BAD_INPUTS = [
     (["--pu_sensitive_cap_reference", "timestep"], "give --pu_sensitive_cap κ"),
     (["--pu_sensitive_cap_fraction", "1"], r"--pu_sensitive_cap_fraction must lie in \(0, 1\)"),
     (["--pu_sensitive_cap_fraction", "0"], r"--pu_sensitive_cap_fraction must lie in \(0, 1\)"),
-    (["--pu_sensitive_cap_fraction", "0.4", "--pu_sensitive_cap", "4"], "set the same cap: give one of them"),
     (["--pu_sensitive_cap_fraction", "0.4", "--method", "unsupervised"], "they need --method pu"),
     (["--pu_sensitive_cap", "4", "--method", "supervised"], "they need --method pu"),
     (["--pu_estimator", "nn", "--pu_nn_gamma", "1.5"], r"--pu_nn_gamma must lie in \[0, 1\]"),
@@ -392,3 +395,7 @@ def test_cap_fraction_scales_with_beta_and_leaves_beta_zero_uncapped():
     assert sensitive_cap(by_fraction, 0.2) == pytest.approx(2.0)
     assert sensitive_cap(by_fraction, 0.0) is None  # nothing is pushed at β 0
     assert sensitive_cap(Namespace(pu_sensitive_cap=3.0, pu_sensitive_cap_fraction=None), 0.2) == 3.0
+    both = Namespace(pu_sensitive_cap=4.0, pu_sensitive_cap_fraction=0.4)  # κ = min(4, 0.4/β)
+    assert sensitive_cap(both, 0.2) == pytest.approx(2.0)
+    assert sensitive_cap(both, 0.05) == 4.0
+    assert sensitive_cap(both, 0.0) == 4.0
