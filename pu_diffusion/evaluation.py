@@ -6,6 +6,7 @@ generated and before anything is written; a bad one raises :class:`EvaluationErr
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -34,7 +35,15 @@ from .inception import (
     inception_features,
     load_inception,
 )
-from .metrics import CLASSIFIER_FD, count_non_sensitive, frechet_distance, wilson_interval
+from .metrics import (
+    CLASSIFIER_FD,
+    MIN_REFERENCE_COUNT,
+    NOT_SUPPRESSED_RATIO,
+    count_non_sensitive,
+    frechet_distance,
+    sensitive_classes_against_reference,
+    wilson_interval,
+)
 from .outputs import claim, write_json_atomic
 from .pu_dataset import ImageTransform
 
@@ -286,6 +295,84 @@ def write_metrics(metrics: dict, output_dir: str, samples: torch.Tensor | None =
         images = ((samples[:grid_size].clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
         save_image_grid(images, os.path.join(output_dir, "samples_eval.png"), scale=max(1, 64 // samples.shape[-1]))
     return path
+
+
+def _same_model_path(a: str, b: str) -> bool:
+    """Two --classifier_name_or_path values name the same judge (the same hub id, or the same local folder)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+
+
+def read_reference_metrics(path: str, pipeline_path: str, classifier_path: str | None, sensitive_labels) -> dict:
+    """``--reference_metrics``: the metrics.json of an earlier evaluation of a reference model (the same recipe with
+    ``--method unsupervised``, or the base model), checked before anything is loaded: it must be judged by the same
+    classifier with the same sensitive classes, or its per-class counts say nothing about this pipeline's."""
+    flag = f"--reference_metrics {path!r}"
+    if not os.path.isfile(path):
+        raise EvaluationError(
+            f"{flag} is not a file: give the metrics.json an evaluate_pu_diffusion.py run wrote for a reference "
+            "model (e.g. the same recipe trained with --method unsupervised)."
+        )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            reference = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise EvaluationError(f"{flag} is not readable JSON ({first_line(error)}).") from None
+    counts = reference.get("predicted_class_counts") if isinstance(reference, dict) else None
+    valid = (
+        isinstance(counts, list)
+        and counts
+        and all(isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts)
+        and sum(counts) > 0
+        and isinstance(reference.get("classifier"), str)
+        and isinstance(reference.get("sensitive_classes"), list)
+    )
+    if not valid:
+        raise EvaluationError(
+            f"{flag} is not a metrics.json of evaluate_pu_diffusion.py (it needs predicted_class_counts, "
+            "sensitive_classes and classifier): evaluate the reference model with this program first."
+        )
+    if classifier_path is None:  # the built-in digits: ten classes, sensitive ones from the pipeline's split
+        split = read_builtin_split(pipeline_path)
+        sensitive = sorted(set(range(10)) - set(split["preset"]["normal_classes"]))
+        same_judge = "class_labels" not in reference and len(counts) == 10
+        judge = "the built-in digit classifier"
+    else:
+        labels = reference.get("class_labels")
+        same_judge = _same_model_path(reference["classifier"], classifier_path) and isinstance(labels, list)
+        judge = f"--classifier_name_or_path {classifier_path!r}"
+        sensitive = None
+        if same_judge:
+            sensitive = sorted(sensitive_label_ids(sensitive_labels, dict(enumerate(labels))))
+    if not same_judge:
+        raise EvaluationError(
+            f"{flag} was judged by {reference['classifier']!r}, not {judge}: evaluate the reference with the same "
+            "judge, so that the class counts compare."
+        )
+    if sorted(reference["sensitive_classes"]) != sensitive:
+        raise EvaluationError(
+            f"{flag} counts classes {reference['sensitive_classes']} as sensitive, this evaluation {sensitive}: "
+            "evaluate the reference with the same sensitive classes."
+        )
+    return reference
+
+
+def compare_with_reference(metrics: dict, reference: dict, reference_path: str) -> dict:
+    """The per-sensitive-class comparison of ``metrics`` with the reference's (:func:`read_reference_metrics`):
+    each class's share of the samples, the reference's, their ratio, and the classes not suppressed."""
+    labels = metrics.get("class_labels")
+    rows = sensitive_classes_against_reference(
+        metrics["predicted_class_counts"], reference["predicted_class_counts"], metrics["sensitive_classes"], labels
+    )
+    return {
+        "reference_metrics": reference_path,
+        "reference_pipeline": reference.get("pipeline"),
+        "reference_sampler": f"{reference.get('sampler')}:{reference.get('num_inference_steps')}",
+        "rule": f"not suppressed: share >= {NOT_SUPPRESSED_RATIO} x the reference's (reference count >= {MIN_REFERENCE_COUNT})",
+        "classes": rows,
+        "not_suppressed": [row["class"] for row in rows if row["suppressed"] is False],
+    }
 
 
 def count_data_files(folder: str) -> tuple[int, int]:

@@ -640,3 +640,110 @@ def test_reference_inception_features_are_computed_once_and_cached(tmp_path, mon
     first = inception.cached_inception_features(None, torch.zeros(3, 1, 8, 8), path)
     second = inception.cached_inception_features(None, torch.zeros(3, 1, 8, 8), path)
     assert calls == [3] and np.array_equal(first, second) and not os.path.exists(path + ".tmp")
+
+
+# --- per-class suppression against a reference model ------------------------------------------------------------
+
+
+def test_sensitive_classes_against_a_reference_flag_what_pu_did_not_push_down():
+    from pu_diffusion.metrics import sensitive_classes_against_reference
+
+    # the robustness suite's β 0.2 cell (1, 2, 5, 8, 9 sensitive, S of 50): PU (κ 2) against unsupervised
+    pu = [103, 2, 24, 90, 84, 42, 63, 68, 11, 13]
+    unsupervised = [81, 10, 43, 91, 66, 39, 61, 73, 12, 24]
+    rows = sensitive_classes_against_reference(pu, unsupervised, [1, 2, 5, 8, 9])
+    assert [row["class"] for row in rows if row["suppressed"] is False] == ["5", "8"]
+    assert [row["class"] for row in rows if row["suppressed"]] == ["1", "2", "9"]
+    five = rows[2]
+    assert five["count"] == 42 and five["share"] == pytest.approx(42 / 500)
+    assert five["ratio"] == pytest.approx((42 / 500) / (39 / 500))
+    few = sensitive_classes_against_reference([5, 5], [1, 9], [1], labels=["cat", "face"])  # 9 < 10: cannot tell
+    assert few[0]["class"] == "face" and few[0]["suppressed"] is None
+    none_drawn = sensitive_classes_against_reference([5, 5], [10, 0], [1])
+    assert none_drawn[0]["ratio"] is None and none_drawn[0]["suppressed"] is None
+    with pytest.raises(ValueError, match="3 classes against a reference of 2"):
+        sensitive_classes_against_reference([1, 1, 1], [1, 1], [0])
+
+
+def write_reference(path, classifier, counts, sensitive, labels=("cat", "dog", "face")):
+    """A metrics.json as evaluate_pu_diffusion.py writes it for a reference model (the keys the comparison reads)."""
+    path.write_text(json.dumps({
+        "classifier": classifier, "class_labels": list(labels), "sensitive_classes": sensitive,
+        "predicted_class_counts": counts, "pipeline": "reference-model", "sampler": "DDIMScheduler",
+        "num_inference_steps": 2,
+    }))  # fmt: skip
+    return path
+
+
+def test_reference_metrics_compare_each_sensitive_class_and_warn(tmp_path, capsys):
+    classifier = save_tiny_vit(tmp_path / "classifier")
+    pipeline_dir = save_tiny_ddpm(tmp_path / "pipe", channels=3)
+    test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=6, n_sensitive=0, size=8)
+    common = ["--pipeline", pipeline_dir, "--num_samples", "6", "--num_inference_steps", "2"]
+    common += ["--classifier_name_or_path", classifier, "--test_data_dir", test_dir]
+    first = evaluate(common + ["--sensitive_labels", "face", "--output_dir", tmp_path / "first"])
+    counts = first["predicted_class_counts"]
+    drawn = int(np.argmax(counts))  # a class the samples hold (≥ 2 of 6), so its share can fail to fall
+    label = ["cat", "dog", "face"][drawn]
+    same = write_reference(tmp_path / "same.json", classifier, [10 * count for count in counts], [drawn])
+    capsys.readouterr()
+    metrics = evaluate(common + ["--sensitive_labels", label, "--reference_metrics", same])
+    comparison = metrics["sensitive_classes_vs_reference"]
+    assert comparison["not_suppressed"] == [label] and comparison["classes"][0]["ratio"] == pytest.approx(1.0)
+    saved = json.loads((pipeline_dir / "eval" / "metrics.json").read_text())
+    assert saved["sensitive_classes_vs_reference"]["reference_metrics"] == str(same)
+    warnings_printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings_printed) == 1 and f"sensitive class '{label}' is not suppressed" in warnings_printed[0]
+
+    few = [0, 0, 0]
+    few[drawn] = 9  # the reference drew too few of it to tell: no verdict, no warning
+    too_few = write_reference(tmp_path / "few.json", classifier, few, [drawn])
+    metrics = evaluate(common + ["--sensitive_labels", label, "--reference_metrics", too_few])
+    assert metrics["sensitive_classes_vs_reference"]["not_suppressed"] == []
+    assert metrics["sensitive_classes_vs_reference"]["classes"][0]["suppressed"] is None
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_bad_reference_metrics_are_refused_before_sampling(tmp_path, no_sampling):
+    classifier = save_tiny_vit(tmp_path / "classifier")
+    pipeline_dir = save_tiny_ddpm(tmp_path / "pipe", channels=3)
+    test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=6, n_sensitive=0, size=8)
+    flags = ["--pipeline", pipeline_dir, "--num_samples", "6", "--classifier_name_or_path", classifier]
+    flags += ["--sensitive_labels", "face", "--test_data_dir", test_dir, "--reference_metrics"]
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"non_sensitive_rate": 0.9}))
+    (tmp_path / "own").mkdir()
+    cases = [
+        (tmp_path / "missing.json", "is not a file"),
+        (tmp_path / "broken.json", "is not readable JSON"),
+        (tmp_path / "other.json", "is not a metrics.json of evaluate_pu_diffusion.py"),
+        (write_reference(tmp_path / "judge.json", "another/judge", [1, 1, 10], [2]), "was judged by 'another/judge'"),
+        (write_reference(tmp_path / "sens.json", classifier, [1, 1, 10], [0, 2]), r"counts classes \[0, 2\]"),
+    ]
+    for path, message in cases:
+        with pytest.raises(EvaluationError, match=message):
+            evaluate(flags + [path])
+    from pu_diffusion.outputs import claim
+
+    claim(str(tmp_path / "own"), ["metrics.json"])  # an earlier evaluation's own metrics.json, which this run replaces
+    own = write_reference(tmp_path / "own" / "metrics.json", classifier, [1, 1, 10], [2])
+    with pytest.raises(EvaluationError, match="is the metrics.json this run writes"):
+        evaluate(flags + [own, "--output_dir", tmp_path / "own"])
+    assert json.loads(own.read_text())["predicted_class_counts"] == [1, 1, 10]
+    builtin = save_builtin_pipeline(tmp_path / "builtin")  # digits judged by the built-in CNN: a ViT's counts differ
+    with pytest.raises(EvaluationError, match="not the built-in digit classifier"):
+        evaluate(["--pipeline", builtin, "--reference_metrics", tmp_path / "judge.json"])
+
+
+def test_builtin_reference_metrics_compare_the_same_model_as_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    fast_classifier(monkeypatch)
+    out = save_builtin_pipeline(tmp_path / "model")
+    argv = ["--pipeline", out, "--num_samples", "40", "--num_inference_steps", "2"]
+    first = evaluate(argv + ["--output_dir", tmp_path / "reference"])
+    again = evaluate(argv + ["--reference_metrics", tmp_path / "reference" / "metrics.json"])
+    rows = again["sensitive_classes_vs_reference"]["classes"]
+    assert [row["class"] for row in rows] == ["1", "3", "5", "7", "9"]  # the built-in split's sensitive digits
+    for row in rows:  # the same model and seed: every share equals the reference's
+        assert row["count"] == row["reference_count"] == first["predicted_class_counts"][int(row["class"])]
+        assert row["suppressed"] is (None if row["count"] < 10 else False)

@@ -89,17 +89,20 @@ def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flag
 def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
     args = suite.parse_args(["--samplers", "50", "100"])
 
-    def row(method, shares50, shares100, fds, seeds, mode="true"):
+    def row(method, shares50, shares100, fds, seeds, mode="true", sevens=None):
+        sevens = sevens or [10] * len(seeds)  # the judge's count of the sensitive 7 per seed, of 100 samples
         return {
-            "cell": "c", "beta_mode": mode, "method": method, "seeds": seeds, "fd_classifier": fds,
+            "cell": "7_S100_b0.091", "beta_mode": mode, "method": method, "seeds": seeds, "fd_classifier": fds,
             "sensitive_share_ddim50": shares50, "sensitive_share_ddim100": shares100,
+            "class_labels": [str(digit) for digit in range(10)],
+            "class_counts_ddim50": [[10] * 7 + [seven] + [10, 10 - seven] for seven in sevens],
         }  # fmt: skip
 
     rows = [
         row("clean", [0.05, 0.07], [0.06, 0.05], [10.0, 12.0], [0, 1]),
-        row("unsupervised", [0.20, 0.30], [0.25, 0.10], [20.0, 30.0], [0, 1]),
-        row("pu", [0.06], [0.09], [24.0], [0]),  # seed 1 not trained yet (a kill): compared on seed 0 only
-        row("pu", [0.30, 0.40], [0.10, 0.10], [30.0, 50.0], [0, 1], mode="auto"),
+        row("unsupervised", [0.20, 0.30], [0.25, 0.10], [20.0, 30.0], [0, 1], sevens=[20, 40]),
+        row("pu", [0.06], [0.09], [24.0], [0], sevens=[2]),  # seed 1 not trained yet (a kill): seed 0 only
+        row("pu", [0.30, 0.40], [0.10, 0.10], [30.0, 50.0], [0, 1], mode="auto", sevens=[16, 30]),
     ]
     assert suite.worse_share(rows[1], args) == {0: 0.25, 1: 0.30}
     true, auto = suite.cell_verdicts(rows, args)
@@ -108,6 +111,10 @@ def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
     assert true["fd_ratio"] == pytest.approx(24 / 20) and true["fd_ok"]
     assert auto["pu"] == pytest.approx(0.35) and not auto["at_most_unsupervised"]
     assert auto["fd_ratio"] == pytest.approx(80 / 50) and not auto["fd_ok"]
+    # 7 against unsupervised on the shared seeds: 2 of 20 is suppressed, 23 of 30 on average (≥ 75 %) is not
+    assert true["not_suppressed_classes"] == [] and auto["not_suppressed_classes"] == ["7"]
+    table = suite.format_class_counts(rows, args)
+    assert table.splitlines()[-1].endswith("| 7 |") and table.splitlines()[-2].endswith("| none |")
     # exactly at the floor + 0.01 counts as at the floor: 27/500 against 22/500 (1 − NSR, as the records hold it)
     edge = [
         row("clean", [1 - (1 - 22 / 500)], [0.0], [10.0], [0]),
