@@ -19,7 +19,7 @@ from accelerate.logging import get_logger
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 
 from pipelines import publish_run, unconditional_pipeline
-from pipelines.saving import save_pipeline
+from pipelines.saving import RETIRED, STAGING, save_pipeline
 from pu_diffusion import training
 from pu_diffusion.arguments import (
     HelpWithDefaults,
@@ -66,7 +66,7 @@ logger = get_logger(__name__, log_level="INFO")
 # What a run writes into --output_dir besides pu_run.json, checkpoints and logs (each claimed when written).
 OUTPUTS = (
     BUILTIN_SPLIT_FILE, "README.md", "model_index.json", "unet", "scheduler", "samples.png", "samples",
-    training.TRAIN_STATS,
+    training.TRAIN_STATS, STAGING, RETIRED,
 )  # fmt: skip
 
 # This script's defaults, in one place. With no dataset flags, the built-in preset's recipe (resolution,

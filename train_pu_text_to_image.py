@@ -24,7 +24,14 @@ from diffusers import AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteSchedu
 
 from pipelines import publish_run
 from pipelines.card import usage_snippet
-from pipelines.saving import LORA_WEIGHTS_NAME, save_lora_weights, save_pipeline, stable_diffusion_pipeline
+from pipelines.saving import (
+    LORA_WEIGHTS_NAME,
+    RETIRED,
+    STAGING,
+    save_lora_weights,
+    save_pipeline,
+    stable_diffusion_pipeline,
+)
 from pu_diffusion import training
 from pu_diffusion.arguments import (
     HelpWithDefaults,
@@ -82,7 +89,7 @@ logger = get_logger(__name__, log_level="INFO")
 OUTPUTS = (
     "README.md", "validation", "model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler",
     "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3", "transformer",
-    "safety_checker", "feature_extractor", "image_encoder", LORA_WEIGHTS_NAME, training.TRAIN_STATS,
+    "safety_checker", "feature_extractor", "image_encoder", LORA_WEIGHTS_NAME, training.TRAIN_STATS, STAGING, RETIRED,
 )  # fmt: skip
 
 # This script's defaults, in one place.

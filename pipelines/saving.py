@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 from pu_diffusion.cli import UsageError
 from pu_diffusion.run_dir import claim_outputs
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
+STAGING = ".pipeline_staging"  # a save is written here first, then moved into place
+RETIRED = ".pipeline_retired"  # a replaced pipeline's entries wait here until the new one is in place
 
 
 def unconditional_pipeline(unet, train_scheduler, inference_scheduler: str = "ddpm"):
@@ -78,23 +83,56 @@ def save_lora_weights(output_dir: str, unet, family: str = "sd") -> None:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    claim_outputs(output_dir, [LORA_WEIGHTS_NAME])
+    claim_outputs(output_dir, [LORA_WEIGHTS_NAME, STAGING])
+    staging = fresh_folder(os.path.join(output_dir, STAGING))  # written there, then renamed: never half a file
     if family in ("sd3", "flux"):
         (FluxPipeline if family == "flux" else StableDiffusion3Pipeline).save_lora_weights(
-            output_dir, transformer_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True
+            staging, transformer_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True
         )
-        return
-    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    pipeline_class.save_lora_weights(
-        output_dir,
-        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
-        safe_serialization=True,
-    )
+    else:
+        (StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline).save_lora_weights(
+            staging,
+            unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+            safe_serialization=True,
+        )
+    os.replace(os.path.join(staging, LORA_WEIGHTS_NAME), os.path.join(output_dir, LORA_WEIGHTS_NAME))
+    shutil.rmtree(staging)
+
+
+def fresh_folder(path: str) -> str:
+    """``path`` as a new empty folder, an earlier (killed) save's leftover there removed first (it is claimed)."""
+    if os.path.lexists(path):
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    os.makedirs(path)
+    return path
 
 
 def save_pipeline(pipeline, output_dir: str) -> None:
-    """``pipeline.save_pretrained`` (safetensors) into ``output_dir``, its names claimed first (model_index.json and
-    one folder per component)."""
+    """``pipeline.save_pretrained`` (safetensors) into ``output_dir``, as a whole or not at all: its names
+    (model_index.json, one folder per component, and the two working folders) are claimed first; the pipeline is
+    saved into a staging folder, the old model_index.json is moved away first, each component folder is swapped in,
+    and the new model_index.json comes last. A kill at any moment leaves either a complete pipeline or no
+    model_index.json (not loadable; a rerun with --resume_from_checkpoint latest saves it again), never a folder
+    that loads half-written weights."""
     components = [name for name, component in pipeline.components.items() if component is not None]
-    claim_outputs(output_dir, ["model_index.json", *components])
-    pipeline.save_pretrained(output_dir, safe_serialization=True)
+    claim_outputs(output_dir, ["model_index.json", *components, STAGING, RETIRED])
+    staging, retired = os.path.join(output_dir, STAGING), os.path.join(output_dir, RETIRED)
+    fresh_folder(staging)  # an earlier save's leftovers, killed midway, are removed (claimed above, so ours)
+    fresh_folder(retired)
+    pipeline.save_pretrained(staging, safe_serialization=True)
+    entries = sorted(os.listdir(staging))
+    unclaimed = sorted(set(entries) - {"model_index.json", *components})
+    claim_outputs(output_dir, unclaimed)  # anything else save_pretrained wrote (none in diffusers today)
+    index = "model_index.json"
+    if os.path.lexists(os.path.join(output_dir, index)):  # from here the folder is no loadable pipeline
+        os.replace(os.path.join(output_dir, index), os.path.join(retired, index))
+    for name in entries:
+        if name == index:
+            continue
+        target = os.path.join(output_dir, name)
+        if os.path.lexists(target):
+            os.replace(target, os.path.join(retired, name))
+        os.replace(os.path.join(staging, name), target)
+    os.replace(os.path.join(staging, index), os.path.join(output_dir, index))  # complete: loadable again
+    shutil.rmtree(retired)
+    os.rmdir(staging)

@@ -180,6 +180,8 @@ def test_the_manifest_lists_what_the_run_wrote_and_nothing_it_only_might_have(tm
     train(small_args(out, tiny_unet_config(), data))
     manifest = json.loads((out / MANIFEST).read_text())
     assert sorted(manifest["names"]) == [
+        ".pipeline_retired",  # the final save's working folders (gone once it is in place)
+        ".pipeline_staging",
         "README.md",
         "logs",
         "model_index.json",
@@ -283,6 +285,37 @@ def test_a_full_disk_anywhere_else_is_one_error_line(capsys):
     error = capsys.readouterr().err
     assert stopped.value.code == 1 and error.count("\n") == 1
     assert error.startswith("train_pu_diffusion.py: error: no space left on the device (out/unet/")
+
+
+def test_a_kill_while_the_pipeline_is_saved_leaves_no_loadable_half_and_the_run_saves_it_again(
+    tmp_path, tiny_unet_config, data, monkeypatch
+):
+    """The final save goes to a staging folder and is swapped in with model_index.json last: a kill midway leaves a
+    folder that is no pipeline (never one that loads mixed weights), and the resumed run puts the whole one back."""
+    from diffusers import DDPMPipeline
+
+    import pipelines.saving as saving
+
+    out = tmp_path / "out"
+    train(small_args(out, tiny_unet_config(), data))
+    trained = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    real_replace = os.replace
+
+    def killed_at_the_unet(source, target, *args, **kwargs):
+        if str(source).endswith(os.path.join(saving.STAGING, "unet")):
+            raise KeyboardInterrupt
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(saving.os, "replace", killed_at_the_unet)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_args(out, tiny_unet_config(), data, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"))
+    assert not (out / "model_index.json").exists()  # not loadable as a pipeline while it is half replaced
+    assert (out / saving.STAGING / "model_index.json").exists()
+    monkeypatch.setattr(saving.os, "replace", real_replace)
+    train(small_args(out, tiny_unet_config(), data, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"))
+    assert not (out / saving.STAGING).exists() and not (out / saving.RETIRED).exists()
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() != trained  # 6 steps, not 4
+    DDPMPipeline.from_pretrained(str(out))
 
 
 # ---- 6. Damaged state --------------------------------------------------------------------------------------------
