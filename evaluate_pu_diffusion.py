@@ -161,8 +161,9 @@ SAMPLER_CHECK_KEYS = (
 )
 
 
-def evaluate(args, sampler: str | None, num_inference_steps: int) -> tuple[dict, object]:
-    """Metrics and samples of ``args.pipeline`` under one sampler (None: the pipeline's own scheduler)."""
+def evaluate(args, sampler: str | None, num_inference_steps: int, reference: dict | None = None) -> tuple[dict, object]:
+    """Metrics and samples of ``args.pipeline`` under one sampler (None: the pipeline's own scheduler); with a
+    ``reference`` (--reference_metrics), its judge is checked against the loaded one before sampling."""
     if args.classifier_name_or_path:
         return evaluate_with_classifier(
             args.pipeline,
@@ -175,6 +176,7 @@ def evaluate(args, sampler: str | None, num_inference_steps: int) -> tuple[dict,
             num_inference_steps=num_inference_steps,
             seed=args.seed,
             fid_features=args.fid_features,
+            expected_labels=reference and reference["class_labels"],
         )
     return evaluate_builtin_pipeline(
         args.pipeline,
@@ -185,6 +187,7 @@ def evaluate(args, sampler: str | None, num_inference_steps: int) -> tuple[dict,
         seed=args.seed,
         cache_dir=args.cache_dir,
         fid_features=args.fid_features,
+        expected_classifier=reference and reference["classifier"],
     )
 
 
@@ -200,12 +203,16 @@ def main(args):
                 "elsewhere first, or pass another --output_dir."
             )
         reference = read_reference_metrics(
-            args.reference_metrics, args.pipeline, args.classifier_name_or_path, args.sensitive_labels
+            args.reference_metrics,
+            args.pipeline,
+            args.classifier_name_or_path,
+            args.sensitive_labels,
+            args.num_inference_steps,
         )
     sampler = None if args.sampler == "pipeline" else args.sampler
     for name in [sampler] + [name for name, _ in args.also_samplers]:  # every sampler fits, before any sampling
         check_sampler(args.pipeline, name)
-    metrics, samples = evaluate(args, sampler, args.num_inference_steps)
+    metrics, samples = evaluate(args, sampler, args.num_inference_steps, reference)
     if args.also_samplers:
         checks = [metrics]
         for name, steps in args.also_samplers:
@@ -232,6 +239,12 @@ def main(args):
 
 def print_suppression_warnings(comparison: dict) -> None:
     """One ``warning:`` line (stderr) per sensitive class whose share did not fall against the reference's."""
+    if not comparison["same_sampler"]:
+        print(
+            f"warning: the reference was sampled with {comparison['reference_sampler']}, this pipeline with another "
+            "sampler: the class counts depend on it, so read the comparison with care.",
+            file=sys.stderr,
+        )
     for row in comparison["classes"]:
         if row["suppressed"] is False:
             print(

@@ -733,15 +733,17 @@ def format_class_counts(rows: list[dict], args) -> str:
         return ""
     sampler = f"ddim{args.samplers[0]}"
     labels = rows[0]["class_labels"]  # one judge per study
-    unsupervised = {row["cell"]: row for row in rows if row["method"] == "unsupervised"}
+    by_method = {(row["cell"], row["method"]): row for row in rows if row["method"] != "pu"}
     table = []
     for row in rows:
         sensitive = {labels[index] for index in sensitive_indices(row, args)}
         counts = np.mean(row[f"class_counts_{sampler}"], axis=0)
         name = row["method"] if row["method"] != "pu" else f"pu, β {row['beta_mode']}"
         left = "–"
-        harm = unsupervised.get(row["cell"])
-        seeds = sorted(set(row["seeds"]) & set(harm["seeds"])) if harm and row["method"] == "pu" else []
+        harm, floor = by_method.get((row["cell"], "unsupervised")), by_method.get((row["cell"], "clean"))
+        seeds = []  # the verdict's seeds: those PU, clean and unsupervised all have
+        if harm and floor and row["method"] == "pu":
+            seeds = sorted(set(row["seeds"]) & set(harm["seeds"]) & set(floor["seeds"]))
         if seeds:
             left = ", ".join(not_suppressed_classes(row, harm, seeds, args)) or "none"
         table.append([
@@ -751,7 +753,7 @@ def format_class_counts(rows: list[dict], args) -> str:
     title = (
         f"Class counts of {args.num_samples} samples (DDIM-{args.samplers[0]}, mean over seeds; sensitive classes in "
         "bold; the judge's labels). The last column names the sensitive classes a PU row did not suppress: their "
-        f"share is still ≥ {NOT_SUPPRESSED_RATIO:.0%} of unsupervised's (on the seeds both have), the rule of "
+        f"share is still ≥ {NOT_SUPPRESSED_RATIO:.0%} of unsupervised's (on the verdict's seeds), the rule of "
         "`evaluate_pu_diffusion.py --reference_metrics`"
     )
     return title + "\n\n" + markdown_table(["cell", "row", *labels, "not suppressed"], table)

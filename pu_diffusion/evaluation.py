@@ -228,6 +228,7 @@ def evaluate_builtin_pipeline(
     seed: int = 0,
     cache_dir: str | None = None,
     fid_features=("classifier",),
+    expected_classifier: str | None = None,
 ) -> tuple[dict, torch.Tensor]:
     """Evaluate a pipeline trained on a built-in MNIST split (its folder holds pu_split.json).
 
@@ -246,6 +247,14 @@ def evaluate_builtin_pipeline(
     classifier, classifier_info = load_or_train_digit_classifier(
         resolution, cache_dir, classifier_held_out_rows(split["split_seed"])
     )
+    classifier_name = (
+        f"pu-diffusion MNIST CNN ensemble (held-out parity accuracy {classifier_info['parity_accuracy_held_out']:.4f})"
+    )
+    if expected_classifier is not None and expected_classifier != classifier_name:
+        raise EvaluationError(
+            f"--reference_metrics was judged by {expected_classifier!r}, this pipeline's samples would be judged by "
+            f"{classifier_name!r} (another resolution or split seed): evaluate a reference trained the same way."
+        )
     test_images = builtin_test_images(split, resolution)
     reference_inception = None
     if fid_helper is not None:
@@ -260,7 +269,7 @@ def evaluate_builtin_pipeline(
         test_images,
         sensitive,
         classifier,
-        f"pu-diffusion MNIST CNN ensemble (held-out parity accuracy {classifier_info['parity_accuracy_held_out']:.4f})",
+        classifier_name,
         fid_helper,
         reference_inception,
     )
@@ -297,17 +306,25 @@ def write_metrics(metrics: dict, output_dir: str, samples: torch.Tensor | None =
     return path
 
 
-def _same_model_path(a: str, b: str) -> bool:
-    """Two --classifier_name_or_path values name the same judge (the same hub id, or the same local folder)."""
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.realpath(a) == os.path.realpath(b)
-    return a == b
+def model_identity(path: str) -> str:
+    """What names a judge across working folders: a local folder's real path, else the hub id as given."""
+    return os.path.realpath(path) if os.path.exists(path) else path
 
 
-def read_reference_metrics(path: str, pipeline_path: str, classifier_path: str | None, sensitive_labels) -> dict:
+def _is_index_list(values, size: int) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size for value in values
+    )
+
+
+def read_reference_metrics(
+    path: str, pipeline_path: str, classifier_path: str | None, sensitive_labels, num_inference_steps: int
+) -> dict:
     """``--reference_metrics``: the metrics.json of an earlier evaluation of a reference model (the same recipe with
-    ``--method unsupervised``, or the base model), checked before anything is loaded: it must be judged by the same
-    classifier with the same sensitive classes, or its per-class counts say nothing about this pipeline's."""
+    ``--method unsupervised``, or the base model), checked before anything is loaded: it must come from the same
+    judge, with the same sensitive classes and the same number of sampling steps, or its per-class counts say
+    nothing about this pipeline's. (The judge's labels, or the built-in judge's identity, are checked again once
+    the classifier is loaded, before sampling: ``expected_labels`` / ``expected_classifier``.)"""
     flag = f"--reference_metrics {path!r}"
     if not os.path.isfile(path):
         raise EvaluationError(
@@ -320,40 +337,66 @@ def read_reference_metrics(path: str, pipeline_path: str, classifier_path: str |
     except (OSError, ValueError) as error:
         raise EvaluationError(f"{flag} is not readable JSON ({first_line(error)}).") from None
     counts = reference.get("predicted_class_counts") if isinstance(reference, dict) else None
+    labels = reference.get("class_labels") if isinstance(reference, dict) else None
     valid = (
         isinstance(counts, list)
         and counts
         and all(isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts)
         and sum(counts) > 0
         and isinstance(reference.get("classifier"), str)
-        and isinstance(reference.get("sensitive_classes"), list)
+        and _is_index_list(reference.get("sensitive_classes"), len(counts))
+        and (labels is None or (isinstance(labels, list) and len(labels) == len(counts)))
     )
     if not valid:
         raise EvaluationError(
             f"{flag} is not a metrics.json of evaluate_pu_diffusion.py (it needs predicted_class_counts, "
-            "sensitive_classes and classifier): evaluate the reference model with this program first."
+            "sensitive_classes as indices into them, and classifier): evaluate the reference model with this "
+            "program first."
         )
     if classifier_path is None:  # the built-in digits: ten classes, sensitive ones from the pipeline's split
         split = read_builtin_split(pipeline_path)
-        sensitive = sorted(set(range(10)) - set(split["preset"]["normal_classes"]))
-        same_judge = "class_labels" not in reference and len(counts) == 10
+        sensitive = set(range(10)) - set(split["preset"]["normal_classes"])
+        same_judge = labels is None and len(counts) == 10
         judge = "the built-in digit classifier"
+        if same_judge and reference.get("preset") != split["preset"]["name"]:
+            raise EvaluationError(
+                f"{flag} is an evaluation on the built-in split {reference.get('preset')!r}, this pipeline was "
+                f"trained on {split['preset']['name']!r}: evaluate a reference trained on the same split."
+            )
     else:
-        labels = reference.get("class_labels")
-        same_judge = _same_model_path(reference["classifier"], classifier_path) and isinstance(labels, list)
+        recorded = reference.get("classifier_resolved")
+        same_path = (
+            recorded == model_identity(classifier_path)
+            if recorded
+            else model_identity(reference["classifier"]) == model_identity(classifier_path)
+        )
+        same_judge = same_path and labels is not None
         judge = f"--classifier_name_or_path {classifier_path!r}"
         sensitive = None
         if same_judge:
-            sensitive = sorted(sensitive_label_ids(sensitive_labels, dict(enumerate(labels))))
+            known = {str(label): index for index, label in enumerate(labels)}
+            missing = [label for label in sensitive_labels if label not in known and not label.isdigit()]
+            if missing:
+                raise EvaluationError(
+                    f"{flag}: its judge has no label {missing[0]!r} (its labels: {list(known)}); evaluate the "
+                    "reference with the same judge."
+                )
+            sensitive = set(sensitive_label_ids(sensitive_labels, dict(enumerate(labels))))
     if not same_judge:
         raise EvaluationError(
             f"{flag} was judged by {reference['classifier']!r}, not {judge}: evaluate the reference with the same "
             "judge, so that the class counts compare."
         )
-    if sorted(reference["sensitive_classes"]) != sensitive:
+    if set(reference["sensitive_classes"]) != sensitive:
         raise EvaluationError(
-            f"{flag} counts classes {reference['sensitive_classes']} as sensitive, this evaluation {sensitive}: "
-            "evaluate the reference with the same sensitive classes."
+            f"{flag} counts classes {sorted(set(reference['sensitive_classes']))} as sensitive, this evaluation "
+            f"{sorted(sensitive)}: evaluate the reference with the same sensitive classes."
+        )
+    steps = reference.get("num_inference_steps")
+    if steps is not None and steps != num_inference_steps:
+        raise EvaluationError(
+            f"{flag} was sampled with {steps} steps, this evaluation with --num_inference_steps "
+            f"{num_inference_steps}: the class counts depend on the sampler, so evaluate both the same way."
         )
     return reference
 
@@ -365,10 +408,12 @@ def compare_with_reference(metrics: dict, reference: dict, reference_path: str) 
     rows = sensitive_classes_against_reference(
         metrics["predicted_class_counts"], reference["predicted_class_counts"], metrics["sensitive_classes"], labels
     )
+    reference_sampler = f"{reference.get('sampler')}:{reference.get('num_inference_steps')}"
     return {
+        "same_sampler": reference_sampler == f"{metrics.get('sampler')}:{metrics.get('num_inference_steps')}",
         "reference_metrics": reference_path,
         "reference_pipeline": reference.get("pipeline"),
-        "reference_sampler": f"{reference.get('sampler')}:{reference.get('num_inference_steps')}",
+        "reference_sampler": reference_sampler,
         "rule": f"not suppressed: share >= {NOT_SUPPRESSED_RATIO} x the reference's (reference count >= {MIN_REFERENCE_COUNT})",
         "classes": rows,
         "not_suppressed": [row["class"] for row in rows if row["suppressed"] is False],
@@ -453,18 +498,20 @@ def transformers_classify(classifier: ImageClassifier, images, batch_size: int =
 
 
 def sensitive_label_ids(sensitive_labels: list[str], id2label: dict) -> list[int]:
-    """Label ids for ``--sensitive_labels`` given as names or ids; unknown ones are refused by name."""
+    """Label ids for ``--sensitive_labels`` given as names or ids, each once; unknown ones are refused by name."""
     by_name = {str(name): int(index) for index, name in id2label.items()}
     ids = []
     for label in sensitive_labels:
         if label in by_name:
-            ids.append(by_name[label])
+            index = by_name[label]
         elif label.isdigit() and int(label) in {int(k) for k in id2label}:
-            ids.append(int(label))
+            index = int(label)
         else:
             raise EvaluationError(
                 f"--sensitive_labels: '{label}' is not a label of the classifier ({sorted(by_name)})."
             )
+        if index not in ids:  # a class named twice (by name and by id) counts once
+            ids.append(index)
     return ids
 
 
@@ -479,6 +526,7 @@ def evaluate_with_classifier(
     num_inference_steps: int = 100,
     seed: int = 0,
     fid_features=("classifier",),
+    expected_labels: list[str] | None = None,
 ) -> tuple[dict, torch.Tensor]:
     """Evaluate any pipeline with a transformers image classifier and a folder of normal-only test images.
 
@@ -490,6 +538,12 @@ def evaluate_with_classifier(
     test_images = load_test_images(test_data_dir)
     classifier = load_image_classifier(classifier_path)
     id2label = dict(classifier.model.config.id2label)
+    labels = [str(id2label[index]) for index in sorted(id2label)]
+    if expected_labels is not None and [str(label) for label in expected_labels] != labels:
+        raise EvaluationError(
+            f"--reference_metrics was judged with the labels {list(expected_labels)}, --classifier_name_or_path "
+            f"{classifier_path!r} has {labels}: evaluate the reference with the same judge."
+        )
     sensitive = sensitive_label_ids(sensitive_labels, id2label)
     test_predictions, test_features = transformers_classify(classifier, test_images)
     pipeline = load_pipeline()
@@ -505,9 +559,10 @@ def evaluate_with_classifier(
         CLASSIFIER_FD: frechet_distance(features, test_features),
         "feature_space": f"pooled last hidden state of {classifier_path} (not Inception)",
         "classifier": classifier_path,
+        "classifier_resolved": model_identity(classifier_path),  # the same judge from any working folder
         "sensitive_classes": sensitive,
         "predicted_class_counts": np.bincount(predictions, minlength=len(id2label)).tolist(),
-        "class_labels": [str(id2label[index]) for index in sorted(id2label)],  # the counts' order
+        "class_labels": labels,  # the counts' order
         "num_samples": int(len(samples)),
         "num_test_images": int(len(test_images)),
         "sampler": type(pipeline.scheduler).__name__,

@@ -665,12 +665,21 @@ def test_sensitive_classes_against_a_reference_flag_what_pu_did_not_push_down():
         sensitive_classes_against_reference([1, 1, 1], [1, 1], [0])
 
 
-def write_reference(path, classifier, counts, sensitive, labels=("cat", "dog", "face")):
-    """A metrics.json as evaluate_pu_diffusion.py writes it for a reference model (the keys the comparison reads)."""
+def test_a_sensitive_label_named_twice_counts_once():
+    from pu_diffusion.evaluation import sensitive_label_ids
+
+    assert sensitive_label_ids(["face", "2", "cat"], {0: "cat", 1: "dog", 2: "face"}) == [2, 0]
+
+
+def write_reference(path, classifier, counts, sensitive, labels=("cat", "dog", "face"), steps=2, typed=None):
+    """A metrics.json as evaluate_pu_diffusion.py writes it for a reference model (the keys the comparison reads);
+    ``typed``: the classifier path as typed in another working folder (the resolved one identifies the judge)."""
+    from pu_diffusion.evaluation import model_identity
+
     path.write_text(json.dumps({
-        "classifier": classifier, "class_labels": list(labels), "sensitive_classes": sensitive,
-        "predicted_class_counts": counts, "pipeline": "reference-model", "sampler": "DDIMScheduler",
-        "num_inference_steps": 2,
+        "classifier": typed or classifier, "classifier_resolved": model_identity(classifier),
+        "class_labels": list(labels), "sensitive_classes": sensitive, "predicted_class_counts": counts,
+        "pipeline": "reference-model", "sampler": "DDIMScheduler", "num_inference_steps": steps,
     }))  # fmt: skip
     return path
 
@@ -685,7 +694,8 @@ def test_reference_metrics_compare_each_sensitive_class_and_warn(tmp_path, capsy
     counts = first["predicted_class_counts"]
     drawn = int(np.argmax(counts))  # a class the samples hold (≥ 2 of 6), so its share can fail to fall
     label = ["cat", "dog", "face"][drawn]
-    same = write_reference(tmp_path / "same.json", classifier, [10 * count for count in counts], [drawn])
+    scaled = [10 * count for count in counts]
+    same = write_reference(tmp_path / "same.json", classifier, scaled, [drawn], typed="classifier")  # typed elsewhere
     capsys.readouterr()
     metrics = evaluate(common + ["--sensitive_labels", label, "--reference_metrics", same])
     comparison = metrics["sensitive_classes_vs_reference"]
@@ -709,11 +719,18 @@ def test_bad_reference_metrics_are_refused_before_sampling(tmp_path, no_sampling
     pipeline_dir = save_tiny_ddpm(tmp_path / "pipe", channels=3)
     test_dir = write_imagefolder(tmp_path / "test", n_unlabeled=6, n_sensitive=0, size=8)
     flags = ["--pipeline", pipeline_dir, "--num_samples", "6", "--classifier_name_or_path", classifier]
+    flags += ["--num_inference_steps", "3"]  # the references below were sampled with 2 steps
     flags += ["--sensitive_labels", "face", "--test_data_dir", test_dir, "--reference_metrics"]
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "other.json").write_text(json.dumps({"non_sensitive_rate": 0.9}))
     (tmp_path / "own").mkdir()
+    relabelled = write_reference(tmp_path / "relabelled.json", classifier, [1, 1, 10], [2], ("a", "b", "face"), 3)
     cases = [
+        (write_reference(tmp_path / "short.json", classifier, [1, 10], [1]), "is not a metrics.json"),  # 3 labels
+        (write_reference(tmp_path / "names.json", classifier, [1, 1, 10], ["face"]), "is not a metrics.json"),
+        (write_reference(tmp_path / "steps.json", classifier, [1, 1, 10], [2]), "was sampled with 2 steps"),
+        (write_reference(tmp_path / "nolabel.json", classifier, [1, 10], [1], labels=("cat", "dog")), "no label"),
+        (relabelled, r"judged with the labels \['a', 'b', 'face'\]"),  # checked once the classifier is loaded
         (tmp_path / "missing.json", "is not a file"),
         (tmp_path / "broken.json", "is not readable JSON"),
         (tmp_path / "other.json", "is not a metrics.json of evaluate_pu_diffusion.py"),
@@ -747,3 +764,16 @@ def test_builtin_reference_metrics_compare_the_same_model_as_unchanged(tmp_path,
     for row in rows:  # the same model and seed: every share equals the reference's
         assert row["count"] == row["reference_count"] == first["predicted_class_counts"][int(row["class"])]
         assert row["suppressed"] is (None if row["count"] < 10 else False)
+    other = tmp_path / "other.json"  # judged by another digit ensemble (another resolution or split seed)
+    other.write_text(json.dumps({**first, "classifier": "pu-diffusion MNIST CNN ensemble (held-out parity 0.5)"}))
+    import pu_diffusion.evaluation as evaluation
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampled before the reference's judge was checked")
+
+    monkeypatch.setattr(evaluation, "generate_samples", refuse)
+    with pytest.raises(EvaluationError, match="another resolution or split seed"):
+        evaluate(argv + ["--reference_metrics", other])
+    with pytest.raises(EvaluationError, match="built-in split 'mnist-other', this pipeline was trained on"):
+        other.write_text(json.dumps({**first, "preset": "mnist-other"}))
+        evaluate(argv + ["--reference_metrics", other])

@@ -318,6 +318,49 @@ def test_a_kill_while_the_pipeline_is_saved_leaves_no_loadable_half_and_the_run_
     DDPMPipeline.from_pretrained(str(out))
 
 
+def test_a_users_file_under_the_saves_working_names_is_refused_before_training(tmp_path, tiny_unet_config, data):
+    import pipelines.saving as saving
+
+    out = tmp_path / "out"
+    planted = plant(out, [saving.STAGING])
+    with pytest.raises(UsageError, match=r"\.pipeline_staging"):
+        train(small_args(out, tiny_unet_config(), data))
+    assert_intact(out, planted)
+    assert not (out / "pu_run.json").exists()
+
+
+def test_the_lora_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    pytest.importorskip("peft")
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    import pipelines.saving as saving
+
+    folder = build_tiny_sd(tmp_path / "base")
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q"]))
+    out = tmp_path / "out"
+    saving.save_lora_weights(str(out), unet)
+    saved = (out / saving.LORA_WEIGHTS_NAME).read_bytes()
+    assert load_file(str(out / saving.LORA_WEIGHTS_NAME)) and not (out / saving.STAGING).exists()
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(1.0)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(saving.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        saving.save_lora_weights(str(out), unet)
+    assert (out / saving.LORA_WEIGHTS_NAME).read_bytes() == saved  # the old file, whole
+    monkeypatch.undo()
+    saving.save_lora_weights(str(out), unet)  # the leftover staging folder is ours: cleared, then used again
+    assert (out / saving.LORA_WEIGHTS_NAME).read_bytes() != saved and not (out / saving.STAGING).exists()
+
+
 # ---- 6. Damaged state --------------------------------------------------------------------------------------------
 
 
