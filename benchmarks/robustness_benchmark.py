@@ -784,12 +784,13 @@ def draw_gaps(rows: list[str], columns: list[str], verdicts: dict, path: str) ->
         labels[rows.index(row), columns.index(column)] = (
             f"{verdict['gap_to_floor']:+.3f}\nFD {verdict['fd_ratio']:.2f}×"
         )
-    figure, axis = plt.subplots(figsize=(1.6 * len(columns) + 3, 0.5 * len(rows) + 1.4))
+    longest = max(len(line) for column in columns for line in column.split("\n"))
+    figure, axis = plt.subplots(figsize=(1.1 * len(columns) + 3, 0.5 * len(rows) + 1.4 + 0.06 * longest))
     limit = float(np.clip(np.nanmax(np.abs(grid)), 0.05, 0.1))  # gaps past ±0.1 saturate: small ones stay visible
     image = axis.imshow(grid, cmap="coolwarm", vmin=-limit, vmax=limit, aspect="auto")
     for (i, j), label in labels.items():
         axis.text(j, i, label, ha="center", va="center", fontsize=7)
-    axis.set_xticks(range(len(columns)), columns, fontsize=7)
+    axis.set_xticks(range(len(columns)), columns, fontsize=7, rotation=35, ha="right")  # long candidate flags
     axis.set_yticks(range(len(rows)), rows)
     axis.set_title("PU sensitive share − clean floor (worse sampler)", fontsize=9)
     figure.colorbar(image, ax=axis, fraction=0.05)
