@@ -726,26 +726,22 @@ def not_suppressed_classes(row: dict, unsupervised: dict, seeds: list[int], args
     return [entry["class"] for entry in rows if entry["suppressed"] is False]
 
 
-def format_class_counts(rows: list[dict], args) -> str:
+def format_class_counts(rows: list[dict], verdicts: list[dict], args) -> str:
     """Per cell and row, the judge's class counts of the first sampler's samples (mean over seeds), the sensitive
     classes in bold: which sensitive class PU thins, which it leaves, and which normal class it hurts."""
     if not rows:
         return ""
     sampler = f"ddim{args.samplers[0]}"
     labels = rows[0]["class_labels"]  # one judge per study
-    by_method = {(row["cell"], row["method"]): row for row in rows if row["method"] != "pu"}
+    left_by_row = {(verdict["cell"], verdict["beta_mode"]): verdict["not_suppressed_classes"] for verdict in verdicts}
     table = []
     for row in rows:
         sensitive = {labels[index] for index in sensitive_indices(row, args)}
         counts = np.mean(row[f"class_counts_{sampler}"], axis=0)
         name = row["method"] if row["method"] != "pu" else f"pu, β {row['beta_mode']}"
-        left = "–"
-        harm, floor = by_method.get((row["cell"], "unsupervised")), by_method.get((row["cell"], "clean"))
-        seeds = []  # the verdict's seeds: those PU, clean and unsupervised all have
-        if harm and floor and row["method"] == "pu":
-            seeds = sorted(set(row["seeds"]) & set(harm["seeds"]) & set(floor["seeds"]))
-        if seeds:
-            left = ", ".join(not_suppressed_classes(row, harm, seeds, args)) or "none"
+        left = "–"  # only a PU row with a verdict (seeds that clean and unsupervised share) has one
+        if row["method"] == "pu" and (row["cell"], row["beta_mode"]) in left_by_row:
+            left = ", ".join(left_by_row[row["cell"], row["beta_mode"]]) or "none"
         table.append([
             row["cell"], name, *(f"**{count:.0f}**" if label in sensitive else f"{count:.0f}"
                                  for label, count in zip(row["class_labels"], counts)), left,
@@ -892,7 +888,7 @@ def main(args) -> dict:
     verdicts = cell_verdicts(rows, args)
     cell_target, beta_target = cell_targets(verdicts), beta_targets(rows)
     table = format_table(verdicts, rows, args) + "\n\n" + format_targets(cell_target, beta_target)
-    table += "\n\n" + format_class_counts(rows, args)
+    table += "\n\n" + format_class_counts(rows, verdicts, args)
     print(table)
     report = report_folder(args)
     os.makedirs(report, exist_ok=True)

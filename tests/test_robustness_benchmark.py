@@ -113,7 +113,7 @@ def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
     assert auto["fd_ratio"] == pytest.approx(80 / 50) and not auto["fd_ok"]
     # 7 against unsupervised on the shared seeds: 2 of 20 is suppressed, 23 of 30 on average (≥ 75 %) is not
     assert true["not_suppressed_classes"] == [] and auto["not_suppressed_classes"] == ["7"]
-    table = suite.format_class_counts(rows, args)
+    table = suite.format_class_counts(rows, [true, auto], args)
     assert table.splitlines()[-1].endswith("| 7 |") and table.splitlines()[-2].endswith("| none |")
     # exactly at the floor + 0.01 counts as at the floor: 27/500 against 22/500 (1 − NSR, as the records hold it)
     edge = [
