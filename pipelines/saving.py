@@ -6,6 +6,7 @@ import os
 import shutil
 
 from pu_diffusion.cli import UsageError
+from pu_diffusion.outputs import remove_path
 from pu_diffusion.run_dir import claim_outputs
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
@@ -102,7 +103,7 @@ def save_lora_weights(output_dir: str, unet, family: str = "sd") -> None:
 def fresh_folder(path: str) -> str:
     """``path`` as a new empty folder, an earlier (killed) save's leftover there removed first (it is claimed)."""
     if os.path.lexists(path):
-        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        remove_path(path)
     os.makedirs(path)
     return path
 
@@ -114,16 +115,16 @@ def save_pipeline(pipeline, output_dir: str) -> None:
     and the new model_index.json comes last. A kill at any moment leaves either a complete pipeline or no
     model_index.json (not loadable; a rerun with --resume_from_checkpoint latest saves it again), never a folder
     that loads half-written weights."""
+    index = "model_index.json"
     components = [name for name, component in pipeline.components.items() if component is not None]
-    claim_outputs(output_dir, ["model_index.json", *components, STAGING, RETIRED])
+    claim_outputs(output_dir, [index, *components, STAGING, RETIRED])
     staging, retired = os.path.join(output_dir, STAGING), os.path.join(output_dir, RETIRED)
     fresh_folder(staging)  # an earlier save's leftovers, killed midway, are removed (claimed above, so ours)
     fresh_folder(retired)
     pipeline.save_pretrained(staging, safe_serialization=True)
     entries = sorted(os.listdir(staging))
-    unclaimed = sorted(set(entries) - {"model_index.json", *components})
+    unclaimed = sorted(set(entries) - {index, *components})
     claim_outputs(output_dir, unclaimed)  # anything else save_pretrained wrote (none in diffusers today)
-    index = "model_index.json"
     if os.path.lexists(os.path.join(output_dir, index)):  # from here the folder is no loadable pipeline
         os.replace(os.path.join(output_dir, index), os.path.join(retired, index))
     for name in entries:

@@ -118,6 +118,11 @@ def claim(folder: str, names=(), patterns=()) -> None:
         write_json_atomic(os.path.join(folder, MANIFEST), manifest)
 
 
+def remove_path(path: str) -> None:
+    """Delete ``path``: a folder with its contents, or a file; a symbolic link is removed as a link, never followed."""
+    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
 def remove_owned(folder: str, nested=(), only=None) -> list[str]:
     """Delete what runs of this project wrote into ``folder`` and nothing else; returns the removed names.
 
@@ -137,7 +142,7 @@ def remove_owned(folder: str, nested=(), only=None) -> list[str]:
         if only is not None and name not in only and name.removesuffix(".tmp") not in only:
             continue
         if is_owned(name, manifest):
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            remove_path(path)
             removed.append(name)
         elif name in nested and os.path.isdir(path) and not os.path.islink(path):
             removed += [os.path.join(name, inner) for inner in remove_owned(path)]
