@@ -22,10 +22,12 @@ from pipelines import publish_run, unconditional_pipeline
 from pipelines.saving import RETIRED, STAGING, save_pipeline
 from pu_diffusion import training
 from pu_diffusion.arguments import (
+    DEFAULT_SENSITIVE_CAP,
     HelpWithDefaults,
     add_model_arguments,
     add_shared_arguments,
     note_preset_defaults,
+    sensitive_cap_defaults,
     validate_training_args,
 )
 from pu_diffusion.beta import ESTIMATION_RESOLUTION
@@ -206,6 +208,7 @@ def parse_args(input_args=None):
     if first.objective == "flow_matching":
         scheduler = first.inference_scheduler or "euler"
     derived.update(inference_scheduler=scheduler, num_inference_steps=1000 if scheduler == "ddpm" else 50)
+    derived.update(sensitive_cap_defaults(parser, input_args, DEFAULT_SENSITIVE_CAP))
     parser.set_defaults(**derived)
     args = parser.parse_args(input_args)
     validate_args(args)

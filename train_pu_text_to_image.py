@@ -38,6 +38,7 @@ from pu_diffusion.arguments import (
     add_model_arguments,
     add_shared_arguments,
     note_preset_defaults,
+    sensitive_cap_defaults,
     validate_training_args,
 )
 from pu_diffusion.beta import ESTIMATION_RESOLUTION
@@ -212,6 +213,7 @@ def parse_args(input_args=None):
     first, _ = parser.parse_known_args(input_args)
     if first.max_train_steps is None and first.num_train_epochs is None:
         parser.set_defaults(num_train_epochs=100)
+    sensitive_cap_defaults(parser, input_args, default=None)  # no default cap here (not measured): refuses "0 + ρ"
     args = parser.parse_args(input_args)
     validate_args(args)
     return args

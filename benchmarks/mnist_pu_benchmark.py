@@ -364,6 +364,28 @@ def has_fid(metrics: dict | None, args) -> bool:
     return "inception" not in args.fid_features or "frechet_distance_inception" in metrics
 
 
+def cached_records(cache_dir: str) -> list[dict]:
+    names = sorted(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else []
+    return [read_json(os.path.join(cache_dir, name)) for name in names if name.endswith(".json")]
+
+
+def check_one_recipe_per_row(records: list[dict], planned=()) -> None:
+    """Refuse two recipes under one (variant, split, method): a table row averages its seeds, so runs of another
+    recipe (e.g. trained under a changed default) would be mixed in, or replace a seed of the other. ``planned``:
+    the keys about to be trained (checked before anything trains)."""
+    keys = {record["key"] for record in records} | set(planned)
+    by_row: dict[str, set] = {}
+    for key in keys:
+        by_row.setdefault(key.rsplit("_", 1)[0], set()).add(key)
+    clashes = sorted(sorted(found) for found in by_row.values() if len(found) > 1)
+    if clashes:
+        raise SystemExit(
+            f"Runs of different recipes under one variant and method: {clashes[0]}. A changed training default "
+            "gives the same flags another key: name the new runs with --variant, or move the old ones out of "
+            "the cache."
+        )
+
+
 def summarize(records: list[dict]) -> list[dict]:
     """One row per (split, variant, column, sampler): means ± std over seeds, pooled Wilson, paired tests."""
 
@@ -595,15 +617,16 @@ def main(args):
     splits = [] if args.report_only else args.splits
     keys = {(split, index): run_key(variant, column, split, run_recipe)  # the seed is not part of a key
             for split in splits for index, (variant, column, run_recipe) in enumerate(plan)}  # fmt: skip
+    cache_dir = os.path.join(args.output_dir, "cache")
+    check_one_recipe_per_row(cached_records(cache_dir), keys.values())  # before anything trains
     for split in splits:
         for seed in args.seeds:
             for index, (variant, column, run_recipe) in enumerate(plan):
                 run_one(args, keys[split, index], variant, column, split, seed, run_recipe)
     # The tables cover every run cached in --output_dir (all invocations, variants and methods), not only this
     # invocation's: an ablation run into a shared folder adds its rows instead of replacing the table.
-    cache_dir = os.path.join(args.output_dir, "cache")
-    names = sorted(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else []
-    records = [read_json(os.path.join(cache_dir, name)) for name in names if name.endswith(".json")]
+    records = cached_records(cache_dir)
+    check_one_recipe_per_row(records)
     if not records:
         raise SystemExit(f"No cached runs in {cache_dir}: run the benchmark without --report_only first.")
     rows = summarize(records)

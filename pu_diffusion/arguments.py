@@ -29,6 +29,52 @@ def note_preset_defaults(parser: argparse.ArgumentParser, recipe: dict, where: s
             action.help = f"{action.help} {where}: {recipe[action.dest]}."
 
 
+# train_pu_diffusion.py's S-loss cap for --method pu when neither --pu_sensitive_cap nor --pu_sensitive_cap_fraction
+# is given: each S loss in the subtracted β·L_S⁻ is capped at κ = min(4, 0.4/β) times U's mean loss at its noise
+# level. Chosen on the robustness suite (docs/robustness.md): with a β that is too large the paper's uncapped risk
+# trains towards S; the cap bounds that push. --pu_sensitive_cap 0 turns it off.
+DEFAULT_SENSITIVE_CAP = {
+    "pu_sensitive_cap": 4.0,
+    "pu_sensitive_cap_fraction": 0.4,
+    "pu_sensitive_cap_reference": "timestep",
+}
+CAP_FLAGS = tuple(DEFAULT_SENSITIVE_CAP)
+# The cap flags' default in sensitive_cap_defaults' first parse: tells "given" from "left out" (not a string, which
+# argparse would convert with the flag's type).
+_UNSET = object()
+
+
+def sensitive_cap_flag(text: str) -> float | None:
+    """argparse type of --pu_sensitive_cap: κ, or None for 0 (no cap: what runs without a cap always recorded)."""
+    value = finite_float(text)
+    return None if value == 0 else value
+
+
+def sensitive_cap_defaults(parser: argparse.ArgumentParser, input_args, default: dict | None) -> dict:
+    """Parser defaults for the S-loss cap flags, from a first parse of ``input_args`` (call after the script's
+    own first parse, which answers --help and refuses malformed values).
+
+    ``default`` (train_pu_diffusion.py: DEFAULT_SENSITIVE_CAP) applies to --method pu when neither
+    --pu_sensitive_cap nor --pu_sensitive_cap_fraction is given; a given --pu_sensitive_cap_reference is kept.
+    ``--pu_sensitive_cap 0`` (no cap) with ρ or a reference is refused: they would cap again.
+    """
+    saved = {dest: parser.get_default(dest) for dest in CAP_FLAGS}
+    parser.set_defaults(**dict.fromkeys(CAP_FLAGS, _UNSET))
+    try:
+        first, _ = parser.parse_known_args(input_args)
+    finally:
+        parser.set_defaults(**saved)
+    cap, fraction, reference = (getattr(first, dest) for dest in CAP_FLAGS)
+    if cap is None and (fraction is not _UNSET or reference is not _UNSET):
+        raise UsageError(
+            "--pu_sensitive_cap 0 turns the S-loss cap off; --pu_sensitive_cap_fraction and "
+            "--pu_sensitive_cap_reference set a cap: drop them, or give --pu_sensitive_cap κ > 0."
+        )
+    if default is None or first.method != "pu" or cap is not _UNSET or fraction is not _UNSET:
+        return {}
+    return {key: value for key, value in default.items() if key != "pu_sensitive_cap_reference" or reference is _UNSET}
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, pretrained_help: str, required: bool = False):
     """The "model" group with --pretrained_model_name_or_path, --revision, --variant; returns it for more flags."""
     group = parser.add_argument_group("model")
@@ -173,16 +219,19 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
     )
     group.add_argument(
         "--pu_sensitive_cap",
-        type=finite_float,
+        type=sensitive_cap_flag,
         default=None,
-        help="κ (opt-in, not in the paper): cap each S loss in the subtracted β·L_S⁻ at κ times the batch's U loss, "
-        "so S stops being pushed up once it is κ× worse than U (absPU otherwise pushes it to ≈ L_U⁻/β).",
+        help="κ (not in the paper): cap each S loss in the subtracted β·L_S⁻ at κ times the batch's U loss, "
+        "so S stops being pushed up once it is κ× worse than U (absPU otherwise pushes it to ≈ L_U⁻/β). "
+        "0: no cap (the paper's risk). train_pu_diffusion.py caps by default (DEFAULT_SENSITIVE_CAP: "
+        "--pu_sensitive_cap 4 --pu_sensitive_cap_fraction 0.4 --pu_sensitive_cap_reference timestep) when neither "
+        "--pu_sensitive_cap nor --pu_sensitive_cap_fraction is given; train_pu_text_to_image.py does not.",
     )
     group.add_argument(
         "--pu_sensitive_cap_fraction",
         type=finite_float,
         default=None,
-        help="ρ in (0, 1) (opt-in): κ = ρ/β, i.e. cap each S loss at the fraction ρ of the point where absPU's "
+        help="ρ in (0, 1): κ = ρ/β, i.e. cap each S loss at the fraction ρ of the point where absPU's "
         "L_U⁻ − β·L_S⁻ reaches zero (L_U⁻/β), so the push scales with β: ρ 0.4 is κ 4 at β 0.1 and κ 2 at β 0.2. "
         "β is the resolved one (--beta auto's estimate or fallback). With --pu_sensitive_cap too, the smaller κ "
         "holds: --pu_sensitive_cap 4 --pu_sensitive_cap_fraction 0.4 is κ = min(4, 0.4/β).",
@@ -425,7 +474,7 @@ def validate_training_args(args) -> None:
     )
     _require(
         args.pu_sensitive_cap is None or args.pu_sensitive_cap > 0,
-        f"--pu_sensitive_cap must be > 0; got {args.pu_sensitive_cap}.",
+        f"--pu_sensitive_cap must be > 0 (or 0: no cap); got {args.pu_sensitive_cap}.",
     )
     _require(
         args.pu_sensitive_cap_fraction is None or 0 < args.pu_sensitive_cap_fraction < 1,

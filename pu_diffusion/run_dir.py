@@ -183,9 +183,15 @@ def check_output_dir(
         )
         if differing:
             details = ", ".join(f"--{key} {stored.get(key)!r} → {config.get(key)!r}" for key in differing[:6])
+            hint = ""
+            if "pu_sensitive_cap" in differing and stored.get("pu_sensitive_cap") is None:
+                hint = (
+                    " That run has no S-loss cap, which train_pu_diffusion.py adds by default since 2026-12-05: "
+                    "add --pu_sensitive_cap 0 to resume it as it was trained."
+                )
             raise UsageError(
                 f"--output_dir {output_dir!r} holds a different run ({details}). Resume with the same flags, or "
-                "start the new run in another --output_dir."
+                f"start the new run in another --output_dir.{hint}"
             )
 
 

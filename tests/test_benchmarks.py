@@ -99,8 +99,12 @@ def test_benchmark_cache_key_follows_effective_flags_only():
     digest = bench.run_key("v", "clean", "even", recipe).rsplit("_", 1)[1]
     assert digest != bench.run_key("v", "unsupervised", "even", recipe).rsplit("_", 1)[1]
     # a key cached before --builtin_unlabeled and --erasediff_* existed is still produced
-    ema = bench.recipe_args(bench.parse_args(["--quick", "--extra_train_args=--use_ema"]))
+    # (and, with --pu_sensitive_cap 0, before the S-loss cap became the default)
+    ema = bench.recipe_args(bench.parse_args(["--quick", "--extra_train_args=--use_ema --pu_sensitive_cap 0"]))
     assert bench.run_key("ema", "pu", "even", ema) == "ema_even_pu_41491cb405"
+    # the default cap is the flags it stands for: runs made with them spelled out are the default's
+    cap = ["--pu_sensitive_cap", "4", "--pu_sensitive_cap_fraction", "0.4", "--pu_sensitive_cap_reference", "timestep"]
+    assert key == bench.run_key("v", "pu", "even", recipe + cap) != bench.run_key("v", "pu", "even", recipe + cap[:2])
     # an EraseDiff flag added after EraseDiff runs were cached: at its neutral value their key is unchanged
     erase = bench.run_key("v", "erasediff", "even", recipe)
     assert erase == bench.run_key("v", "erasediff", "even", recipe + ["--erasediff_forget_noising", "gaussian"])

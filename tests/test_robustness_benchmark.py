@@ -71,13 +71,18 @@ def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flag
     )
     # a flag the script gained after records were cached keeps their keys at its neutral value (a committed
     # record's key, computed before --sensitive_augment existed), and makes a new key at any other
-    pu = suite.run_flags(args, "pu", "true", suite.FULL_CELLS[0])
+    # (--pu_sensitive_cap 0: the paper's uncapped risk, the default before the S-loss cap)
+    default = suite.run_flags(args, "pu", "true", suite.FULL_CELLS[0])
+    pu = default + ["--pu_sensitive_cap", "0"]
     assert suite.run_key(pu) == suite.run_key(pu + ["--sensitive_augment", "0"]) == "75168e4788"
     assert suite.run_key(pu + ["--sensitive_augment", "0.25"]) != suite.run_key(pu)
-    cap = pu + ["--pu_sensitive_cap", "4"]  # a cached candidate's key (before --pu_sensitive_cap_reference)
+    cap = default + ["--pu_sensitive_cap", "4"]  # a cached candidate's key (before --pu_sensitive_cap_reference)
     assert suite.run_key(cap) == suite.run_key(cap + ["--pu_sensitive_cap_reference", "batch"]) == "76d93936e4"
     assert suite.run_key(cap + ["--pu_sensitive_cap_reference", "timestep"]) != suite.run_key(cap)
-    assert suite.run_key(pu + ["--pu_sensitive_cap_fraction", "0.4"]) != suite.run_key(cap)
+    assert suite.run_key(default + ["--pu_sensitive_cap_fraction", "0.4"]) != suite.run_key(cap)
+    # the default is the candidate those records call cap 4 + ρ 0.4 + timestep: its cached runs are the default's
+    candidate = ["--pu_sensitive_cap", "4", "--pu_sensitive_cap_fraction", "0.4", "--pu_sensitive_cap_reference"]
+    assert suite.run_key(default) == suite.run_key(default + candidate + ["timestep"]) == "cc05053690"
     with pytest.raises(SystemExit):
         suite.parse_args(["--cells", "no-such-cell"])
     with pytest.raises(SystemExit):

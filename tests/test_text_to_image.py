@@ -600,3 +600,19 @@ def test_audit_scores_a_stable_diffusion_pipeline_under_each_images_caption(tiny
     with open(other / "audit.csv") as handle:
         other_scores = {row["file"]: float(row["score"]) for row in csv.DictReader(handle)}
     assert any(abs(float(row["score"]) - other_scores[row["file"]]) > 1e-6 for row in rows)
+
+
+def test_text_to_image_pu_has_no_default_cap_and_refuses_cap_zero_with_a_fraction():
+    """The S-loss cap is train_pu_diffusion.py's default only (not measured for text-to-image)."""
+    from pu_diffusion.cli import UsageError
+
+    base = ["--pretrained_model_name_or_path", "base", "--train_data_dir", "data", "--method", "pu"]
+    args = script.parse_args(base)
+    assert (args.pu_sensitive_cap, args.pu_sensitive_cap_fraction, args.pu_sensitive_cap_reference) == (
+        None,
+        None,
+        "batch",
+    )
+    assert script.parse_args([*base, "--pu_sensitive_cap", "0"]).pu_sensitive_cap is None
+    with pytest.raises(UsageError, match="--pu_sensitive_cap 0 turns the S-loss cap off"):
+        script.parse_args([*base, "--pu_sensitive_cap", "0", "--pu_sensitive_cap_fraction", "0.4"])

@@ -107,11 +107,68 @@ def test_cap_fraction_is_kappa_over_the_resolved_beta(tmp_path, tiny_unet_config
     run(tiny_args(kappa, tiny_unet_config(), *common, "--pu_sensitive_cap", "1"))
     run(tiny_args(fraction, tiny_unet_config(), *common, "--pu_sensitive_cap_fraction", "0.5"))
     run(tiny_args(both, tiny_unet_config(), *common, "--pu_sensitive_cap", "3", "--pu_sensitive_cap_fraction", "0.5"))
-    run(tiny_args(uncapped, tiny_unet_config(), *common))
+    run(tiny_args(uncapped, tiny_unet_config(), *common, "--pu_sensitive_cap", "0"))
     assert all(torch.equal(unet_weights(kappa)[k], v) for k, v in unet_weights(fraction).items())
     assert all(torch.equal(unet_weights(kappa)[k], v) for k, v in unet_weights(both).items())
     assert any(not torch.equal(unet_weights(kappa)[k], v) for k, v in unet_weights(uncapped).items())
     assert json.loads((fraction / "pu_run.json").read_text())["pu_sensitive_cap_fraction"] == 0.5
+
+
+CAP_FLAGS = [
+    "--pu_sensitive_cap",
+    "4",
+    "--pu_sensitive_cap_fraction",
+    "0.4",
+    "--pu_sensitive_cap_reference",
+    "timestep",
+]
+
+
+def test_pu_caps_the_s_loss_by_default_and_zero_turns_the_cap_off():
+    """--method pu without a cap flag gets DEFAULT_SENSITIVE_CAP; a cap flag replaces it whole; 0 is the paper's
+    uncapped risk (recorded as None, like every run before the default); other methods get no cap."""
+    from pu_diffusion.arguments import DEFAULT_SENSITIVE_CAP
+    from pu_diffusion.cli import UsageError
+
+    def cap(*flags):
+        args = script.parse_args(list(flags))
+        return args.pu_sensitive_cap, args.pu_sensitive_cap_fraction, args.pu_sensitive_cap_reference
+
+    assert cap() == tuple(DEFAULT_SENSITIVE_CAP.values()) == (4.0, 0.4, "timestep")
+    assert cap("--pu_estimator", "nn") == (4.0, 0.4, "timestep")
+    assert cap("--pu_sensitive_cap_reference", "batch") == (4.0, 0.4, "batch")  # a given reference is kept
+    assert cap("--pu_sensitive_cap", "8") == (8.0, None, "batch")  # a given κ is the whole cap, as before
+    assert cap("--pu_sensitive_cap_fraction", "0.3") == (None, 0.3, "batch")
+    assert cap("--pu_sensitive_cap", "0") == (None, None, "batch")
+    assert cap("--method", "unsupervised") == (None, None, "batch")
+    for flags in (["--pu_sensitive_cap_fraction", "0.4"], ["--pu_sensitive_cap_reference", "timestep"]):
+        with pytest.raises(UsageError, match="--pu_sensitive_cap 0 turns the S-loss cap off"):
+            script.parse_args(["--pu_sensitive_cap", "0", *flags])
+    with pytest.raises(UsageError, match=r"must be > 0 \(or 0: no cap\)"):
+        script.parse_args(["--pu_sensitive_cap", "-1"])
+
+
+def test_the_default_cap_trains_what_its_flags_train_and_an_uncapped_run_resumes_with_cap_zero(
+    tmp_path, tiny_unet_config
+):
+    """No flag = the cap's flags spelled out (bit-identical weights); a run without the cap (pu_run.json from before
+    the default) is refused by name when resumed with the default, with the fix, and resumes with it."""
+    from pu_diffusion.cli import UsageError
+
+    default, spelled, uncapped = tmp_path / "default", tmp_path / "spelled", tmp_path / "uncapped"
+    steps = ["--max_train_steps", "3", "--beta", "0.5"]  # κ = min(4, 0.4/β) = 0.8: binds within 3 steps
+    run(tiny_args(default, tiny_unet_config(), *steps))
+    run(tiny_args(spelled, tiny_unet_config(), *steps, *CAP_FLAGS))
+    run(tiny_args(uncapped, tiny_unet_config(), *steps, "--pu_sensitive_cap", "0"))
+    assert all(torch.equal(unet_weights(default)[k], v) for k, v in unet_weights(spelled).items())
+    assert any(not torch.equal(unet_weights(default)[k], v) for k, v in unet_weights(uncapped).items())
+    recorded = json.loads((uncapped / "pu_run.json").read_text())
+    assert recorded["pu_sensitive_cap"] is None and recorded["pu_sensitive_cap_fraction"] is None
+    with pytest.raises(UsageError, match="add --pu_sensitive_cap 0 to resume it as it was trained"):
+        run(tiny_args(uncapped, tiny_unet_config(), "--beta", "0.5", "--resume_from_checkpoint", "latest"))
+    resume = ["--beta", "0.5", "--pu_sensitive_cap", "0", "--resume_from_checkpoint", "latest"]
+    run(tiny_args(uncapped, tiny_unet_config(), *resume))
+    assert json.loads((uncapped / "train_stats.json").read_text())["global_step"] == 6
 
 
 def test_half_run_then_resume_equals_straight_training(tmp_path, tiny_unet_config):
