@@ -815,7 +815,7 @@ def compare_candidates(output_dir: str) -> str:
     """One table of every PU verdict in --output_dir: the recipe's (summary.json) and each candidate's
     (candidates/*/summary.json), by cell and β mode, so candidate fixes read side by side; their gaps to the floor
     also go to candidates.png. '' when there are none."""
-    sources = [("the recipe", os.path.join(output_dir, "summary.json"))]
+    sources = [("the default", os.path.join(output_dir, "summary.json"))]  # train_pu_diffusion.py as it is
     folder = os.path.join(output_dir, "candidates")
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         sources.append((None, os.path.join(folder, name, "summary.json")))
@@ -833,7 +833,7 @@ def compare_candidates(output_dir: str) -> str:
     table.sort(
         key=lambda item: (grid.index(item[0]) if item[0] in grid else len(grid), item[0], BETA_MODES.index(item[1]))
     )
-    recipes = list(dict.fromkeys(label for *_, label, _ in table))  # the recipe first, then the candidates
+    recipes = list(dict.fromkeys(label for *_, label, _ in table))  # the default first, then the candidates
     columns = sorted(
         {(mode, label) for _, mode, label, _ in table}, key=lambda c: (BETA_MODES.index(c[0]), recipes.index(c[1]))
     )

@@ -223,7 +223,7 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     assert json.loads((candidate / "summary.json").read_text())["extra_train_args"] == "--pu_estimator nn"
     assert (candidate / "table.md").exists() and (out / "summary.json").read_text() == recipe_summary
     comparison = (out / "candidates.md").read_text()  # every recipe's PU verdicts side by side
-    assert "| 7_S6_b0.200 | true | the recipe |" in comparison and "| 7_S6_b0.200 | auto | the recipe |" in comparison
+    assert "| 7_S6_b0.200 | true | the default |" in comparison and "| 7_S6_b0.200 | auto | the default |" in comparison
     assert (out / "candidates.png").exists()
     # records of another sample count are not this study's
     assert suite.main(suite.parse_args([*argv, "--report_only", "--num_samples", "4"]))["rows"] == []
