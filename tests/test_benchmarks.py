@@ -722,3 +722,26 @@ def test_gpu_speed_runs_each_family_and_path_on_tiny_configs(tmp_path):
     assert all(0 < row["trainable_parameters"] < row["parameters"] for row in report["results"])  # LoRA only
     with pytest.raises(SystemExit, match="unknown"):
         gpu_speed.main(gpu_speed.parse_args(["--tiny", "--cases", "flux-2048-lora", "--output", str(output)]))
+
+
+def test_worst_sampler_rows_take_each_seeds_lowest_nsr_of_the_three_samplers():
+    """The headline's 'worst of DDIM-50 / DDIM-100 / DDPM-1000': per seed the lowest NSR and its sampler; a seed
+    without all three at ≥ 500 samples does not count."""
+    bench = mnist_pu_benchmark
+
+    def record(seed, rates):
+        evaluations = {spec: {"non_sensitive_rate": rate} for spec, rate in rates.items()}
+        return {"split": "even", "recipe": [], "variant": "default", "name": "pu", "seed": seed,
+                "evaluations": evaluations}  # fmt: skip
+
+    records = [
+        record(0, {"ddim:50:2000": 0.96, "ddim:100:500": 0.94, "ddpm:1000:500": 0.95}),
+        record(1, {"ddim:50:2000": 0.95, "ddim:100:500": 0.97, "ddpm:1000:500": 0.93}),
+        record(2, {"ddim:50:2000": 0.90, "ddim:100:500": 0.99}),  # no DDPM-1000: left out
+        record(3, {"ddim:50:2000": 0.90, "ddim:100:500": 0.99, "ddpm:1000:100": 0.80}),  # too few samples
+    ]
+    (row,) = bench.worst_sampler_rows(records)
+    assert row["seeds"] == [0, 1]
+    assert [(e["nsr_worst"], e["worst_sampler"]) for e in row["per_seed"]] == [(0.94, "ddim:100"), (0.93, "ddpm:1000")]
+    assert row["nsr_worst_mean"] == pytest.approx(0.935)
+    assert "0.9400 (ddim:100), 0.9300 (ddpm:1000)" in bench.format_worst_table([row])
