@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_shared_arguments(parser, methods=(*METHODS, "erasediff"))
     parser.set_defaults(**DEFAULTS)
     note_preset_defaults(parser, BUILTIN_RECIPE, "With no dataset flags (the built-in presets)")
+    note_preset_defaults(parser, DEFAULT_SENSITIVE_CAP, "With --method pu and neither cap flag given")
     note_preset_defaults(
         parser,
         {"num_train_epochs": "100 when neither it nor --max_train_steps is given"},

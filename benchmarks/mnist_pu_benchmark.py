@@ -373,14 +373,16 @@ def cached_records(cache_dir: str) -> list[dict]:
 
 
 def check_one_recipe_per_row(records: list[dict], planned=()) -> None:
-    """Refuse two recipes under one (variant, split, method): a table row averages its seeds, so runs of another
-    recipe (e.g. trained under a changed default) would be mixed in, or replace a seed of the other. ``planned``:
-    the keys about to be trained (checked before anything trains)."""
-    keys = {record["key"] for record in records} | set(planned)
-    by_row: dict[str, set] = {}
-    for key in keys:
-        by_row.setdefault(key.rsplit("_", 1)[0], set()).add(key)
-    clashes = sorted(sorted(found) for found in by_row.values() if len(found) > 1)
+    """Refuse two recipes in one table row (variant, split, method and training steps): a row averages its seeds,
+    so runs of another recipe (e.g. trained under a changed default) would be mixed in, or replace a seed of the
+    other. ``planned``: (key, recipe) of the runs about to be trained, checked before anything trains."""
+    found = {(record["key"], recipe_steps(record["recipe"])) for record in records} | {
+        (key, recipe_steps(recipe)) for key, recipe in planned
+    }
+    by_row: dict[tuple, set] = {}
+    for key, steps in found:
+        by_row.setdefault((key.rsplit("_", 1)[0], steps), set()).add(key)
+    clashes = sorted(sorted(keys) for keys in by_row.values() if len(keys) > 1)
     if clashes:
         raise SystemExit(
             f"Runs of different recipes under one variant and method: {clashes[0]}. A changed training default "
@@ -668,7 +670,8 @@ def main(args):
     keys = {(split, index): run_key(variant, column, split, run_recipe)  # the seed is not part of a key
             for split in splits for index, (variant, column, run_recipe) in enumerate(plan)}  # fmt: skip
     cache_dir = os.path.join(args.output_dir, "cache")
-    check_one_recipe_per_row(cached_records(cache_dir), keys.values())  # before anything trains
+    planned = [(keys[split, index], plan[index][2]) for split in splits for index in range(len(plan))]
+    check_one_recipe_per_row(cached_records(cache_dir), planned)  # before anything trains
     for split in splits:
         for seed in args.seeds:
             for index, (variant, column, run_recipe) in enumerate(plan):

@@ -84,6 +84,17 @@ def write_model_card(
         else ""
     )
     estimator = f" ({run.get('pu_estimator', 'abs')}PU risk)" if method == "pu" else ""
+    cap, fraction = run.get("pu_sensitive_cap"), run.get("pu_sensitive_cap_fraction")
+    if method == "pu" and (cap is not None or fraction is not None):
+        kappas = ([_short(cap)] if cap is not None else []) + (
+            [f"{_short(fraction)}/β"] if fraction is not None else []
+        )
+        kappa = kappas[0] if len(kappas) == 1 else f"min({', '.join(kappas)})"
+        at = "at its noise level" if run.get("pu_sensitive_cap_reference") == "timestep" else "in the batch"
+        beta_line += (
+            f"- S-loss cap (not in the paper): each sensitive sample's ℓ in the subtracted β·L_S⁻ is capped at "
+            f"κ = {kappa} times the unlabeled data's mean ℓ {at}\n"
+        )
     image_lines = "".join(f"![samples]({os.path.relpath(path, output_dir)})\n\n" for path in images or [])
     description = (
         f"# {repo_id or os.path.basename(os.path.abspath(output_dir))}\n\n"

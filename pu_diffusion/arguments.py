@@ -9,6 +9,7 @@ Every check here runs before anything is loaded or written.
 from __future__ import annotations
 
 import argparse
+import decimal
 import importlib.util
 import os
 
@@ -47,6 +48,8 @@ _UNSET = object()
 def sensitive_cap_flag(text: str) -> float | None:
     """argparse type of --pu_sensitive_cap: κ, or None for 0 (no cap: what runs without a cap always recorded)."""
     value = finite_float(text)
+    if value == 0 and decimal.Decimal(text.strip()) != 0:  # e.g. 1e-400: not the "0" that turns the cap off
+        raise argparse.ArgumentTypeError(f"{text!r} rounds to 0; give 0 for no cap, or κ > 0")
     return None if value == 0 else value
 
 

@@ -184,7 +184,8 @@ def check_output_dir(
         if differing:
             details = ", ".join(f"--{key} {stored.get(key)!r} → {config.get(key)!r}" for key in differing[:6])
             hint = ""
-            if "pu_sensitive_cap" in differing and stored.get("pu_sensitive_cap") is None:
+            uncapped = stored.get("pu_sensitive_cap") is None and stored.get("pu_sensitive_cap_fraction") is None
+            if "pu_sensitive_cap" in differing and uncapped and config.get("method") == "pu":
                 hint = (
                     " That run has no S-loss cap, which train_pu_diffusion.py adds by default since 2026-12-05: "
                     "add --pu_sensitive_cap 0 to resume it as it was trained."

@@ -739,9 +739,36 @@ def test_worst_sampler_rows_take_each_seeds_lowest_nsr_of_the_three_samplers():
         record(1, {"ddim:50:2000": 0.95, "ddim:100:500": 0.97, "ddpm:1000:500": 0.93}),
         record(2, {"ddim:50:2000": 0.90, "ddim:100:500": 0.99}),  # no DDPM-1000: left out
         record(3, {"ddim:50:2000": 0.90, "ddim:100:500": 0.99, "ddpm:1000:100": 0.80}),  # too few samples
+        record(4, {"ddim:50:2000": 0.97, "ddim:100:500": 0.90, "ddim:100:2000": 0.96, "ddpm:1000:500": 0.98}),
     ]
     (row,) = bench.worst_sampler_rows(records)
-    assert row["seeds"] == [0, 1]
-    assert [(e["nsr_worst"], e["worst_sampler"]) for e in row["per_seed"]] == [(0.94, "ddim:100"), (0.93, "ddpm:1000")]
-    assert row["nsr_worst_mean"] == pytest.approx(0.935)
+    assert row["seeds"] == [0, 1, 4]
+    worst = [(e["nsr_worst"], e["worst_sampler"]) for e in row["per_seed"]]
+    assert worst == [(0.94, "ddim:100"), (0.93, "ddpm:1000"), (0.96, "ddim:100")]  # the 2,000 samples of DDIM-100
+    assert row["nsr_worst_mean"] == pytest.approx((0.94 + 0.93 + 0.96) / 3)
     assert "0.9400 (ddim:100), 0.9300 (ddpm:1000)" in bench.format_worst_table([row])
+
+
+def test_one_table_row_never_mixes_two_recipes():
+    """A row (variant, split, method, steps) averages its seeds: a cached run of other effective flags under the
+    same name (a changed default) is refused before anything trains; another step count is another row."""
+    bench = mnist_pu_benchmark
+    cached = [{"key": "default_even_pu_aaaaaaaaaa", "recipe": []}, {"key": "default_odd_pu_bbbbbbbbbb", "recipe": []}]
+    bench.check_one_recipe_per_row(cached, [("default_even_pu_aaaaaaaaaa", [])])  # the same recipe: resumes
+    bench.check_one_recipe_per_row(cached, [("default_even_pu_cccccccccc", ["--max_train_steps", "3000"])])
+    with pytest.raises(SystemExit, match="default_even_pu_aaaaaaaaaa.*default_even_pu_cccccccccc"):
+        bench.check_one_recipe_per_row(cached, [("default_even_pu_cccccccccc", [])])
+    with pytest.raises(SystemExit, match="different recipes"):
+        bench.check_one_recipe_per_row(cached + [{"key": "default_even_pu_dddddddddd", "recipe": []}])
+
+
+def test_uncapped_columns_key_the_runs_made_before_the_cap_was_the_default():
+    """pu-uncapped / pu-nn-uncapped are the old default's flags: the same hash as the committed records of those
+    runs (relabelled from 'pu' / 'pu-nn'), so they are read from the cache, not trained again."""
+    bench = mnist_pu_benchmark
+    cache = os.path.join(bench.ROOT, "benchmarks", "results", "mnist", "cache")
+    for column, split, digest in (("pu-uncapped", "even", "41491cb405"), ("pu-nn-uncapped", "odd", "eab06b3d09")):
+        key = bench.run_key("default", column, split, [])
+        assert key == f"default_{split}_{column}_{digest}"
+        assert json.load(open(os.path.join(cache, f"{key}_s0.json")))["key"] == key
+    assert bench.run_key("default", "pu", "even", []) != bench.run_key("default", "pu-uncapped", "even", [])

@@ -51,6 +51,7 @@ def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
     assert len(bands) == 4 and sum(record[key] for record in records for key in bands) > 0
     card = (out / "README.md").read_text()
     assert "method: `pu`" in card and "β" in card and "unlabeled (U) images: 2200" in card and "samples.png" in card
+    assert "capped at κ = min(4, 0.4/β) times the unlabeled data's mean ℓ at its noise level" in card
     pipeline = DiffusionPipeline.from_pretrained(str(out))
     assert isinstance(pipeline, DDPMPipeline)
     images = pipeline(
@@ -288,7 +289,9 @@ BAD_INPUTS = [
     (["--objective", "diffusion", "--inference_scheduler", "euler"], "--inference_scheduler euler samples flow"),
     (["--inference_scheduler", "euler"], "add --objective flow_matching"),
     (["--pu_nn_gamma", "0"], "it needs --method pu --pu_estimator nn"),
-    (["--pu_sensitive_cap_reference", "timestep"], "give --pu_sensitive_cap κ"),
+    (["--method", "unsupervised", "--pu_sensitive_cap_reference", "timestep"], "give --pu_sensitive_cap κ"),
+    (["--pu_sensitive_cap", "0", "--pu_sensitive_cap_reference", "timestep"], "turns the S-loss cap off"),
+    (["--pu_sensitive_cap", "1e-400"], "--pu_sensitive_cap"),
     (["--pu_sensitive_cap_fraction", "1"], r"--pu_sensitive_cap_fraction must lie in \(0, 1\)"),
     (["--pu_sensitive_cap_fraction", "0"], r"--pu_sensitive_cap_fraction must lie in \(0, 1\)"),
     (["--pu_sensitive_cap_fraction", "0.4", "--method", "unsupervised"], "they need --method pu"),
