@@ -488,13 +488,11 @@ def worst_sampler_rows(records: list[dict]) -> list[dict]:
     which sampler gave it, with mean ± std over those seeds."""
     groups: dict[tuple, dict[int, dict]] = {}
     for record in records:
-        found = {}
+        found = {}  # sampler → (samples, spec, metrics): the evaluation with the most samples
         for spec, metrics in record["evaluations"].items():
-            name, steps, samples = spec.split(":")
-            if f"{name}:{steps}" in WORST_OF and int(samples) >= WORST_MIN_SAMPLES:
-                found.setdefault(f"{name}:{steps}", (spec, metrics))  # more samples win a tie below
-                if int(samples) > int(found[f"{name}:{steps}"][0].split(":")[2]):
-                    found[f"{name}:{steps}"] = (spec, metrics)
+            sampler, samples = spec.rsplit(":", 1)
+            if sampler in WORST_OF and int(samples) >= max(WORST_MIN_SAMPLES, found.get(sampler, (0,))[0]):
+                found[sampler] = (int(samples), spec, metrics)
         if len(found) == len(WORST_OF):
             group = (record["split"], recipe_steps(record["recipe"]), record["variant"], record["name"])
             groups.setdefault(group, {})[record["seed"]] = found
@@ -503,10 +501,10 @@ def worst_sampler_rows(records: list[dict]) -> list[dict]:
         seeds = sorted(by_seed)
         per_seed = []
         for seed in seeds:
-            nsr = {sampler: metrics["non_sensitive_rate"] for sampler, (_, metrics) in by_seed[seed].items()}
+            nsr = {sampler: metrics["non_sensitive_rate"] for sampler, (_, _, metrics) in by_seed[seed].items()}
             worst = min(nsr, key=nsr.get)
             per_seed.append({"seed": seed, "nsr": nsr, "worst_sampler": worst, "nsr_worst": nsr[worst],
-                             "samplers": [spec for spec, _ in by_seed[seed].values()]})  # fmt: skip
+                             "samplers": [spec for _, spec, _ in by_seed[seed].values()]})  # fmt: skip
         mean, std = _mean_and_std([entry["nsr_worst"] for entry in per_seed])
         rows.append({"split": split, "steps": steps, "variant": variant, "method": column, "seeds": seeds,
                      "nsr_worst_mean": mean, "nsr_worst_std": std, "per_seed": per_seed})  # fmt: skip
@@ -678,8 +676,7 @@ def main(args):
                 run_one(args, keys[split, index], variant, column, split, seed, run_recipe)
     # The tables cover every run cached in --output_dir (all invocations, variants and methods), not only this
     # invocation's: an ablation run into a shared folder adds its rows instead of replacing the table.
-    records = cached_records(cache_dir)
-    check_one_recipe_per_row(records)
+    records = cached_records(cache_dir)  # what was checked above, plus the planned runs now trained
     if not records:
         raise SystemExit(f"No cached runs in {cache_dir}: run the benchmark without --report_only first.")
     rows = summarize(records)
