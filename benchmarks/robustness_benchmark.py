@@ -581,9 +581,14 @@ def cell_verdicts(rows: list[dict], args) -> list[dict]:
         fd_ratio = float(
             np.mean([fd[id(row)][seed] for seed in seeds]) / np.mean([fd[id(unsupervised)][seed] for seed in seeds])
         )
+        sensitive_in_u = hidden_count(args.u_normal, row["true_beta"])
         verdicts.append({
             "cell": row["cell"], "beta_mode": row["beta_mode"], "seeds": seeds,
             "pu": pu, "clean": floor, "unsupervised": harm, "gap_to_floor": pu - floor, "fd_ratio": fd_ratio,
+            # what the floor gap leaves out: how much of unsupervised's excess over the floor PU removed, and how
+            # many S images the cell gives per sensitive image hidden in U (the two track each other on the suite)
+            "excess_removed": (harm - pu) / (harm - floor) if harm > floor + TOLERANCE else None,
+            "sensitive_in_u": sensitive_in_u, "s_per_sensitive_in_u": row["s_size"] / sensitive_in_u,
             "ceiling": clean.get("ceiling_sensitive_share"),
             "at_most_unsupervised": pu <= harm + TOLERANCE, "at_floor": pu <= floor + 0.01 + TOLERANCE,
             "fd_ok": fd_ratio <= 1.25 + TOLERANCE,
@@ -694,16 +699,22 @@ def format_table(verdicts: list[dict], rows: list[dict], args) -> str:
             verdict["cell"], notes.get(verdict["cell"], ""), verdict["beta_mode"], estimate,
             ", ".join(map(str, verdict["seeds"])), "–" if verdict["ceiling"] is None else f"{verdict['ceiling']:.3f}",
             f"{verdict['clean']:.3f}", f"{verdict['unsupervised']:.3f}", f"{verdict['pu']:.3f}",
-            f"{verdict['gap_to_floor']:+.3f}", f"{verdict['fd_ratio']:.2f}",
+            f"{verdict['gap_to_floor']:+.3f}", percent(verdict["excess_removed"]),
+            f"{verdict['s_per_sensitive_in_u']:.2f}", f"{verdict['fd_ratio']:.2f}",
             "yes" if meets_targets(verdict) else "**no**",
         ])  # fmt: skip
     samplers = " / ".join(f"DDIM-{steps}" for steps in args.samplers)
     header = [
         "cell (sensitive_S size_true β)", "what it tests", "β mode", "β trained (auto)", "seeds",
         "judge on real normal images (ceiling)", f"clean (floor), sensitive share (worse of {samplers})",
-        "unsupervised", "PU", "PU − clean", "PU FD / unsup. FD", "targets met",
+        "unsupervised", "PU", "PU − clean", "share of unsupervised's excess PU removed",
+        "S images per sensitive image in U", "PU FD / unsup. FD", "targets met",
     ]  # fmt: skip
     return markdown_table(header, table)
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f} %"
 
 
 def sensitive_indices(row: dict, args) -> list[int]:

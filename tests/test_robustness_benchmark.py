@@ -97,7 +97,8 @@ def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
     def row(method, shares50, shares100, fds, seeds, mode="true", sevens=None):
         sevens = sevens or [10] * len(seeds)  # the judge's count of the sensitive 7 per seed, of 100 samples
         return {
-            "cell": "7_S100_b0.091", "beta_mode": mode, "method": method, "seeds": seeds, "fd_classifier": fds,
+            "cell": "7_S100_b0.091", "s_size": 100, "true_beta": 1 / 11, "beta_mode": mode, "method": method,
+            "seeds": seeds, "fd_classifier": fds,
             "sensitive_share_ddim50": shares50, "sensitive_share_ddim100": shares100,
             "class_labels": [str(digit) for digit in range(10)],
             "class_counts_ddim50": [[10] * 7 + [seven] + [10, 10 - seven] for seven in sevens],
@@ -114,6 +115,9 @@ def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
     assert true["seeds"] == [0] and true["pu"] == 0.09 and true["clean"] == 0.06 and true["unsupervised"] == 0.25
     assert true["gap_to_floor"] == pytest.approx(0.03) and not true["at_floor"] and true["at_most_unsupervised"]
     assert true["fd_ratio"] == pytest.approx(24 / 20) and true["fd_ok"]
+    # PU removed (0.25 − 0.09) / (0.25 − 0.06) of unsupervised's excess; U hides 100 sensitive 7s (1/11 of 1,100)
+    assert true["excess_removed"] == pytest.approx(0.16 / 0.19) and auto["excess_removed"] < 0
+    assert true["sensitive_in_u"] == 100 and true["s_per_sensitive_in_u"] == 1.0
     assert auto["pu"] == pytest.approx(0.35) and not auto["at_most_unsupervised"]
     assert auto["fd_ratio"] == pytest.approx(80 / 50) and not auto["fd_ok"]
     # 7 against unsupervised on the shared seeds: 2 of 20 is suppressed, 23 of 30 on average (≥ 75 %) is not
@@ -129,6 +133,10 @@ def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
     assert edge[2]["sensitive_share_ddim50"][0] > edge[0]["sensitive_share_ddim50"][0] + 0.01  # float rounding
     (at_edge,) = suite.cell_verdicts(edge, args)
     assert at_edge["at_floor"] and at_edge["fd_ok"]  # and an FD of exactly 1.25× is within the target
+    no_excess = [row("clean", [0.1], [0.1], [10.0], [0]), row("unsupervised", [0.1], [0.0], [20.0], [0])]
+    (flat,) = suite.cell_verdicts(no_excess + [row("pu", [0.1], [0.0], [20.0], [0])], args)
+    assert flat["excess_removed"] is None  # unsupervised at the floor: nothing to remove, no ratio
+    assert "| – |" in suite.format_table([flat], no_excess, args)
 
 
 def test_targets_are_judged_per_beta_mode_and_beta_auto_on_every_estimate():
