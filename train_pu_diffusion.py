@@ -30,7 +30,7 @@ from pu_diffusion.arguments import (
     sensitive_cap_defaults,
     validate_training_args,
 )
-from pu_diffusion.beta import ESTIMATION_RESOLUTION
+from pu_diffusion.beta import ESTIMATION_RESOLUTION, drop_filtered
 from pu_diffusion.builtin_mnist import (
     BUILTIN_SPLIT_FILE,
     BUILTIN_UNLABELED,
@@ -115,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="t₀ (opt-in, not in the paper; --method pu): S rows draw t from [t₀, T), the PU risk covers t ≥ t₀ "
         "and U trains as plain diffusion below t₀, so the push on S acts where a sample's class is settled, not at "
         "the low-noise steps where ℓ (and so that push) is largest. 0: the paper's PU risk at every t.",
+    )
+    parser.add_argument(
+        "--pu_filter_unlabeled",
+        type=finite_float,
+        default=0.0,
+        help="F (opt-in, not in the paper; --method pu): before training, drop from U the F × β × |U| images that "
+        "cross-fitted U-vs-S CNNs (those --beta auto trains) score most S-like, then train PU on the rest with "
+        "the β left in it: β·|U|·(1 − r)/|U kept|, where r is the share of S's own held-out scores above the cut. "
+        "β is --beta, or its estimate with --beta auto. Helps where S is small next to the sensitive part of U. "
+        "0: off.",
     )
     parser.add_argument(
         "--sensitive_augment",
@@ -281,6 +291,16 @@ def validate_args(args) -> None:
             )
         if not 0 < args.sensitive_augment <= 1:
             raise UsageError(f"--sensitive_augment is a zoom range z in (0, 1]; got {args.sensitive_augment}.")
+    if args.pu_filter_unlabeled != 0:
+        if args.method != "pu":
+            raise UsageError(
+                f"--pu_filter_unlabeled drops U images before the PU risk: it needs --method pu, not {args.method}."
+            )
+        if not 0 < args.pu_filter_unlabeled <= 10:
+            raise UsageError(
+                f"--pu_filter_unlabeled is a multiple F of β·|U| in (0, 10] (1: as many images as β says U hides); "
+                f"got {args.pu_filter_unlabeled}."
+            )
     if args.pu_min_timestep != 0:
         if args.method != "pu":
             raise UsageError(f"--pu_min_timestep restricts the PU risk: it needs --method pu, not {args.method}.")
@@ -409,6 +429,12 @@ def main(args):
             for rows in (unlabeled_rows, sensitive_rows)
         ),
     )
+    if "unlabeled_filter" in beta_info:  # --pu_filter_unlabeled: train on U without its most S-like images
+        try:
+            unlabeled_rows = drop_filtered(unlabeled_rows, beta_info["unlabeled_filter"])
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        data_info["U images kept by --pu_filter_unlabeled"] = len(unlabeled_rows)
 
     # ---- Model, batches, optimizer ----
     unet, noise_scheduler, base_model = load_model(args, channels)

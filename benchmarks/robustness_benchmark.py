@@ -379,7 +379,9 @@ def run_flags(args, method: str, beta_mode: str, cell: Cell) -> list[str]:
 KEY_IGNORED_FLAGS = ("train_data_dir", "output_dir", "seed", "ddp_timeout", "model_config_name_or_path")
 # Flags train_pu_diffusion.py gained after this suite's records were cached: at their neutral value
 # (run_dir.neutral_flag) they are left out of the key, so the records already made keep their keys.
-KEY_ADDED_LATER = ("sensitive_augment", "pu_sensitive_cap_reference", "pu_sensitive_cap_fraction")
+KEY_ADDED_LATER = (
+    "sensitive_augment", "pu_sensitive_cap_reference", "pu_sensitive_cap_fraction", "pu_filter_unlabeled",
+)  # fmt: skip
 
 
 def run_key(flags: list[str]) -> str:

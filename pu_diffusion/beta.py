@@ -9,10 +9,11 @@ and pu_run.json record both). Functions take values, not flags.
 
 from __future__ import annotations
 
+import numpy as np
 from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list
 
-from .class_prior import estimate_beta_from_images
+from .class_prior import cross_fitted_scores, estimate_beta_from_images, estimate_class_prior
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -39,10 +40,19 @@ def resolve_auto_beta(
     if recorded:
         logger.info(f"--beta auto: resuming with the recorded β = {recorded['beta']:.4f}")
         return recorded
+    return on_main_process(
+        accelerator,
+        lambda: estimate_on_main_process(accelerator, load_images, estimator, margin, ddp_timeout, point),
+        "--beta auto",
+    )
+
+
+def on_main_process(accelerator, compute, what: str) -> dict:
+    """``compute()`` on the main process, its result broadcast to the others (which wait for it)."""
     resolved = [None]
     if accelerator.is_main_process:
         try:
-            resolved = [estimate_on_main_process(accelerator, load_images, estimator, margin, ddp_timeout, point)]
+            resolved = [compute()]
         except Exception as error:  # the other processes wait in the broadcast below: tell them, then fail
             resolved = [{"error": f"{type(error).__name__}: {error}"}]
             if accelerator.num_processes > 1:
@@ -51,7 +61,7 @@ def resolve_auto_beta(
     if accelerator.num_processes > 1:
         broadcast_object_list(resolved)
     if "error" in resolved[0]:
-        raise RuntimeError(f"--beta auto failed on the main process: {resolved[0]['error']}")
+        raise RuntimeError(f"{what} failed on the main process: {resolved[0]['error']}")
     return resolved[0]
 
 
@@ -105,3 +115,112 @@ def beta_from_estimate(estimate, margin: float = 1.0, point: str = "estimate") -
         beta = DEFAULT_BETA
         source = f"the default {DEFAULT_BETA}: --beta auto's estimate was not trusted ({estimate.reason})"
     return {"beta": float(beta), "beta_source": source, "beta_estimate": estimate.to_dict()}
+
+
+# ---- --pu_filter_unlabeled: drop U's most S-like images before training ----
+
+
+def filter_by_scores(unlabeled_scores, sensitive_scores, beta: float, factor: float) -> dict:
+    """Which U images to drop, and the sensitive share left in the rest.
+
+    Drops the k = round(factor · β · |U|) U images with the highest cross-fitted S-vs-U scores (at most |U| − 2).
+    S stands for U's sensitive images (the PU assumption, SCAR), so the share r of S's own held-out scores at or above
+    the cut estimates the share of U's β·|U| sensitive images the cut removes; the β left for the kept images is
+    β · |U| · (1 − r) / (|U| − k). (Re-estimating β from the kept images' scores would not do: the cut removed
+    exactly the images those scores call sensitive, so it reads ≈ 0 whatever is left.)
+    """
+    unlabeled = np.asarray(unlabeled_scores, dtype=np.float64)
+    sensitive = np.asarray(sensitive_scores, dtype=np.float64)
+    n = len(unlabeled)
+    k = max(0, min(int(round(factor * beta * n)), n - 2))
+    if k == 0:
+        return {"dropped_positions": [], "beta_left": float(beta), "sensitive_recall": 0.0, "threshold": None}
+    order = np.argsort(-unlabeled, kind="stable")
+    threshold = float(unlabeled[order[k - 1]])
+    recall = float(np.mean(sensitive >= threshold))
+    return {
+        "dropped_positions": sorted(int(position) for position in order[:k]),
+        "beta_left": float(min(beta * n * (1 - recall) / (n - k), 0.99)),
+        "sensitive_recall": recall,
+        "threshold": threshold,
+    }
+
+
+def resolve_filtered_beta(
+    accelerator,
+    load_images,
+    given: float | None,
+    factor: float,
+    estimator: str,
+    margin: float,
+    point: str,
+    ddp_timeout: int,
+    recorded: dict | None = None,
+) -> dict:
+    """--pu_filter_unlabeled: {"beta", "beta_source", "beta_estimate", "unlabeled_filter"}.
+
+    One set of cross-fitted U-vs-S scores (the CNNs --beta auto trains) gives β first, as given (``given``) or
+    estimated as --beta auto does; then :func:`filter_by_scores` drops the factor · β · |U| most S-like U images
+    and returns the β left for the rest, which PU trains with. A resumed run reads what it recorded.
+    """
+    if recorded and "unlabeled_filter" in recorded:
+        logger.info(
+            f"--pu_filter_unlabeled: resuming with the recorded {len(recorded['unlabeled_filter']['dropped_positions'])} "
+            f"dropped U images and β = {recorded['beta']:.4f}"
+        )
+        return recorded
+
+    def compute() -> dict:
+        unlabeled, sensitive = load_images()
+        logger.info(
+            f"--pu_filter_unlabeled {factor}: scoring {len(unlabeled)} U and {len(sensitive)} S images with "
+            f"cross-fitted U-vs-S CNNs; the other processes wait up to --ddp_timeout {ddp_timeout} s"
+        )
+        unlabeled_scores, sensitive_scores = cross_fitted_scores(unlabeled, sensitive, device=accelerator.device)
+        if given is not None:
+            first = given_beta(given)
+        else:
+            try:
+                first = beta_from_estimate(
+                    estimate_class_prior(unlabeled_scores, sensitive_scores, estimator), margin, point
+                )
+            except ValueError as error:
+                first = {
+                    "beta": DEFAULT_BETA,
+                    "beta_source": f"the default {DEFAULT_BETA}: --beta auto could not estimate β ({error})",
+                    "beta_estimate": None,
+                }
+        cut = filter_by_scores(unlabeled_scores, sensitive_scores, first["beta"], factor)
+        dropped = len(cut["dropped_positions"])
+        source = (
+            f"{first['beta_source']} (β = {first['beta']:.4f}); then --pu_filter_unlabeled {factor} dropped the "
+            f"{dropped} U images a cross-fitted U-vs-S CNN scored most S-like, which held an estimated "
+            f"{100 * cut['sensitive_recall']:.0f} % of U's sensitive images (the share of S's own held-out scores "
+            f"above the cut), leaving β = {cut['beta_left']:.4f} in the {len(unlabeled) - dropped} kept"
+        )
+        logger.info(f"--pu_filter_unlabeled: training with {source}")
+        return {
+            "beta": cut["beta_left"],
+            "beta_source": source,
+            "beta_estimate": first["beta_estimate"],
+            "unlabeled_filter": {
+                "factor": factor,
+                "beta_before": first["beta"],
+                "n_unlabeled": len(unlabeled),
+                **cut,
+            },
+        }
+
+    return on_main_process(accelerator, compute, "--pu_filter_unlabeled")
+
+
+def drop_filtered(unlabeled_rows, unlabeled_filter: dict):
+    """U's rows without the ones --pu_filter_unlabeled dropped (positions in the order U was scored)."""
+    if len(unlabeled_rows) != unlabeled_filter["n_unlabeled"]:
+        raise ValueError(
+            f"--pu_filter_unlabeled: the run dropped U images by position among {unlabeled_filter['n_unlabeled']} "
+            f"U images, but U now has {len(unlabeled_rows)}: resume with the data the run started with."
+        )
+    keep = np.ones(len(unlabeled_rows), dtype=bool)
+    keep[unlabeled_filter["dropped_positions"]] = False
+    return np.asarray(unlabeled_rows)[keep]

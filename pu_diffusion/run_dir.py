@@ -52,6 +52,7 @@ ADDED_ARGS_NEUTRAL = {
     "sensitive_augment": 0.0,
     "pu_sensitive_cap_reference": "batch",
     "pu_sensitive_cap_fraction": None,
+    "pu_filter_unlabeled": 0.0,
 }
 # Flags of a method added after that method's runs were cached: at their neutral value they are left out of its
 # runs' keys too (unlike the method's older flags, which are part of those keys).

@@ -34,7 +34,7 @@ from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_s
 from tqdm.auto import tqdm
 
 from .batch_sampler import PUBatchSampler
-from .beta import given_beta, resolve_auto_beta
+from .beta import given_beta, resolve_auto_beta, resolve_filtered_beta
 from .checkpoints import checkpoint_num_processes, checkpoint_step, resolve_resume_checkpoint, save_checkpoint
 from .cli import TrainingDivergedError, UsageError
 from .image_data import check_images_readable, load_image_dataset, pu_indices
@@ -114,13 +114,26 @@ def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dic
 
     ``--beta`` as given; with ``--beta auto`` a resumed run reads the β it recorded in pu_run.json, and a new run
     estimates it from ``load_images()`` (→ U and S tensors) with --beta_estimator, --beta_auto_point and
-    --beta_margin.
+    --beta_margin. With --pu_filter_unlabeled (train_pu_diffusion.py), also the U images to drop and the β left
+    (:func:`.beta.resolve_filtered_beta`).
     """
-    if args.beta != "auto":
-        return given_beta(args.beta)
     recorded = None
     if resume_path is not None and os.path.exists(os.path.join(args.output_dir, RUN_FILE)):
         recorded = read_run_file(args.output_dir).get("beta_resolved")
+    if getattr(args, "pu_filter_unlabeled", 0) and args.method == "pu":
+        return resolve_filtered_beta(
+            accelerator,
+            load_images,
+            given=None if args.beta == "auto" else args.beta,
+            factor=args.pu_filter_unlabeled,
+            estimator=args.beta_estimator,
+            margin=args.beta_margin,
+            point=args.beta_auto_point,
+            ddp_timeout=args.ddp_timeout,
+            recorded=recorded,
+        )
+    if args.beta != "auto":
+        return given_beta(args.beta)
     return resolve_auto_beta(
         accelerator,
         load_images,

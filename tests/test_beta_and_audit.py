@@ -318,3 +318,22 @@ def test_audit_of_a_builtin_run_scores_its_ranking_against_a_reference(tmp_path,
         audit.parse_args(["--pipeline", str(flow), "--output_dir", str(tmp_path / "a3"), "--num_draws", "1"])
     )
     assert flow_audit["num_images"] == 2200  # a flow-matching model is scored with its own flow-matching ℓ
+
+
+def test_filter_by_scores_drops_the_top_scores_and_estimates_the_share_left_from_s():
+    from pu_diffusion.beta import drop_filtered, filter_by_scores
+
+    # 90 normal U images score 0..89 / 100; the 10 hidden sensitive ones 10..19; S: 15 above the cut, 5 below it
+    unlabeled = np.concatenate([np.arange(90) / 100, np.arange(10, 20)])
+    sensitive = np.concatenate([np.arange(10, 25), [-5.0] * 5])
+    cut = filter_by_scores(unlabeled, sensitive, beta=0.1, factor=1.0)
+    assert cut["dropped_positions"] == list(range(90, 100)) and cut["threshold"] == 10.0
+    assert cut["sensitive_recall"] == 0.75  # S's share at or above the cut stands for U's sensitive images
+    assert cut["beta_left"] == pytest.approx(0.1 * 100 * 0.25 / 90)
+    assert len(filter_by_scores(unlabeled, sensitive, beta=0.1, factor=2.0)["dropped_positions"]) == 20
+    assert filter_by_scores(unlabeled, sensitive, beta=0.0, factor=1.0)["dropped_positions"] == []
+    assert len(filter_by_scores(unlabeled, sensitive, beta=0.9, factor=10)["dropped_positions"]) == 98  # keeps 2
+    rows = np.arange(1000, 1100)
+    assert drop_filtered(rows, {"n_unlabeled": 100, **cut}).tolist() == list(range(1000, 1090))
+    with pytest.raises(ValueError, match="resume with the data the run started with"):
+        drop_filtered(rows[:50], {"n_unlabeled": 100, **cut})

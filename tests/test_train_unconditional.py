@@ -69,6 +69,7 @@ def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
         ["--gradient_accumulation_steps", "2", "--use_ema"],
         ["--method", "erasediff", "--erasediff_lambda", "-1"],  # adaptive λ, inner passes, uniform forget target
         ["--objective", "flow_matching", "--flow_shift", "3"],
+        ["--pu_filter_unlabeled", "1", "--beta", "0.1"],  # the dropped U images are read back, not scored again
     ],
 )
 def test_resume_equals_straight_training(tmp_path, tiny_unet_config, extra):
@@ -301,6 +302,9 @@ BAD_INPUTS = [
     (["--objective", "flow_matching", "--ddpm_beta_schedule", "squaredcos_cap_v2"], "flow matching has none"),
     (["--flow_shift", "3"], "--flow_shift sets a new flow-matching scheduler"),
     (["--objective", "flow_matching", "--flow_shift", "0"], "--flow_shift must be > 0"),
+    (["--pu_filter_unlabeled", "1", "--method", "unsupervised"], "--pu_filter_unlabeled drops U images"),
+    (["--pu_filter_unlabeled", "11"], r"--pu_filter_unlabeled is a multiple F of β·\|U\| in \(0, 10\]"),
+    (["--pu_filter_unlabeled", "-1"], r"--pu_filter_unlabeled is a multiple F of β·\|U\| in \(0, 10\]"),
 ]
 
 
@@ -460,3 +464,17 @@ def test_cap_fraction_scales_with_beta_and_leaves_beta_zero_uncapped():
     assert sensitive_cap(both, 0.2) == pytest.approx(2.0)
     assert sensitive_cap(both, 0.05) == 4.0
     assert sensitive_cap(both, 0.0) == 4.0
+
+
+def test_filter_unlabeled_drops_the_most_s_like_u_images_and_trains_with_the_beta_left(tmp_path, tiny_unet_config):
+    out = tmp_path / "out"
+    run(tiny_args(out, tiny_unet_config(), "--beta", "0.1", "--pu_filter_unlabeled", "1"))
+    resolved = json.loads((out / "pu_run.json").read_text())["beta_resolved"]
+    cut = resolved["unlabeled_filter"]
+    assert cut["n_unlabeled"] == 2200 and cut["beta_before"] == 0.1 and len(cut["dropped_positions"]) == 220
+    assert resolved["beta"] == pytest.approx(0.1 * 2200 * (1 - cut["sensitive_recall"]) / 1980)
+    # the built-in U lists its 2,000 normal digits first, then the 200 sensitive ones hidden among them
+    hidden = sum(position >= 2000 for position in cut["dropped_positions"])
+    assert hidden / 200 == pytest.approx(cut["sensitive_recall"], abs=0.25) and hidden > 100
+    card = (out / "README.md").read_text()
+    assert "--pu_filter_unlabeled 1.0 dropped the 220 U images" in card and "U images kept by" in card
