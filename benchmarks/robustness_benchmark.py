@@ -477,9 +477,39 @@ def run_one(args, source: Source, cell: Cell, method: str, beta_mode: str, seed:
         "per_class": data["per_class"],
         "evaluations": evaluate(args, run_dir, data_dir, data["test"], source, cell, judge, seed),
     }
+    if record["beta"] and "unlabeled_filter" in record["beta"]:
+        record["beta"]["unlabeled_filter_truth"] = filter_truth(os.path.join(data_dir, folder), record["beta"], cell)
     write_json(record_path, record)
     shutil.rmtree(run_dir, ignore_errors=True)  # ours, and evaluated: the record keeps what the tables need
     return record
+
+
+def filter_truth(pu_folder: str, beta: dict, cell: Cell) -> dict:
+    """What --pu_filter_unlabeled really dropped, which only the suite knows: U is loaded as the training script
+    loaded it (so the dropped positions name the same files), and each file's name carries its class. Gives the
+    share of U's sensitive images caught (the run estimated it from S as ``sensitive_recall``) and the true β left,
+    beside the run's ``beta_left``."""
+    from datasets import Image as ImageFeature
+
+    from pu_diffusion.image_data import load_image_dataset, pu_indices
+
+    dataset = load_image_dataset(None, None, pu_folder, None)
+    unlabeled_rows, _ = pu_indices(dataset, "image", "label", SENSITIVE)
+    paths = dataset.cast_column("image", ImageFeature(decode=False))["image"]
+    sensitive = {str(name) for name in cell.sensitive}
+    hidden = np.array(
+        [re.search(r"_class(.+)\.png$", paths[int(row)]["path"]).group(1) in sensitive for row in unlabeled_rows]
+    )
+    cut = beta["unlabeled_filter"]
+    caught = int(hidden[cut["dropped_positions"]].sum())
+    kept = len(unlabeled_rows) - len(cut["dropped_positions"])
+    return {
+        "sensitive_in_u": int(hidden.sum()),
+        "dropped": len(cut["dropped_positions"]),
+        "sensitive_dropped": caught,
+        "recall": caught / max(int(hidden.sum()), 1),
+        "beta_left": (int(hidden.sum()) - caught) / kept,
+    }
 
 
 def complete(record: dict, args) -> bool:
@@ -549,6 +579,16 @@ def summarize(records: list[dict], args) -> list[dict]:
             estimates = [(record["beta"] or {}).get("beta_estimate") for record in group]
             if any(estimates):
                 row["beta_estimate"] = estimates
+            cuts = [(record["beta"] or {}).get("unlabeled_filter") for record in group]
+            if any(cuts):  # --pu_filter_unlabeled: what it dropped, estimated by the run and known to the suite
+                truths = [(record["beta"] or {}).get("unlabeled_filter_truth") or {} for record in group]
+                row["unlabeled_filter"] = {
+                    "dropped": [len(cut["dropped_positions"]) if cut else None for cut in cuts],
+                    "beta_before": [cut and cut["beta_before"] for cut in cuts],
+                    "sensitive_recall_estimated": [cut and cut["sensitive_recall"] for cut in cuts],
+                    "sensitive_recall_true": [truth.get("recall") for truth in truths],
+                    "beta_left_true": [truth.get("beta_left") for truth in truths],
+                }
         rows.append(row)
     return rows
 
@@ -631,14 +671,17 @@ def beta_targets(rows: list[dict]) -> dict[str, dict]:
     """--beta auto's targets per auto β mode, over every (cell, seed) estimate: |estimate − true β| ≤ 0.02 in at
     least 80 % of them, the 95 % interval covering the true β in at least 80 %, and no *trusted* estimate more than
     30 % off. Also the error of the β actually trained (the interval's lower end for auto-lower, 0.1 when the
-    estimate was not trusted)."""
+    estimate was not trusted; with --pu_filter_unlabeled the β chosen for the whole U, before the cut)."""
     targets = {}
     for mode in ("auto", "auto-lower"):
         pairs = [
             (row["true_beta"], estimate, trained)
             for row in rows
             if row["method"] == "pu" and row["beta_mode"] == mode
-            for estimate, trained in zip(row.get("beta_estimate", []), row["beta_trained"])
+            # with --pu_filter_unlabeled the risk trains with the β left after the cut: judge the β chosen for U
+            for estimate, trained in zip(
+                row.get("beta_estimate", []), row.get("unlabeled_filter", {}).get("beta_before") or row["beta_trained"]
+            )
             if estimate
         ]
         if not pairs:

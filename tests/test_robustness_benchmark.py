@@ -235,6 +235,20 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     assert (out / "candidates.png").exists()
     # records of another sample count are not this study's
     assert suite.main(suite.parse_args([*argv, "--report_only", "--num_samples", "4"]))["rows"] == []
+    # --pu_filter_unlabeled: the suite records what the cut really dropped, from the files' classes
+    monkeypatch.undo()
+    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    fast_classifier(monkeypatch)
+    filtered = suite.main(suite.parse_args([*argv[:1], "--beta_modes", "true", *argv[4:], "--extra_train_args",
+                                            "--pu_filter_unlabeled 1"]))  # fmt: skip
+    (cut,) = [row["unlabeled_filter"] for row in filtered["rows"] if row["method"] == "pu"]
+    (record,) = [json.loads(path.read_text()) for path in (out / "cache").glob("*_pu-true_*.json")
+                 if "unlabeled_filter" in json.loads(path.read_text())["beta"]]  # fmt: skip
+    truth = record["beta"]["unlabeled_filter_truth"]
+    assert truth["sensitive_in_u"] == hidden_count(40, 0.2) == 10 and truth["dropped"] == cut["dropped"][0] == 10
+    assert truth["recall"] == cut["sensitive_recall_true"][0] == truth["sensitive_dropped"] / 10
+    assert truth["beta_left"] == pytest.approx((10 - truth["sensitive_dropped"]) / 40)
+    assert cut["beta_before"] == [0.2] and 0 <= cut["sensitive_recall_estimated"][0] <= 1
 
 
 def write_labelled_folder(root, counts) -> str:
