@@ -93,6 +93,10 @@ ROWS = [
     (UNCOND, "β margin 0", TINY + " --output_dir out --beta auto --beta_margin 0", None),
     (UNCOND, "β auto with unsupervised", TINY + " --output_dir out --beta auto --method unsupervised", None),
     (UNCOND, "S cap nan", TINY + " --output_dir out --pu_sensitive_cap nan", None),
+    (UNCOND, "U filter with unsupervised", TINY + " --output_dir out --method unsupervised --pu_filter_unlabeled 1", None),
+    (UNCOND, "U filter 11", TINY + " --output_dir out --pu_filter_unlabeled 11", None),
+    (UNCOND, "U filter -1", TINY + " --output_dir out --pu_filter_unlabeled=-1", None),
+    (UNCOND, "U filter nan", TINY + " --output_dir out --pu_filter_unlabeled nan", None),
     (UNCOND, "EraseDiff λ nan", TINY + " --output_dir out --method erasediff --erasediff_lambda nan", None),
     (UNCOND, "EraseDiff η -1", TINY + " --output_dir out --method erasediff --erasediff_eta=-1", None),
     (UNCOND, "contamination 0.9", "--output_dir out --builtin_contamination 0.9", None),
@@ -414,18 +418,22 @@ def main():
             handle.write("the user's notes about this pipeline\n")
         pristine = fixtures + "-pristine"
         shutil.copytree(fixtures, pristine)
-        rows = json.load(open(args.output_json))["rows"] if args.only else []
+        # --only: the other rows come from the JSON, matched by program and input (rows may have been inserted)
+        kept = {(r["program"], r["input"]): r for r in json.load(open(args.output_json))["rows"]} if args.only else {}
+        rows = []
         for number, (program, label, argv, setup) in enumerate(ROWS, 1):
             if args.only and number not in args.only:
+                if (program, label) not in kept:
+                    sys.exit(
+                        f"error: row {number} ({program}, {label!r}) has no result in {args.output_json}: add it to --only."
+                    )
+                rows.append(kept[(program, label)])
                 continue
             row = run_row(program, label, argv, setup, fixtures, args.project_root, python, args.timeout)
             if row["fixtures_changed"]:  # the row destroyed an input: restore it for the rows after it
                 shutil.rmtree(fixtures)
                 shutil.copytree(pristine, fixtures)
-            if args.only:
-                rows[number - 1] = row
-            else:
-                rows.append(row)
+            rows.append(row)
             print(
                 f"{number:3d} {row['program']:28s} {label:40s} exit {row['exit_code']}  {row['message'][:110]}",
                 flush=True,

@@ -75,8 +75,20 @@ def estimate_on_main_process(
         f"--ddp_timeout {ddp_timeout} s (for very large data, run `python estimate_pu_beta.py` first "
         "and pass --beta)"
     )
+    return auto_beta(
+        lambda: estimate_beta_from_images(unlabeled, sensitive, estimator, device=accelerator.device),
+        estimator,
+        margin,
+        point,
+    )
+
+
+def auto_beta(make_estimate, estimator: str, margin: float, point: str = "estimate") -> dict:
+    """--beta auto's β from ``make_estimate()`` (→ BetaEstimate), logged: the estimate when trusted (see
+    :func:`beta_from_estimate`), else DEFAULT_BETA with a warning that says why; an estimate that cannot be made
+    (``ValueError``: constant scores, too few images) falls back the same way."""
     try:
-        estimate = estimate_beta_from_images(unlabeled, sensitive, estimator, device=accelerator.device)
+        estimate = make_estimate()
     except ValueError as error:  # e.g. constant scores, or too few images to score
         logger.warning(
             f"--beta auto (--beta_estimator {estimator}) could not estimate β: {error}. Training with "
@@ -118,6 +130,8 @@ def beta_from_estimate(estimate, margin: float = 1.0, point: str = "estimate") -
 
 
 # ---- --pu_filter_unlabeled: drop U's most S-like images before training ----
+
+LOW_FILTER_RECALL = 0.75  # below this estimated share of U's sensitive images in the cut, the run warns
 
 
 def filter_by_scores(unlabeled_scores, sensitive_scores, beta: float, factor: float) -> dict:
@@ -180,16 +194,9 @@ def resolve_filtered_beta(
         if given is not None:
             first = given_beta(given)
         else:
-            try:
-                first = beta_from_estimate(
-                    estimate_class_prior(unlabeled_scores, sensitive_scores, estimator), margin, point
-                )
-            except ValueError as error:
-                first = {
-                    "beta": DEFAULT_BETA,
-                    "beta_source": f"the default {DEFAULT_BETA}: --beta auto could not estimate β ({error})",
-                    "beta_estimate": None,
-                }
+            first = auto_beta(
+                lambda: estimate_class_prior(unlabeled_scores, sensitive_scores, estimator), estimator, margin, point
+            )
         cut = filter_by_scores(unlabeled_scores, sensitive_scores, first["beta"], factor)
         dropped = len(cut["dropped_positions"])
         source = (
@@ -199,6 +206,14 @@ def resolve_filtered_beta(
             f"above the cut), leaving β = {cut['beta_left']:.4f} in the {len(unlabeled) - dropped} kept"
         )
         logger.info(f"--pu_filter_unlabeled: training with {source}")
+        if dropped and cut["sensitive_recall"] < LOW_FILTER_RECALL:
+            logger.warning(
+                f"--pu_filter_unlabeled: the cut holds only an estimated {100 * cut['sensitive_recall']:.0f} % of U's "
+                "sensitive images (the CNNs cannot tell S from U well enough); PU has to suppress the rest, and "
+                "with few S images per sensitive image in U it may leave part of them. Label more S images, of "
+                "every kind of sensitive content U holds, or raise --pu_filter_unlabeled; check the trained model "
+                "with evaluate_pu_diffusion.py."
+            )
         return {
             "beta": cut["beta_left"],
             "beta_source": source,

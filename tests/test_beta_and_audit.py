@@ -337,3 +337,49 @@ def test_filter_by_scores_drops_the_top_scores_and_estimates_the_share_left_from
     assert drop_filtered(rows, {"n_unlabeled": 100, **cut}).tolist() == list(range(1000, 1090))
     with pytest.raises(ValueError, match="resume with the data the run started with"):
         drop_filtered(rows[:50], {"n_unlabeled": 100, **cut})
+
+
+def test_the_filter_warns_and_falls_back_on_an_untrusted_estimate_as_beta_auto_does(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from accelerate import PartialState
+
+    PartialState()  # accelerate's logger needs its state
+    scores = (np.arange(100) / 100.0, np.arange(90, 100) / 100.0)
+    monkeypatch.setattr(beta, "cross_fitted_scores", lambda unlabeled, sensitive, device=None, s=scores: s)
+    untrusted = BetaEstimate(0.3, (0.1, 0.5), "bbe", 0.7, 0.7, 100, 10, False, "the interval is wide")
+    monkeypatch.setattr(beta, "estimate_class_prior", lambda unlabeled, sensitive, estimator: untrusted)
+    accelerator = SimpleNamespace(is_main_process=True, num_processes=1, device="cpu")
+    images = (torch.zeros(100, 1, 4, 4), torch.zeros(10, 1, 4, 4))
+    with caplog.at_level("WARNING"):
+        resolved = beta.resolve_filtered_beta(accelerator, lambda: images, None, 1.0, "bbe", 1.0, "estimate", 60)
+    assert resolved["unlabeled_filter"]["beta_before"] == beta.DEFAULT_BETA
+    assert len(resolved["unlabeled_filter"]["dropped_positions"]) == 10  # round(1.0 · 0.1 · 100)
+    assert "the estimate cannot be trusted" in caplog.text and "the interval is wide" in caplog.text
+
+    def cannot(unlabeled, sensitive, estimator):
+        raise ValueError("constant scores")
+
+    monkeypatch.setattr(beta, "estimate_class_prior", cannot)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        resolved = beta.resolve_filtered_beta(accelerator, lambda: images, None, 1.0, "bbe", 1.0, "estimate", 60)
+    assert resolved["unlabeled_filter"]["beta_before"] == beta.DEFAULT_BETA and "could not estimate" in caplog.text
+
+
+def test_the_filter_warns_when_its_cut_holds_few_of_the_sensitive_images(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from accelerate import PartialState
+
+    PartialState()
+    accelerator = SimpleNamespace(is_main_process=True, num_processes=1, device="cpu")
+    images = (torch.zeros(100, 1, 4, 4), torch.zeros(10, 1, 4, 4))
+    for sensitive_scores, warned in ((np.arange(90, 100) / 100.0, False), (np.arange(85, 95) / 100.0, True)):
+        scores = (np.arange(100) / 100.0, sensitive_scores)  # the cut (10 of 100) is at 0.90: S holds 100 % or 50 %
+        monkeypatch.setattr(beta, "cross_fitted_scores", lambda unlabeled, sensitive, device=None, s=scores: s)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            resolved = beta.resolve_filtered_beta(accelerator, lambda: images, 0.1, 1.0, "bbe", 1.0, "estimate", 60)
+        assert resolved["unlabeled_filter"]["sensitive_recall"] == (0.5 if warned else 1.0)
+        assert ("holds only an estimated 50 %" in caplog.text) == warned
