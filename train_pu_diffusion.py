@@ -30,7 +30,7 @@ from pu_diffusion.arguments import (
     sensitive_cap_defaults,
     validate_training_args,
 )
-from pu_diffusion.beta import ESTIMATION_RESOLUTION, drop_filtered
+from pu_diffusion.beta import ESTIMATION_RESOLUTION, drop_filtered, few_sensitive_warning
 from pu_diffusion.builtin_mnist import (
     BUILTIN_SPLIT_FILE,
     BUILTIN_UNLABELED,
@@ -435,6 +435,11 @@ def main(args):
         except ValueError as error:
             raise UsageError(str(error)) from None
         data_info["U images kept by --pu_filter_unlabeled"] = len(unlabeled_rows)
+    elif args.method == "pu":
+        few = few_sensitive_warning(len(sensitive_rows), len(unlabeled_rows), beta_info["beta"])
+        if few:  # logged now, and kept in the model card's data section
+            logger.warning(few)
+            data_info["warning"] = few
 
     # ---- Model, batches, optimizer ----
     unet, noise_scheduler, base_model = load_model(args, channels)

@@ -383,3 +383,21 @@ def test_the_filter_warns_when_its_cut_holds_few_of_the_sensitive_images(monkeyp
             resolved = beta.resolve_filtered_beta(accelerator, lambda: images, 0.1, 1.0, "bbe", 1.0, "estimate", 60)
         assert resolved["unlabeled_filter"]["sensitive_recall"] == (0.5 if warned else 1.0)
         assert ("holds only an estimated 50 %" in caplog.text) == warned
+
+
+def test_few_sensitive_warning_fires_only_when_s_is_smaller_than_what_beta_hides_in_u():
+    assert beta.few_sensitive_warning(100, 1100, 1 / 11) is None  # S as large as U's ≈100 sensitive images
+    message = beta.few_sensitive_warning(50, 1250, 0.2)
+    assert "S holds 50 images, fewer than the ≈250 sensitive images" in message and "--pu_filter_unlabeled" in message
+
+
+def test_a_pu_run_with_a_small_s_says_so_in_its_card(tmp_path, tiny_unet_config):
+    out = tmp_path / "out"
+    data = write_planted_folder(tmp_path / "data")  # 44 U, 12 S
+    script.main(script.parse_args(tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.5")))
+    assert (
+        "- warning: S holds 12 images, fewer than the ≈22 sensitive images β = 0.500" in (out / "README.md").read_text()
+    )
+    quiet = tmp_path / "quiet"
+    script.main(script.parse_args(tiny_args(quiet, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.2")))
+    assert "warning:" not in (quiet / "README.md").read_text()
