@@ -323,3 +323,26 @@ def test_too_small_own_data_is_refused_before_training(tmp_path):
     with pytest.raises(suite.UsageError, match="too few for any cell"):
         suite.main(suite.parse_args([*argv, "--output_dir", str(tmp_path / "out")]))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_filter_score_probe_reports_what_each_cut_leaves():
+    import filter_score_probe as probe
+
+    import pu_diffusion.class_prior as class_prior
+
+    trainer = class_prior.train_score_network
+    cell = next(cell for cell in suite.FULL_CELLS if cell.name == "7_S25_b0.091")
+    result = probe.probe(suite.mnist_source(), cell, 0, "3 folds, ±2 px shifts")
+    assert class_prior.train_score_network is trainer  # the shifted trainer was only borrowed
+    hidden = hidden_count(suite.U_NORMAL, cell.true_beta)
+    assert result["true_beta"] == pytest.approx(hidden / (suite.U_NORMAL + hidden), abs=1e-4)
+    assert 0.5 < result["auc_hidden_vs_normal"] <= 1.0  # sevens among other digits: far better than chance
+    cuts = list(result["cuts"].values())
+    assert [cut["dropped"] for cut in cuts] == [round(factor * hidden) for factor in probe.CUTS]
+    shares = [cut["hidden_dropped_share"] for cut in cuts]
+    assert shares == sorted(shares) and all(0 <= share <= 1 for share in shares)
+    for cut in cuts:  # the β left is the hidden sevens kept among the images kept
+        kept = sum(cut["kept_per_class"].values())
+        assert kept == suite.U_NORMAL + hidden - cut["dropped"]
+        assert cut["true_beta_left"] == pytest.approx(cut["kept_per_class"]["7"] / kept, abs=1e-4)
+        assert cut["kept_per_class"]["7"] == pytest.approx(hidden * (1 - cut["hidden_dropped_share"]), abs=0.5)

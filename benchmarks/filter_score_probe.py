@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""How well the U-vs-S CNN scores behind --beta auto and --pu_filter_unlabeled find U's hidden sensitive images.
+
+For robustness-suite cells (the same draws as benchmarks/robustness_benchmark.py: U in the order the training
+script reads it, S), this scores U and S with cross-fitted CNNs under a few scoring variants and reports, per
+variant, what no training run can see: the AUC of U's hidden sensitive images against U's normal ones, the share of
+them among the top β·|U| scores (what --pu_filter_unlabeled 1 drops with the true β), BBE's estimate, and what
+larger cuts would leave (F = 1, 1.5, 2: share of the hidden images dropped, true β left, kept images per class).
+Seconds per cell and variant on a CPU; nothing is trained but the small CNNs.
+
+    python benchmarks/filter_score_probe.py --cells 1,2,5,8,9_S50_b0.200 3,5_S50_b0.091 --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from harness import markdown_table, write_json
+from robustness_benchmark import FULL_CELLS, draw_cell, mnist_source
+from sklearn.metrics import roc_auc_score
+from torch.nn import functional
+
+import pu_diffusion.class_prior as class_prior
+from pu_diffusion.pu_dataset import ImageTransform
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = {  # name: (folds, shift augmentation of the CNNs' training batches, in pixels)
+    "3 folds (the default)": (3, 0),
+    "10 folds": (10, 0),
+    "3 folds, ±2 px shifts": (3, 2),
+}
+CUTS = (1.0, 1.5, 2.0)
+
+
+def shifted(images: torch.Tensor, rng: np.random.Generator, pad: int) -> torch.Tensor:
+    """Each image moved by up to ``pad`` pixels each way (background filled with -1)."""
+    height, width = images.shape[-2:]
+    padded = functional.pad(images, (pad,) * 4, value=-1.0)
+    dy, dx = rng.integers(0, 2 * pad + 1, (2, len(images)))
+    return torch.stack([padded[i, :, dy[i] : dy[i] + height, dx[i] : dx[i] + width] for i in range(len(images))])
+
+
+def train_with_shifts(pad: int):
+    """class_prior.train_score_network with shifted training batches (same early stopping on unshifted held-out)."""
+
+    def train(images, is_sensitive, seed=0, max_epochs=40, patience=4, batch_size=128, learning_rate=1e-3):
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        labels = is_sensitive.cpu().numpy().astype(np.int64)
+        holdout = class_prior._stratified_folds(labels, 5, rng) == 0
+        train_rows, check_rows = np.flatnonzero(~holdout), np.flatnonzero(holdout)
+        weight = float((labels == 0).sum()) / max(float((labels == 1).sum()), 1.0)
+        network = class_prior.score_network(images.shape[1])
+        optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+        best, best_state, stale = math.inf, None, 0
+        for _ in range(max_epochs):
+            network.train()
+            order = train_rows[rng.permutation(len(train_rows))]
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                if len(rows) < 2:
+                    continue
+                logits = network(shifted(images[rows], rng, pad)).squeeze(1)
+                loss = class_prior._weighted_loss(logits, is_sensitive[rows], weight)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            network.eval()
+            with torch.no_grad():
+                held = class_prior._weighted_loss(
+                    network(images[check_rows]).squeeze(1), is_sensitive[check_rows], weight
+                )
+            if held.item() < best - 1e-4:
+                best, stale = held.item(), 0
+                best_state = {key: value.clone() for key, value in network.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+        if best_state is not None:
+            network.load_state_dict(best_state)
+        return network.eval()
+
+    return train
+
+
+def probe(source, cell, seed: int, variant: str) -> dict:
+    rows = draw_cell(source, cell, seed)
+    unlabeled_rows = np.sort(np.concatenate([rows["unlabeled_normal"], rows["unlabeled_sensitive"]]))  # file order
+    hidden = np.isin(unlabeled_rows, rows["unlabeled_sensitive"])
+    transform = ImageTransform(16, 1, center_crop=True, random_flip=False)
+
+    def tensors(part):
+        return torch.stack([transform(source.load(int(row))) for row in part])
+
+    folds, pad = VARIANTS[variant]
+    original = class_prior.train_score_network
+    class_prior.train_score_network = train_with_shifts(pad) if pad else original
+    try:
+        start = time.time()
+        unlabeled, sensitive = class_prior.cross_fitted_scores(
+            tensors(unlabeled_rows), tensors(rows["sensitive"]), folds
+        )
+        seconds = time.time() - start
+    finally:
+        class_prior.train_score_network = original
+    estimate = class_prior.estimate_class_prior(unlabeled, sensitive, "bbe")
+    order = np.argsort(-unlabeled, kind="stable")
+    cuts = {}
+    for factor in CUTS:
+        k = int(round(factor * hidden.sum()))
+        kept = np.sort(order[k:])
+        classes, counts = np.unique(source.classes[unlabeled_rows[kept]], return_counts=True)
+        cuts[f"F{factor:g}"] = {
+            "dropped": k,
+            "hidden_dropped_share": round(float(hidden[order[:k]].sum() / hidden.sum()), 3),
+            "estimated_share": round(float(np.mean(sensitive >= unlabeled[order[k - 1]])), 3),
+            "true_beta_left": round(float(hidden[kept].mean()), 4),
+            "kept_per_class": {str(name): int(count) for name, count in zip(classes, counts)},
+        }
+    return {
+        "cell": cell.name,
+        "seed": seed,
+        "variant": variant,
+        "auc_hidden_vs_normal": round(float(roc_auc_score(hidden, unlabeled)), 3),
+        "bbe": round(estimate.estimate, 4),
+        "interval": [round(value, 4) for value in estimate.interval],
+        "trusted": estimate.trusted,
+        "true_beta": round(float(hidden.mean()), 4),
+        "seconds": round(seconds, 1),
+        "cuts": cuts,
+    }
+
+
+def written_by_probe(path: str) -> bool:
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and set(data) == {"results", "table"}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    names = [cell.name for cell in FULL_CELLS]
+    parser.add_argument("--cells", nargs="+", default=[names[11], names[6]], help=f"Of {names}.")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--output_json", default=os.path.join(ROOT, "benchmarks", "results", "robustness", "filter_score_probe.json")
+    )
+    args = parser.parse_args()
+    unknown = sorted(set(args.cells) - set(names))
+    if unknown:
+        parser.error(f"--cells: unknown {unknown}; the cells are {names}.")
+    if any(seed < 0 for seed in args.seeds):
+        parser.error(f"--seeds must be >= 0; got {args.seeds}.")
+    if os.path.isdir(args.output_json):
+        parser.error(f"--output_json {args.output_json!r} is a folder: name a .json file.")
+    if os.path.exists(args.output_json) and not written_by_probe(args.output_json):
+        parser.error(f"--output_json {args.output_json!r} exists and is not this probe's output: name a new file.")
+    source = mnist_source()
+    results = []
+    for seed in args.seeds:
+        for cell in (cell for cell in FULL_CELLS if cell.name in args.cells):
+            for variant in args.variants:
+                results.append(probe(source, cell, seed, variant))
+                print(f"{cell.name} seed {seed} {variant}: AUC {results[-1]['auc_hidden_vs_normal']}", flush=True)
+    table = markdown_table(
+        ["cell", "seed", "scores", "AUC hidden vs normal", "BBE (true)", "dropped at F 1 / 1.5 / 2",
+         "share of hidden dropped", "true β left"],
+        [[r["cell"], r["seed"], r["variant"], r["auc_hidden_vs_normal"], f"{r['bbe']:.3f} ({r['true_beta']:.3f})",
+          " / ".join(str(c["dropped"]) for c in r["cuts"].values()),
+          " / ".join(f"{c['hidden_dropped_share']:.2f}" for c in r["cuts"].values()),
+          " / ".join(f"{c['true_beta_left']:.3f}" for c in r["cuts"].values())] for r in results],
+    )  # fmt: skip
+    print(table)
+    write_json(args.output_json, {"results": results, "table": table})
+
+
+if __name__ == "__main__":
+    main()
