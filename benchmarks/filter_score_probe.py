@@ -138,6 +138,17 @@ def probe(source, cell, seed: int, variant: str) -> dict:
     }
 
 
+def format_table(results: list[dict]) -> str:
+    return markdown_table(
+        ["cell", "seed", "scores", "AUC hidden vs normal", "BBE (true)", "dropped at F 1 / 1.5 / 2",
+         "share of hidden dropped", "true β left"],
+        [[r["cell"], str(r["seed"]), r["variant"], f"{r['auc_hidden_vs_normal']:.3f}",
+          f"{r['bbe']:.3f} ({r['true_beta']:.3f})", " / ".join(str(c["dropped"]) for c in r["cuts"].values()),
+          " / ".join(f"{c['hidden_dropped_share']:.2f}" for c in r["cuts"].values()),
+          " / ".join(f"{c['true_beta_left']:.3f}" for c in r["cuts"].values())] for r in results],
+    )  # fmt: skip
+
+
 def written_by_probe(path: str) -> bool:
     try:
         with open(path) as handle:
@@ -173,14 +184,7 @@ def main():
             for variant in args.variants:
                 results.append(probe(source, cell, seed, variant))
                 print(f"{cell.name} seed {seed} {variant}: AUC {results[-1]['auc_hidden_vs_normal']}", flush=True)
-    table = markdown_table(
-        ["cell", "seed", "scores", "AUC hidden vs normal", "BBE (true)", "dropped at F 1 / 1.5 / 2",
-         "share of hidden dropped", "true β left"],
-        [[r["cell"], r["seed"], r["variant"], r["auc_hidden_vs_normal"], f"{r['bbe']:.3f} ({r['true_beta']:.3f})",
-          " / ".join(str(c["dropped"]) for c in r["cuts"].values()),
-          " / ".join(f"{c['hidden_dropped_share']:.2f}" for c in r["cuts"].values()),
-          " / ".join(f"{c['true_beta_left']:.3f}" for c in r["cuts"].values())] for r in results],
-    )  # fmt: skip
+    table = format_table(results)
     print(table)
     write_json(args.output_json, {"results": results, "table": table})
 

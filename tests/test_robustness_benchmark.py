@@ -334,6 +334,7 @@ def test_the_filter_score_probe_reports_what_each_cut_leaves():
     cell = next(cell for cell in suite.FULL_CELLS if cell.name == "7_S25_b0.091")
     result = probe.probe(suite.mnist_source(), cell, 0, "3 folds, ±2 px shifts")
     assert class_prior.train_score_network is trainer  # the shifted trainer was only borrowed
+    assert "| 7_S25_b0.091 | 0 | 3 folds, ±2 px shifts |" in probe.format_table([result])
     hidden = hidden_count(suite.U_NORMAL, cell.true_beta)
     assert result["true_beta"] == pytest.approx(hidden / (suite.U_NORMAL + hidden), abs=1e-4)
     assert 0.5 < result["auc_hidden_vs_normal"] <= 1.0  # sevens among other digits: far better than chance
