@@ -599,6 +599,13 @@ def worse_share(row: dict, args) -> dict[int, float]:
     return {seed: max(values) for seed, *values in zip(row["seeds"], *lists)}
 
 
+def sampler_spread(row: dict, args) -> dict[int, float]:
+    """Per seed, how far apart the samplers' sensitive shares are (largest − smallest): how much a user's choice of
+    sampler changes what the model draws."""
+    lists = [row[f"sensitive_share_ddim{steps}"] for steps in args.samplers]
+    return {seed: max(values) - min(values) for seed, *values in zip(row["seeds"], *lists)}
+
+
 TOLERANCE = 1e-9  # shares are counts / samples: 27/500 is exactly 22/500 + 0.01, whatever the float rounding says
 
 
@@ -632,6 +639,9 @@ def cell_verdicts(rows: list[dict], args) -> list[dict]:
             "excess_removed": (harm - pu) / (harm - floor) if harm > floor + TOLERANCE else None,
             "sensitive_in_u": sensitive_in_u, "s_per_sensitive_in_u": row["s_size"] / sensitive_in_u,
             "ceiling": clean.get("ceiling_sensitive_share"),
+            # the samplers' disagreement (largest − smallest share, mean over seeds), PU's and the floor's
+            "sampler_spread": float(np.mean([sampler_spread(row, args)[seed] for seed in seeds])),
+            "clean_sampler_spread": float(np.mean([sampler_spread(clean, args)[seed] for seed in seeds])),
             "at_most_unsupervised": pu <= harm + TOLERANCE, "at_floor": pu <= floor + 0.01 + TOLERANCE,
             "fd_ok": fd_ratio <= 1.25 + TOLERANCE,
             "not_suppressed_classes": not_suppressed_classes(row, unsupervised, seeds, args),
@@ -901,9 +911,10 @@ def compare_candidates(output_dir: str) -> str:
     )
     return markdown_table(
         ["cell", "β mode", "PU recipe", "seeds", "clean (floor)", "unsupervised", "PU (worse sampler)", "PU − clean",
-         "PU FD / unsup. FD", "targets met"],
+         "PU FD / unsup. FD", "sampler spread, PU (clean)", "targets met"],
         [[cell, mode, label, ", ".join(map(str, v["seeds"])), f"{v['clean']:.3f}", f"{v['unsupervised']:.3f}",
           f"{v['pu']:.3f}", f"{v['gap_to_floor']:+.3f}", f"{v['fd_ratio']:.2f}",
+          f"{v['sampler_spread']:.3f} ({v['clean_sampler_spread']:.3f})" if "sampler_spread" in v else "–",
           "yes" if meets_targets(v) else "**no**"]
          for cell, mode, label, v in table],
     )  # fmt: skip

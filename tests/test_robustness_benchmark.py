@@ -120,6 +120,9 @@ def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
     assert true["sensitive_in_u"] == 100 and true["s_per_sensitive_in_u"] == 1.0
     assert auto["pu"] == pytest.approx(0.35) and not auto["at_most_unsupervised"]
     assert auto["fd_ratio"] == pytest.approx(80 / 50) and not auto["fd_ok"]
+    # the samplers' disagreement, on the verdict's seeds: PU 0.06 / 0.09 (seed 0), clean 0.05 / 0.06
+    assert true["sampler_spread"] == pytest.approx(0.03) and true["clean_sampler_spread"] == pytest.approx(0.01)
+    assert auto["sampler_spread"] == pytest.approx((0.20 + 0.30) / 2)
     # 7 against unsupervised on the shared seeds: 2 of 20 is suppressed, 23 of 30 on average (≥ 75 %) is not
     assert true["not_suppressed_classes"] == [] and auto["not_suppressed_classes"] == ["7"]
     table = suite.format_class_counts(rows, [true, auto], args)
