@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -46,50 +45,6 @@ def shifted(images: torch.Tensor, rng: np.random.Generator, pad: int) -> torch.T
     return torch.stack([padded[i, :, dy[i] : dy[i] + height, dx[i] : dx[i] + width] for i in range(len(images))])
 
 
-def train_with_shifts(pad: int):
-    """class_prior.train_score_network with shifted training batches (same early stopping on unshifted held-out)."""
-
-    def train(images, is_sensitive, seed=0, max_epochs=40, patience=4, batch_size=128, learning_rate=1e-3):
-        rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
-        labels = is_sensitive.cpu().numpy().astype(np.int64)
-        holdout = class_prior._stratified_folds(labels, 5, rng) == 0
-        train_rows, check_rows = np.flatnonzero(~holdout), np.flatnonzero(holdout)
-        weight = float((labels == 0).sum()) / max(float((labels == 1).sum()), 1.0)
-        network = class_prior.score_network(images.shape[1])
-        optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
-        best, best_state, stale = math.inf, None, 0
-        for _ in range(max_epochs):
-            network.train()
-            order = train_rows[rng.permutation(len(train_rows))]
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                if len(rows) < 2:
-                    continue
-                logits = network(shifted(images[rows], rng, pad)).squeeze(1)
-                loss = class_prior._weighted_loss(logits, is_sensitive[rows], weight)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            network.eval()
-            with torch.no_grad():
-                held = class_prior._weighted_loss(
-                    network(images[check_rows]).squeeze(1), is_sensitive[check_rows], weight
-                )
-            if held.item() < best - 1e-4:
-                best, stale = held.item(), 0
-                best_state = {key: value.clone() for key, value in network.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
-        if best_state is not None:
-            network.load_state_dict(best_state)
-        return network.eval()
-
-    return train
-
-
 def probe(source, cell, seed: int, variant: str) -> dict:
     rows = draw_cell(source, cell, seed)
     unlabeled_rows = np.sort(np.concatenate([rows["unlabeled_normal"], rows["unlabeled_sensitive"]]))  # file order
@@ -100,16 +55,12 @@ def probe(source, cell, seed: int, variant: str) -> dict:
         return torch.stack([transform(source.load(int(row))) for row in part])
 
     folds, pad = VARIANTS[variant]
-    original = class_prior.train_score_network
-    class_prior.train_score_network = train_with_shifts(pad) if pad else original
-    try:
-        start = time.time()
-        unlabeled, sensitive = class_prior.cross_fitted_scores(
-            tensors(unlabeled_rows), tensors(rows["sensitive"]), folds
-        )
-        seconds = time.time() - start
-    finally:
-        class_prior.train_score_network = original
+    augment = (lambda batch, rng: shifted(batch, rng, pad)) if pad else None
+    start = time.time()
+    unlabeled, sensitive = class_prior.cross_fitted_scores(
+        tensors(unlabeled_rows), tensors(rows["sensitive"]), folds, augment=augment
+    )
+    seconds = time.time() - start
     estimate = class_prior.estimate_class_prior(unlabeled, sensitive, "bbe")
     order = np.argsort(-unlabeled, kind="stable")
     cuts = {}

@@ -271,8 +271,11 @@ def train_score_network(
     patience: int = 4,
     batch_size: int = 128,
     learning_rate: float = 1e-3,
+    augment=None,
 ) -> nn.Module:
-    """Train ``score_network`` on images (N×C×H×W) with class weights; stop early on a held-out 20 %."""
+    """Train ``score_network`` on images (N×C×H×W) with class weights; stop early on a held-out 20 %.
+
+    ``augment(batch, rng) -> batch``, if given, transforms each training batch (never the held-out check)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     labels = is_sensitive.cpu().numpy().astype(np.int64)
@@ -289,7 +292,8 @@ def train_score_network(
             rows = order[start : start + batch_size]
             if len(rows) < 2:  # BatchNorm needs two rows
                 continue
-            loss = _weighted_loss(network(images[rows]).squeeze(1), is_sensitive[rows], sensitive_weight)
+            batch = images[rows] if augment is None else augment(images[rows], rng)
+            loss = _weighted_loss(network(batch).squeeze(1), is_sensitive[rows], sensitive_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

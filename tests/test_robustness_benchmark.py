@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import robustness_benchmark as suite
+import torch
 from PIL import Image
 from test_evaluation import fast_classifier, save_tiny_vit
 
@@ -333,10 +334,20 @@ def test_the_filter_score_probe_reports_what_each_cut_leaves():
 
     import pu_diffusion.class_prior as class_prior
 
-    trainer = class_prior.train_score_network
     cell = next(cell for cell in suite.FULL_CELLS if cell.name == "7_S25_b0.091")
     result = probe.probe(suite.mnist_source(), cell, 0, "3 folds, ±2 px shifts")
-    assert class_prior.train_score_network is trainer  # the shifted trainer was only borrowed
+    # the CNNs' training batches go through the probe's augmentation (never the held-out check): 4/5 of 40 images
+    seen = []
+    images = torch.randn(40, 1, 8, 8)
+    moved = probe.shifted(images, np.random.default_rng(0), 2)
+    assert moved.shape == images.shape and not torch.equal(moved, images)
+    class_prior.train_score_network(
+        images,
+        torch.tensor([1.0] * 10 + [0.0] * 30),
+        max_epochs=1,
+        augment=lambda batch, rng: seen.append(len(batch)) or batch,
+    )
+    assert sum(seen) == 32
     assert "| 7_S25_b0.091 | 0 | 3 folds, ±2 px shifts |" in probe.format_table([result])
     hidden = hidden_count(suite.U_NORMAL, cell.true_beta)
     assert result["true_beta"] == pytest.approx(hidden / (suite.U_NORMAL + hidden), abs=1e-4)
