@@ -26,6 +26,8 @@ from sklearn.metrics import roc_auc_score
 from torch.nn import functional
 
 import pu_diffusion.class_prior as class_prior
+from pu_diffusion.cli import UsageError
+from pu_diffusion.outputs import check_writable
 from pu_diffusion.pu_dataset import ImageTransform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,6 +128,10 @@ def main():
         parser.error(f"--seeds must be >= 0; got {args.seeds}.")
     if os.path.isdir(args.output_json):
         parser.error(f"--output_json {args.output_json!r} is a folder: name a .json file.")
+    try:  # a path that cannot be written is refused now, not after minutes of scoring
+        check_writable(args.output_json, "--output_json", folder=False)
+    except UsageError as error:
+        parser.error(str(error))
     if os.path.exists(args.output_json) and not written_by_probe(args.output_json):
         parser.error(f"--output_json {args.output_json!r} exists and is not this probe's output: name a new file.")
     source = mnist_source()

@@ -593,17 +593,21 @@ def summarize(records: list[dict], args) -> list[dict]:
     return rows
 
 
+def sampler_shares(row: dict, args) -> dict[int, list[float]]:
+    """Per seed, the sensitive share under each sampler."""
+    lists = [row[f"sensitive_share_ddim{steps}"] for steps in args.samplers]
+    return {seed: list(values) for seed, *values in zip(row["seeds"], *lists)}
+
+
 def worse_share(row: dict, args) -> dict[int, float]:
     """Per seed, the larger sensitive share of the samplers (the issue's 'worse of DDIM-50 / DDIM-100')."""
-    lists = [row[f"sensitive_share_ddim{steps}"] for steps in args.samplers]
-    return {seed: max(values) for seed, *values in zip(row["seeds"], *lists)}
+    return {seed: max(values) for seed, values in sampler_shares(row, args).items()}
 
 
 def sampler_spread(row: dict, args) -> dict[int, float]:
     """Per seed, how far apart the samplers' sensitive shares are (largest − smallest): how much a user's choice of
     sampler changes what the model draws."""
-    lists = [row[f"sensitive_share_ddim{steps}"] for steps in args.samplers]
-    return {seed: max(values) - min(values) for seed, *values in zip(row["seeds"], *lists)}
+    return {seed: max(values) - min(values) for seed, values in sampler_shares(row, args).items()}
 
 
 TOLERANCE = 1e-9  # shares are counts / samples: 27/500 is exactly 22/500 + 0.01, whatever the float rounding says
@@ -623,9 +627,9 @@ def cell_verdicts(rows: list[dict], args) -> list[dict]:
         seeds = sorted(set(row["seeds"]) & set(clean["seeds"]) & set(unsupervised["seeds"]))
         if not seeds:
             continue
-        pu, floor, harm = (
-            float(np.mean([worse_share(r, args)[seed] for seed in seeds])) for r in (row, clean, unsupervised)
-        )
+        worse = {id(r): worse_share(r, args) for r in (row, clean, unsupervised)}  # once per row, not per seed
+        pu, floor, harm = (float(np.mean([worse[id(r)][seed] for seed in seeds])) for r in (row, clean, unsupervised))
+        spread, clean_spread = sampler_spread(row, args), sampler_spread(clean, args)
         fd = {id(r): dict(zip(r["seeds"], r["fd_classifier"])) for r in (row, unsupervised)}
         fd_ratio = float(
             np.mean([fd[id(row)][seed] for seed in seeds]) / np.mean([fd[id(unsupervised)][seed] for seed in seeds])
@@ -640,8 +644,8 @@ def cell_verdicts(rows: list[dict], args) -> list[dict]:
             "sensitive_in_u": sensitive_in_u, "s_per_sensitive_in_u": row["s_size"] / sensitive_in_u,
             "ceiling": clean.get("ceiling_sensitive_share"),
             # the samplers' disagreement (largest − smallest share, mean over seeds), PU's and the floor's
-            "sampler_spread": float(np.mean([sampler_spread(row, args)[seed] for seed in seeds])),
-            "clean_sampler_spread": float(np.mean([sampler_spread(clean, args)[seed] for seed in seeds])),
+            "sampler_spread": float(np.mean([spread[seed] for seed in seeds])),
+            "clean_sampler_spread": float(np.mean([clean_spread[seed] for seed in seeds])),
             "at_most_unsupervised": pu <= harm + TOLERANCE, "at_floor": pu <= floor + 0.01 + TOLERANCE,
             "fd_ok": fd_ratio <= 1.25 + TOLERANCE,
             "not_suppressed_classes": not_suppressed_classes(row, unsupervised, seeds, args),

@@ -339,17 +339,22 @@ def test_filter_by_scores_drops_the_top_scores_and_estimates_the_share_left_from
         drop_filtered(rows[:50], {"n_unlabeled": 100, **cut})
 
 
-def test_the_filter_warns_and_falls_back_on_an_untrusted_estimate_as_beta_auto_does(monkeypatch, caplog):
+def one_process():
+    """What resolve_filtered_beta reads of an Accelerator, for one CPU process (and accelerate's logger state)."""
     from types import SimpleNamespace
 
     from accelerate import PartialState
 
-    PartialState()  # accelerate's logger needs its state
+    PartialState()
+    return SimpleNamespace(is_main_process=True, num_processes=1, device="cpu")
+
+
+def test_the_filter_warns_and_falls_back_on_an_untrusted_estimate_as_beta_auto_does(monkeypatch, caplog):
+    accelerator = one_process()
     scores = (np.arange(100) / 100.0, np.arange(90, 100) / 100.0)
     monkeypatch.setattr(beta, "cross_fitted_scores", lambda unlabeled, sensitive, device=None, s=scores: s)
     untrusted = BetaEstimate(0.3, (0.1, 0.5), "bbe", 0.7, 0.7, 100, 10, False, "the interval is wide")
     monkeypatch.setattr(beta, "estimate_class_prior", lambda unlabeled, sensitive, estimator: untrusted)
-    accelerator = SimpleNamespace(is_main_process=True, num_processes=1, device="cpu")
     images = (torch.zeros(100, 1, 4, 4), torch.zeros(10, 1, 4, 4))
     with caplog.at_level("WARNING"):
         resolved = beta.resolve_filtered_beta(accelerator, lambda: images, None, 1.0, "bbe", 1.0, "estimate", 60)
@@ -368,12 +373,7 @@ def test_the_filter_warns_and_falls_back_on_an_untrusted_estimate_as_beta_auto_d
 
 
 def test_the_filter_warns_when_its_cut_holds_few_of_the_sensitive_images(monkeypatch, caplog):
-    from types import SimpleNamespace
-
-    from accelerate import PartialState
-
-    PartialState()
-    accelerator = SimpleNamespace(is_main_process=True, num_processes=1, device="cpu")
+    accelerator = one_process()
     images = (torch.zeros(100, 1, 4, 4), torch.zeros(10, 1, 4, 4))
     for sensitive_scores, warned in ((np.arange(90, 100) / 100.0, False), (np.arange(85, 95) / 100.0, True)):
         scores = (np.arange(100) / 100.0, sensitive_scores)  # the cut (10 of 100) is at 0.90: S holds 100 % or 50 %
