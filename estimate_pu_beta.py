@@ -16,7 +16,7 @@ import json
 import os
 
 from pu_diffusion import training
-from pu_diffusion.arguments import HelpWithDefaults, add_data_arguments
+from pu_diffusion.arguments import DEFAULT_SCORE_PATIENCE, DEFAULT_SCORE_REPEATS, HelpWithDefaults, add_data_arguments
 from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
 from pu_diffusion.class_prior import ESTIMATORS, estimate_beta_from_images
 from pu_diffusion.cli import UsageError, run_cli
@@ -40,6 +40,20 @@ def parse_args(input_args=None):
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the built-in U/S/test split.")
     parser.add_argument("--estimator", type=str, default="bbe", choices=ESTIMATORS, help="bbe (default) or dedpul.")
     parser.add_argument("--folds", type=int, default=3, help="Cross-fitting folds (2–5).")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=DEFAULT_SCORE_REPEATS,
+        help="Cross-fittings averaged, each with its own folds and CNN seeds (--beta_score_repeats of the training "
+        "scripts, whose default this is).",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=DEFAULT_SCORE_PATIENCE,
+        help="Epochs without a better held-out loss before each CNN stops (--beta_score_patience of the training "
+        "scripts, whose default this is).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the folds, the CNNs and the bootstrap.")
     parser.add_argument("--output_file", type=str, default=None, help="Write the estimate as JSON here.")
     first, _ = parser.parse_known_args(input_args)  # the default resolution depends on the data flags
@@ -49,6 +63,10 @@ def parse_args(input_args=None):
     args = parser.parse_args(input_args)
     if not 2 <= args.folds <= 5:
         parser.error(f"--folds must lie in 2..5; got {args.folds}.")
+    if not 1 <= args.repeats <= 10:
+        parser.error(f"--repeats must lie in 1..10; got {args.repeats}.")
+    if not 1 <= args.patience <= 40:
+        parser.error(f"--patience must lie in 1..40; got {args.patience}.")
     if args.resolution < 8:
         parser.error(f"--resolution must be at least 8; got {args.resolution}.")
     if args.output_file and os.path.isdir(args.output_file):
@@ -108,14 +126,31 @@ def load_images(args):
 
 def main(args) -> dict:
     unlabeled, sensitive, source = load_images(args)
-    print(f"Scoring {len(unlabeled)} U and {len(sensitive)} S images from {source} ({args.folds}-fold cross-fitting)")
-    estimate = estimate_beta_from_images(unlabeled, sensitive, args.estimator, folds=args.folds, seed=args.seed)
+    folds = f"{args.folds}-fold cross-fitting × {args.repeats}"
+    print(f"Scoring {len(unlabeled)} U and {len(sensitive)} S images from {source} ({folds})")
+    estimate = estimate_beta_from_images(
+        unlabeled,
+        sensitive,
+        args.estimator,
+        folds=args.folds,
+        seed=args.seed,
+        repeats=args.repeats,
+        patience=args.patience,
+    )
     print(estimate.describe())
     if estimate.trusted:
         print(f"Trusted: {estimate.reason}. Train with --beta auto, or --beta {estimate.estimate:.3f}.")
     else:
         print(f"NOT trusted: {estimate.reason}. --beta auto would fall back to --beta 0.1.")
-    result = {**estimate.to_dict(), "source": source, "folds": args.folds, "seed": args.seed, "written_by": WRITTEN_BY}
+    result = {
+        **estimate.to_dict(),
+        "source": source,
+        "folds": args.folds,
+        "repeats": args.repeats,
+        "patience": args.patience,
+        "seed": args.seed,
+        "written_by": WRITTEN_BY,
+    }
     if args.output_file:
         os.makedirs(os.path.dirname(os.path.abspath(args.output_file)), exist_ok=True)
         write_json_atomic(args.output_file, result)

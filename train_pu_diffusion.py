@@ -27,6 +27,7 @@ from pu_diffusion.arguments import (
     add_model_arguments,
     add_shared_arguments,
     note_preset_defaults,
+    score_repeats_default,
     sensitive_cap_defaults,
     validate_training_args,
 )
@@ -220,6 +221,7 @@ def parse_args(input_args=None):
         scheduler = first.inference_scheduler or "euler"
     derived.update(inference_scheduler=scheduler, num_inference_steps=1000 if scheduler == "ddpm" else 50)
     derived.update(sensitive_cap_defaults(parser, input_args, DEFAULT_SENSITIVE_CAP))
+    derived.update(score_repeats_default(first))
     parser.set_defaults(**derived)
     args = parser.parse_args(input_args)
     validate_args(args)

@@ -38,6 +38,7 @@ from pu_diffusion.arguments import (
     add_model_arguments,
     add_shared_arguments,
     note_preset_defaults,
+    score_repeats_default,
     sensitive_cap_defaults,
     validate_training_args,
 )
@@ -214,6 +215,7 @@ def parse_args(input_args=None):
     if first.max_train_steps is None and first.num_train_epochs is None:
         parser.set_defaults(num_train_epochs=100)
     sensitive_cap_defaults(parser, input_args, default=None)  # no default cap here (not measured): refuses "0 + ρ"
+    parser.set_defaults(**score_repeats_default(first))
     args = parser.parse_args(input_args)
     validate_args(args)
     return args

@@ -31,10 +31,13 @@ from pu_diffusion.outputs import check_writable
 from pu_diffusion.pu_dataset import ImageTransform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = {  # name: (folds, shift augmentation of the CNNs' training batches, in pixels)
-    "3 folds (the default)": (3, 0),
-    "10 folds": (10, 0),
-    "3 folds, ±2 px shifts": (3, 2),
+VARIANTS = {  # name: (folds, shift augmentation in pixels, repeats averaged, early-stopping patience)
+    "3 folds (the default)": (3, 0, 1, 4),
+    "10 folds": (10, 0, 1, 4),
+    "3 folds, ±2 px shifts": (3, 2, 1, 4),
+    "3 folds × 3 repeats": (3, 0, 3, 4),
+    "3 folds, patience 10": (3, 0, 1, 10),
+    "3 folds × 3 repeats, patience 10": (3, 0, 3, 10),
 }
 CUTS = (1.0, 1.5, 2.0)
 
@@ -56,11 +59,11 @@ def probe(source, cell, seed: int, variant: str) -> dict:
     def tensors(part):
         return torch.stack([transform(source.load(int(row))) for row in part])
 
-    folds, pad = VARIANTS[variant]
+    folds, pad, repeats, patience = VARIANTS[variant]
     augment = (lambda batch, rng: shifted(batch, rng, pad)) if pad else None
     start = time.time()
     unlabeled, sensitive = class_prior.cross_fitted_scores(
-        tensors(unlabeled_rows), tensors(rows["sensitive"]), folds, augment=augment
+        tensors(unlabeled_rows), tensors(rows["sensitive"]), folds, repeats=repeats, augment=augment, patience=patience
     )
     seconds = time.time() - start
     estimate = class_prior.estimate_class_prior(unlabeled, sensitive, "bbe")

@@ -40,6 +40,14 @@ DEFAULT_SENSITIVE_CAP = {
     "pu_sensitive_cap_reference": "timestep",
 }
 CAP_FLAGS = tuple(DEFAULT_SENSITIVE_CAP)
+# How the U-vs-S CNNs behind --beta auto and --pu_filter_unlabeled are trained where they run (measured on the
+# robustness suite's draws with benchmarks/filter_score_probe.py; docs/robustness.md, session 16): with an early-
+# stopping patience of 4 epochs a CNN sometimes stopped before it had learned anything (logits within ±0.3,
+# hidden-vs-normal AUC 0.61–0.89 where a patience of 10 reads 0.96–0.99), and averaging cross-fittings steadies the
+# rest. Runs that score nothing keep the values runs made before these flags recorded (1 cross-fitting, patience 4).
+DEFAULT_SCORE_REPEATS = 3
+DEFAULT_SCORE_PATIENCE = 10
+SCORE_FLAGS_BEFORE = {"beta_score_repeats": 1, "beta_score_patience": 4}
 # The cap flags' default in sensitive_cap_defaults' first parse: tells "given" from "left out" (not a string, which
 # argparse would convert with the flag's type).
 _UNSET = object()
@@ -76,6 +84,16 @@ def sensitive_cap_defaults(parser: argparse.ArgumentParser, input_args, default:
     if default is None or first.method != "pu" or cap is not _UNSET or fraction is not _UNSET:
         return {}
     return {key: value for key, value in default.items() if key != "pu_sensitive_cap_reference" or reference is _UNSET}
+
+
+def score_repeats_default(first: argparse.Namespace) -> dict:
+    """Parser defaults of --beta_score_repeats and --beta_score_patience from a first parse: DEFAULT_SCORE_REPEATS
+    and DEFAULT_SCORE_PATIENCE where the U-vs-S CNNs run (--beta auto, --pu_filter_unlabeled), else none (what runs
+    made before the flags recorded: SCORE_FLAGS_BEFORE)."""
+    scored = first.beta == "auto" or bool(getattr(first, "pu_filter_unlabeled", 0))
+    return (
+        {"beta_score_repeats": DEFAULT_SCORE_REPEATS, "beta_score_patience": DEFAULT_SCORE_PATIENCE} if scored else {}
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, pretrained_help: str, required: bool = False):
@@ -199,6 +217,23 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         choices=["estimate", "lower"],
         help="--beta auto: train with the point estimate, or with the lower end of its 95 %% bootstrap interval (a "
         "conservative β: an overestimated β makes PU train towards the sensitive data).",
+    )
+    group.add_argument(
+        "--beta_score_repeats",
+        type=int,
+        default=SCORE_FLAGS_BEFORE["beta_score_repeats"],
+        help="R: cross-fit the U-vs-S CNNs behind --beta auto (and --pu_filter_unlabeled) R times, each with its "
+        "own folds and seeds, and average each image's score over the R (an ensemble of CNNs none of which saw "
+        f"it). Default {DEFAULT_SCORE_REPEATS} where those CNNs run, else 1; 1: one cross-fitting (runs made "
+        "before this flag).",
+    )
+    group.add_argument(
+        "--beta_score_patience",
+        type=int,
+        default=SCORE_FLAGS_BEFORE["beta_score_patience"],
+        help="Epochs without a better held-out loss before each of those CNNs stops (at most 40 epochs). Default "
+        f"{DEFAULT_SCORE_PATIENCE} where they run; 4: what runs made before this flag used (some CNNs stopped "
+        "before they had learned anything).",
     )
     group.add_argument(
         "--pu_estimator",
@@ -467,6 +502,20 @@ def validate_training_args(args) -> None:
             args.beta_auto_point == "estimate",
             f"--beta_auto_point {args.beta_auto_point} picks what --beta auto trains with; with --beta {args.beta} "
             "give the β you want directly.",
+        )
+    _require(
+        1 <= args.beta_score_repeats <= 10, f"--beta_score_repeats must lie in 1..10; got {args.beta_score_repeats}."
+    )
+    _require(
+        1 <= args.beta_score_patience <= 40,
+        f"--beta_score_patience must lie in 1..40 (epochs); got {args.beta_score_patience}.",
+    )
+    scored = args.beta == "auto" or bool(getattr(args, "pu_filter_unlabeled", 0))
+    for flag, before in SCORE_FLAGS_BEFORE.items():
+        _require(
+            scored or getattr(args, flag) == before,
+            f"--{flag} {getattr(args, flag)} sets how the U-vs-S CNNs of --beta auto and --pu_filter_unlabeled are "
+            f"trained; with --beta {args.beta} nothing is scored: drop it.",
         )
     _require(args.sensitive_batch_size >= 0, f"--sensitive_batch_size must be >= 0; got {args.sensitive_batch_size}.")
     _require(args.loss_temperature > 0, f"--loss_temperature must be > 0; got {args.loss_temperature}.")

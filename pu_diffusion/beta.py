@@ -34,15 +34,20 @@ def resolve_auto_beta(
     ddp_timeout: int,
     recorded: dict | None = None,
     point: str = "estimate",
+    repeats: int = 1,
+    patience: int = 4,
 ) -> dict:
     """--beta auto: the ``recorded`` β of a resumed run, else the estimate from ``load_images()`` (→ U and S tensors,
-    N×C×H×W) × ``margin``, computed on the main process and broadcast to the others."""
+    N×C×H×W; scores averaged over ``repeats`` cross-fittings of CNNs that stop after ``patience`` epochs without
+    progress) × ``margin``, computed on the main process and broadcast to the others."""
     if recorded:
         logger.info(f"--beta auto: resuming with the recorded β = {recorded['beta']:.4f}")
         return recorded
     return on_main_process(
         accelerator,
-        lambda: estimate_on_main_process(accelerator, load_images, estimator, margin, ddp_timeout, point),
+        lambda: estimate_on_main_process(
+            accelerator, load_images, estimator, margin, ddp_timeout, point, repeats, patience
+        ),
         "--beta auto",
     )
 
@@ -66,7 +71,14 @@ def on_main_process(accelerator, compute, what: str) -> dict:
 
 
 def estimate_on_main_process(
-    accelerator, load_images, estimator: str, margin: float, ddp_timeout: int, point: str = "estimate"
+    accelerator,
+    load_images,
+    estimator: str,
+    margin: float,
+    ddp_timeout: int,
+    point: str = "estimate",
+    repeats: int = 1,
+    patience: int = 4,
 ) -> dict:
     """Score U and S, estimate β, decide whether to trust it; an estimate that cannot be made falls back too."""
     unlabeled, sensitive = load_images()
@@ -76,7 +88,9 @@ def estimate_on_main_process(
         "and pass --beta)"
     )
     return auto_beta(
-        lambda: estimate_beta_from_images(unlabeled, sensitive, estimator, device=accelerator.device),
+        lambda: estimate_beta_from_images(
+            unlabeled, sensitive, estimator, device=accelerator.device, repeats=repeats, patience=patience
+        ),
         estimator,
         margin,
         point,
@@ -188,6 +202,8 @@ def resolve_filtered_beta(
     point: str,
     ddp_timeout: int,
     recorded: dict | None = None,
+    repeats: int = 1,
+    patience: int = 4,
 ) -> dict:
     """--pu_filter_unlabeled: {"beta", "beta_source", "beta_estimate", "unlabeled_filter"}.
 
@@ -206,9 +222,12 @@ def resolve_filtered_beta(
         unlabeled, sensitive = load_images()
         logger.info(
             f"--pu_filter_unlabeled {factor}: scoring {len(unlabeled)} U and {len(sensitive)} S images with "
-            f"cross-fitted U-vs-S CNNs; the other processes wait up to --ddp_timeout {ddp_timeout} s"
+            f"cross-fitted U-vs-S CNNs ({repeats} cross-fitting(s)); the other processes wait up to --ddp_timeout "
+            f"{ddp_timeout} s"
         )
-        unlabeled_scores, sensitive_scores = cross_fitted_scores(unlabeled, sensitive, device=accelerator.device)
+        unlabeled_scores, sensitive_scores = cross_fitted_scores(
+            unlabeled, sensitive, device=accelerator.device, repeats=repeats, patience=patience
+        )
         if given is not None:
             first = given_beta(given)
         else:

@@ -321,34 +321,42 @@ def cross_fitted_scores(
     folds: int = 3,
     seed: int = 0,
     device=None,
+    repeats: int = 1,
     **train_kwargs,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logit scores (higher = S-like) of every U and S image from a CNN that did not train on it.
 
-    Runs inside ``torch.random.fork_rng``: seeding its CNNs leaves the caller's random state (CPU and CUDA)
+    ``repeats`` > 1 cross-fits that many times, each with its own fold assignment and CNN seeds (repeat r uses
+    seed + 1000·r), and returns each image's mean logit over the repeats: an ensemble of CNNs none of which saw the
+    image. Runs inside ``torch.random.fork_rng``: seeding its CNNs leaves the caller's random state (CPU and CUDA)
     untouched, so a training run's --seed means the same with --beta auto as without.
     """
     if folds < 2:
         raise ValueError(f"Cross-fitting needs at least 2 folds; got {folds}.")
+    if repeats < 1:
+        raise ValueError(f"Cross-fitting needs at least 1 repeat; got {repeats}.")
     device = torch.device(device or "cpu")
     images = torch.cat([unlabeled_images, sensitive_images]).float().to(device)
     is_sensitive = torch.cat([torch.zeros(len(unlabeled_images)), torch.ones(len(sensitive_images))]).to(device)
-    fold_of = fold_assignment(len(unlabeled_images), len(sensitive_images), folds, seed)
-    scores = np.empty(len(images))
+    scores = np.zeros(len(images))
     cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda_devices):
-        for fold in range(folds):
-            test = fold_of == fold
-            with torch.enable_grad():
-                network = train_score_network(images[~test], is_sensitive[~test], seed=seed + fold, **train_kwargs).to(
-                    device
+        for repeat in range(repeats):
+            repeat_seed = seed + 1000 * repeat
+            fold_of = fold_assignment(len(unlabeled_images), len(sensitive_images), folds, repeat_seed)
+            for fold in range(folds):
+                test = fold_of == fold
+                with torch.enable_grad():
+                    network = train_score_network(
+                        images[~test], is_sensitive[~test], seed=repeat_seed + fold, **train_kwargs
+                    ).to(device)
+                rows = np.flatnonzero(test)
+                scores[rows] += (
+                    torch.cat([network(images[rows[i : i + 512]]).squeeze(1) for i in range(0, len(rows), 512)])
+                    .cpu()
+                    .numpy()
                 )
-            rows = np.flatnonzero(test)
-            scores[rows] = (
-                torch.cat([network(images[rows[i : i + 512]]).squeeze(1) for i in range(0, len(rows), 512)])
-                .cpu()
-                .numpy()
-            )
+    scores /= repeats
     return scores[: len(unlabeled_images)], scores[len(unlabeled_images) :]
 
 
@@ -359,8 +367,14 @@ def estimate_beta_from_images(
     folds: int = 3,
     seed: int = 0,
     device=None,
+    repeats: int = 1,
+    patience: int = 4,
     **kwargs,
 ) -> BetaEstimate:
-    """``estimate_class_prior`` on cross-fitted CNN scores of images (N×C×H×W in [-1, 1])."""
-    unlabeled_scores, sensitive_scores = cross_fitted_scores(unlabeled_images, sensitive_images, folds, seed, device)
+    """``estimate_class_prior`` on cross-fitted CNN scores of images (N×C×H×W in [-1, 1]), averaged over
+    ``repeats`` cross-fittings whose CNNs stop after ``patience`` epochs without progress (see
+    :func:`cross_fitted_scores`)."""
+    unlabeled_scores, sensitive_scores = cross_fitted_scores(
+        unlabeled_images, sensitive_images, folds, seed, device, repeats=repeats, patience=patience
+    )
     return estimate_class_prior(unlabeled_scores, sensitive_scores, estimator, seed=seed, **kwargs)

@@ -53,6 +53,8 @@ ADDED_ARGS_NEUTRAL = {
     "pu_sensitive_cap_reference": "batch",
     "pu_sensitive_cap_fraction": None,
     "pu_filter_unlabeled": 0.0,
+    "beta_score_repeats": 1,
+    "beta_score_patience": 4,
 }
 # Flags of a method added after that method's runs were cached: at their neutral value they are left out of its
 # runs' keys too (unlike the method's older flags, which are part of those keys).
@@ -190,6 +192,12 @@ def check_output_dir(
                 hint = (
                     " That run has no S-loss cap, which train_pu_diffusion.py adds by default since 2026-12-05: "
                     "add --pu_sensitive_cap 0 to resume it as it was trained."
+                )
+            before = [flag for flag in ("beta_score_repeats", "beta_score_patience") if flag not in stored]
+            if before and any(flag in differing for flag in before):
+                hint += (
+                    " That run scored U and S as runs did before --beta_score_repeats and --beta_score_patience "
+                    "existed: add --beta_score_repeats 1 --beta_score_patience 4 to resume it as it was trained."
                 )
             raise UsageError(
                 f"--output_dir {output_dir!r} holds a different run ({details}). Resume with the same flags, or "

@@ -131,6 +131,8 @@ def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dic
             point=args.beta_auto_point,
             ddp_timeout=args.ddp_timeout,
             recorded=recorded,
+            repeats=args.beta_score_repeats,
+            patience=args.beta_score_patience,
         )
     if args.beta != "auto":
         return given_beta(args.beta)
@@ -142,6 +144,8 @@ def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dic
         point=args.beta_auto_point,
         ddp_timeout=args.ddp_timeout,
         recorded=recorded,
+        repeats=args.beta_score_repeats,
+        patience=args.beta_score_patience,
     )
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import audit_pu_diffusion as audit
 import train_pu_diffusion as script
 from pu_diffusion import beta
+from pu_diffusion.arguments import DEFAULT_SCORE_PATIENCE, DEFAULT_SCORE_REPEATS
 from pu_diffusion.class_prior import (
     BetaEstimate,
     best_bin_estimate,
@@ -105,6 +106,76 @@ def test_cross_fitted_scores_separate_distinct_images():
     unlabeled_scores, sensitive_scores = cross_fitted_scores(dark, bright, folds=2, seed=0, max_epochs=15)
     assert unlabeled_scores.shape == (60,) and sensitive_scores.shape == (20,)
     assert roc_auc(sensitive_scores, unlabeled_scores) > 0.95
+
+
+def test_repeated_cross_fitting_is_the_mean_of_independent_cross_fittings():
+    """repeats=2: each image's score is the mean of the cross-fitting with the given seed and the one with
+    seed + 1000 (its own folds and CNN seeds); repeats=1 is one cross-fitting, as before the flag."""
+    torch.manual_seed(0)
+    dark, bright = torch.rand(40, 1, 8, 8) * 0.4 - 1, torch.rand(12, 1, 8, 8) * 0.4 + 0.6
+    quick = {"folds": 2, "max_epochs": 2}
+    first = cross_fitted_scores(dark, bright, seed=0, **quick)
+    second = cross_fitted_scores(dark, bright, seed=1000, **quick)
+    both = cross_fitted_scores(dark, bright, seed=0, repeats=2, **quick)
+    for part in range(2):
+        assert not np.allclose(first[part], second[part])  # other folds and seeds: other scores
+        np.testing.assert_allclose(both[part], (first[part] + second[part]) / 2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 1 repeat"):
+        cross_fitted_scores(dark, bright, repeats=0, **quick)
+
+
+@pytest.mark.parametrize(
+    "flags,repeats",
+    [
+        (["--beta", "0.1"], 1),  # nothing is scored: 1, what runs made before the flag record
+        (["--beta", "auto"], DEFAULT_SCORE_REPEATS),
+        (["--beta", "0.1", "--pu_filter_unlabeled", "1"], DEFAULT_SCORE_REPEATS),
+        (["--beta", "auto", "--beta_score_repeats", "1"], 1),
+        (["--beta", "auto", "--beta_score_repeats", "5"], 5),
+    ],
+)
+def test_score_repeats_default_where_the_cnns_run(tmp_path, flags, repeats):
+    args = script.parse_args(["--output_dir", str(tmp_path / "out"), *flags])
+    assert args.beta_score_repeats == repeats
+    assert args.beta_score_patience == (4 if flags == ["--beta", "0.1"] else DEFAULT_SCORE_PATIENCE)
+
+
+def test_the_beta_auto_cnns_are_cross_fitted_as_often_as_the_flag_says(tmp_path, tiny_unet_config, monkeypatch):
+    calls = []
+
+    def scores(unlabeled, sensitive, estimator, **kwargs):
+        calls.append((kwargs.get("repeats"), kwargs.get("patience")))
+        return trusted_estimate(0.2)(unlabeled, sensitive, estimator)
+
+    monkeypatch.setattr(beta, "estimate_beta_from_images", scores)
+    data = write_planted_folder(tmp_path / "data")
+    for name, extra in (("default", []), ("set", ["--beta_score_repeats", "2", "--beta_score_patience", "7"])):
+        flags = tiny_args(tmp_path / name, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto", *extra)
+        script.main(script.parse_args(flags))
+    assert calls == [(DEFAULT_SCORE_REPEATS, DEFAULT_SCORE_PATIENCE), (2, 7)]
+
+
+def test_a_beta_auto_run_from_before_the_score_flags_resumes_with_their_old_values(
+    tmp_path, tiny_unet_config, monkeypatch
+):
+    """A pu_run.json without --beta_score_repeats and --beta_score_patience is refused by name when resumed with
+    the new defaults, with the fix, and resumes with the old values (reading its recorded β, scoring nothing)."""
+    from pu_diffusion.cli import UsageError
+
+    monkeypatch.setattr(beta, "estimate_beta_from_images", trusted_estimate(0.2))
+    data, out = write_planted_folder(tmp_path / "data"), tmp_path / "old"
+    flags = ["--train_data_dir", data, "--beta", "auto"]
+    script.main(script.parse_args(tiny_args(out, tiny_unet_config(), *flags, "--max_train_steps", "3")))
+    recorded = json.loads((out / "pu_run.json").read_text())
+    del recorded["beta_score_repeats"], recorded["beta_score_patience"]  # as written before the flags existed
+    (out / "pu_run.json").write_text(json.dumps(recorded))
+    resume = tiny_args(out, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest")
+    with pytest.raises(UsageError, match="add --beta_score_repeats 1 --beta_score_patience 4 to resume it as it was"):
+        script.main(script.parse_args(resume))
+    monkeypatch.setattr(beta, "estimate_beta_from_images", None)  # a resumed run reads its β, it scores nothing
+    script.main(script.parse_args([*resume, "--beta_score_repeats", "1", "--beta_score_patience", "4"]))
+    assert json.loads((out / "train_stats.json").read_text())["global_step"] == 6
+    assert json.loads((out / "pu_run.json").read_text())["beta_resolved"]["beta"] == 0.2
 
 
 def write_planted_folder(root, n_dark=40, n_bright_in_u=4, n_sensitive=12, size=8):
@@ -207,6 +278,11 @@ def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, mo
         (["--beta", "auto", "--method", "unsupervised"], "--beta auto estimates β for --method pu"),
         (["--beta_margin", "2"], "--beta_margin 2.0 multiplies the estimate of --beta auto"),
         (["--beta", "auto", "--beta_margin", "0"], "--beta_margin must be > 0"),
+        (["--beta", "0.1", "--beta_score_repeats", "3"], "--beta_score_repeats 3 sets how the U-vs-S CNNs"),
+        (["--beta", "0.1", "--beta_score_patience", "10"], "with --beta 0.1 nothing is scored: drop it"),
+        (["--beta", "auto", "--beta_score_patience", "0"], "--beta_score_patience must lie in 1..40"),
+        (["--beta", "auto", "--beta_score_repeats", "0"], "--beta_score_repeats must lie in 1..10; got 0"),
+        (["--beta", "auto", "--beta_score_repeats", "11"], "--beta_score_repeats must lie in 1..10; got 11"),
     ],
 )
 def test_bad_beta_flags_are_refused(tmp_path, extra, message):
@@ -227,6 +303,7 @@ def test_estimate_beta_command_writes_json(tmp_path):
     )
     saved = json.loads(out.read_text())
     assert saved["n_unlabeled"] == 33 and saved["n_sensitive"] == 8 and saved == json.loads(json.dumps(result))
+    assert saved["repeats"] == DEFAULT_SCORE_REPEATS and saved["patience"] == DEFAULT_SCORE_PATIENCE
     assert 0 <= saved["estimate"] <= 1 and saved["interval"][0] <= saved["interval"][1]
 
 
@@ -352,7 +429,7 @@ def one_process():
 def test_the_filter_warns_and_falls_back_on_an_untrusted_estimate_as_beta_auto_does(monkeypatch, caplog):
     accelerator = one_process()
     scores = (np.arange(100) / 100.0, np.arange(90, 100) / 100.0)
-    monkeypatch.setattr(beta, "cross_fitted_scores", lambda unlabeled, sensitive, device=None, s=scores: s)
+    monkeypatch.setattr(beta, "cross_fitted_scores", lambda unlabeled, sensitive, s=scores, **kwargs: s)
     untrusted = BetaEstimate(0.3, (0.1, 0.5), "bbe", 0.7, 0.7, 100, 10, False, "the interval is wide")
     monkeypatch.setattr(beta, "estimate_class_prior", lambda unlabeled, sensitive, estimator: untrusted)
     images = (torch.zeros(100, 1, 4, 4), torch.zeros(10, 1, 4, 4))
@@ -377,7 +454,7 @@ def test_the_filter_warns_when_its_cut_holds_few_of_the_sensitive_images(monkeyp
     images = (torch.zeros(100, 1, 4, 4), torch.zeros(10, 1, 4, 4))
     for sensitive_scores, warned in ((np.arange(90, 100) / 100.0, False), (np.arange(85, 95) / 100.0, True)):
         scores = (np.arange(100) / 100.0, sensitive_scores)  # the cut (10 of 100) is at 0.90: S holds 100 % or 50 %
-        monkeypatch.setattr(beta, "cross_fitted_scores", lambda unlabeled, sensitive, device=None, s=scores: s)
+        monkeypatch.setattr(beta, "cross_fitted_scores", lambda unlabeled, sensitive, s=scores, **kwargs: s)
         caplog.clear()
         with caplog.at_level("WARNING"):
             resolved = beta.resolve_filtered_beta(accelerator, lambda: images, 0.1, 1.0, "bbe", 1.0, "estimate", 60)
