@@ -97,6 +97,8 @@ ROWS = [
     (UNCOND, "U filter 11", TINY + " --output_dir out --pu_filter_unlabeled 11", None),
     (UNCOND, "U filter -1", TINY + " --output_dir out --pu_filter_unlabeled=-1", None),
     (UNCOND, "U filter nan", TINY + " --output_dir out --pu_filter_unlabeled nan", None),
+    (UNCOND, "score repeats 0", TINY + " --output_dir out --beta auto --beta_score_repeats 0", None),
+    (UNCOND, "score patience, β given", TINY + " --output_dir out --beta 0.1 --beta_score_patience 10", None),
     (UNCOND, "EraseDiff λ nan", TINY + " --output_dir out --method erasediff --erasediff_lambda nan", None),
     (UNCOND, "EraseDiff η -1", TINY + " --output_dir out --method erasediff --erasediff_eta=-1", None),
     (UNCOND, "contamination 0.9", "--output_dir out --builtin_contamination 0.9", None),
@@ -190,6 +192,8 @@ ROWS = [
     # ---- estimate_pu_beta.py
     (BETA, "1 fold", "--train_data_dir {planted} --resolution 8 --folds 1", None),
     (BETA, "9 folds", "--train_data_dir {planted} --resolution 8 --folds 9", None),
+    (BETA, "0 repeats", "--train_data_dir {planted} --resolution 8 --repeats 0", None),
+    (BETA, "patience 'ten'", "--train_data_dir {planted} --resolution 8 --patience ten", None),
     (BETA, "resolution 4", "--train_data_dir {planted} --resolution 4", None),
     (BETA, "output file is a folder", "--train_data_dir {planted} --resolution 8 --output_file {data}", None),
     (BETA, "user's file as output", "--train_data_dir {planted} --resolution 8 --output_file beta.json", "beta_json"),

@@ -140,19 +140,31 @@ def test_score_repeats_default_where_the_cnns_run(tmp_path, flags, repeats):
     assert args.beta_score_patience == (4 if flags == ["--beta", "0.1"] else DEFAULT_SCORE_PATIENCE)
 
 
-def test_the_beta_auto_cnns_are_cross_fitted_as_often_as_the_flag_says(tmp_path, tiny_unet_config, monkeypatch):
+def test_the_u_vs_s_cnns_are_cross_fitted_as_the_flags_say(tmp_path, tiny_unet_config, monkeypatch):
     calls = []
 
     def scores(unlabeled, sensitive, estimator, **kwargs):
         calls.append((kwargs.get("repeats"), kwargs.get("patience")))
         return trusted_estimate(0.2)(unlabeled, sensitive, estimator)
 
+    def filter_scores(unlabeled, sensitive, **kwargs):  # the filter's scores: S-like = the bright images
+        calls.append((kwargs.get("repeats"), kwargs.get("patience")))
+        return unlabeled.mean(dim=(1, 2, 3)).numpy(), sensitive.mean(dim=(1, 2, 3)).numpy()
+
     monkeypatch.setattr(beta, "estimate_beta_from_images", scores)
+    monkeypatch.setattr(beta, "cross_fitted_scores", filter_scores)
     data = write_planted_folder(tmp_path / "data")
-    for name, extra in (("default", []), ("set", ["--beta_score_repeats", "2", "--beta_score_patience", "7"])):
-        flags = tiny_args(tmp_path / name, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto", *extra)
-        script.main(script.parse_args(flags))
-    assert calls == [(DEFAULT_SCORE_REPEATS, DEFAULT_SCORE_PATIENCE), (2, 7)]
+    for name, extra in (
+        ("default", ["--beta", "auto"]),
+        ("set", ["--beta", "auto", "--beta_score_repeats", "2", "--beta_score_patience", "7"]),
+        ("filter", ["--beta", "0.1", "--pu_filter_unlabeled", "1"]),
+    ):
+        script.main(script.parse_args(tiny_args(tmp_path / name, tiny_unet_config(), "--train_data_dir", data, *extra)))
+    assert calls == [
+        (DEFAULT_SCORE_REPEATS, DEFAULT_SCORE_PATIENCE),
+        (2, 7),
+        (DEFAULT_SCORE_REPEATS, DEFAULT_SCORE_PATIENCE),
+    ]
 
 
 def test_a_beta_auto_run_from_before_the_score_flags_resumes_with_their_old_values(
@@ -298,12 +310,12 @@ def test_estimate_beta_command_writes_json(tmp_path):
     out = tmp_path / "beta.json"
     result = estimate_beta.main(
         estimate_beta.parse_args(
-            ["--train_data_dir", data, "--resolution", "8", "--folds", "2", "--output_file", str(out)]
+            ["--train_data_dir", data, "--resolution", "8", "--folds", "2", "--repeats", "2", "--output_file", str(out)]
         )
     )
     saved = json.loads(out.read_text())
     assert saved["n_unlabeled"] == 33 and saved["n_sensitive"] == 8 and saved == json.loads(json.dumps(result))
-    assert saved["repeats"] == DEFAULT_SCORE_REPEATS and saved["patience"] == DEFAULT_SCORE_PATIENCE
+    assert saved["repeats"] == 2 and saved["patience"] == DEFAULT_SCORE_PATIENCE
     assert 0 <= saved["estimate"] <= 1 and saved["interval"][0] <= saved["interval"][1]
 
 

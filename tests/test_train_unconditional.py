@@ -69,7 +69,8 @@ def test_builtin_run_writes_a_loadable_pipeline(tmp_path, tiny_unet_config):
         ["--gradient_accumulation_steps", "2", "--use_ema"],
         ["--method", "erasediff", "--erasediff_lambda", "-1"],  # adaptive λ, inner passes, uniform forget target
         ["--objective", "flow_matching", "--flow_shift", "3"],
-        ["--pu_filter_unlabeled", "1", "--beta", "0.1"],  # the dropped U images are read back, not scored again
+        # the dropped U images are read back, not scored again (one cross-fitting: the scorer is not what is tested)
+        ["--pu_filter_unlabeled", "1", "--beta", "0.1", "--beta_score_repeats", "1", "--beta_score_patience", "4"],
     ],
 )
 def test_resume_equals_straight_training(tmp_path, tiny_unet_config, extra):
@@ -468,7 +469,9 @@ def test_cap_fraction_scales_with_beta_and_leaves_beta_zero_uncapped():
 
 def test_filter_unlabeled_drops_the_most_s_like_u_images_and_trains_with_the_beta_left(tmp_path, tiny_unet_config):
     out = tmp_path / "out"
-    run(tiny_args(out, tiny_unet_config(), "--beta", "0.1", "--pu_filter_unlabeled", "1"))
+    # the scorer as before session 16 (cheaper; its defaults reaching the filter: test_beta_and_audit.py)
+    cheap = ["--beta_score_repeats", "1", "--beta_score_patience", "4"]
+    run(tiny_args(out, tiny_unet_config(), "--beta", "0.1", "--pu_filter_unlabeled", "1", *cheap))
     resolved = json.loads((out / "pu_run.json").read_text())["beta_resolved"]
     cut = resolved["unlabeled_filter"]
     assert cut["n_unlabeled"] == 2200 and cut["beta_before"] == 0.1 and len(cut["dropped_positions"]) == 220
