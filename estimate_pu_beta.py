@@ -16,7 +16,14 @@ import json
 import os
 
 from pu_diffusion import training
-from pu_diffusion.arguments import DEFAULT_SCORE_PATIENCE, DEFAULT_SCORE_REPEATS, HelpWithDefaults, add_data_arguments
+from pu_diffusion.arguments import (
+    DEFAULT_SCORE_PATIENCE,
+    DEFAULT_SCORE_REPEATS,
+    MAX_SCORE_PATIENCE,
+    MAX_SCORE_REPEATS,
+    HelpWithDefaults,
+    add_data_arguments,
+)
 from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
 from pu_diffusion.class_prior import ESTIMATORS, estimate_beta_from_images
 from pu_diffusion.cli import UsageError, run_cli
@@ -63,10 +70,10 @@ def parse_args(input_args=None):
     args = parser.parse_args(input_args)
     if not 2 <= args.folds <= 5:
         parser.error(f"--folds must lie in 2..5; got {args.folds}.")
-    if not 1 <= args.repeats <= 10:
-        parser.error(f"--repeats must lie in 1..10; got {args.repeats}.")
-    if not 1 <= args.patience <= 40:
-        parser.error(f"--patience must lie in 1..40; got {args.patience}.")
+    if not 1 <= args.repeats <= MAX_SCORE_REPEATS:
+        parser.error(f"--repeats must lie in 1..{MAX_SCORE_REPEATS}; got {args.repeats}.")
+    if not 1 <= args.patience <= MAX_SCORE_PATIENCE:
+        parser.error(f"--patience must lie in 1..{MAX_SCORE_PATIENCE}; got {args.patience}.")
     if args.resolution < 8:
         parser.error(f"--resolution must be at least 8; got {args.resolution}.")
     if args.output_file and os.path.isdir(args.output_file):

@@ -17,6 +17,7 @@ from .class_prior import ESTIMATORS
 from .cli import UsageError, finite_float
 from .losses import CAP_REFERENCES, LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, SUPERVISED_FORMS
 from .outputs import check_separate, check_writable, is_within
+from .run_dir import ADDED_ARGS_NEUTRAL, SCORE_FLAGS
 
 
 class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -47,7 +48,9 @@ CAP_FLAGS = tuple(DEFAULT_SENSITIVE_CAP)
 # rest. Runs that score nothing keep the values runs made before these flags recorded (1 cross-fitting, patience 4).
 DEFAULT_SCORE_REPEATS = 3
 DEFAULT_SCORE_PATIENCE = 10
-SCORE_FLAGS_BEFORE = {"beta_score_repeats": 1, "beta_score_patience": 4}
+SCORE_FLAGS_BEFORE = {flag: ADDED_ARGS_NEUTRAL[flag] for flag in SCORE_FLAGS}  # 1 cross-fitting, patience 4
+MAX_SCORE_REPEATS = 10
+MAX_SCORE_PATIENCE = 40  # epochs: train_score_network's max_epochs
 # The cap flags' default in sensitive_cap_defaults' first parse: tells "given" from "left out" (not a string, which
 # argparse would convert with the flag's type).
 _UNSET = object()
@@ -86,14 +89,18 @@ def sensitive_cap_defaults(parser: argparse.ArgumentParser, input_args, default:
     return {key: value for key, value in default.items() if key != "pu_sensitive_cap_reference" or reference is _UNSET}
 
 
+def scores_u_and_s(args: argparse.Namespace) -> bool:
+    """Whether the run trains the U-vs-S CNNs: --beta auto, or --pu_filter_unlabeled (train_pu_diffusion.py)."""
+    return args.beta == "auto" or bool(getattr(args, "pu_filter_unlabeled", 0))
+
+
 def score_repeats_default(first: argparse.Namespace) -> dict:
     """Parser defaults of --beta_score_repeats and --beta_score_patience from a first parse: DEFAULT_SCORE_REPEATS
-    and DEFAULT_SCORE_PATIENCE where the U-vs-S CNNs run (--beta auto, --pu_filter_unlabeled), else none (what runs
-    made before the flags recorded: SCORE_FLAGS_BEFORE)."""
-    scored = first.beta == "auto" or bool(getattr(first, "pu_filter_unlabeled", 0))
-    return (
-        {"beta_score_repeats": DEFAULT_SCORE_REPEATS, "beta_score_patience": DEFAULT_SCORE_PATIENCE} if scored else {}
-    )
+    and DEFAULT_SCORE_PATIENCE where the U-vs-S CNNs run (:func:`scores_u_and_s`), else none (what runs made before
+    the flags recorded: SCORE_FLAGS_BEFORE)."""
+    if not scores_u_and_s(first):
+        return {}
+    return {"beta_score_repeats": DEFAULT_SCORE_REPEATS, "beta_score_patience": DEFAULT_SCORE_PATIENCE}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, pretrained_help: str, required: bool = False):
@@ -504,13 +511,14 @@ def validate_training_args(args) -> None:
             "give the β you want directly.",
         )
     _require(
-        1 <= args.beta_score_repeats <= 10, f"--beta_score_repeats must lie in 1..10; got {args.beta_score_repeats}."
+        1 <= args.beta_score_repeats <= MAX_SCORE_REPEATS,
+        f"--beta_score_repeats must lie in 1..{MAX_SCORE_REPEATS}; got {args.beta_score_repeats}.",
     )
     _require(
-        1 <= args.beta_score_patience <= 40,
-        f"--beta_score_patience must lie in 1..40 (epochs); got {args.beta_score_patience}.",
+        1 <= args.beta_score_patience <= MAX_SCORE_PATIENCE,
+        f"--beta_score_patience must lie in 1..{MAX_SCORE_PATIENCE} (epochs); got {args.beta_score_patience}.",
     )
-    scored = args.beta == "auto" or bool(getattr(args, "pu_filter_unlabeled", 0))
+    scored = scores_u_and_s(args)
     for flag, before in SCORE_FLAGS_BEFORE.items():
         _require(
             scored or getattr(args, flag) == before,

@@ -56,6 +56,9 @@ ADDED_ARGS_NEUTRAL = {
     "beta_score_repeats": 1,
     "beta_score_patience": 4,
 }
+# How the U-vs-S CNNs of --beta auto and --pu_filter_unlabeled are trained; their neutral values above are what runs
+# made before the flags used.
+SCORE_FLAGS = ("beta_score_repeats", "beta_score_patience")
 # Flags of a method added after that method's runs were cached: at their neutral value they are left out of its
 # runs' keys too (unlike the method's older flags, which are part of those keys).
 METHOD_ARGS_ADDED_LATER = ("erasediff_forget_noising",)
@@ -193,11 +196,12 @@ def check_output_dir(
                     " That run has no S-loss cap, which train_pu_diffusion.py adds by default since 2026-12-05: "
                     "add --pu_sensitive_cap 0 to resume it as it was trained."
                 )
-            before = [flag for flag in ("beta_score_repeats", "beta_score_patience") if flag not in stored]
-            if before and any(flag in differing for flag in before):
+            before = [flag for flag in SCORE_FLAGS if flag not in stored]
+            if any(flag in differing for flag in before):
+                old_values = " ".join(f"--{flag} {ADDED_ARGS_NEUTRAL[flag]}" for flag in SCORE_FLAGS)
                 hint += (
-                    " That run scored U and S as runs did before --beta_score_repeats and --beta_score_patience "
-                    "existed: add --beta_score_repeats 1 --beta_score_patience 4 to resume it as it was trained."
+                    f" That run scored U and S as runs did before {' and '.join(f'--{flag}' for flag in SCORE_FLAGS)} "
+                    f"existed: add {old_values} to resume it as it was trained."
                 )
             raise UsageError(
                 f"--output_dir {output_dir!r} holds a different run ({details}). Resume with the same flags, or "
