@@ -31,7 +31,7 @@ from pu_diffusion.arguments import (
     sensitive_cap_defaults,
     validate_training_args,
 )
-from pu_diffusion.beta import ESTIMATION_RESOLUTION, drop_filtered, few_sensitive_warning
+from pu_diffusion.beta import ESTIMATION_RESOLUTION, UNTRUSTED_CUT_RULES, drop_filtered, few_sensitive_warning
 from pu_diffusion.builtin_mnist import (
     BUILTIN_SPLIT_FILE,
     BUILTIN_UNLABELED,
@@ -62,7 +62,7 @@ from pu_diffusion.models import (
 )
 from pu_diffusion.presets import BUILTIN_RECIPE, PRESETS, get_preset
 from pu_diffusion.pu_dataset import ImageTransform, PUImageDataset, collate_pu_batch, images_as_tensor
-from pu_diffusion.run_dir import claim_outputs, public_config
+from pu_diffusion.run_dir import ADDED_ARGS_NEUTRAL, claim_outputs, public_config
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -126,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
         "the β left in it: β·|U|·(1 − r)/|U kept|, where r is the share of S's own held-out scores above the cut. "
         "β is --beta, or its estimate with --beta auto. Helps where S is small next to the sensitive part of U. "
         "0: off.",
+    )
+    parser.add_argument(
+        "--pu_filter_untrusted_beta",
+        type=str,
+        default=ADDED_ARGS_NEUTRAL["pu_filter_untrusted_beta"],
+        choices=UNTRUSTED_CUT_RULES,
+        help="--pu_filter_unlabeled with --beta auto, when the estimate is not trusted only because its interval is "
+        "wide: estimate: cut with the point estimate (at least 0.1), since a cut too small leaves sensitive images "
+        "in U; default: cut with 0.1, as PU without the filter trains (runs made before this flag). Default "
+        "estimate with --beta auto and --pu_filter_unlabeled.",
     )
     parser.add_argument(
         "--sensitive_augment",
@@ -222,6 +232,8 @@ def parse_args(input_args=None):
     derived.update(inference_scheduler=scheduler, num_inference_steps=1000 if scheduler == "ddpm" else 50)
     derived.update(sensitive_cap_defaults(parser, input_args, DEFAULT_SENSITIVE_CAP))
     derived.update(score_repeats_default(first))
+    if first.beta == "auto" and first.pu_filter_unlabeled:
+        derived["pu_filter_untrusted_beta"] = "estimate"
     parser.set_defaults(**derived)
     args = parser.parse_args(input_args)
     validate_args(args)
@@ -303,6 +315,13 @@ def validate_args(args) -> None:
                 f"--pu_filter_unlabeled is a multiple F of β·|U| in (0, 10] (1: as many images as β says U hides); "
                 f"got {args.pu_filter_unlabeled}."
             )
+    if args.pu_filter_untrusted_beta != ADDED_ARGS_NEUTRAL["pu_filter_untrusted_beta"] and not (
+        args.beta == "auto" and args.pu_filter_unlabeled
+    ):
+        raise UsageError(
+            f"--pu_filter_untrusted_beta {args.pu_filter_untrusted_beta} picks the β --pu_filter_unlabeled cuts with "
+            "when --beta auto's estimate is not trusted: it needs --beta auto and --pu_filter_unlabeled; drop it."
+        )
     if args.pu_min_timestep != 0:
         if args.method != "pu":
             raise UsageError(f"--pu_min_timestep restricts the PU risk: it needs --method pu, not {args.method}.")

@@ -13,7 +13,7 @@ import numpy as np
 from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list
 
-from .class_prior import cross_fitted_scores, estimate_beta_from_images, estimate_class_prior
+from .class_prior import MIN_NORMAL_AUC, cross_fitted_scores, estimate_beta_from_images, estimate_class_prior
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -164,6 +164,13 @@ def few_sensitive_warning(n_sensitive: int, n_unlabeled: int, beta: float) -> st
 # ---- --pu_filter_unlabeled: drop U's most S-like images before training ----
 
 LOW_FILTER_RECALL = 0.75  # below this estimated share of U's sensitive images in the cut, the run warns
+# --pu_filter_untrusted_beta: what the cut uses when --beta auto's estimate is not trusted only because its interval
+# is wide. "default": DEFAULT_BETA, as PU without the filter (runs made before the flag); "estimate": the point
+# estimate, at least DEFAULT_BETA. For the cut an underestimate is the costly side (the sensitive images it leaves
+# in U can outnumber S); an overestimate drops more normal images and the β left stays small. On 2,6_S100_b0.200
+# (docs/robustness.md) BBE read 0.260 for a true 0.2, untrusted (interval 0.168–0.284): cut with 0.1 the run caught
+# 49 % of the hidden images and stopped 0.050 above the clean floor.
+UNTRUSTED_CUT_RULES = ("default", "estimate")
 
 
 def filter_by_scores(unlabeled_scores, sensitive_scores, beta: float, factor: float) -> dict:
@@ -192,6 +199,35 @@ def filter_by_scores(unlabeled_scores, sensitive_scores, beta: float, factor: fl
     }
 
 
+def filter_cut_beta(first: dict, rule: str) -> dict:
+    """The β --pu_filter_unlabeled cuts with, from --beta auto's resolved β ``first`` (see :func:`auto_beta`).
+
+    ``rule`` "estimate" (--pu_filter_untrusted_beta): an estimate that was not trusted only because its interval is
+    wide (S separates from U's normal part) gives its point estimate, at least DEFAULT_BETA; otherwise, and with
+    "default", ``first`` as it is (DEFAULT_BETA when not trusted). A low separability keeps DEFAULT_BETA: there BBE's
+    estimate runs high, and the β left after the cut would too (PU with an overestimated β trains towards S).
+    """
+    if rule not in UNTRUSTED_CUT_RULES:
+        raise ValueError(f"rule must be one of {UNTRUSTED_CUT_RULES}; got {rule!r}.")
+    estimate = first["beta_estimate"]
+    if rule == "default" or estimate is None or estimate["trusted"] or estimate["normal_auc"] < MIN_NORMAL_AUC:
+        return first
+    beta = float(min(estimate["estimate"], 0.99))
+    if beta <= DEFAULT_BETA:  # the default already cuts at least as much
+        return first
+    logger.warning(
+        f"--pu_filter_unlabeled: --beta auto's estimate {estimate['estimate']:.4f} is not trusted only because its "
+        f"interval ({estimate['interval'][0]:.3f}–{estimate['interval'][1]:.3f}) is wide; the cut uses β = {beta:.4f} "
+        f"(the point estimate, at least {DEFAULT_BETA}) rather than {DEFAULT_BETA}: too small a cut leaves sensitive "
+        "images in U (--pu_filter_untrusted_beta default: cut with the default instead)."
+    )
+    source = (
+        f"--beta auto's point estimate, not trusted ({estimate['reason']}), at least {DEFAULT_BETA}, for the cut "
+        "(--pu_filter_untrusted_beta estimate)"
+    )
+    return {**first, "beta": beta, "beta_source": source}
+
+
 def resolve_filtered_beta(
     accelerator,
     load_images,
@@ -204,11 +240,12 @@ def resolve_filtered_beta(
     recorded: dict | None = None,
     repeats: int = 1,
     patience: int = 4,
+    untrusted: str = "default",
 ) -> dict:
     """--pu_filter_unlabeled: {"beta", "beta_source", "beta_estimate", "unlabeled_filter"}.
 
     One set of cross-fitted U-vs-S scores (the CNNs --beta auto trains) gives β first, as given (``given``) or
-    estimated as --beta auto does; then :func:`filter_by_scores` drops the factor · β · |U| most S-like U images
+    estimated as --beta auto does (an untrusted estimate: see :func:`filter_cut_beta` with rule ``untrusted``); then :func:`filter_by_scores` drops the factor · β · |U| most S-like U images
     and returns the β left for the rest, which PU trains with. A resumed run reads what it recorded.
     """
     if recorded and "unlabeled_filter" in recorded:
@@ -234,6 +271,7 @@ def resolve_filtered_beta(
             first = auto_beta(
                 lambda: estimate_class_prior(unlabeled_scores, sensitive_scores, estimator), estimator, margin, point
             )
+            first = filter_cut_beta(first, untrusted)
         cut = filter_by_scores(unlabeled_scores, sensitive_scores, first["beta"], factor)
         dropped = len(cut["dropped_positions"])
         source = (

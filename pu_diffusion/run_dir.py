@@ -55,6 +55,7 @@ ADDED_ARGS_NEUTRAL = {
     "pu_filter_unlabeled": 0.0,
     "beta_score_repeats": 1,
     "beta_score_patience": 4,
+    "pu_filter_untrusted_beta": "default",
 }
 # How the U-vs-S CNNs of --beta auto and --pu_filter_unlabeled are trained; their neutral values above are what runs
 # made before the flags used.
@@ -202,6 +203,12 @@ def check_output_dir(
                 hint += (
                     f" That run scored U and S as runs did before {' and '.join(f'--{flag}' for flag in SCORE_FLAGS)} "
                     f"existed: add {old_values} to resume it as it was trained."
+                )
+            if "pu_filter_untrusted_beta" in differing and "pu_filter_untrusted_beta" not in stored:
+                hint += (
+                    " That run cut U as runs did before --pu_filter_untrusted_beta existed: add "
+                    f"--pu_filter_untrusted_beta {ADDED_ARGS_NEUTRAL['pu_filter_untrusted_beta']} to resume it as it "
+                    "was trained."
                 )
             raise UsageError(
                 f"--output_dir {output_dir!r} holds a different run ({details}). Resume with the same flags, or "

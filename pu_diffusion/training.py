@@ -133,6 +133,7 @@ def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dic
             recorded=recorded,
             repeats=args.beta_score_repeats,
             patience=args.beta_score_patience,
+            untrusted=args.pu_filter_untrusted_beta,
         )
     if args.beta != "auto":
         return given_beta(args.beta)

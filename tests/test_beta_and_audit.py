@@ -461,6 +461,89 @@ def test_the_filter_warns_and_falls_back_on_an_untrusted_estimate_as_beta_auto_d
     assert resolved["unlabeled_filter"]["beta_before"] == beta.DEFAULT_BETA and "could not estimate" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "estimate,normal_auc,trusted,rule,cut_beta",
+    [
+        (0.26, 0.95, False, "estimate", 0.26),  # wide interval only: the cut uses the point estimate
+        (0.05, 0.95, False, "estimate", 0.1),  # ... at least the default
+        (0.26, 0.95, False, "default", 0.1),  # the rule of runs made before the flag
+        (0.26, 0.80, False, "estimate", 0.1),  # S not separable from U's normal part: the default
+        (0.26, 0.95, True, "estimate", 0.26),  # trusted: the estimate, whatever the rule
+        (0.26, 0.95, True, "default", 0.26),
+    ],
+)
+def test_the_filter_cuts_with_an_untrusted_estimate_only_when_its_interval_alone_is_wide(
+    monkeypatch, caplog, estimate, normal_auc, trusted, rule, cut_beta
+):
+    accelerator = one_process()
+    scores = (np.arange(100) / 100.0, np.arange(70, 100) / 100.0)  # S: the top 30 of U's scale
+    monkeypatch.setattr(beta, "cross_fitted_scores", lambda unlabeled, sensitive, s=scores, **kwargs: s)
+    reason = "ok" if trusted else "the interval is wider than 0.1"
+    made = BetaEstimate(estimate, (estimate - 0.1, estimate + 0.1), "bbe", 0.9, normal_auc, 100, 30, trusted, reason)
+    monkeypatch.setattr(beta, "estimate_class_prior", lambda unlabeled, sensitive, estimator: made)
+    images = (torch.zeros(100, 1, 4, 4), torch.zeros(30, 1, 4, 4))
+    with caplog.at_level("WARNING"):
+        resolved = beta.resolve_filtered_beta(
+            accelerator, lambda: images, None, 1.0, "bbe", 1.0, "estimate", 60, untrusted=rule
+        )
+    cut = resolved["unlabeled_filter"]
+    assert cut["beta_before"] == pytest.approx(cut_beta)
+    assert len(cut["dropped_positions"]) == round(cut_beta * 100)
+    assert resolved["beta_estimate"]["estimate"] == estimate  # the estimate itself is recorded as it was made
+    changed = not trusted and cut_beta != beta.DEFAULT_BETA
+    assert ("the cut uses β = 0.2600" in caplog.text) == changed
+    assert ("--pu_filter_untrusted_beta estimate" in resolved["beta_source"]) == changed
+    with pytest.raises(ValueError, match="rule must be one of"):
+        beta.filter_cut_beta(resolved, "upper")
+
+
+@pytest.mark.parametrize(
+    "flags,rule",
+    [
+        (["--beta", "auto", "--pu_filter_unlabeled", "1"], "estimate"),
+        (["--beta", "auto", "--pu_filter_unlabeled", "1", "--pu_filter_untrusted_beta", "default"], "default"),
+        (["--beta", "0.1", "--pu_filter_unlabeled", "1"], "default"),
+        (["--beta", "auto"], "default"),
+    ],
+)
+def test_the_untrusted_cut_rule_defaults_to_the_estimate_where_the_filter_estimates_beta(tmp_path, flags, rule):
+    assert script.parse_args(["--output_dir", str(tmp_path / "out"), *flags]).pu_filter_untrusted_beta == rule
+
+
+@pytest.mark.parametrize("flags", [["--beta", "0.1", "--pu_filter_unlabeled", "1"], ["--beta", "auto"]])
+def test_the_untrusted_cut_rule_is_refused_where_nothing_is_cut_with_an_estimate(tmp_path, flags):
+    from pu_diffusion.cli import UsageError
+
+    with pytest.raises(UsageError, match="it needs --beta auto and --pu_filter_unlabeled; drop it"):
+        script.parse_args(["--output_dir", str(tmp_path / "out"), *flags, "--pu_filter_untrusted_beta", "estimate"])
+
+
+def test_a_filter_run_from_before_the_cut_rule_resumes_with_its_old_value(tmp_path, tiny_unet_config, monkeypatch):
+    """A --beta auto --pu_filter_unlabeled pu_run.json without --pu_filter_untrusted_beta is refused by name when
+    resumed with the new default, with the fix, and resumes with the old value (reading its recorded cut)."""
+    from pu_diffusion.cli import UsageError
+
+    def filter_scores(unlabeled, sensitive, **kwargs):  # S-like = the bright images
+        return unlabeled.mean(dim=(1, 2, 3)).numpy(), sensitive.mean(dim=(1, 2, 3)).numpy()
+
+    monkeypatch.setattr(beta, "cross_fitted_scores", filter_scores)
+    monkeypatch.setattr(beta, "estimate_class_prior", trusted_estimate(0.1))
+    data, out = write_planted_folder(tmp_path / "data"), tmp_path / "old"
+    flags = ["--train_data_dir", data, "--beta", "auto", "--pu_filter_unlabeled", "1"]
+    script.main(script.parse_args(tiny_args(out, tiny_unet_config(), *flags, "--max_train_steps", "3")))
+    recorded = json.loads((out / "pu_run.json").read_text())
+    assert recorded["pu_filter_untrusted_beta"] == "estimate"
+    del recorded["pu_filter_untrusted_beta"]  # as written before the flag existed
+    (out / "pu_run.json").write_text(json.dumps(recorded))
+    resume = tiny_args(out, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest")
+    with pytest.raises(UsageError, match="add --pu_filter_untrusted_beta default to resume it as it was trained"):
+        script.main(script.parse_args(resume))
+    monkeypatch.setattr(beta, "cross_fitted_scores", None)  # a resumed run reads its cut, it scores nothing
+    script.main(script.parse_args([*resume, "--pu_filter_untrusted_beta", "default"]))
+    assert json.loads((out / "train_stats.json").read_text())["global_step"] == 6
+    assert json.loads((out / "pu_run.json").read_text())["beta_resolved"] == recorded["beta_resolved"]
+
+
 def test_the_filter_warns_when_its_cut_holds_few_of_the_sensitive_images(monkeypatch, caplog):
     accelerator = one_process()
     images = (torch.zeros(100, 1, 4, 4), torch.zeros(10, 1, 4, 4))
