@@ -5,7 +5,8 @@ For robustness-suite cells (the same draws as benchmarks/robustness_benchmark.py
 script reads it, S), this scores U and S with cross-fitted CNNs under a few scoring variants and reports, per
 variant, what no training run can see: the AUC of U's hidden sensitive images against U's normal ones, the share of
 them among the top β·|U| scores (what --pu_filter_unlabeled 1 drops with the true β), BBE's estimate, and what
-larger cuts would leave (F = 1, 1.5, 2: share of the hidden images dropped, true β left, kept images per class).
+larger cuts would leave (F = 1, 1.5, 2: share of the hidden images dropped, true β left, kept images per class),
+and what a `--beta auto --pu_filter_unlabeled 1` run would cut under each --pu_filter_untrusted_beta rule.
 Seconds per cell and variant on a CPU; nothing is trained but the small CNNs.
 
     python benchmarks/filter_score_probe.py --cells 1,2,5,8,9_S50_b0.200 3,5_S50_b0.091 --seeds 0
@@ -20,12 +21,14 @@ import time
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from harness import markdown_table, write_json
 from robustness_benchmark import FULL_CELLS, draw_cell, mnist_source
 from sklearn.metrics import roc_auc_score
 from torch.nn import functional
 
 import pu_diffusion.class_prior as class_prior
+from pu_diffusion.beta import UNTRUSTED_CUT_RULES, beta_from_estimate, filter_by_scores, filter_cut_beta
 from pu_diffusion.cli import UsageError
 from pu_diffusion.outputs import check_writable
 from pu_diffusion.pu_dataset import ImageTransform
@@ -80,6 +83,22 @@ def probe(source, cell, seed: int, variant: str) -> dict:
             "true_beta_left": round(float(hidden[kept].mean()), 4),
             "kept_per_class": {str(name): int(count) for name, count in zip(classes, counts)},
         }
+    auto_filter = {}  # what a --beta auto --pu_filter_unlabeled 1 run cuts, under each untrusted-estimate rule
+    PartialState()  # the library's accelerate logger (filter_cut_beta warns) needs one
+    first = beta_from_estimate(estimate)
+    for rule in UNTRUSTED_CUT_RULES:
+        beta_cut = filter_cut_beta(first, rule)["beta"]
+        cut = filter_by_scores(unlabeled, sensitive, beta_cut, 1.0)
+        kept = np.ones(len(unlabeled), dtype=bool)
+        kept[cut["dropped_positions"]] = False
+        auto_filter[rule] = {
+            "beta_cut": round(beta_cut, 4),
+            "dropped": len(cut["dropped_positions"]),
+            "hidden_dropped_share": round(float(hidden[~kept].sum() / hidden.sum()), 3),
+            "estimated_share": round(cut["sensitive_recall"], 3),
+            "beta_left": round(cut["beta_left"], 4),
+            "true_beta_left": round(float(hidden[kept].mean()), 4),
+        }
     return {
         "cell": cell.name,
         "seed": seed,
@@ -91,6 +110,7 @@ def probe(source, cell, seed: int, variant: str) -> dict:
         "true_beta": round(float(hidden.mean()), 4),
         "seconds": round(seconds, 1),
         "cuts": cuts,
+        "auto_filter": auto_filter,
     }
 
 
@@ -102,6 +122,25 @@ def format_table(results: list[dict]) -> str:
           f"{r['bbe']:.3f} ({r['true_beta']:.3f})", " / ".join(str(c["dropped"]) for c in r["cuts"].values()),
           " / ".join(f"{c['hidden_dropped_share']:.2f}" for c in r["cuts"].values()),
           " / ".join(f"{c['true_beta_left']:.3f}" for c in r["cuts"].values())] for r in results],
+    )  # fmt: skip
+
+
+def format_rule_table(results: list[dict]) -> str:
+    """Per draw, what a --beta auto --pu_filter_unlabeled 1 run cuts under each --pu_filter_untrusted_beta rule."""
+    rows = []
+    for r in results:
+        runs = [r["auto_filter"][rule] for rule in UNTRUSTED_CUT_RULES]
+        rows.append(
+            [r["cell"], str(r["seed"]), r["variant"], f"{r['bbe']:.3f} ({r['true_beta']:.3f})",
+             "yes" if r["trusted"] else "no", " / ".join(f"{run['beta_cut']:.3f}" for run in runs),
+             " / ".join(f"{run['hidden_dropped_share']:.2f}" for run in runs),
+             " / ".join(f"{run['beta_left']:.3f} ({run['true_beta_left']:.3f})" for run in runs)]
+        )  # fmt: skip
+    rules = " / ".join(UNTRUSTED_CUT_RULES)
+    return markdown_table(
+        ["cell", "seed", "scores", "BBE (true)", "trusted", f"cut β ({rules})", f"share of hidden dropped ({rules})",
+         f"β left, trained (true) ({rules})"],
+        rows,
     )  # fmt: skip
 
 
@@ -149,9 +188,11 @@ def main():
             for variant in args.variants:
                 results.append(probe(source, cell, seed, variant))
                 print(f"{cell.name} seed {seed} {variant}: AUC {results[-1]['auc_hidden_vs_normal']}", flush=True)
-    table = format_table(results)
-    print(table)
-    write_json(args.output_json, {"results": results, "table": table, "written_by": WRITTEN_BY})
+    table, rule_table = format_table(results), format_rule_table(results)
+    print(table, rule_table, sep="\n\n")
+    write_json(
+        args.output_json, {"results": results, "table": table, "rule_table": rule_table, "written_by": WRITTEN_BY}
+    )
 
 
 if __name__ == "__main__":

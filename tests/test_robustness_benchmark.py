@@ -361,3 +361,12 @@ def test_the_filter_score_probe_reports_what_each_cut_leaves():
         assert kept == suite.U_NORMAL + hidden - cut["dropped"]
         assert cut["true_beta_left"] == pytest.approx(cut["kept_per_class"]["7"] / kept, abs=1e-4)
         assert cut["kept_per_class"]["7"] == pytest.approx(hidden * (1 - cut["hidden_dropped_share"]), abs=0.5)
+    # what a --beta auto --pu_filter_unlabeled 1 run would cut: the estimate's β under each rule (this draw's
+    # estimate is trusted or at most 0.1 → both rules cut alike), the same β-left arithmetic as the training script
+    runs = result["auto_filter"]
+    assert set(runs) == {"default", "estimate"}
+    for run in runs.values():
+        assert run["dropped"] == round(run["beta_cut"] * (suite.U_NORMAL + hidden))
+        assert 0 <= run["hidden_dropped_share"] <= 1 and 0 <= run["true_beta_left"] <= result["true_beta"]
+    assert runs["estimate"]["beta_cut"] >= runs["default"]["beta_cut"] or result["trusted"]
+    assert "| 7_S25_b0.091 | 0 | 3 folds, ±2 px shifts |" in probe.format_rule_table([result])
