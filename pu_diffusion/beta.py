@@ -245,8 +245,9 @@ def resolve_filtered_beta(
     """--pu_filter_unlabeled: {"beta", "beta_source", "beta_estimate", "unlabeled_filter"}.
 
     One set of cross-fitted U-vs-S scores (the CNNs --beta auto trains) gives β first, as given (``given``) or
-    estimated as --beta auto does (an untrusted estimate: see :func:`filter_cut_beta` with rule ``untrusted``); then :func:`filter_by_scores` drops the factor · β · |U| most S-like U images
-    and returns the β left for the rest, which PU trains with. A resumed run reads what it recorded.
+    estimated as --beta auto does (an untrusted one as :func:`filter_cut_beta` says, with rule ``untrusted``); then
+    :func:`filter_by_scores` drops the factor · β · |U| most S-like U images and returns the β left for the rest,
+    which PU trains with. A resumed run reads what it recorded.
     """
     if recorded and "unlabeled_filter" in recorded:
         logger.info(
