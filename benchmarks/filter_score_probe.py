@@ -53,7 +53,7 @@ def shifted(images: torch.Tensor, rng: np.random.Generator, pad: int) -> torch.T
     return torch.stack([padded[i, :, dy[i] : dy[i] + height, dx[i] : dx[i] + width] for i in range(len(images))])
 
 
-def probe(source, cell, seed: int, variant: str) -> dict:
+def probe(source, cell, seed: int, variant: str, save_scores: str | None = None) -> dict:
     rows = draw_cell(source, cell, seed)
     unlabeled_rows = np.sort(np.concatenate([rows["unlabeled_normal"], rows["unlabeled_sensitive"]]))  # file order
     hidden = np.isin(unlabeled_rows, rows["unlabeled_sensitive"])
@@ -69,6 +69,13 @@ def probe(source, cell, seed: int, variant: str) -> dict:
         tensors(unlabeled_rows), tensors(rows["sensitive"]), folds, repeats=repeats, augment=augment, patience=patience
     )
     seconds = time.time() - start
+    if save_scores:  # the scores and which U images are hidden: estimators can be compared offline, in seconds
+        os.makedirs(save_scores, exist_ok=True)
+        slug = "".join(c if c.isalnum() else "_" for c in variant)
+        np.savez_compressed(
+            os.path.join(save_scores, f"{cell.name}_s{seed}_{slug}.npz"),
+            unlabeled=unlabeled, sensitive=sensitive, hidden=hidden,
+        )  # fmt: skip
     estimate = class_prior.estimate_class_prior(unlabeled, sensitive, "bbe")
     order = np.argsort(-unlabeled, kind="stable")
     cuts = {}
@@ -167,6 +174,11 @@ def main():
     parser.add_argument(
         "--output_json", default=os.path.join(ROOT, "benchmarks", "results", "robustness", "filter_score_probe.json")
     )
+    parser.add_argument(
+        "--save_scores",
+        default=None,
+        help="A folder to write each draw's scores into (<cell>_s<seed>_<variant>.npz: unlabeled, sensitive, hidden).",
+    )
     args = parser.parse_args()
     unknown = sorted(set(args.cells) - set(names))
     if unknown:
@@ -186,7 +198,7 @@ def main():
     for seed in args.seeds:
         for cell in (cell for cell in FULL_CELLS if cell.name in args.cells):
             for variant in args.variants:
-                results.append(probe(source, cell, seed, variant))
+                results.append(probe(source, cell, seed, variant, args.save_scores))
                 print(f"{cell.name} seed {seed} {variant}: AUC {results[-1]['auc_hidden_vs_normal']}", flush=True)
     table, rule_table = format_table(results), format_rule_table(results)
     print(table, rule_table, sep="\n\n")

@@ -329,13 +329,16 @@ def test_too_small_own_data_is_refused_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_filter_score_probe_reports_what_each_cut_leaves():
+def test_the_filter_score_probe_reports_what_each_cut_leaves(tmp_path):
     import filter_score_probe as probe
 
     import pu_diffusion.class_prior as class_prior
 
     cell = next(cell for cell in suite.FULL_CELLS if cell.name == "7_S25_b0.091")
-    result = probe.probe(suite.mnist_source(), cell, 0, "3 folds, ±2 px shifts")
+    result = probe.probe(suite.mnist_source(), cell, 0, "3 folds, ±2 px shifts", save_scores=str(tmp_path / "s"))
+    saved = np.load(tmp_path / "s" / "7_S25_b0.091_s0_3_folds___2_px_shifts.npz")
+    assert saved["hidden"].mean() == pytest.approx(result["true_beta"], abs=1e-4)
+    assert len(saved["unlabeled"]) == len(saved["hidden"]) and len(saved["sensitive"]) == 25
     # the CNNs' training batches go through the probe's augmentation (never the held-out check): 4/5 of 40 images
     seen = []
     images = torch.randn(40, 1, 8, 8)
