@@ -373,3 +373,31 @@ def test_the_filter_score_probe_reports_what_each_cut_leaves(tmp_path):
         assert 0 <= run["hidden_dropped_share"] <= 1 and 0 <= run["true_beta_left"] <= result["true_beta"]
     assert runs["estimate"]["beta_cut"] >= runs["default"]["beta_cut"] or result["trusted"]
     assert "| 7_S25_b0.091 | 0 | 3 folds, ±2 px shifts |" in probe.format_rule_table([result])
+
+
+def test_the_offline_beta_probe_compares_estimators_on_saved_scores(tmp_path, capsys):
+    import beta_offline_probe
+
+    rng = np.random.default_rng(0)
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    for draw, beta in (("a_s0", 0.1), ("b_s0", 0.2)):  # separable scores: normal N(0, 1), sensitive N(5, 1)
+        hidden = np.arange(1000) < beta * 1000
+        unlabeled = np.where(hidden, rng.normal(5, 1, 1000), rng.normal(0, 1, 1000))
+        np.savez(scores / f"{draw}.npz", unlabeled=unlabeled, sensitive=rng.normal(5, 1, 300), hidden=hidden)
+    out = tmp_path / "offline.json"
+    beta_offline_probe.main(["--scores_dir", str(scores), "--output_json", str(out)])
+    result = json.loads(out.read_text())
+    assert [draw["draw"] for draw in result["draws"]] == ["a_s0", "b_s0"]
+    assert [draw["true_beta"] for draw in result["draws"]] == [0.1, 0.2]
+    bbe = result["summary"]["bbe"]
+    assert bbe["draws"] == 2 and bbe["mean_abs_error"] < 0.03 and bbe["trusted"] == 2  # separable: close, trusted
+    lower = result["summary"]["bbe-lower"]
+    assert lower["mean_signed_error"] < bbe["mean_signed_error"]  # the interval's lower end sits below
+    assert "| a_s0 | 0.100 |" in result["table"] and "| bbe | 2 |" in capsys.readouterr().out
+    (tmp_path / "mine.json").write_text('{"my": "notes"}')
+    with pytest.raises(SystemExit):  # a file it did not write is never replaced
+        beta_offline_probe.main(["--scores_dir", str(scores), "--output_json", str(tmp_path / "mine.json")])
+    assert json.loads((tmp_path / "mine.json").read_text()) == {"my": "notes"}
+    with pytest.raises(SystemExit):
+        beta_offline_probe.main(["--scores_dir", str(tmp_path / "empty"), "--output_json", str(out)])
