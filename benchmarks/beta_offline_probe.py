@@ -14,24 +14,15 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 
 import numpy as np
-from harness import markdown_table, write_json
+from harness import markdown_table, write_json, written_by
 
 from pu_diffusion.class_prior import best_bin_estimate, estimate_class_prior
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRITTEN_BY = "beta_offline_probe.py"
-
-
-def written_by_us(path: str) -> bool:
-    try:
-        with open(path) as handle:
-            return json.load(handle).get("written_by") == WRITTEN_BY
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def top_bin_share(unlabeled, sensitive) -> float:
@@ -125,7 +116,7 @@ def main(argv=None):
                      "--save_scores first.")  # fmt: skip
     if os.path.isdir(args.output_json):
         parser.error(f"--output_json {args.output_json!r} is a folder: name a .json file.")
-    if os.path.exists(args.output_json) and not written_by_us(args.output_json):
+    if os.path.exists(args.output_json) and not written_by(args.output_json, WRITTEN_BY):
         parser.error(f"--output_json {args.output_json!r} exists and is not this program's output: name a new file.")
     draws = [draw_rows(path) for path in paths]
     summary = summarise(draws)

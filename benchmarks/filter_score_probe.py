@@ -15,14 +15,13 @@ Seconds per cell and variant on a CPU; nothing is trained but the small CNNs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import numpy as np
 import torch
 from accelerate import PartialState
-from harness import markdown_table, write_json
+from harness import markdown_table, read_json, write_json, written_by
 from robustness_benchmark import FULL_CELLS, draw_cell, mnist_source
 from sklearn.metrics import roc_auc_score
 from torch.nn import functional
@@ -155,14 +154,13 @@ WRITTEN_BY = "filter_score_probe.py"  # in every --output_json: an earlier probe
 
 
 def written_by_probe(path: str) -> bool:
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
+    if written_by(path, WRITTEN_BY):
+        return True
+    try:  # or one from before the marker
+        data = read_json(path)
     except (OSError, ValueError):
         return False
-    if not isinstance(data, dict):
-        return False
-    return data.get("written_by") == WRITTEN_BY or set(data) == {"results", "table"}  # or one from before the marker
+    return isinstance(data, dict) and set(data) == {"results", "table"}
 
 
 def main():

@@ -32,6 +32,15 @@ def write_json(path: str, data) -> None:
     write_json_atomic(path, data, default=float)
 
 
+def written_by(path: str, marker: str) -> bool:
+    """Whether the JSON at ``path`` carries ``{"written_by": marker}``: a program replaces only its own output."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("written_by") == marker
+
+
 def mean_std(values, digits: int = 3) -> str:
     """'m ± s' (sample std) of ``values``; the value alone for one; '' for none."""
     values = [float(value) for value in values]
