@@ -132,10 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         default=ADDED_ARGS_NEUTRAL["pu_filter_untrusted_beta"],
         choices=UNTRUSTED_CUT_RULES,
-        help="--pu_filter_unlabeled with --beta auto, when the estimate is not trusted only because its interval is "
-        "wide: estimate: cut with the point estimate (at least 0.1), since a cut too small leaves sensitive images "
-        "in U; default: cut with 0.1, as PU without the filter trains (runs made before this flag). Default "
-        "estimate with --beta auto and --pu_filter_unlabeled.",
+        help="--pu_filter_unlabeled with --beta auto, when the estimate is not trusted: estimate: cut with the point "
+        "estimate where it is above 0.1 (a cut too small leaves sensitive images in U), and train PU with at most "
+        "β = 0.1 on the rest; default: cut with 0.1, as PU without the filter trains (runs made before this flag). "
+        "Default estimate with --beta auto and --pu_filter_unlabeled.",
     )
     parser.add_argument(
         "--sensitive_augment",

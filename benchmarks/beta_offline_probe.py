@@ -4,7 +4,8 @@
 Each draw's cross-fitted U-vs-S scores and the mask of U's hidden sensitive images are read back, so every
 estimator and trust rule sees the same scores and the comparison takes seconds. Per estimator: mean |error|, the
 share of draws within 0.02, the bootstrap interval's coverage, how many estimates are trusted, and how many
-trusted ones are more than 30 % off (the robustness suite's β targets, issue 28).
+trusted ones are more than 30 % off (the robustness suite's β targets, issue 28); and what a `--beta auto
+--pu_filter_unlabeled 1` run would cut under each --pu_filter_untrusted_beta rule.
 
     python benchmarks/filter_score_probe.py ... --save_scores benchmarks/results/robustness/probe_scores
     python benchmarks/beta_offline_probe.py --scores_dir benchmarks/results/robustness/probe_scores
@@ -17,8 +18,10 @@ import glob
 import os
 
 import numpy as np
+from accelerate import PartialState
 from harness import markdown_table, write_json, written_by
 
+from pu_diffusion.beta import UNTRUSTED_CUT_RULES, beta_from_estimate, filter_cut, filter_cut_beta
 from pu_diffusion.class_prior import best_bin_estimate, estimate_class_prior
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +62,44 @@ def draw_rows(path: str) -> dict:
         "true_beta": true_beta,
         "bbe_top_bin_s_share": top_bin_share(unlabeled, sensitive),
         "estimates": estimates,
+        "auto_filter": auto_filter(unlabeled, sensitive, hidden),
     }
+
+
+def auto_filter(unlabeled, sensitive, hidden) -> dict:
+    """What a --beta auto --pu_filter_unlabeled 1 run cuts under each --pu_filter_untrusted_beta rule (the training
+    script's own functions): the cut's β, the share of U's hidden images dropped, the β PU trains with and the true
+    share left."""
+    PartialState()  # the library's accelerate logger (filter_cut_beta warns) needs one
+    first = beta_from_estimate(estimate_class_prior(unlabeled, sensitive, "bbe"))
+    runs = {}
+    for rule in UNTRUSTED_CUT_RULES:
+        cut_first = filter_cut_beta(first, rule)
+        cut = filter_cut(unlabeled, sensitive, cut_first, 1.0)
+        kept = np.ones(len(unlabeled), dtype=bool)
+        kept[cut["dropped_positions"]] = False
+        runs[rule] = {
+            "beta_cut": cut_first["beta"],
+            "hidden_dropped_share": float(hidden[~kept].sum() / hidden.sum()),
+            "beta_trained": cut["beta_left"],
+            "true_beta_left": float(hidden[kept].mean()),
+        }
+    return runs
+
+
+def summarise_rules(draws: list[dict]) -> dict:
+    summary = {}
+    for rule in UNTRUSTED_CUT_RULES:
+        runs = [draw["auto_filter"][rule] for draw in draws]
+        caught = np.array([run["hidden_dropped_share"] for run in runs])
+        over = np.array([run["beta_trained"] - run["true_beta_left"] for run in runs])
+        summary[rule] = {
+            "mean_hidden_dropped_share": float(caught.mean()),
+            "min_hidden_dropped_share": float(caught.min()),
+            "mean_true_beta_left": float(np.mean([run["true_beta_left"] for run in runs])),
+            "max_beta_trained_over_true_left": float(over.max()),
+        }
+    return summary
 
 
 def summarise(draws: list[dict]) -> dict:
@@ -119,13 +159,19 @@ def main(argv=None):
     if os.path.exists(args.output_json) and not written_by(args.output_json, WRITTEN_BY):
         parser.error(f"--output_json {args.output_json!r} exists and is not this program's output: name a new file.")
     draws = [draw_rows(path) for path in paths]
-    summary = summarise(draws)
+    summary, rules = summarise(draws), summarise_rules(draws)
     per_draw, totals = format_tables(draws, summary)
-    print(per_draw, totals, sep="\n\n")
+    rule_table = markdown_table(
+        ["--pu_filter_untrusted_beta", "hidden dropped, mean (min)", "true β left, mean", "β trained − true left, max"],
+        [[rule, f"{r['mean_hidden_dropped_share']:.3f} ({r['min_hidden_dropped_share']:.2f})",
+          f"{r['mean_true_beta_left']:.4f}", f"{r['max_beta_trained_over_true_left']:+.4f}"] for rule, r in rules.items()],
+    )  # fmt: skip
+    print(per_draw, totals, rule_table, sep="\n\n")
     write_json(
         args.output_json,
-        {"draws": draws, "summary": summary, "table": per_draw, "totals": totals, "written_by": WRITTEN_BY},
-    )
+        {"draws": draws, "summary": summary, "rules": rules, "table": per_draw, "totals": totals,
+         "rule_table": rule_table, "written_by": WRITTEN_BY},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from torch.nn import functional
 
 import pu_diffusion.class_prior as class_prior
-from pu_diffusion.beta import UNTRUSTED_CUT_RULES, beta_from_estimate, filter_by_scores, filter_cut_beta
+from pu_diffusion.beta import UNTRUSTED_CUT_RULES, beta_from_estimate, filter_cut, filter_cut_beta
 from pu_diffusion.cli import UsageError
 from pu_diffusion.outputs import check_writable
 from pu_diffusion.pu_dataset import ImageTransform
@@ -93,8 +93,9 @@ def probe(source, cell, seed: int, variant: str, save_scores: str | None = None)
     PartialState()  # the library's accelerate logger (filter_cut_beta warns) needs one
     first = beta_from_estimate(estimate)
     for rule in UNTRUSTED_CUT_RULES:
-        beta_cut = filter_cut_beta(first, rule)["beta"]
-        cut = filter_by_scores(unlabeled, sensitive, beta_cut, 1.0)
+        cut_first = filter_cut_beta(first, rule)
+        beta_cut = cut_first["beta"]
+        cut = filter_cut(unlabeled, sensitive, cut_first, 1.0)
         kept = np.ones(len(unlabeled), dtype=bool)
         kept[cut["dropped_positions"]] = False
         auto_filter[rule] = {

@@ -13,7 +13,7 @@ import numpy as np
 from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list
 
-from .class_prior import MIN_NORMAL_AUC, cross_fitted_scores, estimate_beta_from_images, estimate_class_prior
+from .class_prior import cross_fitted_scores, estimate_beta_from_images, estimate_class_prior
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -164,12 +164,13 @@ def few_sensitive_warning(n_sensitive: int, n_unlabeled: int, beta: float) -> st
 # ---- --pu_filter_unlabeled: drop U's most S-like images before training ----
 
 LOW_FILTER_RECALL = 0.75  # below this estimated share of U's sensitive images in the cut, the run warns
-# --pu_filter_untrusted_beta: what the cut uses when --beta auto's estimate is not trusted only because its interval
-# is wide. "default": DEFAULT_BETA, as PU without the filter (runs made before the flag); "estimate": the point
-# estimate, at least DEFAULT_BETA. For the cut an underestimate is the costly side (the sensitive images it leaves
-# in U can outnumber S); an overestimate drops more normal images and the β left stays small. On 2,6_S100_b0.200
-# (docs/robustness.md) BBE read 0.260 for a true 0.2, untrusted (interval 0.168–0.284): cut with 0.1 the run caught
-# 49 % of the hidden images and stopped 0.050 above the clean floor.
+# --pu_filter_untrusted_beta: what the cut uses when --beta auto's estimate is not trusted. "default": DEFAULT_BETA,
+# as PU without the filter (runs made before the flag); "estimate": the point estimate, at least DEFAULT_BETA, with
+# the β left for PU at most DEFAULT_BETA. For the cut an underestimate is the costly side (the sensitive images it
+# leaves in U can outnumber S); an overestimate drops more normal images. For PU's β an overestimate is the costly
+# side, so an untrusted estimate never sets a β above the default. On 2,6_S100_b0.200 (docs/robustness.md) BBE read
+# 0.260 for a true 0.2, untrusted (interval 0.168–0.284): cut with 0.1 the run caught 49 % of the hidden images and
+# stopped 0.050 above the clean floor; cut with 0.260 it caught 96 % and was at the floor.
 UNTRUSTED_CUT_RULES = ("default", "estimate")
 
 
@@ -202,30 +203,38 @@ def filter_by_scores(unlabeled_scores, sensitive_scores, beta: float, factor: fl
 def filter_cut_beta(first: dict, rule: str) -> dict:
     """The β --pu_filter_unlabeled cuts with, from --beta auto's resolved β ``first`` (see :func:`auto_beta`).
 
-    ``rule`` "estimate" (--pu_filter_untrusted_beta): an estimate that was not trusted only because its interval is
-    wide (S separates from U's normal part) gives its point estimate, at least DEFAULT_BETA; otherwise, and with
-    "default", ``first`` as it is (DEFAULT_BETA when not trusted). A low separability keeps DEFAULT_BETA: there BBE's
-    estimate runs high, and the β left after the cut would too (PU with an overestimated β trains towards S).
+    ``rule`` "estimate" (--pu_filter_untrusted_beta): an estimate that was not trusted gives its point estimate when
+    that is above DEFAULT_BETA, marked ``untrusted_cut`` so that :func:`filter_cut` keeps the β left for PU at most
+    DEFAULT_BETA; otherwise, and with "default", ``first`` as it is (DEFAULT_BETA when not trusted).
     """
     if rule not in UNTRUSTED_CUT_RULES:
         raise ValueError(f"rule must be one of {UNTRUSTED_CUT_RULES}; got {rule!r}.")
     estimate = first["beta_estimate"]
-    if rule == "default" or estimate is None or estimate["trusted"] or estimate["normal_auc"] < MIN_NORMAL_AUC:
+    if rule == "default" or estimate is None or estimate["trusted"]:
         return first
     beta = float(min(estimate["estimate"], 0.99))
     if beta <= DEFAULT_BETA:  # the default already cuts at least as much
         return first
     logger.warning(
-        f"--pu_filter_unlabeled: --beta auto's estimate {estimate['estimate']:.4f} is not trusted only because its "
-        f"interval ({estimate['interval'][0]:.3f}–{estimate['interval'][1]:.3f}) is wide; the cut uses β = {beta:.4f} "
-        f"(the point estimate, at least {DEFAULT_BETA}) rather than {DEFAULT_BETA}: too small a cut leaves sensitive "
-        "images in U (--pu_filter_untrusted_beta default: cut with the default instead)."
+        f"--pu_filter_unlabeled: --beta auto's estimate {estimate['estimate']:.4f} is not trusted, but for the cut an "
+        f"underestimate is the costly side: the cut uses β = {beta:.4f} (the point estimate) rather than "
+        f"{DEFAULT_BETA}, and PU trains with at most β = {DEFAULT_BETA} on what is left "
+        "(--pu_filter_untrusted_beta default: cut with the default instead)."
     )
     source = (
-        f"--beta auto's point estimate, not trusted ({estimate['reason']}), at least {DEFAULT_BETA}, for the cut "
-        "(--pu_filter_untrusted_beta estimate)"
+        f"--beta auto's point estimate, not trusted ({estimate['reason']}), for the cut only "
+        f"(--pu_filter_untrusted_beta estimate; PU's β at most {DEFAULT_BETA})"
     )
-    return {**first, "beta": beta, "beta_source": source}
+    return {**first, "beta": beta, "beta_source": source, "untrusted_cut": True}
+
+
+def filter_cut(unlabeled_scores, sensitive_scores, first: dict, factor: float) -> dict:
+    """:func:`filter_by_scores` with ``first["beta"]``; after a cut an untrusted estimate set (:func:`filter_cut_beta`)
+    the β left is at most DEFAULT_BETA: an untrusted estimate sets how much is dropped, never a larger β for PU."""
+    cut = filter_by_scores(unlabeled_scores, sensitive_scores, first["beta"], factor)
+    if first.get("untrusted_cut"):
+        cut["beta_left"] = min(cut["beta_left"], DEFAULT_BETA)
+    return cut
 
 
 def resolve_filtered_beta(
@@ -273,7 +282,7 @@ def resolve_filtered_beta(
                 lambda: estimate_class_prior(unlabeled_scores, sensitive_scores, estimator), estimator, margin, point
             )
             first = filter_cut_beta(first, untrusted)
-        cut = filter_by_scores(unlabeled_scores, sensitive_scores, first["beta"], factor)
+        cut = filter_cut(unlabeled_scores, sensitive_scores, first, factor)
         dropped = len(cut["dropped_positions"])
         source = (
             f"{first['beta_source']} (β = {first['beta']:.4f}); then --pu_filter_unlabeled {factor} dropped the "

@@ -467,12 +467,12 @@ def test_the_filter_warns_and_falls_back_on_an_untrusted_estimate_as_beta_auto_d
         (0.26, 0.95, False, "estimate", 0.26),  # wide interval only: the cut uses the point estimate
         (0.05, 0.95, False, "estimate", 0.1),  # ... at least the default
         (0.26, 0.95, False, "default", 0.1),  # the rule of runs made before the flag
-        (0.26, 0.80, False, "estimate", 0.1),  # S not separable from U's normal part: the default
+        (0.26, 0.80, False, "estimate", 0.26),  # untrusted for separability too: the cut uses it
         (0.26, 0.95, True, "estimate", 0.26),  # trusted: the estimate, whatever the rule
         (0.26, 0.95, True, "default", 0.26),
     ],
 )
-def test_the_filter_cuts_with_an_untrusted_estimate_only_when_its_interval_alone_is_wide(
+def test_the_filter_cuts_with_an_untrusted_estimate_above_the_default(
     monkeypatch, caplog, estimate, normal_auc, trusted, rule, cut_beta
 ):
     accelerator = one_process()
@@ -491,10 +491,31 @@ def test_the_filter_cuts_with_an_untrusted_estimate_only_when_its_interval_alone
     assert len(cut["dropped_positions"]) == round(cut_beta * 100)
     assert resolved["beta_estimate"]["estimate"] == estimate  # the estimate itself is recorded as it was made
     changed = not trusted and cut_beta != beta.DEFAULT_BETA
-    assert ("the cut uses β = 0.2600" in caplog.text) == changed
+    assert ("the cut uses β = 0.2600 (the point estimate)" in caplog.text) == changed
+    assert resolved["beta"] <= (beta.DEFAULT_BETA if changed else 1)
     assert ("--pu_filter_untrusted_beta estimate" in resolved["beta_source"]) == changed
     with pytest.raises(ValueError, match="rule must be one of"):
         beta.filter_cut_beta(resolved, "upper")
+
+
+def test_after_an_untrusted_cut_pu_trains_with_at_most_the_default_beta(monkeypatch):
+    """S's scores spread over U's whole scale: the cut of 26 holds a quarter of S, so the β left would be ≈ 0.26;
+    an untrusted estimate sets how much is dropped, never a β above the default for PU."""
+    accelerator = one_process()
+    scores = (np.arange(100) / 100.0, np.arange(0, 100, 3) / 100.0)
+    monkeypatch.setattr(beta, "cross_fitted_scores", lambda unlabeled, sensitive, s=scores, **kwargs: s)
+    images = (torch.zeros(100, 1, 4, 4), torch.zeros(34, 1, 4, 4))
+    for trusted, left in ((False, beta.DEFAULT_BETA), (True, None)):
+        made = BetaEstimate(0.26, (0.16, 0.36), "bbe", 0.6, 0.6, 100, 34, trusted, "wide" if not trusted else "ok")
+        monkeypatch.setattr(beta, "estimate_class_prior", lambda unlabeled, sensitive, estimator, m=made: m)
+        resolved = beta.resolve_filtered_beta(
+            accelerator, lambda: images, None, 1.0, "bbe", 1.0, "estimate", 60, untrusted="estimate"
+        )
+        uncapped = 0.26 * 100 * (1 - resolved["unlabeled_filter"]["sensitive_recall"]) / 74
+        assert len(resolved["unlabeled_filter"]["dropped_positions"]) == 26 and uncapped > 0.2
+        assert resolved["beta"] == pytest.approx(left if left is not None else uncapped)
+        assert resolved["unlabeled_filter"]["beta_left"] == resolved["beta"]
+        assert "untrusted_cut" not in resolved
 
 
 @pytest.mark.parametrize(

@@ -395,6 +395,12 @@ def test_the_offline_beta_probe_compares_estimators_on_saved_scores(tmp_path, ca
     lower = result["summary"]["bbe-lower"]
     assert lower["mean_signed_error"] < bbe["mean_signed_error"]  # the interval's lower end sits below
     assert "| a_s0 | 0.100 |" in result["table"] and "| bbe | 2 |" in capsys.readouterr().out
+    for draw in result["draws"]:  # trusted estimates: both rules cut alike, with the estimate
+        runs = draw["auto_filter"]
+        assert runs["default"] == runs["estimate"]
+        assert runs["default"]["beta_cut"] == draw["estimates"]["bbe"]["estimate"]
+        assert runs["default"]["hidden_dropped_share"] > 0.9  # separable: the cut holds the hidden images
+    assert set(result["rules"]) == {"default", "estimate"} and "| estimate |" in result["rule_table"]
     (tmp_path / "mine.json").write_text('{"my": "notes"}')
     with pytest.raises(SystemExit):  # a file it did not write is never replaced
         beta_offline_probe.main(["--scores_dir", str(scores), "--output_json", str(tmp_path / "mine.json")])
