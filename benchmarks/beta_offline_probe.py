@@ -18,10 +18,10 @@ import glob
 import os
 
 import numpy as np
-from accelerate import PartialState
+from filter_score_probe import cuts_under_rules
 from harness import markdown_table, write_json, written_by
 
-from pu_diffusion.beta import UNTRUSTED_CUT_RULES, beta_from_estimate, filter_cut, filter_cut_beta
+from pu_diffusion.beta import UNTRUSTED_CUT_RULES
 from pu_diffusion.class_prior import best_bin_estimate, estimate_class_prior
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,24 +67,19 @@ def draw_rows(path: str) -> dict:
 
 
 def auto_filter(unlabeled, sensitive, hidden) -> dict:
-    """What a --beta auto --pu_filter_unlabeled 1 run cuts under each --pu_filter_untrusted_beta rule (the training
-    script's own functions): the cut's β, the share of U's hidden images dropped, the β PU trains with and the true
-    share left."""
-    PartialState()  # the library's accelerate logger (filter_cut_beta warns) needs one
-    first = beta_from_estimate(estimate_class_prior(unlabeled, sensitive, "bbe"))
-    runs = {}
-    for rule in UNTRUSTED_CUT_RULES:
-        cut_first = filter_cut_beta(first, rule)
-        cut = filter_cut(unlabeled, sensitive, cut_first, 1.0)
-        kept = np.ones(len(unlabeled), dtype=bool)
-        kept[cut["dropped_positions"]] = False
-        runs[rule] = {
-            "beta_cut": cut_first["beta"],
-            "hidden_dropped_share": float(hidden[~kept].sum() / hidden.sum()),
-            "beta_trained": cut["beta_left"],
-            "true_beta_left": float(hidden[kept].mean()),
+    """What a --beta auto --pu_filter_unlabeled 1 run cuts under each --pu_filter_untrusted_beta rule (the probe's
+    :func:`filter_score_probe.cuts_under_rules`): the cut's β, the share of U's hidden images dropped, the β PU trains
+    with and the true share left."""
+    runs = cuts_under_rules(unlabeled, sensitive, hidden, estimate_class_prior(unlabeled, sensitive, "bbe"))
+    return {
+        rule: {
+            "beta_cut": run["beta_cut"],
+            "hidden_dropped_share": run["hidden_dropped_share"],
+            "beta_trained": run["beta_left"],
+            "true_beta_left": run["true_beta_left"],
         }
-    return runs
+        for rule, run in runs.items()
+    }
 
 
 def summarise_rules(draws: list[dict]) -> dict:

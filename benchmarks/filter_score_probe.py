@@ -89,23 +89,10 @@ def probe(source, cell, seed: int, variant: str, save_scores: str | None = None)
             "true_beta_left": round(float(hidden[kept].mean()), 4),
             "kept_per_class": {str(name): int(count) for name, count in zip(classes, counts)},
         }
-    auto_filter = {}  # what a --beta auto --pu_filter_unlabeled 1 run cuts, under each untrusted-estimate rule
-    PartialState()  # the library's accelerate logger (filter_cut_beta warns) needs one
-    first = beta_from_estimate(estimate)
-    for rule in UNTRUSTED_CUT_RULES:
-        cut_first = filter_cut_beta(first, rule)
-        beta_cut = cut_first["beta"]
-        cut = filter_cut(unlabeled, sensitive, cut_first, 1.0)
-        kept = np.ones(len(unlabeled), dtype=bool)
-        kept[cut["dropped_positions"]] = False
-        auto_filter[rule] = {
-            "beta_cut": round(beta_cut, 4),
-            "dropped": len(cut["dropped_positions"]),
-            "hidden_dropped_share": round(float(hidden[~kept].sum() / hidden.sum()), 3),
-            "estimated_share": round(cut["sensitive_recall"], 3),
-            "beta_left": round(cut["beta_left"], 4),
-            "true_beta_left": round(float(hidden[kept].mean()), 4),
-        }
+    auto_filter = {
+        rule: {key: round(value, 3 if key.endswith("share") else 4) for key, value in run.items()}
+        for rule, run in cuts_under_rules(unlabeled, sensitive, hidden, estimate).items()
+    }
     return {
         "cell": cell.name,
         "seed": seed,
@@ -119,6 +106,29 @@ def probe(source, cell, seed: int, variant: str, save_scores: str | None = None)
         "cuts": cuts,
         "auto_filter": auto_filter,
     }
+
+
+def cuts_under_rules(unlabeled, sensitive, hidden, estimate) -> dict:
+    """What a --beta auto --pu_filter_unlabeled 1 run cuts under each --pu_filter_untrusted_beta rule, with the
+    training script's own functions: {rule: beta_cut, dropped, hidden_dropped_share, estimated_share, beta_left (the
+    β PU trains with), true_beta_left}."""
+    PartialState()  # the library's accelerate logger (filter_cut_beta warns) needs one
+    first = beta_from_estimate(estimate)
+    runs = {}
+    for rule in UNTRUSTED_CUT_RULES:
+        cut_first = filter_cut_beta(first, rule)
+        cut = filter_cut(unlabeled, sensitive, cut_first, 1.0)
+        kept = np.ones(len(unlabeled), dtype=bool)
+        kept[cut["dropped_positions"]] = False
+        runs[rule] = {
+            "beta_cut": cut_first["beta"],
+            "dropped": len(cut["dropped_positions"]),
+            "hidden_dropped_share": float(hidden[~kept].sum() / hidden.sum()),
+            "estimated_share": cut["sensitive_recall"],
+            "beta_left": cut["beta_left"],
+            "true_beta_left": float(hidden[kept].mean()),
+        }
+    return runs
 
 
 def format_table(results: list[dict]) -> str:
