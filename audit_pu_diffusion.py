@@ -146,14 +146,16 @@ def read_run(pipeline_path: str) -> dict:
 
 
 def recorded_beta(pipeline_path: str) -> float | None:
-    """The β a pu-diffusion run trained with (its pu_run.json), if the folder has one."""
+    """The share of all of U a pu-diffusion run took to be sensitive (its pu_run.json), if the folder has one: the β
+    it trained with, or with --pu_filter_unlabeled the β its cut used (it trained with the β left in the kept U)."""
     run = read_run(pipeline_path)
     if not run:
         return None
     if run.get("method", "pu") != "pu":  # unsupervised and the baselines never used a β
         return None
     if run.get("beta_resolved"):
-        return float(run["beta_resolved"]["beta"])
+        resolved = run["beta_resolved"]
+        return float(resolved["unlabeled_filter"]["beta_before"] if "unlabeled_filter" in resolved else resolved["beta"])
     return float(run["beta"]) if isinstance(run.get("beta"), (int, float)) else None
 
 

@@ -23,12 +23,14 @@ from pipelines.saving import RETIRED, STAGING, save_pipeline
 from pu_diffusion import training
 from pu_diffusion.arguments import (
     DEFAULT_SENSITIVE_CAP,
+    DEFAULT_UNLABELED_FILTER,
     HelpWithDefaults,
     add_model_arguments,
     add_shared_arguments,
     note_preset_defaults,
     score_repeats_default,
     sensitive_cap_defaults,
+    unlabeled_filter_default,
     validate_training_args,
 )
 from pu_diffusion.beta import ESTIMATION_RESOLUTION, UNTRUSTED_CUT_RULES, drop_filtered, few_sensitive_warning
@@ -120,12 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pu_filter_unlabeled",
         type=finite_float,
-        default=0.0,
-        help="F (opt-in, not in the paper; --method pu): before training, drop from U the F × β × |U| images that "
+        default=None,
+        help="F (--method pu; not in the paper): before training, drop from U the F × β × |U| images that "
         "cross-fitted U-vs-S CNNs (those --beta auto trains) score most S-like, then train PU on the rest with "
         "the β left in it: β·|U|·(1 − r)/|U kept|, where r is the share of S's own held-out scores above the cut. "
-        "β is --beta, or its estimate with --beta auto. Helps where S is small next to the sensitive part of U. "
-        "0: off.",
+        "β is --beta, or its estimate with --beta auto. Helps where S is small next to the sensitive part of U "
+        "(docs/robustness.md). 0: off (the paper's PU on all of U; the default before 2026-12-06). Default "
+        f"{DEFAULT_UNLABELED_FILTER:g} with --method pu, else 0.",
     )
     parser.add_argument(
         "--pu_filter_untrusted_beta",
@@ -231,6 +234,8 @@ def parse_args(input_args=None):
         scheduler = first.inference_scheduler or "euler"
     derived.update(inference_scheduler=scheduler, num_inference_steps=1000 if scheduler == "ddpm" else 50)
     derived.update(sensitive_cap_defaults(parser, input_args, DEFAULT_SENSITIVE_CAP))
+    if first.pu_filter_unlabeled is None:
+        first.pu_filter_unlabeled = derived["pu_filter_unlabeled"] = unlabeled_filter_default(first.method)
     derived.update(score_repeats_default(first))
     if first.beta == "auto" and first.pu_filter_unlabeled:
         derived["pu_filter_untrusted_beta"] = "estimate"

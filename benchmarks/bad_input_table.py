@@ -98,8 +98,10 @@ ROWS = [
     (UNCOND, "U filter -1", TINY + " --output_dir out --pu_filter_unlabeled=-1", None),
     (UNCOND, "U filter nan", TINY + " --output_dir out --pu_filter_unlabeled nan", None),
     (UNCOND, "score repeats 0", TINY + " --output_dir out --beta auto --beta_score_repeats 0", None),
-    (UNCOND, "score patience, β given", TINY + " --output_dir out --beta 0.1 --beta_score_patience 10", None),
-    (UNCOND, "untrusted cut, no filter", TINY + " --output_dir out --beta auto --pu_filter_untrusted_beta estimate", None),
+    (UNCOND, "score patience, nothing scored", TINY + " --output_dir out --beta 0.1 --pu_filter_unlabeled 0 "
+     "--beta_score_patience 10", None),
+    (UNCOND, "untrusted cut, no filter", TINY + " --output_dir out --beta auto --pu_filter_unlabeled 0 "
+     "--pu_filter_untrusted_beta estimate", None),
     (UNCOND, "EraseDiff λ nan", TINY + " --output_dir out --method erasediff --erasediff_lambda nan", None),
     (UNCOND, "EraseDiff η -1", TINY + " --output_dir out --method erasediff --erasediff_eta=-1", None),
     (UNCOND, "contamination 0.9", "--output_dir out --builtin_contamination 0.9", None),

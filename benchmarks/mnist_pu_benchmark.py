@@ -74,11 +74,14 @@ COLUMNS = {
     "unsupervised": ["--method", "unsupervised"],
     "supervised": ["--method", "supervised", "--supervised_form", "paper"],
     "supervised-authors": ["--method", "supervised", "--supervised_form", "authors"],
-    "pu": ["--method", "pu", "--pu_estimator", "abs"],  # train_pu_diffusion.py's default: with the S-loss cap
+    # train_pu_diffusion.py's default: the S-loss cap, and U's most S-like images dropped (--pu_filter_unlabeled 1)
+    "pu": ["--method", "pu", "--pu_estimator", "abs"],
     "pu-nn": ["--method", "pu", "--pu_estimator", "nn"],
-    # the paper's risks, without the cap (the default before 2026-12-05: the same keys as those runs)
-    "pu-uncapped": ["--method", "pu", "--pu_estimator", "abs", "--pu_sensitive_cap", "0"],
-    "pu-nn-uncapped": ["--method", "pu", "--pu_estimator", "nn", "--pu_sensitive_cap", "0"],
+    # the default before 2026-12-06: the cap, no filter (the same keys as those runs)
+    "pu-unfiltered": ["--method", "pu", "--pu_estimator", "abs", "--pu_filter_unlabeled", "0"],
+    # the paper's risks: no cap, no filter (the default before 2026-12-05: the same keys as those runs)
+    "pu-uncapped": ["--method", "pu", "--pu_estimator", "abs", "--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"],
+    "pu-nn-uncapped": ["--method", "pu", "--pu_estimator", "nn", "--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"],
     # Oracles, using labels real data does not have. clean: unsupervised on U without its sensitive images (what
     # a method that finds and removes them could do); pn-oracle: the supervised risk with U's labels known.
     "clean": ["--method", "unsupervised", "--builtin_unlabeled", "clean"],
@@ -203,6 +206,7 @@ def recipe_args(args) -> list[str]:
         config_dir = write_unet_config(os.path.join(args.output_dir, "tiny_unet"))
         argv += ["--model_config_name_or_path", config_dir, "--resolution", "8", "--lr_warmup_steps", "1"]
         argv += ["--train_batch_size", "8", "--sensitive_batch_size", "4"]
+        argv += ["--pu_filter_unlabeled", "0"]  # seconds, not minutes: the filter scores all of the built-in U
     return argv + args.extra_train_args.split()
 
 

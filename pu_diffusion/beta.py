@@ -156,8 +156,8 @@ def few_sensitive_warning(n_sensitive: int, n_unlabeled: int, beta: float) -> st
     return (
         f"S holds {n_sensitive} images, fewer than the ≈{hidden:.0f} sensitive images β = {beta:.3f} puts among U's "
         f"{n_unlabeled}: on the robustness suite PU alone left part of the sensitive content wherever S was this "
-        "small next to them (docs/robustness.md). Add --pu_filter_unlabeled 1 (it drops U's most S-like images "
-        "first), or label more S images."
+        "small next to them (docs/robustness.md). Leave the U filter on (drop --pu_filter_unlabeled 0: it drops U's "
+        "most S-like images first), or label more S images."
     )
 
 

@@ -90,6 +90,41 @@ def _same_flag(key: str, stored: dict, config: dict) -> bool:
     return stored.get(key) == config.get(key)
 
 
+# Defaults train_pu_diffusion.py changed after runs were written: flag → (whether the stored flags hold the old
+# default, the flag that asks for it, what that run predates). A run's hint to resume as it was trained.
+CHANGED_DEFAULTS = {
+    "pu_sensitive_cap": (
+        lambda stored: stored.get("pu_sensitive_cap") is None and stored.get("pu_sensitive_cap_fraction") is None,
+        "--pu_sensitive_cap 0",
+        "the S-loss cap train_pu_diffusion.py adds by default since 2026-12-05",
+    ),
+    "pu_filter_unlabeled": (
+        lambda stored: not stored.get("pu_filter_unlabeled", ADDED_ARGS_NEUTRAL["pu_filter_unlabeled"]),
+        "--pu_filter_unlabeled 0",
+        "the U filter train_pu_diffusion.py runs by default since 2026-12-06",
+    ),
+}
+# Flags whose value another flag's derives: no hint of their own when that flag's old default is restored.
+DERIVED_FROM = {"pu_filter_untrusted_beta": "pu_filter_unlabeled"}
+
+
+def resume_hint(stored: dict, config: dict, differing: list[str]) -> str:
+    """How to resume a stored run whose flags differ only because it predates a flag or a default: the flags that
+    ask for what it trained (a flag missing from ``stored`` at its ADDED_ARGS_NEUTRAL value, a CHANGED_DEFAULTS
+    flag at its old default); "" when no differing flag is of that kind."""
+    restored = {}  # flag → (what asks for the old value, what the run predates)
+    for key in differing:
+        if key in CHANGED_DEFAULTS and config.get("method") == "pu" and CHANGED_DEFAULTS[key][0](stored):
+            restored[key] = CHANGED_DEFAULTS[key][1:]
+        elif key not in stored and ADDED_ARGS_NEUTRAL.get(key) is not None:
+            restored[key] = (f"--{key} {ADDED_ARGS_NEUTRAL[key]}", f"--{key}")
+    restored = {key: value for key, value in restored.items() if DERIVED_FROM.get(key) not in restored}
+    if not restored:
+        return ""
+    flags, predates = zip(*restored.values())
+    return f" That run predates {', '.join(predates)}: add {' '.join(flags)} to resume it as it was trained."
+
+
 # Sub-folders other programs write into a run's folder, with manifests of their own (evaluate_pu_diffusion.py's
 # default --output_dir): cleared with the run by --overwrite_output_dir, except the user's files in them.
 NESTED_OUTPUTS = ("eval",)
@@ -190,26 +225,7 @@ def check_output_dir(
         )
         if differing:
             details = ", ".join(f"--{key} {stored.get(key)!r} → {config.get(key)!r}" for key in differing[:6])
-            hint = ""
-            uncapped = stored.get("pu_sensitive_cap") is None and stored.get("pu_sensitive_cap_fraction") is None
-            if "pu_sensitive_cap" in differing and uncapped and config.get("method") == "pu":
-                hint = (
-                    " That run has no S-loss cap, which train_pu_diffusion.py adds by default since 2026-12-05: "
-                    "add --pu_sensitive_cap 0 to resume it as it was trained."
-                )
-            before = [flag for flag in SCORE_FLAGS if flag not in stored]
-            if any(flag in differing for flag in before):
-                old_values = " ".join(f"--{flag} {ADDED_ARGS_NEUTRAL[flag]}" for flag in SCORE_FLAGS)
-                hint += (
-                    f" That run scored U and S as runs did before {' and '.join(f'--{flag}' for flag in SCORE_FLAGS)} "
-                    f"existed: add {old_values} to resume it as it was trained."
-                )
-            if "pu_filter_untrusted_beta" in differing and "pu_filter_untrusted_beta" not in stored:
-                hint += (
-                    " That run cut U as runs did before --pu_filter_untrusted_beta existed: add "
-                    f"--pu_filter_untrusted_beta {ADDED_ARGS_NEUTRAL['pu_filter_untrusted_beta']} to resume it as it "
-                    "was trained."
-                )
+            hint = resume_hint(stored, config, differing)
             raise UsageError(
                 f"--output_dir {output_dir!r} holds a different run ({details}). Resume with the same flags, or "
                 f"start the new run in another --output_dir.{hint}"

@@ -99,9 +99,17 @@ def test_benchmark_cache_key_follows_effective_flags_only():
     digest = bench.run_key("v", "clean", "even", recipe).rsplit("_", 1)[1]
     assert digest != bench.run_key("v", "unsupervised", "even", recipe).rsplit("_", 1)[1]
     # a key cached before --builtin_unlabeled and --erasediff_* existed is still produced
-    # (and, with --pu_sensitive_cap 0, before the S-loss cap became the default)
-    ema = bench.recipe_args(bench.parse_args(["--quick", "--extra_train_args=--use_ema --pu_sensitive_cap 0"]))
+    # (and, with --pu_sensitive_cap 0 --pu_filter_unlabeled 0, before the S-loss cap and the U filter became the
+    # default)
+    old = "--extra_train_args=--use_ema --pu_sensitive_cap 0 --pu_filter_unlabeled 0"
+    ema = bench.recipe_args(bench.parse_args(["--quick", old]))
     assert bench.run_key("ema", "pu", "even", ema) == "ema_even_pu_41491cb405"
+    assert bench.run_key("ema", "pu-uncapped", "even", ema[:-4]).endswith("_41491cb405")  # the column's own flags
+    # the default filter is the flag it stands for: the runs made with it spelled out are the default's
+    assert key == bench.run_key("v", "pu", "even", recipe + ["--pu_filter_unlabeled", "1"])
+    assert key != bench.run_key("v", "pu", "even", recipe + ["--pu_filter_unlabeled", "0"])
+    unfiltered = bench.run_key("v", "pu-unfiltered", "even", recipe).rsplit("_", 1)[1]
+    assert unfiltered == bench.run_key("v", "pu", "even", recipe + ["--pu_filter_unlabeled", "0"]).rsplit("_", 1)[1]
     # the default cap is the flags it stands for: runs made with them spelled out are the default's
     cap = ["--pu_sensitive_cap", "4", "--pu_sensitive_cap_fraction", "0.4", "--pu_sensitive_cap_reference", "timestep"]
     assert key == bench.run_key("v", "pu", "even", recipe + cap) != bench.run_key("v", "pu", "even", recipe + cap[:2])

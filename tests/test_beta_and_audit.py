@@ -125,19 +125,21 @@ def test_repeated_cross_fitting_is_the_mean_of_independent_cross_fittings():
 
 
 @pytest.mark.parametrize(
-    "flags,repeats",
+    "flags,repeats,patience",
     [
-        (["--beta", "0.1"], 1),  # nothing is scored: 1, what runs made before the flag record
-        (["--beta", "auto"], DEFAULT_SCORE_REPEATS),
-        (["--beta", "0.1", "--pu_filter_unlabeled", "1"], DEFAULT_SCORE_REPEATS),
-        (["--beta", "auto", "--beta_score_repeats", "1"], 1),
-        (["--beta", "auto", "--beta_score_repeats", "5"], 5),
+        # nothing is scored: what runs made before the flags record
+        (["--beta", "0.1", "--pu_filter_unlabeled", "0"], 1, 4),
+        (["--method", "unsupervised"], 1, 4),
+        (["--beta", "auto"], DEFAULT_SCORE_REPEATS, DEFAULT_SCORE_PATIENCE),
+        (["--beta", "0.1"], DEFAULT_SCORE_REPEATS, DEFAULT_SCORE_PATIENCE),  # the default filter scores U and S
+        (["--beta", "0.1", "--pu_filter_unlabeled", "1"], DEFAULT_SCORE_REPEATS, DEFAULT_SCORE_PATIENCE),
+        (["--beta", "auto", "--beta_score_repeats", "1"], 1, DEFAULT_SCORE_PATIENCE),
+        (["--beta", "auto", "--beta_score_repeats", "5"], 5, DEFAULT_SCORE_PATIENCE),
     ],
 )
-def test_score_repeats_default_where_the_cnns_run(tmp_path, flags, repeats):
+def test_score_repeats_default_where_the_cnns_run(tmp_path, flags, repeats, patience):
     args = script.parse_args(["--output_dir", str(tmp_path / "out"), *flags])
-    assert args.beta_score_repeats == repeats
-    assert args.beta_score_patience == (4 if flags == ["--beta", "0.1"] else DEFAULT_SCORE_PATIENCE)
+    assert (args.beta_score_repeats, args.beta_score_patience) == (repeats, patience)
 
 
 def test_the_u_vs_s_cnns_are_cross_fitted_as_the_flags_say(tmp_path, tiny_unet_config, monkeypatch):
@@ -157,7 +159,8 @@ def test_the_u_vs_s_cnns_are_cross_fitted_as_the_flags_say(tmp_path, tiny_unet_c
     for name, extra in (
         ("default", ["--beta", "auto"]),
         ("set", ["--beta", "auto", "--beta_score_repeats", "2", "--beta_score_patience", "7"]),
-        ("filter", ["--beta", "0.1", "--pu_filter_unlabeled", "1"]),
+        ("filter", ["--beta", "0.1"]),  # --method pu filters U by default
+        ("off", ["--beta", "0.1", "--pu_filter_unlabeled", "0"]),
     ):
         script.main(script.parse_args(tiny_args(tmp_path / name, tiny_unet_config(), "--train_data_dir", data, *extra)))
     assert calls == [
@@ -165,6 +168,11 @@ def test_the_u_vs_s_cnns_are_cross_fitted_as_the_flags_say(tmp_path, tiny_unet_c
         (2, 7),
         (DEFAULT_SCORE_REPEATS, DEFAULT_SCORE_PATIENCE),
     ]
+    filtered = json.loads((tmp_path / "filter" / "pu_run.json").read_text())
+    assert filtered["pu_filter_unlabeled"] == 1.0
+    assert len(filtered["beta_resolved"]["unlabeled_filter"]["dropped_positions"]) == 4  # 0.1 × 44 U images
+    off = json.loads((tmp_path / "off" / "pu_run.json").read_text())
+    assert off["pu_filter_unlabeled"] == 0.0 and "unlabeled_filter" not in off["beta_resolved"]
 
 
 def test_a_beta_auto_run_from_before_the_score_flags_resumes_with_their_old_values(
@@ -176,13 +184,13 @@ def test_a_beta_auto_run_from_before_the_score_flags_resumes_with_their_old_valu
 
     monkeypatch.setattr(beta, "estimate_beta_from_images", trusted_estimate(0.2))
     data, out = write_planted_folder(tmp_path / "data"), tmp_path / "old"
-    flags = ["--train_data_dir", data, "--beta", "auto"]
+    flags = ["--train_data_dir", data, "--beta", "auto", "--pu_filter_unlabeled", "0"]
     script.main(script.parse_args(tiny_args(out, tiny_unet_config(), *flags, "--max_train_steps", "3")))
     recorded = json.loads((out / "pu_run.json").read_text())
     del recorded["beta_score_repeats"], recorded["beta_score_patience"]  # as written before the flags existed
     (out / "pu_run.json").write_text(json.dumps(recorded))
     resume = tiny_args(out, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest")
-    with pytest.raises(UsageError, match="add --beta_score_repeats 1 --beta_score_patience 4 to resume it as it was"):
+    with pytest.raises(UsageError, match="add --beta_score_patience 4 --beta_score_repeats 1 to resume it as it was"):
         script.main(script.parse_args(resume))
     monkeypatch.setattr(beta, "estimate_beta_from_images", None)  # a resumed run reads its β, it scores nothing
     script.main(script.parse_args([*resume, "--beta_score_repeats", "1", "--beta_score_patience", "4"]))
@@ -211,7 +219,8 @@ def test_beta_auto_falls_back_openly_and_leaves_the_seed_alone(tmp_path, tiny_un
     must not touch the training's random state, the run trains exactly what --beta 0.1 trains."""
     data = write_planted_folder(tmp_path / "data")
     auto, given = tmp_path / "auto", tmp_path / "given"
-    script.main(script.parse_args(tiny_args(auto, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto")))
+    off = ["--pu_filter_unlabeled", "0"]  # --beta auto alone (the filter's own fallback: its tests below)
+    script.main(script.parse_args(tiny_args(auto, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto", *off)))
     run = json.loads((auto / "pu_run.json").read_text())
     assert run["beta"] == "auto"
     resolved = run["beta_resolved"]
@@ -220,7 +229,7 @@ def test_beta_auto_falls_back_openly_and_leaves_the_seed_alone(tmp_path, tiny_un
     assert not estimate["trusted"] and resolved["beta"] == beta.DEFAULT_BETA
     card = (auto / "README.md").read_text()
     assert "not trusted" in card and "β (fraction of U assumed sensitive): **0.1**" in card
-    script.main(script.parse_args(tiny_args(given, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.1")))
+    script.main(script.parse_args(tiny_args(given, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.1", *off)))
     a, b = (load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")) for folder in (auto, given))
     assert all(torch.equal(a[key], b[key]) for key in a)
 
@@ -234,7 +243,7 @@ def trusted_estimate(value):
 def test_a_resume_trains_with_the_recorded_beta(tmp_path, tiny_unet_config, monkeypatch):
     data = write_planted_folder(tmp_path / "data")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    flags = ["--train_data_dir", data, "--beta", "auto"]
+    flags = ["--train_data_dir", data, "--beta", "auto", "--pu_filter_unlabeled", "0"]
     monkeypatch.setattr(beta, "estimate_beta_from_images", trusted_estimate(0.23))
     script.main(script.parse_args(tiny_args(straight, tiny_unet_config(), *flags)))
     assert json.loads((straight / "pu_run.json").read_text())["beta_resolved"]["beta"] == pytest.approx(0.23)
@@ -264,19 +273,21 @@ def test_an_estimate_that_cannot_be_made_falls_back(tmp_path, tiny_unet_config, 
     monkeypatch.setattr(beta, "estimate_beta_from_images", constant_scores)
     out = tmp_path / "out"
     data = write_planted_folder(tmp_path / "data")
-    script.main(script.parse_args(tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto")))
+    flags = ["--train_data_dir", data, "--beta", "auto", "--pu_filter_unlabeled", "0"]
+    script.main(script.parse_args(tiny_args(out, tiny_unet_config(), *flags)))
     resolved = json.loads((out / "pu_run.json").read_text())["beta_resolved"]
     assert resolved["beta"] == beta.DEFAULT_BETA and "could not estimate" in resolved["beta_source"]
 
 
 def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, monkeypatch):
+    off = ["--pu_filter_unlabeled", "0"]  # the filter's β left: test_train_unconditional.py
     monkeypatch.setattr(beta, "estimate_beta_from_images", trusted_estimate(0.2))
     seen = record_pu_risk_betas(monkeypatch)
     out = tmp_path / "out"
     data = write_planted_folder(tmp_path / "data")
     script.main(
         script.parse_args(
-            tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto", "--beta_margin", "1.5")
+            tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto", "--beta_margin", "1.5", *off)
         )
     )
     assert seen and all(value == pytest.approx(0.3) for value in seen)
@@ -290,8 +301,8 @@ def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, mo
         (["--beta", "auto", "--method", "unsupervised"], "--beta auto estimates β for --method pu"),
         (["--beta_margin", "2"], "--beta_margin 2.0 multiplies the estimate of --beta auto"),
         (["--beta", "auto", "--beta_margin", "0"], "--beta_margin must be > 0"),
-        (["--beta", "0.1", "--beta_score_repeats", "3"], "--beta_score_repeats 3 sets how the U-vs-S CNNs"),
-        (["--beta", "0.1", "--beta_score_patience", "10"], "with --beta 0.1 nothing is scored: drop it"),
+        (["--beta", "0.1", "--pu_filter_unlabeled", "0", "--beta_score_repeats", "3"], "--beta_score_repeats 3 sets how"),
+        (["--method", "unsupervised", "--beta_score_patience", "10"], "and --pu_filter_unlabeled 0 nothing is scored"),
         (["--beta", "auto", "--beta_score_patience", "0"], "--beta_score_patience must lie in 1..40"),
         (["--beta", "auto", "--beta_score_repeats", "0"], "--beta_score_repeats must lie in 1..10; got 0"),
         (["--beta", "auto", "--beta_score_repeats", "11"], "--beta_score_repeats must lie in 1..10; got 11"),
@@ -369,6 +380,20 @@ def test_audit_ranks_a_planted_outlier_first(tmp_path, tiny_unet_config):
     assert audit.recorded_beta(str(model)) is None  # an unsupervised run never used a β
 
 
+def test_the_audit_reads_a_filtered_runs_beta_over_all_of_u(tmp_path):
+    """A --pu_filter_unlabeled run trained with the β left in the U it kept; the audit ranks all of U, so it takes
+    the β the cut used."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    cut = {"factor": 1.0, "beta_before": 0.1, "n_unlabeled": 2200, "dropped_positions": list(range(220))}
+    run = {"method": "pu", "beta": 0.1, "beta_resolved": {"beta": 0.0117, "unlabeled_filter": cut}}
+    (folder / "pu_run.json").write_text(json.dumps(run))
+    assert audit.recorded_beta(str(folder)) == 0.1
+    del run["beta_resolved"]["unlabeled_filter"]  # PU on all of U: the β it trained with
+    (folder / "pu_run.json").write_text(json.dumps(run))
+    assert audit.recorded_beta(str(folder)) == 0.0117
+
+
 def test_audit_refuses_a_missing_pipeline(tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:
         audit.parse_args(["--pipeline", str(tmp_path / "nowhere")])
@@ -378,7 +403,8 @@ def test_audit_refuses_a_missing_pipeline(tmp_path, capsys):
 
 def test_audit_of_a_builtin_run_scores_its_ranking_against_a_reference(tmp_path, tiny_unet_config):
     model = tmp_path / "model"
-    script.main(script.parse_args(tiny_args(model, tiny_unet_config(), "--beta", "0.09")))
+    off = ["--pu_filter_unlabeled", "0"]  # a filtered run's β for the audit: the test below
+    script.main(script.parse_args(tiny_args(model, tiny_unet_config(), "--beta", "0.09", *off)))
     out = tmp_path / "audit"
     summary = audit.main(
         audit.parse_args(
@@ -524,14 +550,53 @@ def test_after_an_untrusted_cut_pu_trains_with_at_most_the_default_beta(monkeypa
         (["--beta", "auto", "--pu_filter_unlabeled", "1"], "estimate"),
         (["--beta", "auto", "--pu_filter_unlabeled", "1", "--pu_filter_untrusted_beta", "default"], "default"),
         (["--beta", "0.1", "--pu_filter_unlabeled", "1"], "default"),
-        (["--beta", "auto"], "default"),
+        (["--beta", "auto"], "estimate"),  # --method pu filters by default
+        (["--beta", "auto", "--pu_filter_unlabeled", "0"], "default"),
     ],
 )
 def test_the_untrusted_cut_rule_defaults_to_the_estimate_where_the_filter_estimates_beta(tmp_path, flags, rule):
     assert script.parse_args(["--output_dir", str(tmp_path / "out"), *flags]).pu_filter_untrusted_beta == rule
 
 
-@pytest.mark.parametrize("flags", [["--beta", "0.1", "--pu_filter_unlabeled", "1"], ["--beta", "auto"]])
+@pytest.mark.parametrize(
+    "flags,factor",
+    [([], 1.0), (["--beta", "auto"], 1.0), (["--pu_filter_unlabeled", "0"], 0.0), (["--method", "erasediff"], 0.0)],
+)
+def test_method_pu_filters_u_by_default_and_zero_turns_it_off(tmp_path, flags, factor):
+    assert script.parse_args(["--output_dir", str(tmp_path / "out"), *flags]).pu_filter_unlabeled == factor
+
+
+@pytest.mark.parametrize("auto", [False, True])
+def test_a_run_without_the_filter_resumes_with_filter_zero(tmp_path, tiny_unet_config, monkeypatch, auto):
+    """A PU run trained without the filter (the default before 2026-12-06) is refused by name when resumed with
+    today's default, with the one flag that fixes it (with --beta auto, not the cut rule the filter derives), and
+    resumes with it."""
+    from pu_diffusion.cli import UsageError
+
+    monkeypatch.setattr(beta, "estimate_beta_from_images", trusted_estimate(0.1))
+    data, out = write_planted_folder(tmp_path / "data"), tmp_path / "old"
+    flags = ["--train_data_dir", data, "--beta", "auto" if auto else "0.1"]
+    script.main(script.parse_args(tiny_args(out, tiny_unet_config(), *flags, "--pu_filter_unlabeled", "0")))
+    recorded = json.loads((out / "pu_run.json").read_text())
+    for key in ("pu_filter_unlabeled", "pu_filter_untrusted_beta"):  # as written before the flags existed
+        del recorded[key]
+    (out / "pu_run.json").write_text(json.dumps(recorded))
+    resume = tiny_args(out, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest")
+    with pytest.raises(UsageError) as refused:
+        script.main(script.parse_args(resume))
+    assert str(refused.value).endswith(
+        "That run predates the U filter train_pu_diffusion.py runs by default since 2026-12-06: add "
+        "--pu_filter_unlabeled 0 to resume it as it was trained."
+    )
+    monkeypatch.setattr(beta, "cross_fitted_scores", None)  # resumed without the filter: nothing is scored
+    monkeypatch.setattr(beta, "estimate_beta_from_images", None)
+    script.main(script.parse_args([*resume, "--pu_filter_unlabeled", "0"]))
+    assert json.loads((out / "train_stats.json").read_text())["global_step"] == 6
+
+
+@pytest.mark.parametrize(
+    "flags", [["--beta", "0.1", "--pu_filter_unlabeled", "1"], ["--beta", "auto", "--pu_filter_unlabeled", "0"]]
+)
 def test_the_untrusted_cut_rule_is_refused_where_nothing_is_cut_with_an_estimate(tmp_path, flags):
     from pu_diffusion.cli import UsageError
 
@@ -587,10 +652,11 @@ def test_few_sensitive_warning_fires_only_when_s_is_smaller_than_what_beta_hides
 def test_a_pu_run_with_a_small_s_says_so_in_its_card(tmp_path, tiny_unet_config):
     out = tmp_path / "out"
     data = write_planted_folder(tmp_path / "data")  # 44 U, 12 S
-    script.main(script.parse_args(tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.5")))
+    off = ["--pu_filter_unlabeled", "0"]  # the warning is for PU on all of U
+    script.main(script.parse_args(tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.5", *off)))
     assert (
         "- warning: S holds 12 images, fewer than the ≈22 sensitive images β = 0.500" in (out / "README.md").read_text()
     )
     quiet = tmp_path / "quiet"
-    script.main(script.parse_args(tiny_args(quiet, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.2")))
+    script.main(script.parse_args(tiny_args(quiet, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.2", *off)))
     assert "warning:" not in (quiet / "README.md").read_text()
