@@ -155,7 +155,9 @@ def recorded_beta(pipeline_path: str) -> float | None:
         return None
     if run.get("beta_resolved"):
         resolved = run["beta_resolved"]
-        return float(resolved["unlabeled_filter"]["beta_before"] if "unlabeled_filter" in resolved else resolved["beta"])
+        return float(
+            resolved["unlabeled_filter"]["beta_before"] if "unlabeled_filter" in resolved else resolved["beta"]
+        )
     return float(run["beta"]) if isinstance(run.get("beta"), (int, float)) else None
 
 

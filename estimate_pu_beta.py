@@ -148,7 +148,12 @@ def main(args) -> dict:
     if estimate.trusted:
         print(f"Trusted: {estimate.reason}. Train with --beta auto, or --beta {estimate.estimate:.3f}.")
     else:
-        print(f"NOT trusted: {estimate.reason}. --beta auto would fall back to --beta 0.1.")
+        cut = max(estimate.estimate, 0.1)
+        print(
+            f"NOT trusted: {estimate.reason}. With --beta auto, train_pu_diffusion.py's U filter would drop the "
+            f"{cut:.3f}·|U| most S-like U images and train PU with at most β = 0.1 on the rest; "
+            "train_pu_text_to_image.py (and --pu_filter_unlabeled 0) would train with β = 0.1."
+        )
     result = {
         **estimate.to_dict(),
         "source": source,

@@ -287,6 +287,7 @@ def run_row(program, label, argv, setup, fixtures, project_root, python, timeout
     scratch = tempfile.mkdtemp(prefix="row-")
     try:
         planted = prepare(scratch, fixtures, setup)
+        present = set(file_hashes(scratch))  # planted files and the copied run's: not what the row created
         fixtures_before = file_hashes(fixtures)
         places = {
             name: os.path.join(fixtures, name)
@@ -316,7 +317,7 @@ def run_row(program, label, argv, setup, fixtures, project_root, python, timeout
         message = (error_lines or warnings or lines or [""])[-1]
         after = file_hashes(scratch)
         changed = sorted(path for path, digest in planted.items() if after.get(path) != digest)
-        created = sorted({path.split(os.sep)[0] for path in after if path not in planted})
+        created = sorted({path.split(os.sep)[0] for path in after if path not in present})
         return {
             "program": program.replace("-m ", "python -m ").replace(".py", ".py"),
             "input": label,

@@ -69,6 +69,8 @@ PAPER = {  # non-sensitive rate, paper Table 2 (MNIST, from scratch, DDPM-1000, 
     ("odd", "pu-uncapped"): 0.975,
 }
 
+# The paper's PU risk in train_pu_diffusion.py: without the S-loss cap and the U filter it adds by default.
+PAPER_RISK = ["--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"]
 # Method columns → train_pu_diffusion.py flags.
 COLUMNS = {
     "unsupervised": ["--method", "unsupervised"],
@@ -80,8 +82,8 @@ COLUMNS = {
     # the default before 2026-12-06: the cap, no filter (the same keys as those runs)
     "pu-unfiltered": ["--method", "pu", "--pu_estimator", "abs", "--pu_filter_unlabeled", "0"],
     # the paper's risks: no cap, no filter (the default before 2026-12-05: the same keys as those runs)
-    "pu-uncapped": ["--method", "pu", "--pu_estimator", "abs", "--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"],
-    "pu-nn-uncapped": ["--method", "pu", "--pu_estimator", "nn", "--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"],
+    "pu-uncapped": ["--method", "pu", "--pu_estimator", "abs", *PAPER_RISK],
+    "pu-nn-uncapped": ["--method", "pu", "--pu_estimator", "nn", *PAPER_RISK],
     # Oracles, using labels real data does not have. clean: unsupervised on U without its sensitive images (what
     # a method that finds and removes them could do); pn-oracle: the supervised risk with U's labels known.
     "clean": ["--method", "unsupervised", "--builtin_unlabeled", "clean"],

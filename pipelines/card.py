@@ -83,6 +83,11 @@ def write_model_card(
         if method == "pu"
         else ""
     )
+    if method == "pu" and "unlabeled_filter" in run:  # --pu_filter_unlabeled: PU trained with the β left in kept U
+        beta_line = (
+            f"- β (fraction of U assumed sensitive): **{_short(run['unlabeled_filter']['beta_before'])}** over all of "
+            f"U, **{_short(run.get('beta'))}** in the U it trained on after the U filter: {run.get('beta_source')}\n"
+        )
     estimator = f" ({run.get('pu_estimator', 'abs')}PU risk)" if method == "pu" else ""
     cap, fraction = run.get("pu_sensitive_cap"), run.get("pu_sensitive_cap_fraction")
     if method == "pu" and (cap is not None or fraction is not None):

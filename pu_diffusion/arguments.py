@@ -535,7 +535,9 @@ def validate_training_args(args) -> None:
         _require(
             scored or getattr(args, flag) == before,
             f"--{flag} {getattr(args, flag)} sets how the U-vs-S CNNs of --beta auto and --pu_filter_unlabeled are "
-            f"trained; with --beta {args.beta} and --pu_filter_unlabeled 0 nothing is scored: drop it.",
+            f"trained; with --beta {args.beta}"
+            + (" and --pu_filter_unlabeled 0" if hasattr(args, "pu_filter_unlabeled") else "")
+            + " nothing is scored: drop it.",
         )
     _require(args.sensitive_batch_size >= 0, f"--sensitive_batch_size must be >= 0; got {args.sensitive_batch_size}.")
     _require(args.loss_temperature > 0, f"--loss_temperature must be > 0; got {args.loss_temperature}.")

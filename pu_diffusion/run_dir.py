@@ -91,38 +91,53 @@ def _same_flag(key: str, stored: dict, config: dict) -> bool:
 
 
 # Defaults train_pu_diffusion.py changed after runs were written: flag → (whether the stored flags hold the old
-# default, the flag that asks for it, what that run predates). A run's hint to resume as it was trained.
+# default, the flag that asks for it, how that run trained). A run's hint to resume as it was trained.
 CHANGED_DEFAULTS = {
     "pu_sensitive_cap": (
         lambda stored: stored.get("pu_sensitive_cap") is None and stored.get("pu_sensitive_cap_fraction") is None,
         "--pu_sensitive_cap 0",
-        "the S-loss cap train_pu_diffusion.py adds by default since 2026-12-05",
+        "without the S-loss cap (on by default since 2026-12-05)",
     ),
     "pu_filter_unlabeled": (
         lambda stored: not stored.get("pu_filter_unlabeled", ADDED_ARGS_NEUTRAL["pu_filter_unlabeled"]),
         "--pu_filter_unlabeled 0",
-        "the U filter train_pu_diffusion.py runs by default since 2026-12-06",
+        "without the U filter (on by default since 2026-12-06)",
     ),
 }
-# Flags whose value another flag's derives: no hint of their own when that flag's old default is restored.
-DERIVED_FROM = {"pu_filter_untrusted_beta": "pu_filter_unlabeled"}
+# Flags another flag's value decides (flag → that flag, and whether it decides them for this stored run): no hint
+# of their own when that flag's old default is restored. Without the cap its shape flags are refused; without the
+# filter nothing is scored unless --beta auto, and the cut rule is moot.
+DERIVED_FROM = {
+    "pu_sensitive_cap_fraction": ("pu_sensitive_cap", lambda stored: True),
+    "pu_sensitive_cap_reference": ("pu_sensitive_cap", lambda stored: True),
+    "pu_filter_untrusted_beta": ("pu_filter_unlabeled", lambda stored: True),
+    "beta_score_repeats": ("pu_filter_unlabeled", lambda stored: stored.get("beta") != "auto"),
+    "beta_score_patience": ("pu_filter_unlabeled", lambda stored: stored.get("beta") != "auto"),
+}
 
 
 def resume_hint(stored: dict, config: dict, differing: list[str]) -> str:
     """How to resume a stored run whose flags differ only because it predates a flag or a default: the flags that
     ask for what it trained (a flag missing from ``stored`` at its ADDED_ARGS_NEUTRAL value, a CHANGED_DEFAULTS
     flag at its old default); "" when no differing flag is of that kind."""
-    restored = {}  # flag → (what asks for the old value, what the run predates)
+    changed, added = {}, {}  # flag → what asks for the old value
     for key in differing:
         if key in CHANGED_DEFAULTS and config.get("method") == "pu" and CHANGED_DEFAULTS[key][0](stored):
-            restored[key] = CHANGED_DEFAULTS[key][1:]
+            changed[key] = CHANGED_DEFAULTS[key][1]
         elif key not in stored and ADDED_ARGS_NEUTRAL.get(key) is not None:
-            restored[key] = (f"--{key} {ADDED_ARGS_NEUTRAL[key]}", f"--{key}")
-    restored = {key: value for key, value in restored.items() if DERIVED_FROM.get(key) not in restored}
-    if not restored:
+            added[key] = f"--{key} {ADDED_ARGS_NEUTRAL[key]}"
+    added = {
+        key: flag
+        for key, flag in added.items()
+        if not (key in DERIVED_FROM and DERIVED_FROM[key][0] in changed and DERIVED_FROM[key][1](stored))
+    }
+    if not changed and not added:
         return ""
-    flags, predates = zip(*restored.values())
-    return f" That run predates {', '.join(predates)}: add {' '.join(flags)} to resume it as it was trained."
+    how = [CHANGED_DEFAULTS[key][2] for key in changed] + (
+        [f"before {', '.join(f'--{k}' for k in added)} existed"] if added else []
+    )
+    flags = " ".join([*changed.values(), *added.values()])
+    return f" That run was trained {' and '.join(how)}: add {flags} to resume it as it was trained."
 
 
 # Sub-folders other programs write into a run's folder, with manifests of their own (evaluate_pu_diffusion.py's

@@ -162,7 +162,8 @@ def test_the_u_vs_s_cnns_are_cross_fitted_as_the_flags_say(tmp_path, tiny_unet_c
         ("filter", ["--beta", "0.1"]),  # --method pu filters U by default
         ("off", ["--beta", "0.1", "--pu_filter_unlabeled", "0"]),
     ):
-        script.main(script.parse_args(tiny_args(tmp_path / name, tiny_unet_config(), "--train_data_dir", data, *extra)))
+        flags = tiny_args(tmp_path / name, tiny_unet_config(), "--train_data_dir", data, *extra, unfiltered=False)
+        script.main(script.parse_args(flags))
     assert calls == [
         (DEFAULT_SCORE_REPEATS, DEFAULT_SCORE_PATIENCE),
         (2, 7),
@@ -220,7 +221,9 @@ def test_beta_auto_falls_back_openly_and_leaves_the_seed_alone(tmp_path, tiny_un
     data = write_planted_folder(tmp_path / "data")
     auto, given = tmp_path / "auto", tmp_path / "given"
     off = ["--pu_filter_unlabeled", "0"]  # --beta auto alone (the filter's own fallback: its tests below)
-    script.main(script.parse_args(tiny_args(auto, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto", *off)))
+    script.main(
+        script.parse_args(tiny_args(auto, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto", *off))
+    )
     run = json.loads((auto / "pu_run.json").read_text())
     assert run["beta"] == "auto"
     resolved = run["beta_resolved"]
@@ -229,7 +232,9 @@ def test_beta_auto_falls_back_openly_and_leaves_the_seed_alone(tmp_path, tiny_un
     assert not estimate["trusted"] and resolved["beta"] == beta.DEFAULT_BETA
     card = (auto / "README.md").read_text()
     assert "not trusted" in card and "β (fraction of U assumed sensitive): **0.1**" in card
-    script.main(script.parse_args(tiny_args(given, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.1", *off)))
+    script.main(
+        script.parse_args(tiny_args(given, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.1", *off))
+    )
     a, b = (load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")) for folder in (auto, given))
     assert all(torch.equal(a[key], b[key]) for key in a)
 
@@ -301,7 +306,10 @@ def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, mo
         (["--beta", "auto", "--method", "unsupervised"], "--beta auto estimates β for --method pu"),
         (["--beta_margin", "2"], "--beta_margin 2.0 multiplies the estimate of --beta auto"),
         (["--beta", "auto", "--beta_margin", "0"], "--beta_margin must be > 0"),
-        (["--beta", "0.1", "--pu_filter_unlabeled", "0", "--beta_score_repeats", "3"], "--beta_score_repeats 3 sets how"),
+        (
+            ["--beta", "0.1", "--pu_filter_unlabeled", "0", "--beta_score_repeats", "3"],
+            "--beta_score_repeats 3 sets how",
+        ),
         (["--method", "unsupervised", "--beta_score_patience", "10"], "and --pu_filter_unlabeled 0 nothing is scored"),
         (["--beta", "auto", "--beta_score_patience", "0"], "--beta_score_patience must lie in 1..40"),
         (["--beta", "auto", "--beta_score_repeats", "0"], "--beta_score_repeats must lie in 1..10; got 0"),
@@ -385,10 +393,10 @@ def test_the_audit_reads_a_filtered_runs_beta_over_all_of_u(tmp_path):
     the β the cut used."""
     folder = tmp_path / "model"
     folder.mkdir()
-    cut = {"factor": 1.0, "beta_before": 0.1, "n_unlabeled": 2200, "dropped_positions": list(range(220))}
-    run = {"method": "pu", "beta": 0.1, "beta_resolved": {"beta": 0.0117, "unlabeled_filter": cut}}
+    cut = {"factor": 1.0, "beta_before": 0.23, "n_unlabeled": 2200, "dropped_positions": list(range(506))}
+    run = {"method": "pu", "beta": "auto", "beta_resolved": {"beta": 0.0117, "unlabeled_filter": cut}}
     (folder / "pu_run.json").write_text(json.dumps(run))
-    assert audit.recorded_beta(str(folder)) == 0.1
+    assert audit.recorded_beta(str(folder)) == 0.23  # the estimate the cut used
     del run["beta_resolved"]["unlabeled_filter"]  # PU on all of U: the β it trained with
     (folder / "pu_run.json").write_text(json.dumps(run))
     assert audit.recorded_beta(str(folder)) == 0.0117
@@ -566,6 +574,37 @@ def test_method_pu_filters_u_by_default_and_zero_turns_it_off(tmp_path, flags, f
     assert script.parse_args(["--output_dir", str(tmp_path / "out"), *flags]).pu_filter_unlabeled == factor
 
 
+def test_the_resume_hint_of_a_run_older_than_the_cap_and_the_filter_names_only_the_flags_that_are_accepted(tmp_path):
+    """A pu_run.json from before the cap, its shape flags, the score flags and the filter: the hint restores the cap
+    and the filter (which decide the rest), and those flags parse into exactly what the run stored."""
+    from pu_diffusion.run_dir import resume_hint
+
+    old = vars(
+        script.parse_args(["--output_dir", str(tmp_path), "--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"])
+    )
+    for key in ("pu_sensitive_cap_reference", "pu_sensitive_cap_fraction", "pu_filter_unlabeled",
+                "pu_filter_untrusted_beta", "beta_score_repeats", "beta_score_patience"):  # fmt: skip
+        del old[key]  # as written before these flags existed
+    now = vars(script.parse_args(["--output_dir", str(tmp_path)]))
+    differing = sorted(key for key in set(old) | set(now) if old.get(key) != now.get(key))
+    hint = resume_hint(old, now, differing)
+    assert hint == (
+        " That run was trained without the U filter (on by default since 2026-12-06) and without the S-loss cap (on by "
+        "default since 2026-12-05): add --pu_filter_unlabeled 0 --pu_sensitive_cap 0 to resume it as it was trained."
+    )
+    fixed = vars(
+        script.parse_args(["--output_dir", str(tmp_path), "--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"])
+    )
+    assert all(fixed[key] == value for key, value in old.items())
+    # one flag added later, alone: its value before it existed
+    auto = vars(script.parse_args(["--output_dir", str(tmp_path), "--pu_filter_unlabeled", "0", "--beta", "auto"]))
+    added = {key: value for key, value in auto.items() if key != "beta_score_repeats"}
+    assert resume_hint(added, {**auto, "beta_score_repeats": 3}, ["beta_score_repeats"]) == (
+        " That run was trained before --beta_score_repeats existed: add --beta_score_repeats 1 to resume it as it was "
+        "trained."
+    )
+
+
 @pytest.mark.parametrize("auto", [False, True])
 def test_a_run_without_the_filter_resumes_with_filter_zero(tmp_path, tiny_unet_config, monkeypatch, auto):
     """A PU run trained without the filter (the default before 2026-12-06) is refused by name when resumed with
@@ -581,12 +620,12 @@ def test_a_run_without_the_filter_resumes_with_filter_zero(tmp_path, tiny_unet_c
     for key in ("pu_filter_unlabeled", "pu_filter_untrusted_beta"):  # as written before the flags existed
         del recorded[key]
     (out / "pu_run.json").write_text(json.dumps(recorded))
-    resume = tiny_args(out, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest")
+    resume = tiny_args(out, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest", unfiltered=False)
     with pytest.raises(UsageError) as refused:
         script.main(script.parse_args(resume))
     assert str(refused.value).endswith(
-        "That run predates the U filter train_pu_diffusion.py runs by default since 2026-12-06: add "
-        "--pu_filter_unlabeled 0 to resume it as it was trained."
+        "That run was trained without the U filter (on by default since 2026-12-06): add --pu_filter_unlabeled 0 to "
+        "resume it as it was trained."
     )
     monkeypatch.setattr(beta, "cross_fitted_scores", None)  # resumed without the filter: nothing is scored
     monkeypatch.setattr(beta, "estimate_beta_from_images", None)
@@ -658,5 +697,7 @@ def test_a_pu_run_with_a_small_s_says_so_in_its_card(tmp_path, tiny_unet_config)
         "- warning: S holds 12 images, fewer than the ≈22 sensitive images β = 0.500" in (out / "README.md").read_text()
     )
     quiet = tmp_path / "quiet"
-    script.main(script.parse_args(tiny_args(quiet, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.2", *off)))
+    script.main(
+        script.parse_args(tiny_args(quiet, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.2", *off))
+    )
     assert "warning:" not in (quiet / "README.md").read_text()

@@ -72,18 +72,22 @@ def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flag
     )
     # a flag the script gained after records were cached keeps their keys at its neutral value (a committed
     # record's key, computed before --sensitive_augment existed), and makes a new key at any other
-    # (--pu_sensitive_cap 0: the paper's uncapped risk, the default before the S-loss cap)
+    # (--pu_sensitive_cap 0 --pu_filter_unlabeled 0: the paper's risk, the default before the S-loss cap and the
+    # U filter)
     default = suite.run_flags(args, "pu", "true", suite.FULL_CELLS[0])
-    pu = default + ["--pu_sensitive_cap", "0"]
+    unfiltered = default + ["--pu_filter_unlabeled", "0"]
+    pu = unfiltered + ["--pu_sensitive_cap", "0"]
     assert suite.run_key(pu) == suite.run_key(pu + ["--sensitive_augment", "0"]) == "75168e4788"
     assert suite.run_key(pu + ["--sensitive_augment", "0.25"]) != suite.run_key(pu)
-    cap = default + ["--pu_sensitive_cap", "4"]  # a cached candidate's key (before --pu_sensitive_cap_reference)
+    cap = unfiltered + ["--pu_sensitive_cap", "4"]  # a cached candidate's key (before --pu_sensitive_cap_reference)
     assert suite.run_key(cap) == suite.run_key(cap + ["--pu_sensitive_cap_reference", "batch"]) == "76d93936e4"
     assert suite.run_key(cap + ["--pu_sensitive_cap_reference", "timestep"]) != suite.run_key(cap)
-    assert suite.run_key(default + ["--pu_sensitive_cap_fraction", "0.4"]) != suite.run_key(cap)
-    # the default is the candidate those records call cap 4 + ρ 0.4 + timestep: its cached runs are the default's
+    assert suite.run_key(unfiltered + ["--pu_sensitive_cap_fraction", "0.4"]) != suite.run_key(cap)
+    # the default before the filter is the candidate those records call cap 4 + ρ 0.4 + timestep
     candidate = ["--pu_sensitive_cap", "4", "--pu_sensitive_cap_fraction", "0.4", "--pu_sensitive_cap_reference"]
-    assert suite.run_key(default) == suite.run_key(default + candidate + ["timestep"]) == "cc05053690"
+    assert suite.run_key(unfiltered) == suite.run_key(unfiltered + candidate + ["timestep"]) == "cc05053690"
+    # and today's default is the candidate --pu_filter_unlabeled 1 of session 17 (a committed record's key)
+    assert suite.run_key(default) == suite.run_key(default + ["--pu_filter_unlabeled", "1"]) == "91699c3c81"
     with pytest.raises(SystemExit):
         suite.parse_args(["--cells", "no-such-cell"])
     with pytest.raises(SystemExit):
@@ -196,7 +200,9 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
         for steps in (2, 3):  # the share is of samples the judge calls a seven
             counts = row[f"class_counts_ddim{steps}"][0]
             assert sum(counts) == 8 and row[f"sensitive_share_ddim{steps}"][0] == pytest.approx(counts[7] / 8)
-    assert rows[("true", "pu")]["beta_trained"] == [0.2]
+    # --method pu filters U by default: PU trains with the β left after the cut of β·|U| = 10 images
+    assert rows[("true", "pu")]["unlabeled_filter"]["beta_before"] == [0.2]
+    assert rows[("true", "pu")]["unlabeled_filter"]["dropped"] == [10] and rows[("true", "pu")]["beta_trained"][0] < 0.2
     records = [json.loads(path.read_text()) for path in (out / "cache").glob("*.json")]
     pu_logs = [record["training_log"] for record in records if record["method"] == "pu"]
     assert len(pu_logs) == 2 and all(log["steps"] == 2 and log["nn_branch_steps"] == 0 for log in pu_logs)
@@ -239,13 +245,13 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     assert (out / "candidates.png").exists()
     # records of another sample count are not this study's
     assert suite.main(suite.parse_args([*argv, "--report_only", "--num_samples", "4"]))["rows"] == []
-    # --pu_filter_unlabeled: the suite records what the cut really dropped, from the files' classes
-    monkeypatch.undo()
-    monkeypatch.setenv("PU_DIFFUSION_CACHE", str(tmp_path / "cache"))
-    fast_classifier(monkeypatch)
+    # --pu_filter_unlabeled: the suite records what the cut really dropped, from the files' classes (the flag spelled
+    # out is the default: read from the cache, nothing trains)
     filtered = suite.main(suite.parse_args([*argv[:1], "--beta_modes", "true", *argv[4:], "--extra_train_args",
                                             "--pu_filter_unlabeled 1"]))  # fmt: skip
-    (cut,) = [row["unlabeled_filter"] for row in filtered["rows"] if row["method"] == "pu"]
+    (cut,) = [
+        row["unlabeled_filter"] for row in filtered["rows"] if (row["method"], row["beta_mode"]) == ("pu", "true")
+    ]
     (record,) = [json.loads(path.read_text()) for path in (out / "cache").glob("*_pu-true_*.json")
                  if "unlabeled_filter" in json.loads(path.read_text())["beta"]]  # fmt: skip
     truth = record["beta"]["unlabeled_filter_truth"]

@@ -481,3 +481,4 @@ def test_filter_unlabeled_drops_the_most_s_like_u_images_and_trains_with_the_bet
     assert hidden / 200 == pytest.approx(cut["sensitive_recall"], abs=0.25) and hidden > 100
     card = (out / "README.md").read_text()
     assert "--pu_filter_unlabeled 1.0 dropped the 220 U images" in card and "U images kept by" in card
+    assert f"**0.1** over all of U, **{resolved['beta']:.4g}** in the U it trained on after the U filter" in card
