@@ -34,7 +34,6 @@ def tiny_args(output_dir, unet_config, *extra, unfiltered=True):
     """Flags of a fast built-in MNIST run on a tiny UNet at 8×8; ``unfiltered``: without the U filter --method pu
     runs by default (it scores U with CNNs first: the filter's own tests run it)."""
     return [
-        *(["--pu_filter_unlabeled", "0"] if unfiltered else []),
         "--output_dir",
         str(output_dir),
         "--model_config_name_or_path",
@@ -61,6 +60,7 @@ def tiny_args(output_dir, unet_config, *extra, unfiltered=True):
         "none",
         "--lr_warmup_steps",
         "2",
+        *(["--pu_filter_unlabeled", "0"] if unfiltered else []),
         *extra,
     ]
 
