@@ -24,6 +24,7 @@ from pu_diffusion.arguments import (
     HelpWithDefaults,
     add_data_arguments,
 )
+from pu_diffusion.beta import DEFAULT_BETA
 from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
 from pu_diffusion.class_prior import ESTIMATORS, estimate_beta_from_images
 from pu_diffusion.cli import UsageError, run_cli
@@ -148,11 +149,11 @@ def main(args) -> dict:
     if estimate.trusted:
         print(f"Trusted: {estimate.reason}. Train with --beta auto, or --beta {estimate.estimate:.3f}.")
     else:
-        cut = max(estimate.estimate, 0.1)
+        cut = max(estimate.estimate, DEFAULT_BETA)  # pu_diffusion.beta.filter_cut_beta's rule
         print(
             f"NOT trusted: {estimate.reason}. With --beta auto, train_pu_diffusion.py's U filter would drop the "
-            f"{cut:.3f}·|U| most S-like U images and train PU with at most β = 0.1 on the rest; "
-            "train_pu_text_to_image.py (and --pu_filter_unlabeled 0) would train with β = 0.1."
+            f"{cut:.3f}·|U| most S-like U images and train PU with at most β = {DEFAULT_BETA} on the rest; "
+            f"train_pu_text_to_image.py (and --pu_filter_unlabeled 0) would train with β = {DEFAULT_BETA}."
         )
     result = {
         **estimate.to_dict(),

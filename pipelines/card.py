@@ -77,17 +77,17 @@ def write_model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     method = run.get("method", "pu")
-    beta_line = (
-        f"- β (fraction of U assumed sensitive): **{_short(run.get('beta'))}**, "
-        f"{run.get('beta_source', 'given with --beta')}\n"
-        if method == "pu"
-        else ""
-    )
-    if method == "pu" and "unlabeled_filter" in run:  # --pu_filter_unlabeled: PU trained with the β left in kept U
-        beta_line = (
-            f"- β (fraction of U assumed sensitive): **{_short(run['unlabeled_filter']['beta_before'])}** over all of "
-            f"U, **{_short(run.get('beta'))}** in the U it trained on after the U filter: {run.get('beta_source')}\n"
-        )
+    beta_line = ""
+    if method == "pu":
+        beta, source = f"**{_short(run.get('beta'))}**", run.get("beta_source", "given with --beta")
+        if "unlabeled_filter" in run:  # --pu_filter_unlabeled: PU trained with the β left in the kept U
+            before = _short(run["unlabeled_filter"]["beta_before"])
+            beta_line = (
+                f"- β (fraction of U assumed sensitive): **{before}** over all of U, {beta} in the U it trained on "
+                f"after the U filter: {source}\n"
+            )
+        else:
+            beta_line = f"- β (fraction of U assumed sensitive): {beta}, {source}\n"
     estimator = f" ({run.get('pu_estimator', 'abs')}PU risk)" if method == "pu" else ""
     cap, fraction = run.get("pu_sensitive_cap"), run.get("pu_sensitive_cap_fraction")
     if method == "pu" and (cap is not None or fraction is not None):
