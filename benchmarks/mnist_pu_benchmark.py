@@ -133,6 +133,12 @@ def parse_args(input_args=None):
         help=f"Ablation protocol: seeds 0 1 2, {QUICK_STEPS} steps, DDIM-50 on 2,000 samples (unless given).",
     )
     parser.add_argument("--samplers", nargs="+", default=None, help="Sampler specs name:steps[:num_samples].")
+    parser.add_argument(
+        "--vary_split",
+        action="store_true",
+        help="Draw each seed its own U/S/test split (--split_seed = the seed), so the spread over seeds holds the "
+        "data draw too. Its runs are cached apart from the fixed-split runs (split seed 0, the README's table).",
+    )
     parser.add_argument("--num_samples", type=int, default=2000)
     parser.add_argument(
         "--fid_features", nargs="+", default=["classifier"], choices=["classifier", "inception"], help="FD spaces."
@@ -155,6 +161,22 @@ def parse_args(input_args=None):
     args = parser.parse_args(input_args)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.variant):
         parser.error(f"--variant {args.variant!r} names cached files: use letters, digits, '.', '_' and '-' only.")
+    if args.vary_split:  # its runs sit on other data: a row of their own, paired only with each other
+        if args.variant == "default":
+            parser.error(
+                "--vary_split trains on another split per seed: name its runs with --variant (e.g. "
+                "--variant split-by-seed), so they never share a row with the fixed-split table."
+            )
+        if "--split_seed" in args.extra_train_args.split():
+            parser.error(
+                "--vary_split sets --split_seed to each run's seed: drop --split_seed from --extra_train_args."
+            )
+        if args.baseline_variant not in ("default", args.variant):
+            parser.error(
+                f"--vary_split pairs runs on the same split: --baseline_variant must be {args.variant!r} "
+                "(runs of this invocation), not another variant's fixed split."
+            )
+        args.baseline_variant = args.variant
     if args.quick:
         if args.max_train_steps is None:
             args.max_train_steps = QUICK_STEPS
@@ -221,12 +243,13 @@ def recipe_args(args) -> list[str]:
 KEY_IGNORED_FLAGS = ("output_dir", "seed", "ddp_timeout")
 
 
-def run_key(variant: str, column: str, split: str, recipe: list[str]) -> str:
+def run_key(variant: str, column: str, split: str, recipe: list[str], vary_split: bool = False) -> str:
     """Identifies a recipe (everything but the seed): the cache and the tables group runs by it.
 
     It hashes the *effective* training flags (what train_pu_diffusion.py parses from the run's argv, defaults
     included), so a changed default of the script or of the built-in preset never reuses results trained under
-    the old one.
+    the old one. ``vary_split`` (the split follows the seed) marks the key, so those runs never mix with the
+    fixed-split runs of the same flags.
     """
     import train_pu_diffusion
 
@@ -238,15 +261,20 @@ def run_key(variant: str, column: str, split: str, recipe: list[str]) -> str:
         and not neutral_flag(key, value, parsed["method"])
         and not (key.startswith("erasediff_") and parsed["method"] != "erasediff")
     }
+    if vary_split:
+        effective["split_seed"] = "the run's seed"
     text = json.dumps(sorted(effective.items()), default=str)
     return f"{variant}_{split}_{column}_{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
-def train_argv(run_dir: str, column: str, split: str, seed: int, recipe: list[str]) -> list[str]:
+def train_argv(
+    run_dir: str, column: str, split: str, seed: int, recipe: list[str], vary_split: bool = False
+) -> list[str]:
     return (
         ["--output_dir", run_dir, "--overwrite_output_dir", "--preset", f"builtin-mnist-{split}"]
         + ["--seed", str(seed), "--checkpointing_steps", "1000000", "--validation_steps", "0"]
         + ["--report_to", "none", "--num_final_images", "0"]
+        + (["--split_seed", str(seed)] if vary_split else [])
         + COLUMNS[column]
         + recipe
     )
@@ -278,7 +306,7 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
         print(f"[cached] {variant} {split} {column} seed {seed}", flush=True)
         return record
     run_dir = os.path.join(args.output_dir, "runs", f"{key}_s{seed}")
-    argv = train_argv(run_dir, column, split, seed, recipe)
+    argv = train_argv(run_dir, column, split, seed, recipe, args.vary_split)
     if record is None or not os.path.isfile(os.path.join(run_dir, "model_index.json")):
         timing = train(argv)  # deterministic given the seed: a retrain reproduces a deleted model
         if record is None:
@@ -671,7 +699,7 @@ def main(args):
     for beta in args.beta_sweep or []:
         plan.append((f"beta{beta:g}", "pu", recipe + ["--beta", str(beta)]))
     splits = [] if args.report_only else args.splits
-    keys = {(split, index): run_key(variant, column, split, run_recipe)  # the seed is not part of a key
+    keys = {(split, index): run_key(variant, column, split, run_recipe, args.vary_split)  # the seed is not in it
             for split in splits for index, (variant, column, run_recipe) in enumerate(plan)}  # fmt: skip
     cache_dir = os.path.join(args.output_dir, "cache")
     planned = [(keys[split, index], plan[index][2]) for split in splits for index in range(len(plan))]

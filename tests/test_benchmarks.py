@@ -86,6 +86,30 @@ def test_benchmark_defaults_seeds_and_samplers_by_mode():
             parse(bad)
 
 
+def test_vary_split_trains_each_seed_on_its_own_split_under_keys_of_its_own(capsys):
+    bench = mnist_pu_benchmark
+    import train_pu_diffusion
+
+    args = bench.parse_args(["--vary_split", "--variant", "by-seed", "--quick"])
+    assert args.baseline_variant == "by-seed"  # paired only with runs on the same split
+    recipe = bench.recipe_args(args)
+    for seed in (0, 3):
+        argv = bench.train_argv("run", "pu", "even", seed, recipe, vary_split=True)
+        assert train_pu_diffusion.parse_args(argv).split_seed == seed
+    assert train_pu_diffusion.parse_args(bench.train_argv("run", "pu", "even", 3, recipe)).split_seed == 0
+    fixed = bench.run_key("by-seed", "pu", "even", recipe)
+    assert bench.run_key("by-seed", "pu", "even", recipe, vary_split=True) != fixed
+    refused = {
+        "--variant": ["--vary_split"],  # would share the fixed-split table's rows
+        "--split_seed": ["--vary_split", "--variant", "v", "--extra_train_args=--split_seed 2"],
+        "--baseline_variant": ["--vary_split", "--variant", "v", "--baseline_variant", "other"],
+    }
+    for flag, argv in refused.items():
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert flag in capsys.readouterr().err
+
+
 def test_benchmark_cache_key_follows_effective_flags_only():
     bench = mnist_pu_benchmark
     recipe = bench.recipe_args(bench.parse_args(["--quick"]))
