@@ -167,9 +167,17 @@ def parse_args(input_args=None):
                 "--vary_split trains on another split per seed: name its runs with --variant (e.g. "
                 "--variant split-by-seed), so they never share a row with the fixed-split table."
             )
-        if "--split_seed" in args.extra_train_args.split():
+        import train_pu_diffusion  # the flags as the script reads them: --split_seed=2 and --split_s 2 count too
+
+        if train_pu_diffusion.parse_args(train_argv("run", "pu", "even", 0, args.extra_train_args.split())).split_seed:
             parser.error(
                 "--vary_split sets --split_seed to each run's seed: drop --split_seed from --extra_train_args."
+            )
+        if args.beta_sweep or args.report_only:
+            parser.error(
+                f"--vary_split names what to train; {'--beta_sweep' if args.beta_sweep else '--report_only'} "
+                "does not take it (a sweep's variants would share the fixed-split sweep's names; --report_only "
+                "tabulates every cached run as it was trained)."
             )
         if args.baseline_variant not in ("default", args.variant):
             parser.error(
@@ -274,9 +282,9 @@ def train_argv(
         ["--output_dir", run_dir, "--overwrite_output_dir", "--preset", f"builtin-mnist-{split}"]
         + ["--seed", str(seed), "--checkpointing_steps", "1000000", "--validation_steps", "0"]
         + ["--report_to", "none", "--num_final_images", "0"]
-        + (["--split_seed", str(seed)] if vary_split else [])
         + COLUMNS[column]
         + recipe
+        + (["--split_seed", str(seed)] if vary_split else [])
     )
 
 
@@ -319,6 +327,8 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
                 "recipe": recipe,
                 "baseline_variant": args.baseline_variant,
                 "train_argv": [a for a in argv if not a.startswith(os.sep)],
+                "vary_split": args.vary_split,
+                "split_seed": split_seed_of(argv),
                 **timing,
                 "beta": trained_beta(run_dir),
                 "training_log": training_log_summary(run_dir),
@@ -378,9 +388,7 @@ def add_inception_from_samples(args, record: dict, record_path: str, spec: str) 
     if _FID_HELPER is None:
         _FID_HELPER = load_fid_helper(["inception"])
     samples = torch.from_numpy(np.load(path)).float() / 127.5 - 1
-    argv = record["train_argv"]
-    split_seed = int(argv[argv.index("--split_seed") + 1]) if "--split_seed" in argv else 0
-    split = builtin_pu_split(f"builtin-mnist-{record['split']}", split_seed)
+    split = builtin_pu_split(f"builtin-mnist-{record['split']}", split_seed_of(record["train_argv"]))
     record["evaluations"][spec].update(builtin_inception_distance(samples, split, _FID_HELPER))
     write_json(record_path, record)
     print(
@@ -404,6 +412,14 @@ def has_fid(metrics: dict | None, args) -> bool:
 def cached_records(cache_dir: str) -> list[dict]:
     names = sorted(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else []
     return [read_json(os.path.join(cache_dir, name)) for name in names if name.endswith(".json")]
+
+
+def split_seed_of(train_args: list[str]) -> int:
+    """The --split_seed a run trained with, read from its argv as train_pu_diffusion.py reads it (the last one wins;
+    ``--split_seed=3`` and abbreviations count)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--split_seed", type=int, default=0)
+    return parser.parse_known_args(train_args)[0].split_seed
 
 
 def check_one_recipe_per_row(records: list[dict], planned=()) -> None:
@@ -431,8 +447,10 @@ def summarize(records: list[dict]) -> list[dict]:
     groups: dict[tuple, dict[int, dict]] = {}
     betas: dict[tuple, list[dict]] = {}
     baselines = {}
+    split_modes: dict[tuple, set] = {}  # (variant, method) → whether its runs drew the split per seed (--vary_split)
     for record in records:
         baselines[record["variant"]] = record.get("baseline_variant", "default")
+        split_modes.setdefault((record["variant"], record["name"]), set()).add(bool(record.get("vary_split")))
         for spec, metrics in record["evaluations"].items():
             group = (record["split"], recipe_steps(record["recipe"]), record["variant"], record["name"], spec)
             groups.setdefault(group, {})[record["seed"]] = metrics
@@ -486,6 +504,8 @@ def summarize(records: list[dict]) -> list[dict]:
         own = (split, steps, variant, "unsupervised", spec) in groups
         base_variant = variant if own else baselines.get(variant, "default")
         base = groups.get((split, steps, base_variant, "unsupervised", spec), {})
+        if split_modes.get((base_variant, "unsupervised")) != split_modes[variant, column]:
+            base = {}  # a seed of a --vary_split run is another split's seed: paired only within one split mode
         paired = [seed for seed in seeds if seed in base]
         row["baseline"] = f"{base_variant}/unsupervised" if paired else None
         if column != "unsupervised" and paired:

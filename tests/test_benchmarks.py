@@ -86,28 +86,74 @@ def test_benchmark_defaults_seeds_and_samplers_by_mode():
             parse(bad)
 
 
-def test_vary_split_trains_each_seed_on_its_own_split_under_keys_of_its_own(capsys):
+def test_vary_split_trains_each_seed_on_its_own_split_under_keys_of_its_own(tmp_path, monkeypatch, capsys):
     bench = mnist_pu_benchmark
     import train_pu_diffusion
 
-    args = bench.parse_args(["--vary_split", "--variant", "by-seed", "--quick"])
-    assert args.baseline_variant == "by-seed"  # paired only with runs on the same split
-    recipe = bench.recipe_args(args)
+    trained = []
+
+    class StopBeforeTrainingError(Exception):
+        pass
+
+    def fake_train(argv):  # what main → run_one would train, without training it
+        trained.append(train_pu_diffusion.parse_args(argv).split_seed)
+        raise StopBeforeTrainingError
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    out = tmp_path / "bench"
     for seed in (0, 3):
-        argv = bench.train_argv("run", "pu", "even", seed, recipe, vary_split=True)
-        assert train_pu_diffusion.parse_args(argv).split_seed == seed
-    assert train_pu_diffusion.parse_args(bench.train_argv("run", "pu", "even", 3, recipe)).split_seed == 0
+        args = bench.parse_args(
+            ["--vary_split", "--variant", "by-seed", "--seeds", str(seed), "--output_dir", str(out)]
+        )
+        assert args.baseline_variant == "by-seed"  # paired only with runs on the same split
+        with pytest.raises(StopBeforeTrainingError):
+            bench.main(args)
+    assert trained == [0, 3]
+    recipe = bench.recipe_args(args)
     fixed = bench.run_key("by-seed", "pu", "even", recipe)
     assert bench.run_key("by-seed", "pu", "even", recipe, vary_split=True) != fixed
+    assert bench.split_seed_of(bench.train_argv("run", "pu", "even", 3, recipe, vary_split=True)) == 3
+    assert bench.split_seed_of(["--split_seed=2", "--seed", "1"]) == 2 and bench.split_seed_of(["--seed", "1"]) == 0
+
     refused = {
-        "--variant": ["--vary_split"],  # would share the fixed-split table's rows
-        "--split_seed": ["--vary_split", "--variant", "v", "--extra_train_args=--split_seed 2"],
-        "--baseline_variant": ["--vary_split", "--variant", "v", "--baseline_variant", "other"],
+        "name its runs with --variant": ["--vary_split"],  # would share the fixed-split table's rows
+        "drop --split_seed": ["--vary_split", "--variant", "v", "--extra_train_args=--split_seed 2"],
+        "drop --split_seed ": ["--vary_split", "--variant", "v", "--extra_train_args=--split_seed=2"],
+        "drop --split_seed  ": ["--vary_split", "--variant", "v", "--extra_train_args=--split_s 2"],
+        "--baseline_variant must be": ["--vary_split", "--variant", "v", "--baseline_variant", "other"],
+        "--beta_sweep does not take it": ["--vary_split", "--variant", "v", "--beta_sweep", "0.2"],
+        "--report_only does not take it": ["--vary_split", "--variant", "v", "--report_only"],
     }
-    for flag, argv in refused.items():
+    for message, argv in refused.items():
         with pytest.raises(SystemExit):
             bench.parse_args(argv)
-        assert flag in capsys.readouterr().err
+        assert message.strip() in capsys.readouterr().err
+
+
+def test_rows_pair_seeds_only_within_one_split_mode():
+    """Seed 1 of a --vary_split run is another split's seed 1: never paired with a fixed-split unsupervised run."""
+
+    def record(variant, name, seed, nsr, vary, baseline="default"):
+        metrics = {
+            "non_sensitive_rate": nsr,
+            "predicted_class_counts": [int(nsr * 100), 0, 100 - int(nsr * 100)],
+            "sensitive_classes": [2],
+            "ceiling": 1.0,
+            "frechet_distance_classifier_features": 10.0 + seed,
+        }
+        return {"variant": variant, "name": name, "split": "even", "seed": seed, "recipe": [], "vary_split": vary,
+                "baseline_variant": baseline, "evaluations": {"ddim:50:100": metrics}}  # fmt: skip
+
+    fixed = [record("default", "unsupervised", seed, 0.8 + seed / 100, False) for seed in (0, 1, 2)]
+    varied_pu = [record("v", "pu", seed, 0.9 + seed / 100, True, "v") for seed in (0, 1, 2)]
+    rows = {(r["variant"], r["method"]): r for r in mnist_pu_benchmark.summarize(fixed + varied_pu)}
+    assert rows["v", "pu"]["baseline"] is None  # its own variant has no unsupervised run: nothing to pair with
+    same_name = [record("v", "unsupervised", seed, 0.8, False) for seed in (0, 1, 2)]  # fixed-split, same name
+    rows = {(r["variant"], r["method"]): r for r in mnist_pu_benchmark.summarize(fixed + same_name + varied_pu)}
+    assert rows["v", "pu"]["baseline"] is None
+    varied_unsup = [record("v", "unsupervised", seed, 0.8, True, "v") for seed in (0, 1, 2)]
+    rows = {(r["variant"], r["method"]): r for r in mnist_pu_benchmark.summarize(fixed + varied_unsup + varied_pu)}
+    assert rows["v", "pu"]["baseline"] == "v/unsupervised" and rows["v", "pu"]["paired_seeds"] == [0, 1, 2]
 
 
 def test_benchmark_cache_key_follows_effective_flags_only():
