@@ -24,7 +24,7 @@ from pu_diffusion.arguments import (
     HelpWithDefaults,
     add_data_arguments,
 )
-from pu_diffusion.beta import DEFAULT_BETA
+from pu_diffusion.beta import DEFAULT_BETA, untrusted_cut_beta
 from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
 from pu_diffusion.class_prior import ESTIMATORS, estimate_beta_from_images
 from pu_diffusion.cli import UsageError, run_cli
@@ -149,7 +149,7 @@ def main(args) -> dict:
     if estimate.trusted:
         print(f"Trusted: {estimate.reason}. Train with --beta auto, or --beta {estimate.estimate:.3f}.")
     else:
-        cut = max(estimate.estimate, DEFAULT_BETA)  # pu_diffusion.beta.filter_cut_beta's rule
+        cut = untrusted_cut_beta(estimate.estimate)
         print(
             f"NOT trusted: {estimate.reason}. With --beta auto, train_pu_diffusion.py's U filter would drop the "
             f"{cut:.3f}·|U| most S-like U images and train PU with at most β = {DEFAULT_BETA} on the rest; "

@@ -200,6 +200,12 @@ def filter_by_scores(unlabeled_scores, sensitive_scores, beta: float, factor: fl
     }
 
 
+def untrusted_cut_beta(estimate: float) -> float:
+    """The β --pu_filter_unlabeled cuts with when --beta auto's estimate is not trusted (rule "estimate"): the
+    point estimate (at most 0.99) where it is above DEFAULT_BETA, else DEFAULT_BETA."""
+    return max(float(min(estimate, 0.99)), DEFAULT_BETA)
+
+
 def filter_cut_beta(first: dict, rule: str) -> dict:
     """The β --pu_filter_unlabeled cuts with, from --beta auto's resolved β ``first`` (see :func:`auto_beta`).
 
@@ -212,7 +218,7 @@ def filter_cut_beta(first: dict, rule: str) -> dict:
     estimate = first["beta_estimate"]
     if rule == "default" or estimate is None or estimate["trusted"]:
         return first
-    beta = float(min(estimate["estimate"], 0.99))
+    beta = untrusted_cut_beta(estimate["estimate"])
     if beta <= DEFAULT_BETA:  # the default already cuts at least as much
         return first
     logger.warning(
