@@ -306,7 +306,7 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
     os.makedirs(cache_dir, exist_ok=True)
     record_path = os.path.join(cache_dir, f"{key}_s{seed}.json")
     record = read_json(record_path) if os.path.exists(record_path) else None
-    missing = [spec for spec in args.samplers if record is None or not has_fid(record["evaluations"].get(spec), args)]
+    missing = missing_samplers(args, record)
     for spec in [spec for spec in missing if record is not None and spec in record["evaluations"]]:
         if add_inception_from_samples(args, record, record_path, spec):  # no retraining, no resampling
             missing.remove(spec)
@@ -707,6 +707,24 @@ def plot_beta_sweep(rows: list[dict], betas: list[float], path: str, sampler: st
     plt.close(figure)
 
 
+def run_plan(args) -> tuple[list[tuple[str, str, list[str]]], dict[tuple[str, int], str]]:
+    """What an invocation trains: (variant, column, recipe) per table column, and each one's cache key per
+    (split, index into that list); the seed is not in the key. No keys for --report_only."""
+    recipe = recipe_args(args)
+    plan = [(args.variant, column, recipe) for column in args.methods]
+    for beta in args.beta_sweep or []:
+        plan.append((f"beta{beta:g}", "pu", recipe + ["--beta", str(beta)]))
+    splits = [] if args.report_only else args.splits
+    keys = {(split, index): run_key(variant, column, split, run_recipe, args.vary_split)
+            for split in splits for index, (variant, column, run_recipe) in enumerate(plan)}  # fmt: skip
+    return plan, keys
+
+
+def missing_samplers(args, record: dict | None) -> list[str]:
+    """The requested samplers (with their FDs) a cached run record lacks: all of them without a record."""
+    return [spec for spec in args.samplers if record is None or not has_fid(record["evaluations"].get(spec), args)]
+
+
 def main(args):
     import diffusers
     import torch
@@ -714,13 +732,8 @@ def main(args):
     check_fid_features(args.fid_features)  # before any training
     os.makedirs(args.output_dir, exist_ok=True)
     start = time.time()
-    recipe = recipe_args(args)
-    plan = [(args.variant, column, recipe) for column in args.methods]
-    for beta in args.beta_sweep or []:
-        plan.append((f"beta{beta:g}", "pu", recipe + ["--beta", str(beta)]))
+    plan, keys = run_plan(args)
     splits = [] if args.report_only else args.splits
-    keys = {(split, index): run_key(variant, column, split, run_recipe, args.vary_split)  # the seed is not in it
-            for split in splits for index, (variant, column, run_recipe) in enumerate(plan)}  # fmt: skip
     cache_dir = os.path.join(args.output_dir, "cache")
     planned = [(keys[split, index], plan[index][2]) for split in splits for index in range(len(plan))]
     check_one_recipe_per_row(cached_records(cache_dir), planned)  # before anything trains

@@ -850,3 +850,61 @@ def test_uncapped_columns_key_the_runs_made_before_the_cap_was_the_default():
         assert key == f"default_{split}_{column}_{digest}"
         assert json.load(open(os.path.join(cache, f"{key}_s0.json")))["key"] == key
     assert bench.run_key("default", "pu", "even", []) != bench.run_key("default", "pu-uncapped", "even", [])
+
+
+def doc_commands(script_name: str) -> list[tuple[str, list[str]]]:
+    """Every ``python benchmarks/<script_name> …`` command of README.md and docs/*.md, as bash expands it (its
+    ``B="python …"`` variables and ``\\`` continuations included): (file, argv after the script). A command whose
+    line carries ``# new runs`` trains what is not measured yet and is left out."""
+    import glob
+    import re
+    import subprocess
+
+    commands = []
+    for path in [
+        os.path.join(mnist_pu_benchmark.ROOT, "README.md"),
+        *sorted(glob.glob(os.path.join(mnist_pu_benchmark.ROOT, "docs", "*.md"))),
+    ]:
+        with open(path) as handle:
+            blocks = re.findall(r"```bash\n(.*?)```", handle.read(), re.S)
+        for block in blocks:
+            lines = [line for line in block.replace("\\\n", " ").splitlines() if "# new runs" not in line]
+            kept = [line for line in lines if re.match(r"\s*([A-Z]+=\"|\$[A-Z]|python )", line)]  # no pip, no cd
+            if not any(script_name in line for line in kept):
+                continue
+            echo = 'python() { local a; for a in "$@"; do printf "%s\\x1f" "$a"; done; printf "\\n"; }\n'
+            out = subprocess.run(["bash", "-c", echo + "\n".join(kept)], capture_output=True, text=True, check=True)
+            for line in out.stdout.splitlines():
+                argv = line.split("\x1f")[:-1]
+                if argv and os.path.basename(argv[0]) == script_name:
+                    commands.append((os.path.relpath(path, mnist_pu_benchmark.ROOT), argv[1:]))
+    return commands
+
+
+def test_every_documented_mnist_benchmark_command_reaches_its_cached_runs():
+    """A command in README or docs that reproduces a table must read that table's runs from the committed cache,
+    not train new ones because a default changed since (or mix two recipes in one row, which the benchmark
+    refuses): the flags of its day have to be spelled out in the command."""
+    commands = doc_commands("mnist_pu_benchmark.py")
+    assert len(commands) > 20  # the extraction found the docs' commands
+    problems = []
+    for doc, argv in commands:
+        args = mnist_pu_benchmark.parse_args(argv)
+        output_dir = os.path.join(
+            mnist_pu_benchmark.ROOT, args.output_dir
+        )  # a relative --output_dir is read from the repository root
+        cache_dir = os.path.join(output_dir, "cache")
+        plan, keys = mnist_pu_benchmark.run_plan(args)
+        planned = [(key, plan[index][2]) for (_, index), key in keys.items()]
+        try:
+            mnist_pu_benchmark.check_one_recipe_per_row(mnist_pu_benchmark.cached_records(cache_dir), planned)
+        except SystemExit as refusal:
+            problems.append(f"{doc}: {' '.join(argv)}: {refusal}")
+            continue
+        for key in keys.values():
+            for seed in args.seeds:
+                path = os.path.join(cache_dir, f"{key}_s{seed}.json")
+                record = mnist_pu_benchmark.read_json(path) if os.path.exists(path) else None
+                if mnist_pu_benchmark.missing_samplers(args, record):
+                    problems.append(f"{doc}: {' '.join(argv)}: would train or sample {key}_s{seed}")
+    assert not problems, "\n".join(problems)
