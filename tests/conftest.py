@@ -1,4 +1,7 @@
+import glob
 import os
+import re
+import subprocess
 
 import pytest
 
@@ -78,3 +81,30 @@ def record_pu_risk_betas(monkeypatch) -> list:
 
     monkeypatch.setattr(losses, "pu_risk", spy)
     return seen
+
+
+def doc_commands(script_name: str) -> list[tuple[str, list[str]]]:
+    """Every ``python benchmarks/<script_name> …`` command of README.md and docs/*.md, as bash expands it (its
+    ``B="python …"`` variables and ``\\`` continuations included): (file, argv after the script). A command whose
+    line's comment says ``new runs`` trains what is not measured yet and is left out."""
+    commands = []
+    for path in [
+        os.path.join(ROOT, "README.md"),
+        *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))),
+    ]:
+        with open(path) as handle:
+            blocks = re.findall(r"```bash\n(.*?)```", handle.read(), re.S)
+        for block in blocks:
+            lines = [
+                line for line in block.replace("\\\n", " ").splitlines() if "new runs" not in line.partition("#")[2]
+            ]
+            kept = [line for line in lines if re.match(r"\s*([A-Z]+=\"|\$[A-Z]|python )", line)]  # no pip, no cd
+            if not any(script_name in line for line in kept):
+                continue
+            echo = 'python() { local a; for a in "$@"; do printf "%s\\x1f" "$a"; done; printf "\\n"; }\n'
+            out = subprocess.run(["bash", "-c", echo + "\n".join(kept)], capture_output=True, text=True, check=True)
+            for line in out.stdout.splitlines():
+                argv = line.split("\x1f")[:-1]
+                if argv and os.path.basename(argv[0]) == script_name:
+                    commands.append((os.path.relpath(path, ROOT), argv[1:]))
+    return commands

@@ -16,6 +16,7 @@ import sd_speed
 import speed
 import text_to_image_benchmark
 import torch
+from conftest import doc_commands
 from test_evaluation import fast_classifier
 
 
@@ -850,35 +851,6 @@ def test_uncapped_columns_key_the_runs_made_before_the_cap_was_the_default():
         assert key == f"default_{split}_{column}_{digest}"
         assert json.load(open(os.path.join(cache, f"{key}_s0.json")))["key"] == key
     assert bench.run_key("default", "pu", "even", []) != bench.run_key("default", "pu-uncapped", "even", [])
-
-
-def doc_commands(script_name: str) -> list[tuple[str, list[str]]]:
-    """Every ``python benchmarks/<script_name> …`` command of README.md and docs/*.md, as bash expands it (its
-    ``B="python …"`` variables and ``\\`` continuations included): (file, argv after the script). A command whose
-    line carries ``# new runs`` trains what is not measured yet and is left out."""
-    import glob
-    import re
-    import subprocess
-
-    commands = []
-    for path in [
-        os.path.join(mnist_pu_benchmark.ROOT, "README.md"),
-        *sorted(glob.glob(os.path.join(mnist_pu_benchmark.ROOT, "docs", "*.md"))),
-    ]:
-        with open(path) as handle:
-            blocks = re.findall(r"```bash\n(.*?)```", handle.read(), re.S)
-        for block in blocks:
-            lines = [line for line in block.replace("\\\n", " ").splitlines() if "# new runs" not in line]
-            kept = [line for line in lines if re.match(r"\s*([A-Z]+=\"|\$[A-Z]|python )", line)]  # no pip, no cd
-            if not any(script_name in line for line in kept):
-                continue
-            echo = 'python() { local a; for a in "$@"; do printf "%s\\x1f" "$a"; done; printf "\\n"; }\n'
-            out = subprocess.run(["bash", "-c", echo + "\n".join(kept)], capture_output=True, text=True, check=True)
-            for line in out.stdout.splitlines():
-                argv = line.split("\x1f")[:-1]
-                if argv and os.path.basename(argv[0]) == script_name:
-                    commands.append((os.path.relpath(path, mnist_pu_benchmark.ROOT), argv[1:]))
-    return commands
 
 
 def test_every_documented_mnist_benchmark_command_reaches_its_cached_runs():

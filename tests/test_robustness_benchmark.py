@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import robustness_benchmark as suite
 import torch
+from conftest import doc_commands
 from PIL import Image
 from test_evaluation import fast_classifier, save_tiny_vit
 
@@ -413,3 +414,29 @@ def test_the_offline_beta_probe_compares_estimators_on_saved_scores(tmp_path, ca
     assert json.loads((tmp_path / "mine.json").read_text()) == {"my": "notes"}
     with pytest.raises(SystemExit):
         beta_offline_probe.main(["--scores_dir", str(tmp_path / "empty"), "--output_json", str(out)])
+
+
+def test_every_documented_suite_command_reaches_its_cached_runs():
+    """A command in README or docs that reproduces a table of the suite reads that table's runs from the committed
+    cache (the flags of its day spelled out), instead of training again because a default changed since."""
+    commands = [
+        (doc, argv)
+        for doc, argv in doc_commands("robustness_benchmark.py")
+        if "--smoke" not in argv and "--labelled_data_dir" not in argv  # seconds in a temp folder; a user's study
+    ]
+    assert len(commands) > 20  # the extraction found the docs' commands
+    problems = []
+    for doc, argv in commands:
+        args = suite.parse_args(argv)
+        if args.report_only:  # tabulates what is cached
+            continue
+        for seed in args.seeds:
+            for cell in args.cell_list:
+                for method, beta_mode in suite.runs_of(args, cell):
+                    key = suite.run_key(suite.run_flags(args, method, beta_mode, cell))
+                    path = os.path.join(
+                        args.output_dir, "cache", f"{cell.name}_{method}-{beta_mode}_{key}_s{seed}.json"
+                    )
+                    if not (os.path.isfile(path) and suite.complete(suite.read_json(path), args)):
+                        problems.append(f"{doc}: {' '.join(argv)}: would train {os.path.basename(path)}")
+    assert not problems, "\n".join(problems)
