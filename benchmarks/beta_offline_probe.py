@@ -54,6 +54,7 @@ def draw_rows(path: str) -> dict:
         }
     bbe, dedpul = estimates["bbe"], estimates["dedpul"]
     estimates["bbe-lower"] = {**bbe, "estimate": bbe["interval"][0]}  # --beta_auto_point lower
+    estimates["bbe-midpoint"] = {**bbe, "estimate": (bbe["estimate"] + bbe["interval"][0]) / 2}  # … midpoint
     smaller = min(bbe["estimate"], dedpul["estimate"])
     estimates["min(bbe, dedpul)"] = {**bbe, "estimate": smaller}  # trusted as BBE is; no interval of its own
     estimates["min(bbe, dedpul)"]["interval"] = None

@@ -233,9 +233,10 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         "--beta_auto_point",
         type=str,
         default="estimate",
-        choices=["estimate", "lower"],
-        help="--beta auto: train with the point estimate, or with the lower end of its 95 %% bootstrap interval (a "
-        "conservative β: an overestimated β makes PU train towards the sensitive data).",
+        choices=["estimate", "lower", "midpoint"],
+        help="--beta auto: train with the point estimate, the lower end of its 95 %% bootstrap interval (a "
+        "conservative β: an overestimated β makes PU train towards the sensitive data), or halfway between the two "
+        "(BBE's upward bias, halved on the robustness suite's draws: docs/beta_and_audit.md).",
     )
     group.add_argument(
         "--beta_score_repeats",

@@ -124,17 +124,32 @@ def auto_beta(make_estimate, estimator: str, margin: float, point: str = "estima
     return resolved
 
 
+# --beta_auto_point: which point of a trusted estimate --beta auto trains with, and how the run's log names it.
+AUTO_POINTS = {
+    "estimate": "",
+    "lower": ", the interval's lower end (--beta_auto_point lower)",
+    "midpoint": ", halfway between it and its interval's lower end (--beta_auto_point midpoint)",
+}
+
+
+def auto_point(estimate, point: str) -> float:
+    """The value --beta_auto_point picks from a BetaEstimate: the point estimate, its 95 % interval's lower end, or
+    the midpoint of the two (BBE reads high where normal images score like S: docs/beta_and_audit.md)."""
+    if point not in AUTO_POINTS:
+        raise ValueError(f"point must be one of {list(AUTO_POINTS)}; got {point!r}.")
+    lower = estimate.interval[0]
+    return {"estimate": estimate.estimate, "lower": lower, "midpoint": (estimate.estimate + lower) / 2}[point]
+
+
 def beta_from_estimate(estimate, margin: float = 1.0, point: str = "estimate") -> dict:
-    """The β to train with, given a BetaEstimate: trusted → the estimate (``point="lower"``: its interval's lower
-    end, --beta_auto_point) × ``margin`` (--beta_margin); else DEFAULT_BETA."""
-    if point not in ("estimate", "lower"):
-        raise ValueError(f"point must be 'estimate' or 'lower'; got {point!r}.")
+    """The β to train with, given a BetaEstimate: trusted → the point ``point`` picks (:func:`auto_point`,
+    --beta_auto_point) × ``margin`` (--beta_margin); else DEFAULT_BETA."""
+    value = auto_point(estimate, point)  # refuses an unknown point, trusted or not
     if estimate.trusted:
-        value = estimate.estimate if point == "estimate" else estimate.interval[0]
         beta = min(value * margin, 0.99)
         source = (
             f"estimated with --beta auto: {estimate.describe()}"
-            + (", the interval's lower end (--beta_auto_point lower)" if point == "lower" else "")
+            + AUTO_POINTS[point]
             + (f", × --beta_margin {margin}" if margin != 1.0 else "")
         )
     else:

@@ -94,6 +94,13 @@ def test_low_separability_is_not_trusted_and_training_falls_back(caplog):
     assert lower["beta"] == pytest.approx(trusted.interval[0]) and lower["beta"] < trusted.estimate
     assert "lower end" in lower["beta_source"]
     assert beta.beta_from_estimate(estimate, 1.0, "lower")["beta"] == beta.DEFAULT_BETA  # untrusted: the default
+    middle = beta.beta_from_estimate(trusted, 2.0, "midpoint")  # the margin multiplies the midpoint
+    assert middle["beta"] == pytest.approx(trusted.estimate + trusted.interval[0])
+    assert "--beta_auto_point midpoint" in middle["beta_source"] and "--beta_margin 2.0" in middle["beta_source"]
+    assert beta.beta_from_estimate(estimate, 1.0, "midpoint")["beta"] == beta.DEFAULT_BETA
+    assert script.parse_args(["--beta", "auto", "--beta_auto_point", "midpoint"]).beta_auto_point == "midpoint"
+    with pytest.raises(ValueError, match="point must be one of"):
+        beta.beta_from_estimate(estimate, 1.0, "upper")  # refused even where the estimate is not trusted
     assert script.parse_args(["--beta", "auto", "--beta_auto_point", "lower"]).beta_auto_point == "lower"
     with pytest.raises(ValueError, match="--beta_auto_point lower picks what --beta auto trains with"):
         script.parse_args(["--beta", "0.2", "--beta_auto_point", "lower"])
