@@ -112,7 +112,7 @@ METHODS = {
     "unsupervised": (["--method", "unsupervised"], "pu"),
     "pu": (["--method", "pu"], "pu"),
 }
-BETA_MODES = ("true", "auto", "auto-lower", "default")  # auto-lower: --beta auto --beta_auto_point lower
+BETA_MODES = ("true", "auto", "auto-lower", "auto-midpoint", "default")  # auto-X: --beta auto --beta_auto_point X
 DEFAULT_BETA_MODES = ("true", "auto", "default")
 DEFAULT_BETA = 0.1  # train_pu_diffusion.py's --beta default
 
@@ -365,7 +365,8 @@ def run_flags(args, method: str, beta_mode: str, cell: Cell) -> list[str]:
     extra = []
     if method == "pu":
         beta = {"true": f"{cell.true_beta:.6g}", "default": f"{DEFAULT_BETA:g}"}.get(beta_mode, "auto")
-        flags += ["--beta", beta] + (["--beta_auto_point", "lower"] if beta_mode == "auto-lower" else [])
+        point = beta_mode.removeprefix("auto-") if beta_mode.startswith("auto-") else None
+        flags += ["--beta", beta] + (["--beta_auto_point", point] if point else [])
         extra = args.extra_train_args.split()  # last: argparse keeps the last value, so it overrides the recipe
     if args.smoke:  # the tiny UNet's config folder, by its name under --output_dir (no machine path in records)
         recipe = ["--model_config_name_or_path", "tiny_unet", "--resolution", "8", "--max_train_steps", "2"]
@@ -689,7 +690,7 @@ def beta_targets(rows: list[dict]) -> dict[str, dict]:
     30 % off. Also the error of the β actually trained (the interval's lower end for auto-lower, 0.1 when the
     estimate was not trusted; with --pu_filter_unlabeled the β chosen for the whole U, before the cut)."""
     targets = {}
-    for mode in ("auto", "auto-lower"):
+    for mode in ("auto", "auto-lower", "auto-midpoint"):
         pairs = [
             (row["true_beta"], estimate, trained)
             for row in rows
@@ -748,7 +749,7 @@ def format_table(verdicts: list[dict], rows: list[dict], args) -> str:
     beta_cells = {
         (row["cell"], row["beta_mode"]): row
         for row in rows
-        if row["method"] == "pu" and row["beta_mode"] in ("auto", "auto-lower")
+        if row["method"] == "pu" and row["beta_mode"].startswith("auto")
     }
     table = []
     for verdict in verdicts:

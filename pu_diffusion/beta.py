@@ -137,7 +137,7 @@ def auto_point(estimate, point: str) -> float:
     the midpoint of the two (BBE reads high where normal images score like S: docs/beta_and_audit.md)."""
     if point not in AUTO_POINTS:
         raise ValueError(f"point must be one of {list(AUTO_POINTS)}; got {point!r}.")
-    lower = estimate.interval[0]
+    lower = min(estimate.estimate, estimate.interval[0])  # a bootstrap end can sit above the point estimate
     return {"estimate": estimate.estimate, "lower": lower, "midpoint": (estimate.estimate + lower) / 2}[point]
 
 

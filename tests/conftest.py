@@ -102,7 +102,10 @@ def doc_commands(script_name: str) -> list[tuple[str, list[str]]]:
             if not any(script_name in line for line in kept):
                 continue
             echo = 'python() { local a; for a in "$@"; do printf "%s\\x1f" "$a"; done; printf "\\n"; }\n'
-            out = subprocess.run(["bash", "-c", echo + "\n".join(kept)], capture_output=True, text=True, check=True)
+            # No PATH: nothing but the echo and assignments can run (a `B="python3 …"` then `$B` fails loudly, as
+            # does an undefined variable under -u, instead of a line silently expanding to nothing).
+            shell = ["env", "-i", "PATH=/nonexistent", "/bin/bash", "--norc", "--noprofile", "-euc"]
+            out = subprocess.run([*shell, echo + "\n".join(kept)], capture_output=True, text=True, check=True)
             for line in out.stdout.splitlines():
                 argv = line.split("\x1f")[:-1]
                 if argv and os.path.basename(argv[0]) == script_name:

@@ -867,6 +867,8 @@ def test_every_documented_mnist_benchmark_command_reaches_its_cached_runs():
         )  # a relative --output_dir is read from the repository root
         cache_dir = os.path.join(output_dir, "cache")
         plan, keys = mnist_pu_benchmark.run_plan(args)
+        if args.report_only and not mnist_pu_benchmark.cached_records(cache_dir):
+            problems.append(f"{doc}: {' '.join(argv)}: tabulates an empty cache")
         planned = [(key, plan[index][2]) for (_, index), key in keys.items()]
         try:
             mnist_pu_benchmark.check_one_recipe_per_row(mnist_pu_benchmark.cached_records(cache_dir), planned)

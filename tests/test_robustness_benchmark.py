@@ -59,6 +59,12 @@ def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flag
     lower = suite.run_flags(args, "pu", "auto-lower", fifth)
     assert lower[:6] == ["--method", "pu", "--beta", "auto", "--beta_auto_point", "lower"]
     assert suite.run_key(lower) != suite.run_key(suite.run_flags(args, "pu", "auto", fifth))
+    middle = suite.run_flags(args, "pu", "auto-midpoint", fifth)
+    assert middle[:6] == ["--method", "pu", "--beta", "auto", "--beta_auto_point", "midpoint"]
+    assert suite.run_key(middle) not in (
+        suite.run_key(lower),
+        suite.run_key(suite.run_flags(args, "pu", "auto", fifth)),
+    )
     candidate = suite.parse_args(["--extra_train_args", "--learning_rate 1e-4"])
     flags = suite.run_flags(candidate, "pu", "true", fifth)
     assert flags[-2:] == ["--learning_rate", "1e-4"]  # after the recipe's 0.001: argparse keeps the last
@@ -428,7 +434,10 @@ def test_every_documented_suite_command_reaches_its_cached_runs():
     problems = []
     for doc, argv in commands:
         args = suite.parse_args(argv)
-        if args.report_only:  # tabulates what is cached
+        args.output_dir = os.path.join(suite.ROOT, args.output_dir)  # a relative one is read from the repository root
+        if args.report_only:  # tabulates what is cached: it has to find the cell's records
+            if not suite.cached_records(args):
+                problems.append(f"{doc}: {' '.join(argv)}: tabulates no cached record")
             continue
         for seed in args.seeds:
             for cell in args.cell_list:
