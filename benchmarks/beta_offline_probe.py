@@ -21,7 +21,7 @@ import numpy as np
 from filter_score_probe import cuts_under_rules
 from harness import markdown_table, write_json, written_by
 
-from pu_diffusion.beta import UNTRUSTED_CUT_RULES
+from pu_diffusion.beta import UNTRUSTED_CUT_RULES, auto_point
 from pu_diffusion.class_prior import best_bin_estimate, estimate_class_prior
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,18 +43,18 @@ def draw_rows(path: str) -> dict:
     data = np.load(path)
     unlabeled, sensitive, hidden = data["unlabeled"], data["sensitive"], data["hidden"].astype(bool)
     true_beta = float(hidden.mean())
-    estimates = {}
+    estimates, made = {}, {}
     for estimator in ("bbe", "dedpul"):
-        made = estimate_class_prior(unlabeled, sensitive, estimator)
+        made[estimator] = estimate_class_prior(unlabeled, sensitive, estimator)
         estimates[estimator] = {
-            "estimate": made.estimate,
-            "interval": list(made.interval),
-            "trusted": made.trusted,
-            "normal_auc": made.normal_auc,
+            "estimate": made[estimator].estimate,
+            "interval": list(made[estimator].interval),
+            "trusted": made[estimator].trusted,
+            "normal_auc": made[estimator].normal_auc,
         }
     bbe, dedpul = estimates["bbe"], estimates["dedpul"]
-    estimates["bbe-lower"] = {**bbe, "estimate": bbe["interval"][0]}  # --beta_auto_point lower
-    estimates["bbe-midpoint"] = {**bbe, "estimate": (bbe["estimate"] + bbe["interval"][0]) / 2}  # … midpoint
+    for point in ("lower", "midpoint"):  # --beta_auto_point's other points, as training picks them
+        estimates[f"bbe-{point}"] = {**bbe, "estimate": auto_point(made["bbe"], point)}
     smaller = min(bbe["estimate"], dedpul["estimate"])
     estimates["min(bbe, dedpul)"] = {**bbe, "estimate": smaller}  # trusted as BBE is; no interval of its own
     estimates["min(bbe, dedpul)"]["interval"] = None
@@ -63,15 +63,15 @@ def draw_rows(path: str) -> dict:
         "true_beta": true_beta,
         "bbe_top_bin_s_share": top_bin_share(unlabeled, sensitive),
         "estimates": estimates,
-        "auto_filter": auto_filter(unlabeled, sensitive, hidden),
+        "auto_filter": auto_filter(unlabeled, sensitive, hidden, made["bbe"]),
     }
 
 
-def auto_filter(unlabeled, sensitive, hidden) -> dict:
+def auto_filter(unlabeled, sensitive, hidden, estimate) -> dict:
     """What a --beta auto --pu_filter_unlabeled 1 run cuts under each --pu_filter_untrusted_beta rule (the probe's
     :func:`filter_score_probe.cuts_under_rules`): the cut's β, the share of U's hidden images dropped, the β PU trains
-    with and the true share left."""
-    runs = cuts_under_rules(unlabeled, sensitive, hidden, estimate_class_prior(unlabeled, sensitive, "bbe"))
+    with and the true share left; ``estimate``: BBE's on these scores."""
+    runs = cuts_under_rules(unlabeled, sensitive, hidden, estimate)
     return {
         rule: {
             "beta_cut": run["beta_cut"],

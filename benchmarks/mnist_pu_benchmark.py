@@ -304,7 +304,7 @@ def run_one(args, key: str, variant: str, column: str, split: str, seed: int, re
 
     cache_dir = os.path.join(args.output_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
-    record_path = os.path.join(cache_dir, f"{key}_s{seed}.json")
+    record_path = record_file(args.output_dir, key, seed)
     record = read_json(record_path) if os.path.exists(record_path) else None
     missing = missing_samplers(args, record)
     for spec in [spec for spec in missing if record is not None and spec in record["evaluations"]]:
@@ -718,6 +718,11 @@ def run_plan(args) -> tuple[list[tuple[str, str, list[str]]], dict[tuple[str, in
     keys = {(split, index): run_key(variant, column, split, run_recipe, args.vary_split)
             for split in splits for index, (variant, column, run_recipe) in enumerate(plan)}  # fmt: skip
     return plan, keys
+
+
+def record_file(output_dir: str, key: str, seed: int) -> str:
+    """Where a run's record is cached (its samples grids sit beside it, its model in runs/ under the same name)."""
+    return os.path.join(output_dir, "cache", f"{key}_s{seed}.json")
 
 
 def missing_samplers(args, record: dict | None) -> list[str]:

@@ -113,6 +113,7 @@ METHODS = {
     "pu": (["--method", "pu"], "pu"),
 }
 BETA_MODES = ("true", "auto", "auto-lower", "auto-midpoint", "default")  # auto-X: --beta auto --beta_auto_point X
+AUTO_MODES = tuple(mode for mode in BETA_MODES if mode.startswith("auto"))  # β from --beta auto
 DEFAULT_BETA_MODES = ("true", "auto", "default")
 DEFAULT_BETA = 0.1  # train_pu_diffusion.py's --beta default
 
@@ -437,11 +438,16 @@ def evaluate(args, run_dir: str, data_dir: str, test_rows: list, source: Source,
     return evaluations
 
 
+def run_stem(cell: Cell, method: str, beta_mode: str, key: str, seed: int) -> str:
+    """A run's name in cache/ (its record, ``<stem>.json``) and runs/: its cell, row, run_key and seed."""
+    return f"{cell.name}_{method}-{beta_mode}_{key}_s{seed}"
+
+
 def run_one(args, source: Source, cell: Cell, method: str, beta_mode: str, seed: int, judge) -> dict:
     """Train (unless cached) and evaluate one model; returns its cached record."""
     flags = run_flags(args, method, beta_mode, cell)
     key = run_key(flags)
-    stem = f"{cell.name}_{method}-{beta_mode}_{key}_s{seed}"
+    stem = run_stem(cell, method, beta_mode, key, seed)
     record_path = os.path.join(args.output_dir, "cache", stem + ".json")
     cached = read_json(record_path) if os.path.isfile(record_path) else None
     if cached is not None and complete(cached, args):
@@ -690,7 +696,7 @@ def beta_targets(rows: list[dict]) -> dict[str, dict]:
     30 % off. Also the error of the β actually trained (the interval's lower end for auto-lower, 0.1 when the
     estimate was not trusted; with --pu_filter_unlabeled the β chosen for the whole U, before the cut)."""
     targets = {}
-    for mode in ("auto", "auto-lower", "auto-midpoint"):
+    for mode in AUTO_MODES:
         pairs = [
             (row["true_beta"], estimate, trained)
             for row in rows
@@ -747,9 +753,7 @@ def format_targets(cell_target: dict[str, dict], beta_target: dict[str, dict]) -
 def format_table(verdicts: list[dict], rows: list[dict], args) -> str:
     notes = {cell.name: cell.note for cell in args.cell_list}
     beta_cells = {
-        (row["cell"], row["beta_mode"]): row
-        for row in rows
-        if row["method"] == "pu" and row["beta_mode"].startswith("auto")
+        (row["cell"], row["beta_mode"]): row for row in rows if row["method"] == "pu" and row["beta_mode"] in AUTO_MODES
     }
     table = []
     for verdict in verdicts:

@@ -862,22 +862,20 @@ def test_every_documented_mnist_benchmark_command_reaches_its_cached_runs():
     problems = []
     for doc, argv in commands:
         args = mnist_pu_benchmark.parse_args(argv)
-        output_dir = os.path.join(
-            mnist_pu_benchmark.ROOT, args.output_dir
-        )  # a relative --output_dir is read from the repository root
-        cache_dir = os.path.join(output_dir, "cache")
+        output_dir = os.path.join(mnist_pu_benchmark.ROOT, args.output_dir)  # a relative one: from the repository root
+        cached = mnist_pu_benchmark.cached_records(os.path.join(output_dir, "cache"))
         plan, keys = mnist_pu_benchmark.run_plan(args)
-        if args.report_only and not mnist_pu_benchmark.cached_records(cache_dir):
+        if args.report_only and not cached:
             problems.append(f"{doc}: {' '.join(argv)}: tabulates an empty cache")
         planned = [(key, plan[index][2]) for (_, index), key in keys.items()]
         try:
-            mnist_pu_benchmark.check_one_recipe_per_row(mnist_pu_benchmark.cached_records(cache_dir), planned)
+            mnist_pu_benchmark.check_one_recipe_per_row(cached, planned)
         except SystemExit as refusal:
             problems.append(f"{doc}: {' '.join(argv)}: {refusal}")
             continue
         for key in keys.values():
             for seed in args.seeds:
-                path = os.path.join(cache_dir, f"{key}_s{seed}.json")
+                path = mnist_pu_benchmark.record_file(output_dir, key, seed)
                 record = mnist_pu_benchmark.read_json(path) if os.path.exists(path) else None
                 if mnist_pu_benchmark.missing_samplers(args, record):
                     problems.append(f"{doc}: {' '.join(argv)}: would train or sample {key}_s{seed}")

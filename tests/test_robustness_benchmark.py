@@ -443,9 +443,8 @@ def test_every_documented_suite_command_reaches_its_cached_runs():
             for cell in args.cell_list:
                 for method, beta_mode in suite.runs_of(args, cell):
                     key = suite.run_key(suite.run_flags(args, method, beta_mode, cell))
-                    path = os.path.join(
-                        args.output_dir, "cache", f"{cell.name}_{method}-{beta_mode}_{key}_s{seed}.json"
-                    )
+                    stem = suite.run_stem(cell, method, beta_mode, key, seed)
+                    path = os.path.join(args.output_dir, "cache", stem + ".json")
                     if not (os.path.isfile(path) and suite.complete(suite.read_json(path), args)):
                         problems.append(f"{doc}: {' '.join(argv)}: would train {os.path.basename(path)}")
     assert not problems, "\n".join(problems)
