@@ -33,7 +33,13 @@ from pu_diffusion.arguments import (
     unlabeled_filter_default,
     validate_training_args,
 )
-from pu_diffusion.beta import ESTIMATION_RESOLUTION, UNTRUSTED_CUT_RULES, drop_filtered, few_sensitive_warning
+from pu_diffusion.beta import (
+    DEFAULT_FILTER_MIN_BETA,
+    ESTIMATION_RESOLUTION,
+    UNTRUSTED_CUT_RULES,
+    drop_filtered,
+    few_sensitive_warning,
+)
 from pu_diffusion.builtin_mnist import (
     BUILTIN_SPLIT_FILE,
     BUILTIN_UNLABELED,
@@ -129,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
         "β is --beta, or its estimate with --beta auto. Helps where S is small next to the sensitive part of U "
         "(docs/robustness.md). 0: off (the paper's PU on all of U; the default before 2026-12-06). Default "
         f"{DEFAULT_UNLABELED_FILTER:g} with --method pu, else 0.",
+    )
+    parser.add_argument(
+        "--pu_filter_min_beta",
+        type=finite_float,
+        default=ADDED_ARGS_NEUTRAL["pu_filter_min_beta"],
+        help="--pu_filter_unlabeled: the least β the cut uses, and so the β left after it is read from; a β below "
+        "it (--beta, or --beta auto's trusted estimate) is raised to it. A cut too small leaves sensitive images in "
+        "U, while one up to twice β's was harmless on the robustness suite (docs/robustness.md). In [0, 1); 0: β as "
+        "given or estimated (runs made before this flag). Default "
+        f"{DEFAULT_FILTER_MIN_BETA:g} with --pu_filter_unlabeled where β is auto or below it, else 0 (no effect).",
     )
     parser.add_argument(
         "--pu_filter_untrusted_beta",
@@ -239,6 +255,12 @@ def parse_args(input_args=None):
     derived.update(score_repeats_default(first))
     if first.beta == "auto" and first.pu_filter_unlabeled:
         derived["pu_filter_untrusted_beta"] = "estimate"
+    if (
+        first.method == "pu"
+        and first.pu_filter_unlabeled
+        and (first.beta == "auto" or first.beta < DEFAULT_FILTER_MIN_BETA)
+    ):
+        derived["pu_filter_min_beta"] = DEFAULT_FILTER_MIN_BETA  # where it can bind: runs it cannot change keep 0
     parser.set_defaults(**derived)
     args = parser.parse_args(input_args)
     validate_args(args)
@@ -327,6 +349,14 @@ def validate_args(args) -> None:
             f"--pu_filter_untrusted_beta {args.pu_filter_untrusted_beta} picks the β --pu_filter_unlabeled cuts with "
             "when --beta auto's estimate is not trusted: it needs --beta auto and --pu_filter_unlabeled; drop it."
         )
+    if args.pu_filter_min_beta != ADDED_ARGS_NEUTRAL["pu_filter_min_beta"]:
+        if not args.pu_filter_unlabeled:
+            raise UsageError(
+                f"--pu_filter_min_beta {args.pu_filter_min_beta:g} is the least β --pu_filter_unlabeled cuts with: it "
+                "needs --method pu with --pu_filter_unlabeled above 0; drop it."
+            )
+        if not 0 <= args.pu_filter_min_beta < 1:
+            raise UsageError(f"--pu_filter_min_beta is a β in [0, 1) (0: no floor); got {args.pu_filter_min_beta:g}.")
     if args.pu_min_timestep != 0:
         if args.method != "pu":
             raise UsageError(f"--pu_min_timestep restricts the PU risk: it needs --method pu, not {args.method}.")

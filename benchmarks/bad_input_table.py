@@ -102,6 +102,10 @@ ROWS = [
      "--beta_score_patience 10", None),
     (UNCOND, "untrusted cut, no filter", TINY + " --output_dir out --beta auto --pu_filter_unlabeled 0 "
      "--pu_filter_untrusted_beta estimate", None),
+    (UNCOND, "U filter floor, no filter", TINY + " --output_dir out --pu_filter_unlabeled 0 --pu_filter_min_beta 0.1",
+     None),
+    (UNCOND, "U filter floor 1", TINY + " --output_dir out --pu_filter_min_beta 1", None),
+    (UNCOND, "U filter floor nan", TINY + " --output_dir out --pu_filter_min_beta nan", None),
     (UNCOND, "EraseDiff λ nan", TINY + " --output_dir out --method erasediff --erasediff_lambda nan", None),
     (UNCOND, "EraseDiff η -1", TINY + " --output_dir out --method erasediff --erasediff_eta=-1", None),
     (UNCOND, "contamination 0.9", "--output_dir out --builtin_contamination 0.9", None),

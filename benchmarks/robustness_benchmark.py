@@ -384,7 +384,7 @@ KEY_IGNORED_FLAGS = ("train_data_dir", "output_dir", "seed", "ddp_timeout", "mod
 # (run_dir.neutral_flag) they are left out of the key, so the records already made keep their keys.
 KEY_ADDED_LATER = (
     "sensitive_augment", "pu_sensitive_cap_reference", "pu_sensitive_cap_fraction", "pu_filter_unlabeled",
-    "beta_score_repeats", "beta_score_patience", "pu_filter_untrusted_beta",
+    "beta_score_repeats", "beta_score_patience", "pu_filter_untrusted_beta", "pu_filter_min_beta",
 )  # fmt: skip
 
 

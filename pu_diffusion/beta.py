@@ -249,6 +249,26 @@ def filter_cut_beta(first: dict, rule: str) -> dict:
     return {**first, "beta": beta, "beta_source": source, "untrusted_cut": True}
 
 
+# --pu_filter_min_beta: the least β the cut (and the β left after it) uses, where the filter is on and β (given, or
+# --beta auto's trusted estimate) could be below it. On the robustness suite (docs/robustness.md, session 20) β = 0.1
+# given where the true β was 0.05 stopped at or below the clean floor (−0.008, −0.012) while the true β (+0.018,
+# +0.000) and --beta auto's estimate (+0.018, −0.006) left more: a cut of 0.1·|U| drops nearly all of U's hidden
+# images, and the β left after it stays small whatever it assumes. A cut too small is the costly side.
+DEFAULT_FILTER_MIN_BETA = DEFAULT_BETA
+
+
+def floor_cut_beta(first: dict, floor: float) -> dict:
+    """``first`` (the resolved β: given, or --beta auto's, see :func:`filter_cut_beta`) with its β raised to
+    ``floor`` (--pu_filter_min_beta) where it is below it, so that the cut drops at least floor · F · |U| images and
+    the β left is read from the floor; ``first`` as it is otherwise (``floor`` 0: off)."""
+    if not 0 <= floor < 1:
+        raise ValueError(f"floor must be in [0, 1); got {floor!r}.")
+    if first["beta"] >= floor:
+        return first
+    source = f"{first['beta_source']}, raised to the floor {floor:g} for the cut (--pu_filter_min_beta)"
+    return {**first, "beta": float(floor), "beta_source": source, "beta_below_floor": float(first["beta"])}
+
+
 def filter_cut(unlabeled_scores, sensitive_scores, first: dict, factor: float) -> dict:
     """:func:`filter_by_scores` with ``first["beta"]``; after a cut an untrusted estimate set (:func:`filter_cut_beta`)
     the β left is at most DEFAULT_BETA: an untrusted estimate sets how much is dropped, never a larger β for PU."""
@@ -271,13 +291,15 @@ def resolve_filtered_beta(
     repeats: int = 1,
     patience: int = 4,
     untrusted: str = "default",
+    min_beta: float = 0.0,
 ) -> dict:
     """--pu_filter_unlabeled: {"beta", "beta_source", "beta_estimate", "unlabeled_filter"}.
 
     One set of cross-fitted U-vs-S scores (the CNNs --beta auto trains) gives β first, as given (``given``) or
-    estimated as --beta auto does (an untrusted one as :func:`filter_cut_beta` says, with rule ``untrusted``); then
-    :func:`filter_by_scores` drops the factor · β · |U| most S-like U images and returns the β left for the rest,
-    which PU trains with. A resumed run reads what it recorded.
+    estimated as --beta auto does (an untrusted one as :func:`filter_cut_beta` says, with rule ``untrusted``), at
+    least ``min_beta`` (:func:`floor_cut_beta`, --pu_filter_min_beta); then :func:`filter_by_scores` drops the
+    factor · β · |U| most S-like U images and returns the β left for the rest, which PU trains with. A resumed run
+    reads what it recorded.
     """
     if recorded and "unlabeled_filter" in recorded:
         logger.info(
@@ -303,6 +325,7 @@ def resolve_filtered_beta(
                 lambda: estimate_class_prior(unlabeled_scores, sensitive_scores, estimator), estimator, margin, point
             )
             first = filter_cut_beta(first, untrusted)
+        first = floor_cut_beta(first, min_beta)
         cut = filter_cut(unlabeled_scores, sensitive_scores, first, factor)
         dropped = len(cut["dropped_positions"])
         source = (
@@ -327,6 +350,7 @@ def resolve_filtered_beta(
             "unlabeled_filter": {
                 "factor": factor,
                 "beta_before": first["beta"],
+                **({"beta_below_floor": first["beta_below_floor"]} if "beta_below_floor" in first else {}),
                 "n_unlabeled": len(unlabeled),
                 **cut,
             },

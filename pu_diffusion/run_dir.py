@@ -56,6 +56,7 @@ ADDED_ARGS_NEUTRAL = {
     "beta_score_repeats": 1,
     "beta_score_patience": 4,
     "pu_filter_untrusted_beta": "default",
+    "pu_filter_min_beta": 0.0,
 }
 # How the U-vs-S CNNs of --beta auto and --pu_filter_unlabeled are trained; their neutral values above are what runs
 # made before the flags used.
@@ -111,6 +112,7 @@ DERIVED_FROM = {
     "pu_sensitive_cap_fraction": ("pu_sensitive_cap", lambda stored: True),
     "pu_sensitive_cap_reference": ("pu_sensitive_cap", lambda stored: True),
     "pu_filter_untrusted_beta": ("pu_filter_unlabeled", lambda stored: True),
+    "pu_filter_min_beta": ("pu_filter_unlabeled", lambda stored: True),
     "beta_score_repeats": ("pu_filter_unlabeled", lambda stored: stored.get("beta") != "auto"),
     "beta_score_patience": ("pu_filter_unlabeled", lambda stored: stored.get("beta") != "auto"),
 }

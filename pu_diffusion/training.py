@@ -134,6 +134,7 @@ def resolve_beta(accelerator, args, resume_path: str | None, load_images) -> dic
             repeats=args.beta_score_repeats,
             patience=args.beta_score_patience,
             untrusted=args.pu_filter_untrusted_beta,
+            min_beta=args.pu_filter_min_beta,
         )
     if args.beta != "auto":
         return given_beta(args.beta)

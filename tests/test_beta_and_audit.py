@@ -708,3 +708,98 @@ def test_a_pu_run_with_a_small_s_says_so_in_its_card(tmp_path, tiny_unet_config)
         script.parse_args(tiny_args(quiet, tiny_unet_config(), "--train_data_dir", data, "--beta", "0.2", *off))
     )
     assert "warning:" not in (quiet / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "given,estimate,trusted,floored",
+    [
+        (0.05, None, None, True),  # a given β below the floor: the cut and the β left read the floor
+        (0.2, None, None, False),  # above it: as given
+        (None, 0.05, True, True),  # --beta auto's trusted estimate below it
+        (None, 0.26, False, False),  # an untrusted one already cuts with at least the default
+    ],
+)
+def test_the_filter_cuts_with_at_least_the_floor(monkeypatch, given, estimate, trusted, floored):
+    accelerator = one_process()
+    scores = (np.arange(100) / 100.0, np.arange(70, 100) / 100.0)
+    monkeypatch.setattr(beta, "cross_fitted_scores", lambda unlabeled, sensitive, s=scores, **kwargs: s)
+    if estimate is not None:
+        made = BetaEstimate(estimate, (estimate - 0.01, estimate + 0.01), "bbe", 0.9, 0.95, 100, 30, trusted, "ok")
+        monkeypatch.setattr(beta, "estimate_class_prior", lambda unlabeled, sensitive, estimator: made)
+    images = (torch.zeros(100, 1, 4, 4), torch.zeros(30, 1, 4, 4))
+
+    def resolve(floor):
+        return beta.resolve_filtered_beta(
+            accelerator, lambda: images, given, 1.0, "bbe", 1.0, "estimate", 60, untrusted="estimate", min_beta=floor
+        )
+
+    off, on = resolve(0.0), resolve(0.1)
+    first = given if given is not None else estimate if trusted else beta.untrusted_cut_beta(estimate)
+    assert off["unlabeled_filter"]["beta_before"] == pytest.approx(first)
+    cut = on["unlabeled_filter"]
+    assert cut["beta_before"] == pytest.approx(0.1 if floored else first)
+    assert len(cut["dropped_positions"]) == round(cut["beta_before"] * 100)
+    # the β left is read from the β the cut used: 30 S scores, the cut at 0.90 holds a third of them
+    recall = cut["sensitive_recall"]
+    assert on["beta"] == pytest.approx(
+        min(
+            cut["beta_before"] * 100 * (1 - recall) / (100 - len(cut["dropped_positions"])),
+            0.1 if not trusted and given is None else 1,
+        )
+    )
+    assert ("raised to the floor 0.1 for the cut (--pu_filter_min_beta)" in on["beta_source"]) == floored
+    assert cut.get("beta_below_floor") == (pytest.approx(first) if floored else None)
+    if not floored:
+        assert on == off
+    with pytest.raises(ValueError, match=r"floor must be in \[0, 1\)"):
+        beta.floor_cut_beta(on, 1.0)
+
+
+@pytest.mark.parametrize(
+    "flags,floor",
+    [
+        (["--beta", "auto"], 0.1),
+        (["--beta", "0.05"], 0.1),
+        (["--beta", "0.1"], 0.0),  # it could not change the cut: runs like it keep their value
+        ([], 0.0),
+        (["--beta", "0.05", "--pu_filter_unlabeled", "0"], 0.0),
+        (["--beta", "0.05", "--method", "supervised"], 0.0),
+        (["--beta", "auto", "--pu_filter_min_beta", "0"], 0.0),
+        (["--beta", "0.3", "--pu_filter_min_beta", "0.4"], 0.4),
+    ],
+)
+def test_the_filter_floor_defaults_to_the_default_beta_where_it_can_bind(tmp_path, flags, floor):
+    assert script.parse_args(["--output_dir", str(tmp_path / "out"), *flags]).pu_filter_min_beta == floor
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--pu_filter_unlabeled", "0", "--pu_filter_min_beta", "0.1"], "it needs --method pu with --pu_filter_unlab"),
+        (["--method", "unsupervised", "--pu_filter_min_beta", "0.1"], "it needs --method pu with --pu_filter_unlab"),
+        (["--pu_filter_min_beta", "1"], r"--pu_filter_min_beta is a β in \[0, 1\) \(0: no floor\); got 1\."),
+        (["--pu_filter_min_beta=-0.1"], r"--pu_filter_min_beta is a β in \[0, 1\) \(0: no floor\); got -0\.1\."),
+    ],
+)
+def test_a_bad_filter_floor_is_refused_by_name(tmp_path, flags, message):
+    from pu_diffusion.cli import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        script.parse_args(["--output_dir", str(tmp_path / "out"), *flags])
+
+
+def test_a_filter_run_from_before_the_floor_gets_the_flag_that_resumes_it(tmp_path):
+    """A --beta auto --pu_filter_unlabeled pu_run.json without --pu_filter_min_beta: the hint restores 0 (no floor),
+    which parses into what the run stored."""
+    from pu_diffusion.run_dir import resume_hint
+
+    old = vars(script.parse_args(["--output_dir", str(tmp_path), "--beta", "auto", "--pu_filter_min_beta", "0"]))
+    del old["pu_filter_min_beta"]  # as written before the flag existed
+    now = vars(script.parse_args(["--output_dir", str(tmp_path), "--beta", "auto"]))
+    hint = resume_hint(old, now, ["pu_filter_min_beta"])
+    assert hint == (
+        " That run was trained before --pu_filter_min_beta existed: add --pu_filter_min_beta 0.0 to resume it as it "
+        "was trained."
+    )
+    fixed = vars(script.parse_args(["--output_dir", str(tmp_path), "--beta", "auto", "--pu_filter_min_beta", "0.0"]))
+    assert all(fixed[key] == value for key, value in old.items())

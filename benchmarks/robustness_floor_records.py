@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""The robustness suite's records of the recipe with the U filter's floor, from runs already made.
+
+``--pu_filter_min_beta 0.1`` (train_pu_diffusion.py's default since 2026-12-06 where β is auto or below 0.1) makes
+the filter cut with at least β = 0.1 and read the β left from it. It changed the run key of the suite's ``true``
+rows with β < 0.1 and of every ``auto`` row. Where the floor provably trains what a cached run trained, this writes
+the new key's record from that run, naming it under ``relabelled``:
+
+- ``auto`` whose estimate was not trusted (its cut already used at least 0.1) or was at least 0.1: the floor does
+  not bind, so the run is the cached ``auto`` run (key with ``--pu_filter_min_beta 0``);
+- ``true`` with β below 0.1, and ``auto`` with a trusted estimate below 0.1: the cut is 0.1·|U| of the same
+  cross-fitted scores and the β left is read from 0.1, which is exactly what ``default`` (β 0.1 given) trains: the
+  cached ``default`` run of the same cell and seed. (The scores and the model's first weights do not depend on β:
+  ``cross_fitted_scores`` seeds torch itself, and BBE draws from its own numpy generator.)
+
+Where a real run of the new key is cached, nothing is written for it; ``--verify`` compares it with the record this
+script would derive (its samples' judged shares, per-class counts, FD and training log) and exits 1 on a difference.
+
+    python benchmarks/robustness_floor_records.py --verify   # compare the real runs with their sources
+    python benchmarks/robustness_floor_records.py            # write the records that are missing
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import robustness_benchmark as suite  # noqa: E402
+from harness import read_json, write_json  # noqa: E402
+
+from pu_diffusion.beta import DEFAULT_FILTER_MIN_BETA, given_beta  # noqa: E402
+
+NO_FLOOR = ["--pu_filter_min_beta", "0"]
+COMPARED = ("evaluations", "per_class", "training_log")  # what the tables read, and the run's losses
+
+
+def stems(args, cell, mode: str, seed: int) -> dict[str, str]:
+    """Record paths of one (cell, β mode, seed): the new key's, the same row without the floor, and default's."""
+    folder = os.path.join(args.output_dir, "cache")
+    flags = suite.run_flags(args, "pu", mode, cell)
+    default = suite.run_flags(args, "pu", "default", cell)
+    return {
+        name: os.path.join(folder, suite.run_stem(cell, "pu", row_mode, suite.run_key(row_flags), seed) + ".json")
+        for name, row_mode, row_flags in (
+            ("new", mode, flags),
+            ("no_floor", mode, flags + NO_FLOOR),
+            ("default", "default", default),
+        )
+    }
+
+
+def derive(cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, str] | None:
+    """The new key's record from the cached run that trained the same, and why; None when that run is missing."""
+    no_floor = read_json(paths["no_floor"]) if os.path.isfile(paths["no_floor"]) else None
+    if mode == "true":
+        below = cell.true_beta
+        first = given_beta(cell.true_beta)
+    else:
+        if no_floor is None:
+            return None
+        estimate = no_floor["beta"]["beta_estimate"]
+        below = estimate["estimate"] if estimate["trusted"] else None
+        first = {"beta_source": no_floor["beta"]["beta_source"].split(" (β = ")[0]}
+        if below is None or below >= floor:
+            why = "its estimate was not trusted" if below is None else f"its estimate {below:.4f} is at least {floor:g}"
+            return no_floor, f"the floor does not bind ({why}): the same run as {os.path.basename(paths['no_floor'])}"
+    if not os.path.isfile(paths["default"]):
+        return None
+    default = read_json(paths["default"])
+    record = copy.deepcopy(default)
+    rest = default["beta"]["beta_source"].split("; then", 1)[1]
+    record["beta"]["beta_source"] = (
+        f"{first['beta_source']}, raised to the floor {floor:g} for the cut (--pu_filter_min_beta) "
+        f"(β = {floor:.4f}); then{rest}"
+    )
+    record["beta"]["unlabeled_filter"]["beta_below_floor"] = float(below)
+    if mode != "true":
+        record["beta"]["beta_estimate"] = no_floor["beta"]["beta_estimate"]
+    why = (
+        f"β {below:.4f} is below the floor {floor:g}: the cut and the β left read {floor:g}, what β {floor:g} given "
+        f"trains from the same scores: the same run as {os.path.basename(paths['default'])}"
+    )
+    return record, why
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", default=suite.OUTPUT_DIR)
+    parser.add_argument("--verify", action="store_true", help="Compare real runs with their sources; write nothing.")
+    args = parser.parse_args()
+    suite_args = suite.parse_args(["--protocol", "full", "--output_dir", args.output_dir, "--report_only"])
+    floor = DEFAULT_FILTER_MIN_BETA
+    written, verified, differ, missing = [], [], [], []
+    for cell in suite.FULL_CELLS:
+        for mode in ("true", "auto"):
+            for seed in (0, 1):
+                paths = stems(suite_args, cell, mode, seed)
+                if paths["new"] == paths["no_floor"]:  # β ≥ the floor given: the key did not change
+                    continue
+                derived = derive(cell, mode, paths, floor)
+                name = os.path.basename(paths["new"])
+                if os.path.isfile(paths["new"]) and "relabelled" not in read_json(paths["new"]):
+                    if derived is None:
+                        continue
+                    real = read_json(paths["new"])
+                    same = all(real[part] == derived[0][part] for part in COMPARED)
+                    (verified if same else differ).append(f"{name}: {derived[1]}")
+                    continue
+                if args.verify:
+                    continue
+                if derived is None:
+                    missing.append(name)
+                    continue
+                record, why = derived
+                record = {**copy.deepcopy(record), "beta_mode": mode}
+                record["flags"] = suite.run_flags(suite_args, "pu", mode, cell)
+                record["key"] = suite.run_key(record["flags"])
+                earlier = record.get("relabelled")  # a source written from another run names that one too
+                record["relabelled"] = why + (f" (which was: {earlier})" if earlier else "")
+                write_json(paths["new"], record)
+                written.append(f"{name}: {why}")
+    for title, lines in (("identical to its source", verified), ("DIFFERENT from its source", differ)):
+        print(f"real runs {title}: {len(lines)}", *(f"  {line}" for line in lines), sep="\n")
+    if not args.verify:
+        print(f"written: {len(written)}", *(f"  {line}" for line in written), sep="\n")
+        print(f"no source cached (train them): {len(missing)}", *(f"  {name}" for name in missing), sep="\n")
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
