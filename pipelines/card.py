@@ -81,9 +81,11 @@ def write_model_card(
     if method == "pu":
         beta, source = f"**{_short(run.get('beta'))}**", run.get("beta_source", "given with --beta")
         if "unlabeled_filter" in run:  # --pu_filter_unlabeled: PU trained with the β left in the kept U
-            before = _short(run["unlabeled_filter"]["beta_before"])
+            before = f"**{_short(run['unlabeled_filter']['beta_before'])}**"
+            if "beta_below_floor" in run["unlabeled_filter"]:  # --pu_filter_min_beta raised it for the cut
+                before += f" (raised from {_short(run['unlabeled_filter']['beta_below_floor'])})"
             beta_line = (
-                f"- β (fraction of U assumed sensitive): **{before}** over all of U, {beta} in the U it trained on "
+                f"- β (fraction of U assumed sensitive): {before} over all of U, {beta} in the U it trained on "
                 f"after the U filter: {source}\n"
             )
         else:

@@ -471,9 +471,12 @@ def test_filter_unlabeled_drops_the_most_s_like_u_images_and_trains_with_the_bet
     out = tmp_path / "out"
     # the scorer as before session 16 (cheaper; its defaults reaching the filter: test_beta_and_audit.py)
     cheap = ["--beta_score_repeats", "1", "--beta_score_patience", "4"]
-    run(tiny_args(out, tiny_unet_config(), "--beta", "0.1", "--pu_filter_unlabeled", "1", *cheap))
-    resolved = json.loads((out / "pu_run.json").read_text())["beta_resolved"]
+    # β 0.05 given, below --pu_filter_min_beta's default 0.1: the cut and the β left read 0.1
+    run(tiny_args(out, tiny_unet_config(), "--beta", "0.05", "--pu_filter_unlabeled", "1", *cheap))
+    recorded = json.loads((out / "pu_run.json").read_text())
+    resolved = recorded["beta_resolved"]
     cut = resolved["unlabeled_filter"]
+    assert recorded["pu_filter_min_beta"] == 0.1 and cut["beta_below_floor"] == 0.05
     assert cut["n_unlabeled"] == 2200 and cut["beta_before"] == 0.1 and len(cut["dropped_positions"]) == 220
     assert resolved["beta"] == pytest.approx(0.1 * 2200 * (1 - cut["sensitive_recall"]) / 1980)
     # the built-in U lists its 2,000 normal digits first, then the 200 sensitive ones hidden among them
@@ -481,4 +484,8 @@ def test_filter_unlabeled_drops_the_most_s_like_u_images_and_trains_with_the_bet
     assert hidden / 200 == pytest.approx(cut["sensitive_recall"], abs=0.25) and hidden > 100
     card = (out / "README.md").read_text()
     assert "--pu_filter_unlabeled 1.0 dropped the 220 U images" in card and "U images kept by" in card
-    assert f"**0.1** over all of U, **{resolved['beta']:.4g}** in the U it trained on after the U filter" in card
+    assert (
+        f"**0.1** (raised from 0.05) over all of U, **{resolved['beta']:.4g}** in the U it trained on after the U filter"
+        in card
+    )
+    assert "given with --beta, raised to the floor 0.1 for the cut (--pu_filter_min_beta)" in card
