@@ -91,10 +91,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default=suite.OUTPUT_DIR)
     parser.add_argument("--verify", action="store_true", help="Compare real runs with their sources; write nothing.")
+    parser.add_argument(
+        "--output_json", default=None, help="Where the list goes (default: floor_records.json in --output_dir)."
+    )
     args = parser.parse_args()
     suite_args = suite.parse_args(["--protocol", "full", "--output_dir", args.output_dir, "--report_only"])
     floor = DEFAULT_FILTER_MIN_BETA
-    written, verified, differ, missing = [], [], [], []
+    written, verified, differ, missing, unmatched = [], [], [], [], []
     for cell in suite.FULL_CELLS:
         for mode in ("true", "auto"):
             for seed in (0, 1):
@@ -103,8 +106,12 @@ def main() -> int:
                     continue
                 derived = derive(cell, mode, paths, floor)
                 name = os.path.basename(paths["new"])
-                if os.path.isfile(paths["new"]) and "relabelled" not in read_json(paths["new"]):
+                if os.path.isfile(paths["new"]) and "relabelled" in read_json(paths["new"]):
+                    written.append(f"{name}: {read_json(paths['new'])['relabelled']}")  # written by an earlier call
+                    continue
+                if os.path.isfile(paths["new"]):
                     if derived is None:
+                        unmatched.append(name)
                         continue
                     real = read_json(paths["new"])
                     same = all(real[part] == derived[0][part] for part in COMPARED)
@@ -123,6 +130,14 @@ def main() -> int:
                 record["relabelled"] = why + (f" (which was: {earlier})" if earlier else "")
                 write_json(paths["new"], record)
                 written.append(f"{name}: {why}")
+    if not args.verify:  # what each record of the new keys is: a real run (checked against its source) or derived
+        result = {
+            "identical_to_source": verified,
+            "different_from_source": differ,
+            "real_without_source": unmatched,
+            "written": written,
+        }
+        write_json(args.output_json or os.path.join(args.output_dir, "floor_records.json"), result)
     for title, lines in (("identical to its source", verified), ("DIFFERENT from its source", differ)):
         print(f"real runs {title}: {len(lines)}", *(f"  {line}" for line in lines), sep="\n")
     if not args.verify:

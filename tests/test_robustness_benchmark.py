@@ -448,3 +448,60 @@ def test_every_documented_suite_command_reaches_its_cached_runs():
                     if not (os.path.isfile(path) and suite.complete(suite.read_json(path), args)):
                         problems.append(f"{doc}: {' '.join(argv)}: would train {os.path.basename(path)}")
     assert not problems, "\n".join(problems)
+
+
+def test_floor_records_are_derived_only_from_runs_that_trained_the_same(tmp_path, monkeypatch):
+    """robustness_floor_records.py: a true β below the floor, and a trusted `auto` estimate below it, get the
+    default run's record (β 0.1 given: the same cut and β left); an `auto` estimate above it gets its own old run;
+    a real run of a new key that differs from its source fails --verify."""
+    import sys
+
+    import robustness_floor_records as floor_records
+
+    args = suite.parse_args(["--protocol", "full", "--output_dir", str(tmp_path), "--report_only"])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cell = suite.FULL_CELLS[0]  # 7_S100_b0.091
+
+    def record(mode, flags, estimate=None, seed=0, share=0.02):
+        source = "given with --beta (β = 0.1000)" if estimate is None else "estimated with --beta auto: … (β = 0.08)"
+        beta = {"beta": 0.01, "beta_source": source + "; then --pu_filter_unlabeled 1.0 dropped the 110 U images",
+                "beta_estimate": estimate, "unlabeled_filter": {"beta_before": 0.1, "dropped_positions": [1, 2]}}  # fmt: skip
+        path = cache / (suite.run_stem(cell, "pu", mode, suite.run_key(flags), seed) + ".json")
+        body = {"cell": cell.name, "method": "pu", "beta_mode": mode, "seed": seed, "key": suite.run_key(flags),
+                "beta": beta, "evaluations": {"ddim50": {"share": share}}, "per_class": [1], "training_log": {}}  # fmt: skip
+        path.write_text(json.dumps(body))
+        return path
+
+    no_floor = floor_records.NO_FLOOR
+    record("default", suite.run_flags(args, "pu", "default", cell), share=0.018)
+    trusted = {"estimate": 0.08, "trusted": True, "interval": [0.07, 0.09]}
+    record("auto", suite.run_flags(args, "pu", "auto", cell) + no_floor, trusted, share=0.5)
+    above = {"estimate": 0.12, "trusted": True, "interval": [0.1, 0.14]}
+    record("auto", suite.run_flags(args, "pu", "auto", cell) + no_floor, above, seed=1, share=0.3)
+    monkeypatch.setattr(sys, "argv", ["robustness_floor_records.py", "--output_dir", str(tmp_path)])
+    assert floor_records.main() == 0
+
+    def new(mode, seed):
+        flags = suite.run_flags(args, "pu", mode, cell)
+        return json.loads(
+            (cache / (suite.run_stem(cell, "pu", mode, suite.run_key(flags), seed) + ".json")).read_text()
+        )
+
+    true0, auto0, auto1 = new("true", 0), new("auto", 0), new("auto", 1)
+    assert true0["evaluations"] == auto0["evaluations"] == {"ddim50": {"share": 0.018}}  # the default run's
+    assert true0["beta"]["unlabeled_filter"]["beta_below_floor"] == pytest.approx(1 / 11)
+    assert auto0["beta"]["unlabeled_filter"]["beta_below_floor"] == 0.08 and auto0["beta"]["beta_estimate"] == trusted
+    assert "raised to the floor 0.1 for the cut" in auto0["beta"]["beta_source"] and "pu-default" in auto0["relabelled"]
+    assert auto1["evaluations"] == {"ddim50": {"share": 0.3}} and "does not bind" in auto1["relabelled"]
+    assert auto0["key"] != suite.run_key(suite.run_flags(args, "pu", "auto", cell) + no_floor)
+    listed = json.loads((tmp_path / "floor_records.json").read_text())
+    assert len(listed["written"]) == 3 and not listed["different_from_source"]
+    # a real run of a new key (no "relabelled") that differs from what its source trained
+    real = {key: value for key, value in true0.items() if key != "relabelled"}
+    path = cache / (suite.run_stem(cell, "pu", "true", true0["key"], 0) + ".json")
+    path.write_text(json.dumps({**real, "evaluations": {"ddim50": {"share": 0.9}}}))
+    monkeypatch.setattr(sys, "argv", ["robustness_floor_records.py", "--output_dir", str(tmp_path), "--verify"])
+    assert floor_records.main() == 1
+    path.write_text(json.dumps(real))
+    assert floor_records.main() == 0
