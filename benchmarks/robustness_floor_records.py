@@ -60,11 +60,15 @@ def derive(cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, 
         below = cell.true_beta
         first = given_beta(cell.true_beta)
     else:
-        if no_floor is None:
+        # the estimate (the same scores, with or without the floor): the old run's, or a real new run's to check it
+        estimated = no_floor or (read_json(paths["new"]) if os.path.isfile(paths["new"]) else None)
+        if estimated is None:
             return None
-        estimate = no_floor["beta"]["beta_estimate"]
+        estimate = estimated["beta"]["beta_estimate"]
         below = estimate["estimate"] if estimate["trusted"] else None
-        first = {"beta_source": no_floor["beta"]["beta_source"].split(" (β = ")[0]}
+        first = {"beta_source": estimated["beta"]["beta_source"].split(" (β = ")[0].split(", raised to the floor")[0]}
+        if no_floor is None and (below is None or below >= floor):
+            return None  # a real run the floor did not bind: no earlier run trained it
         if below is None or below >= floor:
             why = "its estimate was not trusted" if below is None else f"its estimate {below:.4f} is at least {floor:g}"
             return no_floor, f"the floor does not bind ({why}): the same run as {os.path.basename(paths['no_floor'])}"
@@ -79,7 +83,7 @@ def derive(cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, 
     )
     record["beta"]["unlabeled_filter"]["beta_below_floor"] = float(below)
     if mode != "true":
-        record["beta"]["beta_estimate"] = no_floor["beta"]["beta_estimate"]
+        record["beta"]["beta_estimate"] = estimate
     why = (
         f"β {below:.4f} is below the floor {floor:g}: the cut and the β left read {floor:g}, what β {floor:g} given "
         f"trains from the same scores: the same run as {os.path.basename(paths['default'])}"
