@@ -147,7 +147,8 @@ def read_run(pipeline_path: str) -> dict:
 
 def recorded_beta(pipeline_path: str) -> float | None:
     """The share of all of U a pu-diffusion run took to be sensitive (its pu_run.json), if the folder has one: the β
-    it trained with, or with --pu_filter_unlabeled the β its cut used (it trained with the β left in the kept U)."""
+    it trained with, or with --pu_filter_unlabeled the β its cut used (it trained with the β left in the kept U), or
+    the β given or estimated where --pu_filter_min_beta raised the cut's above it."""
     run = read_run(pipeline_path)
     if not run:
         return None
@@ -155,9 +156,10 @@ def recorded_beta(pipeline_path: str) -> float | None:
         return None
     if run.get("beta_resolved"):
         resolved = run["beta_resolved"]
-        return float(
-            resolved["unlabeled_filter"]["beta_before"] if "unlabeled_filter" in resolved else resolved["beta"]
-        )
+        if "unlabeled_filter" not in resolved:
+            return float(resolved["beta"])
+        cut = resolved["unlabeled_filter"]
+        return float(cut.get("beta_below_floor", cut["beta_before"]))
     return float(run["beta"]) if isinstance(run.get("beta"), (int, float)) else None
 
 

@@ -5,7 +5,8 @@ Each draw's cross-fitted U-vs-S scores and the mask of U's hidden sensitive imag
 estimator and trust rule sees the same scores and the comparison takes seconds. Per estimator: mean |error|, the
 share of draws within 0.02, the bootstrap interval's coverage, how many estimates are trusted, and how many
 trusted ones are more than 30 % off (the robustness suite's β targets, issue 28); and what a `--beta auto
---pu_filter_unlabeled 1` run would cut under each --pu_filter_untrusted_beta rule.
+--pu_filter_unlabeled 1` run would cut under each --pu_filter_untrusted_beta rule
+(without --pu_filter_min_beta: runs made before 2026-12-06's floor).
 
     python benchmarks/filter_score_probe.py ... --save_scores benchmarks/results/robustness/probe_scores
     python benchmarks/beta_offline_probe.py --scores_dir benchmarks/results/robustness/probe_scores
@@ -68,7 +69,7 @@ def draw_rows(path: str) -> dict:
 
 
 def auto_filter(unlabeled, sensitive, hidden, estimate) -> dict:
-    """What a --beta auto --pu_filter_unlabeled 1 run cuts under each --pu_filter_untrusted_beta rule (the probe's
+    """What a --beta auto --pu_filter_unlabeled 1 run without --pu_filter_min_beta cuts under each --pu_filter_untrusted_beta rule (the probe's
     :func:`filter_score_probe.cuts_under_rules`): the cut's β, the share of U's hidden images dropped, the β PU trains
     with and the true share left; ``estimate``: BBE's on these scores."""
     runs = cuts_under_rules(unlabeled, sensitive, hidden, estimate)

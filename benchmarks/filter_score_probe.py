@@ -6,7 +6,8 @@ script reads it, S), this scores U and S with cross-fitted CNNs under a few scor
 variant, what no training run can see: the AUC of U's hidden sensitive images against U's normal ones, the share of
 them among the top β·|U| scores (what --pu_filter_unlabeled 1 drops with the true β), BBE's estimate, and what
 larger cuts would leave (F = 1, 1.5, 2: share of the hidden images dropped, true β left, kept images per class),
-and what a `--beta auto --pu_filter_unlabeled 1` run would cut under each --pu_filter_untrusted_beta rule.
+and what a `--beta auto --pu_filter_unlabeled 1` run would cut under each --pu_filter_untrusted_beta rule
+(without --pu_filter_min_beta: runs made before 2026-12-06's floor).
 Seconds per cell and variant on a CPU; nothing is trained but the small CNNs.
 
     python benchmarks/filter_score_probe.py --cells 1,2,5,8,9_S50_b0.200 3,5_S50_b0.091 --seeds 0
@@ -109,7 +110,7 @@ def probe(source, cell, seed: int, variant: str, save_scores: str | None = None)
 
 
 def cuts_under_rules(unlabeled, sensitive, hidden, estimate) -> dict:
-    """What a --beta auto --pu_filter_unlabeled 1 run cuts under each --pu_filter_untrusted_beta rule, with the
+    """What a --beta auto --pu_filter_unlabeled 1 run without --pu_filter_min_beta cuts under each --pu_filter_untrusted_beta rule, with the
     training script's own functions: {rule: beta_cut, dropped, hidden_dropped_share, estimated_share, beta_left (the
     β PU trains with), true_beta_left}."""
     PartialState()  # the library's accelerate logger (filter_cut_beta warns) needs one
@@ -143,7 +144,7 @@ def format_table(results: list[dict]) -> str:
 
 
 def format_rule_table(results: list[dict]) -> str:
-    """Per draw, what a --beta auto --pu_filter_unlabeled 1 run cuts under each --pu_filter_untrusted_beta rule."""
+    """Per draw, what a --beta auto --pu_filter_unlabeled 1 run without --pu_filter_min_beta cuts under each --pu_filter_untrusted_beta rule."""
     rows = []
     for r in results:
         runs = [r["auto_filter"][rule] for rule in UNTRUSTED_CUT_RULES]

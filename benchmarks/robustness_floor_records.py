@@ -57,20 +57,23 @@ def derive(cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, 
     """The new key's record from the cached run that trained the same, and why; None when that run is missing."""
     no_floor = read_json(paths["no_floor"]) if os.path.isfile(paths["no_floor"]) else None
     if mode == "true":
-        below = cell.true_beta
-        first = given_beta(cell.true_beta)
+        below = float(f"{cell.true_beta:.6g}")  # as run_flags passes it
+        first = given_beta(below)
     else:
         # the estimate (the same scores, with or without the floor): the old run's, or a real new run's to check it
         estimated = no_floor or (read_json(paths["new"]) if os.path.isfile(paths["new"]) else None)
         if estimated is None:
             return None
         estimate = estimated["beta"]["beta_estimate"]
-        below = estimate["estimate"] if estimate["trusted"] else None
+        cut = estimated["beta"]["unlabeled_filter"]  # the β the cut used (point, margin, untrusted rule applied)
+        below = cut.get("beta_below_floor", cut["beta_before"])
         first = {"beta_source": estimated["beta"]["beta_source"].split(" (β = ")[0].split(", raised to the floor")[0]}
-        if no_floor is None and (below is None or below >= floor):
+        if no_floor is None and below >= floor:
             return None  # a real run the floor did not bind: no earlier run trained it
-        if below is None or below >= floor:
-            why = "its estimate was not trusted" if below is None else f"its estimate {below:.4f} is at least {floor:g}"
+        if below >= floor:
+            trusted = estimate is not None and estimate["trusted"]
+            why = f"its cut used β {below:.4f}" + ("" if trusted else " (the estimate was not trusted)")
+            why += f", at least {floor:g}"
             return no_floor, f"the floor does not bind ({why}): the same run as {os.path.basename(paths['no_floor'])}"
     if not os.path.isfile(paths["default"]):
         return None

@@ -404,6 +404,9 @@ def test_the_audit_reads_a_filtered_runs_beta_over_all_of_u(tmp_path):
     run = {"method": "pu", "beta": "auto", "beta_resolved": {"beta": 0.0117, "unlabeled_filter": cut}}
     (folder / "pu_run.json").write_text(json.dumps(run))
     assert audit.recorded_beta(str(folder)) == 0.23  # the estimate the cut used
+    cut.update(beta_before=0.1, beta_below_floor=0.05)  # --pu_filter_min_beta raised the cut's: U holds about 0.05
+    (folder / "pu_run.json").write_text(json.dumps(run))
+    assert audit.recorded_beta(str(folder)) == 0.05
     del run["beta_resolved"]["unlabeled_filter"]  # PU on all of U: the β it trained with
     (folder / "pu_run.json").write_text(json.dumps(run))
     assert audit.recorded_beta(str(folder)) == 0.0117

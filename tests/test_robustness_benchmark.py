@@ -465,8 +465,9 @@ def test_floor_records_are_derived_only_from_runs_that_trained_the_same(tmp_path
 
     def record(mode, flags, estimate=None, seed=0, share=0.02):
         source = "given with --beta (β = 0.1000)" if estimate is None else "estimated with --beta auto: … (β = 0.08)"
+        cut = {"beta_before": 0.1 if estimate is None else estimate["estimate"], "dropped_positions": [1, 2]}
         beta = {"beta": 0.01, "beta_source": source + "; then --pu_filter_unlabeled 1.0 dropped the 110 U images",
-                "beta_estimate": estimate, "unlabeled_filter": {"beta_before": 0.1, "dropped_positions": [1, 2]}}  # fmt: skip
+                "beta_estimate": estimate, "unlabeled_filter": cut}  # fmt: skip
         path = cache / (suite.run_stem(cell, "pu", mode, suite.run_key(flags), seed) + ".json")
         body = {"cell": cell.name, "method": "pu", "beta_mode": mode, "seed": seed, "key": suite.run_key(flags),
                 "beta": beta, "evaluations": {"ddim50": {"share": share}}, "per_class": [1], "training_log": {}}  # fmt: skip
@@ -494,6 +495,7 @@ def test_floor_records_are_derived_only_from_runs_that_trained_the_same(tmp_path
     assert auto0["beta"]["unlabeled_filter"]["beta_below_floor"] == 0.08 and auto0["beta"]["beta_estimate"] == trusted
     assert "raised to the floor 0.1 for the cut" in auto0["beta"]["beta_source"] and "pu-default" in auto0["relabelled"]
     assert auto1["evaluations"] == {"ddim50": {"share": 0.3}} and "does not bind" in auto1["relabelled"]
+    assert "its cut used β 0.1200, at least 0.1" in auto1["relabelled"]
     assert auto0["key"] != suite.run_key(suite.run_flags(args, "pu", "auto", cell) + no_floor)
     listed = json.loads((tmp_path / "floor_records.json").read_text())
     assert len(listed["written"]) == 3 and not listed["different_from_source"]
