@@ -93,8 +93,12 @@ def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flag
     # the default before the filter is the candidate those records call cap 4 + ρ 0.4 + timestep
     candidate = ["--pu_sensitive_cap", "4", "--pu_sensitive_cap_fraction", "0.4", "--pu_sensitive_cap_reference"]
     assert suite.run_key(unfiltered) == suite.run_key(unfiltered + candidate + ["timestep"]) == "cc05053690"
-    # and today's default is the candidate --pu_filter_unlabeled 1 of session 17 (a committed record's key)
-    assert suite.run_key(default) == suite.run_key(default + ["--pu_filter_unlabeled", "1"]) == "91699c3c81"
+    # today's default is the candidate --pu_filter_unlabeled 1 with the floor (--pu_filter_min_beta 0.1 where β is
+    # below it); spelled out without the floor it is the key of the records made before session 21
+    assert suite.run_key(default) == suite.run_key(default + ["--pu_filter_unlabeled", "1"]) == "9e6869c5e2"
+    assert suite.run_key(default + ["--pu_filter_min_beta", "0"]) == "91699c3c81"
+    beta_02 = suite.run_flags(args, "pu", "true", suite.FULL_CELLS[2])  # β 0.2: the floor cannot bind, same key
+    assert suite.run_key(beta_02) == suite.run_key(beta_02 + ["--pu_filter_min_beta", "0"]) == "bfd2a77f24"
     with pytest.raises(SystemExit):
         suite.parse_args(["--cells", "no-such-cell"])
     with pytest.raises(SystemExit):
