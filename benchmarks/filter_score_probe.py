@@ -110,9 +110,9 @@ def probe(source, cell, seed: int, variant: str, save_scores: str | None = None)
 
 
 def cuts_under_rules(unlabeled, sensitive, hidden, estimate) -> dict:
-    """What a --beta auto --pu_filter_unlabeled 1 run without --pu_filter_min_beta cuts under each --pu_filter_untrusted_beta rule, with the
-    training script's own functions: {rule: beta_cut, dropped, hidden_dropped_share, estimated_share, beta_left (the
-    β PU trains with), true_beta_left}."""
+    """What a --beta auto --pu_filter_unlabeled 1 run without --pu_filter_min_beta cuts under each
+    --pu_filter_untrusted_beta rule, with the training script's own functions: {rule: beta_cut, dropped,
+    hidden_dropped_share, estimated_share, beta_left (the β PU trains with), true_beta_left}."""
     PartialState()  # the library's accelerate logger (filter_cut_beta warns) needs one
     first = beta_from_estimate(estimate)
     runs = {}
@@ -144,7 +144,8 @@ def format_table(results: list[dict]) -> str:
 
 
 def format_rule_table(results: list[dict]) -> str:
-    """Per draw, what a --beta auto --pu_filter_unlabeled 1 run without --pu_filter_min_beta cuts under each --pu_filter_untrusted_beta rule."""
+    """Per draw, what a --beta auto --pu_filter_unlabeled 1 run without --pu_filter_min_beta cuts under each
+    --pu_filter_untrusted_beta rule."""
     rows = []
     for r in results:
         runs = [r["auto_filter"][rule] for rule in UNTRUSTED_CUT_RULES]

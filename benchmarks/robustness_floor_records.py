@@ -27,12 +27,10 @@ import copy
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import robustness_benchmark as suite
+from harness import read_json, write_json
 
-import robustness_benchmark as suite  # noqa: E402
-from harness import read_json, write_json  # noqa: E402
-
-from pu_diffusion.beta import DEFAULT_FILTER_MIN_BETA, given_beta  # noqa: E402
+from pu_diffusion.beta import DEFAULT_FILTER_MIN_BETA, floor_cut_beta, given_beta
 
 NO_FLOOR = ["--pu_filter_min_beta", "0"]
 COMPARED = ("evaluations", "per_class", "training_log")  # what the tables read, and the run's losses
@@ -58,7 +56,7 @@ def derive(cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, 
     no_floor = read_json(paths["no_floor"]) if os.path.isfile(paths["no_floor"]) else None
     if mode == "true":
         below = float(f"{cell.true_beta:.6g}")  # as run_flags passes it
-        first = given_beta(below)
+        source = given_beta(below)["beta_source"]
     else:
         # the estimate (the same scores, with or without the floor): the old run's, or a real new run's to check it
         estimated = no_floor or (read_json(paths["new"]) if os.path.isfile(paths["new"]) else None)
@@ -67,7 +65,7 @@ def derive(cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, 
         estimate = estimated["beta"]["beta_estimate"]
         cut = estimated["beta"]["unlabeled_filter"]  # the β the cut used (point, margin, untrusted rule applied)
         below = cut.get("beta_below_floor", cut["beta_before"])
-        first = {"beta_source": estimated["beta"]["beta_source"].split(" (β = ")[0].split(", raised to the floor")[0]}
+        source = estimated["beta"]["beta_source"].split(" (β = ")[0].split(", raised to the floor")[0]
         if no_floor is None and below >= floor:
             return None  # a real run the floor did not bind: no earlier run trained it
         if below >= floor:
@@ -79,11 +77,9 @@ def derive(cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, 
         return None
     default = read_json(paths["default"])
     record = copy.deepcopy(default)
-    rest = default["beta"]["beta_source"].split("; then", 1)[1]
-    record["beta"]["beta_source"] = (
-        f"{first['beta_source']}, raised to the floor {floor:g} for the cut (--pu_filter_min_beta) "
-        f"(β = {floor:.4f}); then{rest}"
-    )
+    rest = default["beta"]["beta_source"].split("; then", 1)[1]  # the cut's part, as the run wrote it
+    floored = floor_cut_beta({"beta": below, "beta_source": source}, floor)["beta_source"]  # the run's wording
+    record["beta"]["beta_source"] = f"{floored} (β = {floor:.4f}); then{rest}"
     record["beta"]["unlabeled_filter"]["beta_below_floor"] = float(below)
     if mode != "true":
         record["beta"]["beta_estimate"] = estimate
@@ -113,15 +109,15 @@ def main() -> int:
                     continue
                 derived = derive(cell, mode, paths, floor)
                 name = os.path.basename(paths["new"])
-                if os.path.isfile(paths["new"]) and "relabelled" in read_json(paths["new"]):
-                    written.append(f"{name}: {read_json(paths['new'])['relabelled']}")  # written by an earlier call
+                existing = read_json(paths["new"]) if os.path.isfile(paths["new"]) else None
+                if existing is not None and "relabelled" in existing:
+                    written.append(f"{name}: {existing['relabelled']}")  # written by an earlier call
                     continue
-                if os.path.isfile(paths["new"]):
+                if existing is not None:  # a real run of the new key
                     if derived is None:
                         unmatched.append(name)
                         continue
-                    real = read_json(paths["new"])
-                    same = all(real[part] == derived[0][part] for part in COMPARED)
+                    same = all(existing[part] == derived[0][part] for part in COMPARED)
                     (verified if same else differ).append(f"{name}: {derived[1]}")
                     continue
                 if args.verify:
