@@ -143,6 +143,9 @@ def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
     assert true["not_suppressed_classes"] == [] and auto["not_suppressed_classes"] == ["7"]
     table = suite.format_class_counts(rows, [true, auto], args)
     assert table.splitlines()[-1].endswith("| 7 |") and table.splitlines()[-2].endswith("| none |")
+    # each row names the seeds its counts are a mean over (PU's true row has seed 0 only, beside clean's 0 and 1)
+    assert table.splitlines()[-2].startswith("| 7_S100_b0.091 | pu, β true | 0 | ")
+    assert table.splitlines()[-4].startswith("| 7_S100_b0.091 | clean | 0, 1 | ")
     # exactly at the floor + 0.01 counts as at the floor: 27/500 against 22/500 (1 − NSR, as the records hold it)
     edge = [
         row("clean", [1 - (1 - 22 / 500)], [0.0], [10.0], [0]),
@@ -226,7 +229,8 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     assert "judge on real normal images (ceiling)" in table and rows[("true", "pu")]["class_labels"][7] == "7"
     counts_line = next(line for line in table.splitlines() if line.startswith("| 7_S6_b0.200 | pu, β auto |"))
     sevens = rows[("auto", "pu")]["class_counts_ddim2"][0][7]
-    assert counts_line.split(" | ")[2 + 7] == f"**{sevens}**" and not counts_line.split(" | ")[2].startswith("**")
+    cells = counts_line.split(" | ")  # cell, row, seeds, then the counts of 0, 1, …
+    assert cells[2] == "0" and cells[3 + 7] == f"**{sevens}**" and not cells[3].startswith("**")
     assert not [name for name in os.listdir(out / "runs") if not name.endswith(".log")]  # models removed
 
     # the data a user would pass: U with its hidden sevens, S, and the clean oracle's U without them
@@ -301,9 +305,10 @@ def test_own_labelled_data_gets_the_same_table_from_its_own_judge(tmp_path, monk
     (cell,) = summary["cells"]
     assert cell["cell"] == "face_S3_b0.200" and (out / "table.md").exists()
     table = (out / "table.md").read_text()  # the class counts under the judge's own labels, the sensitive one bold
-    assert "| cell | row | cat | dog | face |" in table
+    assert "| cell | row | seeds | cat | dog | face |" in table
     pu_line = next(line for line in table.splitlines() if line.startswith("| face_S3_b0.200 | pu, β true |"))
-    assert pu_line.split(" | ")[4].startswith("**") and not pu_line.split(" | ")[2].startswith("**")
+    cells = pu_line.split(" | ")  # cell, row, seeds, cat, dog, face
+    assert cells[2] == "0" and cells[5].startswith("**") and not cells[3].startswith("**")
     (folder,) = (out / "data").glob("face_S3_b0.200_s0_*")
     assert len(os.listdir(folder / "pu" / "sensitive")) == 3 and len(os.listdir(folder / "test" / "normal")) == 4
     assert all("classface" not in name for name in os.listdir(folder / "clean" / "unlabeled"))
