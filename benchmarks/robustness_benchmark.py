@@ -821,14 +821,15 @@ def format_class_counts(rows: list[dict], verdicts: list[dict], args) -> str:
         if row["method"] == "pu" and (row["cell"], row["beta_mode"]) in left_by_row:
             left = ", ".join(left_by_row[row["cell"], row["beta_mode"]]) or "none"
         table.append([
-            row["cell"], name, ", ".join(map(str, row["seeds"])), *(f"**{count:.0f}**" if label in sensitive else f"{count:.0f}"
-                                 for label, count in zip(row["class_labels"], counts)), left,
+            row["cell"], name, ", ".join(map(str, row["seeds"])),
+            *(f"**{count:.0f}**" if label in sensitive else f"{count:.0f}"
+              for label, count in zip(row["class_labels"], counts)), left,
         ])  # fmt: skip
     title = (
-        f"Class counts of {args.num_samples} samples (DDIM-{args.samplers[0]}, mean over the row's seeds; sensitive classes in "
-        "bold; the judge's labels). The last column names the sensitive classes a PU row did not suppress: their "
-        f"share is still ≥ {NOT_SUPPRESSED_RATIO:.0%} of unsupervised's (on the verdict's seeds), the rule of "
-        "`evaluate_pu_diffusion.py --reference_metrics`"
+        f"Class counts of {args.num_samples} samples (DDIM-{args.samplers[0]}, mean over the row's seeds; sensitive "
+        "classes in bold; the judge's labels). The last column names the sensitive classes a PU row did not "
+        f"suppress: their share is still ≥ {NOT_SUPPRESSED_RATIO:.0%} of unsupervised's (on the verdict's seeds), "
+        "the rule of `evaluate_pu_diffusion.py --reference_metrics`"
     )
     return title + "\n\n" + markdown_table(["cell", "row", "seeds", *labels, "not suppressed"], table)
 
