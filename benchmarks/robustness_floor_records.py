@@ -13,6 +13,17 @@ the new key's record from that run, naming it under ``relabelled``:
   cached ``default`` run of the same cell and seed. (The scores and the model's first weights do not depend on β:
   ``cross_fitted_scores`` seeds torch itself, and BBE draws from its own numpy generator.)
 
+``--beta_auto_point midpoint`` (train_pu_diffusion.py's default with ``--beta auto`` since 2026-12-07) changed the
+key of every ``auto`` row again; the rows of the point estimate are the β mode ``auto-estimate`` now (filed under
+``auto``: robustness_benchmark.FILED_AS). The midpoint's record is written from runs already made where it trains
+what they trained:
+
+- an estimate not trusted (or not made): the point never enters (β 0.1, and the cut's β from BBE's point or the
+  floor), so the run is the ``auto-estimate`` run;
+- a trusted estimate whose midpoint is below 0.1: the floor binds, so the run is the ``default`` run, as above.
+
+A trusted midpoint of at least 0.1 trains a β no cached run trained: that row is trained for real.
+
 Where a real run of the new key is cached, nothing is written for it; ``--verify`` compares it with the record this
 script would derive (its samples' judged shares, per-class counts, FD and training log) and exits 1 on a difference.
 
@@ -30,33 +41,46 @@ import sys
 import robustness_benchmark as suite
 from harness import read_json, write_json
 
-from pu_diffusion.beta import DEFAULT_FILTER_MIN_BETA, floor_cut_beta, given_beta
+from pu_diffusion.beta import AUTO_POINTS, DEFAULT_FILTER_MIN_BETA, floor_cut_beta, given_beta, point_of
 
 NO_FLOOR = ["--pu_filter_min_beta", "0"]
 COMPARED = ("evaluations", "per_class", "training_log")  # what the tables read, and the run's losses
 
 
 def stems(args, cell, mode: str, seed: int) -> dict[str, str]:
-    """Record paths of one (cell, β mode, seed): the new key's, the same row without the floor, and default's."""
-    folder = os.path.join(args.output_dir, "cache")
+    """Record paths of one (cell, β mode, seed): the new key's, default's, and the run it may be derived from: the
+    same row without the floor (``true``, ``auto-estimate``), or the ``auto-estimate`` row (``auto``)."""
     flags = suite.run_flags(args, "pu", mode, cell)
-    default = suite.run_flags(args, "pu", "default", cell)
+    rows = [("new", mode, flags), ("default", "default", suite.run_flags(args, "pu", "default", cell))]
+    if mode == "auto":
+        rows.append(("estimate", "auto-estimate", suite.run_flags(args, "pu", "auto-estimate", cell)))
+    else:
+        rows.append(("no_floor", mode, flags + NO_FLOOR))
     return {
-        name: os.path.join(folder, suite.run_stem(cell, "pu", row_mode, suite.run_key(row_flags), seed) + ".json")
-        for name, row_mode, row_flags in (
-            ("new", mode, flags),
-            ("no_floor", mode, flags + NO_FLOOR),
-            ("default", "default", default),
-        )
+        name: suite.cached_path(args, cell, "pu", row_mode, suite.run_key(row_flags), seed)
+        for name, row_mode, row_flags in rows
     }
 
 
 def derive(cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, str] | None:
     """The new key's record from the cached run that trained the same, and why; None when that run is missing."""
-    no_floor = read_json(paths["no_floor"]) if os.path.isfile(paths["no_floor"]) else None
+    no_floor = read_json(paths["no_floor"]) if os.path.isfile(paths.get("no_floor", "")) else None
     if mode == "true":
         below = float(f"{cell.true_beta:.6g}")  # as run_flags passes it
         source = given_beta(below)["beta_source"]
+    elif mode == "auto":  # the midpoint, from the point estimate's run (the same scores and the same estimate)
+        if not os.path.isfile(paths["estimate"]):
+            return None
+        same = read_json(paths["estimate"])
+        estimate = same["beta"]["beta_estimate"]
+        if estimate is None or not estimate["trusted"]:
+            why = "the estimate was not trusted: the point never enters (PU's β is 0.1, the cut's BBE's or the floor)"
+            return same, f"{why}: the same run as {os.path.basename(paths['estimate'])}"
+        below = point_of(estimate["estimate"], estimate["interval"], "midpoint")
+        if below >= floor:
+            return None  # a β no cached run trained
+        source = same["beta"]["beta_source"].split(" (β = ")[0].split(", raised to the floor")[0]
+        source += AUTO_POINTS["midpoint"]
     else:
         # the estimate (the same scores, with or without the floor): the old run's, or a real new run's to check it
         estimated = no_floor or (read_json(paths["new"]) if os.path.isfile(paths["new"]) else None)
@@ -102,10 +126,10 @@ def main() -> int:
     floor = DEFAULT_FILTER_MIN_BETA
     written, verified, differ, missing, unmatched = [], [], [], [], []
     for cell in suite.FULL_CELLS:
-        for mode in ("true", "auto"):
+        for mode in ("true", "auto-estimate", "auto"):  # auto from auto-estimate's records: after them
             for seed in (0, 1):
                 paths = stems(suite_args, cell, mode, seed)
-                if paths["new"] == paths["no_floor"]:  # β ≥ the floor given: the key did not change
+                if paths["new"] == paths.get("no_floor"):  # β ≥ the floor given: the key did not change
                     continue
                 derived = derive(cell, mode, paths, floor)
                 name = os.path.basename(paths["new"])

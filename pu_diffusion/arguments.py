@@ -236,7 +236,8 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         choices=["estimate", "lower", "midpoint"],
         help="--beta auto: train with the point estimate, the lower end of its 95 %% bootstrap interval (a "
         "conservative β: an overestimated β makes PU train towards the sensitive data), or halfway between the two "
-        "(BBE's upward bias, halved on the robustness suite's draws: docs/beta_and_audit.md).",
+        "(BBE's upward bias, halved on the robustness suite's draws: docs/beta_and_audit.md). Default: midpoint in "
+        "train_pu_diffusion.py (since 2026-12-07), estimate in train_pu_text_to_image.py (not measured there).",
     )
     group.add_argument(
         "--beta_score_repeats",

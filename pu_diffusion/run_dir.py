@@ -104,6 +104,14 @@ CHANGED_DEFAULTS = {
         "--pu_filter_unlabeled 0",
         "without the U filter (on by default since 2026-12-06)",
     ),
+    "beta_auto_point": (
+        lambda stored: (
+            stored.get("beta") == "auto"
+            and stored.get("beta_auto_point", ADDED_ARGS_NEUTRAL["beta_auto_point"]) == "estimate"
+        ),
+        "--beta_auto_point estimate",
+        "with --beta auto's point estimate (the midpoint by default since 2026-12-07)",
+    ),
 }
 # Flags another flag's value decides (flag → that flag, and whether it decides them for this stored run): no hint
 # of their own when that flag's old default is restored. Without the cap its shape flags are refused; without the

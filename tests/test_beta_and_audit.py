@@ -102,6 +102,9 @@ def test_low_separability_is_not_trusted_and_training_falls_back(caplog):
     with pytest.raises(ValueError, match="point must be one of"):
         beta.beta_from_estimate(estimate, 1.0, "upper")  # refused even where the estimate is not trusted
     assert script.parse_args(["--beta", "auto", "--beta_auto_point", "lower"]).beta_auto_point == "lower"
+    assert script.parse_args(["--beta", "auto"]).beta_auto_point == "midpoint"  # the default since 2026-12-07
+    assert script.parse_args(["--beta", "0.2"]).beta_auto_point == "estimate"  # a given β: the flag does nothing
+    assert script.parse_args(["--beta", "auto", "--beta_auto_point", "estimate"]).beta_auto_point == "estimate"
     with pytest.raises(ValueError, match="--beta_auto_point lower picks what --beta auto trains with"):
         script.parse_args(["--beta", "0.2", "--beta_auto_point", "lower"])
 
@@ -203,7 +206,7 @@ def test_a_beta_auto_run_from_before_the_score_flags_resumes_with_their_old_valu
     monkeypatch.setattr(beta, "estimate_beta_from_images", None)  # a resumed run reads its β, it scores nothing
     script.main(script.parse_args([*resume, "--beta_score_repeats", "1", "--beta_score_patience", "4"]))
     assert json.loads((out / "train_stats.json").read_text())["global_step"] == 6
-    assert json.loads((out / "pu_run.json").read_text())["beta_resolved"]["beta"] == 0.2
+    assert json.loads((out / "pu_run.json").read_text())["beta_resolved"]["beta"] == pytest.approx(0.19)  # midpoint
 
 
 def write_planted_folder(root, n_dark=40, n_bright_in_u=4, n_sensitive=12, size=8):
@@ -258,7 +261,8 @@ def test_a_resume_trains_with_the_recorded_beta(tmp_path, tiny_unet_config, monk
     flags = ["--train_data_dir", data, "--beta", "auto", "--pu_filter_unlabeled", "0"]
     monkeypatch.setattr(beta, "estimate_beta_from_images", trusted_estimate(0.23))
     script.main(script.parse_args(tiny_args(straight, tiny_unet_config(), *flags)))
-    assert json.loads((straight / "pu_run.json").read_text())["beta_resolved"]["beta"] == pytest.approx(0.23)
+    # the default point: halfway between the estimate 0.23 and its interval's lower end 0.21
+    assert json.loads((straight / "pu_run.json").read_text())["beta_resolved"]["beta"] == pytest.approx(0.22)
 
     def no_estimation(*args, **kwargs):
         raise AssertionError("a resumed run must reuse the recorded β")
@@ -271,7 +275,7 @@ def test_a_resume_trains_with_the_recorded_beta(tmp_path, tiny_unet_config, monk
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
     resume = [*flags, "--resume_from_checkpoint", "latest"]
     script.main(script.parse_args(tiny_args(resumed, tiny_unet_config(), *resume)))
-    assert seen and all(value == pytest.approx(0.23) for value in seen)
+    assert seen and all(value == pytest.approx(0.22) for value in seen)
     a, b = (load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")) for folder in (straight, resumed))
     assert all(torch.equal(a[key], b[key]) for key in a)
     with pytest.raises(ValueError, match="holds a different run"):  # another margin is another run
@@ -291,7 +295,9 @@ def test_an_estimate_that_cannot_be_made_falls_back(tmp_path, tiny_unet_config, 
     assert resolved["beta"] == beta.DEFAULT_BETA and "could not estimate" in resolved["beta_source"]
 
 
-def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, monkeypatch):
+def test_a_trusted_estimates_point_is_what_the_risk_uses(tmp_path, tiny_unet_config, monkeypatch):
+    """--beta auto's β × --beta_margin reaches the risk: the midpoint by default (0.19 for 0.2 with the interval's
+    lower end at 0.18), the point estimate with --beta_auto_point estimate."""
     off = ["--pu_filter_unlabeled", "0"]  # the filter's β left: test_train_unconditional.py
     monkeypatch.setattr(beta, "estimate_beta_from_images", trusted_estimate(0.2))
     seen = record_pu_risk_betas(monkeypatch)
@@ -302,9 +308,14 @@ def test_a_trusted_estimate_is_what_the_risk_uses(tmp_path, tiny_unet_config, mo
             tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--beta", "auto", "--beta_margin", "1.5", *off)
         )
     )
-    assert seen and all(value == pytest.approx(0.3) for value in seen)
-    assert json.loads((out / "pu_run.json").read_text())["beta_resolved"]["beta"] == pytest.approx(0.3)
-    assert "× --beta_margin 1.5" in (out / "README.md").read_text()
+    assert seen and all(value == pytest.approx(0.285) for value in seen)
+    assert json.loads((out / "pu_run.json").read_text())["beta_resolved"]["beta"] == pytest.approx(0.285)
+    card = (out / "README.md").read_text()
+    assert "× --beta_margin 1.5" in card and "--beta_auto_point midpoint" in card
+    seen.clear()
+    point = ["--train_data_dir", data, "--beta", "auto", "--beta_auto_point", "estimate", "--max_train_steps", "1"]
+    script.main(script.parse_args(tiny_args(tmp_path / "point", tiny_unet_config(), *point, *off)))
+    assert seen and all(value == pytest.approx(0.2) for value in seen)
 
 
 @pytest.mark.parametrize(
@@ -343,6 +354,8 @@ def test_estimate_beta_command_writes_json(tmp_path):
     assert saved["n_unlabeled"] == 33 and saved["n_sensitive"] == 8 and saved == json.loads(json.dumps(result))
     assert saved["repeats"] == 2 and saved["patience"] == DEFAULT_SCORE_PATIENCE
     assert 0 <= saved["estimate"] <= 1 and saved["interval"][0] <= saved["interval"][1]
+    lower = min(saved["estimate"], saved["interval"][0])
+    assert saved["midpoint"] == pytest.approx((saved["estimate"] + lower) / 2)  # what --beta auto trains with
 
 
 def test_audit_draws_are_shared_across_images(tiny_unet_config):
@@ -789,6 +802,23 @@ def test_a_bad_filter_floor_is_refused_by_name(tmp_path, flags, message):
 
     with pytest.raises(UsageError, match=message):
         script.parse_args(["--output_dir", str(tmp_path / "out"), *flags])
+
+
+def test_a_beta_auto_run_from_before_the_midpoint_default_gets_the_flag_that_resumes_it(tmp_path):
+    """A --beta auto pu_run.json written when the point estimate was the default (with or without the flag stored):
+    the hint restores it, and the restored flags parse into what the run stored."""
+    from pu_diffusion.run_dir import resume_hint
+
+    old = vars(script.parse_args(["--output_dir", str(tmp_path), "--beta", "auto", "--beta_auto_point", "estimate"]))
+    now = vars(script.parse_args(["--output_dir", str(tmp_path), "--beta", "auto"]))
+    expected = (
+        " That run was trained with --beta auto's point estimate (the midpoint by default since 2026-12-07): add "
+        "--beta_auto_point estimate to resume it as it was trained."
+    )
+    assert resume_hint(old, now, ["beta_auto_point"]) == expected
+    assert resume_hint({k: v for k, v in old.items() if k != "beta_auto_point"}, now, ["beta_auto_point"]) == expected
+    given = vars(script.parse_args(["--output_dir", str(tmp_path), "--beta", "0.2"]))
+    assert resume_hint(given, {**given, "beta_auto_point": "midpoint"}, ["beta_auto_point"]) == ""  # not auto
 
 
 def test_a_filter_run_from_before_the_floor_gets_the_flag_that_resumes_it(tmp_path):

@@ -61,10 +61,13 @@ def test_each_cell_trains_clean_unsupervised_and_pu_per_beta_mode_and_extra_flag
     assert suite.run_key(lower) != suite.run_key(suite.run_flags(args, "pu", "auto", fifth))
     middle = suite.run_flags(args, "pu", "auto-midpoint", fifth)
     assert middle[:6] == ["--method", "pu", "--beta", "auto", "--beta_auto_point", "midpoint"]
-    assert suite.run_key(middle) not in (
-        suite.run_key(lower),
-        suite.run_key(suite.run_flags(args, "pu", "auto", fifth)),
-    )
+    # `auto` is --beta auto as train_pu_diffusion.py runs it: the midpoint since 2026-12-07, so the same run
+    assert suite.run_key(middle) == suite.run_key(suite.run_flags(args, "pu", "auto", fifth)) != suite.run_key(lower)
+    point = suite.run_flags(args, "pu", "auto-estimate", fifth)
+    assert point[:6] == ["--method", "pu", "--beta", "auto", "--beta_auto_point", "estimate"]
+    assert suite.run_key(point) not in (suite.run_key(middle), suite.run_key(lower))
+    # a committed record of `auto` from before the change: its key is what auto-estimate computes now
+    assert suite.run_key(suite.run_flags(args, "pu", "auto-estimate", suite.FULL_CELLS[0])) == "33ba6d3c03"
     candidate = suite.parse_args(["--extra_train_args", "--learning_rate 1e-4"])
     flags = suite.run_flags(candidate, "pu", "true", fifth)
     assert flags[-2:] == ["--learning_rate", "1e-4"]  # after the recipe's 0.001: argparse keeps the last
@@ -452,17 +455,18 @@ def test_every_documented_suite_command_reaches_its_cached_runs():
             for cell in args.cell_list:
                 for method, beta_mode in suite.runs_of(args, cell):
                     key = suite.run_key(suite.run_flags(args, method, beta_mode, cell))
-                    stem = suite.run_stem(cell, method, beta_mode, key, seed)
-                    path = os.path.join(args.output_dir, "cache", stem + ".json")
+                    path = suite.cached_path(args, cell, method, beta_mode, key, seed)
                     if not (os.path.isfile(path) and suite.complete(suite.read_json(path), args)):
                         problems.append(f"{doc}: {' '.join(argv)}: would train {os.path.basename(path)}")
     assert not problems, "\n".join(problems)
 
 
 def test_floor_records_are_derived_only_from_runs_that_trained_the_same(tmp_path, monkeypatch):
-    """robustness_floor_records.py: a true β below the floor, and a trusted `auto` estimate below it, get the
-    default run's record (β 0.1 given: the same cut and β left); an `auto` estimate above it gets its own old run;
-    a real run of a new key that differs from its source fails --verify."""
+    """robustness_floor_records.py: a true β below the floor, and a trusted estimate below it, get the default run's
+    record (β 0.1 given: the same cut and β left); a point estimate above it gets its own run without the floor.
+    The midpoint (`auto` since 2026-12-07) comes from the point estimate's run (`auto-estimate`, filed under `auto`
+    when made before): the default run below the floor, that run when the estimate is not trusted, nothing (a real
+    run) at or above it. A real run of a new key that differs from its source fails --verify."""
     import sys
 
     import robustness_floor_records as floor_records
@@ -470,44 +474,57 @@ def test_floor_records_are_derived_only_from_runs_that_trained_the_same(tmp_path
     args = suite.parse_args(["--protocol", "full", "--output_dir", str(tmp_path), "--report_only"])
     cache = tmp_path / "cache"
     cache.mkdir()
-    cell = suite.FULL_CELLS[0]  # 7_S100_b0.091
+    cell, other = suite.FULL_CELLS[0], suite.FULL_CELLS[1]  # 7_S100_b0.091, 3_S100_b0.091
 
-    def record(mode, flags, estimate=None, seed=0, share=0.02):
+    def record(mode, flags, estimate=None, seed=0, share=0.02, at=cell):
         source = "given with --beta (β = 0.1000)" if estimate is None else "estimated with --beta auto: … (β = 0.08)"
         cut = {"beta_before": 0.1 if estimate is None else estimate["estimate"], "dropped_positions": [1, 2]}
         beta = {"beta": 0.01, "beta_source": source + "; then --pu_filter_unlabeled 1.0 dropped the 110 U images",
                 "beta_estimate": estimate, "unlabeled_filter": cut}  # fmt: skip
-        path = cache / (suite.run_stem(cell, "pu", mode, suite.run_key(flags), seed) + ".json")
-        body = {"cell": cell.name, "method": "pu", "beta_mode": mode, "seed": seed, "key": suite.run_key(flags),
+        path = cache / (suite.run_stem(at, "pu", mode, suite.run_key(flags), seed) + ".json")
+        body = {"cell": at.name, "method": "pu", "beta_mode": mode, "seed": seed, "key": suite.run_key(flags),
                 "beta": beta, "evaluations": {"ddim50": {"share": share}}, "per_class": [1], "training_log": {}}  # fmt: skip
         path.write_text(json.dumps(body))
         return path
 
     no_floor = floor_records.NO_FLOOR
+    point = suite.run_flags(args, "pu", "auto-estimate", cell) + no_floor  # filed as `auto`: made before the midpoint
     record("default", suite.run_flags(args, "pu", "default", cell), share=0.018)
     trusted = {"estimate": 0.08, "trusted": True, "interval": [0.07, 0.09]}
-    record("auto", suite.run_flags(args, "pu", "auto", cell) + no_floor, trusted, share=0.5)
+    record("auto", point, trusted, share=0.5)
     above = {"estimate": 0.12, "trusted": True, "interval": [0.1, 0.14]}
-    record("auto", suite.run_flags(args, "pu", "auto", cell) + no_floor, above, seed=1, share=0.3)
+    record("auto", point, above, seed=1, share=0.3)
+    untrusted = {"estimate": 0.15, "trusted": False, "interval": [0.05, 0.3]}
+    record("auto", suite.run_flags(args, "pu", "auto-estimate", other) + no_floor, untrusted, share=0.04, at=other)
     monkeypatch.setattr(sys, "argv", ["robustness_floor_records.py", "--output_dir", str(tmp_path)])
     assert floor_records.main() == 0
 
-    def new(mode, seed):
-        flags = suite.run_flags(args, "pu", mode, cell)
-        return json.loads(
-            (cache / (suite.run_stem(cell, "pu", mode, suite.run_key(flags), seed) + ".json")).read_text()
-        )
+    def new(mode, seed, at=cell):
+        flags = suite.run_flags(args, "pu", mode, at)
+        return suite.read_json(suite.cached_path(args, at, "pu", mode, suite.run_key(flags), seed))
 
-    true0, auto0, auto1 = new("true", 0), new("auto", 0), new("auto", 1)
-    assert true0["evaluations"] == auto0["evaluations"] == {"ddim50": {"share": 0.018}}  # the default run's
+    true0, point0, point1, auto0 = new("true", 0), new("auto-estimate", 0), new("auto-estimate", 1), new("auto", 0)
+    assert true0["evaluations"] == point0["evaluations"] == auto0["evaluations"] == {"ddim50": {"share": 0.018}}
     assert true0["beta"]["unlabeled_filter"]["beta_below_floor"] == pytest.approx(1 / 11)
-    assert auto0["beta"]["unlabeled_filter"]["beta_below_floor"] == 0.08 and auto0["beta"]["beta_estimate"] == trusted
-    assert "raised to the floor 0.1 for the cut" in auto0["beta"]["beta_source"] and "pu-default" in auto0["relabelled"]
-    assert auto1["evaluations"] == {"ddim50": {"share": 0.3}} and "does not bind" in auto1["relabelled"]
-    assert "its cut used β 0.1200, at least 0.1" in auto1["relabelled"]
-    assert auto0["key"] != suite.run_key(suite.run_flags(args, "pu", "auto", cell) + no_floor)
+    assert point0["beta"]["unlabeled_filter"]["beta_below_floor"] == 0.08 and point0["beta"]["beta_estimate"] == trusted
+    assert (
+        "raised to the floor 0.1 for the cut" in point0["beta"]["beta_source"] and "pu-default" in point0["relabelled"]
+    )
+    assert point1["evaluations"] == {"ddim50": {"share": 0.3}} and "does not bind" in point1["relabelled"]
+    assert "its cut used β 0.1200, at least 0.1" in point1["relabelled"]
+    assert point0["key"] != suite.run_key(point) and point0["beta_mode"] == "auto-estimate"
+    # the midpoint: 0.075 below the floor → the default run; 0.11 at or above it → no record (a real run)
+    assert auto0["beta"]["unlabeled_filter"]["beta_below_floor"] == pytest.approx(0.075)
+    assert "halfway between it and its interval's lower end" in auto0["beta"]["beta_source"]
+    assert "pu-default" in auto0["relabelled"] and auto0["key"] == suite.run_key(
+        suite.run_flags(args, "pu", "auto", cell)
+    )
+    auto1 = suite.run_stem(cell, "pu", "auto", auto0["key"], 1) + ".json"
+    assert not (cache / auto1).exists()
+    distrusted = new("auto", 0, other)  # not trusted: the point never enters, so the point estimate's run
+    assert distrusted["evaluations"] == {"ddim50": {"share": 0.04}} and "not trusted" in distrusted["relabelled"]
     listed = json.loads((tmp_path / "floor_records.json").read_text())
-    assert len(listed["written"]) == 3 and not listed["different_from_source"]
+    assert len(listed["written"]) == 6 and not listed["different_from_source"]
     # a real run of a new key (no "relabelled") that differs from what its source trained
     real = {key: value for key, value in true0.items() if key != "relabelled"}
     path = cache / (suite.run_stem(cell, "pu", "true", true0["key"], 0) + ".json")
@@ -516,3 +533,8 @@ def test_floor_records_are_derived_only_from_runs_that_trained_the_same(tmp_path
     assert floor_records.main() == 1
     path.write_text(json.dumps(real))
     assert floor_records.main() == 0
+    # the suite reads the point estimate's records filed under `auto` as auto-estimate rows, beside the midpoint's
+    args.cell_list = [cell, other]
+    monkeypatch.setattr(suite, "complete", lambda record, args: True)  # these records hold one sampler
+    rows = {(r["cell"], r["beta_mode"], r["seed"]) for r in suite.cached_records(args) if r["method"] == "pu"}
+    assert {(cell.name, "auto", 0), (cell.name, "auto-estimate", 0), (other.name, "auto", 0)} <= rows
