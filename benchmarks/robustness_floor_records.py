@@ -69,18 +69,21 @@ def derive(cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, 
         below = float(f"{cell.true_beta:.6g}")  # as run_flags passes it
         source = given_beta(below)["beta_source"]
     elif mode == "auto":  # the midpoint, from the point estimate's run (the same scores and the same estimate)
-        if not os.path.isfile(paths["estimate"]):
+        same = read_json(paths["estimate"]) if os.path.isfile(paths["estimate"]) else None
+        estimated = same or (read_json(paths["new"]) if os.path.isfile(paths["new"]) else None)  # a real run's
+        if estimated is None:
             return None
-        same = read_json(paths["estimate"])
-        estimate = same["beta"]["beta_estimate"]
+        estimate = estimated["beta"]["beta_estimate"]
         if estimate is None or not estimate["trusted"]:
+            if same is None:
+                return None
             why = "the estimate was not trusted: the point never enters (PU's β is 0.1, the cut's BBE's or the floor)"
             return same, f"{why}: the same run as {os.path.basename(paths['estimate'])}"
         below = point_of(estimate["estimate"], estimate["interval"], "midpoint")
         if below >= floor:
             return None  # a β no cached run trained
-        source = same["beta"]["beta_source"].split(" (β = ")[0].split(", raised to the floor")[0]
-        source += AUTO_POINTS["midpoint"]
+        source = estimated["beta"]["beta_source"].split(" (β = ")[0].split(", raised to the floor")[0]
+        source += "" if source.endswith(AUTO_POINTS["midpoint"]) else AUTO_POINTS["midpoint"]
     else:
         # the estimate (the same scores, with or without the floor): the old run's, or a real new run's to check it
         estimated = no_floor or (read_json(paths["new"]) if os.path.isfile(paths["new"]) else None)

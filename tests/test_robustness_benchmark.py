@@ -496,6 +496,8 @@ def test_floor_records_are_derived_only_from_runs_that_trained_the_same(tmp_path
     record("auto", point, above, seed=1, share=0.3)
     untrusted = {"estimate": 0.15, "trusted": False, "interval": [0.05, 0.3]}
     record("auto", suite.run_flags(args, "pu", "auto-estimate", other) + no_floor, untrusted, share=0.04, at=other)
+    record("default", suite.run_flags(args, "pu", "default", other), seed=1, share=0.03, at=other)
+    midpoint_run = record("auto", suite.run_flags(args, "pu", "auto", other), trusted, seed=1, share=0.03, at=other)
     monkeypatch.setattr(sys, "argv", ["robustness_floor_records.py", "--output_dir", str(tmp_path)])
     assert floor_records.main() == 0
 
@@ -524,7 +526,10 @@ def test_floor_records_are_derived_only_from_runs_that_trained_the_same(tmp_path
     distrusted = new("auto", 0, other)  # not trusted: the point never enters, so the point estimate's run
     assert distrusted["evaluations"] == {"ddim50": {"share": 0.04}} and "not trusted" in distrusted["relabelled"]
     listed = json.loads((tmp_path / "floor_records.json").read_text())
-    assert len(listed["written"]) == 6 and not listed["different_from_source"]
+    assert len(listed["written"]) == 7 and not listed["different_from_source"]
+    # a real midpoint run below the floor, with no point-estimate run: checked against the default run of its seed
+    assert len(listed["identical_to_source"]) == 1 and "pu-default" in listed["identical_to_source"][0]
+    assert "relabelled" not in json.loads(midpoint_run.read_text())
     # a real run of a new key (no "relabelled") that differs from what its source trained
     real = {key: value for key, value in true0.items() if key != "relabelled"}
     path = cache / (suite.run_stem(cell, "pu", "true", true0["key"], 0) + ".json")
