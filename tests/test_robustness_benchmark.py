@@ -190,7 +190,8 @@ def test_targets_are_judged_per_beta_mode_and_beta_auto_on_every_estimate():
 
     rows = [
         {"method": "pu", "beta_mode": "auto", "true_beta": 0.1, "beta_trained": [0.11, 0.14, 0.1],
-         "beta_estimate": [estimate(0.11, 0.09, 0.13), estimate(0.14, 0.10, 0.167), estimate(0.3, 0.2, 0.4, False)]},
+         "beta_auto_point": "estimate",
+         "beta_estimate": [estimate(0.11, 0.09, 0.13), estimate(0.14, 0.09, 0.167), estimate(0.3, 0.2, 0.4, False)]},
         {"method": "pu", "beta_mode": "true", "true_beta": 0.1, "beta_trained": [0.1]},  # no estimate: not counted
     ]  # fmt: skip
     ((mode, auto),) = suite.beta_targets(rows).items()
@@ -200,6 +201,12 @@ def test_targets_are_judged_per_beta_mode_and_beta_auto_on_every_estimate():
     assert auto["mean_abs_error_of_trained_beta"] == pytest.approx((0.01 + 0.04 + 0.0) / 3)
     assert not auto["met"]
     assert "trusted and > 30 % off" in suite.format_targets(targets, suite.beta_targets(rows))
+    # judged at the point the mode trains with: the midpoint of 0.14 and 0.09 is 0.115, within 0.02 and 15 % off
+    rows[0]["beta_auto_point"] = "midpoint"
+    middle = suite.beta_targets(rows)["auto"]
+    assert middle["share_error_within_0.02"] == pytest.approx(2 / 3) and middle["trusted_more_than_30pct_off"] == 0
+    assert middle["mean_signed_error"] == pytest.approx((0.0 + 0.015 + 0.15) / 3)  # 0.11, 0.09 → 0.10; 0.3 → 0.25
+    assert middle["interval_coverage"] == auto["interval_coverage"]  # the interval is the estimate's, either way
 
 
 def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summary(tmp_path, monkeypatch):
