@@ -24,7 +24,7 @@ from pu_diffusion.arguments import (
     HelpWithDefaults,
     add_data_arguments,
 )
-from pu_diffusion.beta import DEFAULT_AUTO_POINT, DEFAULT_BETA, auto_point, untrusted_cut_beta
+from pu_diffusion.beta import DEFAULT_AUTO_POINT, DEFAULT_BETA, DEFAULT_FILTER_MIN_BETA, auto_point, untrusted_cut_beta
 from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
 from pu_diffusion.class_prior import ESTIMATORS, estimate_beta_from_images
 from pu_diffusion.cli import UsageError, run_cli
@@ -149,9 +149,10 @@ def main(args) -> dict:
     if estimate.trusted:
         middle = auto_point(estimate, DEFAULT_AUTO_POINT)
         print(
-            f"Trusted: {estimate.reason}. train_pu_diffusion.py --beta auto trains with β = {middle:.3f}, halfway "
-            f"between it and its interval's lower end (BBE reads high: docs/beta_and_audit.md); "
-            f"train_pu_text_to_image.py --beta auto with {estimate.estimate:.3f}. Or give --beta yourself."
+            f"Trusted: {estimate.reason}. train_pu_diffusion.py --beta auto takes β = {middle:.3f}, halfway between "
+            f"it and its interval's lower end (docs/beta_and_audit.md): its U filter cuts with it (at least "
+            f"{DEFAULT_FILTER_MIN_BETA:g}) and PU trains with the β left; train_pu_text_to_image.py --beta auto "
+            f"trains with {estimate.estimate:.3f}. Or give --beta yourself."
         )
     else:
         cut = untrusted_cut_beta(estimate.estimate)

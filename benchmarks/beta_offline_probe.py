@@ -69,7 +69,8 @@ def draw_rows(path: str) -> dict:
 
 
 def auto_filter(unlabeled, sensitive, hidden, estimate) -> dict:
-    """What a --beta auto --pu_filter_unlabeled 1 run without --pu_filter_min_beta cuts under each
+    """What a --beta auto --beta_auto_point estimate --pu_filter_unlabeled 1 run without --pu_filter_min_beta cuts
+    under each
     --pu_filter_untrusted_beta rule (the probe's :func:`filter_score_probe.cuts_under_rules`): the cut's β, the
     share of U's hidden images dropped, the β PU trains with and the true share left; ``estimate``: BBE's on these
     scores."""

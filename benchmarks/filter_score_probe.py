@@ -110,7 +110,8 @@ def probe(source, cell, seed: int, variant: str, save_scores: str | None = None)
 
 
 def cuts_under_rules(unlabeled, sensitive, hidden, estimate) -> dict:
-    """What a --beta auto --pu_filter_unlabeled 1 run without --pu_filter_min_beta cuts under each
+    """What a --beta auto --beta_auto_point estimate --pu_filter_unlabeled 1 run (--beta auto before 2026-12-07)
+    without --pu_filter_min_beta cuts under each
     --pu_filter_untrusted_beta rule, with the training script's own functions: {rule: beta_cut, dropped,
     hidden_dropped_share, estimated_share, beta_left (the β PU trains with), true_beta_left}."""
     PartialState()  # the library's accelerate logger (filter_cut_beta warns) needs one

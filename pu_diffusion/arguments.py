@@ -227,7 +227,8 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         "--beta_margin",
         type=finite_float,
         default=1.0,
-        help="--beta auto: train with this multiple of the estimate (the paper's best β lay above the true share).",
+        help="--beta auto: train with this multiple of the point --beta_auto_point picks (the paper's best β lay "
+        "above the true share).",
     )
     group.add_argument(
         "--beta_auto_point",
@@ -236,8 +237,9 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
         choices=["estimate", "lower", "midpoint"],
         help="--beta auto: train with the point estimate, the lower end of its 95 %% bootstrap interval (a "
         "conservative β: an overestimated β makes PU train towards the sensitive data), or halfway between the two "
-        "(BBE's upward bias, halved on the robustness suite's draws: docs/beta_and_audit.md). Default: midpoint in "
-        "train_pu_diffusion.py (since 2026-12-07), estimate in train_pu_text_to_image.py (not measured there).",
+        "(BBE's upward bias, halved on the robustness suite's draws: docs/beta_and_audit.md). With --beta auto "
+        "train_pu_diffusion.py defaults to midpoint (since 2026-12-07); otherwise, and in train_pu_text_to_image.py "
+        "(not measured there), the default is estimate.",
     )
     group.add_argument(
         "--beta_score_repeats",

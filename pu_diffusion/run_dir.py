@@ -110,7 +110,7 @@ CHANGED_DEFAULTS = {
             and stored.get("beta_auto_point", ADDED_ARGS_NEUTRAL["beta_auto_point"]) == "estimate"
         ),
         "--beta_auto_point estimate",
-        "with --beta auto's point estimate (the midpoint by default since 2026-12-07)",
+        "with --beta auto's point estimate (train_pu_diffusion.py's default is the midpoint since 2026-12-07)",
     ),
 }
 # Flags another flag's value decides (flag → that flag, and whether it decides them for this stored run): no hint

@@ -812,13 +812,36 @@ def test_a_beta_auto_run_from_before_the_midpoint_default_gets_the_flag_that_res
     old = vars(script.parse_args(["--output_dir", str(tmp_path), "--beta", "auto", "--beta_auto_point", "estimate"]))
     now = vars(script.parse_args(["--output_dir", str(tmp_path), "--beta", "auto"]))
     expected = (
-        " That run was trained with --beta auto's point estimate (the midpoint by default since 2026-12-07): add "
-        "--beta_auto_point estimate to resume it as it was trained."
+        " That run was trained with --beta auto's point estimate (train_pu_diffusion.py's default is the midpoint "
+        "since 2026-12-07): add --beta_auto_point estimate to resume it as it was trained."
     )
     assert resume_hint(old, now, ["beta_auto_point"]) == expected
     assert resume_hint({k: v for k, v in old.items() if k != "beta_auto_point"}, now, ["beta_auto_point"]) == expected
+    import train_pu_text_to_image
+
+    text = ["--pretrained_model_name_or_path", "m", "--train_data_dir", "d", "--beta", "auto"]
+    assert train_pu_text_to_image.parse_args(text).beta_auto_point == "estimate"  # not measured there: unchanged
     given = vars(script.parse_args(["--output_dir", str(tmp_path), "--beta", "0.2"]))
     assert resume_hint(given, {**given, "beta_auto_point": "midpoint"}, ["beta_auto_point"]) == ""  # not auto
+
+
+def test_a_beta_auto_run_trained_with_the_point_estimate_resumes_only_with_it(tmp_path, tiny_unet_config, monkeypatch):
+    """A --beta auto run made when BBE's point was the default is refused by name when resumed with today's default
+    (the midpoint), and resumes with --beta_auto_point estimate on its recorded β, scoring nothing."""
+    from pu_diffusion.cli import UsageError
+
+    monkeypatch.setattr(beta, "estimate_beta_from_images", trusted_estimate(0.2))
+    data, out = write_planted_folder(tmp_path / "data"), tmp_path / "old"
+    flags = ["--train_data_dir", data, "--beta", "auto", "--pu_filter_unlabeled", "0"]
+    old = [*flags, "--beta_auto_point", "estimate"]
+    script.main(script.parse_args(tiny_args(out, tiny_unet_config(), *old, "--max_train_steps", "3")))
+    resume = ["--resume_from_checkpoint", "latest"]
+    with pytest.raises(UsageError, match="add --beta_auto_point estimate to resume it as it was trained"):
+        script.main(script.parse_args(tiny_args(out, tiny_unet_config(), *flags, *resume)))
+    monkeypatch.setattr(beta, "estimate_beta_from_images", None)  # a resumed run reads its β, it scores nothing
+    script.main(script.parse_args(tiny_args(out, tiny_unet_config(), *old, *resume)))
+    assert json.loads((out / "train_stats.json").read_text())["global_step"] == 6
+    assert json.loads((out / "pu_run.json").read_text())["beta_resolved"]["beta"] == 0.2
 
 
 def test_a_filter_run_from_before_the_floor_gets_the_flag_that_resumes_it(tmp_path):

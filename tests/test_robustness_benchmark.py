@@ -232,6 +232,7 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     assert len(pu_logs) == 2 and all(log["steps"] == 2 and log["nn_branch_steps"] == 0 for log in pu_logs)
     auto = rows[("auto", "pu")]
     assert len(auto["beta_trained"]) == 1 and auto["beta_trained"][0] is not None  # the estimate, or the fallback
+    assert auto["beta_auto_point"] == "midpoint" and summary["default_beta_auto_point"] == "midpoint"
     assert {cell["beta_mode"] for cell in summary["cells"]} == {"true", "auto"}
     assert set(summary["targets"]) == {"true", "auto"}
     assert (out / "table.md").exists() and (out / "heatmap.png").exists()
@@ -268,6 +269,21 @@ def test_smoke_suite_trains_each_run_as_a_user_would_caches_and_writes_the_summa
     comparison = (out / "candidates.md").read_text()  # every recipe's PU verdicts side by side
     assert "| 7_S6_b0.200 | true | the default |" in comparison and "| 7_S6_b0.200 | auto | the default |" in comparison
     assert (out / "candidates.png").exists()
+    # a summary tabulated before the midpoint was the default: its `auto` was BBE's point, and is named so
+    old = {**json.loads(recipe_summary), "extra_train_args": "--old"}
+    del old["default_beta_auto_point"]
+    (out / "candidates" / "old").mkdir()
+    (out / "candidates" / "old" / "summary.json").write_text(json.dumps(old))
+    comparison = suite.compare_candidates(str(out))
+    assert (
+        "| 7_S6_b0.200 | auto-estimate | `--old` |" in comparison
+        and "| 7_S6_b0.200 | auto | the default |" in comparison
+    )
+    # auto-midpoint is the same run as auto (the same key): read from auto's record where it is asked for
+    assert ("auto-midpoint", "pu") not in rows
+    same = suite.main(suite.parse_args([*argv[:1], "--beta_modes", "auto-midpoint", *argv[4:], "--report_only"]))
+    middle = {(row["beta_mode"], row["method"]): row for row in same["rows"]}
+    assert middle[("auto-midpoint", "pu")]["sensitive_share_ddim2"] == auto["sensitive_share_ddim2"]
     # records of another sample count are not this study's
     assert suite.main(suite.parse_args([*argv, "--report_only", "--num_samples", "4"]))["rows"] == []
     # --pu_filter_unlabeled: the suite records what the cut really dropped, from the files' classes (the flag spelled
