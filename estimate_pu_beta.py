@@ -24,7 +24,7 @@ from pu_diffusion.arguments import (
     HelpWithDefaults,
     add_data_arguments,
 )
-from pu_diffusion.beta import DEFAULT_AUTO_POINT, DEFAULT_BETA, DEFAULT_FILTER_MIN_BETA, auto_point, untrusted_cut_beta
+from pu_diffusion.beta import DEFAULT_BETA, DEFAULT_FILTER_MIN_BETA, auto_point, untrusted_cut_beta
 from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
 from pu_diffusion.class_prior import ESTIMATORS, estimate_beta_from_images
 from pu_diffusion.cli import UsageError, run_cli
@@ -146,8 +146,8 @@ def main(args) -> dict:
         patience=args.patience,
     )
     print(estimate.describe())
+    middle = auto_point(estimate, "midpoint")  # what train_pu_diffusion.py --beta auto takes, if trusted
     if estimate.trusted:
-        middle = auto_point(estimate, DEFAULT_AUTO_POINT)
         print(
             f"Trusted: {estimate.reason}. train_pu_diffusion.py --beta auto takes β = {middle:.3f}, halfway between "
             f"it and its interval's lower end (docs/beta_and_audit.md): its U filter cuts with it (at least "
@@ -163,7 +163,7 @@ def main(args) -> dict:
         )
     result = {
         **estimate.to_dict(),
-        "midpoint": auto_point(estimate, "midpoint"),  # what train_pu_diffusion.py --beta auto trains with, if trusted
+        "midpoint": middle,
         "source": source,
         "folds": args.folds,
         "repeats": args.repeats,

@@ -597,6 +597,7 @@ def summarize(records: list[dict], args) -> list[dict]:
         groups.setdefault((record["cell"], record["beta_mode"], record["method"]), []).append(record)
     rows = []
     order = {cell.name: index for index, cell in enumerate(args.cell_list)}
+    named = {cell.name: cell for cell in args.cell_list}
     for (cell, beta_mode, method), group in sorted(
         groups.items(),
         key=lambda item: (order[item[0][0]], BETA_MODES.index(item[0][1]), list(METHODS).index(item[0][2])),
@@ -626,8 +627,9 @@ def summarize(records: list[dict], args) -> list[dict]:
         if method == "pu":
             row["beta_trained"] = [record["beta"] and record["beta"]["beta"] for record in group]
             if beta_mode in AUTO_MODES:  # the point of the estimate --beta auto trained with (beta_targets)
-                named = {cell.name: cell for cell in args.cell_list}[cell]
-                row["beta_auto_point"] = effective_flags(run_flags(args, "pu", beta_mode, named))["beta_auto_point"]
+                row["beta_auto_point"] = effective_flags(run_flags(args, "pu", beta_mode, named[cell]))[
+                    "beta_auto_point"
+                ]
             estimates = [(record["beta"] or {}).get("beta_estimate") for record in group]
             if any(estimates):
                 row["beta_estimate"] = estimates

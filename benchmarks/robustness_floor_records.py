@@ -62,6 +62,11 @@ def stems(args, cell, mode: str, seed: int) -> dict[str, str]:
     }
 
 
+def estimate_source(record: dict) -> str:
+    """How a run named its β before the floor and the cut ("estimated with --beta auto: …", and the point)."""
+    return record["beta"]["beta_source"].split(" (β = ")[0].split(", raised to the floor")[0]
+
+
 def derive(args, cell, mode: str, paths: dict[str, str], floor: float) -> tuple[dict, str] | None:
     """The new key's record from the cached run that trained the same, and why; None when that run is missing."""
     no_floor = read_json(paths["no_floor"]) if os.path.isfile(paths.get("no_floor", "")) else None
@@ -84,7 +89,7 @@ def derive(args, cell, mode: str, paths: dict[str, str], floor: float) -> tuple[
         below = point_of(estimate["estimate"], estimate["interval"], "midpoint")
         if below >= floor:
             return None  # a β no cached run trained
-        source = estimated["beta"]["beta_source"].split(" (β = ")[0].split(", raised to the floor")[0]
+        source = estimate_source(estimated)
         source += "" if source.endswith(AUTO_POINTS["midpoint"]) else AUTO_POINTS["midpoint"]
     else:
         # the estimate (the same scores, with or without the floor): the old run's, or a real new run's to check it
@@ -94,7 +99,7 @@ def derive(args, cell, mode: str, paths: dict[str, str], floor: float) -> tuple[
         estimate = estimated["beta"]["beta_estimate"]
         cut = estimated["beta"]["unlabeled_filter"]  # the β the cut used (point, margin, untrusted rule applied)
         below = cut.get("beta_below_floor", cut["beta_before"])
-        source = estimated["beta"]["beta_source"].split(" (β = ")[0].split(", raised to the floor")[0]
+        source = estimate_source(estimated)
         if no_floor is None and below >= floor:
             return None  # a real run the floor did not bind: no earlier run trained it
         if below >= floor:
