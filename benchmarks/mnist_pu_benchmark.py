@@ -780,8 +780,11 @@ def main(args):
         if os.path.exists(grid):
             tiles[column if variant == args.variant else variant] = np.load(grid)
     if tiles:
-        # a variant's own grid beside the default's, which a variant run (often PU alone) must not replace
-        name = "methods_grid.png" if args.variant == "default" else f"methods_grid_{args.variant}.png"
+        # methods_grid.png is the default's comparison with unsupervised: a variant's run (often PU alone) or a run
+        # that adds a column to the default table (an oracle, a competitor) draws its own grid beside it
+        name = f"methods_grid_{args.variant}.png"
+        if args.variant == "default":
+            name = "methods_grid.png" if "unsupervised" in tiles else f"methods_grid_{'-'.join(tiles)}.png"
         save_methods_grid(tiles, os.path.join(args.output_dir, name))
     if args.beta_sweep:
         plot_beta_sweep(rows, args.beta_sweep, os.path.join(args.output_dir, "beta_sweep.png"), first)

@@ -30,6 +30,9 @@ def test_a_variant_writes_its_own_samples_grid_and_names_only_files(tmp_path, mo
         bench.parse_args(["--smoke", "--methods", "pu", "--seeds", "0", "--variant", "v1", "--output_dir", str(out)])
     )
     assert (out / "methods_grid_v1.png").exists() and not (out / "methods_grid.png").exists()
+    # a default-table column added on its own (an oracle, a competitor) draws its own grid too
+    bench.main(bench.parse_args(["--smoke", "--methods", "clean", "--seeds", "0", "--output_dir", str(out)]))
+    assert (out / "methods_grid_clean.png").exists() and not (out / "methods_grid.png").exists()
     for bad in ("../x", "a/b", ""):
         with pytest.raises(SystemExit):
             bench.parse_args(["--smoke", "--variant", bad])
