@@ -9,8 +9,8 @@ classes, half the classes in other groupings), a size of S and a true β. For ea
 2. writes them as the imagefolder a user would pass (``unlabeled/`` and ``sensitive/``), and U without its
    sensitive digits as the clean oracle's folder;
 3. trains ``train_pu_diffusion.py --train_data_dir …`` in its own process, as a user runs it, with the built-in
-   recipe (16 px, lr 1e-3, 1,500 steps, EMA): ``clean`` (the floor), ``unsupervised`` (the harm), and ``pu`` with
-   β given true, ``--beta auto`` and the default 0.1;
+   recipe at 1,500 steps (16 px, lr 1e-3, EMA; the built-in job's length until 2026-12-07): ``clean`` (the
+   floor), ``unsupervised`` (the harm), and ``pu`` with β given true, ``--beta auto`` and the default 0.1;
 4. samples every model under DDIM-50 and DDIM-100 and has the digit judge count the sensitive share, the
    per-class counts and classifier-FD against the cell's held-out normal digits.
 
@@ -59,7 +59,7 @@ from pu_diffusion.evaluation import (
 from pu_diffusion.image_data import SENSITIVE, UNLABELED, is_image_file
 from pu_diffusion.metrics import NOT_SUPPRESSED_RATIO, sensitive_classes_against_reference
 from pu_diffusion.outputs import check_free, check_writable, claim
-from pu_diffusion.presets import BUILTIN_RECIPE
+from pu_diffusion.presets import BENCHMARK_STEPS, BUILTIN_RECIPE
 from pu_diffusion.pu_dataset import ImageTransform
 from pu_diffusion.run_dir import neutral_flag
 from pu_diffusion.splits import make_pu_split
@@ -381,7 +381,9 @@ def run_flags(args, method: str, beta_mode: str, cell: Cell) -> list[str]:
         recipe += ["--lr_warmup_steps", "1", "--train_batch_size", "8", "--sensitive_batch_size", "4"]
         return flags + recipe + extra
     recipe = []  # the built-in recipe, spelled out (with --train_data_dir no preset applies); own data: --resolution
-    for name, value in {**BUILTIN_RECIPE, **({"resolution": args.resolution} if args.own_data else {})}.items():
+    # at the suite's length (BENCHMARK_STEPS; the built-in job now trains longer), so its cached runs stay one protocol
+    suite_recipe = {**BUILTIN_RECIPE, "max_train_steps": BENCHMARK_STEPS}
+    for name, value in {**suite_recipe, **({"resolution": args.resolution} if args.own_data else {})}.items():
         recipe += [f"--{name}"] if value is True else [] if value is False else [f"--{name}", str(value)]
     return flags + recipe + extra
 

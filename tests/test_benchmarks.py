@@ -12,6 +12,7 @@ import micro_sd
 import mnist_pu_benchmark
 import numpy as np
 import pytest
+import robustness_benchmark
 import sd_speed
 import speed
 import text_to_image_benchmark
@@ -849,11 +850,31 @@ def test_uncapped_columns_key_the_runs_made_before_the_cap_was_the_default():
     runs (relabelled from 'pu' / 'pu-nn'), so they are read from the cache, not trained again."""
     bench = mnist_pu_benchmark
     cache = os.path.join(bench.ROOT, "benchmarks", "results", "mnist", "cache")
+    recipe = bench.recipe_args(bench.parse_args([]))  # the benchmark's own length, not the built-in job's
     for column, split, digest in (("pu-uncapped", "even", "41491cb405"), ("pu-nn-uncapped", "odd", "eab06b3d09")):
-        key = bench.run_key("default", column, split, [])
+        key = bench.run_key("default", column, split, recipe)
         assert key == f"default_{split}_{column}_{digest}"
         assert json.load(open(os.path.join(cache, f"{key}_s0.json")))["key"] == key
-    assert bench.run_key("default", "pu", "even", []) != bench.run_key("default", "pu-uncapped", "even", [])
+    assert bench.run_key("default", "pu", "even", recipe) != bench.run_key("default", "pu-uncapped", "even", recipe)
+
+
+def test_benchmarks_keep_their_length_when_the_built_in_job_trains_longer():
+    """The built-in job trains 3,000 steps; the MNIST tables and the robustness suite stay at BENCHMARK_STEPS (1,500),
+    so their commands still reach their cached runs, and a record's row names the steps it trained."""
+    from pu_diffusion.presets import BENCHMARK_STEPS, BUILTIN_RECIPE
+
+    bench = mnist_pu_benchmark
+    assert BUILTIN_RECIPE["max_train_steps"] == 3000 and BENCHMARK_STEPS == 1500
+    recipe = bench.recipe_args(bench.parse_args([]))
+    assert bench.recipe_steps(recipe) == "1500" and bench.recipe_steps([]) == "1500"  # records from before the flag
+    assert bench.run_key("default", "pu", "even", recipe) == "default_even_pu_ade3057c73"  # the committed seeds
+    assert bench.run_key("default", "pu", "even", []) != "default_even_pu_ade3057c73"  # 3,000 steps: another recipe
+    longer = bench.recipe_args(bench.parse_args(["--extra_train_args=--max_train_steps 3000"]))
+    assert bench.recipe_steps(longer) == "3000"  # the last one wins, as the script reads it
+    assert bench.recipe_steps(["--max_train_steps=3000"]) == "3000"
+    suite = robustness_benchmark.run_flags(robustness_benchmark.parse_args([]), "clean", "true", None)
+    assert suite[suite.index("--max_train_steps") + 1] == str(BENCHMARK_STEPS)
+    assert robustness_benchmark.run_key(suite) == "33f4be47ab"  # the committed records' key (e.g. the 0–4 cell's)
 
 
 def test_every_documented_mnist_benchmark_command_reaches_its_cached_runs():
