@@ -231,9 +231,7 @@ def sampler_label(spec: str) -> str:
 
 def recipe_args(args) -> list[str]:
     """The flags every run of this invocation shares (beside method, split and seed)."""
-    argv = []
-    if args.max_train_steps is not None:
-        argv += ["--max_train_steps", str(args.max_train_steps)]
+    argv = ["--max_train_steps", str(args.max_train_steps)]  # always spelled: the built-in job's default differs
     if args.smoke:
         config_dir = write_unet_config(os.path.join(args.output_dir, "tiny_unet"))
         argv += ["--model_config_name_or_path", config_dir, "--resolution", "8", "--lr_warmup_steps", "1"]
@@ -414,12 +412,17 @@ def cached_records(cache_dir: str) -> list[dict]:
     return [read_json(os.path.join(cache_dir, name)) for name in names if name.endswith(".json")]
 
 
-def split_seed_of(train_args: list[str]) -> int:
-    """The --split_seed a run trained with, read from its argv as train_pu_diffusion.py reads it (the last one wins;
-    ``--split_seed=3`` and abbreviations count)."""
+def int_flag_of(train_args: list[str], name: str, default: int | None) -> int | None:
+    """An integer flag of a run's argv, read as train_pu_diffusion.py reads it (the last one wins; ``--name=3`` and
+    abbreviations count)."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--split_seed", type=int, default=0)
-    return parser.parse_known_args(train_args)[0].split_seed
+    parser.add_argument(f"--{name}", type=int, default=default)
+    return getattr(parser.parse_known_args(train_args)[0], name)
+
+
+def split_seed_of(train_args: list[str]) -> int:
+    """The --split_seed a run trained with."""
+    return int_flag_of(train_args, "split_seed", 0)
 
 
 def check_one_recipe_per_row(records: list[dict], planned=()) -> None:
@@ -588,9 +591,7 @@ def recipe_steps(recipe: list[str]) -> str:
     """The --max_train_steps of a recipe. Records without the flag were trained with the built-in preset's length
     while it was 1,500 (BENCHMARK_STEPS; every run has given the flag since the default became 3,000)."""
 
-    parser = argparse.ArgumentParser(add_help=False)  # read as the script reads it: the last one wins
-    parser.add_argument("--max_train_steps", type=int, default=None)
-    return str(parser.parse_known_args(recipe)[0].max_train_steps or BENCHMARK_STEPS)
+    return str(int_flag_of(recipe, "max_train_steps", None) or BENCHMARK_STEPS)
 
 
 def _mean_std(value, digits: int, seeds: list | None = None, of: int | None = None) -> str:
