@@ -24,7 +24,14 @@ from pu_diffusion.arguments import (
     HelpWithDefaults,
     add_data_arguments,
 )
-from pu_diffusion.beta import DEFAULT_BETA, DEFAULT_FILTER_MIN_BETA, auto_point, untrusted_cut_beta
+from pu_diffusion.beta import (
+    AUTO_POINTS,
+    DEFAULT_AUTO_POINT,
+    DEFAULT_BETA,
+    DEFAULT_FILTER_MIN_BETA,
+    auto_point,
+    untrusted_cut_beta,
+)
 from pu_diffusion.builtin_mnist import builtin_pu_dataset, builtin_pu_split
 from pu_diffusion.class_prior import ESTIMATORS, estimate_beta_from_images
 from pu_diffusion.cli import UsageError, run_cli
@@ -146,11 +153,11 @@ def main(args) -> dict:
         patience=args.patience,
     )
     print(estimate.describe())
-    middle = auto_point(estimate, "midpoint")  # what train_pu_diffusion.py --beta auto takes, if trusted
+    taken = auto_point(estimate, DEFAULT_AUTO_POINT)  # what train_pu_diffusion.py --beta auto takes, if trusted
     if estimate.trusted:
         print(
-            f"Trusted: {estimate.reason}. train_pu_diffusion.py --beta auto takes β = {middle:.3f}, halfway between "
-            f"it and its interval's lower end (docs/beta_and_audit.md): its U filter cuts with it (at least "
+            f"Trusted: {estimate.reason}. train_pu_diffusion.py --beta auto takes β = {taken:.3f}"
+            f"{AUTO_POINTS[DEFAULT_AUTO_POINT]} (docs/beta_and_audit.md): its U filter cuts with it (at least "
             f"{DEFAULT_FILTER_MIN_BETA:g}) and PU trains with the β left; train_pu_text_to_image.py --beta auto "
             f"trains with {estimate.estimate:.3f}. Or give --beta yourself."
         )
@@ -163,7 +170,9 @@ def main(args) -> dict:
         )
     result = {
         **estimate.to_dict(),
-        "midpoint": middle,
+        "midpoint": auto_point(estimate, "midpoint"),
+        "auto_point": DEFAULT_AUTO_POINT,  # which point train_pu_diffusion.py --beta auto takes (if trusted) ...
+        "auto_beta": taken,  # ... and its value
         "source": source,
         "folds": args.folds,
         "repeats": args.repeats,

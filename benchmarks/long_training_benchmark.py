@@ -283,7 +283,9 @@ def plot(rows: list[dict], path: str) -> None:
         for axis, key in ((left, "nsr"), (right, "fd_classifier")):
             means = [np.mean(row[key]) for row in mine]
             stds = [np.std(row[key], ddof=1) if len(row[key]) > 1 else 0.0 for row in mine]
-            axis.errorbar(steps, means, yerr=stds, marker="o", capsize=3, label=method)
+            # nnPU dashed over hollow markers: where its branch never fires it trains absPU's weights, and would hide it
+            style = {"linestyle": "--", "markerfacecolor": "none", "markersize": 9} if method == "pu-nn" else {}
+            axis.errorbar(steps, means, yerr=stds, marker="o", capsize=3, label=method, **style)
     # the judge on each seed's real held-out normal digits (each seed has its own split): the best a model could score
     ceilings = {seed: value for row in rows for seed, value in zip(row["seeds"], row["ceiling"])}
     if ceilings:

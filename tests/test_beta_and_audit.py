@@ -355,7 +355,8 @@ def test_estimate_beta_command_writes_json(tmp_path):
     assert saved["repeats"] == 2 and saved["patience"] == DEFAULT_SCORE_PATIENCE
     assert 0 <= saved["estimate"] <= 1 and saved["interval"][0] <= saved["interval"][1]
     lower = min(saved["estimate"], saved["interval"][0])
-    assert saved["midpoint"] == pytest.approx((saved["estimate"] + lower) / 2)  # what --beta auto trains with
+    assert saved["midpoint"] == pytest.approx((saved["estimate"] + lower) / 2)
+    assert saved["auto_point"] == "midpoint" and saved["auto_beta"] == saved["midpoint"]  # what --beta auto takes
 
 
 def test_audit_draws_are_shared_across_images(tiny_unet_config):
