@@ -232,21 +232,40 @@ def summarize(records: list[dict], args) -> list[dict]:
     return rows
 
 
+def mean_on(row: dict, key: str, seeds: list[int]) -> float:
+    """The mean of a row's per-seed ``key`` over ``seeds`` only."""
+    return float(np.mean([value for seed, value in zip(row["seeds"], row[key]) if seed in seeds]))
+
+
 def verdicts(rows: list[dict]) -> list[dict]:
-    """Per length: PU and pu-nn against the target (NSR >= clean − 0.005 at FD <= 1.25 × unsupervised)."""
+    """Per length: PU and pu-nn against the target (NSR >= clean − 0.005 at FD <= 1.25 × unsupervised), on the seeds
+    all three rows have (paired: while a study is partway, a method's extra seeds would otherwise be read against
+    another method's fewer ones, and each seed has its own split)."""
     by = {(row["method"], row["steps"]): row for row in rows}
     out = []
     for (method, steps), row in by.items():
         clean, unsupervised = by.get(("clean", steps)), by.get(("unsupervised", steps))
         if not method.startswith("pu") or clean is None or unsupervised is None:
             continue
-        nsr_gap = float(np.mean(row["nsr"]) - np.mean(clean["nsr"]))
-        fd_ratio = float(np.mean(row["fd_classifier"]) / np.mean(unsupervised["fd_classifier"]))
+        seeds = sorted(set(row["seeds"]) & set(clean["seeds"]) & set(unsupervised["seeds"]))
+        if not seeds:
+            continue
+        nsr_gap = mean_on(row, "nsr", seeds) - mean_on(clean, "nsr", seeds)
+        fd_ratio = mean_on(row, "fd_classifier", seeds) / mean_on(unsupervised, "fd_classifier", seeds)
         out.append({
-            "method": method, "steps": steps, "nsr_minus_clean": nsr_gap, "fd_ratio_vs_unsupervised": fd_ratio,
-            "met": bool(nsr_gap >= -NSR_MARGIN and fd_ratio <= FD_RATIO),
+            "method": method, "steps": steps, "seeds": seeds, "nsr_minus_clean": nsr_gap,
+            "fd_ratio_vs_unsupervised": fd_ratio, "met": bool(nsr_gap >= -NSR_MARGIN and fd_ratio <= FD_RATIO),
         })  # fmt: skip
     return out
+
+
+def paired_on(check: dict, row: dict) -> str:
+    """Names the seeds a verdict was read on where they are fewer than the row's own."""
+    return (
+        ""
+        if check["seeds"] == row["seeds"]
+        else f"; seed{'s' * (len(check['seeds']) > 1)} " + ", ".join(map(str, check["seeds"]))
+    )
 
 
 def format_table(rows: list[dict], checks: list[dict]) -> str:
@@ -263,7 +282,7 @@ def format_table(rows: list[dict], checks: list[dict]) -> str:
             "" if interval is None else f"{interval[0]:.4f}–{interval[1]:.4f}", f"{np.mean(row['ceiling']):.4f}",
             mean_std(row["fd_classifier"], 1), mean_std(fid, 1),
             "" if check is None else f"{'yes' if check['met'] else 'no'} ({check['nsr_minus_clean']:+.4f}, "
-            f"{check['fd_ratio_vs_unsupervised']:.2f}×)",
+            f"{check['fd_ratio_vs_unsupervised']:.2f}×{paired_on(check, row)})",
         ])  # fmt: skip
     return markdown_table(header, table)
 

@@ -784,6 +784,26 @@ def test_long_training_judges_each_checkpoint_of_one_run_and_resumes(tmp_path, m
     assert bench.parse_args(["--smoke"]).output_dir != bench.OUTPUT_DIR  # a smoke run never writes over the study
 
 
+def test_long_training_verdicts_pair_seeds_while_a_study_is_partway():
+    """A method with more seeds than clean/unsupervised is judged on the seeds all three have, and the table says so."""
+    import long_training_benchmark as bench
+
+    def row(method, seeds, nsr, fd):
+        return {"method": method, "steps": 6, "seeds": seeds, "nsr": nsr, "fd_classifier": fd}
+
+    rows = [
+        row("unsupervised", [0], [0.88], [10.0]),
+        row("clean", [0], [0.97], [5.0]),
+        row("pu", [0, 1], [0.97, 0.90], [4.0, 40.0]),  # seed 1 alone would fail both halves of the target
+    ]
+    (check,) = bench.verdicts(rows)
+    assert check["seeds"] == [0] and check["met"]
+    assert check["nsr_minus_clean"] == pytest.approx(0.0) and check["fd_ratio_vs_unsupervised"] == pytest.approx(0.4)
+    assert bench.paired_on(check, rows[2]) == "; seed 0" and bench.paired_on(check, rows[1]) == ""
+    rows[0]["seeds"], rows[0]["nsr"], rows[0]["fd_classifier"] = [2], [0.88], [10.0]
+    assert bench.verdicts(rows) == []  # no seed in common: no verdict rather than one across splits
+
+
 def test_gpu_speed_runs_each_family_and_path_on_tiny_configs(tmp_path):
     """benchmarks/gpu_speed.py (a GPU benchmark, never run in CI at full size) on tiny configs: every family's
     step runs, pu takes U + S rows and plain U rows, one Setup per resolution, and a bad case name is refused."""
