@@ -22,11 +22,13 @@ from pipelines import publish_run, unconditional_pipeline
 from pipelines.saving import RETIRED, STAGING, save_pipeline
 from pu_diffusion import training
 from pu_diffusion.arguments import (
+    DEFAULT_PU_BETA,
     DEFAULT_SENSITIVE_CAP,
     DEFAULT_UNLABELED_FILTER,
     HelpWithDefaults,
     add_model_arguments,
     add_shared_arguments,
+    beta_default,
     note_preset_defaults,
     score_repeats_default,
     sensitive_cap_defaults,
@@ -35,6 +37,7 @@ from pu_diffusion.arguments import (
 )
 from pu_diffusion.beta import (
     DEFAULT_AUTO_POINT,
+    DEFAULT_BETA,
     DEFAULT_FILTER_MIN_BETA,
     ESTIMATION_RESOLUTION,
     UNTRUSTED_CUT_RULES,
@@ -219,9 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         "model always saves its FlowMatchEulerDiscreteScheduler (euler).",
     )
     add_shared_arguments(parser, methods=(*METHODS, "erasediff"))
-    parser.set_defaults(**DEFAULTS)
+    parser.set_defaults(**DEFAULTS, beta=None)  # None: not given (beta_default decides in parse_args)
     note_preset_defaults(parser, BUILTIN_RECIPE, "With no dataset flags (the built-in presets)")
     note_preset_defaults(parser, DEFAULT_SENSITIVE_CAP, "With --method pu and neither cap flag given")
+    note_preset_defaults(
+        parser, {"beta": f"{DEFAULT_PU_BETA} with --method pu, {DEFAULT_BETA} otherwise"}, "When not given"
+    )
     note_preset_defaults(
         parser,
         {"num_train_epochs": "100 when neither it nor --max_train_steps is given"},
@@ -251,6 +257,8 @@ def parse_args(input_args=None):
         scheduler = first.inference_scheduler or "euler"
     derived.update(inference_scheduler=scheduler, num_inference_steps=1000 if scheduler == "ddpm" else 50)
     derived.update(sensitive_cap_defaults(parser, input_args, DEFAULT_SENSITIVE_CAP))
+    if first.beta is None:
+        first.beta = derived["beta"] = beta_default(first.method)
     if first.pu_filter_unlabeled is None:
         first.pu_filter_unlabeled = derived["pu_filter_unlabeled"] = unlabeled_filter_default(first.method)
     derived.update(score_repeats_default(first))

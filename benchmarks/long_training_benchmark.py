@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 from harness import markdown_table, mean_std, read_json, run_training, t_interval, training_log_summary, write_json
-from mnist_pu_benchmark import COLUMNS, has_fid, run_key
+from mnist_pu_benchmark import BENCHMARK_BETA, COLUMNS, has_fid, run_key
 
 from pipelines.loading import pipeline_loader
 from pu_diffusion.evaluation import check_fid_features, evaluate_builtin_pipeline
@@ -116,6 +116,7 @@ def train_argv(run_dir: str, method: str, split: str, seed: int, flags: list[str
         ["--output_dir", run_dir, "--preset", f"builtin-mnist-{split}", "--seed", str(seed), "--split_seed", str(seed)]
         + ["--resume_from_checkpoint", "latest", "--validation_steps", "0", "--report_to", "none"]
         + ["--num_final_images", "0"]
+        + BENCHMARK_BETA
         + COLUMNS[METHODS[method]]
         + flags
     )

@@ -71,6 +71,9 @@ PAPER = {  # non-sensitive rate, paper Table 2 (MNIST, from scratch, DDPM-1000, 
 
 # The paper's PU risk in train_pu_diffusion.py: without the S-loss cap and the U filter it adds by default.
 PAPER_RISK = ["--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"]
+# Every run's β unless its recipe gives another (--extra_train_args "--beta auto"): the paper's 0.1, the script's
+# default before 2026-12-07 (--beta auto since, for --method pu), so the cached runs keep their keys.
+BENCHMARK_BETA = ["--beta", "0.1"]
 # Method columns → train_pu_diffusion.py flags.
 COLUMNS = {
     "unsupervised": ["--method", "unsupervised"],
@@ -280,6 +283,7 @@ def train_argv(
         ["--output_dir", run_dir, "--overwrite_output_dir", "--preset", f"builtin-mnist-{split}"]
         + ["--seed", str(seed), "--checkpointing_steps", "1000000", "--validation_steps", "0"]
         + ["--report_to", "none", "--num_final_images", "0"]
+        + BENCHMARK_BETA
         + COLUMNS[column]
         + recipe
         + (["--split_seed", str(seed)] if vary_split else [])

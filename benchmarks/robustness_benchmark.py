@@ -122,7 +122,17 @@ AUTO_MODES = tuple(mode for mode in BETA_MODES if mode.startswith("auto"))  # β
 # estimate, so its records carry the key auto-estimate computes now.
 FILED_AS = {"auto": ("auto-midpoint",), "auto-midpoint": ("auto",), "auto-estimate": ("auto",)}
 DEFAULT_BETA_MODES = ("true", "auto", "default")
-DEFAULT_BETA = 0.1  # train_pu_diffusion.py's --beta default
+DEFAULT_BETA = 0.1  # the β mode `default`: train_pu_diffusion.py's --beta before 2026-12-07 (--beta auto since)
+# What each β mode trains, in the targets table: `default` keeps its name (the issue's summary.json key) though
+# train_pu_diffusion.py's --method pu has defaulted to --beta auto (the mode `auto`) since 2026-12-07.
+MODE_MEANING = {
+    "true": "the true β given",
+    "auto": "--beta auto, the script's default since 2026-12-07",
+    "auto-estimate": "--beta auto at BBE's estimate",
+    "auto-lower": "--beta auto at its interval's lower end",
+    "auto-midpoint": "--beta auto at the midpoint",
+    "default": f"β {DEFAULT_BETA:g} given, the default before 2026-12-07",
+}
 
 
 def parse_args(input_args=None):
@@ -709,6 +719,29 @@ def cell_verdicts(rows: list[dict], args) -> list[dict]:
     return verdicts
 
 
+def mode_against_mode(rows: list[dict], args, mode: str = "auto", other: str = "default") -> dict | None:
+    """PU under β mode ``mode`` against ``other``, paired per (cell, seed): how often its worse-sampler sensitive
+    share is lower, the same (as it is where both modes train the same β and cut: the same model) or higher, and the
+    largest differences. What decided --beta auto as the default of --method pu (session 28: ``other`` is the old default)."""
+    by_key = {(row["cell"], row["beta_mode"]): row for row in rows if row["method"] == "pu"}
+    differences = []
+    for (cell, beta_mode), row in by_key.items():
+        against = by_key.get((cell, other))
+        if beta_mode != mode or against is None:
+            continue
+        mine, theirs = worse_share(row, args), worse_share(against, args)
+        differences += [(cell, seed, mine[seed] - theirs[seed]) for seed in sorted(set(mine) & set(theirs))]
+    if not differences:
+        return None
+    gaps = [gap for *_, gap in differences]
+    return {
+        "mode": mode, "against": other, "pairs": len(differences),
+        "lower": sum(gap < -TOLERANCE for gap in gaps), "same": sum(abs(gap) <= TOLERANCE for gap in gaps),
+        "higher": sum(gap > TOLERANCE for gap in gaps), "largest_drop": min(gaps), "largest_rise": max(gaps),
+        "per_cell_seed": [{"cell": cell, "seed": seed, "difference": gap} for cell, seed, gap in differences],
+    }  # fmt: skip
+
+
 def meets_targets(verdict: dict) -> bool:
     """One cell's verdict: PU ≤ unsupervised, at the floor (+ 0.01) and FD ≤ 1.25× unsupervised's."""
     return verdict["at_most_unsupervised"] and verdict["at_floor"] and verdict["fd_ok"]
@@ -785,7 +818,7 @@ def format_targets(cell_target: dict[str, dict], beta_target: dict[str, dict]) -
     cells = markdown_table(
         ["β mode", "cells", "PU ≤ unsupervised, every cell", "cells with PU ≤ clean + 0.01 (target ≥ 80 %)",
          "PU FD ≤ 1.25× unsup., every cell", "failing cells", "met"],
-        [[mode, str(t["cells"]), "yes" if t["pu_at_most_unsupervised_every_cell"] else "**no**",
+        [[f"{mode} ({MODE_MEANING[mode]})", str(t["cells"]), "yes" if t["pu_at_most_unsupervised_every_cell"] else "**no**",
           f"{100 * t['pu_at_floor_share_of_cells']:.0f} %", "yes" if t["pu_fd_within_1.25x_every_cell"] else "**no**",
           ", ".join(t["failing_cells"]) or "–", "yes" if t["met"] else "**no**"] for mode, t in cell_target.items()],
     )  # fmt: skip
@@ -1037,6 +1070,8 @@ def main(args) -> dict:
         "cells": verdicts,
         "targets": cell_target,  # per PU β mode
         "beta_auto_targets": beta_target,
+        # --beta auto (the script's default since 2026-12-07) against β 0.1 given (the default before), paired
+        "auto_against_default": mode_against_mode(rows, args),
         "protocol": "smoke" if args.smoke else args.protocol,
         "samplers": [f"ddim{steps}" for steps in args.samplers],
         "num_samples": args.num_samples,

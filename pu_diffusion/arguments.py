@@ -13,6 +13,7 @@ import decimal
 import importlib.util
 import os
 
+from .beta import DEFAULT_BETA
 from .class_prior import ESTIMATORS
 from .cli import UsageError, finite_float
 from .losses import CAP_REFERENCES, LOSS_REDUCTIONS, METHODS, PU_ESTIMATORS, SUPERVISED_FORMS
@@ -46,6 +47,19 @@ CAP_FLAGS = tuple(DEFAULT_SENSITIVE_CAP)
 # sessions 14-18): where S is small next to the sensitive part of U, S alone cannot cancel that part in the PU
 # risk. The CNNs it needs are those --beta auto trains; 0 turns it off (what runs made before 2026-12-06 trained).
 DEFAULT_UNLABELED_FILTER = 1.0
+
+
+# train_pu_diffusion.py's --beta for --method pu when the flag is not given: auto (estimate β from U and S, the
+# midpoint of a trusted estimate, the paper's 0.1 when the estimate cannot be trusted). Chosen on the robustness
+# suite (docs/robustness.md, session 28): a fixed 0.1 missed the floor on every cell whose true β is 0.2, auto on
+# one of 12; where the estimate lies at or below 0.1 the U filter's floor makes both train the same model. The other
+# methods that read β (--supervised_form weighted) keep DEFAULT_BETA (0.1), and so does train_pu_text_to_image.py.
+DEFAULT_PU_BETA = "auto"
+
+
+def beta_default(method: str):
+    """--beta when not given (train_pu_diffusion.py): DEFAULT_PU_BETA for --method pu, else DEFAULT_BETA."""
+    return DEFAULT_PU_BETA if method == "pu" else DEFAULT_BETA
 
 
 def unlabeled_filter_default(method: str) -> float:
@@ -212,7 +226,7 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
     group.add_argument(
         "--beta",
         type=beta_value,
-        default=0.1,
+        default=DEFAULT_BETA,
         help="β: the fraction of U that is sensitive (class prior), or auto: estimate it from U and S before "
         "training (cross-fitted U-vs-S CNN scores; see --beta_estimator).",
     )

@@ -104,6 +104,11 @@ CHANGED_DEFAULTS = {
         "--pu_filter_unlabeled 0",
         "without the U filter (on by default since 2026-12-06)",
     ),
+    "beta": (
+        lambda stored: stored.get("beta") == 0.1,
+        "--beta 0.1",
+        "with β 0.1 (train_pu_diffusion.py's default for --method pu is --beta auto since 2026-12-07)",
+    ),
     "beta_auto_point": (
         lambda stored: (
             stored.get("beta") == "auto"

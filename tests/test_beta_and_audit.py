@@ -603,9 +603,8 @@ def test_the_resume_hint_of_a_run_older_than_the_cap_and_the_filter_names_only_t
     and the filter (which decide the rest), and those flags parse into exactly what the run stored."""
     from pu_diffusion.run_dir import resume_hint
 
-    old = vars(
-        script.parse_args(["--output_dir", str(tmp_path), "--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"])
-    )
+    before = ["--output_dir", str(tmp_path), "--beta", "0.1", "--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"]
+    old = vars(script.parse_args(before))
     for key in ("pu_sensitive_cap_reference", "pu_sensitive_cap_fraction", "pu_filter_unlabeled",
                 "pu_filter_untrusted_beta", "beta_score_repeats", "beta_score_patience"):  # fmt: skip
         del old[key]  # as written before these flags existed
@@ -613,12 +612,12 @@ def test_the_resume_hint_of_a_run_older_than_the_cap_and_the_filter_names_only_t
     differing = sorted(key for key in set(old) | set(now) if old.get(key) != now.get(key))
     hint = resume_hint(old, now, differing)
     assert hint == (
-        " That run was trained without the U filter (on by default since 2026-12-06) and without the S-loss cap (on by "
-        "default since 2026-12-05): add --pu_filter_unlabeled 0 --pu_sensitive_cap 0 to resume it as it was trained."
+        " That run was trained with β 0.1 (train_pu_diffusion.py's default for --method pu is --beta auto since "
+        "2026-12-07) and without the U filter (on by default since 2026-12-06) and without the S-loss cap (on by "
+        "default since 2026-12-05): add --beta 0.1 --pu_filter_unlabeled 0 --pu_sensitive_cap 0 to resume it as it "
+        "was trained."
     )
-    fixed = vars(
-        script.parse_args(["--output_dir", str(tmp_path), "--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"])
-    )
+    fixed = vars(script.parse_args(before))  # the hint's flags: everything the run stored, as it stored it
     assert all(fixed[key] == value for key, value in old.items())
     # one flag added later, alone: its value before it existed
     auto = vars(script.parse_args(["--output_dir", str(tmp_path), "--pu_filter_unlabeled", "0", "--beta", "auto"]))
@@ -627,6 +626,62 @@ def test_the_resume_hint_of_a_run_older_than_the_cap_and_the_filter_names_only_t
         " That run was trained before --beta_score_repeats existed: add --beta_score_repeats 1 to resume it as it was "
         "trained."
     )
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        ([], "auto"),  # --method pu, the built-in job included
+        (["--beta", "0.1"], 0.1),
+        (["--beta", "0.25", "--pu_filter_unlabeled", "0"], 0.25),
+        (["--method", "supervised", "--supervised_form", "weighted"], 0.1),  # reads β, cannot estimate it
+        (["--method", "unsupervised"], 0.1),
+    ],
+)
+def test_method_pu_estimates_beta_by_default_and_the_other_methods_keep_one_tenth(tmp_path, flags, expected):
+    args = script.parse_args(["--output_dir", str(tmp_path / "out"), *flags])
+    assert args.beta == expected
+    if expected == "auto":  # what --beta auto derives with the filter on: the midpoint, the cut's rule and floor
+        assert (args.beta_auto_point, args.pu_filter_untrusted_beta, args.pu_filter_min_beta) == (
+            "midpoint",
+            "estimate",
+            0.1,
+        )
+    assert "When not given: auto with --method pu, 0.1 otherwise." in " ".join(
+        script.build_parser().format_help().split()
+    )
+
+
+def test_text_to_image_keeps_a_given_beta_of_one_tenth_by_default():
+    import train_pu_text_to_image
+
+    assert train_pu_text_to_image.build_parser().get_default("beta") == 0.1
+
+
+def test_a_run_from_before_beta_auto_was_the_default_is_refused_by_name_and_resumes_with_beta_one_tenth(
+    tmp_path, tiny_unet_config, monkeypatch
+):
+    """A PU run trained with β 0.1 when no --beta was given (the default before 2026-12-07), resumed with the same
+    flags, would estimate β: it is refused with the one flag that restores it, and resumes with it, scoring nothing."""
+    from pu_diffusion.cli import UsageError
+
+    data, out = write_planted_folder(tmp_path / "data"), tmp_path / "old"
+    flags = ["--train_data_dir", data, "--pu_filter_unlabeled", "0"]
+    script.main(
+        script.parse_args(tiny_args(out, tiny_unet_config(), *flags, "--beta", "0.1", "--max_train_steps", "3"))
+    )
+    assert json.loads((out / "pu_run.json").read_text())["beta"] == 0.1
+    resume = tiny_args(out, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest", unfiltered=False)
+    with pytest.raises(UsageError) as refused:
+        script.main(script.parse_args(resume))
+    assert str(refused.value).endswith(
+        "That run was trained with β 0.1 (train_pu_diffusion.py's default for --method pu is --beta auto since "
+        "2026-12-07): add --beta 0.1 to resume it as it was trained."
+    )
+    monkeypatch.setattr(beta, "cross_fitted_scores", None)  # β given again: nothing is scored
+    monkeypatch.setattr(beta, "estimate_beta_from_images", None)
+    script.main(script.parse_args([*resume, "--beta", "0.1"]))
+    assert json.loads((out / "train_stats.json").read_text())["global_step"] == 6
 
 
 @pytest.mark.parametrize("auto", [False, True])

@@ -164,6 +164,30 @@ def test_verdicts_take_the_worse_sampler_and_only_seeds_every_row_has():
     assert "| – |" in suite.format_table([flat], no_excess, args)
 
 
+def test_the_new_default_is_compared_with_the_old_one_per_cell_and_seed():
+    """summary.json's auto_against_default: --beta auto against β 0.1 given, paired on the seeds both have, on the
+    worse sampler; cells missing either mode are left out, and nothing to pair gives None."""
+    args = suite.parse_args(["--samplers", "50", "100"])
+
+    def row(cell, mode, shares50, shares100, seeds):
+        return {"cell": cell, "beta_mode": mode, "method": "pu", "seeds": seeds,
+                "sensitive_share_ddim50": shares50, "sensitive_share_ddim100": shares100}  # fmt: skip
+
+    rows = [
+        row("a", "auto", [0.02, 0.03], [0.04, 0.01], [0, 1]),  # worse: 0.04, 0.03
+        row("a", "default", [0.04, 0.05], [0.01, 0.02], [0, 1]),  # worse: 0.04, 0.05
+        row("b", "auto", [0.10], [0.02], [1]),
+        row("b", "default", [0.02, 0.07], [0.01, 0.01], [0, 1]),  # seed 0 unpaired; seed 1: 0.10 against 0.07
+        row("c", "auto", [0.5], [0.5], [0]),  # no β-0.1 run: left out
+        {**row("a", "true", [0.0], [0.0], [0]), "method": "clean"},
+    ]
+    compared = suite.mode_against_mode(rows, args)
+    assert (compared["pairs"], compared["lower"], compared["same"], compared["higher"]) == (3, 1, 1, 1)
+    assert compared["largest_drop"] == pytest.approx(-0.02) and compared["largest_rise"] == pytest.approx(0.03)
+    assert [(entry["cell"], entry["seed"]) for entry in compared["per_cell_seed"]] == [("a", 0), ("a", 1), ("b", 1)]
+    assert suite.mode_against_mode(rows[:1], args) is None
+
+
 def test_targets_are_judged_per_beta_mode_and_beta_auto_on_every_estimate():
     def verdict(cell, mode, at_floor, below_harm=True, fd_ok=True):
         return {
