@@ -200,6 +200,11 @@ LOW_FILTER_RECALL = 0.75  # below this estimated share of U's sensitive images i
 # 0.260 for a true 0.2, untrusted (interval 0.168–0.284): cut with 0.1 the run caught 49 % of the hidden images and
 # stopped 0.050 above the clean floor; cut with 0.260 it caught 96 % and was at the floor.
 UNTRUSTED_CUT_RULES = ("default", "estimate")
+# The rule "estimate" needs scores that rank S above U's normal part: below this held-out AUC the CNNs tell S from
+# U barely better than chance, their point estimate says nothing (a 16-image U read 0.875 at AUC 0.47, and a cut
+# with it dropped 14 of the 16 images: random ones), and the cut uses DEFAULT_BETA. Every untrusted estimate the
+# robustness suite and the β probes cut with had an AUC of 0.84 or more (docs/robustness.md, session 28).
+UNTRUSTED_CUT_MIN_AUC = 0.75
 
 
 def filter_by_scores(unlabeled_scores, sensitive_scores, beta: float, factor: float) -> dict:
@@ -238,7 +243,7 @@ def filter_cut_beta(first: dict, rule: str) -> dict:
     """The β --pu_filter_unlabeled cuts with, from --beta auto's resolved β ``first`` (see :func:`auto_beta`).
 
     ``rule`` "estimate" (--pu_filter_untrusted_beta): an estimate that was not trusted gives its point estimate when
-    that is above DEFAULT_BETA, marked ``untrusted_cut`` so that :func:`filter_cut` keeps the β left for PU at most
+    that is above DEFAULT_BETA and its scores separate S from U's normal part (AUC at least UNTRUSTED_CUT_MIN_AUC), marked ``untrusted_cut`` so that :func:`filter_cut` keeps the β left for PU at most
     DEFAULT_BETA; otherwise, and with "default", ``first`` as it is (DEFAULT_BETA when not trusted).
     """
     if rule not in UNTRUSTED_CUT_RULES:
@@ -248,6 +253,13 @@ def filter_cut_beta(first: dict, rule: str) -> dict:
         return first
     beta = untrusted_cut_beta(estimate["estimate"])
     if beta <= DEFAULT_BETA:  # the default already cuts at least as much
+        return first
+    if estimate["normal_auc"] < UNTRUSTED_CUT_MIN_AUC:
+        logger.warning(
+            f"--pu_filter_unlabeled: --beta auto's estimate {estimate['estimate']:.4f} is not trusted, and its CNNs "
+            f"tell S from U's normal part with AUC {estimate['normal_auc']:.3f} < {UNTRUSTED_CUT_MIN_AUC}, barely "
+            f"better than chance: the cut uses the default β = {DEFAULT_BETA}, not the estimate."
+        )
         return first
     logger.warning(
         f"--pu_filter_unlabeled: --beta auto's estimate {estimate['estimate']:.4f} is not trusted, but for the cut an "

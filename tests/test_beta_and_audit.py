@@ -527,6 +527,7 @@ def test_the_filter_warns_and_falls_back_on_an_untrusted_estimate_as_beta_auto_d
         (0.05, 0.95, False, "estimate", 0.1),  # ... at least the default
         (0.26, 0.95, False, "default", 0.1),  # the rule of runs made before the flag
         (0.26, 0.80, False, "estimate", 0.26),  # untrusted for separability too: the cut uses it
+        (0.26, 0.60, False, "estimate", 0.1),  # scores near chance (AUC < 0.75): the default cut, not the estimate
         (0.26, 0.95, True, "estimate", 0.26),  # trusted: the estimate, whatever the rule
         (0.26, 0.95, True, "default", 0.26),
     ],
@@ -553,6 +554,7 @@ def test_the_filter_cuts_with_an_untrusted_estimate_above_the_default(
     assert ("the cut uses β = 0.2600 (the point estimate)" in caplog.text) == changed
     assert resolved["beta"] <= (beta.DEFAULT_BETA if changed else 1)
     assert ("--pu_filter_untrusted_beta estimate" in resolved["beta_source"]) == changed
+    assert ("barely better than chance: the cut uses the default β = 0.1" in caplog.text) == (normal_auc < 0.75)
     with pytest.raises(ValueError, match="rule must be one of"):
         beta.filter_cut_beta(resolved, "upper")
 
@@ -565,7 +567,7 @@ def test_after_an_untrusted_cut_pu_trains_with_at_most_the_default_beta(monkeypa
     monkeypatch.setattr(beta, "cross_fitted_scores", lambda unlabeled, sensitive, s=scores, **kwargs: s)
     images = (torch.zeros(100, 1, 4, 4), torch.zeros(34, 1, 4, 4))
     for trusted, left in ((False, beta.DEFAULT_BETA), (True, None)):
-        made = BetaEstimate(0.26, (0.16, 0.36), "bbe", 0.6, 0.6, 100, 34, trusted, "wide" if not trusted else "ok")
+        made = BetaEstimate(0.26, (0.16, 0.36), "bbe", 0.8, 0.8, 100, 34, trusted, "wide" if not trusted else "ok")
         monkeypatch.setattr(beta, "estimate_class_prior", lambda unlabeled, sensitive, estimator, m=made: m)
         resolved = beta.resolve_filtered_beta(
             accelerator, lambda: images, None, 1.0, "bbe", 1.0, "estimate", 60, untrusted="estimate"
@@ -834,7 +836,7 @@ def test_the_filter_cuts_with_at_least_the_floor(monkeypatch, given, estimate, t
         (["--beta", "auto"], 0.1),
         (["--beta", "0.05"], 0.1),
         (["--beta", "0.1"], 0.0),  # it could not change the cut: runs like it keep their value
-        ([], 0.0),
+        ([], 0.1),  # --beta auto, the default of --method pu
         (["--beta", "0.05", "--pu_filter_unlabeled", "0"], 0.0),
         (["--beta", "0.05", "--method", "supervised"], 0.0),
         (["--beta", "auto", "--pu_filter_min_beta", "0"], 0.0),

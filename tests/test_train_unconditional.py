@@ -346,7 +346,7 @@ def test_builtin_recipe_defaults_and_how_to_override_them(tmp_path):
 
     args = train_pu_diffusion.parse_args([])
     assert (args.resolution, args.learning_rate, args.max_train_steps, args.lr_warmup_steps) == (16, 1e-3, 3000, 200)
-    assert args.use_ema and args.method == "pu" and args.pu_estimator == "abs" and args.beta == 0.1
+    assert args.use_ema and args.method == "pu" and args.pu_estimator == "abs" and args.beta == "auto"
     assert not train_pu_diffusion.parse_args(["--no-use_ema"]).use_ema
     assert train_pu_diffusion.parse_args(["--max_train_steps", "10"]).use_ema
     data_dir = str(tmp_path / "data")
