@@ -661,13 +661,25 @@ def test_text_to_image_keeps_a_given_beta_of_one_tenth_by_default():
     assert train_pu_text_to_image.build_parser().get_default("beta") == 0.1
 
 
+def assert_refused_then_resumed(monkeypatch, resume: list[str], hint: str, fix: list[str], out) -> None:
+    """Resuming with ``resume`` is refused with ``hint`` (the end of the error); with ``fix`` added it resumes to
+    step 6 and scores nothing (the fixes here restore runs whose U was not scored)."""
+    from pu_diffusion.cli import UsageError
+
+    with pytest.raises(UsageError) as refused:
+        script.main(script.parse_args(resume))
+    assert str(refused.value).endswith(hint)
+    monkeypatch.setattr(beta, "cross_fitted_scores", None)
+    monkeypatch.setattr(beta, "estimate_beta_from_images", None)
+    script.main(script.parse_args([*resume, *fix]))
+    assert json.loads((out / "train_stats.json").read_text())["global_step"] == 6
+
+
 def test_a_run_from_before_beta_auto_was_the_default_is_refused_by_name_and_resumes_with_beta_one_tenth(
     tmp_path, tiny_unet_config, monkeypatch
 ):
     """A PU run trained with β 0.1 when no --beta was given (the default before 2026-12-07), resumed with the same
     flags, would estimate β: it is refused with the one flag that restores it, and resumes with it, scoring nothing."""
-    from pu_diffusion.cli import UsageError
-
     data, out = write_planted_folder(tmp_path / "data"), tmp_path / "old"
     flags = ["--train_data_dir", data, "--pu_filter_unlabeled", "0"]
     script.main(
@@ -675,16 +687,11 @@ def test_a_run_from_before_beta_auto_was_the_default_is_refused_by_name_and_resu
     )
     assert json.loads((out / "pu_run.json").read_text())["beta"] == 0.1
     resume = tiny_args(out, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest", unfiltered=False)
-    with pytest.raises(UsageError) as refused:
-        script.main(script.parse_args(resume))
-    assert str(refused.value).endswith(
+    hint = (
         "That run was trained with β 0.1 (train_pu_diffusion.py's default for --method pu is --beta auto since "
         "2026-12-07): add --beta 0.1 to resume it as it was trained."
     )
-    monkeypatch.setattr(beta, "cross_fitted_scores", None)  # β given again: nothing is scored
-    monkeypatch.setattr(beta, "estimate_beta_from_images", None)
-    script.main(script.parse_args([*resume, "--beta", "0.1"]))
-    assert json.loads((out / "train_stats.json").read_text())["global_step"] == 6
+    assert_refused_then_resumed(monkeypatch, resume, hint, ["--beta", "0.1"], out)
 
 
 @pytest.mark.parametrize("auto", [False, True])
@@ -692,8 +699,6 @@ def test_a_run_without_the_filter_resumes_with_filter_zero(tmp_path, tiny_unet_c
     """A PU run trained without the filter (the default before 2026-12-06) is refused by name when resumed with
     today's default, with the one flag that fixes it (with --beta auto, not the cut rule the filter derives), and
     resumes with it."""
-    from pu_diffusion.cli import UsageError
-
     monkeypatch.setattr(beta, "estimate_beta_from_images", trusted_estimate(0.1))
     data, out = write_planted_folder(tmp_path / "data"), tmp_path / "old"
     flags = ["--train_data_dir", data, "--beta", "auto" if auto else "0.1"]
@@ -703,16 +708,11 @@ def test_a_run_without_the_filter_resumes_with_filter_zero(tmp_path, tiny_unet_c
         del recorded[key]
     (out / "pu_run.json").write_text(json.dumps(recorded))
     resume = tiny_args(out, tiny_unet_config(), *flags, "--resume_from_checkpoint", "latest", unfiltered=False)
-    with pytest.raises(UsageError) as refused:
-        script.main(script.parse_args(resume))
-    assert str(refused.value).endswith(
+    hint = (
         "That run was trained without the U filter (on by default since 2026-12-06): add --pu_filter_unlabeled 0 to "
         "resume it as it was trained."
     )
-    monkeypatch.setattr(beta, "cross_fitted_scores", None)  # resumed without the filter: nothing is scored
-    monkeypatch.setattr(beta, "estimate_beta_from_images", None)
-    script.main(script.parse_args([*resume, "--pu_filter_unlabeled", "0"]))
-    assert json.loads((out / "train_stats.json").read_text())["global_step"] == 6
+    assert_refused_then_resumed(monkeypatch, resume, hint, ["--pu_filter_unlabeled", "0"], out)
 
 
 @pytest.mark.parametrize(
