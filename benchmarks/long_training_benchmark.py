@@ -255,16 +255,18 @@ def verdicts(rows: list[dict]) -> list[dict]:
         fd_ratio = mean_on(row, "fd_classifier", seeds) / mean_on(unsupervised, "fd_classifier", seeds)
         out.append({
             "method": method, "steps": steps, "seeds": seeds, "nsr_minus_clean": nsr_gap,
+            "rows_seeds": sorted(set(row["seeds"]) | set(clean["seeds"]) | set(unsupervised["seeds"])),
             "fd_ratio_vs_unsupervised": fd_ratio, "met": bool(nsr_gap >= -NSR_MARGIN and fd_ratio <= FD_RATIO),
         })  # fmt: skip
     return out
 
 
-def paired_on(check: dict, row: dict) -> str:
-    """Names the seeds a verdict was read on where they are fewer than the row's own."""
+def paired_on(check: dict) -> str:
+    """Names the seeds a verdict was read on where PU's, clean's or unsupervised's row has others too (the table's
+    means are each row's own)."""
     return (
         ""
-        if check["seeds"] == row["seeds"]
+        if check["seeds"] == check["rows_seeds"]
         else f"; seed{'s' * (len(check['seeds']) > 1)} " + ", ".join(map(str, check["seeds"]))
     )
 
@@ -283,7 +285,7 @@ def format_table(rows: list[dict], checks: list[dict]) -> str:
             "" if interval is None else f"{interval[0]:.4f}–{interval[1]:.4f}", f"{np.mean(row['ceiling']):.4f}",
             mean_std(row["fd_classifier"], 1), mean_std(fid, 1),
             "" if check is None else f"{'yes' if check['met'] else 'no'} ({check['nsr_minus_clean']:+.4f}, "
-            f"{check['fd_ratio_vs_unsupervised']:.2f}×{paired_on(check, row)})",
+            f"{check['fd_ratio_vs_unsupervised']:.2f}×{paired_on(check)})",
         ])  # fmt: skip
     return markdown_table(header, table)
 

@@ -69,7 +69,8 @@ PAPER = {  # non-sensitive rate, paper Table 2 (MNIST, from scratch, DDPM-1000, 
     ("odd", "pu-uncapped"): 0.975,
 }
 
-# The paper's PU risk in train_pu_diffusion.py: without the S-loss cap and the U filter it adds by default.
+# The paper's PU risk in train_pu_diffusion.py: without the S-loss cap and the U filter it adds by default (β: the
+# paper's 0.1, BENCHMARK_BETA, which every run gets).
 PAPER_RISK = ["--pu_sensitive_cap", "0", "--pu_filter_unlabeled", "0"]
 # Every run's β unless its recipe gives another (--extra_train_args "--beta auto"): the paper's 0.1, the script's
 # default before 2026-12-07 (--beta auto since, for --method pu), so the cached runs keep their keys.
@@ -105,7 +106,7 @@ COLUMNS = {
     # the same, with S noised by the u it must predict, as in the authors' DDPM code
     "erasediff-authors-noising": ["--method", "erasediff", "--erasediff_forget_noising", "uniform"],
 }
-DEFAULT_BETA = 0.1  # train_pu_diffusion.py's --beta
+DEFAULT_BETA = float(BENCHMARK_BETA[1])  # the β every run gets unless its recipe sets one
 
 
 def parse_args(input_args=None):

@@ -10,7 +10,7 @@ classes, half the classes in other groupings), a size of S and a true β. For ea
    sensitive digits as the clean oracle's folder;
 3. trains ``train_pu_diffusion.py --train_data_dir …`` in its own process, as a user runs it, with the built-in
    recipe at 1,500 steps (16 px, lr 1e-3, EMA; the built-in job's length until 2026-12-07): ``clean`` (the
-   floor), ``unsupervised`` (the harm), and ``pu`` with β given true, ``--beta auto`` and the default 0.1;
+   floor), ``unsupervised`` (the harm), and ``pu`` with β given true, ``--beta auto`` (the script's default since 2026-12-07) and 0.1 given (the default before);
 4. samples every model under DDIM-50 and DDIM-100 and has the digit judge count the sensitive share, the
    per-class counts and classifier-FD against the cell's held-out normal digits.
 
@@ -133,6 +133,11 @@ MODE_MEANING = {
     "auto-midpoint": "--beta auto at the midpoint",
     "default": f"β {DEFAULT_BETA:g} given, the default before 2026-12-07",
 }
+
+
+def mode_label(mode: str) -> str:
+    """A β mode as the class-count table and the heat map name it: `default` by the β it gives."""
+    return f"{DEFAULT_BETA:g} given" if mode == "default" else mode
 
 
 def parse_args(input_args=None):
@@ -902,7 +907,7 @@ def format_class_counts(rows: list[dict], verdicts: list[dict], args) -> str:
     for row in rows:
         sensitive = {labels[index] for index in sensitive_indices(row, args)}
         counts = np.mean(row[f"class_counts_{sampler}"], axis=0)
-        name = row["method"] if row["method"] != "pu" else f"pu, β {row['beta_mode']}"
+        name = row["method"] if row["method"] != "pu" else f"pu, β {mode_label(row['beta_mode'])}"
         left = "–"  # only a PU row with a verdict (seeds that clean and unsupervised share) has one
         if row["method"] == "pu" and (row["cell"], row["beta_mode"]) in left_by_row:
             left = ", ".join(left_by_row[row["cell"], row["beta_mode"]]) or "none"
@@ -926,8 +931,8 @@ def save_heatmap(verdicts: list[dict], args, path: str) -> str | None:
         return None
     cells = [cell.name for cell in args.cell_list if any(v["cell"] == cell.name for v in verdicts)]
     modes = [mode for mode in BETA_MODES if any(v["beta_mode"] == mode for v in verdicts)]
-    gaps = {(verdict["cell"], f"β {verdict['beta_mode']}"): verdict for verdict in verdicts}
-    return draw_gaps(cells, [f"β {mode}" for mode in modes], gaps, path)
+    gaps = {(verdict["cell"], f"β {mode_label(verdict['beta_mode'])}"): verdict for verdict in verdicts}
+    return draw_gaps(cells, [f"β {mode_label(mode)}" for mode in modes], gaps, path)
 
 
 def draw_gaps(rows: list[str], columns: list[str], verdicts: dict, path: str) -> str:

@@ -52,7 +52,7 @@ DEFAULT_UNLABELED_FILTER = 1.0
 # train_pu_diffusion.py's --beta for --method pu when the flag is not given: auto (estimate β from U and S, the
 # midpoint of a trusted estimate, the paper's 0.1 when the estimate cannot be trusted). Chosen on the robustness
 # suite (docs/robustness.md, session 28): a fixed 0.1 missed the floor on every cell whose true β is 0.2, auto on
-# one of 12; where the estimate lies at or below 0.1 the U filter's floor makes both train the same model. The other
+# one of 12; where the point it trains with lies at or below 0.1 the U filter's floor makes both train the same model. The other
 # methods that read β (--supervised_form weighted) keep DEFAULT_BETA (0.1), and so does train_pu_text_to_image.py.
 DEFAULT_PU_BETA = "auto"
 

@@ -205,6 +205,9 @@ UNTRUSTED_CUT_RULES = ("default", "estimate")
 # with it dropped 14 of the 16 images: random ones), and the cut uses DEFAULT_BETA. Every untrusted estimate the
 # robustness suite and the β probes cut with had an AUC of 0.84 or more (docs/robustness.md, session 28).
 UNTRUSTED_CUT_MIN_AUC = 0.75
+# ... and it cuts at most this share of U: an estimate nobody trusts never drops most of a user's data. 0.3 is 1.5×
+# the largest β the suite measured (0.2); its untrusted estimates read 0.18–0.26 (the β probes' largest: 0.37).
+UNTRUSTED_CUT_MAX_BETA = 0.3
 
 
 def filter_by_scores(unlabeled_scores, sensitive_scores, beta: float, factor: float) -> dict:
@@ -235,8 +238,8 @@ def filter_by_scores(unlabeled_scores, sensitive_scores, beta: float, factor: fl
 
 def untrusted_cut_beta(estimate: float) -> float:
     """The β --pu_filter_unlabeled cuts with when --beta auto's estimate is not trusted (rule "estimate"): the
-    point estimate (at most 0.99) where it is above DEFAULT_BETA, else DEFAULT_BETA."""
-    return max(float(min(estimate, 0.99)), DEFAULT_BETA)
+    point estimate (at most UNTRUSTED_CUT_MAX_BETA) where it is above DEFAULT_BETA, else DEFAULT_BETA."""
+    return max(float(min(estimate, UNTRUSTED_CUT_MAX_BETA)), DEFAULT_BETA)
 
 
 def filter_cut_beta(first: dict, rule: str) -> dict:
@@ -263,7 +266,8 @@ def filter_cut_beta(first: dict, rule: str) -> dict:
         return first
     logger.warning(
         f"--pu_filter_unlabeled: --beta auto's estimate {estimate['estimate']:.4f} is not trusted, but for the cut an "
-        f"underestimate is the costly side: the cut uses β = {beta:.4f} (the point estimate) rather than "
+        f"underestimate is the costly side: the cut uses β = {beta:.4f} (the point estimate"
+        f"{f', capped at {UNTRUSTED_CUT_MAX_BETA}' if beta < estimate['estimate'] else ''}) rather than "
         f"{DEFAULT_BETA}, and PU trains with at most β = {DEFAULT_BETA} on what is left "
         "(--pu_filter_untrusted_beta default: cut with the default instead)."
     )

@@ -799,7 +799,11 @@ def test_long_training_verdicts_pair_seeds_while_a_study_is_partway():
     (check,) = bench.verdicts(rows)
     assert check["seeds"] == [0] and check["met"]
     assert check["nsr_minus_clean"] == pytest.approx(0.0) and check["fd_ratio_vs_unsupervised"] == pytest.approx(0.4)
-    assert bench.paired_on(check, rows[2]) == "; seed 0" and bench.paired_on(check, rows[1]) == ""
+    assert bench.paired_on(check) == "; seed 0"
+    rows[2].update(seeds=[0], nsr=[0.97], fd_classifier=[4.0])
+    assert bench.paired_on(bench.verdicts(rows)[0]) == ""  # all three on seed 0 alone
+    rows[1].update(seeds=[0, 1], nsr=[0.97, 0.99], fd_classifier=[5.0, 3.0])  # clean ahead: said too
+    assert bench.paired_on(bench.verdicts(rows)[0]) == "; seed 0"
     rows[0]["seeds"], rows[0]["nsr"], rows[0]["fd_classifier"] = [2], [0.88], [10.0]
     assert bench.verdicts(rows) == []  # no seed in common: no verdict rather than one across splits
 

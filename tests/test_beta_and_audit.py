@@ -528,6 +528,7 @@ def test_the_filter_warns_and_falls_back_on_an_untrusted_estimate_as_beta_auto_d
         (0.26, 0.95, False, "default", 0.1),  # the rule of runs made before the flag
         (0.26, 0.80, False, "estimate", 0.26),  # untrusted for separability too: the cut uses it
         (0.26, 0.60, False, "estimate", 0.1),  # scores near chance (AUC < 0.75): the default cut, not the estimate
+        (0.60, 0.95, False, "estimate", 0.3),  # an untrusted estimate never cuts more than 30 % of U
         (0.26, 0.95, True, "estimate", 0.26),  # trusted: the estimate, whatever the rule
         (0.26, 0.95, True, "default", 0.26),
     ],
@@ -551,7 +552,8 @@ def test_the_filter_cuts_with_an_untrusted_estimate_above_the_default(
     assert len(cut["dropped_positions"]) == round(cut_beta * 100)
     assert resolved["beta_estimate"]["estimate"] == estimate  # the estimate itself is recorded as it was made
     changed = not trusted and cut_beta != beta.DEFAULT_BETA
-    assert ("the cut uses β = 0.2600 (the point estimate)" in caplog.text) == changed
+    assert (f"the cut uses β = {cut_beta:.4f} (the point estimate" in caplog.text) == changed
+    assert ("capped at 0.3)" in caplog.text) == (changed and estimate > 0.3)
     assert resolved["beta"] <= (beta.DEFAULT_BETA if changed else 1)
     assert ("--pu_filter_untrusted_beta estimate" in resolved["beta_source"]) == changed
     assert ("barely better than chance: the cut uses the default β = 0.1" in caplog.text) == (normal_auc < 0.75)
@@ -653,6 +655,23 @@ def test_method_pu_estimates_beta_by_default_and_the_other_methods_keep_one_tent
     assert "When not given: auto with --method pu, 0.1 otherwise." in " ".join(
         script.build_parser().format_help().split()
     )
+
+
+def test_the_default_on_data_whose_s_cannot_be_told_apart_trains_as_beta_one_tenth(tmp_path, tiny_unet_config):
+    """No --beta on 16 random U and 6 random S images: the default --beta auto scores them with real CNNs, cannot
+    trust the estimate (chance-level AUC), and the run cuts and trains as β 0.1 would, not with the estimate."""
+    from pu_diffusion.testing_utils import write_imagefolder
+
+    data = write_imagefolder(tmp_path / "data", n_unlabeled=16, n_sensitive=6, size=8)
+    out = tmp_path / "out"
+    flags = tiny_args(out, tiny_unet_config(), "--train_data_dir", data, "--max_train_steps", "2", unfiltered=False)
+    script.main(script.parse_args(flags))
+    record = json.loads((out / "pu_run.json").read_text())
+    resolved = record["beta_resolved"]
+    assert record["beta"] == "auto" and not resolved["beta_estimate"]["trusted"]
+    assert resolved["beta_estimate"]["normal_auc"] < beta.UNTRUSTED_CUT_MIN_AUC
+    cut = resolved["unlabeled_filter"]
+    assert cut["beta_before"] == beta.DEFAULT_BETA and len(cut["dropped_positions"]) == 2  # round(0.1 × 16)
 
 
 def test_text_to_image_keeps_a_given_beta_of_one_tenth_by_default():
