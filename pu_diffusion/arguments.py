@@ -22,7 +22,13 @@ from .run_dir import ADDED_ARGS_NEUTRAL, SCORE_FLAGS
 
 
 class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows every flag's default beside its help (argparse's formatter, under a name that says so)."""
+    """``--help`` shows every flag's default beside its help (argparse's formatter, under a name that says so); a
+    default of None reads "not set" (the flag's help says what happens then), not "None"."""
+
+    def _get_help_string(self, action):
+        if action.default is None and action.help and "%(default)" not in action.help:
+            return f"{action.help} (default: not set)"
+        return super()._get_help_string(action)
 
 
 def note_preset_defaults(parser: argparse.ArgumentParser, recipe: dict, where: str) -> None:
@@ -337,7 +343,12 @@ def add_pu_arguments(parser: argparse.ArgumentParser, methods=METHODS) -> None:
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
-    group.add_argument("--seed", type=int, default=None, help="Seed of weights, noise, batches and augmentation.")
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="Seed of weights, noise, batches and augmentation (not given: weights and noise unseeded, batches seed 0).",
+    )
     group.add_argument(
         "--train_batch_size", type=int, default=None, help="Number of U samples in every batch (per process)."
     )
@@ -409,7 +420,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoints_total_limit",
         type=int,
         default=None,
-        help="Keep at most this many checkpoints (the oldest are deleted after a new one is complete).",
+        help="Keep at most this many checkpoints (the oldest are deleted after a new one is complete; not given: all).",
     )
     group.add_argument(
         "--resume_from_checkpoint",

@@ -841,6 +841,7 @@ def test_help_shows_every_flags_default(parse_args, capsys):
     blocks.append(current)
     flags = [block for block in blocks if block.strip().startswith("--")]
     assert len(flags) >= 8 and all("(default:" in block for block in flags), [b for b in flags if "(default:" not in b]
+    assert "(default: None)" not in text  # an unset default says so, and the flag's help says what happens then
     if parse_args is train_pu_diffusion.parse_args:
         assert "With no dataset flags (the built-in presets): 0.001" in " ".join(text.split())
 
