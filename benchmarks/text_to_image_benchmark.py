@@ -17,7 +17,8 @@ training process on CPU, ``max_memory_allocated`` on CUDA) come from each run's 
 
 ``--scenario contamination-flow`` runs the contamination study on the micro model's rectified-flow twin (Stable
 Diffusion 3's parts: ``micro_sd`` with ``family="sd3"``), loaded with ``StableDiffusion3Pipeline`` and sampled with
-its own Euler scheduler; every row but ESD (not offered for flow-matching models).
+its own Euler scheduler. Its base is kept with the results (<output_dir>/base/, about 6 MB, and ``base_model.json``
+with the weights' sha256), so that rows run later, on a machine that lost the cache, fine-tune the same weights.
 
 Runs are cached in <output_dir>/cache/ as soon as evaluated, so a rerun (or a killed run) only does what is missing,
 and the table covers every cached run.
@@ -78,6 +79,9 @@ class Scenario:
     learning_rate: float
     methods: dict  # name: (what it is, its flags, "pu" data or "clean" data: U without its sevens, no S)
     output_dir: str
+    # Keep the built base's pipeline in <output_dir>/base/ (committed with the results), so that rows run in later
+    # sessions, on machines that lost the cache, fine-tune the same weights: a rebuild is not bit-identical.
+    base_in_results: bool = False
 
     @property
     def beta(self) -> float:
@@ -176,7 +180,7 @@ SCENARIOS = {
     ),
     "contamination-flow": Scenario(  # the same study on a micro Stable Diffusion 3 (rectified flow), lr 1e-5
         "contamination-flow", micro_sd.FLOW_CONTAMINATION_CONFIG, 320, 80, 40, 1500, 1e-5, flow_methods(0.2),
-        os.path.join(RESULTS, "text_to_image_contamination_flow"),
+        os.path.join(RESULTS, "text_to_image_contamination_flow"), base_in_results=True,
     ),
     "contamination-paper": Scenario(  # the paper's sizes: 64 men + 16 Brad Pitt in U, 20 in S
         "contamination-paper", micro_sd.CONTAMINATION_CONFIG, 64, 16, 20, 1500, 1e-4, contamination_methods(0.2),
@@ -216,6 +220,7 @@ def parse_args(input_args=None):
     args.sizes = (scenario.u_normal, scenario.u_sensitive, scenario.s_count)
     args.config = scenario.config
     args.output_dir = args.output_dir or scenario.output_dir
+    args.base_in_results = scenario.base_in_results
     args.max_train_steps = args.max_train_steps or scenario.max_train_steps
     args.learning_rate = args.learning_rate or scenario.learning_rate
     # The scenario's own recipe reports to summary.json / table.md; any other (steps, lr) beside them, keyed.
@@ -250,7 +255,66 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+def config_record(config: micro_sd.MicroSDConfig) -> dict:
+    return {key: list(v) if isinstance(v, tuple) else v for key, v in vars(config).items()}
+
+
+def results_base(args) -> tuple[str, dict] | None:
+    """The base kept with the results (<output_dir>/base/ and base_model.json), or None when there is none yet."""
+    base_dir, info_path = os.path.join(args.output_dir, "base"), os.path.join(args.output_dir, "base_model.json")
+    if not (os.path.isfile(info_path) and os.path.isfile(os.path.join(base_dir, "model_index.json"))):
+        return None
+    info = read_json(info_path)
+    if info.get("config") != config_record(args.config):
+        raise SystemExit(
+            f"error: {base_dir} was built from another micro SD config than this scenario's: remove it and "
+            f"{info_path} to build the base again (the cached runs of the old base are then stale too)."
+        )
+    return base_dir, info
+
+
+def keep_base_in_results(args, base_dir: str) -> str:
+    """Copy the pipeline's parts (model_index.json and the folders it names) to <output_dir>/base/; its path."""
+    target = os.path.join(args.output_dir, "base")
+    with open(os.path.join(base_dir, "model_index.json")) as handle:
+        parts = [name for name in json.load(handle) if os.path.isdir(os.path.join(base_dir, name))]
+    shutil.rmtree(target + ".tmp", ignore_errors=True)
+    for name in parts:
+        shutil.copytree(os.path.join(base_dir, name), os.path.join(target + ".tmp", name))
+    shutil.copy(os.path.join(base_dir, "model_index.json"), os.path.join(target + ".tmp", "model_index.json"))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(target + ".tmp", target)
+    return target
+
+
+def weights_digest(base_dir: str) -> str:
+    """sha256 over the base's weight files (path and bytes), to tell a rebuilt base from the kept one."""
+    digest = hashlib.sha256()
+    for folder, _, files in sorted(os.walk(base_dir)):
+        for name in sorted(files):
+            if name.endswith(".safetensors"):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, base_dir).encode())
+                with open(path, "rb") as handle:
+                    digest.update(handle.read())
+    return digest.hexdigest()
+
+
 def build_base(args) -> tuple[str, dict]:
+    """The base pipeline folder for ``args.config`` and its build info: the one kept with the results where the
+    scenario keeps one, else the cached one, built (resumably) when missing."""
+    if args.base_in_results:
+        kept = results_base(args)
+        if kept is not None:
+            return kept
+    base_dir, info = build_cached_base(args)
+    if args.base_in_results:
+        base_dir = keep_base_in_results(args, base_dir)
+        info = {**info, "kept_in_results": "base/", "weights_sha256": weights_digest(base_dir)}
+    return base_dir, info
+
+
+def build_cached_base(args) -> tuple[str, dict]:
     """The cached base pipeline folder for ``args.config`` and its build info, built (resumably) when missing."""
     cache = os.path.join(args.cache_dir or default_cache_dir(), "micro_sd")
     root = os.path.join(cache, args.config.key())
@@ -285,7 +349,7 @@ def build_base(args) -> tuple[str, dict]:
         "pretrain_steps_per_second": stats["steps_per_second"],
         "pretrain_seconds": stats["train_seconds"],
         "build_seconds_this_invocation": round(time.time() - start, 1),
-        "config": {key: list(v) if isinstance(v, tuple) else v for key, v in vars(args.config).items()},
+        "config": config_record(args.config),
     }
     write_json(info_path, info)
     return base_dir, info

@@ -6,6 +6,7 @@ pytest.ini puts benchmarks/ on the path, so each benchmark is imported by its fi
 import dataclasses
 import json
 import os
+import shutil
 
 import beta_estimation_benchmark
 import micro_sd
@@ -489,15 +490,30 @@ def test_flow_smoke_benchmark_builds_a_micro_sd3_and_samples_it_with_its_own_sch
         args.config.family == "sd3" and "joint attention" in bench.SCENARIOS["contamination-flow"].methods["esd-x"][0]
     )
     summary = bench.main(args)
-    base = tmp_path / "cache" / "micro_sd" / args.config.key() / "base"
+    base = out / "base"  # kept with the results, so that later sessions fine-tune the same weights
     pipeline = StableDiffusion3Pipeline.from_pretrained(str(base))
     assert isinstance(pipeline.scheduler, FlowMatchEulerDiscreteScheduler) and pipeline.scheduler.config.shift == 1.0
+    assert not list(base.glob("checkpoint-*")) and not (base / "train_stats.json").exists()  # the pipeline only
+    info = bench.read_json(str(out / "base_model.json"))
+    assert info["kept_in_results"] == "base/" and info["weights_sha256"] == bench.weights_digest(str(base))
     assert {row["method"] for row in summary["rows"]} == {"base", *bench.SMOKE_METHODS}
     record = bench.read_json(str(out / "cache" / f"pu_{bench.recipe_key(args)}_s0.json"))
     argv = record["train_argv"]
     assert argv[argv.index("--max_sequence_length") + 1] == str(micro_sd.FLOW_T5_LENGTH)
     assert sum(record["evaluations"]["normal@7.5"]["predicted_class_counts"]) == args.num_samples
     assert micro_sd.CONTAMINATION_LONG_CONFIG.key() != args.config.key() != micro_sd.SMOKE_CONFIG.key()
+    # A machine without the cache takes the kept base as it is: nothing is built or trained again.
+    shutil.rmtree(tmp_path / "cache" / "micro_sd")
+    monkeypatch.setattr(bench, "build_cached_base", lambda *a: pytest.fail("the kept base was built again"))
+    monkeypatch.setattr(bench, "run_training", lambda *a, **k: pytest.fail("a cached row was trained again"))
+    assert bench.build_base(args) == (str(base), info)
+    args_again = bench.parse_args(["--smoke", "--scenario", "contamination-flow", "--output_dir", str(out)])
+    assert bench.main(args_again)["rows"] == summary["rows"]
+    # A kept base of another config is refused, with what to do.
+    info["config"]["pretrain_steps"] += 1
+    bench.write_json(str(out / "base_model.json"), info)
+    with pytest.raises(SystemExit, match="remove it and"):
+        bench.build_base(args)
 
 
 @pytest.mark.parametrize(
