@@ -273,18 +273,28 @@ def results_base(args) -> tuple[str, dict] | None:
     return base_dir, info
 
 
-def keep_base_in_results(args, base_dir: str) -> str:
-    """Copy the pipeline's parts (model_index.json and the folders it names) to <output_dir>/base/; its path."""
+KEPT_BASE_MARKER = "kept_base.json"  # written into <output_dir>/base/ by this benchmark: the folder is its own
+
+
+def keep_base_in_results(args, base_dir: str) -> tuple[str, str]:
+    """Copy the pipeline's parts (model_index.json and the folders it names) to <output_dir>/base/, with a marker
+    holding the weights' sha256; (its path, the sha256). A base/ this benchmark did not write is refused."""
     target = os.path.join(args.output_dir, "base")
+    if os.path.exists(target) and not os.path.isfile(os.path.join(target, KEPT_BASE_MARKER)):
+        raise SystemExit(
+            f"error: {target} exists and was not written by this benchmark: move it away, or give another --output_dir."
+        )
     with open(os.path.join(base_dir, "model_index.json")) as handle:
         parts = [name for name in json.load(handle) if os.path.isdir(os.path.join(base_dir, name))]
     shutil.rmtree(target + ".tmp", ignore_errors=True)
     for name in parts:
         shutil.copytree(os.path.join(base_dir, name), os.path.join(target + ".tmp", name))
     shutil.copy(os.path.join(base_dir, "model_index.json"), os.path.join(target + ".tmp", "model_index.json"))
+    digest = weights_digest(target + ".tmp")
+    write_json(os.path.join(target + ".tmp", KEPT_BASE_MARKER), {"weights_sha256": digest})
     shutil.rmtree(target, ignore_errors=True)
     os.replace(target + ".tmp", target)
-    return target
+    return target, digest
 
 
 def weights_digest(base_dir: str) -> str:
@@ -309,8 +319,8 @@ def build_base(args) -> tuple[str, dict]:
             return kept
     base_dir, info = build_cached_base(args)
     if args.base_in_results:
-        base_dir = keep_base_in_results(args, base_dir)
-        info = {**info, "kept_in_results": "base/", "weights_sha256": weights_digest(base_dir)}
+        base_dir, digest = keep_base_in_results(args, base_dir)
+        info = {**info, "kept_in_results": "base/", "weights_sha256": digest}
     return base_dir, info
 
 

@@ -514,6 +514,14 @@ def test_flow_smoke_benchmark_builds_a_micro_sd3_and_samples_it_with_its_own_sch
     bench.write_json(str(out / "base_model.json"), info)
     with pytest.raises(SystemExit, match="remove it and"):
         bench.build_base(args)
+    # A base/ the benchmark did not write is never replaced.
+    mine = tmp_path / "mine"
+    (mine / "base").mkdir(parents=True)
+    (mine / "base" / "notes.txt").write_text("mine")
+    args_mine = bench.parse_args(["--smoke", "--scenario", "contamination-flow", "--output_dir", str(mine)])
+    with pytest.raises(SystemExit, match="not written by this benchmark"):
+        bench.keep_base_in_results(args_mine, str(base))
+    assert (mine / "base" / "notes.txt").read_text() == "mine" and not (mine / "base.tmp").exists()
 
 
 @pytest.mark.parametrize(
