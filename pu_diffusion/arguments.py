@@ -541,15 +541,20 @@ def validate_training_args(args) -> None:
         _require(
             0.0 <= args.beta < 1.0, f"--beta must lie in [0, 1) (the fraction of U that is sensitive); got {args.beta}."
         )
+        # --beta auto is --method pu's alone: other methods are told to drop the flag, not to give a β they may not read.
+        instead = (
+            "give the β you want directly"
+            if args.method == "pu"
+            else f"--method {args.method} takes no --beta auto: drop it"
+        )
         _require(
             args.beta_margin == 1.0,
-            f"--beta_margin {args.beta_margin} multiplies the estimate of --beta auto; with --beta {args.beta} "
-            "give the β you want directly.",
+            f"--beta_margin {args.beta_margin} multiplies the estimate of --beta auto; with --beta {args.beta} {instead}.",
         )
         _require(
             args.beta_auto_point == "estimate",
             f"--beta_auto_point {args.beta_auto_point} picks what --beta auto trains with; with --beta {args.beta} "
-            "give the β you want directly.",
+            f"{instead}.",
         )
     _require(
         1 <= args.beta_score_repeats <= MAX_SCORE_REPEATS,

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 
+from .beta import DEFAULT_BETA
 from .checkpoints import CHECKPOINT_PATTERN, checkpoint_dirs, is_checkpoint_name
 from .cli import UsageError
 from .outputs import MANIFEST, check_free, claim, is_owned, read_manifest, remove_owned, write_json_atomic
@@ -105,9 +106,9 @@ CHANGED_DEFAULTS = {
         "without the U filter (on by default since 2026-12-06)",
     ),
     "beta": (
-        lambda stored: stored.get("beta") == 0.1,
-        "--beta 0.1",
-        "with β 0.1 (train_pu_diffusion.py's default for --method pu is --beta auto since 2026-12-07)",
+        lambda stored: stored.get("beta") == DEFAULT_BETA,
+        f"--beta {DEFAULT_BETA}",
+        f"with β {DEFAULT_BETA} (train_pu_diffusion.py's default for --method pu is --beta auto since 2026-12-07)",
     ),
     "beta_auto_point": (
         lambda stored: (
