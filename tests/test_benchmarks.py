@@ -522,6 +522,11 @@ def test_flow_smoke_benchmark_builds_a_micro_sd3_and_samples_it_with_its_own_sch
     with pytest.raises(SystemExit, match="not written by this benchmark"):
         bench.keep_base_in_results(args_mine, str(base))
     assert (mine / "base" / "notes.txt").read_text() == "mine" and not (mine / "base.tmp").exists()
+    (mine / "base" / "notes.txt").rename(tmp_path / "notes.txt")
+    (mine / "base").rename(mine / "base.tmp")  # nor a base.tmp/ of the user's, which the copy would go through
+    with pytest.raises(SystemExit, match="not written by this benchmark"):
+        bench.keep_base_in_results(args_mine, str(base))
+    assert (mine / "base.tmp").is_dir() and not (mine / "base").exists()
 
 
 @pytest.mark.parametrize(

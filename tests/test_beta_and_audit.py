@@ -322,8 +322,10 @@ def test_a_trusted_estimates_point_is_what_the_risk_uses(tmp_path, tiny_unet_con
     "extra,message",
     [
         (["--beta", "auto", "--method", "unsupervised"], "--beta auto estimates β for --method pu"),
-        (["--beta", "0.1", "--beta_margin", "2"], "--beta_margin 2.0 multiplies the estimate of --beta auto"),
-        (["--beta", "0.1", "--beta_margin", "2"], "with --beta 0.1 give the β you want directly"),
+        (
+            ["--beta", "0.1", "--beta_margin", "2"],
+            "--beta_margin 2.0 multiplies the estimate of --beta auto; with --beta 0.1 give the β you want directly",
+        ),
         (["--method", "unsupervised", "--beta_margin", "2"], "--method unsupervised takes no --beta auto: drop it"),
         (["--method", "supervised", "--beta_auto_point", "lower"], "--method supervised takes no --beta auto: drop it"),
         (["--beta", "auto", "--beta_margin", "0"], "--beta_margin must be > 0"),
